@@ -1,0 +1,169 @@
+//! Arguments of a task: positional and keyword payloads.
+
+use serde::Serialize;
+
+use crate::{Payload, TaskError};
+
+/// The positional and keyword arguments of one call.
+///
+/// Each argument is its own [`Payload`], so an opaque payload returned by one task (a numpy
+/// array, say) can be passed to the next one untouched, next to ordinary Rust values.
+///
+/// Most calls pass a tuple instead, through [`IntoArgs`]: `executor.submit(&f, (1, "x"))`.
+///
+/// ```
+/// use funcx_core::Args;
+///
+/// let args = Args::new().arg(&3).arg(&"text").kwarg("scale", &0.5);
+/// assert_eq!(args.positional().len(), 2);
+/// assert_eq!(args.keyword()[0].0, "scale");
+/// ```
+///
+/// A value that cannot be serialized does not panic and is not dropped: the task submitted
+/// with these arguments fails with a [`TaskError::is_serialization`] error that says why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Args {
+    positional: Vec<Payload>,
+    keyword: Vec<(String, Payload)>,
+    error: Option<String>,
+}
+
+impl Args {
+    /// No arguments.
+    pub fn new() -> Args {
+        Args::default()
+    }
+
+    /// Appends a positional argument, pickled.
+    pub fn arg<T: Serialize + ?Sized>(mut self, value: &T) -> Args {
+        match Payload::pickle(value) {
+            Ok(payload) => self.positional.push(payload),
+            Err(e) => self.fail(e),
+        }
+        self
+    }
+
+    /// Appends a positional argument that is already a payload.
+    pub fn payload(mut self, payload: Payload) -> Args {
+        self.positional.push(payload);
+        self
+    }
+
+    /// Adds a keyword argument, pickled.
+    pub fn kwarg<T: Serialize + ?Sized>(mut self, name: impl Into<String>, value: &T) -> Args {
+        match Payload::pickle(value) {
+            Ok(payload) => self.keyword.push((name.into(), payload)),
+            Err(e) => self.fail(e),
+        }
+        self
+    }
+
+    /// Adds a keyword argument that is already a payload.
+    pub fn kwarg_payload(mut self, name: impl Into<String>, payload: Payload) -> Args {
+        self.keyword.push((name.into(), payload));
+        self
+    }
+
+    fn fail(&mut self, error: TaskError) {
+        if self.error.is_none() {
+            self.error = Some(error.to_string());
+        }
+    }
+
+    /// The positional arguments in order.
+    pub fn positional(&self) -> &[Payload] {
+        &self.positional
+    }
+
+    /// The keyword arguments in the order they were added.
+    pub fn keyword(&self) -> &[(String, Payload)] {
+        &self.keyword
+    }
+
+    /// The total number of argument bytes.
+    pub fn byte_len(&self) -> usize {
+        self.positional.iter().map(Payload::len).sum::<usize>()
+            + self
+                .keyword
+                .iter()
+                .map(|(k, p)| k.len() + p.len())
+                .sum::<usize>()
+    }
+
+    /// Checks that every argument was serialized.
+    pub fn validate(&self) -> Result<(), TaskError> {
+        match &self.error {
+            None => Ok(()),
+            Some(reason) => Err(TaskError::serialize(reason)),
+        }
+    }
+}
+
+/// Values that make the arguments of a call: [`Args`], `()`, a [`Payload`], or a tuple of up
+/// to eight `Serialize` values.
+///
+/// A one-argument call is a one-element tuple: `(x,)`.
+pub trait IntoArgs {
+    /// Converts into positional and keyword arguments.
+    fn into_args(self) -> Args;
+}
+
+impl IntoArgs for Args {
+    fn into_args(self) -> Args {
+        self
+    }
+}
+
+impl IntoArgs for () {
+    fn into_args(self) -> Args {
+        Args::new()
+    }
+}
+
+impl IntoArgs for Payload {
+    fn into_args(self) -> Args {
+        Args::new().payload(self)
+    }
+}
+
+macro_rules! tuple_into_args {
+    ($($name:ident)+) => {
+        impl<$($name: Serialize),+> IntoArgs for ($($name,)+) {
+            #[allow(non_snake_case)]
+            fn into_args(self) -> Args {
+                let ($($name,)+) = self;
+                Args::new()$(.arg(&$name))+
+            }
+        }
+    };
+}
+
+tuple_into_args!(A);
+tuple_into_args!(A B);
+tuple_into_args!(A B C);
+tuple_into_args!(A B C D);
+tuple_into_args!(A B C D E);
+tuple_into_args!(A B C D E F);
+tuple_into_args!(A B C D E F G);
+tuple_into_args!(A B C D E F G H);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuples_become_positional_arguments() {
+        let args = (1, "two", 3.0).into_args();
+        assert_eq!(args.positional().len(), 3);
+        assert_eq!(args.positional()[1].decode::<String>().unwrap(), "two");
+        assert!(args.validate().is_ok());
+    }
+
+    #[test]
+    fn payloads_pass_through_untouched() {
+        let opaque = Payload::from_pickled(&b"\x80\x04opaque"[..]);
+        let args = Args::new().payload(opaque.clone()).kwarg("k", &1);
+        assert_eq!(args.positional()[0], opaque);
+        assert_eq!(args.keyword()[0].1.decode::<i32>().unwrap(), 1);
+    }
+}

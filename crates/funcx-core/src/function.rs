@@ -1,0 +1,185 @@
+//! Functions: the unit of work that is registered once and called many times.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// A Python function that workers can run.
+///
+/// A function is either Python source text with the name of the entry point it defines, or
+/// the bytes of a pickled function (for example `cloudpickle.dumps(f)`), which Rust never
+/// looks inside. Its [`FunctionId`] is a hash of its content, so registering the same
+/// function twice is free and a worker compiles it once, however many tasks call it.
+///
+/// Cloning is cheap: the body is shared.
+///
+/// ```
+/// use funcx_core::Function;
+///
+/// let add = Function::from_source("def add(a, b):\n    return a + b\n", "add");
+/// let again = Function::from_source("def add(a, b):\n    return a + b\n", "add");
+/// assert_eq!(add.id(), again.id());
+/// assert_eq!(add.name(), "add");
+/// ```
+#[derive(Clone)]
+pub struct Function {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: FunctionId,
+    name: String,
+    body: FunctionBody,
+}
+
+/// What a [`Function`] is made of, as the worker receives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FunctionBody {
+    /// Python source text; the worker executes it and looks up the entry point by name.
+    Source(String),
+    /// A pickled callable; the worker unpickles it.
+    Pickled(Bytes),
+}
+
+impl Function {
+    /// A function defined by Python `source` whose entry point is the top-level name
+    /// `entry_point`.
+    ///
+    /// The source may define helpers and import modules; the worker runs it once, in a
+    /// namespace of its own, and calls `entry_point` for every task.
+    pub fn from_source(source: impl Into<String>, entry_point: impl Into<String>) -> Function {
+        Function::new(entry_point.into(), FunctionBody::Source(source.into()))
+    }
+
+    /// A function from pickled bytes (the output of `pickle.dumps`, `cloudpickle.dumps` or
+    /// `dill.dumps`); `name` is used in logs and errors only.
+    ///
+    /// The worker needs whatever modules the pickle refers to (for `cloudpickle` output,
+    /// `cloudpickle` itself).
+    pub fn from_pickle(bytes: impl Into<Bytes>, name: impl Into<String>) -> Function {
+        Function::new(name.into(), FunctionBody::Pickled(bytes.into()))
+    }
+
+    fn new(name: String, body: FunctionBody) -> Function {
+        let id = FunctionId::of(&name, &body);
+        Function {
+            inner: Arc::new(Inner { id, name, body }),
+        }
+    }
+
+    /// The content hash that identifies this function.
+    pub fn id(&self) -> FunctionId {
+        self.inner.id
+    }
+
+    /// The entry point's name (or the name given to a pickled function).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The source text or pickled bytes the worker loads.
+    pub fn body(&self) -> &FunctionBody {
+        &self.inner.body
+    }
+}
+
+impl fmt::Debug for Function {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Function")
+            .field("name", &self.inner.name)
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Function {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner.id == other.inner.id
+    }
+}
+
+impl Eq for Function {}
+
+/// The identity of a [`Function`]: a BLAKE3 hash of its name and body.
+///
+/// Two functions with the same id are the same function; the id is stable across processes
+/// and machines, so it can be stored and sent over the network.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FunctionId([u8; 32]);
+
+impl FunctionId {
+    fn of(name: &str, body: &FunctionBody) -> FunctionId {
+        let mut hasher = blake3::Hasher::new();
+        // Domain separation and length prefixes keep (name, body) pairs from colliding.
+        hasher.update(b"funcx-function-v1");
+        hasher.update(&(name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        match body {
+            FunctionBody::Source(source) => {
+                hasher.update(b"S");
+                hasher.update(source.as_bytes());
+            }
+            FunctionBody::Pickled(bytes) => {
+                hasher.update(b"P");
+                hasher.update(bytes);
+            }
+        }
+        FunctionId(*hasher.finalize().as_bytes())
+    }
+
+    /// The 32 bytes of the hash.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Rebuilds an id from bytes obtained with [`FunctionId::as_bytes`].
+    pub fn from_bytes(bytes: [u8; 32]) -> FunctionId {
+        FunctionId(bytes)
+    }
+}
+
+impl fmt::Display for FunctionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in &self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for FunctionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Twelve hex digits identify a function in logs, as a short git hash does.
+        for byte in &self.0[..6] {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_depends_on_name_and_body() {
+        let a = Function::from_source("def f(): pass", "f");
+        let b = Function::from_source("def f(): pass ", "f");
+        let c = Function::from_source("def f(): pass", "g");
+        let d = Function::from_pickle(Bytes::from_static(b"def f(): pass"), "f");
+        assert_ne!(a.id(), b.id());
+        assert_ne!(a.id(), c.id());
+        assert_ne!(a.id(), d.id());
+        assert_eq!(a.id(), Function::from_source("def f(): pass", "f").id());
+    }
+
+    #[test]
+    fn id_displays_as_hex() {
+        let id = Function::from_source("x", "f").id();
+        let text = id.to_string();
+        assert_eq!(text.len(), 64);
+        assert!(text.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(FunctionId::from_bytes(*id.as_bytes()), id);
+    }
+}

@@ -1,0 +1,33 @@
+//! The vocabulary and the engine of funcx.
+//!
+//! funcx runs Python functions on warm workers from Rust. This crate holds what every part of
+//! it shares: [`Function`]s (registered once, identified by a content hash), [`Args`] and
+//! [`Payload`]s (pickled bytes in, pickled bytes out), [`TaskError`] (every way a task can fail,
+//! each with its cause), the [`Executor`] users submit to, and the dispatcher behind it, which
+//! queues tasks, feeds workers with batches, and replaces workers that die.
+//!
+//! Workers come from a [`WorkerRuntime`]; `funcx-python` provides the one that runs Python.
+//!
+//! ```
+//! use funcx_core::{Args, Function, Payload};
+//!
+//! let square = Function::from_source("def square(x):\n    return x * x\n", "square");
+//! let args = Args::new().arg(&7);
+//! assert_eq!(args.positional()[0].decode::<i64>().unwrap(), 7);
+//! println!("registered {} as {}", square.name(), square.id());
+//! ```
+#![warn(missing_docs)]
+
+mod args;
+mod error;
+mod function;
+mod payload;
+mod task;
+pub mod worker;
+
+pub use args::{Args, IntoArgs};
+pub use error::{PythonException, TaskError, WorkerExit};
+pub use function::{Function, FunctionBody, FunctionId};
+pub use payload::{Format, Payload};
+pub use task::{TaskId, TaskState, TaskStatus, Timeline};
+pub use worker::{SpawnError, WorkerRuntime};

@@ -1,0 +1,2 @@
+//! funcx: serverless supercomputing as a Rust SDK.
+pub use funcx_core::*;
