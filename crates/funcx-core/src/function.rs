@@ -101,6 +101,12 @@ impl PartialEq for Function {
 
 impl Eq for Function {}
 
+impl std::hash::Hash for Function {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.inner.id.hash(state);
+    }
+}
+
 /// The identity of a [`Function`]: a BLAKE3 hash of its name and body.
 ///
 /// Two functions with the same id are the same function; the id is stable across processes

@@ -19,15 +19,25 @@
 #![warn(missing_docs)]
 
 mod args;
+mod dispatcher;
 mod error;
+mod executor;
 mod function;
+pub mod memoize;
 mod payload;
+mod retry;
 mod task;
 pub mod worker;
 
 pub use args::{Args, IntoArgs};
+pub use dispatcher::EndpointStats;
 pub use error::{PythonException, TaskError, WorkerExit};
+pub use executor::{
+    Executor, ExecutorBuilder, ResponseFuture, Task, TaskHandle, TaskOptions, TaskReport,
+};
 pub use function::{Function, FunctionBody, FunctionId};
+pub use memoize::{Memoize, MemoizeLayer};
 pub use payload::{Format, Payload};
+pub use retry::RetrySystemFailures;
 pub use task::{TaskId, TaskState, TaskStatus, Timeline};
 pub use worker::{SpawnError, WorkerRuntime};

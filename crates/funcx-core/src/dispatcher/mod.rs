@@ -1,0 +1,808 @@
+//! The dispatcher: one task that owns the queue, the workers and every task in flight.
+//!
+//! It receives [`Command`]s from executors and [`WorkerEvent`]s from workers, and after each
+//! burst of messages it hands queued tasks to workers with spare capacity, one batch per
+//! worker. Owning all state in one task keeps the hot path free of locks: a submission is a
+//! channel send, a result a channel send back.
+//!
+//! Failure handling lives here too:
+//! - a worker that dies is replaced, and the task it was running fails with the exit status
+//!   (or is retried, per [`DispatcherConfig::retries_on_worker_death`]); the tasks queued
+//!   behind it on that worker never started, so they go back to the front of the queue;
+//! - a task that passes its timeout, or is cancelled while running, gets its worker killed;
+//! - workers that cannot start are retried with back-off, and while no worker can start,
+//!   queued tasks fail with a [`TaskError::is_no_workers`] error instead of waiting forever.
+
+mod command;
+mod estimate;
+mod slot;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+pub use command::EndpointStats;
+pub(crate) use command::{Command, Outcome, Reply, Submission};
+use estimate::{Estimate, ISOLATE_AT_NS, TARGET_QUEUED_NS};
+use slot::{KillReason, Phase, Running, Slot};
+
+use crate::worker::{
+    FunctionKey, SpawnError, ToWorker, WorkItem, WorkResult, Worker, WorkerEvent, WorkerEvents,
+    WorkerId, WorkerRuntime,
+};
+use crate::{
+    Args, Function, FunctionId, TaskError, TaskId, TaskState, TaskStatus, Timeline, WorkerExit,
+};
+
+/// A worker holds at most this many tasks, however short they are.
+const MAX_IN_FLIGHT: usize = 1024;
+/// A worker holds at most this many argument bytes beyond its first task, so large payloads
+/// are spread over workers instead of piling into one pipe.
+const MAX_IN_FLIGHT_BYTES: usize = 8 << 20;
+/// A task caught in the deaths of this many workers without being the one that was running
+/// fails, so a worker that dies for outside reasons cannot bounce a task forever.
+const MAX_DISRUPTIONS: u32 = 3;
+/// Messages handled per wake-up before dispatching, so results keep flowing under a flood of
+/// submissions.
+const BURST: usize = 4096;
+
+/// How the dispatcher runs its workers.
+#[derive(Debug, Clone)]
+pub(crate) struct DispatcherConfig {
+    pub(crate) workers: usize,
+    pub(crate) retries_on_worker_death: u32,
+    pub(crate) default_timeout: Option<Duration>,
+    pub(crate) shutdown_grace: Duration,
+}
+
+struct TaskRecord {
+    key: FunctionKey,
+    args: Args,
+    bytes: usize,
+    timeout: Option<Duration>,
+    /// Taken when the outcome is sent; a cancelled task may linger without one until its
+    /// worker lets go of it.
+    reply: Option<Reply>,
+    timeline: Timeline,
+    state: TaskState,
+    attempts: u32,
+    deaths: u32,
+    disruptions: u32,
+    /// Run isolated from now on: set after an ambiguous worker death.
+    isolate: bool,
+    /// The estimate charged to the worker holding the task.
+    charged_ns: u64,
+}
+
+impl TaskRecord {
+    fn status(&self) -> TaskStatus {
+        TaskStatus {
+            state: self.state,
+            timeline: self.timeline,
+            attempts: self.attempts,
+        }
+    }
+
+    /// Sends the outcome, if nobody has been told yet.
+    fn finish(&mut self, result: Result<crate::Payload, TaskError>) {
+        self.state = if result.is_ok() {
+            TaskState::Succeeded
+        } else {
+            TaskState::Failed
+        };
+        self.timeline.finished = Some(SystemTime::now());
+        if let Some(reply) = self.reply.take() {
+            // The caller may have dropped its handle; the outcome then has no one to go to.
+            let _ = reply.send(Outcome {
+                result,
+                status: self.status(),
+            });
+        }
+    }
+}
+
+/// A finished spawn: the slot, the worker id it was for, and the worker or the failure.
+type Spawned = (usize, WorkerId, Result<Box<dyn Worker>, SpawnError>);
+
+enum Stop {
+    Drain,
+    Now,
+}
+
+pub(crate) struct Dispatcher {
+    runtime: Arc<dyn WorkerRuntime>,
+    config: DispatcherConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+    commands_open: bool,
+    events_tx: mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
+    events: mpsc::UnboundedReceiver<(WorkerId, WorkerEvent)>,
+    spawned_tx: mpsc::UnboundedSender<Spawned>,
+    spawned: mpsc::UnboundedReceiver<Spawned>,
+
+    slots: Vec<Slot>,
+    slot_of: HashMap<WorkerId, usize>,
+    next_worker: u64,
+    workers_started: u64,
+    round_robin: usize,
+
+    functions: HashMap<FunctionId, FunctionKey>,
+    function_table: Vec<(Function, Estimate)>,
+
+    tasks: HashMap<TaskId, TaskRecord>,
+    queue: VecDeque<TaskId>,
+
+    /// Why the last worker failed to start, while no worker is ready.
+    broken: Option<String>,
+    ready_waiters: Vec<oneshot::Sender<Result<(), TaskError>>>,
+    stop: Option<Stop>,
+    stop_deadline: Option<Instant>,
+    stopped_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(
+        runtime: Arc<dyn WorkerRuntime>,
+        config: DispatcherConfig,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Dispatcher {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (spawned_tx, spawned) = mpsc::unbounded_channel();
+        Dispatcher {
+            runtime,
+            config,
+            commands,
+            commands_open: true,
+            events_tx,
+            events,
+            spawned_tx,
+            spawned,
+            slots: Vec::new(),
+            slot_of: HashMap::new(),
+            next_worker: 0,
+            workers_started: 0,
+            round_robin: 0,
+            functions: HashMap::new(),
+            function_table: Vec::new(),
+            tasks: HashMap::new(),
+            queue: VecDeque::new(),
+            broken: None,
+            ready_waiters: Vec::new(),
+            stop: None,
+            stop_deadline: None,
+            stopped_waiters: Vec::new(),
+        }
+    }
+
+    /// Runs until the endpoint has shut down and every worker is gone.
+    pub(crate) async fn run(mut self) {
+        for index in 0..self.config.workers {
+            let id = self.new_worker_id();
+            self.slots.push(Slot::new(index, id));
+            self.slot_of.insert(id, index);
+            self.spawn(index, Duration::ZERO);
+        }
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                Some((worker, event)) = self.events.recv() => self.on_event(worker, event),
+                Some((index, id, result)) = self.spawned.recv() => self.on_spawned(index, id, result),
+                command = self.commands.recv(), if self.commands_open => match command {
+                    Some(command) => self.on_command(command),
+                    None => {
+                        // Every executor handle is gone: finish what was accepted, then stop.
+                        self.commands_open = false;
+                        self.begin_stop(Stop::Drain);
+                    }
+                },
+                () = sleep_until(deadline), if deadline.is_some() => self.on_deadlines(),
+            }
+            self.drain_bursts();
+            self.dispatch();
+            if self.progress_stop() {
+                break;
+            }
+        }
+        for waiter in self.stopped_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        debug!("dispatcher stopped");
+    }
+
+    /// Handles what else is already waiting, so one dispatch pass serves a whole burst.
+    fn drain_bursts(&mut self) {
+        for _ in 0..BURST {
+            match self.events.try_recv() {
+                Ok((worker, event)) => self.on_event(worker, event),
+                Err(_) => break,
+            }
+        }
+        if self.commands_open {
+            for _ in 0..BURST {
+                match self.commands.try_recv() {
+                    Ok(command) => self.on_command(command),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    fn new_worker_id(&mut self) -> WorkerId {
+        self.next_worker += 1;
+        WorkerId(self.next_worker)
+    }
+
+    fn spawn(&mut self, index: usize, delay: Duration) {
+        let slot = &mut self.slots[index];
+        slot.phase = Phase::Spawning;
+        let id = slot.id;
+        let events = WorkerEvents::new(id, self.events_tx.clone());
+        let runtime = Arc::clone(&self.runtime);
+        let done = self.spawned_tx.clone();
+        tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let result = runtime.spawn(index, events).await;
+            // If the dispatcher is gone the worker is dropped here, which stops it.
+            let _ = done.send((index, id, result));
+        });
+    }
+
+    fn respawn(&mut self, index: usize) {
+        let old = self.slots[index].id;
+        self.slot_of.remove(&old);
+        let id = self.new_worker_id();
+        self.slots[index].renew(id);
+        self.slot_of.insert(id, index);
+        let failures = self.slots[index].startup_failures;
+        let delay = if failures == 0 {
+            Duration::ZERO
+        } else {
+            // 100 ms, 200 ms, ... up to 5 s: quick to recover, slow to hammer a broken setup.
+            Duration::from_millis(100u64 << (failures - 1).min(6)).min(Duration::from_secs(5))
+        };
+        self.spawn(index, delay);
+    }
+
+    // ---- commands ----------------------------------------------------------------------
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Submit(submission) => self.accept(submission),
+            Command::SubmitMany(submissions) => {
+                for submission in submissions {
+                    self.accept(submission);
+                }
+            }
+            Command::Cancel(id) => self.cancel(id),
+            Command::Status(id, reply) => {
+                let _ = reply.send(self.tasks.get(&id).map(TaskRecord::status));
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            Command::Ready(reply) => {
+                self.ready_waiters.push(reply);
+                self.answer_ready_waiters();
+            }
+            Command::Shutdown { drain, done } => {
+                self.stopped_waiters.push(done);
+                self.begin_stop(if drain { Stop::Drain } else { Stop::Now });
+            }
+        }
+    }
+
+    fn accept(&mut self, submission: Submission) {
+        let Submission {
+            id,
+            function,
+            args,
+            timeout,
+            reply,
+        } = submission;
+        let mut record = TaskRecord {
+            key: FunctionKey(0),
+            bytes: args.byte_len(),
+            args,
+            timeout: timeout.or(self.config.default_timeout),
+            reply: Some(reply),
+            timeline: Timeline::submitted_now(),
+            state: TaskState::Queued,
+            attempts: 0,
+            deaths: 0,
+            disruptions: 0,
+            isolate: false,
+            charged_ns: 0,
+        };
+        if self.stop.is_some() {
+            return record.finish(Err(TaskError::shutdown()));
+        }
+        if let Err(error) = record.args.validate() {
+            return record.finish(Err(error));
+        }
+        if let Some(reason) = self.unavailable() {
+            return record.finish(Err(TaskError::no_workers(reason)));
+        }
+        record.key = self.key_of(&function);
+        self.tasks.insert(id, record);
+        self.queue.push_back(id);
+    }
+
+    fn key_of(&mut self, function: &Function) -> FunctionKey {
+        let next = FunctionKey(self.function_table.len() as u32);
+        *self.functions.entry(function.id()).or_insert_with(|| {
+            self.function_table
+                .push((function.clone(), Estimate::default()));
+            next
+        })
+    }
+
+    fn cancel(&mut self, id: TaskId) {
+        let Some(record) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let state = record.state;
+        record.finish(Err(TaskError::cancelled()));
+        if state == TaskState::Queued {
+            // Its queue entry is skipped when reached.
+            self.tasks.remove(&id);
+            debug!(task = %id, "cancelled while queued");
+            return;
+        }
+        let Some(slot) = self
+            .slots
+            .iter_mut()
+            .find(|slot| slot.in_flight.contains(&id))
+        else {
+            self.tasks.remove(&id);
+            return;
+        };
+        if slot.running.is_some_and(|running| running.task == id) {
+            debug!(task = %id, worker = %slot.id, "cancelled while running; killing its worker");
+            slot.kill(KillReason::Cancel(id));
+        } else if let Some(worker) = slot.worker.as_mut() {
+            // Not started: the worker skips it. If it starts first, its Started event
+            // finds it cancelled and the worker is killed then.
+            worker.send(ToWorker::Cancel(vec![id]));
+            debug!(task = %id, worker = %slot.id, "cancelled before it started");
+        }
+    }
+
+    fn stats(&self) -> EndpointStats {
+        EndpointStats {
+            workers: self.slots.len(),
+            ready_workers: self
+                .slots
+                .iter()
+                .filter(|s| s.phase == Phase::Ready)
+                .count(),
+            queued: self
+                .tasks
+                .values()
+                .filter(|t| t.state == TaskState::Queued)
+                .count(),
+            in_flight: self.slots.iter().map(|s| s.in_flight.len()).sum(),
+            workers_started: self.workers_started,
+        }
+    }
+
+    /// Why no task can run now: no worker is ready and every slot has failed to start.
+    fn unavailable(&self) -> Option<&str> {
+        let none_ready = self.slots.iter().all(|s| s.phase != Phase::Ready);
+        let all_failed = self.slots.iter().all(|s| s.startup_failures > 0);
+        if none_ready && all_failed {
+            self.broken.as_deref()
+        } else {
+            None
+        }
+    }
+
+    fn answer_ready_waiters(&mut self) {
+        let ready = self.slots.iter().all(|s| s.phase == Phase::Ready);
+        let answer = if ready {
+            Ok(())
+        } else if let Some(reason) = self.unavailable() {
+            Err(TaskError::no_workers(reason))
+        } else if self.stop.is_some() {
+            Err(TaskError::shutdown())
+        } else {
+            return;
+        };
+        for waiter in self.ready_waiters.drain(..) {
+            let _ = waiter.send(answer.as_ref().map(|_| ()).map_err(clone_error));
+        }
+    }
+
+    // ---- workers -----------------------------------------------------------------------
+
+    fn on_spawned(
+        &mut self,
+        index: usize,
+        id: WorkerId,
+        result: Result<Box<dyn Worker>, SpawnError>,
+    ) {
+        let Some(slot) = self.slots.get_mut(index).filter(|slot| slot.id == id) else {
+            return;
+        };
+        match result {
+            Ok(worker) => {
+                self.workers_started += 1;
+                slot.worker = Some(worker);
+                slot.phase = Phase::Starting;
+                if self.stop.is_some() {
+                    slot.phase = Phase::Stopping;
+                    slot.kill(KillReason::Shutdown);
+                }
+            }
+            Err(error) => {
+                warn!(worker = %id, %error, "worker failed to start");
+                self.startup_failed(index, error.to_string());
+            }
+        }
+    }
+
+    fn startup_failed(&mut self, index: usize, reason: String) {
+        self.slots[index].startup_failures += 1;
+        self.broken = Some(reason);
+        if let Some(reason) = self.unavailable().map(str::to_owned) {
+            // No worker can run anything: fail what waits rather than hang.
+            for id in std::mem::take(&mut self.queue) {
+                if let Some(mut record) = self.tasks.remove(&id) {
+                    record.finish(Err(TaskError::no_workers(&reason)));
+                }
+            }
+            self.answer_ready_waiters();
+        }
+        if self.stop.is_some() {
+            self.slots[index].phase = Phase::Dead;
+        } else {
+            self.respawn(index);
+        }
+    }
+
+    fn on_event(&mut self, worker: WorkerId, event: WorkerEvent) {
+        let Some(&index) = self.slot_of.get(&worker) else {
+            return; // A replaced worker's last words.
+        };
+        match event {
+            WorkerEvent::Ready => {
+                let slot = &mut self.slots[index];
+                if slot.phase == Phase::Starting {
+                    slot.phase = Phase::Ready;
+                    slot.startup_failures = 0;
+                    self.broken = None;
+                    info!(worker = %worker, slot = index, "worker ready");
+                    self.answer_ready_waiters();
+                }
+            }
+            WorkerEvent::Started(id) => self.on_started(index, id),
+            WorkerEvent::Results(results) => self.on_results(index, results),
+            WorkerEvent::Exited(exit) => self.on_exited(index, exit),
+        }
+    }
+
+    fn on_started(&mut self, index: usize, id: TaskId) {
+        let slot = &mut self.slots[index];
+        let Some(record) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        record.state = TaskState::Running;
+        record.timeline.running = Some(SystemTime::now());
+        let deadline = record.timeout.map(|timeout| (now + timeout, timeout));
+        slot.running = Some(Running { task: id, deadline });
+        if record.reply.is_none() {
+            // Cancelled after it was sent and before the worker saw the cancel.
+            slot.kill(KillReason::Cancel(id));
+        }
+    }
+
+    fn on_results(&mut self, index: usize, results: Vec<WorkResult>) {
+        let now = SystemTime::now();
+        let slot = &mut self.slots[index];
+        for result in results {
+            let position = if slot.in_flight.front() == Some(&result.id) {
+                Some(0)
+            } else {
+                slot.in_flight.iter().position(|id| *id == result.id)
+            };
+            let Some(position) = position else {
+                warn!(worker = %slot.id, task = %result.id, "result for a task this worker does not hold; ignored");
+                continue;
+            };
+            slot.in_flight.remove(position);
+            if slot
+                .running
+                .is_some_and(|running| running.task == result.id)
+            {
+                slot.running = None;
+            }
+            let Some(mut record) = self.tasks.remove(&result.id) else {
+                continue;
+            };
+            slot.in_flight_ns = slot.in_flight_ns.saturating_sub(record.charged_ns);
+            slot.in_flight_bytes = slot.in_flight_bytes.saturating_sub(record.bytes);
+            let measured = match &result.outcome {
+                Ok(_) => true,
+                Err(error) => error.is_python(),
+            };
+            if measured {
+                self.function_table[record.key.0 as usize]
+                    .1
+                    .record(result.duration);
+            }
+            if record.timeline.running.is_none() {
+                record.timeline.running = now.checked_sub(result.duration);
+            }
+            record.finish(result.outcome);
+        }
+    }
+
+    fn on_exited(&mut self, index: usize, exit: WorkerExit) {
+        let slot = &mut self.slots[index];
+        let worker = slot.id;
+        let was_ready = slot.phase == Phase::Ready;
+        let kill = slot.kill.take();
+        let running = slot.running.take().map(|running| running.task);
+        let in_flight: Vec<TaskId> = slot.in_flight.drain(..).collect();
+        slot.worker = None;
+        slot.in_flight_ns = 0;
+        slot.in_flight_bytes = 0;
+        let stopping = self.stop.is_some();
+
+        match kill {
+            Some(KillReason::Shutdown) => {}
+            Some(reason) => debug!(worker = %worker, ?reason, "killed worker exited"),
+            None if stopping && slot.phase == Phase::Stopping => {}
+            None => warn!(worker = %worker, %exit, in_flight = in_flight.len(), "worker died"),
+        }
+
+        // Which task was running when the worker went: the one it said it started, or the
+        // only one it held. With several tasks and no start report, any of them may have
+        // been running (results are reported in batches), so none is blamed and all are
+        // re-run isolated, which pins the blame next time.
+        let head = in_flight.first().copied();
+        let culprit = match kill {
+            Some(KillReason::Timeout(id, _)) | Some(KillReason::Cancel(id)) => Some(id),
+            Some(KillReason::Shutdown) => None,
+            None if running.is_some() && running == head => running,
+            None if in_flight.len() == 1 => head,
+            None => None,
+        };
+        let ambiguous = kill.is_none() && culprit.is_none() && !in_flight.is_empty();
+
+        for id in in_flight.iter().rev() {
+            let Some(record) = self.tasks.get_mut(id) else {
+                continue;
+            };
+            let outcome = if Some(*id) == culprit {
+                record.deaths += 1;
+                match kill {
+                    Some(KillReason::Timeout(_, after)) => Some(TaskError::timeout(after)),
+                    Some(KillReason::Cancel(_)) => Some(TaskError::cancelled()),
+                    _ if record.deaths > self.config.retries_on_worker_death => {
+                        Some(TaskError::worker_died(exit))
+                    }
+                    _ => None,
+                }
+            } else if record.reply.is_none() {
+                // Cancelled while waiting on this worker: nothing left to do for it.
+                Some(TaskError::cancelled())
+            } else if matches!(kill, Some(KillReason::Shutdown)) {
+                Some(TaskError::shutdown())
+            } else if ambiguous {
+                record.disruptions += 1;
+                record.isolate = true;
+                (record.disruptions > MAX_DISRUPTIONS).then(|| TaskError::worker_died(exit))
+            } else {
+                None
+            };
+            match outcome {
+                Some(error) => {
+                    debug!(task = %id, worker = %worker, %error, "task failed with its worker");
+                    record.finish(Err(error));
+                    self.tasks.remove(id);
+                }
+                None => {
+                    record.state = TaskState::Queued;
+                    record.charged_ns = 0;
+                    self.queue.push_front(*id);
+                }
+            }
+        }
+
+        if stopping {
+            self.slots[index].phase = Phase::Dead;
+        } else if was_ready {
+            self.respawn(index);
+        } else {
+            let reason = format!(
+                "worker exited with {exit} before it was ready (its output is in the `funcx::worker` log)"
+            );
+            warn!(worker = %worker, "{reason}");
+            self.startup_failed(index, reason);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.running.and_then(|running| running.deadline))
+            .map(|(at, _)| at)
+            .chain(self.stop_deadline)
+            .min()
+    }
+
+    fn on_deadlines(&mut self) {
+        let now = Instant::now();
+        for slot in &mut self.slots {
+            let Some(running) = slot.running else {
+                continue;
+            };
+            if let Some((at, after)) = running.deadline {
+                if at <= now {
+                    debug!(task = %running.task, worker = %slot.id, "timed out; killing its worker");
+                    slot.kill(KillReason::Timeout(running.task, after));
+                }
+            }
+        }
+        if self.stop_deadline.is_some_and(|at| at <= now) {
+            self.stop_deadline = None;
+            for slot in &mut self.slots {
+                if slot.phase == Phase::Stopping {
+                    warn!(worker = %slot.id, "worker did not exit in time; killing it");
+                    slot.kill(KillReason::Shutdown);
+                }
+            }
+        }
+    }
+
+    // ---- dispatch ----------------------------------------------------------------------
+
+    /// Hands queued tasks to ready workers, one batch per worker, while they have capacity.
+    fn dispatch(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let count = self.slots.len();
+        let now = SystemTime::now();
+        for offset in 0..count {
+            let index = (self.round_robin + offset) % count;
+            self.fill(index, now);
+            if self.queue.is_empty() {
+                break;
+            }
+        }
+        self.round_robin = self.round_robin.wrapping_add(1);
+    }
+
+    fn fill(&mut self, index: usize, now: SystemTime) {
+        let slot = &mut self.slots[index];
+        if slot.phase != Phase::Ready {
+            return;
+        }
+        if slot.worker.is_none() {
+            return;
+        }
+        let mut functions = Vec::new();
+        let mut batch = Vec::new();
+        while let Some(&id) = self.queue.front() {
+            let Some(record) = self.tasks.get_mut(&id) else {
+                self.queue.pop_front(); // cancelled while queued
+                continue;
+            };
+            let (function, estimate) = &self.function_table[record.key.0 as usize];
+            let estimate = estimate.nanos();
+            if !slot.in_flight.is_empty()
+                && (slot.in_flight.len() >= MAX_IN_FLIGHT
+                    || slot.in_flight_ns + estimate > TARGET_QUEUED_NS
+                    || slot.in_flight_bytes + record.bytes > MAX_IN_FLIGHT_BYTES)
+            {
+                break;
+            }
+            self.queue.pop_front();
+            if slot.learn(record.key) {
+                functions.push(ToWorker::Function {
+                    key: record.key,
+                    function: function.clone(),
+                });
+            }
+            record.state = TaskState::Dispatched;
+            record.attempts += 1;
+            record.timeline.dispatched = Some(now);
+            record.charged_ns = estimate;
+            slot.in_flight_ns += estimate;
+            slot.in_flight_bytes += record.bytes;
+            slot.in_flight.push_back(id);
+            batch.push(WorkItem {
+                id,
+                function: record.key,
+                isolate: record.isolate || record.timeout.is_some() || estimate >= ISOLATE_AT_NS,
+                args: record.args.clone(),
+            });
+        }
+        if let Some(worker) = slot.worker.as_mut().filter(|_| !batch.is_empty()) {
+            for message in functions {
+                worker.send(message);
+            }
+            worker.send(ToWorker::Tasks(batch));
+        }
+    }
+
+    // ---- shutdown ----------------------------------------------------------------------
+
+    fn begin_stop(&mut self, how: Stop) {
+        if matches!(how, Stop::Now) {
+            for id in std::mem::take(&mut self.queue) {
+                if let Some(mut record) = self.tasks.remove(&id) {
+                    record.finish(Err(TaskError::cancelled()));
+                }
+            }
+            for record in self.tasks.values_mut() {
+                record.finish(Err(TaskError::cancelled()));
+            }
+            for slot in &mut self.slots {
+                if slot.phase != Phase::Dead {
+                    slot.kill(KillReason::Shutdown);
+                }
+            }
+        }
+        if self.stop.is_none() || matches!(how, Stop::Now) {
+            self.stop = Some(how);
+        }
+        self.answer_ready_waiters();
+    }
+
+    /// Moves a shutdown along; true once everything is gone.
+    fn progress_stop(&mut self) -> bool {
+        if self.stop.is_none() {
+            return false;
+        }
+        if !self.tasks.is_empty() && self.slots.iter().any(|s| s.phase == Phase::Ready) {
+            return false; // Still draining.
+        }
+        // Nothing left to run, or nothing left to run it on.
+        for id in std::mem::take(&mut self.queue) {
+            if let Some(mut record) = self.tasks.remove(&id) {
+                record.finish(Err(TaskError::shutdown()));
+            }
+        }
+        let mut alive = false;
+        for slot in &mut self.slots {
+            match slot.phase {
+                Phase::Ready | Phase::Starting => {
+                    slot.phase = Phase::Stopping;
+                    if let Some(worker) = slot.worker.as_mut() {
+                        worker.send(ToWorker::Shutdown);
+                    }
+                    alive = true;
+                }
+                Phase::Stopping | Phase::Spawning => alive = true,
+                Phase::Dead => {}
+            }
+        }
+        if alive && self.stop_deadline.is_none() {
+            self.stop_deadline = Some(Instant::now() + self.config.shutdown_grace);
+        }
+        !alive
+    }
+}
+
+fn clone_error(error: &TaskError) -> TaskError {
+    if error.is_shutdown() {
+        TaskError::shutdown()
+    } else {
+        TaskError::no_workers(error)
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

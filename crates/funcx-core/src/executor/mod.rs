@@ -1,0 +1,269 @@
+//! The user-facing API: submit tasks, await results.
+
+mod handle;
+mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+
+pub use handle::{TaskHandle, TaskReport};
+pub use service::{ResponseFuture, Task};
+
+use crate::dispatcher::{Command, Dispatcher, DispatcherConfig, EndpointStats, Submission};
+use crate::{Function, IntoArgs, Payload, TaskError, TaskId, TaskStatus, WorkerRuntime};
+
+/// Runs tasks on an endpoint's workers.
+///
+/// An `Executor` is a cheap handle (clone it freely) to a dispatcher task that owns the
+/// queue and the workers. [`Executor::submit`] returns at once with a [`TaskHandle`], a
+/// future of the result; nothing blocks while tasks run. The executor is also a
+/// [`tower_service::Service`] over [`Task`]s, so tower layers (timeouts, retries,
+/// concurrency limits, [`crate::MemoizeLayer`]) stack on it.
+///
+/// When the last `Executor` clone is dropped the endpoint finishes the accepted tasks and
+/// stops its workers, so outstanding [`TaskHandle`]s still resolve.
+///
+/// ```no_run
+/// use funcx_core::{Executor, Function, TaskError};
+/// # async fn demo(runtime: impl funcx_core::WorkerRuntime) -> Result<(), TaskError> {
+/// let executor = Executor::builder().workers(2).start(runtime);
+/// let add = Function::from_source("def add(a, b):\n    return a + b\n", "add");
+/// let sum: i64 = executor.submit(&add, (2, 3)).result().await?;
+/// assert_eq!(sum, 5);
+/// executor.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Executor {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+/// Options for one task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TaskOptions {
+    timeout: Option<Duration>,
+}
+
+impl TaskOptions {
+    /// Default options: the endpoint's default timeout.
+    pub fn new() -> TaskOptions {
+        TaskOptions::default()
+    }
+
+    /// Fails the task with a [`TaskError::is_timeout`] error, and replaces its worker, once it
+    /// has *run* (not waited in the queue) for longer than `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> TaskOptions {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// Configures and starts an [`Executor`].
+#[derive(Debug, Clone)]
+pub struct ExecutorBuilder {
+    config: DispatcherConfig,
+}
+
+impl Default for ExecutorBuilder {
+    fn default() -> Self {
+        ExecutorBuilder {
+            config: DispatcherConfig {
+                workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                retries_on_worker_death: 0,
+                default_timeout: None,
+                shutdown_grace: Duration::from_secs(10),
+            },
+        }
+    }
+}
+
+impl ExecutorBuilder {
+    /// The number of workers to keep running (default: the number of CPUs).
+    pub fn workers(mut self, workers: usize) -> ExecutorBuilder {
+        self.config.workers = workers.max(1);
+        self
+    }
+
+    /// How many times a task whose worker died under it is run again before it fails with a
+    /// [`TaskError::is_worker_died`] error (default 0, as funcX's
+    /// `max_retries_on_system_failure`). Tasks that were merely queued behind it on that
+    /// worker are always re-run and never charged.
+    pub fn retries_on_worker_death(mut self, retries: u32) -> ExecutorBuilder {
+        self.config.retries_on_worker_death = retries;
+        self
+    }
+
+    /// A timeout for tasks submitted without one (default: none).
+    pub fn task_timeout(mut self, timeout: Duration) -> ExecutorBuilder {
+        self.config.default_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a graceful shutdown waits for workers to exit once their work is done
+    /// before killing them (default 10 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> ExecutorBuilder {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// Starts the endpoint's dispatcher and workers on the current Tokio runtime.
+    ///
+    /// Returns at once; tasks submitted before the workers are up wait in the queue. Use
+    /// [`Executor::ready`] to wait for the workers (and learn early if they cannot start).
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub fn start(self, runtime: impl WorkerRuntime) -> Executor {
+        self.start_shared(Arc::new(runtime))
+    }
+
+    /// As [`ExecutorBuilder::start`], for a runtime that is already shared.
+    pub fn start_shared(self, runtime: Arc<dyn WorkerRuntime>) -> Executor {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(Dispatcher::new(runtime, self.config, receiver).run());
+        Executor { commands }
+    }
+}
+
+impl Executor {
+    /// A builder for an executor.
+    pub fn builder() -> ExecutorBuilder {
+        ExecutorBuilder::default()
+    }
+
+    /// Submits one call of `function` with `args`.
+    ///
+    /// The function is registered with the endpoint on first use and sent to each worker
+    /// once. Arguments that failed to serialize make the handle resolve to a
+    /// [`TaskError::is_serialization`] error.
+    pub fn submit(&self, function: &Function, args: impl IntoArgs) -> TaskHandle {
+        self.submit_with(function, args, TaskOptions::default())
+    }
+
+    /// Submits one call with per-task options (a timeout).
+    pub fn submit_with(
+        &self,
+        function: &Function,
+        args: impl IntoArgs,
+        options: TaskOptions,
+    ) -> TaskHandle {
+        let (submission, handle) = self.prepare(function, args, options);
+        self.send(Command::Submit(submission));
+        handle
+    }
+
+    /// Submits one call of `function` per element of `batch`, in one message to the
+    /// dispatcher.
+    pub fn submit_batch<A: IntoArgs>(
+        &self,
+        function: &Function,
+        batch: impl IntoIterator<Item = A>,
+    ) -> Vec<TaskHandle> {
+        let (submissions, handles): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|args| self.prepare(function, args, TaskOptions::default()))
+            .unzip();
+        self.send(Command::SubmitMany(submissions));
+        handles
+    }
+
+    /// Calls `function` once per element of `inputs`, with at most `in_flight` tasks
+    /// submitted and unfinished at a time, and yields the results in input order.
+    ///
+    /// Inputs are consumed lazily, so an endless iterator is fine.
+    pub fn map<I>(
+        &self,
+        function: &Function,
+        inputs: I,
+        in_flight: usize,
+    ) -> impl Stream<Item = Result<Payload, TaskError>> + Send + 'static
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: IntoArgs,
+    {
+        let executor = self.clone();
+        let function = function.clone();
+        stream::iter(inputs)
+            .map(move |args| executor.submit(&function, args))
+            .buffered(in_flight.max(1))
+    }
+
+    /// Cancels task `id` (see [`TaskHandle::cancel`]).
+    pub fn cancel(&self, id: TaskId) {
+        self.send(Command::Cancel(id));
+    }
+
+    /// The state and timeline of task `id`, or `None` once it has finished (its handle has
+    /// the outcome) or if it is unknown.
+    pub async fn status(&self, id: TaskId) -> Option<TaskStatus> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Status(id, reply));
+        answer.await.ok().flatten()
+    }
+
+    /// Counts of workers and tasks.
+    pub async fn stats(&self) -> EndpointStats {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Stats(reply));
+        answer.await.unwrap_or_default()
+    }
+
+    /// Waits until every worker has started, or fails with a [`TaskError::is_no_workers`]
+    /// error saying why they cannot.
+    pub async fn ready(&self) -> Result<(), TaskError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Ready(reply));
+        answer.await.unwrap_or_else(|_| Err(TaskError::shutdown()))
+    }
+
+    /// Stops accepting tasks, finishes every accepted one, then stops the workers.
+    ///
+    /// Tasks submitted afterwards fail with a [`TaskError::is_shutdown`] error.
+    pub async fn shutdown(&self) {
+        self.stop(true).await;
+    }
+
+    /// Cancels every queued and running task, kills the workers and stops.
+    pub async fn shutdown_now(&self) {
+        self.stop(false).await;
+    }
+
+    async fn stop(&self, drain: bool) {
+        let (done, stopped) = oneshot::channel();
+        self.send(Command::Shutdown { drain, done });
+        // An error means the dispatcher has already stopped, which is what we wait for.
+        let _ = stopped.await;
+    }
+
+    fn prepare(
+        &self,
+        function: &Function,
+        args: impl IntoArgs,
+        options: TaskOptions,
+    ) -> (Submission, TaskHandle) {
+        let id = TaskId::next();
+        let (reply, outcome) = oneshot::channel();
+        let submission = Submission {
+            id,
+            function: function.clone(),
+            args: args.into_args(),
+            timeout: options.timeout,
+            reply,
+        };
+        (
+            submission,
+            TaskHandle::new(id, outcome, self.commands.downgrade()),
+        )
+    }
+
+    fn send(&self, command: Command) {
+        // If the dispatcher has stopped, the command is dropped with its reply channels, and
+        // whoever waits on one reads that as "shut down".
+        let _ = self.commands.send(command);
+    }
+}

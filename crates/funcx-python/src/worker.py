@@ -1,0 +1,561 @@
+# The funcx Python worker: runs functions sent by the Rust side over a pipe.
+#
+# Started as `python -u -c <this file> <max_result_size>`. Standard library only,
+# Python 3.8+. The wire protocol is described in protocol.rs; every integer is
+# little-endian and every frame is `u32 body_len | u8 kind | body`.
+#
+# This is the hot path of funcx: a no-op task must cost a couple of microseconds,
+# so the task loop keeps everything in locals, parses with precompiled structs on a
+# memoryview (no slicing copies) and batches results into one write.
+
+import os
+import sys
+import struct
+import pickle
+import select
+from time import perf_counter_ns
+
+# Rust -> worker frame kinds.
+K_FUNCTION = 1
+K_TASKS = 2
+K_CANCEL = 3
+K_SHUTDOWN = 4
+
+# Worker -> Rust frame kinds.
+K_READY = 1
+K_RESULTS = 2
+K_STARTED = 3
+
+# Result statuses.
+S_OK = 0
+S_EXCEPTION = 1
+S_LOAD_ERROR = 2
+S_ARGS_ERROR = 3
+S_RESULT_ERROR = 4
+S_TOO_LARGE = 5
+S_CANCELLED = 6
+S_UNKNOWN_FUNCTION = 7
+
+# Task flags.
+F_ISOLATE = 1
+F_REJECTED = 2
+
+# Function forms.
+FORM_SOURCE = 0
+FORM_PICKLED = 1
+FORM_REJECTED = 2
+
+FRAME_HDR = struct.Struct("<IB")
+RESULTS_HDR = struct.Struct("<IBI")
+RESULT_HDR = struct.Struct("<QBQI")
+TASK_HDR = struct.Struct("<QIBHH")
+FUNC_HDR = struct.Struct("<IBH")
+STARTED = struct.Struct("<IBQ")
+U16 = struct.Struct("<H")
+U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
+I32 = struct.Struct("<i")
+
+# Results are batched into one write until the batch passes this size.
+FLUSH_SIZE = 256 * 1024
+# Results bigger than this are written straight from their own buffer.
+INLINE_RESULT = 64 * 1024
+# A long-running batch still reports results and sees cancellations this often.
+POLL_NS = 5_000_000
+# Keeps a pathological exception message from filling a frame.
+MAX_TEXT = 256 * 1024
+MIN_BUFFER = 1 << 20
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def write_all(fd, data):
+    # A pipe write can be partial (signals, huge buffers); the protocol cannot be.
+    n = os.write(fd, data)
+    size = len(data)
+    if n < size:
+        with memoryview(data) as view:
+            while n < size:
+                n += os.write(fd, view[n:])
+
+
+def writev_all(fd, parts):
+    total = 0
+    for part in parts:
+        total += len(part)
+    n = os.writev(fd, parts)
+    if n == total:
+        return
+    for part in parts:
+        size = len(part)
+        if n >= size:
+            n -= size
+            continue
+        with memoryview(part) as view:
+            write_all(fd, view[n:])
+        n = 0
+
+
+def type_name(cls):
+    module = getattr(cls, "__module__", None)
+    name = getattr(cls, "__qualname__", None) or getattr(cls, "__name__", "?")
+    if module in (None, "builtins", "__main__", "__funcx__"):
+        return name
+    return "%s.%s" % (module, name)
+
+
+def clip(text):
+    if len(text) > MAX_TEXT:
+        return text[:MAX_TEXT] + "\n... (%d characters cut)" % (len(text) - MAX_TEXT)
+    return text
+
+
+def describe(exc, skip_frames):
+    """The error body of statuses 1-4 for `exc`."""
+    # traceback is only imported once something fails: it costs milliseconds of
+    # startup that a worker running only successful tasks never needs.
+    try:
+        name = type_name(type(exc))
+    except BaseException:
+        name = "?"
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "<exception str() failed>"
+    try:
+        import traceback
+
+        register_sources()
+        tb = exc.__traceback__
+        for _ in range(skip_frames):
+            if tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+    except BaseException:
+        text = "%s: %s\n" % (name, message)
+    line = -1
+    if isinstance(exc, SyntaxError):
+        lineno = getattr(exc, "lineno", None)
+        if isinstance(lineno, int) and 0 <= lineno < 2**31:
+            line = lineno
+    parts = []
+    for value in (name, message, text):
+        data = clip(value).encode("utf-8", "replace")
+        parts.append(U32.pack(len(data)))
+        parts.append(data)
+    parts.append(I32.pack(line))
+    return b"".join(parts)
+
+
+def error_body(type_name_, message, line=-1):
+    parts = []
+    for value in (type_name_, message, "%s: %s\n" % (type_name_, message)):
+        data = value.encode("utf-8", "replace")
+        parts.append(U32.pack(len(data)))
+        parts.append(data)
+    parts.append(I32.pack(line))
+    return b"".join(parts)
+
+
+# Source of every function loaded, so tracebacks and inspect show its lines.
+SOURCES = {}
+
+
+def register_sources():
+    import linecache
+
+    for filename, source in SOURCES.items():
+        if filename not in linecache.cache:
+            # An mtime of None tells linecache.checkcache never to evict the entry.
+            linecache.cache[filename] = (
+                len(source),
+                None,
+                source.splitlines(True),
+                filename,
+            )
+
+
+def load_function(form, name, body):
+    """Returns the callable, or raises with a message meant for the user."""
+    if form == FORM_SOURCE:
+        source = str(body, "utf-8", "replace")
+        filename = "<funcx:%s>" % name
+        SOURCES[filename] = source
+        if "linecache" in sys.modules:
+            register_sources()
+        code = compile(source, filename, "exec")
+        namespace = {"__name__": "__funcx__", "__builtins__": __builtins__}
+        exec(code, namespace)
+        try:
+            fn = namespace[name]
+        except KeyError:
+            raise NameError(
+                "entry point '%s' is not defined in the source" % name
+            ) from None
+        if not callable(fn):
+            raise TypeError(
+                "entry point '%s' is a %s, not a function" % (name, type_name(type(fn)))
+            )
+        return fn
+    if form == FORM_PICKLED:
+        fn = pickle.loads(body)
+        if not callable(fn):
+            raise TypeError(
+                "pickled function '%s' unpickled to a %s, which is not callable"
+                % (name, type_name(type(fn)))
+            )
+        return fn
+    raise ProtocolError("unknown function form %d" % form)
+
+
+class Worker:
+    def __init__(self, proto_in, proto_out, max_result):
+        self.fd_in = proto_in
+        self.fd_out = proto_out
+        self.max_result = max_result
+        self.buf = bytearray(MIN_BUFFER)
+        self.view = memoryview(self.buf)
+        self.pos = 0  # start of the first frame not processed yet
+        self.end = 0  # end of the bytes read
+        self.scan = 0  # start of the first frame not looked ahead at for CANCEL
+        self.eof = False
+        self.shutdown = False
+        self.functions = {}
+        self.failed = {}
+        self.cancelled = set()
+        # Pending RESULTS frame; its 9-byte header is filled in when flushed.
+        self.out = bytearray(9)
+        self.count = 0
+        self.last_poll = perf_counter_ns()
+
+    # -- output ---------------------------------------------------------------
+
+    def flush(self):
+        if not self.count:
+            return
+        out = self.out
+        RESULTS_HDR.pack_into(out, 0, len(out) - 5, K_RESULTS, self.count)
+        write_all(self.fd_out, out)
+        del out[9:]
+        self.count = 0
+
+    def add_result(self, task_id, status, duration, body):
+        size = len(body)
+        if size > INLINE_RESULT:
+            # A big result goes out on its own, header and body in one writev,
+            # without being copied into the batch.
+            self.flush()
+            head = RESULTS_HDR.pack(4 + 25 + size, K_RESULTS, 1) + RESULT_HDR.pack(
+                task_id, status, duration, size
+            )
+            writev_all(self.fd_out, [head, body])
+            return
+        self.out += RESULT_HDR.pack(task_id, status, duration, size)
+        self.out += body
+        self.count += 1
+        if len(self.out) > FLUSH_SIZE:
+            self.flush()
+
+    # -- input ----------------------------------------------------------------
+
+    def read_some(self, blocking):
+        """Reads into the free end of the buffer, never moving it (the task
+        loop may hold offsets into it). Returns False if there was no room."""
+        if self.eof:
+            return True
+        if self.end >= len(self.buf):
+            return False
+        if not blocking:
+            ready, _, _ = select.select([self.fd_in], [], [], 0)
+            if not ready:
+                return True
+        n = os.readv(self.fd_in, [self.view[self.end :]])
+        if n == 0:
+            self.eof = True
+        self.end += n
+        return True
+
+    def make_room(self):
+        """Between frames: makes space to read the rest of the frame at `pos`."""
+        pos, end = self.pos, self.end
+        have = end - pos
+        size = len(self.buf)
+        if have == 0:
+            self.pos = self.end = self.scan = 0
+            if size > 16 * MIN_BUFFER:
+                # Give back the memory of a huge frame that has been handled.
+                self.view.release()
+                self.buf = bytearray(MIN_BUFFER)
+                self.view = memoryview(self.buf)
+            return
+        need = have + 65536
+        if have >= 5:
+            body_len, _ = FRAME_HDR.unpack_from(self.view, pos)
+            need = max(need, 5 + body_len)
+        if pos + need <= size:
+            return
+        if need <= size:
+            # Move the start of the frame to the front.
+            self.view[0:have] = bytes(self.view[pos:end])
+        else:
+            old = self.view
+            self.buf = bytearray(max(need, MIN_BUFFER))
+            self.view = memoryview(self.buf)
+            self.view[0:have] = old[pos:end]
+            old.release()
+        self.pos = self.scan = 0
+        self.end = have
+
+    def look_ahead(self):
+        """Reads what the pipe has without blocking and notes the task ids of
+        CANCEL frames, so queued tasks can be skipped before they start."""
+        self.flush()
+        self.last_poll = perf_counter_ns()
+        self.read_some(False)
+        view = self.view
+        scan, end = self.scan, self.end
+        while end - scan >= 5:
+            body_len, kind = FRAME_HDR.unpack_from(view, scan)
+            frame_end = scan + 5 + body_len
+            if frame_end > end:
+                break
+            if kind == K_CANCEL:
+                self.cancelled.update(self.cancel_ids(scan + 5, frame_end))
+            scan = frame_end
+        self.scan = scan
+
+    def cancel_ids(self, off, end):
+        view = self.view
+        (count,) = U32.unpack_from(view, off)
+        if off + 4 + 8 * count > end:
+            raise ProtocolError("truncated CANCEL frame")
+        return struct.unpack_from("<%dQ" % count, view, off + 4)
+
+    # -- frames ---------------------------------------------------------------
+
+    def run(self):
+        fd_out = self.fd_out
+        write_all(
+            fd_out,
+            self.ready_frame(),
+        )
+        while True:
+            view = self.view
+            pos, end = self.pos, self.end
+            while end - pos >= 5:
+                body_len, kind = FRAME_HDR.unpack_from(view, pos)
+                frame_end = pos + 5 + body_len
+                if frame_end > end:
+                    break
+                if frame_end > self.scan:
+                    self.scan = frame_end
+                if kind == K_TASKS:
+                    self.run_tasks(pos + 5, frame_end)
+                elif kind == K_FUNCTION:
+                    self.define(pos + 5, frame_end)
+                elif kind == K_CANCEL:
+                    # Every task this frame names was received before it and has
+                    # been handled by now: forget the ids.
+                    self.cancelled.difference_update(self.cancel_ids(pos + 5, frame_end))
+                elif kind == K_SHUTDOWN:
+                    self.flush()
+                    return
+                else:
+                    raise ProtocolError("unknown frame kind %d" % kind)
+                pos = frame_end
+                self.pos = pos
+                # run_tasks may have read more input.
+                end = self.end
+            self.pos = pos
+            self.flush()
+            if self.eof:
+                if self.pos != self.end:
+                    raise ProtocolError("input ended inside a frame")
+                return
+            self.make_room()
+            self.read_some(True)
+
+    def ready_frame(self):
+        version = ("%s %s" % (sys.implementation.name, sys.version)).replace("\n", " ")
+        data = version.encode("utf-8", "replace")[:1000]
+        body = U32.pack(os.getpid()) + U16.pack(len(data)) + data
+        return FRAME_HDR.pack(len(body), K_READY) + body
+
+    def define(self, off, end):
+        view = self.view
+        key, form, name_len = FUNC_HDR.unpack_from(view, off)
+        off += 7
+        if off + name_len > end:
+            raise ProtocolError("truncated FUNCTION frame")
+        name = str(view[off : off + name_len], "utf-8", "replace")
+        body = view[off + name_len : end]
+        self.functions.pop(key, None)
+        self.failed.pop(key, None)
+        if form == FORM_REJECTED:
+            self.failed[key] = error_body(
+                "funcx.FunctionRejected", str(body, "utf-8", "replace")
+            )
+            return
+        try:
+            self.functions[key] = load_function(form, name, body)
+        except ProtocolError:
+            raise
+        except BaseException as exc:
+            self.failed[key] = describe(exc, 2)
+
+    def run_tasks(self, off, end):
+        view = self.view
+        (count,) = U32.unpack_from(view, off)
+        off += 4
+        get_function = self.functions.get
+        cancelled = self.cancelled
+        task_hdr = TASK_HDR.unpack_from
+        u32 = U32.unpack_from
+        u16 = U16.unpack_from
+        loads = pickle.loads
+        dumps = pickle.dumps
+        clock = perf_counter_ns
+        result_hdr = RESULT_HDR.pack
+        max_result = self.max_result
+        # flush() empties this bytearray in place, so the alias stays valid.
+        out = self.out
+        for _ in range(count):
+            task_id, key, flags, nargs, nkwargs = task_hdr(view, off)
+            off += 17
+            if nargs == 1 and not nkwargs:
+                (size,) = u32(view, off)
+                off += 4
+                arg = view[off : off + size]
+                off += size
+                args = kwargs = None
+            else:
+                arg = None
+                args = []
+                for _ in range(nargs):
+                    (size,) = u32(view, off)
+                    off += 4
+                    args.append(view[off : off + size])
+                    off += size
+                kwargs = []
+                for _ in range(nkwargs):
+                    (size,) = u16(view, off)
+                    off += 2
+                    name = str(view[off : off + size], "utf-8", "replace")
+                    off += size
+                    (size,) = u32(view, off)
+                    off += 4
+                    kwargs.append((name, view[off : off + size]))
+                    off += size
+            if off > end:
+                raise ProtocolError("truncated TASKS frame")
+
+            isolate = flags & F_ISOLATE
+            if isolate:
+                self.look_ahead()
+            if cancelled and task_id in cancelled:
+                cancelled.discard(task_id)
+                self.add_result(task_id, S_CANCELLED, 0, b"")
+                if isolate:
+                    self.flush()
+                continue
+            if isolate:
+                write_all(self.fd_out, STARTED.pack(8, K_STARTED, task_id))
+
+            start = clock()
+            fn = get_function(key)
+            if fn is None:
+                body = self.failed.get(key)
+                status = S_UNKNOWN_FUNCTION if body is None else S_LOAD_ERROR
+                body = body or b""
+            elif flags & F_REJECTED:
+                status, body = S_ARGS_ERROR, error_body(
+                    "funcx.ArgumentsRejected",
+                    "the arguments are too large or too many for the worker protocol",
+                )
+            else:
+                try:
+                    if args is None:
+                        arg = loads(arg)
+                    else:
+                        args = [loads(a) for a in args]
+                        kwargs = {name: loads(a) for name, a in kwargs}
+                except BaseException as exc:
+                    status, body = S_ARGS_ERROR, describe(exc, 0)
+                else:
+                    try:
+                        if args is None:
+                            result = fn(arg)
+                        else:
+                            result = fn(*args, **kwargs)
+                    except BaseException as exc:
+                        status, body = S_EXCEPTION, describe(exc, 1)
+                    else:
+                        try:
+                            body = dumps(result, 4)
+                        except BaseException as exc:
+                            status, body = S_RESULT_ERROR, describe(exc, 0)
+                        else:
+                            status = S_OK
+                            if len(body) > max_result:
+                                status, body = S_TOO_LARGE, U64.pack(len(body))
+                        result = None
+                arg = args = kwargs = None
+            now = clock()
+            size = len(body)
+            if size <= INLINE_RESULT and not isolate:
+                out += result_hdr(task_id, status, now - start, size)
+                out += body
+                self.count += 1
+                if len(out) > FLUSH_SIZE:
+                    self.flush()
+            else:
+                self.add_result(task_id, status, now - start, body)
+                if isolate:
+                    self.flush()
+            body = None
+            if now - self.last_poll > POLL_NS:
+                self.look_ahead()
+
+
+def main():
+    try:
+        max_result = int(sys.argv[1])
+    except (IndexError, ValueError):
+        max_result = 1 << 30
+    sys.argv = ["funcx-worker"]
+    # The protocol gets private copies of fds 0 and 1. Then fd 1 becomes stderr, so
+    # print() and C libraries writing to stdout cannot corrupt the protocol, and fd 0
+    # becomes /dev/null so nothing else can eat our input.
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    try:
+        sys.stdout = open(
+            1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
+        )
+        sys.stdin = open(0, "r", closefd=False)
+    except OSError:
+        pass
+    worker = Worker(proto_in, proto_out, max_result)
+    try:
+        worker.run()
+    except BrokenPipeError:
+        # The Rust side is gone; nobody is left to report to.
+        os._exit(1)
+    except (ProtocolError, struct.error) as exc:
+        sys.stderr.write("funcx worker: protocol error: %s\n" % exc)
+        sys.stderr.flush()
+        os._exit(2)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+
+
+main()
