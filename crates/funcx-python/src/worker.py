@@ -467,8 +467,10 @@ class Worker:
             fn = get_function(key)
             if fn is None:
                 body = self.failed.get(key)
-                status = S_UNKNOWN_FUNCTION if body is None else S_LOAD_ERROR
-                body = body or b""
+                if body is None:
+                    status, body = S_UNKNOWN_FUNCTION, U32.pack(key)
+                else:
+                    status = S_LOAD_ERROR
             elif flags & F_REJECTED:
                 status, body = S_ARGS_ERROR, error_body(
                     "funcx.ArgumentsRejected",

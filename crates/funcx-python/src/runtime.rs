@@ -1,0 +1,419 @@
+//! Python worker processes: starting them and talking to them over their pipes.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use funcx_core::worker::{
+    SpawnError, ToWorker, Worker, WorkerEvent, WorkerEvents, WorkerId, WorkerRuntime,
+};
+use funcx_core::WorkerExit;
+use futures::future::BoxFuture;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::{PythonConfig, ACCELERATOR_VARIABLES};
+use crate::protocol::{Decoder, Encoder, FromWorker, ProtocolError};
+
+/// The worker program, passed to `python -c` so that starting a worker touches no file.
+const WORKER_SOURCE: &str = include_str!("worker.py");
+
+/// The writer stops coalescing queued messages once this many bytes are encoded, so that a
+/// flood of submissions starts reaching the worker before it has all been encoded.
+const WRITE_BATCH: usize = 4 * 1024 * 1024;
+
+/// Reads from the worker's stdout are at least this big.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Lines of worker output longer than this are logged in pieces.
+const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// How long to keep reading results after the worker exited, in case a process it started
+/// still holds the pipe open.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs workers as Python processes on this machine.
+///
+/// Each worker is a `python -u -c <worker program>` process (started through
+/// `sh -c` when a [`PythonConfig::worker_init`] snippet is set) that speaks the
+/// [`crate::protocol`] on its stdin and stdout. What functions print goes to its stderr,
+/// which is logged line by line with `tracing` under the target `funcx::worker`.
+#[derive(Debug, Clone)]
+pub struct PythonRuntime {
+    config: Arc<PythonConfig>,
+}
+
+impl PythonRuntime {
+    /// A runtime that starts workers as `config` describes.
+    pub fn new(config: PythonConfig) -> PythonRuntime {
+        PythonRuntime {
+            config: Arc::new(config),
+        }
+    }
+
+    /// The configuration workers are started with.
+    pub fn config(&self) -> &PythonConfig {
+        &self.config
+    }
+
+    /// Starts worker slot `index` and returns its handle; the same as
+    /// [`WorkerRuntime::spawn`], without boxing.
+    ///
+    /// Must be called within a Tokio runtime: the worker's pipes are served by tasks
+    /// spawned on it.
+    pub fn spawn_worker(
+        &self,
+        index: usize,
+        events: WorkerEvents,
+    ) -> Result<PythonWorker, SpawnError> {
+        let id = events.worker();
+        let mut command = command(&self.config, index, id);
+        let mut child = command.spawn().map_err(|e| {
+            SpawnError::new(format!(
+                "could not start Python worker {:?}: {e}",
+                self.config.python_path()
+            ))
+        })?;
+        let pid = child.id();
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            // Unreachable with piped stdio, but a missing pipe must not become a panic.
+            return Err(SpawnError::new("worker process has no pipes"));
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let kill = Arc::new(Notify::new());
+        let decoder = Decoder::new(
+            self.config.frame_size_limit(),
+            self.config.result_size_limit(),
+        );
+        tokio::spawn(write_messages(stdin, rx, id));
+        tokio::spawn(forward_output(stderr, id));
+        tokio::spawn(read_events(child, stdout, events, kill.clone(), decoder));
+        tracing::debug!(worker = %id, ?pid, index, "started Python worker");
+        Ok(PythonWorker { id, pid, tx, kill })
+    }
+}
+
+impl WorkerRuntime for PythonRuntime {
+    fn spawn(
+        &self,
+        index: usize,
+        events: WorkerEvents,
+    ) -> BoxFuture<'static, Result<Box<dyn Worker>, SpawnError>> {
+        let runtime = self.clone();
+        Box::pin(async move {
+            let worker = runtime.spawn_worker(index, events)?;
+            Ok(Box::new(worker) as Box<dyn Worker>)
+        })
+    }
+}
+
+fn command(config: &PythonConfig, index: usize, id: WorkerId) -> Command {
+    let mut command = match config.init_snippet() {
+        Some(snippet) => {
+            // The snippet runs in the shell that then execs Python, so its exports and
+            // `source`d environments reach the worker. Its output is sent to stderr: stdout
+            // is the protocol pipe.
+            let mut command = Command::new("/bin/sh");
+            command
+                .arg("-c")
+                .arg(format!("{{\n{snippet}\n}} >&2\nexec \"$@\""))
+                .arg("sh")
+                .arg(config.python_path());
+            command
+        }
+        None => Command::new(config.python_path()),
+    };
+    command
+        .arg("-u")
+        .arg("-c")
+        .arg(WORKER_SOURCE)
+        .arg(config.result_size_limit().to_string())
+        .envs(config.environment().iter().map(|(k, v)| (k, v)))
+        .env("FUNCX_WORKER_INDEX", index.to_string())
+        .env("FUNCX_WORKER_ID", id.0.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(accelerator) = config.accelerator_for(index) {
+        for variable in ACCELERATOR_VARIABLES {
+            command.env(variable, accelerator);
+        }
+    }
+    if let Some(dir) = config.current_dir() {
+        command.current_dir(dir);
+    }
+    command
+}
+
+/// A running Python worker process.
+///
+/// Dropping the handle kills the process.
+#[derive(Debug)]
+pub struct PythonWorker {
+    id: WorkerId,
+    pid: Option<u32>,
+    tx: mpsc::UnboundedSender<ToWorker>,
+    kill: Arc<Notify>,
+}
+
+impl PythonWorker {
+    /// The worker's id, as its events are tagged.
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// The process id of the worker, if it was known at start.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+}
+
+impl Worker for PythonWorker {
+    fn send(&mut self, message: ToWorker) {
+        // A worker that is gone reports Exited on its own; the message has nowhere to go.
+        let _ = self.tx.send(message);
+    }
+
+    fn kill(&mut self) {
+        self.kill.notify_one();
+    }
+}
+
+impl Drop for PythonWorker {
+    fn drop(&mut self) {
+        self.kill.notify_one();
+    }
+}
+
+/// Feeds the worker's stdin: everything queued is encoded into one batch of writes.
+async fn write_messages(
+    mut stdin: ChildStdin,
+    mut rx: mpsc::UnboundedReceiver<ToWorker>,
+    id: WorkerId,
+) {
+    let mut encoder = Encoder::new();
+    while let Some(message) = rx.recv().await {
+        let mut shutdown = matches!(message, ToWorker::Shutdown);
+        encoder.encode(&message);
+        while !shutdown && encoder.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(message) => {
+                    shutdown = matches!(message, ToWorker::Shutdown);
+                    encoder.encode(&message);
+                }
+                Err(_) => break,
+            }
+        }
+        for chunk in encoder.take() {
+            if let Err(e) = stdin.write_all(&chunk).await {
+                // The worker is gone; the reader reports how it ended.
+                tracing::debug!(worker = %id, "could not write to worker: {e}");
+                return;
+            }
+        }
+        if shutdown {
+            break;
+        }
+    }
+    // Dropping stdin closes it: end of input tells the worker to exit once it is done.
+    drop(stdin);
+}
+
+/// Logs what the worker writes to stderr (including its functions' prints), line by line.
+async fn forward_output(mut stderr: ChildStderr, id: WorkerId) {
+    let mut line: Vec<u8> = Vec::new();
+    let mut chunk = vec![0_u8; 8192];
+    loop {
+        let n = match stderr.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut rest = &chunk[..n];
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(&rest[..end]);
+            log_line(&line, id);
+            line.clear();
+            rest = &rest[end + 1..];
+        }
+        line.extend_from_slice(rest);
+        while line.len() >= MAX_LOG_LINE {
+            log_line(&line[..MAX_LOG_LINE], id);
+            line.drain(..MAX_LOG_LINE);
+        }
+    }
+    if !line.is_empty() {
+        log_line(&line, id);
+    }
+}
+
+fn log_line(line: &[u8], id: WorkerId) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = String::from_utf8_lossy(line);
+    tracing::info!(target: "funcx::worker", worker = %id, "{line}");
+}
+
+/// Reads the worker's stdout, reports its events, and reports how it exited once it is gone.
+async fn read_events(
+    mut child: Child,
+    mut stdout: ChildStdout,
+    events: WorkerEvents,
+    kill: Arc<Notify>,
+    decoder: Decoder,
+) {
+    let id = events.worker();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut reading = true;
+    let status = loop {
+        tokio::select! {
+            biased;
+            () = kill.notified() => {
+                let _ = child.start_kill();
+            }
+            read = read_some(&mut stdout, &mut buf, &decoder), if reading => {
+                match read.and_then(|n| handle(n, &decoder, &mut buf, &events)) {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Eof) => reading = false,
+                    Ok(Flow::Abandoned) => {
+                        let _ = child.start_kill();
+                        reading = false;
+                    }
+                    Err(reason) => {
+                        tracing::warn!(worker = %id, "killing worker: {reason}");
+                        let _ = child.start_kill();
+                        reading = false;
+                    }
+                }
+            }
+            status = child.wait() => break status,
+        }
+    };
+    if reading {
+        // The exit can be seen before the last results are read: read on to the end of
+        // the pipe, so that every result the worker sent is reported before Exited.
+        let drain = async {
+            loop {
+                let read = read_some(&mut stdout, &mut buf, &decoder).await;
+                match read.and_then(|n| handle(n, &decoder, &mut buf, &events)) {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Eof | Flow::Abandoned) => break,
+                    Err(reason) => {
+                        tracing::warn!(worker = %id, "worker sent garbage: {reason}");
+                        break;
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+            tracing::warn!(worker = %id, "worker exited but its output pipe stayed open");
+        }
+    }
+    let exit = match status {
+        Ok(status) => exit_of(status),
+        Err(e) => {
+            tracing::warn!(worker = %id, "could not read the worker's exit status: {e}");
+            WorkerExit::Unknown
+        }
+    };
+    tracing::debug!(worker = %id, "worker exited: {exit}");
+    events.send(WorkerEvent::Exited(exit));
+}
+
+/// What the reader does after handling a read.
+enum Flow {
+    Continue,
+    /// The worker closed its output.
+    Eof,
+    /// The dispatcher is gone; nobody wants the worker any more.
+    Abandoned,
+}
+
+/// Why reading from the worker stopped.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("could not read from the worker: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn read_some(
+    stdout: &mut ChildStdout,
+    buf: &mut BytesMut,
+    decoder: &Decoder,
+) -> Result<usize, ReadError> {
+    // Room for the whole frame that has started arriving, so a big result is read into
+    // one allocation and handed out without a copy.
+    let want = decoder
+        .frame_len(buf)?
+        .unwrap_or(0)
+        .max(buf.len() + READ_CHUNK);
+    buf.reserve(want - buf.len());
+    Ok(stdout.read_buf(buf).await?)
+}
+
+fn handle(
+    n: usize,
+    decoder: &Decoder,
+    buf: &mut BytesMut,
+    events: &WorkerEvents,
+) -> Result<Flow, ReadError> {
+    if n == 0 {
+        if !buf.is_empty() {
+            return Err(ProtocolError::Truncated("frame at the end of the output").into());
+        }
+        return Ok(Flow::Eof);
+    }
+    let mut results = Vec::new();
+    let mut alive = true;
+    // Results of consecutive frames go out as one event; anything else goes out in order.
+    let outcome = loop {
+        match decoder.decode(buf) {
+            Ok(None) => break Ok(()),
+            Ok(Some(FromWorker::Results(batch))) => {
+                if results.is_empty() {
+                    results = batch;
+                } else {
+                    results.extend(batch);
+                }
+            }
+            Ok(Some(FromWorker::Ready { pid, version })) => {
+                alive &= flush(&mut results, events);
+                tracing::debug!(worker = %events.worker(), pid, version, "worker ready");
+                alive &= events.send(WorkerEvent::Ready);
+            }
+            Ok(Some(FromWorker::Started(task))) => {
+                alive &= flush(&mut results, events);
+                alive &= events.send(WorkerEvent::Started(task));
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    alive &= flush(&mut results, events);
+    outcome?;
+    Ok(if alive {
+        Flow::Continue
+    } else {
+        Flow::Abandoned
+    })
+}
+
+fn flush(results: &mut Vec<funcx_core::worker::WorkResult>, events: &WorkerEvents) -> bool {
+    if results.is_empty() {
+        return true;
+    }
+    events.send(WorkerEvent::Results(std::mem::take(results)))
+}
+
+fn exit_of(status: ExitStatus) -> WorkerExit {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => WorkerExit::Code(code),
+        (None, Some(signal)) => WorkerExit::Signal(signal),
+        (None, None) => WorkerExit::Unknown,
+    }
+}
