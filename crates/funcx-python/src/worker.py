@@ -247,7 +247,7 @@ class Worker:
             # A big result goes out on its own, header and body in one writev,
             # without being copied into the batch.
             self.flush()
-            head = RESULTS_HDR.pack(4 + 25 + size, K_RESULTS, 1) + RESULT_HDR.pack(
+            head = RESULTS_HDR.pack(4 + RESULT_HDR.size + size, K_RESULTS, 1) + RESULT_HDR.pack(
                 task_id, status, duration, size
             )
             writev_all(self.fd_out, [head, body])
