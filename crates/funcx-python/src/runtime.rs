@@ -31,6 +31,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Lines of worker output longer than this are logged in pieces.
 const MAX_LOG_LINE: usize = 16 * 1024;
 
+/// How long a worker that closed its output may take to exit before it is killed; a clean
+/// exit (after `Shutdown`) closes the output first, and must not be reported as a kill.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
 /// How long to keep reading results after the worker exited, in case a process it started
 /// still holds the pipe open.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -269,6 +273,8 @@ async fn read_events(
     let id = events.worker();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut reading = true;
+    // Set once the output is closed: a worker that closed it without exiting is hung.
+    let mut exit_deadline: Option<tokio::time::Instant> = None;
     let status = loop {
         tokio::select! {
             biased;
@@ -278,7 +284,10 @@ async fn read_events(
             read = read_some(&mut stdout, &mut buf, &decoder), if reading => {
                 match read.and_then(|n| handle(n, &decoder, &mut buf, &events)) {
                     Ok(Flow::Continue) => {}
-                    Ok(Flow::Eof) => reading = false,
+                    Ok(Flow::Eof) => {
+                        reading = false;
+                        exit_deadline = Some(tokio::time::Instant::now() + EXIT_GRACE);
+                    }
                     Ok(Flow::Abandoned) => {
                         let _ = child.start_kill();
                         reading = false;
@@ -289,6 +298,11 @@ async fn read_events(
                         reading = false;
                     }
                 }
+            }
+            () = sleep_until(exit_deadline) => {
+                tracing::warn!(worker = %id, "killing worker: it closed its output but did not exit");
+                let _ = child.start_kill();
+                exit_deadline = None;
             }
             status = child.wait() => break status,
         }
@@ -322,6 +336,14 @@ async fn read_events(
     };
     tracing::debug!(worker = %id, "worker exited: {exit}");
     events.send(WorkerEvent::Exited(exit));
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What the reader does after handling a read.

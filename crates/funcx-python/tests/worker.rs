@@ -627,3 +627,16 @@ async fn many_small_tasks_in_batches() {
         assert_eq!(result.outcome.unwrap().decode::<i64>().unwrap(), i + 1);
     }
 }
+
+#[tokio::test]
+async fn a_worker_that_closes_its_output_without_exiting_is_killed() {
+    let mut h = Harness::start().await;
+    let hang = h.define(
+        "import gc, os, time\ndef f():\n    w = [o for o in gc.get_objects() if type(o).__name__ == 'Worker'][0]\n    os.close(w.fd_out)\n    time.sleep(60)\n",
+        "f",
+    );
+    h.submit(hang, Args::new(), false);
+    let (results, exit) = h.exit().await;
+    assert!(results.is_empty());
+    assert_eq!(exit, WorkerExit::Signal(9));
+}
