@@ -183,11 +183,13 @@ def load_function(form, name, body):
         source = str(body, "utf-8", "replace")
         filename = "<funcx:%s>" % name
         SOURCES[filename] = source
-        if "linecache" in sys.modules:
-            register_sources()
         code = compile(source, filename, "exec")
         namespace = {"__name__": "__funcx__", "__builtins__": __builtins__}
         exec(code, namespace)
+        # Lets inspect.getsource and friends see the source. linecache itself is only
+        # imported when something needs it (tracebacks do): it costs milliseconds.
+        if "linecache" in sys.modules:
+            register_sources()
         try:
             fn = namespace[name]
         except KeyError:

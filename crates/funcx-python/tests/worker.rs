@@ -42,6 +42,11 @@ impl Harness {
             .with_env_filter("funcx=debug,funcx_python=debug")
             .try_init();
         let (tx, events) = mpsc::unbounded_channel();
+        // Runs the suite against another interpreter, e.g. the oldest supported Python.
+        let config = match std::env::var_os("FUNCX_TEST_PYTHON") {
+            Some(python) => config.python(python),
+            None => config,
+        };
         let runtime = PythonRuntime::new(config);
         let worker = runtime
             .spawn(index, WorkerEvents::new(WorkerId(index as u64), tx))
@@ -639,4 +644,40 @@ async fn a_worker_that_closes_its_output_without_exiting_is_killed() {
     let (results, exit) = h.exit().await;
     assert!(results.is_empty());
     assert_eq!(exit, WorkerExit::Signal(9));
+}
+
+#[tokio::test]
+async fn cancel_reaches_queued_tasks_behind_a_slow_one() {
+    let mut h = Harness::start().await;
+    let sleep = h.define(
+        "import time\ndef f(x):\n    time.sleep(x)\n    return x\n",
+        "f",
+    );
+    let slow = TaskId::next();
+    let queued = TaskId::next();
+    let item = |id, secs: f64| WorkItem {
+        id,
+        function: sleep,
+        isolate: false,
+        args: Args::new().arg(&secs),
+    };
+    h.worker
+        .send(ToWorker::Tasks(vec![item(slow, 0.5), item(queued, 0.0)]));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.worker.send(ToWorker::Cancel(vec![queued]));
+    let results = h.results(2).await;
+    assert_eq!([results[0].id, results[1].id], [slow, queued]);
+    assert!(results[0].outcome.is_ok());
+    assert!(results[1].outcome.as_ref().unwrap_err().is_cancelled());
+}
+
+#[tokio::test]
+async fn inspect_sees_the_source() {
+    let mut h = Harness::start().await;
+    let source = "import inspect\ndef f():\n    return inspect.getsource(f)\n";
+    let out = h.run(source, "f", Args::new()).await.unwrap();
+    assert!(out
+        .decode::<String>()
+        .unwrap()
+        .contains("return inspect.getsource(f)"));
 }
