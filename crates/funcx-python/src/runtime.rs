@@ -73,6 +73,11 @@ impl PythonRuntime {
         index: usize,
         events: WorkerEvents,
     ) -> Result<PythonWorker, SpawnError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(SpawnError::new(
+                "Python workers must be started within a Tokio runtime",
+            ));
+        }
         let id = events.worker();
         let mut command = command(&self.config, index, id);
         let mut child = command.spawn().map_err(|e| {

@@ -681,3 +681,13 @@ async fn inspect_sees_the_source() {
         .unwrap()
         .contains("return inspect.getsource(f)"));
 }
+
+#[test]
+fn spawning_outside_a_runtime_is_an_error_not_a_panic() {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let runtime = PythonRuntime::new(PythonConfig::new());
+    let err = runtime
+        .spawn_worker(0, WorkerEvents::new(WorkerId(0), tx))
+        .expect_err("no runtime");
+    assert!(err.to_string().contains("Tokio"), "{err}");
+}
