@@ -23,7 +23,8 @@ use serde_bytes::ByteBuf;
 
 const NOOP: &str = "def noop(x):\n    return x\n";
 const ECHO: &str = "def echo(b):\n    return b\n";
-const SPIN: &str = "def spin(n):\n    s = 0\n    for i in range(n):\n        s += i\n    return s\n";
+const SPIN: &str =
+    "def spin(n):\n    s = 0\n    for i in range(n):\n        s += i\n    return s\n";
 
 type BoxResult<T> = Result<T, Box<dyn Error>>;
 
@@ -63,27 +64,39 @@ struct Options {
 }
 
 fn parse_options() -> BoxResult<Options> {
-    let mut options = Options { workloads: Vec::new(), workers: 2, n: None };
+    let mut options = Options {
+        workloads: Vec::new(),
+        workers: 2,
+        n: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
-            "--workers" => options.workers = args.next().ok_or("--workers needs a value")?.parse()?,
+            "--workers" => {
+                options.workers = args.next().ok_or("--workers needs a value")?.parse()?
+            }
             "--n" => options.n = Some(args.next().ok_or("--n needs a value")?.parse()?),
-            "all" => options.workloads.extend(["startup", "W1", "W2", "W3", "W4"].map(String::from)),
+            "all" => options
+                .workloads
+                .extend(["startup", "W1", "W2", "W3", "W4"].map(String::from)),
             other if other.starts_with('-') => return Err(format!("unknown option {other}").into()),
             other => options.workloads.push(other.to_string()),
         }
     }
     if options.workloads.is_empty() {
-        options.workloads.extend(["startup", "W1", "W2", "W3", "W4"].map(String::from));
+        options
+            .workloads
+            .extend(["startup", "W1", "W2", "W3", "W4"].map(String::from));
     }
     Ok(options)
 }
 
 async fn executor(workers: usize) -> BoxResult<Executor> {
-    let executor = Executor::builder().workers(workers).start(PythonRuntime::default());
+    let executor = Executor::builder()
+        .workers(workers)
+        .start(PythonRuntime::default());
     executor.ready().await?;
     Ok(executor)
 }
@@ -98,7 +111,9 @@ async fn startup(workers: usize, n: usize) -> BoxResult<Line> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
-        let executor = Executor::builder().workers(workers).start(PythonRuntime::default());
+        let executor = Executor::builder()
+            .workers(workers)
+            .start(PythonRuntime::default());
         let handles = executor.submit_batch(&noop, (0..workers as i64).map(|i| (i,)));
         for (i, handle) in handles.into_iter().enumerate() {
             let value: i64 = handle.result().await?;
@@ -111,10 +126,21 @@ async fn startup(workers: usize, n: usize) -> BoxResult<Line> {
     }
     samples.sort_by(f64::total_cmp);
     let median = percentile(&samples, 0.5);
-    Ok(Line { workload: "startup", n, seconds: median, p50_ms: Some(median * 1e3), p99_ms: Some(percentile(&samples, 0.99) * 1e3), ..Line::default() })
+    Ok(Line {
+        workload: "startup",
+        n,
+        seconds: median,
+        p50_ms: Some(median * 1e3),
+        p99_ms: Some(percentile(&samples, 0.99) * 1e3),
+        ..Line::default()
+    })
 }
 
-async fn warm(executor: &Executor, function: &Function, args: impl Fn(usize) -> Args) -> BoxResult<()> {
+async fn warm(
+    executor: &Executor,
+    function: &Function,
+    args: impl Fn(usize) -> Args,
+) -> BoxResult<()> {
     for handle in executor.submit_batch(function, (0..200).map(args)) {
         handle.await?;
     }
@@ -135,7 +161,13 @@ async fn w1(workers: usize, n: usize) -> BoxResult<Line> {
     }
     let seconds = started.elapsed().as_secs_f64();
     executor.shutdown().await;
-    Ok(Line { workload: "W1", n, seconds, tasks_per_s: Some(n as f64 / seconds), ..Line::default() })
+    Ok(Line {
+        workload: "W1",
+        n,
+        seconds,
+        tasks_per_s: Some(n as f64 / seconds),
+        ..Line::default()
+    })
 }
 
 async fn w2(workers: usize, n: usize) -> BoxResult<Line> {
@@ -254,7 +286,9 @@ async fn w4(workers: usize, n: usize) -> BoxResult<Line> {
 
 fn main() -> BoxResult<()> {
     let options = parse_options()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         for workload in &options.workloads {
             let workers = options.workers;
@@ -264,7 +298,12 @@ fn main() -> BoxResult<()> {
                 "W2" => w2(workers, options.n.unwrap_or(2_000)).await?,
                 "W3" => w3(workers, options.n.unwrap_or(2_000)).await?,
                 "W4" => w4(workers, options.n.unwrap_or(200)).await?,
-                other => return Err(format!("unknown workload {other}; expected startup, W1, W2, W3, W4 or all").into()),
+                other => {
+                    return Err(format!(
+                        "unknown workload {other}; expected startup, W1, W2, W3, W4 or all"
+                    )
+                    .into())
+                }
             };
             line.print();
         }

@@ -21,7 +21,7 @@ async fn main() {
     let window = 4;
 
     let start = Instant::now();
-    let mut config = PythonConfig::new().workers(workers);
+    let mut config = PythonConfig::new();
     // A pyenv shim costs tens of milliseconds per start; point this at the real binary.
     if let Some(python) = std::env::var_os("FUNCX_PYTHON") {
         config = config.python(python);

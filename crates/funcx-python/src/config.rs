@@ -1,4 +1,4 @@
-//! How Python workers are started: interpreter, count, environment, limits.
+//! How Python workers are started: interpreter, environment, limits.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -21,7 +21,10 @@ pub const ACCELERATOR_VARIABLES: [&str; 3] = [
     "ZE_AFFINITY_MASK",
 ];
 
-/// How to start Python workers: which interpreter, how many, with what environment.
+/// How to start Python workers: which interpreter, with what environment.
+///
+/// How many workers run is the executor's business (`Executor::builder().workers(n)`),
+/// not the runtime's.
 ///
 /// A builder: start from [`PythonConfig::new`] and chain the settings.
 ///
@@ -30,16 +33,14 @@ pub const ACCELERATOR_VARIABLES: [&str; 3] = [
 ///
 /// let config = PythonConfig::new()
 ///     .python("/opt/venv/bin/python")
-///     .workers(4)
 ///     .env("OMP_NUM_THREADS", "1")
 ///     .worker_init("module load cuda")
 ///     .accelerators(vec!["0".into(), "1".into()]);
-/// assert_eq!(config.worker_count(), 4);
+/// assert_eq!(config.accelerator_for(3), Some("1"));
 /// ```
 #[derive(Debug, Clone)]
 pub struct PythonConfig {
     python: OsString,
-    workers: usize,
     env: Vec<(OsString, OsString)>,
     working_dir: Option<PathBuf>,
     worker_init: Option<String>,
@@ -55,12 +56,11 @@ impl Default for PythonConfig {
 }
 
 impl PythonConfig {
-    /// `python3` from `PATH`, one worker per CPU, the environment of this process, results
+    /// `python3` from `PATH`, the environment of this process, results
     /// up to 1 GiB.
     pub fn new() -> PythonConfig {
         PythonConfig {
             python: OsString::from("python3"),
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             env: Vec::new(),
             working_dir: None,
             worker_init: None,
@@ -74,12 +74,6 @@ impl PythonConfig {
     /// virtual environment's `bin/python` (which needs no activation).
     pub fn python(mut self, python: impl Into<OsString>) -> PythonConfig {
         self.python = python.into();
-        self
-    }
-
-    /// How many workers to run (at least one).
-    pub fn workers(mut self, workers: usize) -> PythonConfig {
-        self.workers = workers.max(1);
         self
     }
 
@@ -144,11 +138,6 @@ impl PythonConfig {
     /// The interpreter that is run.
     pub fn python_path(&self) -> &OsStr {
         &self.python
-    }
-
-    /// How many workers to run.
-    pub fn worker_count(&self) -> usize {
-        self.workers
     }
 
     /// The environment variables set for every worker, in the order they were added.
@@ -223,10 +212,8 @@ mod tests {
     #[test]
     fn limits_are_clamped() {
         let config = PythonConfig::new()
-            .workers(0)
             .max_result_size(u64::MAX)
             .max_frame_size(10);
-        assert_eq!(config.worker_count(), 1);
         assert!(config.result_size_limit() < u32::MAX as u64);
         assert_eq!(config.frame_size_limit(), MIN_FRAME_SIZE);
         let config = PythonConfig::new().max_result_size(10);

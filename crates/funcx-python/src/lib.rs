@@ -3,11 +3,10 @@
 //! ```no_run
 //! use funcx_python::{PythonConfig, PythonRuntime};
 //!
-//! // Four workers from a virtual environment, each pinned to one GPU.
+//! // Workers from a virtual environment, worker i pinned to GPU i mod 4.
 //! let runtime = PythonRuntime::new(
 //!     PythonConfig::new()
 //!         .python("/opt/venv/bin/python")
-//!         .workers(4)
 //!         .accelerators(vec!["0".into(), "1".into(), "2".into(), "3".into()]),
 //! );
 //! // `runtime` is a `funcx_core::WorkerRuntime`: hand it to an executor.

@@ -107,6 +107,13 @@ impl PythonRuntime {
     }
 }
 
+impl Default for PythonRuntime {
+    /// `python3` from `PATH` with the defaults of [`PythonConfig::new`].
+    fn default() -> PythonRuntime {
+        PythonRuntime::new(PythonConfig::new())
+    }
+}
+
 impl WorkerRuntime for PythonRuntime {
     fn spawn(
         &self,
@@ -148,6 +155,10 @@ fn command(config: &PythonConfig, index: usize, id: WorkerId) -> Command {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A process group of its own keeps a terminal's Ctrl-C from reaching the workers:
+        // the application decides what an interrupt means, and a worker whose parent is
+        // gone exits when its stdin closes.
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(accelerator) = config.accelerator_for(index) {
         for variable in ACCELERATOR_VARIABLES {
