@@ -35,15 +35,19 @@ const CALLS: i64 = 10_000;
 async fn main() -> Result<(), Box<dyn Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
 
     let started = Instant::now();
-    let executor = Executor::builder().workers(2).start(PythonRuntime::default());
+    let executor = Executor::builder()
+        .workers(2)
+        .start(PythonRuntime::default());
     executor.ready().await?;
-    println!("2 Python workers ready in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "2 Python workers ready in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
 
     let analyze = Function::from_source(SOURCE, "analyze");
     println!("registered `{}` as {}", analyze.name(), analyze.id());
@@ -53,7 +57,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let (mut done, mut highest_peak, mut mean_sum) = (0_i64, f64::MIN, 0.0);
     for handle in handles {
         let analysis: Analysis = handle.result().await?;
-        assert_eq!(analysis.index, done, "results come back for the right inputs");
+        assert_eq!(
+            analysis.index, done,
+            "results come back for the right inputs"
+        );
         highest_peak = highest_peak.max(analysis.peak);
         mean_sum += analysis.mean;
         done += 1;
@@ -63,7 +70,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     let elapsed = started.elapsed().as_secs_f64();
 
-    println!("{CALLS} calls in {:.3} s: {:.0} calls/s", elapsed, CALLS as f64 / elapsed);
+    println!(
+        "{CALLS} calls in {:.3} s: {:.0} calls/s",
+        elapsed,
+        CALLS as f64 / elapsed
+    );
     println!(
         "average of the means {:.4}, highest peak {:.4}",
         mean_sum / CALLS as f64,
