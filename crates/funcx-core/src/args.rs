@@ -1,6 +1,6 @@
 //! Arguments of a task: positional and keyword payloads.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Payload, TaskError};
 
@@ -21,10 +21,13 @@ use crate::{Payload, TaskError};
 ///
 /// A value that cannot be serialized does not panic and is not dropped: the task submitted
 /// with these arguments fails with a [`TaskError::is_serialization`] error that says why.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Args {
     positional: Vec<Payload>,
     keyword: Vec<(String, Payload)>,
+    /// Why an argument failed to serialize. Never sent anywhere: such arguments are
+    /// refused before they leave the process.
+    #[serde(skip)]
     error: Option<String>,
 }
 

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// Why a task did not produce a result.
 ///
 /// `TaskError` is opaque, as `hyper::Error` is: ask what happened with the `is_*` methods and
@@ -21,7 +23,8 @@ struct Inner {
     kind: Kind,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum Kind {
     Python(PythonException),
     Load(PythonException),
@@ -39,7 +42,7 @@ enum Kind {
 }
 
 /// A Python exception as it arrived from a worker: type, message and formatted traceback.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PythonException {
     /// The exception's qualified type name, e.g. `ZeroDivisionError` or `mylib.BadInput`.
     pub type_name: String,
@@ -52,7 +55,8 @@ pub struct PythonException {
 }
 
 /// How a worker process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WorkerExit {
     /// It exited with this status code.
     Code(i32),
@@ -293,6 +297,20 @@ impl fmt::Display for TaskError {
 }
 
 impl std::error::Error for TaskError {}
+
+/// Errors travel between processes (a manager reports a task's failure to its endpoint, a
+/// gateway to its clients) with their kind and details intact.
+impl Serialize for TaskError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.inner.kind.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskError {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Kind::deserialize(deserializer).map(TaskError::new)
+    }
+}
 
 #[cfg(test)]
 mod tests {

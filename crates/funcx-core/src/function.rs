@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 /// A Python function that workers can run.
 ///
@@ -34,7 +35,8 @@ struct Inner {
 }
 
 /// What a [`Function`] is made of, as the worker receives it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FunctionBody {
     /// Python source text; the worker executes it and looks up the entry point by name.
     Source(String),
@@ -93,6 +95,21 @@ impl fmt::Debug for Function {
     }
 }
 
+/// A function travels as its name and body; its id is recomputed on arrival, never trusted
+/// from the wire.
+impl Serialize for Function {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (&self.inner.name, &self.inner.body).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Function {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (name, body) = <(String, FunctionBody)>::deserialize(deserializer)?;
+        Ok(Function::new(name, body))
+    }
+}
+
 impl PartialEq for Function {
     fn eq(&self, other: &Self) -> bool {
         self.inner.id == other.inner.id
@@ -111,7 +128,7 @@ impl std::hash::Hash for Function {
 ///
 /// Two functions with the same id are the same function; the id is stable across processes
 /// and machines, so it can be stored and sent over the network.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FunctionId([u8; 32]);
 
 impl FunctionId {

@@ -4,12 +4,13 @@ use std::fmt;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::TaskError;
 
 /// The encoding of a [`Payload`]'s bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Format {
     /// Python's pickle format, any protocol Python reads.
@@ -32,7 +33,7 @@ pub enum Format {
 /// let back: Vec<i64> = payload.decode().unwrap();
 /// assert_eq!(back, [1, 2, 3]);
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Payload {
     format: Format,
     bytes: Bytes,

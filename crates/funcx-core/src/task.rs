@@ -4,8 +4,11 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use serde::{Deserialize, Serialize};
+
 /// The identity of one task, unique within this process.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct TaskId(u64);
 
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
@@ -40,7 +43,8 @@ impl fmt::Debug for TaskId {
 }
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Accepted, waiting for a worker.
     Queued,
@@ -65,7 +69,7 @@ impl TaskState {
 ///
 /// `running` is when the worker started the function; for tasks whose start is not
 /// reported separately it is derived from the run time the worker measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timeline {
     /// When the task was submitted.
     pub submitted: SystemTime,
@@ -90,7 +94,7 @@ impl Timeline {
 }
 
 /// A task's state and timeline, as [`crate::Executor::status`] reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskStatus {
     /// The current state.
     pub state: TaskState,

@@ -13,12 +13,13 @@ use std::fmt;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::{Args, Function, Payload, TaskError, TaskId, WorkerExit};
 
 /// The identity of one worker within an endpoint. A replacement gets a new id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WorkerId(pub u64);
 
 impl fmt::Display for WorkerId {
@@ -35,11 +36,11 @@ impl fmt::Debug for WorkerId {
 
 /// A small number that names a function on the wire to one worker, so a task refers to its
 /// function with four bytes instead of its body. Assigned by the dispatcher.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FunctionKey(pub u32);
 
 /// One task as a worker receives it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkItem {
     /// The task.
     pub id: TaskId,
@@ -54,7 +55,7 @@ pub struct WorkItem {
 }
 
 /// A message from the dispatcher to a worker.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ToWorker {
     /// Define a function; sent once per worker, before the first task that uses it.
     Function {
@@ -72,7 +73,7 @@ pub enum ToWorker {
 }
 
 /// One finished task as a worker reports it.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct WorkResult {
     /// The task.
     pub id: TaskId,
