@@ -432,8 +432,13 @@ impl Dispatcher {
             Ok(worker) => {
                 self.workers_started += 1;
                 slot.worker = Some(worker);
-                slot.phase = Phase::Starting;
-                if self.stop.is_some() {
+                // The worker may have reported Ready already: its events channel is not
+                // ordered with the spawn's completion.
+                if slot.phase == Phase::Spawning {
+                    slot.phase = Phase::Starting;
+                }
+                if !self.keeps_worker(index) {
+                    let slot = &mut self.slots[index];
                     slot.phase = Phase::Stopping;
                     slot.kill(KillReason::Shutdown);
                 }
@@ -457,10 +462,10 @@ impl Dispatcher {
             }
             self.answer_ready_waiters();
         }
-        if self.stop.is_some() {
-            self.slots[index].phase = Phase::Dead;
-        } else {
+        if self.keeps_worker(index) {
             self.respawn(index);
+        } else {
+            self.slots[index].phase = Phase::Dead;
         }
     }
 
@@ -471,7 +476,8 @@ impl Dispatcher {
         match event {
             WorkerEvent::Ready => {
                 let slot = &mut self.slots[index];
-                if slot.phase == Phase::Starting {
+                // Spawning: Ready overtook the spawn's completion (see `on_spawned`).
+                if matches!(slot.phase, Phase::Starting | Phase::Spawning) {
                     slot.phase = Phase::Ready;
                     slot.startup_failures = 0;
                     self.broken = None;
@@ -615,7 +621,7 @@ impl Dispatcher {
             }
         }
 
-        if stopping {
+        if !self.keeps_worker(index) {
             self.slots[index].phase = Phase::Dead;
         } else if was_ready {
             self.respawn(index);
@@ -757,12 +763,33 @@ impl Dispatcher {
         self.answer_ready_waiters();
     }
 
+    /// Whether slot `index` should have a worker: always, except during a shutdown, where only
+    /// a graceful one that still has accepted tasks to finish keeps (or replaces) workers, and
+    /// only in slots not already told to stop.
+    fn keeps_worker(&self, index: usize) -> bool {
+        match self.stop {
+            None => true,
+            Some(Stop::Now) => false,
+            Some(Stop::Drain) => {
+                !self.tasks.is_empty() && self.slots[index].phase != Phase::Stopping
+            }
+        }
+    }
+
     /// Moves a shutdown along; true once everything is gone.
     fn progress_stop(&mut self) -> bool {
         if self.stop.is_none() {
             return false;
         }
-        if !self.tasks.is_empty() && self.slots.iter().any(|s| s.phase == Phase::Ready) {
+        let draining = matches!(self.stop, Some(Stop::Drain));
+        if !self.tasks.is_empty()
+            && self.slots.iter().any(|s| match s.phase {
+                Phase::Ready => true,
+                // A worker on its way can still run what is left.
+                Phase::Spawning | Phase::Starting => draining,
+                Phase::Stopping | Phase::Dead => false,
+            })
+        {
             return false; // Still draining.
         }
         // Nothing left to run, or nothing left to run it on.
