@@ -935,3 +935,102 @@ async fn python_exceptions_and_unknown_functions_fail_the_task_only() {
     assert_eq!(executor.stats().await.workers_started, 1);
     within("shutdown", executor.shutdown()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ready_reported_before_the_spawn_resolves_is_not_lost() {
+    // Regression: the dispatcher ignored a Ready that overtook the spawn's completion, and
+    // the slot never became ready.
+    let sim = SimRuntime::with_config(SimConfig {
+        ready_in_spawn: true,
+        ..SimConfig::default()
+    });
+    let executor = started(3, &sim).await;
+    let values = all_ok(
+        (0..30)
+            .map(|i| executor.submit(&func("echo"), (i,)))
+            .collect(),
+    )
+    .await;
+    assert!(values.iter().copied().eq(0..30));
+    // Replacements go through the same path.
+    let error = within("exit", executor.submit(&func("exit"), (1,)))
+        .await
+        .expect_err("dies");
+    assert!(error.is_worker_died(), "{error}");
+    wait_stats(&executor, "the replacement", |s| {
+        s.ready_workers == 3 && s.workers_started == 4
+    })
+    .await;
+    within("ready", executor.ready()).await.expect("ready");
+    within("shutdown", executor.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_grace_kills_workers_that_do_not_exit() {
+    let sim = SimRuntime::with_config(SimConfig {
+        ignore_shutdown: true,
+        ..SimConfig::default()
+    });
+    let executor = Executor::builder()
+        .workers(2)
+        .shutdown_grace(Duration::from_millis(100))
+        .start(sim.clone());
+    within("ready", executor.ready()).await.expect("ready");
+    let handle = executor.submit(&func("echo"), (1,));
+    let begun = Instant::now();
+    within("shutdown", executor.shutdown()).await;
+    assert!(
+        begun.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        begun.elapsed()
+    );
+    assert_eq!(within("echo", handle.result::<i64>()).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropping_a_service_future_cancels_its_task() {
+    let sim = SimRuntime::new();
+    let executor = started(1, &sim).await;
+    let long = executor.submit(&func("sleep"), (60_000,));
+    wait_status(&executor, long.id(), "the long task to run", |s| {
+        state(s) == Some(TaskState::Running)
+    })
+    .await;
+    let mut service = executor.clone();
+    let future = within("service ready", ServiceExt::<Task>::ready(&mut service))
+        .await
+        .unwrap()
+        .call(Task::new(&func("echo"), (1,)));
+    wait_stats(&executor, "the echo to queue", |s| s.queued == 1).await;
+    drop(future);
+    wait_stats(&executor, "the echo to be cancelled", |s| s.queued == 0).await;
+    long.cancel();
+    let _ = within("the long task", long).await;
+    let values = all_ok(
+        (0..5)
+            .map(|i| executor.submit(&func("echo"), (i,)))
+            .collect(),
+    )
+    .await;
+    assert!(values.iter().copied().eq(0..5));
+    assert_eq!(sim.calls("echo"), 5, "the dropped call never ran");
+    within("shutdown", executor.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_arguments_round_trip() {
+    let sim = SimRuntime::new();
+    let executor = started(2, &sim).await;
+    let blobs: Vec<serde_bytes::ByteBuf> = (0..6_u8)
+        .map(|i| serde_bytes::ByteBuf::from(vec![i; 3 << 20]))
+        .collect();
+    let handles: Vec<TaskHandle> = blobs
+        .iter()
+        .map(|blob| executor.submit(&func("echo"), (blob,)))
+        .collect();
+    for (handle, blob) in handles.into_iter().zip(&blobs) {
+        let back: serde_bytes::ByteBuf = within("a blob", handle.result()).await.unwrap();
+        assert_eq!(&back, blob);
+    }
+    within("shutdown", executor.shutdown()).await;
+}

@@ -54,6 +54,12 @@ pub struct SimConfig {
     pub exit_before_ready: Option<i32>,
     /// Workers wait this long before reporting `Ready`.
     pub ready_delay: Duration,
+    /// Workers report `Ready` from inside `spawn`, before the spawn future resolves (a
+    /// runtime whose spawn waits for a handshake does this).
+    pub ready_in_spawn: bool,
+    /// Workers ignore `ToWorker::Shutdown` (a worker stuck in user code), so only the
+    /// shutdown grace period's kill ends them.
+    pub ignore_shutdown: bool,
 }
 
 #[derive(Default)]
@@ -169,7 +175,8 @@ impl WorkerRuntime for SimRuntime {
                 shared: Arc::clone(&shared),
                 state: Mutex::new(GateState::default()),
             });
-            let task = tokio::spawn(run_worker(Arc::clone(&gate), rx));
+            let announced = shared.config.ready_in_spawn && gate.send(WorkerEvent::Ready);
+            let task = tokio::spawn(run_worker(Arc::clone(&gate), rx, announced));
             Ok(Box::new(SimWorker { tx, gate, task }) as Box<dyn Worker>)
         })
     }
@@ -339,17 +346,19 @@ async fn execute(gate: &Gate, name: &str, item: &WorkItem) -> Ran {
 /// Most results a worker batches before it reports them anyway.
 const RESULT_BATCH: usize = 256;
 
-async fn run_worker(gate: Arc<Gate>, mut rx: mpsc::UnboundedReceiver<ToWorker>) {
+async fn run_worker(gate: Arc<Gate>, mut rx: mpsc::UnboundedReceiver<ToWorker>, announced: bool) {
     let config = gate.shared.config.clone();
-    if !config.ready_delay.is_zero() {
-        tokio::time::sleep(config.ready_delay).await;
-    }
-    if let Some(code) = config.exit_before_ready {
-        gate.die(Some(WorkerExit::Code(code)));
-        return;
-    }
-    if !gate.send(WorkerEvent::Ready) {
-        return;
+    if !announced {
+        if !config.ready_delay.is_zero() {
+            tokio::time::sleep(config.ready_delay).await;
+        }
+        if let Some(code) = config.exit_before_ready {
+            gate.die(Some(WorkerExit::Code(code)));
+            return;
+        }
+        if !gate.send(WorkerEvent::Ready) {
+            return;
+        }
     }
 
     let mut inbox = Inbox::default();
@@ -364,7 +373,7 @@ async fn run_worker(gate: Arc<Gate>, mut rx: mpsc::UnboundedReceiver<ToWorker>) 
             {
                 return;
             }
-            if inbox.shutdown {
+            if inbox.shutdown && !config.ignore_shutdown {
                 gate.die(Some(WorkerExit::Code(0)));
                 return;
             }
