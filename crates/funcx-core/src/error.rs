@@ -38,6 +38,7 @@ enum Kind {
     Cancelled,
     Shutdown,
     NoWorkers(String),
+    ManagerLost(String),
     Protocol(String),
 }
 
@@ -153,6 +154,11 @@ impl TaskError {
         TaskError::new(Kind::NoWorkers(reason.to_string()))
     }
 
+    /// The manager (a pool of remote workers) holding the task was lost, for `reason`.
+    pub fn manager_lost(reason: impl fmt::Display) -> TaskError {
+        TaskError::new(Kind::ManagerLost(reason.to_string()))
+    }
+
     /// A peer sent something that does not follow the protocol.
     pub fn protocol(reason: impl fmt::Display) -> TaskError {
         TaskError::new(Kind::Protocol(reason.to_string()))
@@ -209,6 +215,12 @@ impl TaskError {
         matches!(self.inner.kind, Kind::NoWorkers(_))
     }
 
+    /// The manager holding the task was lost (its node died, its connection dropped for
+    /// good, it stopped sending heartbeats).
+    pub fn is_manager_lost(&self) -> bool {
+        matches!(self.inner.kind, Kind::ManagerLost(_))
+    }
+
     /// A peer broke the protocol.
     pub fn is_protocol(&self) -> bool {
         matches!(self.inner.kind, Kind::Protocol(_))
@@ -220,7 +232,7 @@ impl TaskError {
     pub fn is_system(&self) -> bool {
         matches!(
             self.inner.kind,
-            Kind::WorkerDied(_) | Kind::NoWorkers(_) | Kind::Protocol(_)
+            Kind::WorkerDied(_) | Kind::NoWorkers(_) | Kind::ManagerLost(_) | Kind::Protocol(_)
         )
     }
 
@@ -291,6 +303,9 @@ impl fmt::Display for TaskError {
             Kind::Cancelled => f.write_str("task was cancelled"),
             Kind::Shutdown => f.write_str("executor was shut down before the task ran"),
             Kind::NoWorkers(reason) => write!(f, "no worker could be started: {reason}"),
+            Kind::ManagerLost(reason) => {
+                write!(f, "the manager running the task was lost: {reason}")
+            }
             Kind::Protocol(reason) => write!(f, "protocol error: {reason}"),
         }
     }

@@ -52,6 +52,10 @@ pub struct WorkItem {
     pub isolate: bool,
     /// The arguments.
     pub args: Args,
+    /// How long the task may run. A worker that runs one task at a time leaves this to the
+    /// dispatcher, which kills it when the time is up; a pool of workers (a remote manager)
+    /// enforces it itself.
+    pub timeout: Option<Duration>,
 }
 
 /// A message from the dispatcher to a worker.
@@ -94,6 +98,10 @@ pub enum WorkerEvent {
     Results(Vec<WorkResult>),
     /// The worker is gone. Every result it sent was reported before this event.
     Exited(WorkerExit),
+    /// A pool of workers (a remote manager) is gone or unreachable, for the reason given: its
+    /// connection dropped and did not come back, it stopped sending heartbeats, it broke the
+    /// protocol. Every result it delivered was reported before this event.
+    Lost(String),
 }
 
 /// Where a worker sends its events: a channel into the dispatcher, tagged with the worker's

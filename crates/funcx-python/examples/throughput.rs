@@ -45,6 +45,7 @@ async fn main() {
         function: FunctionKey(0),
         isolate: false,
         args: args.clone(),
+        timeout: None,
     };
     for worker in &mut handles {
         worker.send(ToWorker::Tasks(vec![item(0)]));

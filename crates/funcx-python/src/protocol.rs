@@ -889,6 +889,7 @@ mod tests {
             function: FunctionKey(5),
             isolate: true,
             args: args.clone(),
+            timeout: None,
         }]));
         encoder.encode(&ToWorker::Cancel(vec![id]));
         encoder.encode(&ToWorker::Shutdown);
@@ -928,6 +929,7 @@ mod tests {
             function: FunctionKey(0),
             isolate: false,
             args: Args::new().payload(big.clone()).arg(&1),
+            timeout: None,
         }]));
         let small = Payload::pickle(&1).unwrap().len();
         let chunks = encoder.take();
@@ -949,6 +951,7 @@ mod tests {
                 function: FunctionKey(0),
                 isolate: false,
                 args: Args::new().payload(payload.clone()),
+                timeout: None,
             })
             .collect();
         let mut encoder = Encoder::new();
@@ -978,6 +981,7 @@ mod tests {
             function: FunctionKey(0),
             isolate: false,
             args,
+            timeout: None,
         }]));
         let bytes = body_of(&mut encoder);
         assert_eq!(bytes.len(), HEADER_LEN + 4 + TASK_FIXED);

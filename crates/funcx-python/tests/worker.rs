@@ -85,6 +85,7 @@ impl Harness {
             function: key,
             isolate,
             args,
+            timeout: None,
         }]));
         id
     }
@@ -621,6 +622,7 @@ async fn many_small_tasks_in_batches() {
                     function: key,
                     isolate: false,
                     args: Args::new().arg(&i),
+                    timeout: None,
                 }
             })
             .collect();
@@ -660,6 +662,7 @@ async fn cancel_reaches_queued_tasks_behind_a_slow_one() {
         function: sleep,
         isolate: false,
         args: Args::new().arg(&secs),
+        timeout: None,
     };
     h.worker
         .send(ToWorker::Tasks(vec![item(slow, 0.5), item(queued, 0.0)]));

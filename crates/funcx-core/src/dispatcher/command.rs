@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::worker::{Worker, WorkerEvents};
 use crate::{Args, Function, Payload, TaskError, TaskId, TaskStatus};
 
 /// A task's result together with its final status.
@@ -39,10 +40,11 @@ pub struct EndpointStats {
     pub in_flight: usize,
     /// Workers started since the endpoint started, replacements included.
     pub workers_started: u64,
+    /// Pools of workers attached from outside (remote managers).
+    pub managers: usize,
 }
 
 /// A request to the dispatcher.
-#[derive(Debug)]
 pub(crate) enum Command {
     Submit(Submission),
     SubmitMany(Vec<Submission>),
@@ -50,6 +52,11 @@ pub(crate) enum Command {
     Status(TaskId, oneshot::Sender<Option<TaskStatus>>),
     Stats(oneshot::Sender<EndpointStats>),
     Ready(oneshot::Sender<Result<(), TaskError>>),
+    Attach {
+        worker: Box<dyn Worker>,
+        size: usize,
+        reply: oneshot::Sender<Result<WorkerEvents, TaskError>>,
+    },
     Shutdown {
         drain: bool,
         done: oneshot::Sender<()>,

@@ -285,6 +285,11 @@ impl Dispatcher {
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            Command::Attach {
+                worker,
+                size,
+                reply,
+            } => self.attach(worker, size, reply),
             Command::Ready(reply) => {
                 self.ready_waiters.push(reply);
                 self.answer_ready_waiters();
@@ -356,7 +361,7 @@ impl Dispatcher {
         let Some(slot) = self
             .slots
             .iter_mut()
-            .find(|slot| slot.in_flight.contains(&id))
+            .find(|slot| slot.in_flight.contains(id))
         else {
             self.tasks.remove(&id);
             return;
@@ -372,20 +377,88 @@ impl Dispatcher {
         }
     }
 
+    fn attach(
+        &mut self,
+        worker: Box<dyn Worker>,
+        size: usize,
+        reply: oneshot::Sender<Result<WorkerEvents, TaskError>>,
+    ) {
+        if matches!(self.stop, Some(Stop::Now)) || (self.stop.is_some() && self.tasks.is_empty()) {
+            // Dropping the worker tells it there is nothing to do here.
+            let _ = reply.send(Err(TaskError::shutdown()));
+            return;
+        }
+        let id = self.new_worker_id();
+        let index = self.slots.len();
+        self.slots.push(Slot::pool(index, id, worker, size));
+        self.slot_of.insert(id, index);
+        self.broken = None;
+        info!(worker = %id, size, "pool of workers attached");
+        let _ = reply.send(Ok(WorkerEvents::new(id, self.events_tx.clone())));
+    }
+
+    /// A pool (a remote manager) is gone: the tasks it held go back to the queue, or fail
+    /// once they have been lost with a pool as often as the retry budget allows. A pool is
+    /// not replaced: its provider starts another, which attaches itself.
+    fn on_pool_gone(&mut self, index: usize, reason: String) {
+        let mut slot = self.slots.swap_remove(index);
+        self.slot_of.remove(&slot.id);
+        if let Some(moved) = self.slots.get_mut(index) {
+            moved.index = index;
+            self.slot_of.insert(moved.id, index);
+        }
+        let stopping =
+            matches!(slot.kill, Some(KillReason::Shutdown)) || slot.phase == Phase::Stopping;
+        let held = slot.in_flight.take();
+        if stopping && held.is_empty() {
+            debug!(worker = %slot.id, %reason, "pool of workers left");
+        } else {
+            warn!(worker = %slot.id, %reason, tasks = held.len(), "pool of workers lost");
+        }
+        for id in held {
+            let Some(record) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            record.deaths += 1;
+            let outcome = if record.reply.is_none() {
+                Some(TaskError::cancelled())
+            } else if matches!(self.stop, Some(Stop::Now)) {
+                Some(TaskError::shutdown())
+            } else if record.deaths > self.config.retries_on_worker_death {
+                Some(TaskError::manager_lost(&reason))
+            } else {
+                None
+            };
+            match outcome {
+                Some(error) => {
+                    record.finish(Err(error));
+                    self.tasks.remove(&id);
+                }
+                None => {
+                    record.state = TaskState::Queued;
+                    record.charged_ns = 0;
+                    self.queue.push_front(id);
+                }
+            }
+        }
+    }
+
     fn stats(&self) -> EndpointStats {
         EndpointStats {
-            workers: self.slots.len(),
+            workers: self.slots.iter().map(Slot::size).sum(),
             ready_workers: self
                 .slots
                 .iter()
                 .filter(|s| s.phase == Phase::Ready)
-                .count(),
+                .map(Slot::size)
+                .sum(),
             queued: self
                 .tasks
                 .values()
                 .filter(|t| t.state == TaskState::Queued)
                 .count(),
             in_flight: self.slots.iter().map(|s| s.in_flight.len()).sum(),
+            managers: self.slots.iter().filter(|s| s.pool.is_some()).count(),
             workers_started: self.workers_started,
         }
     }
@@ -488,6 +561,7 @@ impl Dispatcher {
             WorkerEvent::Started(id) => self.on_started(index, id),
             WorkerEvent::Results(results) => self.on_results(index, results),
             WorkerEvent::Exited(exit) => self.on_exited(index, exit),
+            WorkerEvent::Lost(reason) => self.on_pool_gone(index, reason),
         }
     }
 
@@ -511,16 +585,11 @@ impl Dispatcher {
         let now = SystemTime::now();
         let slot = &mut self.slots[index];
         for result in results {
-            let position = if slot.in_flight.front() == Some(&result.id) {
-                Some(0)
-            } else {
-                slot.in_flight.iter().position(|id| *id == result.id)
-            };
-            let Some(position) = position else {
-                warn!(worker = %slot.id, task = %result.id, "result for a task this worker does not hold; ignored");
+            if !slot.in_flight.remove(result.id) {
+                // A duplicate (a manager re-sending after a reconnect) or a stray.
+                debug!(worker = %slot.id, task = %result.id, "result for a task this worker does not hold; ignored");
                 continue;
-            };
-            slot.in_flight.remove(position);
+            }
             if slot
                 .running
                 .is_some_and(|running| running.task == result.id)
@@ -549,12 +618,15 @@ impl Dispatcher {
     }
 
     fn on_exited(&mut self, index: usize, exit: WorkerExit) {
+        if self.slots[index].pool.is_some() {
+            return self.on_pool_gone(index, format!("it exited with {exit}"));
+        }
         let slot = &mut self.slots[index];
         let worker = slot.id;
         let was_ready = slot.phase == Phase::Ready;
         let kill = slot.kill.take();
         let running = slot.running.take().map(|running| running.task);
-        let in_flight: Vec<TaskId> = slot.in_flight.drain(..).collect();
+        let in_flight = slot.in_flight.take();
         slot.worker = None;
         slot.in_flight_ns = 0;
         slot.in_flight_bytes = 0;
@@ -688,12 +760,11 @@ impl Dispatcher {
 
     fn fill(&mut self, index: usize, now: SystemTime) {
         let slot = &mut self.slots[index];
-        if slot.phase != Phase::Ready {
+        // A worker being killed would only hand its new tasks back.
+        if slot.phase != Phase::Ready || slot.worker.is_none() || slot.kill.is_some() {
             return;
         }
-        if slot.worker.is_none() {
-            return;
-        }
+        let size = slot.size();
         let mut functions = Vec::new();
         let mut batch = Vec::new();
         while let Some(&id) = self.queue.front() {
@@ -703,10 +774,12 @@ impl Dispatcher {
             };
             let (function, estimate) = &self.function_table[record.key.0 as usize];
             let estimate = estimate.nanos();
-            if !slot.in_flight.is_empty()
-                && (slot.in_flight.len() >= MAX_IN_FLIGHT
-                    || slot.in_flight_ns + estimate > TARGET_QUEUED_NS
-                    || slot.in_flight_bytes + record.bytes > MAX_IN_FLIGHT_BYTES)
+            // Every worker of a pool gets at least one task; beyond that, each holds about
+            // TARGET_QUEUED_NS of work.
+            if slot.in_flight.len() >= size
+                && (slot.in_flight.len() >= MAX_IN_FLIGHT * size
+                    || slot.in_flight_ns + estimate > TARGET_QUEUED_NS * size as u64
+                    || slot.in_flight_bytes + record.bytes > MAX_IN_FLIGHT_BYTES * size)
             {
                 break;
             }
@@ -723,12 +796,16 @@ impl Dispatcher {
             record.charged_ns = estimate;
             slot.in_flight_ns += estimate;
             slot.in_flight_bytes += record.bytes;
-            slot.in_flight.push_back(id);
+            slot.in_flight.push(id);
+            // A pool isolates tasks itself, by the same rules, per worker.
+            let isolate = slot.pool.is_none()
+                && (record.isolate || record.timeout.is_some() || estimate >= ISOLATE_AT_NS);
             batch.push(WorkItem {
                 id,
                 function: record.key,
-                isolate: record.isolate || record.timeout.is_some() || estimate >= ISOLATE_AT_NS,
+                isolate,
                 args: record.args.clone(),
+                timeout: record.timeout,
             });
         }
         if let Some(worker) = slot.worker.as_mut().filter(|_| !batch.is_empty()) {

@@ -1,6 +1,6 @@
 //! One worker slot: the worker that fills it now and the tasks it holds.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::worker::{FunctionKey, Worker, WorkerId};
@@ -36,13 +36,72 @@ pub(super) struct Running {
     pub(super) deadline: Option<(Instant, Duration)>,
 }
 
+/// The tasks a worker holds: sent and not finished.
+#[derive(Debug)]
+pub(super) enum Held {
+    /// A worker that runs one task at a time, in this order: the front is the one running.
+    Ordered(VecDeque<TaskId>),
+    /// A pool that runs many at once and finishes them in any order.
+    Unordered(HashSet<TaskId>),
+}
+
+impl Held {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Held::Ordered(tasks) => tasks.len(),
+            Held::Unordered(tasks) => tasks.len(),
+        }
+    }
+
+    pub(super) fn contains(&self, id: TaskId) -> bool {
+        match self {
+            Held::Ordered(tasks) => tasks.contains(&id),
+            Held::Unordered(tasks) => tasks.contains(&id),
+        }
+    }
+
+    pub(super) fn push(&mut self, id: TaskId) {
+        match self {
+            Held::Ordered(tasks) => tasks.push_back(id),
+            Held::Unordered(tasks) => {
+                tasks.insert(id);
+            }
+        }
+    }
+
+    /// Removes `id`; false if it was not held.
+    pub(super) fn remove(&mut self, id: TaskId) -> bool {
+        match self {
+            // Results come in order, so the front is almost always the one.
+            Held::Ordered(tasks) if tasks.front() == Some(&id) => tasks.pop_front().is_some(),
+            Held::Ordered(tasks) => match tasks.iter().position(|held| *held == id) {
+                Some(position) => tasks.remove(position).is_some(),
+                None => false,
+            },
+            Held::Unordered(tasks) => tasks.remove(&id),
+        }
+    }
+
+    /// Everything held, in running order where there is one.
+    pub(super) fn take(&mut self) -> Vec<TaskId> {
+        match self {
+            Held::Ordered(tasks) => tasks.drain(..).collect(),
+            Held::Unordered(tasks) => tasks.drain().collect(),
+        }
+    }
+}
+
 pub(super) struct Slot {
     pub(super) index: usize,
     pub(super) id: WorkerId,
     pub(super) phase: Phase,
     pub(super) worker: Option<Box<dyn Worker>>,
-    /// Tasks sent and not finished, in the order the worker runs them.
-    pub(super) in_flight: VecDeque<TaskId>,
+    /// For a pool attached from outside (a remote manager), how many tasks it runs at once;
+    /// `None` for a worker of this endpoint's runtime, which runs one at a time and is
+    /// replaced when it dies.
+    pub(super) pool: Option<usize>,
+    /// Tasks sent and not finished.
+    pub(super) in_flight: Held,
     pub(super) in_flight_ns: u64,
     pub(super) in_flight_bytes: usize,
     known_functions: Vec<bool>,
@@ -59,7 +118,8 @@ impl Slot {
             id,
             phase: Phase::Spawning,
             worker: None,
-            in_flight: VecDeque::new(),
+            pool: None,
+            in_flight: Held::Ordered(VecDeque::new()),
             in_flight_ns: 0,
             in_flight_bytes: 0,
             known_functions: Vec::new(),
@@ -67,6 +127,21 @@ impl Slot {
             kill: None,
             startup_failures: 0,
         }
+    }
+
+    /// A slot for a pool of `size` workers that attached itself.
+    pub(super) fn pool(index: usize, id: WorkerId, worker: Box<dyn Worker>, size: usize) -> Slot {
+        let mut slot = Slot::new(index, id);
+        slot.phase = Phase::Ready;
+        slot.worker = Some(worker);
+        slot.pool = Some(size.max(1));
+        slot.in_flight = Held::Unordered(HashSet::new());
+        slot
+    }
+
+    /// How many tasks the worker runs at once.
+    pub(super) fn size(&self) -> usize {
+        self.pool.unwrap_or(1)
     }
 
     /// Resets the slot for a new worker with id `id`.

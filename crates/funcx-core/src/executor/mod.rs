@@ -221,6 +221,29 @@ impl Executor {
         answer.await.unwrap_or_else(|_| Err(TaskError::shutdown()))
     }
 
+    /// Attaches a pool of `size` workers that started on their own, such as a remote manager
+    /// that dialled in, and returns where the pool reports its events.
+    ///
+    /// A pool runs up to `size` tasks at once and finishes them in any order; it enforces
+    /// [`crate::worker::WorkItem::timeout`] and handles cancellations itself. When it goes
+    /// ([`crate::worker::WorkerEvent::Lost`] or `Exited`), the tasks it held are queued again,
+    /// or fail with a [`TaskError::is_manager_lost`] error once they have been lost more
+    /// often than [`ExecutorBuilder::retries_on_worker_death`] allows. A pool is not
+    /// replaced by the executor; whoever started it starts another.
+    pub async fn attach(
+        &self,
+        worker: Box<dyn crate::worker::Worker>,
+        size: usize,
+    ) -> Result<crate::worker::WorkerEvents, TaskError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Attach {
+            worker,
+            size,
+            reply,
+        });
+        answer.await.unwrap_or_else(|_| Err(TaskError::shutdown()))
+    }
+
     /// Stops accepting tasks, finishes every accepted one, then stops the workers.
     ///
     /// Tasks submitted afterwards fail with a [`TaskError::is_shutdown`] error.
