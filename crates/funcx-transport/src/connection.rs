@@ -1,0 +1,606 @@
+//! [`Connection`]: a typed, two-way message channel to one peer, whatever carries it.
+//!
+//! Over a byte stream (TCP, TLS) a connection is two tasks:
+//!
+//! ```text
+//!  Sender::send ──▶ unbounded queue ──▶ writer task ── one write per batch ──▶ socket
+//!  Receiver::recv ◀── bounded queue ◀── reader task ◀── frames ◀──────────────── socket
+//! ```
+//!
+//! The writer takes everything that is queued (up to a byte budget), encodes it into one
+//! buffer and writes it with one call, then flushes once the queue is empty: many small
+//! messages cost one system call, and a message sent to an idle connection leaves at once.
+//! The reader decodes frames as they arrive and hands them over; the bounded queue between it
+//! and [`Receiver::recv`] makes a slow receiver slow the peer down (through TCP) instead of
+//! buffering without end.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::frame;
+use crate::TransportError;
+
+/// How many bytes of encoded messages the writer gathers before it writes them.
+const WRITE_BUDGET: usize = 4 * 1024 * 1024;
+/// The writer's buffer is given back to the allocator when a large message grew it past this.
+const WRITE_BUFFER_KEEP: usize = 2 * WRITE_BUDGET;
+/// How much room the reader makes in its buffer before each read.
+const READ_CHUNK: usize = 64 * 1024;
+/// How many decoded messages may wait between the reader task and [`Receiver::recv`].
+const RECEIVE_QUEUE: usize = 256;
+
+/// Who is at the other end of a connection.
+///
+/// Its `Display` is what logs and errors show: `127.0.0.1:41234`, `127.0.0.1:41234 (tls)`,
+/// or `in-memory peer #3`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    kind: PeerKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum PeerKind {
+    Tcp(SocketAddr),
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    Tls(SocketAddr),
+    Memory(u64),
+}
+
+impl Peer {
+    pub(crate) fn tcp(addr: SocketAddr) -> Self {
+        Peer {
+            kind: PeerKind::Tcp(addr),
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls(addr: SocketAddr) -> Self {
+        Peer {
+            kind: PeerKind::Tls(addr),
+        }
+    }
+
+    pub(crate) fn next_memory() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Peer {
+            kind: PeerKind::Memory(NEXT.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+
+    /// The peer's network address; `None` for an in-memory peer.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self.kind {
+            PeerKind::Tcp(addr) | PeerKind::Tls(addr) => Some(addr),
+            PeerKind::Memory(_) => None,
+        }
+    }
+
+    /// Whether the connection is encrypted with TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.kind, PeerKind::Tls(_))
+    }
+
+    /// Whether the peer lives in this process (an in-memory connection).
+    pub fn is_memory(&self) -> bool {
+        matches!(self.kind, PeerKind::Memory(_))
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            PeerKind::Tcp(addr) => write!(f, "{addr}"),
+            PeerKind::Tls(addr) => write!(f, "{addr} (tls)"),
+            PeerKind::Memory(n) => write!(f, "in-memory peer #{n}"),
+        }
+    }
+}
+
+/// The sending half of a [`Connection`]: cheap to clone, never blocks.
+///
+/// Messages are queued without limit and leave in the order they were sent (per connection,
+/// across all clones). The connection stays open for sending while any clone is alive;
+/// when the last one is dropped, what is queued is still written, then the stream is shut
+/// down for writing so that the peer's [`Receiver::recv`] returns `None`.
+pub struct Sender<S> {
+    tx: mpsc::UnboundedSender<S>,
+    peer: Peer,
+}
+
+impl<S> Clone for Sender<S> {
+    fn clone(&self) -> Self {
+        Sender {
+            tx: self.tx.clone(),
+            peer: self.peer,
+        }
+    }
+}
+
+impl<S> Sender<S> {
+    /// Queues `msg` for the peer.
+    ///
+    /// Fails only when the connection is closed ([`TransportError::is_closed`]); the message
+    /// is then dropped. Success means queued, not delivered: a connection that breaks later
+    /// reports that on its [`Receiver`].
+    pub fn send(&self, msg: S) -> Result<(), TransportError> {
+        self.tx
+            .send(msg)
+            .map_err(|_| TransportError::closed().with_peer(self.peer.addr()))
+    }
+
+    /// Whether the connection is closed for sending.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Waits until the connection is closed for sending.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    /// Who the messages go to.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+}
+
+impl<S> fmt::Debug for Sender<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("peer", &self.peer)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// The receiving half of a [`Connection`].
+pub struct Receiver<R> {
+    inner: ReceiverInner<R>,
+    peer: Peer,
+}
+
+enum ReceiverInner<R> {
+    Memory(mpsc::UnboundedReceiver<R>),
+    Stream(mpsc::Receiver<Result<R, TransportError>>),
+}
+
+impl<R> Receiver<R> {
+    /// The next message from the peer.
+    ///
+    /// Returns `None` once the peer has closed the connection cleanly (after every message it
+    /// sent). A broken connection yields one `Some(Err(_))`, then `None`: a frame too large
+    /// ([`TransportError::is_frame_too_large`]), bytes that do not decode as `R` or a stream
+    /// cut in the middle of a frame ([`TransportError::is_decode`]), or an I/O failure. The
+    /// connection is closed in both directions after such an error.
+    ///
+    /// Cancel safe: a message is never lost when `recv` is dropped before it returns (for
+    /// example in `tokio::select!`).
+    pub async fn recv(&mut self) -> Option<Result<R, TransportError>> {
+        match &mut self.inner {
+            ReceiverInner::Memory(rx) => rx.recv().await.map(Ok),
+            ReceiverInner::Stream(rx) => rx.recv().await,
+        }
+    }
+
+    /// Who the messages come from.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+}
+
+impl<R> fmt::Debug for Receiver<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A two-way connection to one peer: it sends `S` and receives `R`.
+///
+/// Made by [`TcpTransport::dial`](crate::TcpTransport::dial),
+/// [`TcpAcceptor::accept`](crate::TcpAcceptor::accept) or the [`memory`](crate::memory)
+/// transport; the type is the same for all, so code written against it runs in-process in
+/// tests and over the network in production. [`split`](Connection::split) it to send and
+/// receive from different tasks. Dropping both halves closes the connection.
+pub struct Connection<S, R> {
+    sender: Sender<S>,
+    receiver: Receiver<R>,
+}
+
+impl<S, R> Connection<S, R> {
+    pub(crate) fn from_parts(sender: Sender<S>, receiver: Receiver<R>) -> Self {
+        Connection { sender, receiver }
+    }
+
+    /// Queues `msg` for the peer; see [`Sender::send`].
+    pub fn send(&self, msg: S) -> Result<(), TransportError> {
+        self.sender.send(msg)
+    }
+
+    /// The next message from the peer; see [`Receiver::recv`].
+    pub async fn recv(&mut self) -> Option<Result<R, TransportError>> {
+        self.receiver.recv().await
+    }
+
+    /// Who is at the other end.
+    pub fn peer(&self) -> &Peer {
+        &self.sender.peer
+    }
+
+    /// Another handle to the sending half.
+    pub fn sender(&self) -> Sender<S> {
+        self.sender.clone()
+    }
+
+    /// Splits the connection into its sending and receiving halves.
+    pub fn split(self) -> (Sender<S>, Receiver<R>) {
+        (self.sender, self.receiver)
+    }
+}
+
+impl<S, R> fmt::Debug for Connection<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.sender.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The two ends of an in-memory connection: values move as they are, nothing is encoded.
+pub(crate) fn memory_pair<A, B>() -> (Connection<A, B>, Connection<B, A>) {
+    let (a_tx, a_rx) = mpsc::unbounded_channel();
+    let (b_tx, b_rx) = mpsc::unbounded_channel();
+    let (peer_of_first, peer_of_second) = (Peer::next_memory(), Peer::next_memory());
+    let first = Connection::from_parts(
+        Sender {
+            tx: a_tx,
+            peer: peer_of_first,
+        },
+        Receiver {
+            inner: ReceiverInner::Memory(b_rx),
+            peer: peer_of_first,
+        },
+    );
+    let second = Connection::from_parts(
+        Sender {
+            tx: b_tx,
+            peer: peer_of_second,
+        },
+        Receiver {
+            inner: ReceiverInner::Memory(a_rx),
+            peer: peer_of_second,
+        },
+    );
+    (first, second)
+}
+
+/// State the reader and writer tasks of one stream connection share.
+struct Shared {
+    /// Cancelled when either task hits an error: the other one stops too.
+    cancel: CancellationToken,
+    /// Why the writer stopped, for the reader to deliver to the [`Receiver`].
+    writer_error: Mutex<Option<TransportError>>,
+    peer: Peer,
+}
+
+/// Starts the reader and writer tasks of a connection over a byte stream whose handshake is
+/// done. Must be called within a Tokio runtime.
+pub(crate) fn spawn_stream<S, R, Rd, Wr>(
+    rd: Rd,
+    wr: Wr,
+    peer: Peer,
+    max_frame_size: usize,
+) -> Connection<S, R>
+where
+    S: Serialize + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
+    Rd: AsyncRead + Unpin + Send + 'static,
+    Wr: AsyncWrite + Unpin + Send + 'static,
+{
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(RECEIVE_QUEUE);
+    let shared = Arc::new(Shared {
+        cancel: CancellationToken::new(),
+        writer_error: Mutex::new(None),
+        peer,
+    });
+    tokio::spawn(write_loop(out_rx, wr, max_frame_size, shared.clone()));
+    tokio::spawn(read_loop(rd, in_tx, max_frame_size, shared));
+    Connection::from_parts(
+        Sender { tx: out_tx, peer },
+        Receiver {
+            inner: ReceiverInner::Stream(in_rx),
+            peer,
+        },
+    )
+}
+
+async fn write_loop<S, Wr>(
+    queue: mpsc::UnboundedReceiver<S>,
+    wr: Wr,
+    max_frame_size: usize,
+    shared: Arc<Shared>,
+) where
+    S: Serialize,
+    Wr: AsyncWrite + Unpin,
+{
+    if let Err(e) = write_frames(queue, wr, max_frame_size, &shared).await {
+        let e = e.with_peer(shared.peer.addr());
+        tracing::warn!(peer = %shared.peer, error = %e, "closing the connection: sending failed");
+        if let Ok(mut slot) = shared.writer_error.lock() {
+            *slot = Some(e);
+        }
+        shared.cancel.cancel();
+    }
+}
+
+async fn write_frames<S, Wr>(
+    mut queue: mpsc::UnboundedReceiver<S>,
+    mut wr: Wr,
+    max_frame_size: usize,
+    shared: &Shared,
+) -> Result<(), TransportError>
+where
+    S: Serialize,
+    Wr: AsyncWrite + Unpin,
+{
+    let cancel = &shared.cancel;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut open = true;
+    let mut failed = None;
+    loop {
+        // Gather everything queued, up to the budget.
+        while open && failed.is_none() && buf.len() < WRITE_BUDGET {
+            match queue.try_recv() {
+                Ok(msg) => {
+                    if let Err(e) = frame::encode(&msg, &mut buf, max_frame_size) {
+                        failed = Some(e);
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        if !buf.is_empty() {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                written = wr.write_all(&buf) => written?,
+            }
+            buf.clear();
+            if buf.capacity() > WRITE_BUFFER_KEEP {
+                buf = BytesMut::with_capacity(READ_CHUNK);
+            }
+        }
+        if let Some(e) = failed {
+            // What was queued before the bad message has been written.
+            return Err(e);
+        }
+        if !open {
+            // Every sender is gone and everything is written: tell the peer we are done.
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {}
+                _ = wr.shutdown() => {}
+            }
+            return Ok(());
+        }
+        if !queue.is_empty() {
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            flushed = wr.flush() => flushed?,
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            msg = queue.recv() => match msg {
+                Some(msg) => {
+                    if let Err(e) = frame::encode(&msg, &mut buf, max_frame_size) {
+                        failed = Some(e);
+                    }
+                }
+                None => open = false,
+            },
+        }
+    }
+}
+
+async fn read_loop<R, Rd>(
+    mut rd: Rd,
+    tx: mpsc::Sender<Result<R, TransportError>>,
+    max_frame_size: usize,
+    shared: Arc<Shared>,
+) where
+    R: DeserializeOwned,
+    Rd: AsyncRead + Unpin,
+{
+    let cancel = &shared.cancel;
+    let peer = &shared.peer;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        // Hand over every complete frame that is buffered.
+        loop {
+            let decoded = match frame::decode_frame(&mut buf, max_frame_size) {
+                Ok(Some(body)) => frame::decode_body::<R>(&body),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            match decoded {
+                Ok(msg) => {
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return deliver_writer_error(&tx, &shared).await,
+                        sent = tx.send(Ok(msg)) => if sent.is_err() {
+                            // The receiver is gone: nobody wants what we read.
+                            return;
+                        },
+                    }
+                }
+                Err(e) => return fail(&tx, &shared, e, "received a bad frame").await,
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return deliver_writer_error(&tx, &shared).await,
+            _ = tx.closed() => return,
+            read = rd.read_buf(&mut buf) => match read {
+                Ok(0) => {
+                    match frame::check_eof(&buf) {
+                        Ok(()) => tracing::debug!(peer = %peer, "the peer closed the connection"),
+                        Err(e) => fail(&tx, &shared, e, "the stream ended inside a frame").await,
+                    }
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => return fail(&tx, &shared, TransportError::io(e), "receiving failed").await,
+            }
+        }
+    }
+}
+
+/// Closes the connection because of `e` and tells the receiver why, once.
+async fn fail<R>(
+    tx: &mpsc::Sender<Result<R, TransportError>>,
+    shared: &Shared,
+    e: TransportError,
+    what: &str,
+) {
+    let e = e.with_peer(shared.peer.addr());
+    tracing::warn!(peer = %shared.peer, error = %e, "closing the connection: {what}");
+    shared.cancel.cancel();
+    let _ = tx.send(Err(e)).await;
+}
+
+async fn deliver_writer_error<R>(tx: &mpsc::Sender<Result<R, TransportError>>, shared: &Shared) {
+    let e = shared
+        .writer_error
+        .lock()
+        .ok()
+        .and_then(|mut slot| slot.take());
+    if let Some(e) = e {
+        let _ = tx.send(Err(e)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Msg {
+        Ping(u32),
+        Text(String),
+    }
+
+    /// Counts the write calls that reach the underlying stream.
+    struct CountingWriter<W> {
+        inner: W,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWriter<W> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if poll.is_ready() {
+                self.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            poll
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    fn duplex_pair(writes: Arc<AtomicUsize>) -> (Connection<Msg, Msg>, Connection<Msg, Msg>) {
+        let (a, b) = tokio::io::duplex(16 * 1024 * 1024);
+        let (a_rd, a_wr) = tokio::io::split(a);
+        let (b_rd, b_wr) = tokio::io::split(b);
+        let peer = Peer::next_memory();
+        let a = spawn_stream(
+            a_rd,
+            CountingWriter {
+                inner: a_wr,
+                writes,
+            },
+            peer,
+            1024 * 1024,
+        );
+        let b = spawn_stream(b_rd, b_wr, peer, 1024 * 1024);
+        (a, b)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn queued_messages_are_coalesced_into_few_writes() {
+        let writes = Arc::new(AtomicUsize::new(0));
+        let (a, mut b) = duplex_pair(writes.clone());
+        for i in 0..10_000 {
+            a.send(Msg::Ping(i)).unwrap();
+        }
+        for i in 0..10_000 {
+            assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Ping(i));
+        }
+        let writes = writes.load(Ordering::Relaxed);
+        assert!(writes <= 2, "10,000 queued messages took {writes} writes");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_senders_ends_the_peers_stream_after_everything() {
+        let (a, mut b) = duplex_pair(Arc::default());
+        let extra = a.sender();
+        extra.send(Msg::Text("one".into())).unwrap();
+        let (tx, _rx) = a.split();
+        tx.send(Msg::Text("two".into())).unwrap();
+        drop((tx, extra));
+        assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Text("one".into()));
+        assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Text("two".into()));
+        assert!(b.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unsendable_message_closes_the_connection_loudly() {
+        let (a, mut b) = duplex_pair(Arc::default());
+        let (tx, mut rx) = a.split();
+        tx.send(Msg::Ping(1)).unwrap();
+        tx.send(Msg::Text("x".repeat(2 * 1024 * 1024))).unwrap();
+        // Everything before the bad message still arrives.
+        assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Ping(1));
+        let err = rx.recv().await.unwrap().unwrap_err();
+        assert!(err.is_frame_too_large(), "{err}");
+        assert!(rx.recv().await.is_none());
+        tx.closed().await;
+        assert!(tx.send(Msg::Ping(2)).unwrap_err().is_closed());
+        assert!(b.recv().await.is_none());
+    }
+}
