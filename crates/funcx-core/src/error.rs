@@ -23,7 +23,7 @@ struct Inner {
     kind: Kind,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Kind {
     Python(PythonException),
@@ -254,6 +254,14 @@ impl TaskError {
             Kind::WorkerDied(exit) => Some(exit),
             _ => None,
         }
+    }
+}
+
+/// A copy of the error, e.g. to report one failure to several waiters or to keep it for a
+/// re-send.
+impl Clone for TaskError {
+    fn clone(&self) -> Self {
+        TaskError::new(self.inner.kind.clone())
     }
 }
 

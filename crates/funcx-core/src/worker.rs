@@ -77,7 +77,7 @@ pub enum ToWorker {
 }
 
 /// One finished task as a worker reports it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkResult {
     /// The task.
     pub id: TaskId,

@@ -486,7 +486,7 @@ impl Dispatcher {
             return;
         };
         for waiter in self.ready_waiters.drain(..) {
-            let _ = waiter.send(answer.as_ref().map(|_| ()).map_err(clone_error));
+            let _ = waiter.send(answer.clone());
         }
     }
 
@@ -893,14 +893,6 @@ impl Dispatcher {
             self.stop_deadline = Some(Instant::now() + self.config.shutdown_grace);
         }
         !alive
-    }
-}
-
-fn clone_error(error: &TaskError) -> TaskError {
-    if error.is_shutdown() {
-        TaskError::shutdown()
-    } else {
-        TaskError::no_workers(error)
     }
 }
 

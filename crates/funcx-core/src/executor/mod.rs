@@ -109,6 +109,18 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Starts an executor with no workers of its own: its workers are pools that attach
+    /// themselves ([`Executor::attach`]), such as remote managers dialling in to an endpoint.
+    /// Tasks wait in the queue until a pool attaches.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub fn start_without_workers(mut self) -> Executor {
+        self.config.workers = 0;
+        self.start_shared(Arc::new(NoRuntime))
+    }
+
     /// Starts the endpoint's dispatcher and workers on the current Tokio runtime.
     ///
     /// Returns at once; tasks submitted before the workers are up wait in the queue. Use
@@ -126,6 +138,25 @@ impl ExecutorBuilder {
         let (commands, receiver) = mpsc::unbounded_channel();
         tokio::spawn(Dispatcher::new(runtime, self.config, receiver).run());
         Executor { commands }
+    }
+}
+
+/// The runtime of an executor whose workers all attach themselves: it is never asked to
+/// spawn anything.
+struct NoRuntime;
+
+impl WorkerRuntime for NoRuntime {
+    fn spawn(
+        &self,
+        _index: usize,
+        _events: crate::worker::WorkerEvents,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<Box<dyn crate::worker::Worker>, crate::SpawnError>,
+    > {
+        Box::pin(std::future::ready(Err(crate::SpawnError::new(
+            "this executor has no workers of its own",
+        ))))
     }
 }
 
