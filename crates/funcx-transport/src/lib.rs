@@ -67,6 +67,7 @@ mod error;
 pub mod frame;
 mod handshake;
 pub mod memory;
+pub mod remote;
 mod tcp;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
