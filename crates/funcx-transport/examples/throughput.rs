@@ -1,0 +1,87 @@
+//! Loopback throughput and latency of a TCP connection, to run by hand:
+//!
+//! ```text
+//! cargo run --release -p funcx-transport --example throughput
+//! ```
+
+use std::time::{Duration, Instant};
+
+use funcx_transport::{Connection, TcpTransport, TransportError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Msg {
+    Done { task: u64, ok: bool },
+    Blob(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+async fn connect() -> Result<(Connection<Msg, Msg>, Connection<Msg, Msg>), TransportError> {
+    let transport = TcpTransport::builder().token("bench").build();
+    let mut acceptor = transport.listen::<Msg, Msg>("127.0.0.1:0").await?;
+    let manager = transport.dial::<Msg, Msg>(acceptor.local_addr()).await?;
+    let endpoint = acceptor.accept().await?;
+    Ok((manager, endpoint))
+}
+
+/// Sends `count` messages made by `make` one way; returns the time until the last arrived.
+async fn one_way(count: u64, make: impl Fn(u64) -> Msg + Send + 'static) -> Duration {
+    let (manager, mut endpoint) = connect().await.expect("loopback connects");
+    let start = Instant::now();
+    let sender = manager.sender();
+    tokio::spawn(async move {
+        for i in 0..count {
+            if sender.send(make(i)).is_err() {
+                return;
+            }
+        }
+    });
+    for _ in 0..count {
+        endpoint.recv().await.expect("open").expect("decodes");
+    }
+    start.elapsed()
+}
+
+async fn ping_pong(rounds: u32) -> Duration {
+    let (mut manager, mut endpoint) = connect().await.expect("loopback connects");
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = endpoint.recv().await {
+            if endpoint.send(msg).is_err() {
+                return;
+            }
+        }
+    });
+    let start = Instant::now();
+    for task in 0..rounds {
+        let _ = manager.send(Msg::Done {
+            task: task.into(),
+            ok: true,
+        });
+        manager.recv().await.expect("open").expect("decodes");
+    }
+    start.elapsed() / rounds
+}
+
+#[tokio::main]
+async fn main() {
+    let n = 2_000_000u64;
+    let t = one_way(n, |task| Msg::Done { task, ok: true }).await;
+    println!(
+        "small messages: {n} in {t:.2?}: {:.0} messages/s",
+        n as f64 / t.as_secs_f64()
+    );
+
+    let n = 2_000u64;
+    let mib = vec![7u8; 1024 * 1024];
+    let t = one_way(n, move |_| Msg::Blob(mib.clone())).await;
+    println!(
+        "1 MiB messages: {n} in {t:.2?}: {:.0} messages/s, {:.0} MiB/s",
+        n as f64 / t.as_secs_f64(),
+        n as f64 / t.as_secs_f64()
+    );
+
+    let rounds = 20_000;
+    println!(
+        "round trip of one small message: {:.1?}",
+        ping_pong(rounds).await
+    );
+}
