@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod config;
+pub mod manager;
 pub mod protocol;
 mod runtime;
 

@@ -446,7 +446,9 @@ impl Session {
             return None;
         }
         if self.last_heard.elapsed() > threshold {
-            self.send(ToManager::Stop);
+            // No stop order: a manager that was only frozen (a paused job, a partition)
+            // finds its session gone when it wakes and registers afresh, so the rest of its
+            // block's allocation is not wasted.
             return Some(format!("no heartbeat for {threshold:?}"));
         }
         self.send(ToManager::Heartbeat);

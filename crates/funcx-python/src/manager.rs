@@ -1,0 +1,274 @@
+//! The manager: one per node, it dials the endpoint and runs the endpoint's tasks on warm
+//! Python workers.
+//!
+//! The `funcx-manager` binary is a thin shell around [`ManagerOptions::from_args`] and
+//! [`run`]; a provider starts one per node of each block.
+//!
+//! ```text
+//! funcx-manager --endpoint 10.0.0.5:7070 --token-file ~/.funcx/token --workers 8
+//! ```
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use funcx_core::Executor;
+use funcx_transport::remote::{
+    run_manager, EchoRunner, ExecutorRunner, ManagerConfig, ManagerExit, ManagerId, ManagerInfo,
+    TcpDial,
+};
+use funcx_transport::TcpTransport;
+use tracing::info;
+
+use crate::{PythonConfig, PythonRuntime};
+
+/// What a manager needs to know: where its endpoint is, how to prove it may connect, and
+/// how to run its workers.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    /// The endpoint's address.
+    pub endpoint: SocketAddr,
+    /// The shared secret the endpoint expects.
+    pub token: String,
+    /// How many Python workers to run (default: one per CPU).
+    pub workers: usize,
+    /// How to start them.
+    pub python: PythonConfig,
+    /// The block this manager belongs to (default: `$FUNCX_BLOCK_ID`).
+    pub block: Option<String>,
+    /// Run this many simulated workers instead of Python ones: each returns its first
+    /// argument at once. For measuring an endpoint at a scale one machine cannot host.
+    pub simulate: Option<usize>,
+    /// How long to keep trying an endpoint that cannot be reached before exiting.
+    pub give_up_after: Duration,
+}
+
+/// A command line that could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\n\n{USAGE}", self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The manager's command-line help.
+pub const USAGE: &str = "usage: funcx-manager --endpoint HOST:PORT [options]
+
+options:
+  --endpoint HOST:PORT   the endpoint to dial (required)
+  --token TOKEN          the endpoint's token (or $FUNCX_TOKEN, or --token-file)
+  --token-file PATH      read the token from a file
+  --workers N            Python workers to run (default: one per CPU)
+  --python PATH          the Python interpreter (default: python3)
+  --block ID             the block this manager belongs to (default: $FUNCX_BLOCK_ID)
+  --gpus A,B,...         pin worker i to device i mod n (CUDA_VISIBLE_DEVICES, ...)
+  --simulate N           run N simulated workers instead of Python ones
+  --give-up-after SECS   exit if the endpoint is unreachable this long (default 300)";
+
+impl ManagerOptions {
+    /// Parses the manager's command line (without the program name).
+    pub fn from_args(
+        args: impl IntoIterator<Item = OsString>,
+    ) -> Result<ManagerOptions, UsageError> {
+        let mut args = args
+            .into_iter()
+            .map(|arg| arg.to_string_lossy().into_owned());
+        let mut endpoint = None;
+        let mut token = std::env::var("FUNCX_TOKEN").ok();
+        let mut options = ManagerOptions {
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: String::new(),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            python: PythonConfig::new(),
+            block: std::env::var("FUNCX_BLOCK_ID").ok(),
+            simulate: None,
+            give_up_after: Duration::from_secs(300),
+        };
+        while let Some(flag) = args.next() {
+            let mut value = || {
+                args.next()
+                    .ok_or_else(|| UsageError(format!("{flag} needs a value")))
+            };
+            match flag.as_str() {
+                "--endpoint" => endpoint = Some(resolve(&value()?)?),
+                "--token" => token = Some(value()?),
+                "--token-file" => {
+                    let path = PathBuf::from(value()?);
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        UsageError(format!(
+                            "cannot read the token file {}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    token = Some(text.trim().to_string());
+                }
+                "--workers" => options.workers = number(&flag, &value()?)?.max(1),
+                "--python" => options.python = options.python.python(value()?),
+                "--block" => options.block = Some(value()?),
+                "--gpus" => {
+                    let gpus = value()?
+                        .split(',')
+                        .filter(|g| !g.is_empty())
+                        .map(String::from)
+                        .collect();
+                    options.python = options.python.accelerators(gpus);
+                }
+                "--simulate" => options.simulate = Some(number(&flag, &value()?)?.max(1)),
+                "--give-up-after" => {
+                    options.give_up_after = Duration::from_secs(number(&flag, &value()?)? as u64)
+                }
+                "-h" | "--help" => {
+                    return Err(UsageError(
+                        "funcx-manager runs an endpoint's tasks on this node".into(),
+                    ))
+                }
+                other => return Err(UsageError(format!("unknown option {other}"))),
+            }
+        }
+        options.endpoint = endpoint.ok_or_else(|| UsageError("--endpoint is required".into()))?;
+        options.token = token.ok_or_else(|| {
+            UsageError("no token: pass --token, --token-file or set FUNCX_TOKEN".into())
+        })?;
+        Ok(options)
+    }
+}
+
+fn resolve(address: &str) -> Result<SocketAddr, UsageError> {
+    address
+        .to_socket_addrs()
+        .map_err(|e| {
+            UsageError(format!(
+                "cannot resolve the endpoint address {address}: {e}"
+            ))
+        })?
+        .next()
+        .ok_or_else(|| {
+            UsageError(format!(
+                "the endpoint address {address} resolves to nothing"
+            ))
+        })
+}
+
+fn number(flag: &str, value: &str) -> Result<usize, UsageError> {
+    value
+        .parse()
+        .map_err(|_| UsageError(format!("{flag} takes a whole number, not {value:?}")))
+}
+
+/// Runs a manager until its endpoint drains or stops it, or stays unreachable for
+/// [`ManagerOptions::give_up_after`].
+///
+/// Must be called within a multi-threaded Tokio runtime.
+pub async fn run(options: ManagerOptions) -> ManagerExit {
+    let slots = options.simulate.unwrap_or(options.workers);
+    let info = ManagerInfo {
+        id: ManagerId(random_id()),
+        block: options.block.clone(),
+        host: hostname(),
+        pid: std::process::id(),
+        slots: u32::try_from(slots).unwrap_or(u32::MAX),
+        gpus: options.python.accelerator_list().to_vec(),
+    };
+    info!(manager = %info.id, endpoint = %options.endpoint, slots, block = ?info.block, "manager starting");
+    let mut config = ManagerConfig::new(info);
+    config.give_up_after = options.give_up_after;
+    let dial = TcpDial::new(
+        TcpTransport::builder().token(&options.token).build(),
+        options.endpoint,
+    );
+    let exit = match options.simulate {
+        Some(slots) => run_manager(dial, EchoRunner::new(slots), config).await,
+        None => {
+            let executor = Executor::builder()
+                .workers(options.workers)
+                .start(PythonRuntime::new(options.python.clone()));
+            let exit = run_manager(
+                dial,
+                ExecutorRunner::new(executor.clone(), options.workers),
+                config,
+            )
+            .await;
+            executor.shutdown_now().await;
+            exit
+        }
+    };
+    info!(%exit, "manager exiting");
+    exit
+}
+
+/// A random manager id, from the standard library's randomly keyed hasher.
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn parses_a_full_command_line() {
+        let options = ManagerOptions::from_args(args(&[
+            "--endpoint",
+            "127.0.0.1:7070",
+            "--token",
+            "t",
+            "--workers",
+            "3",
+            "--block",
+            "b-1",
+            "--gpus",
+            "0,1",
+        ]))
+        .expect("valid");
+        assert_eq!(options.endpoint.port(), 7070);
+        assert_eq!(options.workers, 3);
+        assert_eq!(options.block.as_deref(), Some("b-1"));
+        assert_eq!(options.python.accelerator_list(), ["0", "1"]);
+    }
+
+    #[test]
+    fn explains_what_is_wrong() {
+        let missing = ManagerOptions::from_args(args(&["--token", "t"])).unwrap_err();
+        assert!(
+            missing.to_string().contains("--endpoint is required"),
+            "{missing}"
+        );
+        let bad = ManagerOptions::from_args(args(&[
+            "--endpoint",
+            "127.0.0.1:1",
+            "--token",
+            "t",
+            "--workers",
+            "many",
+        ]))
+        .unwrap_err();
+        assert!(bad.to_string().contains("whole number"), "{bad}");
+        let unknown = ManagerOptions::from_args(args(&["--frobnicate"])).unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown option --frobnicate"),
+            "{unknown}"
+        );
+    }
+}

@@ -1,0 +1,404 @@
+//! Endpoints across processes: real `funcx-manager` processes with real Python workers dial
+//! an endpoint on 127.0.0.1, and nodes fail in every way we know.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use funcx_core::{Executor, Function, TaskError, TaskHandle};
+use funcx_transport::remote::{AgentConfig, EndpointAgent};
+use funcx_transport::TcpTransport;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN: &str = "test-token";
+
+/// Whose pid and which task: enough to see where a task ran.
+const WHERE: &str = "import os, time\n\ndef where(i, pause=0.0):\n    time.sleep(pause)\n    return (i, os.getppid())\n";
+
+fn agent_config(threshold: Duration) -> AgentConfig {
+    AgentConfig {
+        heartbeat_period: Duration::from_millis(100),
+        heartbeat_threshold: threshold,
+        hello_timeout: Duration::from_secs(5),
+    }
+}
+
+struct Endpoint {
+    executor: Executor,
+    address: SocketAddr,
+}
+
+async fn endpoint_on(address: SocketAddr, retries: u32, threshold: Duration) -> Endpoint {
+    let executor = Executor::builder()
+        .retries_on_worker_death(retries)
+        .start_without_workers();
+    let agent = EndpointAgent::new(executor.clone(), agent_config(threshold));
+    let acceptor = TcpTransport::builder()
+        .token(TOKEN)
+        .build()
+        .listen(address)
+        .await
+        .expect("listen");
+    let address = acceptor.local_addr();
+    tokio::spawn(agent.serve(acceptor));
+    Endpoint { executor, address }
+}
+
+async fn endpoint(retries: u32, threshold: Duration) -> Endpoint {
+    endpoint_on(SocketAddr::from(([127, 0, 0, 1], 0)), retries, threshold).await
+}
+
+/// A manager process; killed when dropped so no test leaves one behind.
+struct Manager(Child);
+
+impl Manager {
+    fn start(address: SocketAddr, workers: usize) -> Manager {
+        let child = Command::new(env!("CARGO_BIN_EXE_funcx-manager"))
+            .args([
+                "--endpoint",
+                &address.to_string(),
+                "--workers",
+                &workers.to_string(),
+            ])
+            .args(["--give-up-after", "20"])
+            .env("FUNCX_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start funcx-manager");
+        Manager(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit by itself and returns its status code.
+    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("manager {} did not exit within {within:?}", self.pid());
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let result = tokio::time::timeout(within, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "timed out waiting until {what}");
+}
+
+async fn managers(executor: &Executor, count: usize) {
+    let executor = executor.clone();
+    wait_until(
+        &format!("{count} managers are attached"),
+        Duration::from_secs(20),
+        move || {
+            let executor = executor.clone();
+            async move { executor.stats().await.managers == count }
+        },
+    )
+    .await;
+}
+
+async fn results(handles: Vec<TaskHandle>) -> Vec<Result<(i64, u32), TaskError>> {
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.result::<(i64, u32)>().await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_managers_share_the_work_and_drain_on_shutdown() {
+    let endpoint = endpoint(0, Duration::from_secs(10)).await;
+    let mut a = Manager::start(endpoint.address, 1);
+    let mut b = Manager::start(endpoint.address, 1);
+    managers(&endpoint.executor, 2).await;
+    assert_eq!(endpoint.executor.stats().await.workers, 2);
+
+    let f = Function::from_source(WHERE, "where");
+    let handles = endpoint
+        .executor
+        .submit_batch(&f, (0..2_000_i64).map(|i| (i,)));
+    let mut hosts = std::collections::HashSet::new();
+    for (i, result) in results(handles).await.into_iter().enumerate() {
+        let (value, manager) = result.expect("task result");
+        assert_eq!(value, i as i64);
+        hosts.insert(manager);
+    }
+    assert_eq!(
+        hosts,
+        [a.pid(), b.pid()].into_iter().collect(),
+        "both managers ran tasks"
+    );
+
+    endpoint.executor.shutdown().await;
+    assert_eq!(a.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(b.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_managers_tasks_run_elsewhere() {
+    let endpoint = endpoint(2, Duration::from_millis(800)).await;
+    let a = Manager::start(endpoint.address, 1);
+    let b = Manager::start(endpoint.address, 1);
+    managers(&endpoint.executor, 2).await;
+
+    let f = Function::from_source(WHERE, "where");
+    let handles = endpoint
+        .executor
+        .submit_batch(&f, (0..60_i64).map(|i| (i, 0.02)));
+    let executor = endpoint.executor.clone();
+    // Kill a mid-run, while it holds tasks.
+    wait_until("a few tasks finished", Duration::from_secs(20), || {
+        let executor = executor.clone();
+        async move { executor.stats().await.in_flight < 50 }
+    })
+    .await;
+    a.signal("-KILL");
+    let results = results(handles).await;
+    for (i, result) in results.iter().enumerate() {
+        let (value, _) = result
+            .as_ref()
+            .expect("every task completes on the surviving manager");
+        assert_eq!(*value, i as i64);
+    }
+    assert!(results
+        .iter()
+        .any(|r| matches!(r, Ok((_, pid)) if *pid == b.pid())));
+    managers(&endpoint.executor, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_retries_a_lost_manager_fails_its_tasks_with_the_cause() {
+    let endpoint = endpoint(0, Duration::from_millis(500)).await;
+    let a = Manager::start(endpoint.address, 1);
+    managers(&endpoint.executor, 1).await;
+
+    let f = Function::from_source(WHERE, "where");
+    let handle = endpoint.executor.submit(&f, (1, 30.0));
+    let executor = endpoint.executor.clone();
+    wait_until(
+        "the task is on the manager",
+        Duration::from_secs(10),
+        || {
+            let executor = executor.clone();
+            async move { executor.stats().await.in_flight == 1 }
+        },
+    )
+    .await;
+    a.signal("-KILL");
+    let started = Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("the task fails instead of hanging")
+        .expect_err("its manager is gone");
+    assert!(error.is_manager_lost() && error.is_system(), "{error}");
+    assert!(error.to_string().contains("reconnect"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// A TCP relay that can cut every connection through it and refuse new ones for a while.
+struct Relay {
+    address: SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let address = listener.local_addr().expect("relay address");
+        let (cut, cuts) = tokio::sync::watch::channel(0_u64);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cuts = cuts.clone();
+                cuts.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.changed() => {} // dropping both ends cuts the connection
+                    }
+                });
+            }
+        });
+        Relay { address, cut }
+    }
+
+    fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_is_restored_with_nothing_lost_or_doubled() {
+    let endpoint = endpoint(0, Duration::from_secs(10)).await;
+    let relay = Relay::start(endpoint.address).await;
+    let _manager = Manager::start(relay.address, 2);
+    managers(&endpoint.executor, 1).await;
+
+    let f = Function::from_source(WHERE, "where");
+    let handles = endpoint
+        .executor
+        .submit_batch(&f, (0..300_i64).map(|i| (i, 0.005)));
+    let executor = endpoint.executor.clone();
+    wait_until("some tasks finished", Duration::from_secs(20), || {
+        let executor = executor.clone();
+        async move { executor.stats().await.in_flight < 280 }
+    })
+    .await;
+    relay.cut();
+    // The manager reconnects by itself; with retries at 0, a task lost in the cut would fail.
+    for (i, result) in results(handles).await.into_iter().enumerate() {
+        let (value, _) = result.expect("no task is lost across the cut");
+        assert_eq!(value, i as i64);
+    }
+    assert_eq!(
+        endpoint.executor.stats().await.managers,
+        1,
+        "the same session went on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_manager_is_declared_lost_and_comes_back_fresh() {
+    let endpoint = endpoint(1, Duration::from_millis(700)).await;
+    let a = Manager::start(endpoint.address, 1);
+    managers(&endpoint.executor, 1).await;
+    let f = Function::from_source(WHERE, "where");
+    // Warm a's worker so that the next task lands there.
+    let (_, first) = endpoint
+        .executor
+        .submit(&f, (0,))
+        .result::<(i64, u32)>()
+        .await
+        .expect("warm");
+    assert_eq!(first, a.pid());
+
+    // Frozen, its socket stays open but it sends no heartbeat.
+    let handle = endpoint.executor.submit(&f, (1, 0.5));
+    let executor = endpoint.executor.clone();
+    wait_until(
+        "the task is on the manager",
+        Duration::from_secs(10),
+        || {
+            let executor = executor.clone();
+            async move { executor.stats().await.in_flight == 1 }
+        },
+    )
+    .await;
+    a.signal("-STOP");
+    managers(&endpoint.executor, 0).await;
+    let b = Manager::start(endpoint.address, 1);
+    let (value, ran_on) = handle
+        .result::<(i64, u32)>()
+        .await
+        .expect("re-run on another manager");
+    assert_eq!((value, ran_on), (1, b.pid()));
+
+    // Thawed, it finds its session gone, drops the stale work and registers afresh.
+    a.signal("-CONT");
+    managers(&endpoint.executor, 2).await;
+    let handles = endpoint
+        .executor
+        .submit_batch(&f, (0..200_i64).map(|i| (i,)));
+    for (i, result) in results(handles).await.into_iter().enumerate() {
+        assert_eq!(result.expect("result").0, i as i64);
+    }
+}
+
+#[test]
+fn managers_reconnect_to_a_restarted_endpoint() {
+    let first = tokio::runtime::Runtime::new().expect("runtime");
+    let (address, manager) = first.block_on(async {
+        let endpoint = endpoint(0, Duration::from_secs(5)).await;
+        let manager = Manager::start(endpoint.address, 1);
+        managers(&endpoint.executor, 1).await;
+        let f = Function::from_source(WHERE, "where");
+        endpoint
+            .executor
+            .submit(&f, (1,))
+            .await
+            .expect("first endpoint runs tasks");
+        (endpoint.address, manager)
+    });
+    // The endpoint process dies: its sockets close without a word to the manager.
+    first.shutdown_timeout(Duration::from_secs(5));
+
+    let second = tokio::runtime::Runtime::new().expect("runtime");
+    second.block_on(async {
+        let endpoint = endpoint_on(address, 0, Duration::from_secs(5)).await;
+        managers(&endpoint.executor, 1).await;
+        let f = Function::from_source(WHERE, "where");
+        let (value, pid) = endpoint
+            .executor
+            .submit(&f, (2,))
+            .result::<(i64, u32)>()
+            .await
+            .expect("second endpoint");
+        assert_eq!((value, pid), (2, manager.pid()));
+        endpoint.executor.shutdown().await;
+    });
+    let mut manager = manager;
+    assert_eq!(manager.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_endpoint_port_does_not_disturb_managers() {
+    let endpoint = endpoint(0, Duration::from_secs(10)).await;
+    let _manager = Manager::start(endpoint.address, 1);
+    managers(&endpoint.executor, 1).await;
+
+    // Junk instead of a handshake, a valid-looking preamble with a huge claimed token, and a
+    // connection that says nothing at all.
+    let mut junk = TcpStream::connect(endpoint.address).await.expect("connect");
+    junk.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut huge = TcpStream::connect(endpoint.address).await.expect("connect");
+    huge.write_all(b"FUNCX\x00\x01\xff\xff")
+        .await
+        .expect("write");
+    let _silent = TcpStream::connect(endpoint.address).await.expect("connect");
+    let mut buffer = [0_u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), junk.read(&mut buffer)).await;
+
+    let f = Function::from_source(WHERE, "where");
+    let handles = endpoint
+        .executor
+        .submit_batch(&f, (0..100_i64).map(|i| (i,)));
+    for (i, result) in results(handles).await.into_iter().enumerate() {
+        assert_eq!(result.expect("result").0, i as i64);
+    }
+}
