@@ -402,3 +402,113 @@ async fn garbage_on_the_endpoint_port_does_not_disturb_managers() {
         assert_eq!(result.expect("result").0, i as i64);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_cancellations_reach_the_remote_worker() {
+    let endpoint = endpoint(0, Duration::from_secs(10)).await;
+    let _manager = Manager::start(endpoint.address, 1);
+    managers(&endpoint.executor, 1).await;
+    let pid = Function::from_source("import os\n\ndef pid():\n    return os.getpid()\n", "pid");
+    let sleep = Function::from_source(
+        "import time\n\ndef sleep(s):\n    time.sleep(s)\n    return s\n",
+        "sleep",
+    );
+    let before: u32 = endpoint
+        .executor
+        .submit(&pid, ())
+        .result()
+        .await
+        .expect("pid");
+
+    let started = Instant::now();
+    let timed = endpoint.executor.submit_with(
+        &sleep,
+        (30.0,),
+        funcx_core::TaskOptions::new().timeout(Duration::from_millis(300)),
+    );
+    let error = timed.await.expect_err("times out on the manager");
+    assert!(error.is_timeout(), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let after_timeout: u32 = endpoint
+        .executor
+        .submit(&pid, ())
+        .result()
+        .await
+        .expect("pid");
+    assert_ne!(before, after_timeout, "the remote worker was replaced");
+
+    // It says when it has started, so the cancel is sure to find it running.
+    let marker = std::env::temp_dir().join(format!("funcx-started-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let announce = Function::from_source(
+        "import time\n\ndef announce(path):\n    open(path, 'w').close()\n    time.sleep(30)\n",
+        "announce",
+    );
+    let running = endpoint
+        .executor
+        .submit(&announce, (marker.to_string_lossy().into_owned(),));
+    let seen = marker.clone();
+    wait_until(
+        "the task is running on the manager",
+        Duration::from_secs(10),
+        || {
+            let seen = seen.clone();
+            async move { seen.exists() }
+        },
+    )
+    .await;
+    let _ = std::fs::remove_file(&marker);
+    running.cancel();
+    let error = running.await.expect_err("cancelled");
+    assert!(error.is_cancelled(), "{error}");
+    let after_cancel: u32 = endpoint
+        .executor
+        .submit(&pid, ())
+        .result()
+        .await
+        .expect("pid");
+    assert_ne!(
+        after_timeout, after_cancel,
+        "the cancelled task's worker was replaced"
+    );
+}
+
+#[test]
+fn a_manager_gives_up_on_an_endpoint_that_never_answers() {
+    // A port nobody listens on: bind one, then free it.
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port");
+    let started = Instant::now();
+    let mut manager = Manager(
+        Command::new(env!("CARGO_BIN_EXE_funcx-manager"))
+            .args([
+                "--endpoint",
+                &address.to_string(),
+                "--workers",
+                "1",
+                "--give-up-after",
+                "1",
+            ])
+            .env("FUNCX_TOKEN", TOKEN)
+            .env("RUST_LOG", "error")
+            .spawn()
+            .expect("start funcx-manager"),
+    );
+    assert_eq!(manager.wait_exit(Duration::from_secs(20)), Some(2));
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
+#[test]
+fn a_bad_command_line_is_explained() {
+    let output = Command::new(env!("CARGO_BIN_EXE_funcx-manager"))
+        .args(["--workers", "two"])
+        .output()
+        .expect("run funcx-manager");
+    assert_eq!(output.status.code(), Some(64));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("whole number") && text.contains("usage:"),
+        "{text}"
+    );
+}
