@@ -23,20 +23,32 @@ async fn connect() -> Result<(Connection<Msg, Msg>, Connection<Msg, Msg>), Trans
     Ok((manager, endpoint))
 }
 
-/// Sends `count` messages made by `make` one way; returns the time until the last arrived.
-async fn one_way(count: u64, make: impl Fn(u64) -> Msg + Send + 'static) -> Duration {
+/// Sends `count` messages made by `make` one way, with at most `window` of them unacknowledged
+/// (the endpoint acknowledges each; without a window the producer would queue everything in
+/// memory first); returns the time until the last arrived.
+async fn one_way(count: u64, window: u64, make: impl Fn(u64) -> Msg + Send + 'static) -> Duration {
     let (manager, mut endpoint) = connect().await.expect("loopback connects");
     let start = Instant::now();
-    let sender = manager.sender();
+    let (sender, mut acks) = manager.split();
     tokio::spawn(async move {
+        let mut acked = 0;
         for i in 0..count {
+            while i - acked >= window {
+                match acks.recv().await {
+                    Some(Ok(_)) => acked += window / 2,
+                    _ => return,
+                }
+            }
             if sender.send(make(i)).is_err() {
                 return;
             }
         }
     });
-    for _ in 0..count {
+    for i in 1..=count {
         endpoint.recv().await.expect("open").expect("decodes");
+        if i % (window / 2) == 0 {
+            let _ = endpoint.send(Msg::Done { task: i, ok: true });
+        }
     }
     start.elapsed()
 }
@@ -64,7 +76,7 @@ async fn ping_pong(rounds: u32) -> Duration {
 #[tokio::main]
 async fn main() {
     let n = 2_000_000u64;
-    let t = one_way(n, |task| Msg::Done { task, ok: true }).await;
+    let t = one_way(n, 4096, |task| Msg::Done { task, ok: true }).await;
     println!(
         "small messages: {n} in {t:.2?}: {:.0} messages/s",
         n as f64 / t.as_secs_f64()
@@ -72,7 +84,7 @@ async fn main() {
 
     let n = 2_000u64;
     let mib = vec![7u8; 1024 * 1024];
-    let t = one_way(n, move |_| Msg::Blob(mib.clone())).await;
+    let t = one_way(n, 16, move |_| Msg::Blob(mib.clone())).await;
     println!(
         "1 MiB messages: {n} in {t:.2?}: {:.0} messages/s, {:.0} MiB/s",
         n as f64 / t.as_secs_f64(),

@@ -17,7 +17,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use serde::de::DeserializeOwned;
@@ -25,6 +26,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::frame;
@@ -38,6 +40,11 @@ const WRITE_BUFFER_KEEP: usize = 2 * WRITE_BUDGET;
 const READ_CHUNK: usize = 64 * 1024;
 /// How many decoded messages may wait between the reader task and [`Receiver::recv`].
 const RECEIVE_QUEUE: usize = 256;
+/// How long a connection whose halves are both dropped keeps reading (and discarding) after
+/// its last byte is written, waiting for the peer to close. Closing a socket with unread data
+/// makes the kernel send a reset, which can destroy the tail of what we sent before the peer
+/// read it.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Who is at the other end of a connection.
 ///
@@ -212,7 +219,12 @@ impl<R> fmt::Debug for Receiver<R> {
 /// [`TcpAcceptor::accept`](crate::TcpAcceptor::accept) or the [`memory`](crate::memory)
 /// transport; the type is the same for all, so code written against it runs in-process in
 /// tests and over the network in production. [`split`](Connection::split) it to send and
-/// receive from different tasks. Dropping both halves closes the connection.
+/// receive from different tasks.
+///
+/// Dropping both halves closes the connection gracefully: what is queued is written, the
+/// peer's receiver sees the end of the stream after the last message, and the socket is closed
+/// once the peer closes its side too (at most 2 seconds later), so that nothing the peer
+/// has not read yet is lost to a TCP reset.
 pub struct Connection<S, R> {
     sender: Sender<S>,
     receiver: Receiver<R>,
@@ -291,6 +303,9 @@ struct Shared {
     cancel: CancellationToken,
     /// Why the writer stopped, for the reader to deliver to the [`Receiver`].
     writer_error: Mutex<Option<TransportError>>,
+    /// When the writer finished cleanly (every sender dropped, everything written).
+    writer_done_at: OnceLock<Instant>,
+    writer_done: CancellationToken,
     peer: Peer,
 }
 
@@ -313,6 +328,8 @@ where
     let shared = Arc::new(Shared {
         cancel: CancellationToken::new(),
         writer_error: Mutex::new(None),
+        writer_done_at: OnceLock::new(),
+        writer_done: CancellationToken::new(),
         peer,
     });
     tokio::spawn(write_loop(out_rx, wr, max_frame_size, shared.clone()));
@@ -335,7 +352,10 @@ async fn write_loop<S, Wr>(
     S: Serialize,
     Wr: AsyncWrite + Unpin,
 {
-    if let Err(e) = write_frames(queue, wr, max_frame_size, &shared).await {
+    let result = write_frames(queue, wr, max_frame_size, &shared).await;
+    let _ = shared.writer_done_at.set(Instant::now());
+    shared.writer_done.cancel();
+    if let Err(e) = result {
         let e = e.with_peer(shared.peer.addr());
         tracing::warn!(peer = %shared.peer, error = %e, "closing the connection: sending failed");
         if let Ok(mut slot) = shared.writer_error.lock() {
@@ -431,9 +451,14 @@ async fn read_loop<R, Rd>(
     let cancel = &shared.cancel;
     let peer = &shared.peer;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Once the receiver is gone, what arrives is read and thrown away (see LINGER).
+    let mut discarding = false;
     loop {
+        if discarding {
+            buf.clear();
+        }
         // Hand over every complete frame that is buffered.
-        loop {
+        while !discarding {
             let decoded = match frame::decode_frame(&mut buf, max_frame_size) {
                 Ok(Some(body)) => frame::decode_body::<R>(&body),
                 Ok(None) => break,
@@ -446,7 +471,7 @@ async fn read_loop<R, Rd>(
                         _ = cancel.cancelled() => return deliver_writer_error(&tx, &shared).await,
                         sent = tx.send(Ok(msg)) => if sent.is_err() {
                             // The receiver is gone: nobody wants what we read.
-                            return;
+                            discarding = true;
                         },
                     }
                 }
@@ -459,8 +484,11 @@ async fn read_loop<R, Rd>(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return deliver_writer_error(&tx, &shared).await,
-            _ = tx.closed() => return,
+            _ = tx.closed(), if !discarding => discarding = true,
+            _ = linger(&shared), if discarding => return,
             read = rd.read_buf(&mut buf) => match read {
+                // Discarding: the peer closed or broke, nobody is told.
+                Ok(0) | Err(_) if discarding => return,
                 Ok(0) => {
                     match frame::check_eof(&buf) {
                         Ok(()) => tracing::debug!(peer = %peer, "the peer closed the connection"),
@@ -473,6 +501,17 @@ async fn read_loop<R, Rd>(
             }
         }
     }
+}
+
+/// Resolves `LINGER` after the writer finished.
+async fn linger(shared: &Shared) {
+    shared.writer_done.cancelled().await;
+    let done_at = shared
+        .writer_done_at
+        .get()
+        .copied()
+        .unwrap_or_else(Instant::now);
+    tokio::time::sleep_until(done_at + LINGER).await;
 }
 
 /// Closes the connection because of `e` and tells the receiver why, once.

@@ -163,6 +163,36 @@ async fn a_16_mib_message_round_trips_under_a_32_mib_limit() {
 }
 
 #[tokio::test]
+async fn dropping_a_connection_with_unread_input_loses_nothing_it_sent() {
+    within(async {
+        let transport = TcpTransport::new();
+        let mut acceptor = listen(&transport).await;
+        let manager = transport
+            .dial::<ToEndpoint, ToManager>(acceptor.local_addr())
+            .await
+            .unwrap();
+        let mut endpoint = acceptor.accept().await.unwrap();
+        // The endpoint talks to a manager that never reads...
+        for task in 0..20_000 {
+            endpoint.send(ToManager::Cancel(task)).unwrap();
+        }
+        // ...and that sends a lot, then drops everything at once.
+        for task in 0..50_000u64 {
+            manager.send(ToEndpoint::Done { task, ok: true }).unwrap();
+        }
+        drop(manager);
+        for task in 0..50_000u64 {
+            match endpoint.recv().await {
+                Some(Ok(msg)) => assert_eq!(msg, ToEndpoint::Done { task, ok: true }),
+                other => panic!("message {task}: {other:?}"),
+            }
+        }
+        assert!(endpoint.recv().await.is_none());
+    })
+    .await
+}
+
+#[tokio::test]
 async fn an_oversized_frame_closes_that_connection_only() {
     within(async {
         let transport = TcpTransport::builder()
