@@ -25,6 +25,7 @@ mod executor;
 mod function;
 pub mod memoize;
 mod payload;
+mod provider;
 mod retry;
 mod task;
 pub mod worker;
@@ -38,6 +39,10 @@ pub use executor::{
 pub use function::{Function, FunctionBody, FunctionId};
 pub use memoize::{Memoize, MemoizeLayer};
 pub use payload::{Format, Payload};
+pub use provider::{
+    BlockId, BlockRequest, BlockState, BlockStatus, ManagerCommand, Provider, ProviderError,
+    BLOCK_ID_ENV, NODE_INDEX_ENV,
+};
 pub use retry::RetrySystemFailures;
 pub use task::{TaskId, TaskState, TaskStatus, Timeline};
 pub use worker::{SpawnError, WorkerRuntime};

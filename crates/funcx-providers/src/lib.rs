@@ -1,26 +1,44 @@
 //! Where funcx workers come from.
 //!
-//! This crate will hold the implementations of `funcx-core`'s provider seam: blocks of
-//! managers started as local processes, through Slurm, PBS Pro / Torque, Grid Engine, or on
-//! EC2, together with the launchers (`srun`, `mpiexec`, ...) that start one manager per node,
-//! and a `CommandRunner` seam so every scheduler is unit-tested with mocks.
+//! This crate holds the implementations of `funcx-core`'s [`Provider`] seam: the things that
+//! obtain *blocks* of resources and start one manager on each of their nodes. Today that is
+//! [`LocalProvider`], whose blocks are processes on this machine; Slurm, PBS Pro / Torque,
+//! Grid Engine and EC2 follow, with a `CommandRunner` seam so each scheduler is unit-tested
+//! against mocks of `sbatch`, `squeue` and `scancel`.
 //!
-//! The local endpoint of `funcx-python` starts its workers directly as child processes, so
-//! the first provider arrives with remote managers.
+//! A provider is driven by polling, as an endpoint's scaling strategy drives it:
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use funcx_core::{BlockRequest, BlockState, ManagerCommand, Provider};
+//! use funcx_providers::LocalProvider;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! # runtime.block_on(async {
+//! let provider = LocalProvider::new();
+//! // Two nodes, each running a "manager" that exits at once.
+//! let manager = ManagerCommand::new("/bin/sh").arg("-c").arg("exit 0");
+//! let block = provider.submit(&BlockRequest::new(manager).nodes(2)).await?;
+//!
+//! let state = loop {
+//!     let status = provider.status(std::slice::from_ref(&block)).await?;
+//!     if status[0].state.is_finished() {
+//!         break status[0].state.clone();
+//!     }
+//!     tokio::time::sleep(Duration::from_millis(10)).await;
+//! };
+//! assert_eq!(state, BlockState::Completed);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # })
+//! # }
+//! ```
+//!
+//! [`Provider`]: funcx_core::Provider
 
-/// The kinds of provider this crate is built to hold, so that configuration and logs can name
-/// them consistently before their implementations land.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ProviderKind {
-    /// Managers started as processes on this machine.
-    Local,
-    /// Blocks submitted to Slurm with `sbatch`.
-    Slurm,
-    /// Blocks submitted to PBS Pro or Torque with `qsub`.
-    Pbs,
-    /// Blocks submitted to Grid Engine with `qsub`.
-    GridEngine,
-    /// Blocks started as EC2 instances.
-    Ec2,
-}
+#[cfg(unix)]
+mod local;
+
+#[cfg(unix)]
+pub use local::LocalProvider;
