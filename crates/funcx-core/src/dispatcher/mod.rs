@@ -75,6 +75,9 @@ struct TaskRecord {
     isolate: bool,
     /// The estimate charged to the worker holding the task.
     charged_ns: u64,
+    /// The task's span: every log line about it is inside, from queue to outcome. Disabled
+    /// (and free) unless `funcx_core` logs at debug level.
+    span: tracing::Span,
 }
 
 impl TaskRecord {
@@ -94,6 +97,12 @@ impl TaskRecord {
             TaskState::Failed
         };
         self.timeline.finished = Some(SystemTime::now());
+        match &result {
+            Ok(payload) => {
+                debug!(parent: &self.span, bytes = payload.len(), attempts = self.attempts, "succeeded")
+            }
+            Err(error) => debug!(parent: &self.span, %error, attempts = self.attempts, "failed"),
+        }
         if let Some(reply) = self.reply.take() {
             // The caller may have dropped its handle; the outcome then has no one to go to.
             let _ = reply.send(Outcome {
@@ -322,6 +331,7 @@ impl Dispatcher {
             disruptions: 0,
             isolate: false,
             charged_ns: 0,
+            span: tracing::debug_span!("task", %id, function = function.name()),
         };
         if self.stop.is_some() {
             return record.finish(Err(TaskError::shutdown()));
@@ -573,6 +583,7 @@ impl Dispatcher {
         let now = Instant::now();
         record.state = TaskState::Running;
         record.timeline.running = Some(SystemTime::now());
+        tracing::trace!(parent: &record.span, "running");
         let deadline = record.timeout.map(|timeout| (now + timeout, timeout));
         slot.running = Some(Running { task: id, deadline });
         if record.reply.is_none() {
@@ -792,6 +803,7 @@ impl Dispatcher {
             }
             record.state = TaskState::Dispatched;
             record.attempts += 1;
+            tracing::trace!(parent: &record.span, worker = %slot.id, attempt = record.attempts, "dispatched");
             record.timeline.dispatched = Some(now);
             record.charged_ns = estimate;
             slot.in_flight_ns += estimate;
