@@ -1,30 +1,75 @@
-//! End-to-end throughput and latency of funcx on local Python workers, through the public API.
+//! End-to-end throughput and latency of funcx through the public API: on local Python
+//! workers, on Python workers behind managers that dial the endpoint over TCP, and on a
+//! large number of simulated managers.
 //!
 //! ```text
-//! cargo bench --bench e2e -- WORKLOAD... [--workers N] [--n N]
+//! cargo bench --bench e2e -- WORKLOAD... [--workers N] [--n N] [--managers M] [--slots S]
 //! ```
 //!
-//! WORKLOAD is one of `startup`, `W1`, `W2`, `W3`, `W4` or `all`. Each prints one JSON line:
-//! `{"peer":"funcx","workload":..,"n":..,"seconds":..,"tasks_per_s":..,"p50_ms":..,
-//! "p99_ms":..,"mib_per_s_both_ways":..,"efficiency":..}` (null where a field does not apply).
-//! Every result is checked; a wrong one aborts the run.
+//! WORKLOAD is one of `startup`, `W1`, `W2`, `W3`, `W4`, `W1-tcp`, `W2-tcp`, `W3-tcp`,
+//! `scale` or `all` (everything but `scale`, which runs only when asked). Each prints one
+//! JSON line: `{"peer":"funcx","workload":..,"n":..,"seconds":..,"tasks_per_s":..,
+//! "p50_ms":..,"p99_ms":..,"mib_per_s_both_ways":..,"efficiency":..}` (null where a field
+//! does not apply; `scale` adds fields of its own). Every result is checked; a wrong one
+//! aborts the run.
 //!
 //! - `startup`: creating the executor until one no-op per worker has returned (median of n).
 //! - `W1`: `noop(x)` for x in range(n = 20,000), all submitted, then all awaited.
 //! - `W2`: n = 2,000 sequential round trips of `noop(i)`.
 //! - `W3`: n = 2,000 calls of `echo(b)` with a 1 MiB random bytes argument, all at once.
 //! - `W4`: n = 200 calls of a pure-Python loop calibrated to about 10 ms.
+//! - `W1-tcp`, `W2-tcp`, `W3-tcp`: the same work as W1, W2 and W3, but the executor has no
+//!   workers of its own. An [`EndpointAgent`] listens on 127.0.0.1 (random port, with a
+//!   token) and `--workers` (default 2) managers of one Python worker each dial it. The
+//!   managers run in this process, as Tokio tasks of
+//!   [`funcx::python::manager::run`], but everything between them and the endpoint is real:
+//!   one loopback TCP connection each, the token handshake, the manager protocol, and real
+//!   Python worker processes behind each manager. Timing starts once every manager is
+//!   attached and the workers are warm.
+//! - `scale`: one endpoint on loopback TCP and `--managers` M (default 1,024) simulated
+//!   managers of `--slots` S (default 256) slots each, M × S = 262,144 simulated workers by
+//!   default. Each manager is a [`run_manager`] task of this process with an [`EchoRunner`]
+//!   (slots that return their first argument at once) and its own TCP connection. Then n
+//!   (default 1,000,000) no-op tasks are submitted with `submit_batch` in batches of 50,000,
+//!   at most 4 batches unfinished at a time, and every result is awaited and checked. Extra
+//!   fields:
+//!   - `"managers"`, `"slots"`;
+//!   - `"connect_s"`: from starting the managers until all M are attached;
+//!   - `"tasks_per_s"`, `"p50_ms"`, `"p99_ms"`: throughput, and the submitted → finished
+//!     latency of one task in 100 from its report's timeline. The latency is measured at
+//!     full load, with up to 200,000 tasks outstanding, so it is mostly queueing (about
+//!     outstanding tasks / throughput), not the cost of one round trip (that is W2-tcp);
+//!   - `"rss_before_mib"`, `"rss_after_mib"`: VmRSS of the process before the managers
+//!     connect and once all are attached, and `"endpoint_kib_per_manager"`, their difference
+//!     per manager. It is an upper bound: it includes the memory of the in-process managers
+//!     (their tasks and their side of each connection), not only the endpoint's;
+//!   - `"fds_per_manager"`: file descriptors opened by connecting, per manager, endpoint side
+//!     only. With the managers in process, every connection holds two descriptors, one per
+//!     end, so this is (after − before) / 2 / M.
+//!
+//!   `scale` needs about 2 × M + 100 file descriptors; where the soft limit is lower, raise
+//!   it first (`ulimit -n 8192`). It checks the limit before starting and says so when it
+//!   is too low.
 
 use std::error::Error;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
 
-use funcx::{Args, Executor, Function, Payload, PythonRuntime};
+use funcx::python::manager::{self, ManagerOptions};
+use funcx::transport::remote::{
+    run_manager, AgentConfig, EchoRunner, EndpointAgent, ManagerConfig, ManagerExit, ManagerId,
+    ManagerInfo, TcpDial,
+};
+use funcx::transport::TcpTransport;
+use funcx::{Args, Executor, Function, Payload, PythonConfig, PythonRuntime};
 use serde_bytes::ByteBuf;
+use tokio::task::{JoinHandle, JoinSet};
 
 const NOOP: &str = "def noop(x):\n    return x\n";
 const ECHO: &str = "def echo(b):\n    return b\n";
 const SPIN: &str =
     "def spin(n):\n    s = 0\n    for i in range(n):\n        s += i\n    return s\n";
+const TOKEN: &str = "e2e-bench-token";
 
 type BoxResult<T> = Result<T, Box<dyn Error>>;
 
@@ -38,13 +83,20 @@ struct Line {
     p99_ms: Option<f64>,
     mib_per_s_both_ways: Option<f64>,
     efficiency: Option<f64>,
+    /// Fields of one workload only, printed after the common ones, already formatted.
+    extra: Vec<(&'static str, String)>,
 }
 
 impl Line {
     fn print(&self) {
         let field = |value: Option<f64>| value.map_or("null".to_string(), |v| format!("{v:.4}"));
+        let extra: String = self
+            .extra
+            .iter()
+            .map(|(name, value)| format!(",\"{name}\":{value}"))
+            .collect();
         println!(
-            "{{\"peer\":\"funcx\",\"workload\":\"{}\",\"n\":{},\"seconds\":{:.6},\"tasks_per_s\":{},\"p50_ms\":{},\"p99_ms\":{},\"mib_per_s_both_ways\":{},\"efficiency\":{}}}",
+            "{{\"peer\":\"funcx\",\"workload\":\"{}\",\"n\":{},\"seconds\":{:.6},\"tasks_per_s\":{},\"p50_ms\":{},\"p99_ms\":{},\"mib_per_s_both_ways\":{},\"efficiency\":{}{extra}}}",
             self.workload,
             self.n,
             self.seconds,
@@ -61,44 +113,148 @@ struct Options {
     workloads: Vec<String>,
     workers: usize,
     n: Option<usize>,
+    managers: usize,
+    slots: usize,
 }
+
+const ALL: [&str; 8] = [
+    "startup", "W1", "W2", "W3", "W4", "W1-tcp", "W2-tcp", "W3-tcp",
+];
 
 fn parse_options() -> BoxResult<Options> {
     let mut options = Options {
         workloads: Vec::new(),
         workers: 2,
         n: None,
+        managers: 1024,
+        slots: 256,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        let mut value = |flag: &str| -> BoxResult<usize> {
+            let text = args.next().ok_or(format!("{flag} needs a value"))?;
+            let number: usize = text
+                .parse()
+                .map_err(|_| format!("{flag} takes a whole number, not {text:?}"))?;
+            if number == 0 {
+                return Err(format!("{flag} must be at least 1").into());
+            }
+            Ok(number)
+        };
         match arg.as_str() {
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
-            "--workers" => {
-                options.workers = args.next().ok_or("--workers needs a value")?.parse()?
-            }
-            "--n" => options.n = Some(args.next().ok_or("--n needs a value")?.parse()?),
-            "all" => options
-                .workloads
-                .extend(["startup", "W1", "W2", "W3", "W4"].map(String::from)),
+            "--workers" => options.workers = value("--workers")?,
+            "--n" => options.n = Some(value("--n")?),
+            "--managers" => options.managers = value("--managers")?,
+            "--slots" => options.slots = value("--slots")?,
+            "all" => options.workloads.extend(ALL.map(String::from)),
             other if other.starts_with('-') => return Err(format!("unknown option {other}").into()),
             other => options.workloads.push(other.to_string()),
         }
     }
     if options.workloads.is_empty() {
-        options
-            .workloads
-            .extend(["startup", "W1", "W2", "W3", "W4"].map(String::from));
+        options.workloads.extend(ALL.map(String::from));
     }
     Ok(options)
 }
 
-async fn executor(workers: usize) -> BoxResult<Executor> {
-    let executor = Executor::builder()
-        .workers(workers)
-        .start(PythonRuntime::default());
-    executor.ready().await?;
-    Ok(executor)
+/// An executor to measure, and the in-process managers that serve it, if any.
+struct Endpoint {
+    executor: Executor,
+    managers: Vec<JoinHandle<ManagerExit>>,
+}
+
+impl Endpoint {
+    /// An executor with `workers` local Python workers, all started.
+    async fn local(workers: usize) -> BoxResult<Endpoint> {
+        let executor = Executor::builder()
+            .workers(workers)
+            .start(PythonRuntime::default());
+        executor.ready().await?;
+        Ok(Endpoint {
+            executor,
+            managers: Vec::new(),
+        })
+    }
+
+    /// An executor without workers, an endpoint agent on a loopback port, and `managers`
+    /// in-process managers of one Python worker each dialling it, all attached.
+    async fn tcp(managers: usize) -> BoxResult<Endpoint> {
+        let (executor, address) = listen().await?;
+        let managers = (0..managers)
+            .map(|_| {
+                tokio::spawn(manager::run(ManagerOptions {
+                    endpoint: address,
+                    token: TOKEN.into(),
+                    workers: 1,
+                    python: PythonConfig::new(),
+                    block: None,
+                    simulate: None,
+                    give_up_after: Duration::from_secs(10),
+                }))
+            })
+            .collect::<Vec<_>>();
+        let endpoint = Endpoint { executor, managers };
+        endpoint
+            .wait_for_managers(Duration::from_secs(30), "")
+            .await?;
+        Ok(endpoint)
+    }
+
+    /// Waits until every manager of this endpoint is attached.
+    async fn wait_for_managers(&self, limit: Duration, hint: &str) -> BoxResult<()> {
+        let expected = self.managers.len();
+        let started = Instant::now();
+        loop {
+            let attached = self.executor.stats().await.managers;
+            if attached >= expected {
+                return Ok(());
+            }
+            if self.managers.iter().any(JoinHandle::is_finished) {
+                return Err(format!(
+                    "a manager exited before attaching ({attached} of {expected} attached){hint}"
+                )
+                .into());
+            }
+            if started.elapsed() > limit {
+                return Err(format!(
+                    "only {attached} of {expected} managers attached within {limit:?}{hint}"
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Drains the executor, then checks that every manager drained too.
+    async fn close(self) -> BoxResult<()> {
+        self.executor.shutdown().await;
+        for manager in self.managers {
+            let exit = tokio::time::timeout(Duration::from_secs(30), manager)
+                .await
+                .map_err(|_| "a manager did not exit after the endpoint drained")??;
+            if exit != ManagerExit::Drained {
+                return Err(format!("a manager exited with {exit}").into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An executor without workers of its own, and an endpoint agent accepting managers for it
+/// on a random loopback port.
+async fn listen() -> BoxResult<(Executor, SocketAddr)> {
+    let executor = Executor::builder().start_without_workers();
+    let agent = EndpointAgent::new(executor.clone(), AgentConfig::default());
+    let acceptor = TcpTransport::builder()
+        .token(TOKEN)
+        .build()
+        .listen("127.0.0.1:0")
+        .await?;
+    let address = acceptor.local_addr();
+    tokio::spawn(agent.serve(acceptor));
+    Ok((executor, address))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -147,22 +303,20 @@ async fn warm(
     Ok(())
 }
 
-async fn w1(workers: usize, n: usize) -> BoxResult<Line> {
-    let executor = executor(workers).await?;
+async fn w1(executor: &Executor, workload: &'static str, n: usize) -> BoxResult<Line> {
     let noop = Function::from_source(NOOP, "noop");
-    warm(&executor, &noop, |i| Args::new().arg(&i)).await?;
+    warm(executor, &noop, |i| Args::new().arg(&i)).await?;
     let started = Instant::now();
     let handles = executor.submit_batch(&noop, (0..n as i64).map(|i| (i,)));
     for (i, handle) in handles.into_iter().enumerate() {
         let value: i64 = handle.result().await?;
         if value != i as i64 {
-            return Err(format!("W1: noop({i}) returned {value}").into());
+            return Err(format!("{workload}: noop({i}) returned {value}").into());
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    executor.shutdown().await;
     Ok(Line {
-        workload: "W1",
+        workload,
         n,
         seconds,
         tasks_per_s: Some(n as f64 / seconds),
@@ -170,10 +324,9 @@ async fn w1(workers: usize, n: usize) -> BoxResult<Line> {
     })
 }
 
-async fn w2(workers: usize, n: usize) -> BoxResult<Line> {
-    let executor = executor(workers).await?;
+async fn w2(executor: &Executor, workload: &'static str, n: usize) -> BoxResult<Line> {
     let noop = Function::from_source(NOOP, "noop");
-    warm(&executor, &noop, |i| Args::new().arg(&i)).await?;
+    warm(executor, &noop, |i| Args::new().arg(&i)).await?;
     let mut samples = Vec::with_capacity(n);
     let started = Instant::now();
     for i in 0..n as i64 {
@@ -181,14 +334,13 @@ async fn w2(workers: usize, n: usize) -> BoxResult<Line> {
         let value: i64 = executor.submit(&noop, (i,)).result().await?;
         samples.push(sent.elapsed().as_secs_f64() * 1e3);
         if value != i {
-            return Err(format!("W2: noop({i}) returned {value}").into());
+            return Err(format!("{workload}: noop({i}) returned {value}").into());
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    executor.shutdown().await;
     samples.sort_by(f64::total_cmp);
     Ok(Line {
-        workload: "W2",
+        workload,
         n,
         seconds,
         tasks_per_s: Some(n as f64 / seconds),
@@ -212,24 +364,22 @@ fn random_mib() -> Vec<u8> {
         .collect()
 }
 
-async fn w3(workers: usize, n: usize) -> BoxResult<Line> {
-    let executor = executor(workers).await?;
+async fn w3(executor: &Executor, workload: &'static str, n: usize) -> BoxResult<Line> {
     let echo = Function::from_source(ECHO, "echo");
     let data = random_mib();
     let argument = Payload::pickle(&ByteBuf::from(data.clone()))?;
-    warm(&executor, &echo, |_| Args::new().payload(argument.clone())).await?;
+    warm(executor, &echo, |_| Args::new().payload(argument.clone())).await?;
     let started = Instant::now();
     let handles = executor.submit_batch(&echo, (0..n).map(|_| argument.clone()));
     for handle in handles {
         let back: ByteBuf = handle.result().await?;
         if back.as_slice() != data.as_slice() {
-            return Err("W3: echo returned different bytes".into());
+            return Err(format!("{workload}: echo returned different bytes").into());
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    executor.shutdown().await;
     Ok(Line {
-        workload: "W3",
+        workload,
         n,
         seconds,
         tasks_per_s: Some(n as f64 / seconds),
@@ -238,8 +388,7 @@ async fn w3(workers: usize, n: usize) -> BoxResult<Line> {
     })
 }
 
-async fn w4(workers: usize, n: usize) -> BoxResult<Line> {
-    let executor = executor(workers).await?;
+async fn w4(executor: &Executor, workers: usize, n: usize) -> BoxResult<Line> {
     let spin = Function::from_source(SPIN, "spin");
     // Calibrate the loop to about 10 ms, then measure one call alone, sequentially.
     let mut iterations = 100_000_i64;
@@ -273,7 +422,6 @@ async fn w4(workers: usize, n: usize) -> BoxResult<Line> {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    executor.shutdown().await;
     Ok(Line {
         workload: "W4",
         n,
@@ -284,6 +432,209 @@ async fn w4(workers: usize, n: usize) -> BoxResult<Line> {
     })
 }
 
+/// Tasks per `submit_batch` call in `scale`.
+const SCALE_BATCH: usize = 50_000;
+/// Batches submitted and not yet fully awaited in `scale`, at most.
+const SCALE_BATCHES_IN_FLIGHT: usize = 4;
+/// One task in this many has its latency sampled in `scale`.
+const SCALE_SAMPLE_EVERY: usize = 100;
+
+/// A line of /proc/self/status or /proc/self/limits, by its label.
+fn proc_field(file: &str, label: &str) -> BoxResult<String> {
+    let text = std::fs::read_to_string(file)?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(label))
+        .map(|rest| rest.trim().to_string())
+        .ok_or_else(|| format!("no {label:?} in {file}").into())
+}
+
+/// The resident set size of this process, in KiB.
+fn rss_kib() -> BoxResult<f64> {
+    let value = proc_field("/proc/self/status", "VmRSS:")?;
+    let kib = value.trim_end_matches("kB").trim();
+    Ok(kib.parse()?)
+}
+
+/// How many file descriptors this process has open.
+fn open_fds() -> BoxResult<usize> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count())
+}
+
+/// The soft limit on open files, if there is one.
+fn fd_soft_limit() -> Option<usize> {
+    let value = proc_field("/proc/self/limits", "Max open files").ok()?;
+    value.split_whitespace().next()?.parse().ok()
+}
+
+/// Awaits one batch of `scale` whose first task got argument `first`, checks every result
+/// and returns the latencies (ms) of the sampled tasks.
+async fn await_scale_batch(
+    handles: Vec<funcx::TaskHandle>,
+    first: usize,
+) -> Result<Vec<f64>, String> {
+    let mut samples = Vec::with_capacity(handles.len() / SCALE_SAMPLE_EVERY + 1);
+    for (offset, handle) in handles.into_iter().enumerate() {
+        let i = first + offset;
+        let report = handle.report().await;
+        let payload = report
+            .result
+            .map_err(|error| format!("scale: task {i} failed: {error}"))?;
+        let value: i64 = payload
+            .decode()
+            .map_err(|error| format!("scale: task {i}: {error}"))?;
+        if value != i as i64 {
+            return Err(format!("scale: noop({i}) returned {value}"));
+        }
+        if i % SCALE_SAMPLE_EVERY == 0 {
+            let timeline = report.status.timeline;
+            let finished = timeline.finished.unwrap_or_else(SystemTime::now);
+            let latency = finished
+                .duration_since(timeline.submitted)
+                .unwrap_or_default();
+            samples.push(latency.as_secs_f64() * 1e3);
+        }
+    }
+    Ok(samples)
+}
+
+/// Submits tasks `range` in batches, at most [`SCALE_BATCHES_IN_FLIGHT`] unfinished, and
+/// returns the sampled latencies.
+async fn run_scale_tasks(
+    executor: &Executor,
+    function: &Function,
+    range: std::ops::Range<usize>,
+) -> BoxResult<Vec<f64>> {
+    let mut pending = JoinSet::new();
+    let mut samples = Vec::new();
+    let mut first = range.start;
+    while first < range.end || !pending.is_empty() {
+        if first < range.end && pending.len() < SCALE_BATCHES_IN_FLIGHT {
+            let last = (first + SCALE_BATCH).min(range.end);
+            let handles =
+                executor.submit_batch(function, (first as i64..last as i64).map(|i| (i,)));
+            pending.spawn(await_scale_batch(handles, first));
+            first = last;
+            continue;
+        }
+        if let Some(done) = pending.join_next().await {
+            samples.extend(done??);
+        }
+    }
+    Ok(samples)
+}
+
+async fn scale(managers: usize, slots: usize, n: usize) -> BoxResult<Line> {
+    let needed = 2 * managers + 100;
+    if let Some(limit) = fd_soft_limit() {
+        if limit < needed {
+            return Err(format!(
+                "scale: {managers} in-process managers need about {needed} file descriptors \
+                 (two per connection), but the soft limit is {limit}; raise it first, e.g. \
+                 `ulimit -n {}`",
+                needed.next_power_of_two().max(8192)
+            )
+            .into());
+        }
+    }
+    let (executor, address) = listen().await?;
+    let rss_before = rss_kib()?;
+    let fds_before = open_fds()?;
+
+    let transport = TcpTransport::builder().token(TOKEN).build();
+    let connecting = Instant::now();
+    let handles = (0..managers)
+        .map(|i| {
+            let mut config = ManagerConfig::new(ManagerInfo {
+                id: ManagerId(i as u64 + 1),
+                block: Some("scale".into()),
+                host: "localhost".into(),
+                pid: std::process::id(),
+                slots: u32::try_from(slots).unwrap_or(u32::MAX),
+                gpus: Vec::new(),
+            });
+            config.give_up_after = Duration::from_secs(60);
+            tokio::spawn(run_manager(
+                TcpDial::new(transport.clone(), address),
+                EchoRunner::new(slots),
+                config,
+            ))
+        })
+        .collect();
+    let endpoint = Endpoint {
+        executor,
+        managers: handles,
+    };
+    endpoint
+        .wait_for_managers(
+            Duration::from_secs(120),
+            "; if connections fail for lack of file descriptors, raise the limit \
+             (`ulimit -n 8192`)",
+        )
+        .await?;
+    let connect_s = connecting.elapsed().as_secs_f64();
+    let rss_after = rss_kib()?;
+    let fds_after = open_fds()?;
+    let stats = endpoint.executor.stats().await;
+    if stats.workers != managers * slots {
+        return Err(format!(
+            "scale: {} worker slots attached, expected {}",
+            stats.workers,
+            managers * slots
+        )
+        .into());
+    }
+
+    let noop = Function::from_source(NOOP, "noop");
+    // Warm up: the function reaches the managers, buffers grow to their working size.
+    run_scale_tasks(&endpoint.executor, &noop, 0..SCALE_BATCH.min(n)).await?;
+    let started = Instant::now();
+    let mut samples = run_scale_tasks(&endpoint.executor, &noop, 0..n).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    endpoint.close().await?;
+
+    samples.sort_by(f64::total_cmp);
+    let m = managers as f64;
+    Ok(Line {
+        workload: "scale",
+        n,
+        seconds,
+        tasks_per_s: Some(n as f64 / seconds),
+        p50_ms: Some(percentile(&samples, 0.5)),
+        p99_ms: Some(percentile(&samples, 0.99)),
+        extra: vec![
+            ("managers", managers.to_string()),
+            ("slots", slots.to_string()),
+            ("connect_s", format!("{connect_s:.4}")),
+            ("rss_before_mib", format!("{:.2}", rss_before / 1024.0)),
+            ("rss_after_mib", format!("{:.2}", rss_after / 1024.0)),
+            (
+                "endpoint_kib_per_manager",
+                format!("{:.2}", (rss_after - rss_before) / m),
+            ),
+            (
+                "fds_per_manager",
+                format!(
+                    "{:.4}",
+                    fds_after.saturating_sub(fds_before) as f64 / 2.0 / m
+                ),
+            ),
+        ],
+        ..Line::default()
+    })
+}
+
+/// Runs `measure` on a fresh endpoint from `endpoint`, then closes the endpoint.
+async fn on<F, Fut>(endpoint: BoxResult<Endpoint>, measure: F) -> BoxResult<Line>
+where
+    F: FnOnce(Executor) -> Fut,
+    Fut: std::future::Future<Output = BoxResult<Line>>,
+{
+    let endpoint = endpoint?;
+    let line = measure(endpoint.executor.clone()).await?;
+    endpoint.close().await?;
+    Ok(line)
+}
+
 fn main() -> BoxResult<()> {
     let options = parse_options()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -292,15 +643,56 @@ fn main() -> BoxResult<()> {
     runtime.block_on(async {
         for workload in &options.workloads {
             let workers = options.workers;
+            let n = options.n;
             let line = match workload.as_str() {
-                "startup" => startup(workers, options.n.unwrap_or(10)).await?,
-                "W1" => w1(workers, options.n.unwrap_or(20_000)).await?,
-                "W2" => w2(workers, options.n.unwrap_or(2_000)).await?,
-                "W3" => w3(workers, options.n.unwrap_or(2_000)).await?,
-                "W4" => w4(workers, options.n.unwrap_or(200)).await?,
+                "startup" => startup(workers, n.unwrap_or(10)).await?,
+                "W1" => {
+                    on(Endpoint::local(workers).await, |e| async move {
+                        w1(&e, "W1", n.unwrap_or(20_000)).await
+                    })
+                    .await?
+                }
+                "W2" => {
+                    on(Endpoint::local(workers).await, |e| async move {
+                        w2(&e, "W2", n.unwrap_or(2_000)).await
+                    })
+                    .await?
+                }
+                "W3" => {
+                    on(Endpoint::local(workers).await, |e| async move {
+                        w3(&e, "W3", n.unwrap_or(2_000)).await
+                    })
+                    .await?
+                }
+                "W4" => {
+                    on(Endpoint::local(workers).await, |e| async move {
+                        w4(&e, workers, n.unwrap_or(200)).await
+                    })
+                    .await?
+                }
+                "W1-tcp" => {
+                    on(Endpoint::tcp(workers).await, |e| async move {
+                        w1(&e, "W1-tcp", n.unwrap_or(20_000)).await
+                    })
+                    .await?
+                }
+                "W2-tcp" => {
+                    on(Endpoint::tcp(workers).await, |e| async move {
+                        w2(&e, "W2-tcp", n.unwrap_or(2_000)).await
+                    })
+                    .await?
+                }
+                "W3-tcp" => {
+                    on(Endpoint::tcp(workers).await, |e| async move {
+                        w3(&e, "W3-tcp", n.unwrap_or(2_000)).await
+                    })
+                    .await?
+                }
+                "scale" => scale(options.managers, options.slots, n.unwrap_or(1_000_000)).await?,
                 other => {
                     return Err(format!(
-                        "unknown workload {other}; expected startup, W1, W2, W3, W4 or all"
+                        "unknown workload {other}; expected startup, W1, W2, W3, W4, W1-tcp, \
+                         W2-tcp, W3-tcp, scale or all"
                     )
                     .into())
                 }
