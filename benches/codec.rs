@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the hot paths: pickling arguments, and the dispatcher's cost per task
-//! with workers that answer instantly (so only funcx's own overhead is measured).
+//! Micro-benchmarks of the hot paths: pickling arguments, the worker frame codec, and the
+//! dispatcher's cost per task with workers that answer instantly (so only funcx's own
+//! overhead is measured).
 //!
 //! ```text
 //! cargo bench --bench codec
@@ -83,6 +84,63 @@ fn pickling(c: &mut Criterion) {
     group.finish();
 }
 
+/// A `RESULTS` frame of `count` small pickled integers, as a worker writes it.
+fn results_frame(count: u32) -> Vec<u8> {
+    use funcx::python::protocol::{from_worker, status};
+    let pickled = Payload::pickle(&7_i64).expect("pickle");
+    let mut body = Vec::new();
+    body.extend_from_slice(&count.to_le_bytes());
+    for id in 0..u64::from(count) {
+        body.extend_from_slice(&id.to_le_bytes());
+        body.push(status::OK);
+        body.extend_from_slice(&1_000_u64.to_le_bytes());
+        body.extend_from_slice(&(pickled.len() as u32).to_le_bytes());
+        body.extend_from_slice(pickled.as_bytes());
+    }
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.push(from_worker::RESULTS);
+    frame.extend_from_slice(&body);
+    frame
+}
+
+fn worker_codec(c: &mut Criterion) {
+    use funcx::python::protocol::{Decoder, Encoder};
+    use funcx::worker::{FunctionKey, WorkItem};
+    let batch = 1_000_u64;
+    let items: Vec<WorkItem> = (0..batch)
+        .map(|i| WorkItem {
+            id: funcx::TaskId::from_u64(i),
+            function: FunctionKey(0),
+            isolate: false,
+            args: Args::new().arg(&(i as i64)),
+            timeout: None,
+        })
+        .collect();
+    let frame = results_frame(batch as u32);
+    let mut group = c.benchmark_group("worker codec");
+    group.throughput(Throughput::Elements(batch));
+    group.bench_function("encode 1,000 tasks", |b| {
+        b.iter_batched(
+            || ToWorker::Tasks(items.clone()),
+            |message| {
+                let mut encoder = Encoder::new();
+                encoder.encode(&message);
+                encoder.take()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let decoder = Decoder::new(1 << 30, 1 << 30);
+    group.bench_function("decode 1,000 results", |b| {
+        b.iter_batched(
+            || bytes::BytesMut::from(frame.as_slice()),
+            |mut buffer| decoder.decode(&mut buffer).expect("valid frame"),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 fn dispatcher(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -114,5 +172,5 @@ fn dispatcher(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pickling, dispatcher);
+criterion_group!(benches, pickling, worker_codec, dispatcher);
 criterion_main!(benches);
