@@ -182,11 +182,8 @@ impl LocalProvider {
                     // The nodes already started must not outlive a block that was never
                     // issued. Dropping them kills the processes (`kill_on_drop`); their
                     // groups are signalled first for anything they started.
-                    for child in &children {
-                        if let Some(pid) = child.id() {
-                            let _ = signal_group(pid, "KILL").await;
-                        }
-                    }
+                    let groups: Vec<u32> = children.iter().filter_map(Child::id).collect();
+                    let _ = signal_groups(&groups, "KILL").await;
                     drop(children);
                     return Err(ProviderError::io(
                         format!(
@@ -393,7 +390,7 @@ async fn watch_node(
             if let Some(pid) = child.id() {
                 // The group first, while the leader (not yet reaped) keeps its id from being
                 // reused; then the leader itself, which needs no external command.
-                let _ = signal_group(pid, "KILL").await;
+                let _ = signal_groups(&[pid], "KILL").await;
             }
             let _ = child.start_kill();
             child.wait().await
@@ -479,11 +476,9 @@ async fn terminate(state: &Mutex<State>, id: &BlockId, ending: Ending, grace: Du
         let kills: Vec<Arc<Notify>> = running.map(|node| node.kill.clone()).collect();
         (groups, kills, block.finished.subscribe())
     };
-    for &group in &groups {
-        if let Err(error) = signal_group(group, "TERM").await {
-            // Most likely the group ended on its own meanwhile; SIGKILL follows regardless.
-            tracing::debug!(target: LOG_TARGET, block = %id, "{error}");
-        }
+    if let Err(error) = signal_groups(&groups, "TERM").await {
+        // Most likely a group ended on its own meanwhile; SIGKILL follows regardless.
+        tracing::debug!(target: LOG_TARGET, block = %id, "{error}");
     }
     if tokio::time::timeout(grace, until_finished(&mut finished))
         .await
@@ -503,19 +498,23 @@ async fn terminate(state: &Mutex<State>, id: &BlockId, ending: Ending, grace: Du
     }
 }
 
-/// Sends `signal` (`TERM`, `KILL`) to process group `group`.
+/// Sends `signal` (`TERM`, `KILL`) to each process group in `groups`, with one command.
 ///
 /// Through the shell's `kill` builtin: the standard library can only send `SIGKILL`, and only
 /// to the process itself, not its group; calling `kill(2)` directly would take `unsafe` (which
 /// the workspace forbids) or a new dependency (`nix`, `libc`) for one call, while `/bin/sh`
-/// exists wherever this provider runs (it runs `worker_init` too).
-async fn signal_group(group: u32, signal: &str) -> Result<(), ProviderError> {
+/// exists wherever this provider runs (it runs `worker_init` too). `kill` signals every group
+/// it can even when one is already gone, and then reports the failure.
+async fn signal_groups(groups: &[u32], signal: &str) -> Result<(), ProviderError> {
+    if groups.is_empty() {
+        return Ok(());
+    }
     let output = Command::new("/bin/sh")
         .arg("-c")
-        .arg("kill -s \"$1\" -- \"-$2\"")
+        .arg("signal=$1; shift; kill -s \"$signal\" -- \"$@\"")
         .arg("sh")
         .arg(signal)
-        .arg(group.to_string())
+        .args(groups.iter().map(|group| format!("-{group}")))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -527,7 +526,7 @@ async fn signal_group(group: u32, signal: &str) -> Result<(), ProviderError> {
         Ok(())
     } else {
         Err(ProviderError::command(
-            format!("kill -s {signal} -- -{group}"),
+            format!("kill -s {signal} -- {groups:?}"),
             String::from_utf8_lossy(&output.stderr).trim(),
         ))
     }

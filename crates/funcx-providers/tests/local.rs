@@ -395,3 +395,108 @@ async fn the_provider_works_behind_dyn() {
     assert_eq!(status.state, BlockState::Completed);
     assert!(status.since <= std::time::SystemTime::now());
 }
+
+/// One event logged under `funcx::block`: (block, node, stream, message).
+type Line = (String, u64, String, String);
+
+/// A `tracing` layer that keeps the output lines of blocks.
+#[derive(Clone, Default)]
+struct CapturedOutput(std::sync::Arc<std::sync::Mutex<Vec<Line>>>);
+
+impl CapturedOutput {
+    fn lines(&self) -> Vec<Line> {
+        self.0.lock().map(|lines| lines.clone()).unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    block: Option<String>,
+    node: Option<u64>,
+    stream: Option<String>,
+    message: Option<String>,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "block" => self.block = Some(format!("{value:?}")),
+            "message" => self.message = Some(format!("{value:?}")),
+            _ => {}
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "stream" {
+            self.stream = Some(value.to_owned());
+        }
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if field.name() == "node" {
+            self.node = Some(value);
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CapturedOutput {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != "funcx::block" {
+            return;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        // Output lines carry a stream; the provider's own messages do not.
+        if let (Some(block), Some(node), Some(stream), Some(message)) =
+            (fields.block, fields.node, fields.stream, fields.message)
+        {
+            if let Ok(mut lines) = self.0.lock() {
+                lines.push((block, node, stream, message));
+            }
+        }
+    }
+}
+
+// A current-thread runtime, so the tasks that forward output log on the thread where the
+// capturing subscriber is installed.
+#[tokio::test]
+async fn output_is_logged_line_by_line_under_funcx_block() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let captured = CapturedOutput::default();
+    let subscriber = tracing_subscriber::registry().with(captured.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let provider = LocalProvider::new();
+    let script = r#"echo "first line"; printf 'second\r\nthird' ; echo "to stderr" >&2"#;
+    let id = provider
+        .submit(&BlockRequest::new(shell(script, &[])).nodes(2))
+        .await
+        .expect("submit");
+    assert_eq!(
+        wait_for_state(&provider, &id, BlockState::is_finished).await,
+        BlockState::Completed
+    );
+    let lines = tokio::time::timeout(LIMIT, async {
+        loop {
+            let lines = captured.lines();
+            if lines.len() >= 8 {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not all output was logged: {:?}", captured.lines()));
+    for node in 0..2 {
+        let of_node = |stream: &str| -> Vec<String> {
+            lines
+                .iter()
+                .filter(|(block, n, s, _)| *block == id.as_str() && *n == node && s == stream)
+                .map(|(_, _, _, message)| message.clone())
+                .collect()
+        };
+        assert_eq!(of_node("stdout"), ["first line", "second", "third"]);
+        assert_eq!(of_node("stderr"), ["to stderr"]);
+    }
+}
