@@ -15,9 +15,10 @@
 
 mod command;
 mod estimate;
+mod ids;
 mod slot;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +28,7 @@ use tracing::{debug, info, warn};
 pub use command::EndpointStats;
 pub(crate) use command::{Command, Outcome, Reply, Submission};
 use estimate::{Estimate, ISOLATE_AT_NS, TARGET_QUEUED_NS};
+use ids::IdMap;
 use slot::{KillReason, Phase, Running, Slot};
 
 use crate::worker::{
@@ -132,15 +134,15 @@ pub(crate) struct Dispatcher {
     spawned: mpsc::UnboundedReceiver<Spawned>,
 
     slots: Vec<Slot>,
-    slot_of: HashMap<WorkerId, usize>,
+    slot_of: IdMap<WorkerId, usize>,
     next_worker: u64,
     workers_started: u64,
     round_robin: usize,
 
-    functions: HashMap<FunctionId, FunctionKey>,
+    functions: IdMap<FunctionId, FunctionKey>,
     function_table: Vec<(Function, Estimate)>,
 
-    tasks: HashMap<TaskId, TaskRecord>,
+    tasks: IdMap<TaskId, TaskRecord>,
     queue: VecDeque<TaskId>,
 
     /// Why the last worker failed to start, while no worker is ready.
@@ -169,13 +171,13 @@ impl Dispatcher {
             spawned_tx,
             spawned,
             slots: Vec::new(),
-            slot_of: HashMap::new(),
+            slot_of: IdMap::default(),
             next_worker: 0,
             workers_started: 0,
             round_robin: 0,
-            functions: HashMap::new(),
+            functions: IdMap::default(),
             function_table: Vec::new(),
-            tasks: HashMap::new(),
+            tasks: IdMap::default(),
             queue: VecDeque::new(),
             broken: None,
             ready_waiters: Vec::new(),

@@ -1,6 +1,9 @@
 //! One worker slot: the worker that fills it now and the tasks it holds.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasherDefault;
+
+use super::ids::IdHasher;
 use std::time::{Duration, Instant};
 
 use crate::worker::{FunctionKey, Worker, WorkerId};
@@ -42,7 +45,7 @@ pub(super) enum Held {
     /// A worker that runs one task at a time, in this order: the front is the one running.
     Ordered(VecDeque<TaskId>),
     /// A pool that runs many at once and finishes them in any order.
-    Unordered(HashSet<TaskId>),
+    Unordered(HashSet<TaskId, BuildHasherDefault<IdHasher>>),
 }
 
 impl Held {
@@ -135,7 +138,7 @@ impl Slot {
         slot.phase = Phase::Ready;
         slot.worker = Some(worker);
         slot.pool = Some(size.max(1));
-        slot.in_flight = Held::Unordered(HashSet::new());
+        slot.in_flight = Held::Unordered(HashSet::default());
         slot
     }
 
