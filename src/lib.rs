@@ -40,3 +40,8 @@ pub use funcx_transport as transport;
 /// Where workers come from (`funcx-providers`).
 #[cfg(feature = "providers")]
 pub use funcx_providers as providers;
+
+/// The README's examples, compiled as doctests so that they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;
