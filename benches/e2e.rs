@@ -39,6 +39,8 @@
 //!     latency of one task in 100 from its report's timeline. The latency is measured at
 //!     full load, with up to 200,000 tasks outstanding, so it is mostly queueing (about
 //!     outstanding tasks / throughput), not the cost of one round trip (that is W2-tcp);
+//!   - `"cpus_busy"`: CPU time of the whole process (endpoint, managers and this harness)
+//!     during the timed part, divided by its wall time: how many cores it kept busy;
 //!   - `"rss_before_mib"`, `"rss_after_mib"`: VmRSS of the process before the managers
 //!     connect and once all are attached, and `"endpoint_kib_per_manager"`, their difference
 //!     per manager. It is an upper bound: it includes the memory of the in-process managers
@@ -460,6 +462,24 @@ fn open_fds() -> BoxResult<usize> {
     Ok(std::fs::read_dir("/proc/self/fd")?.count())
 }
 
+/// CPU time used so far by every thread of this process, in seconds (the first field of
+/// each thread's /proc schedstat, in nanoseconds).
+fn cpu_seconds() -> BoxResult<f64> {
+    let mut total = 0_u64;
+    for thread in std::fs::read_dir("/proc/self/task")? {
+        let path = thread?.path().join("schedstat");
+        // A thread may have exited since the directory was read.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            total += text
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(total as f64 / 1e9)
+}
+
 /// The soft limit on open files, if there is one.
 fn fd_soft_limit() -> Option<usize> {
     let value = proc_field("/proc/self/limits", "Max open files").ok()?;
@@ -587,9 +607,11 @@ async fn scale(managers: usize, slots: usize, n: usize) -> BoxResult<Line> {
     let noop = Function::from_source(NOOP, "noop");
     // Warm up: the function reaches the managers, buffers grow to their working size.
     run_scale_tasks(&endpoint.executor, &noop, 0..SCALE_BATCH.min(n)).await?;
+    let cpu_before = cpu_seconds()?;
     let started = Instant::now();
     let mut samples = run_scale_tasks(&endpoint.executor, &noop, 0..n).await?;
     let seconds = started.elapsed().as_secs_f64();
+    let cpus_busy = (cpu_seconds()? - cpu_before) / seconds;
     endpoint.close().await?;
 
     samples.sort_by(f64::total_cmp);
@@ -605,6 +627,7 @@ async fn scale(managers: usize, slots: usize, n: usize) -> BoxResult<Line> {
             ("managers", managers.to_string()),
             ("slots", slots.to_string()),
             ("connect_s", format!("{connect_s:.4}")),
+            ("cpus_busy", format!("{cpus_busy:.2}")),
             ("rss_before_mib", format!("{:.2}", rss_before / 1024.0)),
             ("rss_after_mib", format!("{:.2}", rss_after / 1024.0)),
             (
