@@ -37,8 +37,10 @@
 //!
 //! [`Provider`]: funcx_core::Provider
 
+pub mod command;
 #[cfg(unix)]
 mod local;
 
+pub use command::{CommandOutput, CommandRunner, SchedulerCommand, ShellRunner};
 #[cfg(unix)]
 pub use local::LocalProvider;
