@@ -23,6 +23,7 @@ mod dispatcher;
 mod error;
 mod executor;
 mod function;
+pub mod ids;
 pub mod memoize;
 mod payload;
 mod provider;
@@ -34,7 +35,8 @@ pub use args::{Args, IntoArgs};
 pub use dispatcher::EndpointStats;
 pub use error::{PythonException, TaskError, WorkerExit};
 pub use executor::{
-    Executor, ExecutorBuilder, ResponseFuture, Task, TaskHandle, TaskOptions, TaskReport,
+    report_stream, Executor, ExecutorBuilder, ReportSink, ReportStream, ResponseFuture, Task,
+    TaskHandle, TaskOptions, TaskReport,
 };
 pub use function::{Function, FunctionBody, FunctionId};
 pub use memoize::{Memoize, MemoizeLayer};

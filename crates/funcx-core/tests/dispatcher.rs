@@ -144,6 +144,46 @@ async fn hundred_thousand_echo_tasks_batch_and_single() {
     within("shutdown", executor.shutdown()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_tasks_report_once_each_with_their_tags() {
+    const N: u64 = 20_000;
+    let sim = SimRuntime::new();
+    let executor = started(2, &sim).await;
+    let echo = func("echo");
+    let raise = func("raise");
+    let (sink, mut stream) = funcx_core::report_stream();
+    let tasks = (0..N).map(|tag| {
+        // Every hundredth task raises, to see failures travel the stream too.
+        let function = if tag % 100 == 0 { &raise } else { &echo };
+        (tag, funcx_core::Task::new(function, (tag as i64,)))
+    });
+    let ids = executor.submit_streamed(tasks, &sink);
+    assert_eq!(ids.len(), N as usize);
+    drop(sink);
+    let mut seen = vec![false; N as usize];
+    let mut batch = Vec::new();
+    while within("streamed reports", stream.recv_many(&mut batch, 512)).await > 0 {
+        for (tag, report) in batch.drain(..) {
+            assert!(
+                !std::mem::replace(&mut seen[tag as usize], true),
+                "tag {tag} reported twice"
+            );
+            assert_eq!(report.id, ids[tag as usize]);
+            if tag % 100 == 0 {
+                assert!(report.result.expect_err("raises").is_python());
+            } else {
+                let value: i64 = report.result.expect("echo").decode().expect("i64");
+                assert_eq!(value, tag as i64);
+            }
+        }
+        if seen.iter().all(|s| *s) {
+            break;
+        }
+    }
+    assert!(seen.iter().all(|s| *s), "every task reported");
+    within("shutdown", executor.shutdown()).await;
+}
+
 // ---- 2. map ---------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::executor::TaskReport;
 use crate::worker::{Worker, WorkerEvents};
 use crate::{Args, Function, Payload, TaskError, TaskId, TaskStatus};
 
@@ -14,8 +15,36 @@ pub(crate) struct Outcome {
     pub(crate) status: TaskStatus,
 }
 
-/// Where a task's outcome goes.
-pub(crate) type Reply = oneshot::Sender<Outcome>;
+/// Where a task's outcome goes: the handle of that one task, or a stream shared by many.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Handle(oneshot::Sender<Outcome>),
+    Stream {
+        tag: u64,
+        id: TaskId,
+        sink: mpsc::UnboundedSender<(u64, TaskReport)>,
+    },
+}
+
+impl Reply {
+    /// Delivers the outcome. Whoever waited may be gone (a dropped handle or stream); the
+    /// outcome then has no one to go to.
+    pub(crate) fn send(self, outcome: Outcome) {
+        match self {
+            Reply::Handle(handle) => {
+                let _ = handle.send(outcome);
+            }
+            Reply::Stream { tag, id, sink } => {
+                let report = TaskReport {
+                    id,
+                    result: outcome.result,
+                    status: outcome.status,
+                };
+                let _ = sink.send((tag, report));
+            }
+        }
+    }
+}
 
 /// One task handed to the dispatcher.
 #[derive(Debug)]

@@ -15,7 +15,6 @@
 
 mod command;
 mod estimate;
-mod ids;
 mod slot;
 
 use std::collections::VecDeque;
@@ -25,10 +24,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::ids::IdMap;
 pub use command::EndpointStats;
 pub(crate) use command::{Command, Outcome, Reply, Submission};
 use estimate::{Estimate, ISOLATE_AT_NS, TARGET_QUEUED_NS};
-use ids::IdMap;
 use slot::{KillReason, Phase, Running, Slot};
 
 use crate::worker::{
@@ -106,8 +105,7 @@ impl TaskRecord {
             Err(error) => debug!(parent: &self.span, %error, attempts = self.attempts, "failed"),
         }
         if let Some(reply) = self.reply.take() {
-            // The caller may have dropped its handle; the outcome then has no one to go to.
-            let _ = reply.send(Outcome {
+            reply.send(Outcome {
                 result,
                 status: self.status(),
             });

@@ -1,9 +1,8 @@
 //! One worker slot: the worker that fills it now and the tasks it holds.
 
-use std::collections::{HashSet, VecDeque};
-use std::hash::BuildHasherDefault;
+use std::collections::VecDeque;
 
-use super::ids::IdHasher;
+use crate::ids::IdSet;
 use std::time::{Duration, Instant};
 
 use crate::worker::{FunctionKey, Worker, WorkerId};
@@ -45,7 +44,7 @@ pub(super) enum Held {
     /// A worker that runs one task at a time, in this order: the front is the one running.
     Ordered(VecDeque<TaskId>),
     /// A pool that runs many at once and finishes them in any order.
-    Unordered(HashSet<TaskId, BuildHasherDefault<IdHasher>>),
+    Unordered(IdSet<TaskId>),
 }
 
 impl Held {
@@ -138,7 +137,7 @@ impl Slot {
         slot.phase = Phase::Ready;
         slot.worker = Some(worker);
         slot.pool = Some(size.max(1));
-        slot.in_flight = Held::Unordered(HashSet::default());
+        slot.in_flight = Held::Unordered(IdSet::default());
         slot
     }
 

@@ -1,6 +1,7 @@
 //! The user-facing API: submit tasks, await results.
 
 mod handle;
+mod reports;
 mod service;
 
 use std::sync::Arc;
@@ -10,9 +11,10 @@ use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 pub use handle::{TaskHandle, TaskReport};
+pub use reports::{report_stream, ReportSink, ReportStream};
 pub use service::{ResponseFuture, Task};
 
-use crate::dispatcher::{Command, Dispatcher, DispatcherConfig, EndpointStats, Submission};
+use crate::dispatcher::{Command, Dispatcher, DispatcherConfig, EndpointStats, Reply, Submission};
 use crate::{Function, IntoArgs, Payload, TaskError, TaskId, TaskStatus, WorkerRuntime};
 
 /// Runs tasks on an endpoint's workers.
@@ -202,6 +204,39 @@ impl Executor {
         handles
     }
 
+    /// Submits many tasks, possibly of different functions, in one message to the
+    /// dispatcher; their outcomes go to `sink`, each with the tag it was submitted with,
+    /// instead of to a handle per task. Returns the tasks' ids (for [`Executor::cancel`]),
+    /// in order.
+    ///
+    /// This is the cheapest way to run a stream of tasks: no future and no channel per task.
+    pub fn submit_streamed(
+        &self,
+        tasks: impl IntoIterator<Item = (u64, Task)>,
+        sink: &ReportSink,
+    ) -> Vec<TaskId> {
+        let (ids, submissions): (Vec<_>, Vec<_>) = tasks
+            .into_iter()
+            .map(|(tag, task)| {
+                let id = TaskId::next();
+                let submission = Submission {
+                    id,
+                    function: task.function,
+                    args: task.args,
+                    timeout: task.options.timeout,
+                    reply: Reply::Stream {
+                        tag,
+                        id,
+                        sink: sink.tx.clone(),
+                    },
+                };
+                (id, submission)
+            })
+            .unzip();
+        self.send(Command::SubmitMany(submissions));
+        ids
+    }
+
     /// Calls `function` once per element of `inputs`, with at most `in_flight` tasks
     /// submitted and unfinished at a time, and yields the results in input order.
     ///
@@ -307,7 +342,7 @@ impl Executor {
             function: function.clone(),
             args: args.into_args(),
             timeout: options.timeout,
-            reply,
+            reply: Reply::Handle(reply),
         };
         (
             submission,

@@ -7,11 +7,12 @@
 //! not come back, or stops sending heartbeats, is it reported lost, and its tasks re-queued
 //! by the dispatcher.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use funcx_core::worker::{ToWorker, WorkItem, Worker, WorkerEvent, WorkerEvents};
+use funcx_core::ids::{IdMap, IdSet};
 use funcx_core::{Executor, TaskId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
@@ -267,9 +268,9 @@ struct Session {
     /// Function definitions sent, to send again on a new connection.
     functions: Vec<ToWorker>,
     /// Tasks sent and not finished, to send again if the manager lost them.
-    in_flight: HashMap<TaskId, WorkItem>,
+    in_flight: IdMap<TaskId, WorkItem>,
     /// Cancellations not yet known to have reached the manager.
-    cancels: HashSet<TaskId>,
+    cancels: IdSet<TaskId>,
     draining: bool,
     last_heard: Instant,
     disconnected_at: Option<Instant>,
@@ -292,8 +293,8 @@ impl Session {
             connection: Some(connection.split()),
             config,
             functions: Vec::new(),
-            in_flight: HashMap::new(),
-            cancels: HashSet::new(),
+            in_flight: IdMap::default(),
+            cancels: IdSet::default(),
             draining: false,
             last_heard: Instant::now(),
             disconnected_at: None,
@@ -387,7 +388,7 @@ impl Session {
         for function in self.functions.clone() {
             self.send(ToManager::Work(function));
         }
-        let held: HashSet<TaskId> = held.into_iter().collect();
+        let held: IdSet<TaskId> = held.into_iter().collect();
         let missing: Vec<WorkItem> = self
             .in_flight
             .values()
@@ -413,7 +414,9 @@ impl Session {
             ToEndpoint::Results { seq, mut results } => {
                 // A result re-sent after a reconnect, for a task already reported, is dropped.
                 results.retain(|result| {
-                    self.cancels.remove(&result.id);
+                    if !self.cancels.is_empty() {
+                        self.cancels.remove(&result.id);
+                    }
                     self.in_flight.remove(&result.id).is_some()
                 });
                 if !results.is_empty() {

@@ -4,12 +4,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
-
 use funcx_core::worker::{FunctionKey, WorkItem, WorkResult};
-use funcx_core::{Executor, Function, TaskError, TaskId, TaskOptions};
+use funcx_core::{
+    report_stream, Executor, Function, ReportSink, ReportStream, Task, TaskError, TaskId,
+    TaskOptions, TaskReport,
+};
 
 /// Runs the tasks a manager receives. The manager owns the connection; the runner owns the
 /// workers.
@@ -38,24 +37,36 @@ pub trait Runner: Send + 'static {
 
 /// Runs tasks on a local [`Executor`], typically of Python workers: the manager of a real
 /// node.
+///
+/// Each batch from the endpoint becomes one streamed submission to the local executor, and
+/// outcomes come back through one stream: no future or channel per task, which matters at
+/// hundreds of thousands of tasks a second.
 pub struct ExecutorRunner {
     executor: Executor,
     slots: usize,
     functions: HashMap<FunctionKey, Function>,
-    /// Remote task id → the local task running it.
+    /// Remote task id → the local task running it, for cancellation.
     local: HashMap<TaskId, TaskId>,
-    running: FuturesUnordered<BoxFuture<'static, WorkResult>>,
+    sink: ReportSink,
+    reports: ReportStream,
+    /// Results known without running anything (a task of an unknown function).
+    ready: Vec<WorkResult>,
+    buffer: Vec<(u64, TaskReport)>,
 }
 
 impl ExecutorRunner {
     /// Runs tasks on `executor`, advertising `slots` (its number of workers).
     pub fn new(executor: Executor, slots: usize) -> ExecutorRunner {
+        let (sink, reports) = report_stream();
         ExecutorRunner {
             executor,
             slots,
             functions: HashMap::new(),
             local: HashMap::new(),
-            running: FuturesUnordered::new(),
+            sink,
+            reports,
+            ready: Vec::new(),
+            buffer: Vec::new(),
         }
     }
 
@@ -75,37 +86,31 @@ impl Runner for ExecutorRunner {
     }
 
     fn run(&mut self, items: Vec<WorkItem>) {
+        let mut remote = Vec::with_capacity(items.len());
+        let mut tasks = Vec::with_capacity(items.len());
         for item in items {
-            let id = item.id;
             let Some(function) = self.functions.get(&item.function) else {
                 let error = TaskError::protocol(format!(
                     "manager does not know function key {}",
                     item.function.0
                 ));
-                self.running
-                    .push(Box::pin(std::future::ready(failed(id, error))));
+                self.ready.push(failed(item.id, error));
                 continue;
             };
             let options = match item.timeout {
                 Some(timeout) => TaskOptions::new().timeout(timeout),
                 None => TaskOptions::new(),
             };
-            let handle = self.executor.submit_with(function, item.args, options);
-            self.local.insert(id, handle.id());
-            self.running.push(Box::pin(async move {
-                let report = handle.report().await;
-                let timeline = report.status.timeline;
-                let duration = match (timeline.running, timeline.finished) {
-                    (Some(start), Some(end)) => end.duration_since(start).unwrap_or_default(),
-                    _ => Duration::ZERO,
-                };
-                WorkResult {
-                    id,
-                    duration,
-                    outcome: report.result,
-                }
-            }));
+            remote.push(item.id);
+            let task = Task {
+                function: function.clone(),
+                args: item.args,
+                options,
+            };
+            tasks.push((item.id.as_u64(), task));
         }
+        let local = self.executor.submit_streamed(tasks, &self.sink);
+        self.local.extend(remote.into_iter().zip(local));
     }
 
     fn cancel(&mut self, ids: Vec<TaskId>) {
@@ -117,11 +122,12 @@ impl Runner for ExecutorRunner {
     }
 
     fn reset(&mut self) {
-        let ids = self.local.keys().copied().collect();
-        self.cancel(ids);
+        for local in self.local.values() {
+            self.executor.cancel(*local);
+        }
+        // Their outcomes still arrive, and are dropped: nobody holds them any more.
         self.local.clear();
-        // The futures resolve as cancelled; nobody will read them.
-        self.running = FuturesUnordered::new();
+        self.ready.clear();
     }
 
     fn held(&self) -> Vec<TaskId> {
@@ -129,18 +135,36 @@ impl Runner for ExecutorRunner {
     }
 
     async fn next_results(&mut self) -> Vec<WorkResult> {
-        let Some(first) = self.running.next().await else {
-            return std::future::pending().await;
-        };
-        let mut results = vec![first];
-        // Whatever else is already done goes in the same message.
-        while let Some(Some(result)) = self.running.next().now_or_never() {
-            results.push(result);
+        loop {
+            if !self.ready.is_empty() {
+                return std::mem::take(&mut self.ready);
+            }
+            if self.reports.recv_many(&mut self.buffer, 4096).await == 0 {
+                // Cannot happen while this runner holds a sink; wait rather than spin.
+                return std::future::pending().await;
+            }
+            let mut results = Vec::with_capacity(self.buffer.len());
+            for (tag, report) in self.buffer.drain(..) {
+                let id = TaskId::from_u64(tag);
+                // Outcomes of tasks dropped by a reset have no one to go to.
+                if self.local.remove(&id).is_none() {
+                    continue;
+                }
+                let timeline = report.status.timeline;
+                let duration = match (timeline.running, timeline.finished) {
+                    (Some(start), Some(end)) => end.duration_since(start).unwrap_or_default(),
+                    _ => Duration::ZERO,
+                };
+                results.push(WorkResult {
+                    id,
+                    duration,
+                    outcome: report.result,
+                });
+            }
+            if !results.is_empty() {
+                return results;
+            }
         }
-        for result in &results {
-            self.local.remove(&result.id);
-        }
-        results
     }
 }
 

@@ -1,16 +1,17 @@
-//! Hash maps keyed by ids the dispatcher made itself.
+//! Hash maps keyed by ids funcx makes itself: task, worker and function ids.
 //!
 //! Task and worker ids are sequential numbers, and function ids are already uniform hashes,
 //! so the standard library's SipHash (built to resist keys chosen by an attacker) is wasted
-//! work on the dispatcher's hottest path. A multiplication spreads sequential ids over the
+//! work on the hottest paths (the dispatcher, a manager's session). A multiplication spreads sequential ids over the
 //! table just as well.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// A hasher for keys that are (or begin with) a well-spread `u64`.
+/// A hasher for keys that are sequential numbers or already hashes (a [`crate::TaskId`], a
+/// [`crate::FunctionId`]).
 #[derive(Default, Clone, Copy)]
-pub(super) struct IdHasher(u64);
+pub struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -40,8 +41,11 @@ impl Hasher for IdHasher {
     }
 }
 
-/// A `HashMap` keyed by dispatcher-made ids.
-pub(super) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+/// A `HashMap` keyed by funcx-made ids. Not for keys an outsider chooses.
+pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// A `HashSet` of funcx-made ids. Not for keys an outsider chooses.
+pub type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
 
 #[cfg(test)]
 mod tests {
