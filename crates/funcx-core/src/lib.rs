@@ -32,7 +32,7 @@ mod task;
 pub mod worker;
 
 pub use args::{Args, IntoArgs};
-pub use dispatcher::EndpointStats;
+pub use dispatcher::{EndpointStats, PoolStatus};
 pub use error::{PythonException, TaskError, WorkerExit};
 pub use executor::{
     report_stream, Executor, ExecutorBuilder, ReportSink, ReportStream, ResponseFuture, Task,

@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::executor::TaskReport;
 use crate::worker::{Worker, WorkerEvents};
-use crate::{Args, Function, Payload, TaskError, TaskId, TaskStatus};
+use crate::{Args, BlockId, Function, Payload, TaskError, TaskId, TaskStatus};
 
 /// A task's result together with its final status.
 #[derive(Debug)]
@@ -73,6 +73,23 @@ pub struct EndpointStats {
     pub managers: usize,
 }
 
+/// One pool of workers (a remote manager) as [`crate::Executor::pools`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// The pool's id within the endpoint.
+    pub worker: crate::worker::WorkerId,
+    /// The block it belongs to, if its provider said.
+    pub block: Option<BlockId>,
+    /// How many tasks it runs at once.
+    pub size: usize,
+    /// How many tasks it holds now.
+    pub in_flight: usize,
+    /// Since when it has held no task (`None` while busy).
+    pub idle_since: Option<std::time::SystemTime>,
+    /// Whether it is draining (no new tasks; it exits when done).
+    pub draining: bool,
+}
+
 /// A request to the dispatcher.
 pub(crate) enum Command {
     Submit(Submission),
@@ -84,10 +101,13 @@ pub(crate) enum Command {
     Attach {
         worker: Box<dyn Worker>,
         size: usize,
+        block: Option<BlockId>,
         reply: oneshot::Sender<Result<WorkerEvents, TaskError>>,
     },
     Shutdown {
         drain: bool,
         done: oneshot::Sender<()>,
     },
+    Pools(oneshot::Sender<Vec<PoolStatus>>),
+    DrainBlock(BlockId),
 }

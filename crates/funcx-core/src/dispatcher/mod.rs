@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::ids::IdMap;
-pub use command::EndpointStats;
 pub(crate) use command::{Command, Outcome, Reply, Submission};
+pub use command::{EndpointStats, PoolStatus};
 use estimate::{Estimate, ISOLATE_AT_NS, TARGET_QUEUED_NS};
 use slot::{KillReason, Phase, Running, Slot};
 
@@ -35,7 +35,8 @@ use crate::worker::{
     WorkerId, WorkerRuntime,
 };
 use crate::{
-    Args, Function, FunctionId, TaskError, TaskId, TaskState, TaskStatus, Timeline, WorkerExit,
+    Args, BlockId, Function, FunctionId, TaskError, TaskId, TaskState, TaskStatus, Timeline,
+    WorkerExit,
 };
 
 /// A worker holds at most this many tasks, however short they are.
@@ -297,8 +298,13 @@ impl Dispatcher {
             Command::Attach {
                 worker,
                 size,
+                block,
                 reply,
-            } => self.attach(worker, size, reply),
+            } => self.attach(worker, size, block, reply),
+            Command::Pools(reply) => {
+                let _ = reply.send(self.pools());
+            }
+            Command::DrainBlock(block) => self.drain_block(&block),
             Command::Ready(reply) => {
                 self.ready_waiters.push(reply);
                 self.answer_ready_waiters();
@@ -391,6 +397,7 @@ impl Dispatcher {
         &mut self,
         worker: Box<dyn Worker>,
         size: usize,
+        block: Option<BlockId>,
         reply: oneshot::Sender<Result<WorkerEvents, TaskError>>,
     ) {
         if matches!(self.stop, Some(Stop::Now)) || (self.stop.is_some() && self.tasks.is_empty()) {
@@ -400,7 +407,7 @@ impl Dispatcher {
         }
         let id = self.new_worker_id();
         let index = self.slots.len();
-        self.slots.push(Slot::pool(index, id, worker, size));
+        self.slots.push(Slot::pool(index, id, worker, size, block));
         self.slot_of.insert(id, index);
         self.broken = None;
         info!(worker = %id, size, "pool of workers attached");
@@ -420,6 +427,7 @@ impl Dispatcher {
         let stopping =
             matches!(slot.kill, Some(KillReason::Shutdown)) || slot.phase == Phase::Stopping;
         let held = slot.in_flight.take();
+        let expiring = slot.pool.as_ref().is_some_and(|pool| pool.expiring);
         if stopping && held.is_empty() {
             debug!(worker = %slot.id, %reason, "pool of workers left");
         } else {
@@ -429,7 +437,9 @@ impl Dispatcher {
             let Some(record) = self.tasks.get_mut(&id) else {
                 continue;
             };
-            record.deaths += 1;
+            if !expiring {
+                record.deaths += 1;
+            }
             let outcome = if record.reply.is_none() {
                 Some(TaskError::cancelled())
             } else if matches!(self.stop, Some(Stop::Now)) {
@@ -450,6 +460,43 @@ impl Dispatcher {
                     self.queue.push_front(id);
                 }
             }
+        }
+    }
+
+    fn pools(&self) -> Vec<PoolStatus> {
+        self.slots
+            .iter()
+            .filter_map(|slot| {
+                let pool = slot.pool.as_ref()?;
+                Some(PoolStatus {
+                    worker: slot.id,
+                    block: pool.block.clone(),
+                    size: pool.size,
+                    in_flight: slot.in_flight.len(),
+                    idle_since: pool.idle_since,
+                    draining: slot.phase == Phase::Stopping,
+                })
+            })
+            .collect()
+    }
+
+    /// Stops feeding the pools of `block` and asks them to finish and exit, because the
+    /// block is about to end (its walltime) or is no longer needed. Their loss from now on is
+    /// not charged to their tasks' retries.
+    fn drain_block(&mut self, block: &BlockId) {
+        for slot in &mut self.slots {
+            let Some(pool) = slot.pool.as_mut() else {
+                continue;
+            };
+            if pool.block.as_ref() != Some(block) || slot.phase != Phase::Ready {
+                continue;
+            }
+            pool.expiring = true;
+            slot.phase = Phase::Stopping;
+            if let Some(worker) = slot.worker.as_mut() {
+                worker.send(ToWorker::Shutdown);
+            }
+            info!(worker = %slot.id, %block, "draining pool");
         }
     }
 
@@ -625,6 +672,11 @@ impl Dispatcher {
                 record.timeline.running = now.checked_sub(result.duration);
             }
             record.finish(result.outcome);
+        }
+        if slot.in_flight.is_empty() {
+            if let Some(pool) = slot.pool.as_mut() {
+                pool.idle_since.get_or_insert(now);
+            }
         }
     }
 
@@ -809,6 +861,9 @@ impl Dispatcher {
             slot.in_flight_ns += estimate;
             slot.in_flight_bytes += record.bytes;
             slot.in_flight.push(id);
+            if let Some(pool) = slot.pool.as_mut() {
+                pool.idle_since = None;
+            }
             // A pool isolates tasks itself, by the same rules, per worker.
             let isolate = slot.pool.is_none()
                 && (record.isolate || record.timeout.is_some() || estimate >= ISOLATE_AT_NS);

@@ -3,7 +3,9 @@
 use std::collections::VecDeque;
 
 use crate::ids::IdSet;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::BlockId;
 
 use crate::worker::{FunctionKey, Worker, WorkerId};
 use crate::TaskId;
@@ -31,6 +33,20 @@ pub(super) enum KillReason {
     Shutdown,
 }
 
+/// What the dispatcher knows of a pool of workers (a remote manager).
+#[derive(Debug)]
+pub(super) struct Pool {
+    /// How many tasks it runs at once.
+    pub(super) size: usize,
+    /// The block it belongs to.
+    pub(super) block: Option<BlockId>,
+    /// Since when it has held no task; `None` while busy.
+    pub(super) idle_since: Option<SystemTime>,
+    /// Draining because its block is about to end: if it is lost now, the loss is the
+    /// block's walltime, not the tasks' fault, and is not charged to their retries.
+    pub(super) expiring: bool,
+}
+
 /// The isolated task a worker reported as started.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Running {
@@ -53,6 +69,10 @@ impl Held {
             Held::Ordered(tasks) => tasks.len(),
             Held::Unordered(tasks) => tasks.len(),
         }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub(super) fn contains(&self, id: TaskId) -> bool {
@@ -98,10 +118,9 @@ pub(super) struct Slot {
     pub(super) id: WorkerId,
     pub(super) phase: Phase,
     pub(super) worker: Option<Box<dyn Worker>>,
-    /// For a pool attached from outside (a remote manager), how many tasks it runs at once;
-    /// `None` for a worker of this endpoint's runtime, which runs one at a time and is
-    /// replaced when it dies.
-    pub(super) pool: Option<usize>,
+    /// For a pool attached from outside (a remote manager); `None` for a worker of this
+    /// endpoint's runtime, which runs one task at a time and is replaced when it dies.
+    pub(super) pool: Option<Pool>,
     /// Tasks sent and not finished.
     pub(super) in_flight: Held,
     pub(super) in_flight_ns: u64,
@@ -132,18 +151,29 @@ impl Slot {
     }
 
     /// A slot for a pool of `size` workers that attached itself.
-    pub(super) fn pool(index: usize, id: WorkerId, worker: Box<dyn Worker>, size: usize) -> Slot {
+    pub(super) fn pool(
+        index: usize,
+        id: WorkerId,
+        worker: Box<dyn Worker>,
+        size: usize,
+        block: Option<BlockId>,
+    ) -> Slot {
         let mut slot = Slot::new(index, id);
         slot.phase = Phase::Ready;
         slot.worker = Some(worker);
-        slot.pool = Some(size.max(1));
+        slot.pool = Some(Pool {
+            size: size.max(1),
+            block,
+            idle_since: Some(SystemTime::now()),
+            expiring: false,
+        });
         slot.in_flight = Held::Unordered(IdSet::default());
         slot
     }
 
     /// How many tasks the worker runs at once.
     pub(super) fn size(&self) -> usize {
-        self.pool.unwrap_or(1)
+        self.pool.as_ref().map_or(1, |pool| pool.size)
     }
 
     /// Resets the slot for a new worker with id `id`.

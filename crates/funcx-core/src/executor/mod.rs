@@ -296,18 +296,38 @@ impl Executor {
     /// or fail with a [`TaskError::is_manager_lost`] error once they have been lost more
     /// often than [`ExecutorBuilder::retries_on_worker_death`] allows. A pool is not
     /// replaced by the executor; whoever started it starts another.
+    ///
+    /// `block` is the block the pool belongs to, if known: it lets a scaling strategy see
+    /// which blocks are busy and drain one ([`Executor::drain_block`]).
     pub async fn attach(
         &self,
         worker: Box<dyn crate::worker::Worker>,
         size: usize,
+        block: Option<crate::BlockId>,
     ) -> Result<crate::worker::WorkerEvents, TaskError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Attach {
             worker,
             size,
+            block,
             reply,
         });
         answer.await.unwrap_or_else(|_| Err(TaskError::shutdown()))
+    }
+
+    /// The pools of workers attached to this executor (remote managers), with their load.
+    pub async fn pools(&self) -> Vec<crate::PoolStatus> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Pools(reply));
+        answer.await.unwrap_or_default()
+    }
+
+    /// Stops sending tasks to the pools of `block` and asks them to finish what they hold
+    /// and exit: before the block's walltime ends, or to release an idle block. If such a
+    /// pool is lost before it is done, its tasks are re-run without being charged a retry:
+    /// the loss is the block's end, not the tasks' fault.
+    pub fn drain_block(&self, block: &crate::BlockId) {
+        self.send(Command::DrainBlock(block.clone()));
     }
 
     /// Stops accepting tasks, finishes every accepted one, then stops the workers.

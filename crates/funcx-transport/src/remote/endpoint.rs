@@ -195,7 +195,11 @@ impl EndpointAgent {
         let events = match self
             .inner
             .executor
-            .attach(worker, info.slots as usize)
+            .attach(
+                worker,
+                info.slots as usize,
+                info.block.clone().map(funcx_core::BlockId::new),
+            )
             .await
         {
             Ok(events) => events,

@@ -1,7 +1,7 @@
 //! Loopback throughput and latency of a TCP connection, to run by hand:
 //!
 //! ```text
-//! cargo run --release -p funcx-transport --example throughput
+//! cargo run --release -p funcx-transport --example tcp_throughput
 //! ```
 
 use std::time::{Duration, Instant};

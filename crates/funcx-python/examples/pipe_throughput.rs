@@ -1,5 +1,5 @@
 //! Measures worker start-up and no-op task throughput by hand:
-//! `cargo run --release -p funcx-python --example throughput [tasks] [batch] [workers]`,
+//! `cargo run --release -p funcx-python --example pipe_throughput [tasks] [batch] [workers]`,
 //! with `FUNCX_PYTHON` naming the interpreter if not `python3`.
 
 use std::time::Instant;
