@@ -44,3 +44,12 @@ mod local;
 pub use command::{CommandOutput, CommandRunner, SchedulerCommand, ShellRunner};
 #[cfg(unix)]
 pub use local::LocalProvider;
+pub mod launcher;
+pub mod pbs;
+pub mod script;
+pub mod slurm;
+
+pub use launcher::Launcher;
+pub use pbs::{PbsConfig, PbsFlavor, PbsProvider};
+pub use script::shell_quote;
+pub use slurm::{SlurmConfig, SlurmProvider};

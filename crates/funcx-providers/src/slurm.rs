@@ -1,0 +1,713 @@
+//! Blocks as Slurm batch jobs: `sbatch`, `squeue` (with `sacct` for forgotten jobs) and
+//! `scancel`, all through a [`CommandRunner`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use funcx_core::{BlockId, BlockRequest, BlockState, BlockStatus, Provider, ProviderError};
+use futures::future::BoxFuture;
+
+use crate::command::{CommandOutput, CommandRunner, SchedulerCommand, ShellRunner};
+use crate::launcher::Launcher;
+use crate::script::{self, ScriptParts, StateClock};
+
+/// How to ask Slurm for blocks. Every field but the runner is optional; the node count and
+/// walltime come from each [`BlockRequest`].
+///
+/// ```
+/// use funcx_providers::{Launcher, SlurmConfig, SlurmProvider};
+///
+/// let provider = SlurmProvider::new(
+///     SlurmConfig::new()
+///         .partition("debug")
+///         .account("proj42")
+///         .cpus_per_task(8)
+///         .mem("16G")
+///         .sbatch_line("--gres=gpu:1")
+///         .launcher(Launcher::srun())
+///         .scripts_dir("/shared/funcx/scripts"),
+/// );
+/// # drop(provider);
+/// ```
+#[derive(Clone)]
+pub struct SlurmConfig {
+    partition: Option<String>,
+    account: Option<String>,
+    qos: Option<String>,
+    constraint: Option<String>,
+    exclusive: bool,
+    cpus_per_task: Option<u32>,
+    mem: Option<String>,
+    job_name: String,
+    extra_lines: Vec<String>,
+    launcher: Launcher,
+    scripts_dir: Option<PathBuf>,
+    bin_dir: Option<PathBuf>,
+    runner: Arc<dyn CommandRunner>,
+}
+
+impl fmt::Debug for SlurmConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlurmConfig")
+            .field("partition", &self.partition)
+            .field("account", &self.account)
+            .field("qos", &self.qos)
+            .field("constraint", &self.constraint)
+            .field("exclusive", &self.exclusive)
+            .field("cpus_per_task", &self.cpus_per_task)
+            .field("mem", &self.mem)
+            .field("job_name", &self.job_name)
+            .field("extra_lines", &self.extra_lines)
+            .field("launcher", &self.launcher)
+            .field("scripts_dir", &self.scripts_dir)
+            .field("bin_dir", &self.bin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig {
+            partition: None,
+            account: None,
+            qos: None,
+            constraint: None,
+            exclusive: false,
+            cpus_per_task: None,
+            mem: None,
+            job_name: "funcx".to_string(),
+            extra_lines: Vec::new(),
+            launcher: Launcher::srun(),
+            scripts_dir: None,
+            bin_dir: None,
+            runner: Arc::new(ShellRunner::new()),
+        }
+    }
+}
+
+impl SlurmConfig {
+    /// The cluster's defaults: its default partition and account, one task per node, the
+    /// [`Launcher::Srun`] launcher, scripts in a temporary directory, commands run here.
+    pub fn new() -> SlurmConfig {
+        SlurmConfig::default()
+    }
+
+    /// `--partition`.
+    pub fn partition(mut self, partition: impl Into<String>) -> SlurmConfig {
+        self.partition = Some(partition.into());
+        self
+    }
+
+    /// `--account`, the allocation charged.
+    pub fn account(mut self, account: impl Into<String>) -> SlurmConfig {
+        self.account = Some(account.into());
+        self
+    }
+
+    /// `--qos`.
+    pub fn qos(mut self, qos: impl Into<String>) -> SlurmConfig {
+        self.qos = Some(qos.into());
+        self
+    }
+
+    /// `--constraint`, node features (`haswell`, `gpu&a100`).
+    pub fn constraint(mut self, constraint: impl Into<String>) -> SlurmConfig {
+        self.constraint = Some(constraint.into());
+        self
+    }
+
+    /// `--exclusive`: no other job shares the block's nodes.
+    pub fn exclusive(mut self, exclusive: bool) -> SlurmConfig {
+        self.exclusive = exclusive;
+        self
+    }
+
+    /// `--cpus-per-task`: the CPUs of each node's manager and its workers.
+    pub fn cpus_per_task(mut self, cpus: u32) -> SlurmConfig {
+        self.cpus_per_task = Some(cpus);
+        self
+    }
+
+    /// `--mem`, memory per node in Slurm's syntax (`4G`, `500M`).
+    pub fn mem(mut self, mem: impl Into<String>) -> SlurmConfig {
+        self.mem = Some(mem.into());
+        self
+    }
+
+    /// The prefix of job names, `funcx` by default; each block is `<prefix>-<n>`.
+    pub fn job_name(mut self, prefix: impl Into<String>) -> SlurmConfig {
+        self.job_name = prefix.into();
+        self
+    }
+
+    /// One more directive, with or without the `#SBATCH` in front (`--gres=gpu:1`).
+    pub fn sbatch_line(mut self, line: impl Into<String>) -> SlurmConfig {
+        self.extra_lines.push(line.into());
+        self
+    }
+
+    /// How each node's manager is started; [`Launcher::Srun`] by default.
+    pub fn launcher(mut self, launcher: Launcher) -> SlurmConfig {
+        self.launcher = launcher;
+        self
+    }
+
+    /// Where batch scripts and the jobs' `<name>-<jobid>.out` / `.err` logs are written. On a
+    /// real cluster this must be on a file system the compute nodes share, or Slurm cannot
+    /// open the logs. By default a directory of this process under the temporary directory.
+    pub fn scripts_dir(mut self, dir: impl Into<PathBuf>) -> SlurmConfig {
+        self.scripts_dir = Some(dir.into());
+        self
+    }
+
+    /// Runs `sbatch`, `squeue`, ... from `dir` instead of looking them up on `PATH`.
+    pub fn bin_dir(mut self, dir: impl Into<PathBuf>) -> SlurmConfig {
+        self.bin_dir = Some(dir.into());
+        self
+    }
+
+    /// Runs the scheduler commands through `runner` ([`ShellRunner`] by default), e.g. one
+    /// that goes through SSH to a login node, or a mock in tests.
+    pub fn runner(mut self, runner: Arc<dyn CommandRunner>) -> SlurmConfig {
+        self.runner = runner;
+        self
+    }
+}
+
+/// A [`Provider`] whose blocks are Slurm batch jobs; block ids are Slurm job ids.
+///
+/// - [`submit`](Provider::submit) writes the block's batch script (see [`SlurmConfig`]) and
+///   runs `sbatch --parsable`. Slurm refusing the job (an unknown partition or account, a
+///   node count the partition cannot give) is a [`ProviderError::is_rejected`] error
+///   "sbatch rejected the job: ..." with Slurm's explanation; a controller that does not
+///   answer is a command error, worth retrying.
+/// - [`status`](Provider::status) runs one `squeue` for all blocks, including jobs that
+///   ended recently (`--states=all`). Jobs squeue no longer knows are looked up with
+///   `sacct` (or `sacct -c`, the job completion log, where accounting is off); if neither
+///   knows them they are [`BlockState::Unknown`]. Why a job waits (`Resources`,
+///   `PartitionDown`) is logged when it changes; why a job failed is in
+///   [`BlockState::Failed`]: its exit code, or the Slurm state (`TIMEOUT` for a walltime
+///   that expired, `NODE_FAIL`, `OUT_OF_MEMORY`, ...).
+/// - [`cancel`](Provider::cancel) runs `scancel`; a job that already ended, or that Slurm
+///   forgot, is `Ok`.
+#[derive(Debug)]
+pub struct SlurmProvider {
+    config: SlurmConfig,
+    scripts_dir: PathBuf,
+    submitted: AtomicU64,
+    clock: StateClock,
+    /// The last pending reason logged per block, so a reason is logged once, not every poll.
+    reasons: std::sync::Mutex<HashMap<BlockId, String>>,
+}
+
+impl SlurmProvider {
+    /// A provider configured by `config`.
+    pub fn new(config: SlurmConfig) -> SlurmProvider {
+        let scripts_dir = config
+            .scripts_dir
+            .clone()
+            .unwrap_or_else(|| script::default_scripts_dir("slurm"));
+        SlurmProvider {
+            config,
+            scripts_dir,
+            submitted: AtomicU64::new(0),
+            clock: StateClock::default(),
+            reasons: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Where batch scripts and job logs are written.
+    pub fn scripts_dir(&self) -> &std::path::Path {
+        &self.scripts_dir
+    }
+
+    fn command(&self, name: &str) -> SchedulerCommand {
+        SchedulerCommand::new(script::program(self.config.bin_dir.as_deref(), name))
+    }
+
+    /// The `#SBATCH` lines for `request`, submitted as job `name`.
+    fn directives(&self, request: &BlockRequest, name: &str) -> Result<Vec<String>, ProviderError> {
+        let config = &self.config;
+        let log = |suffix: &str| {
+            self.scripts_dir
+                .join(format!("{name}-%j.{suffix}"))
+                .to_string_lossy()
+                .into_owned()
+        };
+        let mut lines = vec![
+            format!("--job-name={name}"),
+            format!("--nodes={}", request.node_count()),
+            "--ntasks-per-node=1".to_string(),
+            format!("--output={}", log("out")),
+            format!("--error={}", log("err")),
+        ];
+        if let Some(cpus) = config.cpus_per_task {
+            lines.push(format!("--cpus-per-task={cpus}"));
+        }
+        if let Some(mem) = &config.mem {
+            lines.push(format!("--mem={mem}"));
+        }
+        if let Some(walltime) = request.walltime_limit() {
+            lines.push(format!("--time={}", slurm_time(walltime)?));
+        }
+        for (flag, value) in [
+            ("partition", &config.partition),
+            ("account", &config.account),
+            ("qos", &config.qos),
+            ("constraint", &config.constraint),
+        ] {
+            if let Some(value) = value {
+                lines.push(format!("--{flag}={value}"));
+            }
+        }
+        if config.exclusive {
+            lines.push("--exclusive".to_string());
+        }
+        let mut directives = Vec::new();
+        for line in lines.iter().chain(&config.extra_lines) {
+            script::check_directive("sbatch option", line)?;
+            let line = line.trim();
+            directives.push(if line.starts_with("#SBATCH") {
+                line.to_string()
+            } else {
+                format!("#SBATCH {line}")
+            });
+        }
+        Ok(directives)
+    }
+
+    async fn submit_block(&self, request: &BlockRequest) -> Result<BlockId, ProviderError> {
+        request.check()?;
+        self.config.launcher.check(request.node_count())?;
+        let seq = self.submitted.fetch_add(1, Ordering::Relaxed) + 1;
+        let name = format!("{}-{seq}", self.config.job_name);
+        let text = script::render(
+            request,
+            &ScriptParts {
+                directives: self.directives(request, &name)?,
+                job_id_expr: "$SLURM_JOB_ID",
+                launcher: &self.config.launcher,
+            },
+        )?;
+        let path = script::write_script(&self.scripts_dir, &name, &text)?;
+        let command = self
+            .command("sbatch")
+            .arg("--parsable")
+            .arg(path.to_string_lossy());
+        let output = self.config.runner.run(command.clone()).await?;
+        if !output.success() {
+            return Err(sbatch_failure(&command, &output));
+        }
+        let id = parse_sbatch_id(&output.stdout)
+            .ok_or_else(|| unreadable(&command, "no job id", &output))?;
+        tracing::info!(block = %id, script = %path.display(), "submitted a Slurm job");
+        Ok(id)
+    }
+
+    async fn block_status(&self, blocks: &[BlockId]) -> Result<Vec<BlockStatus>, ProviderError> {
+        if blocks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = join_ids(blocks);
+        let command = self
+            .command("squeue")
+            .args(["--noheader", "--states=all", SQUEUE_FORMAT])
+            .arg(format!("--jobs={ids}"));
+        let output = self.config.runner.run(command.clone()).await?;
+        let mut jobs = if output.success() {
+            parse_squeue(&output.stdout)
+        } else if is_invalid_job_id(&output) {
+            // squeue fails the whole call when the only job asked about is one it forgot.
+            HashMap::new()
+        } else {
+            return Err(output.failure(&command));
+        };
+        let missing: Vec<BlockId> = blocks
+            .iter()
+            .filter(|id| !jobs.contains_key(id.as_str()))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            jobs.extend(self.ask_accounting(&missing).await);
+        }
+        let mut statuses = Vec::with_capacity(blocks.len());
+        for id in blocks {
+            let state = match jobs.get(id.as_str()) {
+                Some(job) => {
+                    self.log_reason(id, job);
+                    job.block_state()
+                }
+                None => BlockState::Unknown(format!(
+                    "Slurm does not know job {id}: squeue and sacct have no record of it"
+                )),
+            };
+            statuses.push(self.clock.observe(id, state));
+        }
+        Ok(statuses)
+    }
+
+    /// Jobs that ended long enough ago for `squeue` to forget them, from accounting
+    /// (`sacct`) or, where accounting is off, the job completion log (`sacct -c`). Both are
+    /// optional in a Slurm setup, so failing to ask them only leaves the jobs unknown.
+    async fn ask_accounting(&self, missing: &[BlockId]) -> HashMap<String, SlurmJob> {
+        let ids = join_ids(missing);
+        let accounting = self
+            .command("sacct")
+            .args(["--noheader", "--parsable2", "--allocations"])
+            .args(["--format=JobIDRaw,State,ExitCode", &format!("--jobs={ids}")]);
+        let completion_log = self
+            .command("sacct")
+            .args(["-c", "--noheader", "--parsable2"])
+            .args(["--format=JobID,State,ExitCode", &format!("--jobs={ids}")]);
+        for command in [accounting, completion_log] {
+            match self.config.runner.run(command.clone()).await {
+                Ok(output) if output.success() => {
+                    let jobs = parse_sacct(&output.stdout);
+                    if !jobs.is_empty() {
+                        return jobs;
+                    }
+                }
+                Ok(output) => {
+                    tracing::debug!(%command, error = %output.failure(&command), "sacct did not answer");
+                }
+                Err(error) => tracing::debug!(%command, %error, "could not run sacct"),
+            }
+        }
+        HashMap::new()
+    }
+
+    fn log_reason(&self, id: &BlockId, job: &SlurmJob) {
+        let waiting = matches!(job.block_state(), BlockState::Pending);
+        let reason = job.reason.as_str();
+        if !waiting || reason.is_empty() || reason == "None" {
+            return;
+        }
+        let mut reasons = self
+            .reasons
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if reasons.get(id).map(String::as_str) == Some(reason) {
+            return;
+        }
+        if reasons.len() >= 4096 {
+            reasons.clear();
+        }
+        reasons.insert(id.clone(), reason.to_string());
+        if NEVER_STARTS.contains(&reason) {
+            tracing::warn!(block = %id, state = %job.state, reason, "the Slurm job waits for a reason that will not go away by itself");
+        } else {
+            tracing::info!(block = %id, state = %job.state, reason, "the Slurm job waits");
+        }
+    }
+
+    async fn cancel_block(&self, block: &BlockId) -> Result<(), ProviderError> {
+        let command = self.command("scancel").arg(block.as_str());
+        let output = self.config.runner.run(command.clone()).await?;
+        if output.success() || is_invalid_job_id(&output) || is_already_done(&output) {
+            // Cancelling a job that ended (or that Slurm forgot) leaves nothing to do.
+            return Ok(());
+        }
+        Err(output.failure(&command))
+    }
+}
+
+impl Provider for SlurmProvider {
+    fn name(&self) -> &str {
+        "slurm"
+    }
+
+    fn submit<'a>(
+        &'a self,
+        request: &'a BlockRequest,
+    ) -> BoxFuture<'a, Result<BlockId, ProviderError>> {
+        Box::pin(self.submit_block(request))
+    }
+
+    fn status<'a>(
+        &'a self,
+        blocks: &'a [BlockId],
+    ) -> BoxFuture<'a, Result<Vec<BlockStatus>, ProviderError>> {
+        Box::pin(self.block_status(blocks))
+    }
+
+    fn cancel<'a>(&'a self, block: &'a BlockId) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(self.cancel_block(block))
+    }
+}
+
+/// `squeue`'s fields: id, state, why it is in that state, and the raw wait status once it
+/// ended (`--format` has no exit code field, `--Format` does). A `|` after each field ends
+/// it without padding.
+const SQUEUE_FORMAT: &str = "--Format=JobID:|,State:|,Reason:|,exit_code:|";
+
+/// Pending reasons that mean the job cannot start as submitted: an administrator or a new
+/// submission has to act. Logged as warnings.
+const NEVER_STARTS: &[&str] = &[
+    "PartitionTimeLimit",
+    "PartitionNodeLimit",
+    "BadConstraints",
+    "InvalidAccount",
+    "InvalidQOS",
+    "AccountNotAllowed",
+    "QOSNotAllowed",
+    "PartitionConfig",
+    "DependencyNeverSatisfied",
+    "QOSMaxWallDurationPerJobLimit",
+    "QOSMaxNodePerJobLimit",
+];
+
+/// Slurm's `--time`: `D-HH:MM:SS` from one day on, `HH:MM:SS` below, rounded up to whole
+/// seconds (Slurm itself rounds up to whole minutes).
+pub(crate) fn slurm_time(walltime: Duration) -> Result<String, ProviderError> {
+    let seconds = walltime.as_secs() + u64::from(walltime.subsec_nanos() > 0);
+    if seconds == 0 {
+        // `--time=0` means no limit to Slurm: refuse rather than invert the request.
+        return Err(ProviderError::rejected(
+            "a walltime of zero cannot be asked of a scheduler",
+        ));
+    }
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    let hms = format!(
+        "{:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    );
+    Ok(if days > 0 {
+        format!("{days}-{hms}")
+    } else {
+        hms
+    })
+}
+
+fn join_ids(blocks: &[BlockId]) -> String {
+    blocks
+        .iter()
+        .map(BlockId::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The job id from `sbatch --parsable`: `<id>` or `<id>;<cluster>` on the last line (earlier
+/// lines can be warnings from a job submit plugin). Only the id is kept: it is what
+/// `squeue --jobs` and `scancel` take on the cluster the job went to.
+pub(crate) fn parse_sbatch_id(stdout: &str) -> Option<BlockId> {
+    let line = stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|line| !line.is_empty())?;
+    let id = line.split(';').next()?.trim();
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then(|| BlockId::new(id))
+}
+
+fn unreadable(command: &SchedulerCommand, what: &str, output: &CommandOutput) -> ProviderError {
+    ProviderError::command(
+        command.to_string(),
+        format!(
+            "printed {what} funcx can read: stdout {:?}, stderr {:?}",
+            output.stdout.trim(),
+            output.stderr.trim()
+        ),
+    )
+}
+
+/// Messages from Slurm that say the controller could not be asked, not that it said no:
+/// submitting again later may work.
+const TRANSIENT: &[&str] = &[
+    "temporarily",
+    "Socket timed out",
+    "Unable to contact",
+    "Connection refused",
+    "try again",
+    "Zero Bytes were transmitted",
+];
+
+/// Turns a failed `sbatch` into a rejection when Slurm refused the job itself.
+pub(crate) fn sbatch_failure(command: &SchedulerCommand, output: &CommandOutput) -> ProviderError {
+    let said = output.stderr.trim();
+    let transient = TRANSIENT.iter().any(|marker| said.contains(marker));
+    if !transient && (said.contains("Batch job submission failed") || said.contains("error:")) {
+        let said = said.lines().map(str::trim).collect::<Vec<_>>().join("; ");
+        return ProviderError::rejected(format!("sbatch rejected the job: {said}"));
+    }
+    output.failure(command)
+}
+
+fn is_invalid_job_id(output: &CommandOutput) -> bool {
+    output.stderr.contains("Invalid job id specified")
+}
+
+fn is_already_done(output: &CommandOutput) -> bool {
+    output.stderr.contains("already completing or completed")
+        || output.stderr.contains("Job/step already completed")
+}
+
+/// How a job ended, as far as Slurm reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SlurmExit {
+    /// The batch script exited with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+}
+
+impl SlurmExit {
+    /// From `squeue`'s `exit_code`, a raw wait status: the code in the high byte, the signal
+    /// in the low 7 bits.
+    fn from_wait_status(text: &str) -> Option<SlurmExit> {
+        let status: i64 = text.trim().parse().ok()?;
+        let signal = (status & 0x7f) as i32;
+        Some(if signal != 0 {
+            SlurmExit::Signal(signal)
+        } else {
+            SlurmExit::Code(((status >> 8) & 0xff) as i32)
+        })
+    }
+
+    /// From `sacct`'s `ExitCode`, `code:signal`.
+    fn from_sacct(text: &str) -> Option<SlurmExit> {
+        let (code, signal) = text.trim().split_once(':')?;
+        let (code, signal): (i32, i32) = (code.parse().ok()?, signal.parse().ok()?);
+        Some(if signal != 0 {
+            SlurmExit::Signal(signal)
+        } else {
+            SlurmExit::Code(code)
+        })
+    }
+}
+
+impl fmt::Display for SlurmExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SlurmExit::Code(code) => write!(f, "exit code {code}"),
+            SlurmExit::Signal(signal) => write!(f, "signal {signal}"),
+        }
+    }
+}
+
+/// One job as `squeue` or `sacct` described it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SlurmJob {
+    /// The state's name, without flags (`CANCELLED`, not `CANCELLED by 0`).
+    pub state: String,
+    /// Why the job is in that state (`Resources`, `NonZeroExitCode`); may be empty.
+    pub reason: String,
+    /// How it ended, once it has.
+    pub exit: Option<SlurmExit>,
+}
+
+impl SlurmJob {
+    fn new(state: &str, reason: &str, exit: Option<SlurmExit>) -> SlurmJob {
+        // sacct writes `CANCELLED by 0`; a `+` marks a state with more detail elsewhere.
+        let state = state
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('+')
+            .to_ascii_uppercase();
+        SlurmJob {
+            state,
+            reason: reason.trim().to_string(),
+            exit,
+        }
+    }
+
+    /// The block state for this job. Every state Slurm documents is mapped; one it adds
+    /// later is [`BlockState::Unknown`] with its name, never a guess.
+    pub(crate) fn block_state(&self) -> BlockState {
+        let state = self.state.as_str();
+        let failed = |what: &str| {
+            let mut reason = format!("{what} (Slurm state {state}");
+            if let Some(exit) = self.exit {
+                reason.push_str(&format!(", {exit}"));
+            }
+            if !self.reason.is_empty() && self.reason != "None" {
+                reason.push_str(&format!(", reason {}", self.reason));
+            }
+            reason.push(')');
+            BlockState::Failed(reason)
+        };
+        match state {
+            // Waiting to start, or between runs: no manager is running yet.
+            "PENDING" | "CONFIGURING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED"
+            | "RESV_DEL_HOLD" => BlockState::Pending,
+            // Stopped with SIGSTOP (suspended by an administrator or a preemption, or
+            // stopped by the user): the job keeps its place but its managers run nothing
+            // until it resumes, so it counts as not yet running.
+            "SUSPENDED" | "STOPPED" => BlockState::Pending,
+            // The managers run, or the job is in a transition that keeps them running
+            // (resizing, being signalled, the epilog after the last step).
+            "RUNNING" | "COMPLETING" | "RESIZING" | "SIGNALING" | "STAGE_OUT" => {
+                BlockState::Running
+            }
+            "COMPLETED" => BlockState::Completed,
+            "CANCELLED" => BlockState::Cancelled,
+            "FAILED" => match self.exit {
+                Some(exit) => failed(&format!("the job ended with {exit}")),
+                None => failed("the job failed"),
+            },
+            "TIMEOUT" => failed("the walltime expired and Slurm ended the job"),
+            "NODE_FAIL" => failed("a node of the job failed"),
+            "PREEMPTED" => failed("the job was preempted by a job of higher priority"),
+            "BOOT_FAIL" => failed("a node of the job failed to boot"),
+            "DEADLINE" => failed("the job reached its deadline before it could finish"),
+            "OUT_OF_MEMORY" => failed("the job ran out of memory"),
+            "SPECIAL_EXIT" => failed("the job ended with a special exit (requeued on hold)"),
+            "REVOKED" => {
+                failed("the job was revoked because a sibling cluster of the federation ran it")
+            }
+            other => BlockState::Unknown(format!(
+                "Slurm reported state {other:?}, which funcx does not know"
+            )),
+        }
+    }
+}
+
+/// `squeue --Format=JobID:|,State:|,Reason:|,exit_code:|` lines. Lines that do not have the
+/// four fields are skipped (logged), so one odd line cannot hide the other jobs.
+pub(crate) fn parse_squeue(stdout: &str) -> HashMap<String, SlurmJob> {
+    let mut jobs = HashMap::new();
+    for line in stdout
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+    {
+        let fields: Vec<&str> = line.split('|').collect();
+        match fields.as_slice() {
+            [id, state, reason, exit, ..] if !id.trim().is_empty() && !state.trim().is_empty() => {
+                let job = SlurmJob::new(state, reason, SlurmExit::from_wait_status(exit));
+                jobs.insert(id.trim().to_string(), job);
+            }
+            _ => tracing::warn!(line, "squeue printed a line funcx cannot read; ignored"),
+        }
+    }
+    jobs
+}
+
+/// `sacct --parsable2 --format=JobID,State,ExitCode` lines; step lines (`12.batch`) are
+/// skipped, odd lines logged and skipped.
+pub(crate) fn parse_sacct(stdout: &str) -> HashMap<String, SlurmJob> {
+    let mut jobs = HashMap::new();
+    for line in stdout
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+    {
+        let fields: Vec<&str> = line.split('|').collect();
+        match fields.as_slice() {
+            [id, state, exit, ..] if !id.trim().is_empty() && !state.trim().is_empty() => {
+                if id.contains('.') {
+                    continue;
+                }
+                let job = SlurmJob::new(state, "", SlurmExit::from_sacct(exit));
+                jobs.insert(id.trim().to_string(), job);
+            }
+            _ => tracing::warn!(line, "sacct printed a line funcx cannot read; ignored"),
+        }
+    }
+    jobs
+}
