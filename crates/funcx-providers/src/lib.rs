@@ -53,3 +53,5 @@ pub use launcher::Launcher;
 pub use pbs::{PbsConfig, PbsFlavor, PbsProvider};
 pub use script::shell_quote;
 pub use slurm::{SlurmConfig, SlurmProvider};
+mod gridengine;
+pub use gridengine::{GridEngineConfig, GridEngineProvider};

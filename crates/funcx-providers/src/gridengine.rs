@@ -1,0 +1,1648 @@
+//! Blocks as Grid Engine jobs (Son of Grid Engine, and the Univa / Altair Grid Engines that
+//! share its commands).
+//!
+//! A block is one job, submitted with `qsub -terse` from a script written to the scripts
+//! directory; its state comes from `qstat -xml` while Grid Engine lists the job and from
+//! `qacct -j` once it has ended; `qdel` cancels it. Every command goes through a
+//! [`CommandRunner`], so all of this is unit-tested against recorded scheduler output.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use funcx_core::{
+    BlockId, BlockRequest, BlockState, BlockStatus, Provider, ProviderError, BLOCK_ID_ENV,
+    NODE_INDEX_ENV,
+};
+use futures::future::BoxFuture;
+
+use crate::command::{CommandOutput, CommandRunner, SchedulerCommand, ShellRunner};
+
+/// How many finished blocks are remembered, so that `qacct` (which reads the whole accounting
+/// file) runs once per finished job, not on every poll. Older ones are looked up again.
+const RETAINED_FINISHED: usize = 1024;
+
+/// The line that ends the node script in the job script's here-documents. A request whose
+/// node script contains it as a line is rejected (it would end the here-document early).
+const NODE_SCRIPT_END: &str = "FUNCX_NODE_SCRIPT_END";
+
+/// How a [`GridEngineProvider`] writes and submits its jobs.
+///
+/// ```
+/// use funcx_providers::{GridEngineConfig, GridEngineProvider};
+///
+/// let provider = GridEngineProvider::new(
+///     GridEngineConfig::new()
+///         .queue("all.q")
+///         .parallel_environment("smp", 2)
+///         .directive("-l mem_free=4G")
+///         .job_name("analysis")
+///         .commands_dir("/usr/bin")
+///         .command_env("SGE_ROOT", "/var/lib/gridengine"),
+/// );
+/// # drop(provider);
+/// ```
+#[derive(Clone)]
+pub struct GridEngineConfig {
+    queue: Option<String>,
+    parallel_environment: Option<(String, usize)>,
+    directives: Vec<String>,
+    job_name: String,
+    scripts_dir: Option<PathBuf>,
+    runner: Arc<dyn CommandRunner>,
+    commands_dir: Option<PathBuf>,
+    command_env: Vec<(String, String)>,
+}
+
+impl fmt::Debug for GridEngineConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The runner is a trait object without `Debug`; everything else is shown.
+        f.debug_struct("GridEngineConfig")
+            .field("queue", &self.queue)
+            .field("parallel_environment", &self.parallel_environment)
+            .field("directives", &self.directives)
+            .field("job_name", &self.job_name)
+            .field("scripts_dir", &self.scripts_dir)
+            .field("commands_dir", &self.commands_dir)
+            .field("command_env", &self.command_env)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for GridEngineConfig {
+    fn default() -> Self {
+        GridEngineConfig::new()
+    }
+}
+
+impl GridEngineConfig {
+    /// The cluster's default queue, no parallel environment, job names `funcx`, scripts and
+    /// logs in `funcx-gridengine` under the temporary directory, the commands found on `PATH`
+    /// and run by a [`ShellRunner`].
+    pub fn new() -> GridEngineConfig {
+        GridEngineConfig {
+            queue: None,
+            parallel_environment: None,
+            directives: Vec::new(),
+            job_name: "funcx".to_string(),
+            scripts_dir: None,
+            runner: Arc::new(ShellRunner::new()),
+            commands_dir: None,
+            command_env: Vec::new(),
+        }
+    }
+
+    /// Submits to `queue` (`-q queue`).
+    pub fn queue(mut self, queue: impl Into<String>) -> GridEngineConfig {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Asks for `slots_per_node` slots of parallel environment `name` on each node of a block
+    /// (`-pe name nodes×slots`). A block of more than one node needs one, with an allocation
+    /// rule that spreads the slots over hosts (a fixed number per host), because Grid Engine
+    /// allocates slots, not nodes.
+    pub fn parallel_environment(
+        mut self,
+        name: impl Into<String>,
+        slots_per_node: usize,
+    ) -> GridEngineConfig {
+        self.parallel_environment = Some((name.into(), slots_per_node));
+        self
+    }
+
+    /// Adds a `#$ line` directive to every job script, e.g. `-l mem_free=4G` or `-P project`.
+    pub fn directive(mut self, line: impl Into<String>) -> GridEngineConfig {
+        self.directives.push(line.into());
+        self
+    }
+
+    /// Names the jobs `<prefix>-<n>` (`-N`, always set: Grid Engine otherwise derives the
+    /// name from the script, and rejects names with spaces or `;`). Letters, digits, `_`, `.`
+    /// and `-` only, not starting with a digit.
+    pub fn job_name(mut self, prefix: impl Into<String>) -> GridEngineConfig {
+        self.job_name = prefix.into();
+        self
+    }
+
+    /// Writes job scripts, and has Grid Engine write each job's stdout and stderr
+    /// (`<script>.<job id>.out` / `.err`), in `dir`. On a cluster it must be a directory the
+    /// execution hosts can write at the same path (a shared file system): a job whose log
+    /// cannot be opened goes to Grid Engine's error state, and its block fails.
+    pub fn scripts_dir(mut self, dir: impl Into<PathBuf>) -> GridEngineConfig {
+        self.scripts_dir = Some(dir.into());
+        self
+    }
+
+    /// Runs the scheduler commands with `runner` (a mock in tests, SSH to a login node, ...).
+    pub fn runner(mut self, runner: Arc<dyn CommandRunner>) -> GridEngineConfig {
+        self.runner = runner;
+        self
+    }
+
+    /// Runs `qsub`, `qstat`, `qacct`, `qdel` (and `qrsh` inside multi-node jobs) from `dir`
+    /// instead of looking them up on `PATH`: another batch system's `qsub` often comes first
+    /// there (PBS / Torque wrappers have the same names).
+    pub fn commands_dir(mut self, dir: impl Into<PathBuf>) -> GridEngineConfig {
+        self.commands_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets an environment variable for the scheduler commands (e.g. `SGE_ROOT`,
+    /// `SGE_CELL`), through `env`, since a [`SchedulerCommand`] carries no environment.
+    pub fn command_env(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> GridEngineConfig {
+        self.command_env.push((key.into(), value.into()));
+        self
+    }
+
+    fn program(&self, name: &str) -> String {
+        match &self.commands_dir {
+            Some(dir) => dir.join(name).to_string_lossy().into_owned(),
+            None => name.to_string(),
+        }
+    }
+
+    /// The command that runs Grid Engine's `name`, with the configured environment.
+    fn command(&self, name: &str) -> SchedulerCommand {
+        let program = self.program(name);
+        if self.command_env.is_empty() {
+            return SchedulerCommand::new(program);
+        }
+        SchedulerCommand::new("env")
+            .args(
+                self.command_env
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}")),
+            )
+            .arg(program)
+    }
+
+    fn scripts_dir_or_default(&self) -> PathBuf {
+        self.scripts_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("funcx-gridengine"))
+    }
+}
+
+/// A [`Provider`] whose blocks are Grid Engine jobs, one manager per node.
+///
+/// - **Submit** writes `<scripts dir>/<name>-<pid>-<n>.sh` and runs `qsub -terse` on it; the
+///   block id is the job id. The script sets `-N`, `-S /bin/sh`, the log paths, the queue,
+///   the parallel environment, `-l h_rt=` from the request's walltime and the extra
+///   directives; each node runs the request's `worker_init` lines, then the manager with
+///   [`BLOCK_ID_ENV`] (the job id) and [`NODE_INDEX_ENV`]. A block of one node runs its
+///   manager as the job itself; a larger block runs node 0 on the job's first host and one
+///   manager per other host of the parallel environment through `qrsh -inherit`, so Grid
+///   Engine accounts for and kills them with the job. `qsub` refusing the job (unknown
+///   queue or parallel environment) is a [`ProviderError::is_rejected`] error with its
+///   message.
+/// - **Status** runs `qstat -xml` once per call. Queued and held jobs (`qw`, `hqw`) are
+///   [`BlockState::Pending`]; running, transferring, restarted and suspended jobs (`r`, `t`,
+///   `Rr`, `s`, `S`, `T`) and jobs being deleted (`dr`) are [`BlockState::Running`]; a job
+///   in the error state (`Eqw`) is [`BlockState::Failed`] with Grid Engine's reason (from
+///   `qstat -j`), and is deleted so it cannot start later. A job no longer listed has ended:
+///   if this provider cancelled it, it is [`BlockState::Cancelled`]; otherwise `qacct -j`
+///   says how (a nonzero `failed` code or `exit_status` is [`BlockState::Failed`], e.g.
+///   "exit status 3"; else [`BlockState::Completed`]). `qacct` lags a second or so behind a
+///   job's end, and until it has the record the block is [`BlockState::Unknown`].
+/// - **Cancel** runs `qdel`; a job Grid Engine no longer knows (finished) is `Ok`.
+pub struct GridEngineProvider {
+    config: GridEngineConfig,
+    submitted: AtomicU64,
+    state: Mutex<State>,
+}
+
+impl fmt::Debug for GridEngineProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GridEngineProvider")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Jobs this provider deleted with `qdel`, until their end is recorded.
+    cancelled: HashSet<String>,
+    /// The last state reported for each block and when it was first seen, for `since`.
+    observed: HashMap<String, (BlockState, SystemTime)>,
+    /// Finished blocks, oldest first, so the oldest can be forgotten.
+    finished: VecDeque<String>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // The state is consistent after every statement; a panic elsewhere must not take the
+    // provider down with it.
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl GridEngineProvider {
+    /// A provider configured by `config`.
+    pub fn new(config: GridEngineConfig) -> GridEngineProvider {
+        GridEngineProvider {
+            config,
+            submitted: AtomicU64::new(0),
+            state: Mutex::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GridEngineConfig {
+        &self.config
+    }
+
+    async fn run(&self, command: SchedulerCommand) -> Result<CommandOutput, ProviderError> {
+        self.config.runner.run(command).await
+    }
+
+    async fn start(&self, request: &BlockRequest) -> Result<BlockId, ProviderError> {
+        request.check()?;
+        let n = self.submitted.fetch_add(1, Ordering::Relaxed) + 1;
+        let dir = self.config.scripts_dir_or_default();
+        let stem = format!("{}-{}-{n}", self.config.job_name, std::process::id());
+        let script = render_script(&self.config, request, &dir, &stem)?;
+        std::fs::create_dir_all(&dir).map_err(|error| {
+            ProviderError::io(
+                format!("could not create the scripts directory {}", dir.display()),
+                error,
+            )
+        })?;
+        let path = dir.join(format!("{stem}.sh"));
+        std::fs::write(&path, &script).map_err(|error| {
+            ProviderError::io(
+                format!("could not write the job script {}", path.display()),
+                error,
+            )
+        })?;
+        let command = self
+            .config
+            .command("qsub")
+            .arg("-terse")
+            .arg(path.to_string_lossy());
+        let output = self.run(command.clone()).await?;
+        if !output.success() {
+            return Err(submit_error(&command, &output));
+        }
+        let id = parse_job_id(&output.stdout).ok_or_else(|| {
+            ProviderError::command(
+                command.to_string(),
+                format!(
+                    "printed no job id: stdout {:?}, stderr {:?}",
+                    output.stdout.trim(),
+                    output.stderr.trim()
+                ),
+            )
+        })?;
+        let id = BlockId::new(id);
+        lock(&self.state)
+            .observed
+            .insert(id.to_string(), (BlockState::Pending, SystemTime::now()));
+        tracing::info!(block = %id, "submitted Grid Engine job {id} ({} node(s), script {})", request.node_count(), path.display());
+        Ok(id)
+    }
+
+    async fn statuses(&self, blocks: &[BlockId]) -> Result<Vec<BlockStatus>, ProviderError> {
+        let mut states: Vec<Option<BlockState>> = {
+            let state = lock(&self.state);
+            blocks
+                .iter()
+                .map(|id| {
+                    state
+                        .observed
+                        .get(id.as_str())
+                        .filter(|(state, _)| state.is_finished())
+                        .map(|(state, _)| state.clone())
+                })
+                .collect()
+        };
+        if states.iter().any(Option::is_none) {
+            let command = self.config.command("qstat").arg("-xml");
+            let output = self.run(command.clone()).await?;
+            if !output.success() {
+                return Err(output.failure(&command));
+            }
+            let listed = parse_qstat(&output.stdout).map_err(|detail| {
+                ProviderError::command(command.to_string(), format!("unreadable output: {detail}"))
+            })?;
+            for (id, slot) in blocks.iter().zip(states.iter_mut()) {
+                if slot.is_some() {
+                    continue;
+                }
+                *slot = Some(match listed.get(id.as_str()) {
+                    Some(letters) => self.listed_state(id, letters).await,
+                    None => self.ended_state(id).await?,
+                });
+            }
+        }
+        let now = SystemTime::now();
+        let mut state = lock(&self.state);
+        let mut out = Vec::with_capacity(blocks.len());
+        for (id, block_state) in blocks.iter().zip(states) {
+            let block_state = block_state.unwrap_or_else(|| {
+                BlockState::Unknown(format!("no state for Grid Engine job {id}"))
+            });
+            let since = record(&mut state, id, &block_state, now);
+            out.push(BlockStatus::new(id.clone(), block_state, since));
+        }
+        Ok(out)
+    }
+
+    /// The state of a job `qstat` lists with state `letters`.
+    async fn listed_state(&self, id: &BlockId, letters: &str) -> BlockState {
+        match classify(letters) {
+            Listed::Error => {
+                let reason = self.error_reason(id).await;
+                // An admin can clear the error state and the job would start then, as a
+                // block the endpoint has written off and replaced: delete it instead.
+                let command = self.config.command("qdel").arg(id.as_str());
+                match self.run(command.clone()).await {
+                    Ok(output) if output.success() => {}
+                    Ok(output) => {
+                        tracing::warn!(block = %id, "could not delete failed job {id}: {}", output.failure(&command))
+                    }
+                    Err(error) => {
+                        tracing::warn!(block = %id, "could not delete failed job {id}: {error}")
+                    }
+                }
+                BlockState::Failed(reason)
+            }
+            Listed::Pending => BlockState::Pending,
+            Listed::Running => BlockState::Running,
+            Listed::Other => BlockState::Unknown(format!(
+                "Grid Engine job {id} is in state `{letters}`, which funcx does not know"
+            )),
+        }
+    }
+
+    /// Grid Engine's reason for job `id`'s error state, from `qstat -j`.
+    async fn error_reason(&self, id: &BlockId) -> String {
+        let command = self.config.command("qstat").arg("-j").arg(id.as_str());
+        let detail = match self.run(command).await {
+            Ok(output) => parse_error_reason(&output.stdout),
+            Err(_) => None,
+        };
+        match detail {
+            Some(detail) => format!("Grid Engine put job {id} in the error state (Eqw): {detail}"),
+            None => format!("Grid Engine put job {id} in the error state (Eqw)"),
+        }
+    }
+
+    /// The state of a job `qstat` no longer lists: it has ended, or never existed.
+    async fn ended_state(&self, id: &BlockId) -> Result<BlockState, ProviderError> {
+        if lock(&self.state).cancelled.contains(id.as_str()) {
+            return Ok(BlockState::Cancelled);
+        }
+        let command = self.config.command("qacct").arg("-j").arg(id.as_str());
+        let output = self.run(command.clone()).await?;
+        if !output.success() {
+            let said = format!("{}{}", output.stdout, output.stderr);
+            if said.contains("not found") {
+                return Ok(BlockState::Unknown(format!(
+                    "Grid Engine job {id} is not queued or running, and `qacct` has no record of \
+                     it (yet: accounting lags a second or so behind a job's end; or never: not \
+                     a job of this cluster)"
+                )));
+            }
+            return Err(output.failure(&command));
+        }
+        match parse_qacct(&output.stdout) {
+            Some(accounting) => Ok(accounting.state()),
+            None => Err(ProviderError::command(
+                command.to_string(),
+                format!(
+                    "unreadable output (no `failed` and `exit_status` lines): {:?}",
+                    output.stdout.trim()
+                ),
+            )),
+        }
+    }
+
+    async fn stop(&self, id: &BlockId) -> Result<(), ProviderError> {
+        if !is_job_id(id.as_str()) {
+            return Err(ProviderError::not_found(id.clone()));
+        }
+        let finished = lock(&self.state)
+            .observed
+            .get(id.as_str())
+            .is_some_and(|(state, _)| state.is_finished());
+        if finished {
+            return Ok(());
+        }
+        let command = self.config.command("qdel").arg(id.as_str());
+        let output = self.run(command.clone()).await?;
+        if output.success() {
+            lock(&self.state).cancelled.insert(id.to_string());
+            tracing::info!(block = %id, "deleted Grid Engine job {id}");
+            return Ok(());
+        }
+        let said = format!("{}{}", output.stdout, output.stderr);
+        if said.contains("does not exist") {
+            // Ended before we asked (or never was, which Grid Engine cannot tell apart): its
+            // state stays whatever it ended as.
+            return Ok(());
+        }
+        Err(output.failure(&command))
+    }
+}
+
+/// Records that `id` is in `block_state` at `now`; returns since when it has been.
+fn record(
+    state: &mut State,
+    id: &BlockId,
+    block_state: &BlockState,
+    now: SystemTime,
+) -> SystemTime {
+    if matches!(block_state, BlockState::Unknown(_)) {
+        // Not remembered: an endpoint may ask about ids that never were, without end.
+        return state
+            .observed
+            .get(id.as_str())
+            .map_or(now, |(_, since)| *since);
+    }
+    if let Some((known, since)) = state.observed.get(id.as_str()) {
+        if known == block_state {
+            return *since;
+        }
+    }
+    state
+        .observed
+        .insert(id.to_string(), (block_state.clone(), now));
+    if block_state.is_finished() {
+        state.cancelled.remove(id.as_str());
+        state.finished.push_back(id.to_string());
+        while state.finished.len() > RETAINED_FINISHED {
+            if let Some(old) = state.finished.pop_front() {
+                state.observed.remove(&old);
+            }
+        }
+    }
+    now
+}
+
+impl Provider for GridEngineProvider {
+    fn name(&self) -> &str {
+        "gridengine"
+    }
+
+    fn submit<'a>(
+        &'a self,
+        request: &'a BlockRequest,
+    ) -> BoxFuture<'a, Result<BlockId, ProviderError>> {
+        Box::pin(self.start(request))
+    }
+
+    fn status<'a>(
+        &'a self,
+        blocks: &'a [BlockId],
+    ) -> BoxFuture<'a, Result<Vec<BlockStatus>, ProviderError>> {
+        Box::pin(self.statuses(blocks))
+    }
+
+    fn cancel<'a>(&'a self, block: &'a BlockId) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(self.stop(block))
+    }
+}
+
+/// The error for a `qsub` that did not accept the job: a rejection of the request when Grid
+/// Engine says so (unknown queue, parallel environment, resource), else a command failure.
+fn submit_error(command: &SchedulerCommand, output: &CommandOutput) -> ProviderError {
+    let said = format!("{} {}", output.stderr.trim(), output.stdout.trim());
+    if said.to_lowercase().contains("rejected") {
+        ProviderError::rejected(format!(
+            "Grid Engine refused the job (`{command}`): {}",
+            said.trim()
+        ))
+    } else {
+        output.failure(command)
+    }
+}
+
+/// True for the ids Grid Engine issues: a job number.
+fn is_job_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The job id in what `qsub -terse` printed: the first line, without the task range an
+/// array job adds (`5.1-4:1` → `5`).
+fn parse_job_id(stdout: &str) -> Option<String> {
+    let line = stdout
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())?;
+    let id = line.split('.').next()?;
+    is_job_id(id).then(|| id.to_string())
+}
+
+/// The state letters of each job `qstat -xml` lists, by job number. A job listed more than
+/// once (array tasks in several states) gets the letters of its most advanced entry.
+fn parse_qstat(xml: &str) -> Result<HashMap<String, String>, String> {
+    let document = roxmltree::Document::parse(xml).map_err(|error| error.to_string())?;
+    let mut jobs: HashMap<String, String> = HashMap::new();
+    for entry in document
+        .descendants()
+        .filter(|node| node.has_tag_name("job_list"))
+    {
+        let field = |name: &str| {
+            entry
+                .children()
+                .find(|child| child.has_tag_name(name))
+                .and_then(|child| child.text())
+                .map(str::trim)
+        };
+        let (Some(number), Some(letters)) = (field("JB_job_number"), field("state")) else {
+            continue;
+        };
+        let rank = |letters: &str| match classify(letters) {
+            Listed::Error => 3,
+            Listed::Running => 2,
+            Listed::Pending => 1,
+            Listed::Other => 0,
+        };
+        match jobs.get(number) {
+            Some(known) if rank(known) >= rank(letters) => {}
+            _ => {
+                jobs.insert(number.to_string(), letters.to_string());
+            }
+        }
+    }
+    Ok(jobs)
+}
+
+/// What a `qstat` state means for a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    Pending,
+    Running,
+    Error,
+    Other,
+}
+
+/// Classifies `qstat`'s state letters: `E` error, `r` running, `t` transferring, `R`
+/// restarted, `s`/`S`/`T` suspended, `d` deleting, `q` queued, `w` waiting, `h` held.
+fn classify(letters: &str) -> Listed {
+    if letters.is_empty() || !letters.chars().all(|c| "EdhqwrtRsSTz".contains(c)) {
+        return Listed::Other;
+    }
+    if letters.contains('E') {
+        Listed::Error
+    } else if letters.contains(['r', 't', 's', 'S', 'T']) {
+        // Managers exist (suspended ones are stopped, and the endpoint will see them miss
+        // heartbeats). A job being deleted (`dr`) runs until it is gone.
+        Listed::Running
+    } else if letters.contains(['q', 'w', 'h']) {
+        Listed::Pending
+    } else {
+        // `d` alone, `R` alone, `z`: nothing funcx can rely on.
+        Listed::Other
+    }
+}
+
+/// The `error reason` lines of `qstat -j`, joined.
+fn parse_error_reason(text: &str) -> Option<String> {
+    let reasons: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("error reason"))
+        .map(|rest| {
+            // `error reason    1:      11/28/2026 06:16:49 [0:5942]: error: can't open ...`:
+            // the task number, then the text after the timestamp and ids.
+            let rest = rest.trim_start();
+            let rest = rest.split_once(':').map_or(rest, |(_, after)| after).trim();
+            rest.split_once("]: ")
+                .map_or(rest, |(_, after)| after)
+                .trim()
+        })
+        .filter(|reason| !reason.is_empty())
+        .collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
+/// How a job ended, from its `qacct -j` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Accounting {
+    /// `failed`: 0, or Grid Engine's code and text (`37  : qmaster enforced h_rt ...`).
+    failed: (i64, String),
+    /// `exit_status`: the job script's exit status (128 + signal when killed).
+    exit_status: i64,
+}
+
+impl Accounting {
+    fn state(&self) -> BlockState {
+        let (code, text) = &self.failed;
+        let exit = match self.exit_status {
+            0 => None,
+            status if status > 128 => Some(format!(
+                "exit status {status} (killed by signal {})",
+                status - 128
+            )),
+            status => Some(format!("exit status {status}")),
+        };
+        match (code, exit) {
+            (0, None) => BlockState::Completed,
+            (0, Some(exit)) => BlockState::Failed(format!("the job ended with {exit}")),
+            (37, _) => BlockState::Failed(format!(
+                "walltime (h_rt) expired: Grid Engine killed the job ({code} : {text})"
+            )),
+            (_, exit) => BlockState::Failed(match exit {
+                Some(exit) => format!("Grid Engine failed the job ({code} : {text}); {exit}"),
+                None => format!("Grid Engine failed the job ({code} : {text})"),
+            }),
+        }
+    }
+}
+
+/// The last record in `qacct -j` output (a rescheduled job has one per run).
+fn parse_qacct(text: &str) -> Option<Accounting> {
+    let mut last = None;
+    for record in text.split("==========") {
+        let mut failed = None;
+        let mut exit_status = None;
+        for line in record.lines() {
+            let Some((key, value)) = line.trim().split_once(char::is_whitespace) else {
+                continue;
+            };
+            let value = value.trim();
+            match key {
+                "failed" => {
+                    let (code, text) = value.split_once(':').unwrap_or((value, ""));
+                    failed = code
+                        .trim()
+                        .parse::<i64>()
+                        .ok()
+                        .map(|code| (code, text.trim().to_string()));
+                }
+                "exit_status" => {
+                    exit_status = value
+                        .split_whitespace()
+                        .next()
+                        .and_then(|status| status.parse::<i64>().ok());
+                }
+                _ => {}
+            }
+        }
+        if let (Some(failed), Some(exit_status)) = (failed, exit_status) {
+            last = Some(Accounting {
+                failed,
+                exit_status,
+            });
+        }
+    }
+    last
+}
+
+/// `walltime` as `h_rt` wants it, `HH:MM:SS`, rounded up to a whole second (at least one:
+/// `0:0:0` would mean no limit).
+fn format_walltime(walltime: Duration) -> String {
+    let mut seconds = walltime.as_secs();
+    if walltime.subsec_nanos() > 0 || seconds == 0 {
+        seconds += 1;
+    }
+    format!(
+        "{:02}:{:02}:{:02}",
+        seconds / 3600,
+        (seconds / 60) % 60,
+        seconds % 60
+    )
+}
+
+/// `text` as one word for a POSIX shell: unchanged when it has only characters no shell
+/// treats specially, else in single quotes, with each `'` written as `'\''`.
+fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(&b));
+    if plain {
+        return text.to_string();
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// True for names a shell accepts in `export NAME=...`.
+fn is_shell_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn utf8<'a>(what: &str, text: &'a std::ffi::OsStr) -> Result<&'a str, ProviderError> {
+    text.to_str()
+        .ok_or_else(|| ProviderError::rejected(format!("{what} is not UTF-8: {text:?}")))
+}
+
+/// A value that goes into a `#$` directive: one line, no spaces (Grid Engine splits
+/// directives at white space).
+fn directive_word<'a>(what: &str, text: &'a str) -> Result<&'a str, ProviderError> {
+    if text.is_empty() || text.contains(char::is_whitespace) {
+        return Err(ProviderError::rejected(format!(
+            "{what} {text:?} cannot be used in a `#$` directive: it must be one word"
+        )));
+    }
+    Ok(text)
+}
+
+/// The script that runs on each node: `worker_init`, the manager's environment, the block's
+/// identity (`$1` the job id, `$2` the node index), and the manager. It is fed to
+/// `/bin/sh -s JOB_ID INDEX` on stdin, so a command in it must not read stdin: the whole
+/// script is one `{ ... } </dev/null` group, parsed before it runs.
+fn render_node_script(request: &BlockRequest) -> Result<String, ProviderError> {
+    let manager = request.command();
+    let mut script = String::from("{\n");
+    // Taken before worker_init runs, which may `set --`.
+    script.push_str("funcx_block=$1\nfuncx_node=$2\n");
+    if let Some(init) = request.worker_init_lines() {
+        script.push_str(init);
+        if !init.ends_with('\n') {
+            script.push('\n');
+        }
+    }
+    for (key, value) in manager.environment() {
+        let key = utf8("a manager environment variable name", key)?;
+        if !is_shell_name(key) {
+            return Err(ProviderError::rejected(format!(
+                "manager environment variable name {key:?} is not a shell variable name"
+            )));
+        }
+        let value = utf8(&format!("the value of {key}"), value)?;
+        script.push_str(&format!("export {key}={}\n", shell_quote(value)));
+    }
+    // After the manager's environment, so a manager command cannot claim to be another block.
+    script.push_str(&format!(
+        "export {BLOCK_ID_ENV}=\"$funcx_block\" {NODE_INDEX_ENV}=\"$funcx_node\"\n"
+    ));
+    let mut exec = format!(
+        "exec {}",
+        shell_quote(utf8("the manager program", manager.program().as_os_str())?)
+    );
+    for arg in manager.arguments() {
+        exec.push(' ');
+        exec.push_str(&shell_quote(utf8("a manager argument", arg)?));
+    }
+    script.push_str(&exec);
+    script.push_str("\n} </dev/null\n");
+    if script.lines().any(|line| line == NODE_SCRIPT_END) {
+        return Err(ProviderError::rejected(format!(
+            "the manager command or worker_init contains the line {NODE_SCRIPT_END}, which the \
+             job script uses to end the node script"
+        )));
+    }
+    Ok(script)
+}
+
+/// The job script for `request`, whose logs go to `<dir>/<stem>.<job id>.out` / `.err`.
+fn render_script(
+    config: &GridEngineConfig,
+    request: &BlockRequest,
+    dir: &Path,
+    stem: &str,
+) -> Result<String, ProviderError> {
+    let name = &config.job_name;
+    let name_ok = name.chars().next().is_some_and(|c| !c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !name_ok {
+        return Err(ProviderError::rejected(format!(
+            "job name {name:?}: use letters, digits, `_`, `.` and `-`, not starting with a digit"
+        )));
+    }
+    let nodes = request.node_count();
+    let dir_text = directive_word(
+        "the scripts directory",
+        dir.to_str().ok_or_else(|| {
+            ProviderError::rejected(format!("the scripts directory {dir:?} is not UTF-8"))
+        })?,
+    )?;
+    let mut script = format!(
+        "#!/bin/sh\n# funcx block: {nodes} node(s), one manager on each.\n#$ -N {name}-{}\n",
+        stem.rsplit('-').next().unwrap_or(stem)
+    );
+    // The queue's shell may be csh: the script is POSIX sh.
+    script.push_str("#$ -S /bin/sh\n");
+    // Grid Engine expands $JOB_ID in these paths itself.
+    script.push_str(&format!("#$ -o {dir_text}/{stem}.$JOB_ID.out\n"));
+    script.push_str(&format!("#$ -e {dir_text}/{stem}.$JOB_ID.err\n"));
+    if let Some(queue) = &config.queue {
+        script.push_str(&format!("#$ -q {}\n", directive_word("queue", queue)?));
+    }
+    match &config.parallel_environment {
+        Some((pe, slots)) => {
+            let total = slots.max(&1) * nodes;
+            script.push_str(&format!(
+                "#$ -pe {} {total}\n",
+                directive_word("parallel environment", pe)?
+            ));
+        }
+        None if nodes > 1 => {
+            return Err(ProviderError::rejected(format!(
+                "a Grid Engine block of {nodes} nodes needs a parallel environment \
+                 (GridEngineConfig::parallel_environment) to spread its slots over hosts"
+            )));
+        }
+        None => {}
+    }
+    if let Some(walltime) = request.walltime_limit() {
+        script.push_str(&format!("#$ -l h_rt={}\n", format_walltime(walltime)));
+    }
+    for line in &config.directives {
+        if line.contains(['\n', '\r']) {
+            return Err(ProviderError::rejected(format!(
+                "directive {line:?} spans lines"
+            )));
+        }
+        script.push_str(&format!("#$ {line}\n"));
+    }
+    let node_script = render_node_script(request)?;
+    if nodes == 1 {
+        script.push_str(&format!(
+            "\nexec /bin/sh -s \"$JOB_ID\" 0 <<'{NODE_SCRIPT_END}'\n{node_script}{NODE_SCRIPT_END}\n"
+        ));
+        return Ok(script);
+    }
+    let qrsh = shell_quote(&config.program("qrsh"));
+    script.push_str(&format!(
+        r#"
+funcx_node_script() {{
+cat <<'{NODE_SCRIPT_END}'
+{node_script}{NODE_SCRIPT_END}
+}}
+
+# One manager per host of the parallel environment: node 0 here, the others through
+# `qrsh -inherit`, so Grid Engine accounts for them and kills them with the job.
+funcx_nodes={nodes}
+funcx_self=${{HOSTNAME:-$(hostname)}}
+funcx_node_script | /bin/sh -s "$JOB_ID" 0 &
+funcx_pids=$!
+funcx_index=1
+for funcx_host in $(awk '!seen[$1]++ {{ print $1 }}' "$PE_HOSTFILE"); do
+    [ "$funcx_host" = "$funcx_self" ] && continue
+    [ "$funcx_index" -lt "$funcx_nodes" ] || break
+    funcx_node_script | {qrsh} -inherit "$funcx_host" /bin/sh -s "$JOB_ID" "$funcx_index" &
+    funcx_pids="$funcx_pids $!"
+    funcx_index=$((funcx_index + 1))
+done
+if [ "$funcx_index" -lt "$funcx_nodes" ]; then
+    echo "funcx: block $JOB_ID asked for $funcx_nodes nodes but its parallel environment gave $funcx_index host(s) ($PE_HOSTFILE); running $funcx_index manager(s)" >&2
+fi
+funcx_status=0
+for funcx_pid in $funcx_pids; do
+    wait "$funcx_pid" || funcx_status=$?
+done
+exit "$funcx_status"
+"#
+    ));
+    Ok(script)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use funcx_core::ManagerCommand;
+    use mockall::predicate::eq;
+    use std::process::Command;
+
+    mockall::mock! {
+        Runner {}
+        impl CommandRunner for Runner {
+            fn run(
+                &self,
+                command: SchedulerCommand,
+            ) -> BoxFuture<'static, Result<CommandOutput, ProviderError>>;
+        }
+    }
+
+    const QSTAT_RUNNING_PENDING: &str = include_str!("../tests/data/sge_qstat_running_pending.xml");
+    const QSTAT_SUSPENDED_TRANSFERRING: &str =
+        include_str!("../tests/data/sge_qstat_suspended_transferring.xml");
+    const QSTAT_EQW: &str = include_str!("../tests/data/sge_qstat_eqw.xml");
+    const QSTAT_EMPTY: &str = include_str!("../tests/data/sge_qstat_empty.xml");
+    const QSTAT_HAND_WRITTEN: &str = include_str!("../tests/data/sge_qstat_hand_written.xml");
+    const QSTAT_J_EQW: &str = include_str!("../tests/data/sge_qstat_j_eqw.txt");
+    const QACCT_COMPLETED: &str = include_str!("../tests/data/sge_qacct_completed.txt");
+    const QACCT_EXIT3: &str = include_str!("../tests/data/sge_qacct_exit3.txt");
+    const QACCT_DELETED: &str = include_str!("../tests/data/sge_qacct_deleted.txt");
+    const QACCT_H_RT: &str = include_str!("../tests/data/sge_qacct_h_rt.txt");
+    const QACCT_EQW_DELETED: &str = include_str!("../tests/data/sge_qacct_eqw_deleted.txt");
+    const QACCT_RESCHEDULED: &str = include_str!("../tests/data/sge_qacct_rescheduled.txt");
+    const QSUB_UNKNOWN_QUEUE: &str = include_str!("../tests/data/sge_qsub_unknown_queue.err");
+
+    fn ok(stdout: &str) -> CommandOutput {
+        CommandOutput {
+            code: Some(0),
+            stdout: stdout.to_string(),
+            stderr: String::new(),
+        }
+    }
+
+    fn failed(code: i32, stdout: &str, stderr: &str) -> CommandOutput {
+        CommandOutput {
+            code: Some(code),
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+        }
+    }
+
+    /// Expects `program args...` once and answers `output`.
+    fn expect(runner: &mut MockRunner, program: &str, args: &[&str], output: CommandOutput) {
+        let command = SchedulerCommand::new(program).args(args.iter().copied());
+        runner
+            .expect_run()
+            .with(eq(command))
+            .times(1)
+            .returning(move |_| {
+                let output = output.clone();
+                Box::pin(async move { Ok(output) })
+            });
+    }
+
+    fn provider(runner: MockRunner) -> GridEngineProvider {
+        GridEngineProvider::new(GridEngineConfig::new().runner(Arc::new(runner)))
+    }
+
+    fn state_of(provider: &GridEngineProvider, id: &str) -> BlockState {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let statuses = runtime
+            .block_on(provider.status(&[BlockId::new(id)]))
+            .expect("status");
+        assert_eq!(statuses.len(), 1);
+        statuses[0].state.clone()
+    }
+
+    fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(future)
+    }
+
+    #[test]
+    fn job_ids_from_qsub_terse() {
+        assert_eq!(parse_job_id("1\n").as_deref(), Some("1"));
+        assert_eq!(parse_job_id("\n  42  \n").as_deref(), Some("42"));
+        assert_eq!(parse_job_id("5.1-4:1\n").as_deref(), Some("5"));
+        assert_eq!(parse_job_id("Your job 3 (\"x\") has been submitted"), None);
+        assert_eq!(parse_job_id(""), None);
+        assert_eq!(parse_job_id(".1-4"), None);
+    }
+
+    #[test]
+    fn walltimes_as_h_rt() {
+        assert_eq!(format_walltime(Duration::from_secs(3600)), "01:00:00");
+        assert_eq!(format_walltime(Duration::from_secs(90061)), "25:01:01");
+        assert_eq!(format_walltime(Duration::from_millis(1500)), "00:00:02");
+        assert_eq!(format_walltime(Duration::ZERO), "00:00:01");
+    }
+
+    #[test]
+    fn states_from_recorded_qstat() {
+        let jobs = parse_qstat(QSTAT_RUNNING_PENDING).expect("parse");
+        let expected: HashMap<String, String> = [
+            ("1", "r"),
+            ("2", "r"),
+            ("3", "qw"),
+            ("4", "hqw"),
+            ("5", "qw"),
+        ]
+        .into_iter()
+        .map(|(id, letters)| (id.to_string(), letters.to_string()))
+        .collect();
+        assert_eq!(jobs, expected);
+        let jobs = parse_qstat(QSTAT_SUSPENDED_TRANSFERRING).expect("parse");
+        assert_eq!(jobs["1"], "s");
+        assert_eq!(jobs["3"], "t");
+        assert_eq!(parse_qstat(QSTAT_EQW).expect("parse")["6"], "Eqw");
+        assert!(parse_qstat(QSTAT_EMPTY).expect("parse").is_empty());
+        // Hand-written: states seen only briefly or on bigger clusters, and an array job
+        // listed once per state of its tasks.
+        let jobs = parse_qstat(QSTAT_HAND_WRITTEN).expect("parse");
+        assert_eq!(jobs["20"], "dr");
+        assert_eq!(jobs["21"], "Rr");
+        assert_eq!(jobs["22"], "hRwq");
+        assert_eq!(jobs["23"], "r", "the running tasks of an array win");
+        assert!(parse_qstat("<job_info><job_list>").is_err());
+        assert!(parse_qstat("").is_err());
+    }
+
+    #[test]
+    fn each_qstat_state_maps_to_a_block_state() {
+        for (letters, expected) in [
+            ("qw", Listed::Pending),
+            ("hqw", Listed::Pending),
+            ("hRwq", Listed::Pending),
+            ("r", Listed::Running),
+            ("t", Listed::Running),
+            ("Rr", Listed::Running),
+            ("Rt", Listed::Running),
+            ("s", Listed::Running),
+            ("S", Listed::Running),
+            ("T", Listed::Running),
+            ("dr", Listed::Running),
+            ("dt", Listed::Running),
+            ("Eqw", Listed::Error),
+            ("dEqw", Listed::Error),
+            ("", Listed::Other),
+            ("d", Listed::Other),
+            ("x", Listed::Other),
+            ("r?", Listed::Other),
+        ] {
+            assert_eq!(classify(letters), expected, "{letters:?}");
+        }
+    }
+
+    #[test]
+    fn listed_jobs_report_their_state() {
+        let mut runner = MockRunner::new();
+        runner
+            .expect_run()
+            .withf(|command| command.program == "qstat" && command.args == ["-xml"])
+            .returning(|_| Box::pin(async { Ok(ok(QSTAT_SUSPENDED_TRANSFERRING)) }));
+        let provider = provider(runner);
+        let ids: Vec<BlockId> = ["1", "3", "4", "5"].into_iter().map(BlockId::new).collect();
+        let statuses = block_on(provider.status(&ids)).expect("status");
+        let states: Vec<BlockState> = statuses.into_iter().map(|s| s.state).collect();
+        assert_eq!(
+            states,
+            [
+                BlockState::Running,
+                BlockState::Running,
+                BlockState::Pending,
+                BlockState::Pending
+            ]
+        );
+    }
+
+    #[test]
+    fn an_error_state_fails_the_block_with_the_reason_and_deletes_the_job() {
+        let mut runner = MockRunner::new();
+        expect(&mut runner, "qstat", &["-xml"], ok(QSTAT_EQW));
+        expect(&mut runner, "qstat", &["-j", "6"], ok(QSTAT_J_EQW));
+        expect(&mut runner, "qdel", &["6"], ok("root has deleted job 6\n"));
+        let provider = provider(runner);
+        let BlockState::Failed(reason) = state_of(&provider, "6") else {
+            panic!("not failed");
+        };
+        assert!(reason.contains("error state (Eqw)"), "{reason}");
+        assert!(
+            reason.contains("can't open output file \"/nonexistent/dir/x\""),
+            "{reason}"
+        );
+        // Finished: remembered, no more commands (the mock allows none), cancel is a no-op.
+        assert!(matches!(state_of(&provider, "6"), BlockState::Failed(_)));
+        block_on(provider.cancel(&BlockId::new("6"))).expect("cancel of a failed block");
+    }
+
+    #[test]
+    fn accounting_records() {
+        let completed = parse_qacct(QACCT_COMPLETED).expect("completed");
+        assert_eq!(completed.state(), BlockState::Completed);
+        let exit3 = parse_qacct(QACCT_EXIT3).expect("exit 3");
+        assert_eq!(
+            exit3.state(),
+            BlockState::Failed("the job ended with exit status 3".into())
+        );
+        let deleted = parse_qacct(QACCT_DELETED).expect("deleted");
+        assert_eq!(deleted.failed, (100, "assumedly after job".to_string()));
+        assert_eq!(
+            deleted.state(),
+            BlockState::Failed(
+                "Grid Engine failed the job (100 : assumedly after job); exit status 137 \
+                 (killed by signal 9)"
+                    .into()
+            )
+        );
+        let BlockState::Failed(h_rt) = parse_qacct(QACCT_H_RT).expect("h_rt").state() else {
+            panic!("h_rt");
+        };
+        assert!(h_rt.contains("walltime (h_rt) expired"), "{h_rt}");
+        let BlockState::Failed(io) = parse_qacct(QACCT_EQW_DELETED).expect("eqw").state() else {
+            panic!("eqw");
+        };
+        assert!(io.contains("26 : opening input/output file"), "{io}");
+        // Hand-written: a job that ran twice (rescheduled) has two records; the last counts.
+        assert_eq!(
+            parse_qacct(QACCT_RESCHEDULED).expect("rescheduled").state(),
+            BlockState::Completed
+        );
+        assert_eq!(parse_qacct(""), None);
+        assert_eq!(parse_qacct("failed  x\nexit_status zero\n"), None);
+    }
+
+    #[test]
+    fn ended_jobs_are_looked_up_in_accounting_once() {
+        let mut runner = MockRunner::new();
+        runner
+            .expect_run()
+            .withf(|command| command.program == "qstat")
+            .times(1)
+            .returning(|_| Box::pin(async { Ok(ok(QSTAT_EMPTY)) }));
+        expect(&mut runner, "qacct", &["-j", "7"], ok(QACCT_EXIT3));
+        let provider = provider(runner);
+        let BlockState::Failed(reason) = state_of(&provider, "7") else {
+            panic!("not failed");
+        };
+        assert!(reason.contains("exit status 3"), "{reason}");
+        assert!(matches!(state_of(&provider, "7"), BlockState::Failed(_)));
+    }
+
+    #[test]
+    fn accounting_not_yet_written_is_unknown_not_completed() {
+        let mut runner = MockRunner::new();
+        expect(&mut runner, "qstat", &["-xml"], ok(QSTAT_EMPTY));
+        expect(
+            &mut runner,
+            "qacct",
+            &["-j", "999"],
+            failed(1, "", "error: job id 999 not found\n"),
+        );
+        expect(&mut runner, "qstat", &["-xml"], ok(QSTAT_EMPTY));
+        expect(&mut runner, "qacct", &["-j", "999"], ok(QACCT_COMPLETED));
+        let provider = provider(runner);
+        let BlockState::Unknown(reason) = state_of(&provider, "999") else {
+            panic!("not unknown");
+        };
+        assert!(reason.contains("no record"), "{reason}");
+        assert_eq!(state_of(&provider, "999"), BlockState::Completed);
+    }
+
+    #[test]
+    fn cancelled_jobs_end_cancelled() {
+        let mut runner = MockRunner::new();
+        expect(
+            &mut runner,
+            "qdel",
+            &["2"],
+            ok("root has registered the job 2 for deletion\n"),
+        );
+        expect(&mut runner, "qstat", &["-xml"], ok(QSTAT_HAND_WRITTEN));
+        expect(&mut runner, "qstat", &["-xml"], ok(QSTAT_EMPTY));
+        let provider = provider(runner);
+        block_on(provider.cancel(&BlockId::new("2"))).expect("cancel");
+        // Still listed (hand-written record lists job 2 as `dr`): running until gone.
+        assert_eq!(state_of(&provider, "2"), BlockState::Running);
+        assert_eq!(state_of(&provider, "2"), BlockState::Cancelled);
+        // Finished: cancel again is a no-op without commands.
+        block_on(provider.cancel(&BlockId::new("2"))).expect("cancel again");
+    }
+
+    #[test]
+    fn cancelling_finished_or_foreign_ids() {
+        let mut runner = MockRunner::new();
+        expect(
+            &mut runner,
+            "qdel",
+            &["7"],
+            failed(1, "", "denied: job \"7\" does not exist\n"),
+        );
+        expect(
+            &mut runner,
+            "qdel",
+            &["8"],
+            failed(
+                1,
+                "",
+                "error: commlib error: got select error (Connection refused)\n",
+            ),
+        );
+        let provider = provider(runner);
+        block_on(provider.cancel(&BlockId::new("7"))).expect("finished job");
+        let error = block_on(provider.cancel(&BlockId::new("8"))).expect_err("qmaster down");
+        assert!(error.is_command(), "{error}");
+        assert!(error.to_string().contains("Connection refused"), "{error}");
+        let error = block_on(provider.cancel(&BlockId::new("local-1"))).expect_err("foreign");
+        assert!(error.is_not_found(), "{error}");
+    }
+
+    #[test]
+    fn qstat_failures_are_errors() {
+        let mut runner = MockRunner::new();
+        expect(
+            &mut runner,
+            "qstat",
+            &["-xml"],
+            failed(
+                1,
+                "",
+                "error: unable to contact qmaster using port 6444 on host \"vm\"\n",
+            ),
+        );
+        expect(
+            &mut runner,
+            "qstat",
+            &["-xml"],
+            ok("<job_info><queue_info>"),
+        );
+        let provider = provider(runner);
+        let ids = [BlockId::new("1")];
+        let error = block_on(provider.status(&ids)).expect_err("qmaster down");
+        assert!(
+            error.to_string().contains("unable to contact qmaster"),
+            "{error}"
+        );
+        let error = block_on(provider.status(&ids)).expect_err("truncated xml");
+        assert!(error.to_string().contains("unreadable output"), "{error}");
+    }
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "funcx-sge-unit-{name}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn submit_writes_the_script_and_returns_the_job_id() {
+        let dir = TempDir::new("submit");
+        let mut runner = MockRunner::new();
+        let script_dir = dir.0.clone();
+        runner
+            .expect_run()
+            .withf(move |command| {
+                command.program == "/opt/sge/bin/qsub"
+                    && command.args.len() == 2
+                    && command.args[0] == "-terse"
+                    && Path::new(&command.args[1]).starts_with(&script_dir)
+            })
+            .times(1)
+            .returning(|_| Box::pin(async { Ok(ok("17\n")) }));
+        let provider = GridEngineProvider::new(
+            GridEngineConfig::new()
+                .runner(Arc::new(runner))
+                .scripts_dir(&dir.0)
+                .commands_dir("/opt/sge/bin")
+                .queue("all.q"),
+        );
+        assert_eq!(provider.name(), "gridengine");
+        let request = BlockRequest::new(ManagerCommand::new("funcx-manager"));
+        let id = block_on(provider.submit(&request)).expect("submit");
+        assert_eq!(id.as_str(), "17");
+        let scripts: Vec<_> = std::fs::read_dir(&dir.0).expect("dir").flatten().collect();
+        assert_eq!(scripts.len(), 1);
+        let text = std::fs::read_to_string(scripts[0].path()).expect("script");
+        assert!(text.contains("#$ -q all.q\n"), "{text}");
+    }
+
+    #[test]
+    fn submit_errors_say_why() {
+        let dir = TempDir::new("rejected");
+        let mut runner = MockRunner::new();
+        let mut answers = vec![
+            failed(1, "", QSUB_UNKNOWN_QUEUE),
+            failed(1, "", "error: commlib error: got select error (Connection refused)\nUnable to contact qmaster\n"),
+            ok("Your job 3 has been submitted\n"),
+        ]
+        .into_iter();
+        runner.expect_run().times(3).returning(move |_| {
+            let output = answers.next().unwrap_or_default();
+            Box::pin(async move { Ok(output) })
+        });
+        let provider = GridEngineProvider::new(
+            GridEngineConfig::new()
+                .runner(Arc::new(runner))
+                .scripts_dir(&dir.0)
+                .queue("nosuchq"),
+        );
+        let request = BlockRequest::new(ManagerCommand::new("funcx-manager"));
+        let error = block_on(provider.submit(&request)).expect_err("unknown queue");
+        assert!(error.is_rejected(), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("job requests unknown queue \"nosuchq\""),
+            "{error}"
+        );
+        let error = block_on(provider.submit(&request)).expect_err("qmaster down");
+        assert!(error.is_command(), "{error}");
+        assert!(error.to_string().contains("Connection refused"), "{error}");
+        let error = block_on(provider.submit(&request)).expect_err("no id");
+        assert!(error.to_string().contains("printed no job id"), "{error}");
+        // Rejected before anything runs (the mock allows no more commands).
+        let error = block_on(provider.submit(&request.clone().nodes(0))).expect_err("0 nodes");
+        assert!(error.is_rejected());
+        let error = block_on(provider.submit(&request.clone().nodes(2))).expect_err("no pe");
+        assert!(
+            error.to_string().contains("needs a parallel environment"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn scheduler_commands_get_their_dir_and_environment() {
+        let config = GridEngineConfig::new()
+            .commands_dir("/usr/bin")
+            .command_env("SGE_ROOT", "/var/lib/gridengine")
+            .command_env("SGE_CELL", "default");
+        let command = config.command("qstat").arg("-xml");
+        assert_eq!(command.program, "env");
+        assert_eq!(
+            command.args,
+            [
+                "SGE_ROOT=/var/lib/gridengine",
+                "SGE_CELL=default",
+                "/usr/bin/qstat",
+                "-xml"
+            ]
+        );
+        assert_eq!(GridEngineConfig::new().command("qdel").program, "qdel");
+    }
+
+    #[test]
+    fn quoting_survives_a_shell() {
+        let nasty = [
+            "",
+            "plain",
+            "two words",
+            "it's",
+            "'",
+            "''",
+            "\"double\"",
+            "$HOME and ${HOME} and $(id) and `id`",
+            "back\\slash\\",
+            "new\nline",
+            "tab\there",
+            "glob * ? [a-z]",
+            "semi; colon && pipe | amp &",
+            "!history !!",
+            "ünïcödé ✓",
+            "-n",
+            "#not a comment",
+            "~tilde",
+        ];
+        let mut script = String::from("printf '%s\\0'");
+        for text in nasty {
+            script.push(' ');
+            script.push_str(&shell_quote(text));
+        }
+        let output = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .expect("sh");
+        assert!(output.status.success());
+        let words: Vec<String> = output
+            .stdout
+            .split(|&b| b == 0)
+            .map(|word| String::from_utf8_lossy(word).into_owned())
+            .collect();
+        assert_eq!(words[..nasty.len()], nasty.map(String::from));
+        assert_eq!(shell_quote("plain"), "plain");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    fn nasty_request() -> BlockRequest {
+        BlockRequest::new(
+            ManagerCommand::new("/bin/sh")
+                .arg("-c")
+                .arg(r#"printf '%s\n' "$@" > "$OUT/args-$FUNCX_NODE_INDEX"; env > "$OUT/env-$FUNCX_NODE_INDEX""#)
+                .arg("sh")
+                .arg("it's \"quoted\" $HOME `id`")
+                .arg("")
+                .env("NASTY", "a'b\"c$d\ne")
+                .env(BLOCK_ID_ENV, "forged"),
+        )
+        .worker_init("export FROM_INIT=yes\nset -- clobbered")
+        .walltime(Duration::from_secs(3661))
+    }
+
+    #[test]
+    fn a_one_node_script() {
+        let config = GridEngineConfig::new()
+            .queue("all.q")
+            .parallel_environment("smp", 2)
+            .directive("-l mem_free=1G")
+            .job_name("analysis");
+        let script = render_script(
+            &config,
+            &nasty_request(),
+            Path::new("/shared/funcx"),
+            "analysis-10-3",
+        )
+        .expect("render");
+        let expected_head = "#!/bin/sh\n# funcx block: 1 node(s), one manager on each.\n\
+             #$ -N analysis-3\n#$ -S /bin/sh\n\
+             #$ -o /shared/funcx/analysis-10-3.$JOB_ID.out\n\
+             #$ -e /shared/funcx/analysis-10-3.$JOB_ID.err\n\
+             #$ -q all.q\n#$ -pe smp 2\n#$ -l h_rt=01:01:01\n#$ -l mem_free=1G\n\n\
+             exec /bin/sh -s \"$JOB_ID\" 0 <<'FUNCX_NODE_SCRIPT_END'\n";
+        assert!(script.starts_with(expected_head), "{script}");
+        assert!(
+            script.ends_with("} </dev/null\nFUNCX_NODE_SCRIPT_END\n"),
+            "{script}"
+        );
+        assert!(
+            script.contains("export NASTY='a'\\''b\"c$d\ne'\n"),
+            "{script}"
+        );
+    }
+
+    /// Runs `script` with `/bin/sh` as Grid Engine would (as job 4242, `#$` lines are
+    /// comments), with `OUT` for the fake manager's files and `extra` environment.
+    fn run_script(script: &str, dir: &Path, extra: &[(&str, &str)]) -> std::process::Output {
+        let path = dir.join("job.sh");
+        std::fs::write(&path, script).expect("write");
+        Command::new("/bin/sh")
+            .arg(&path)
+            .env("JOB_ID", "4242")
+            .env("OUT", dir)
+            .envs(extra.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("sh")
+    }
+
+    fn check_node(dir: &Path, node: usize) {
+        let args = std::fs::read_to_string(dir.join(format!("args-{node}"))).expect("args");
+        assert_eq!(args, "it's \"quoted\" $HOME `id`\n\n");
+        let env = std::fs::read_to_string(dir.join(format!("env-{node}"))).expect("env");
+        assert!(env.contains("FUNCX_BLOCK_ID=4242\n"), "{env}");
+        assert!(env.contains(&format!("FUNCX_NODE_INDEX={node}\n")), "{env}");
+        assert!(env.contains("FROM_INIT=yes\n"), "{env}");
+        assert!(env.contains("NASTY=a'b\"c$d\ne\n"), "{env}");
+    }
+
+    #[test]
+    fn the_one_node_script_runs_the_manager_with_its_identity() {
+        let dir = TempDir::new("run1");
+        let script = render_script(
+            &GridEngineConfig::new(),
+            &nasty_request(),
+            &dir.0,
+            "funcx-1-1",
+        )
+        .expect("render");
+        let output = run_script(&script, &dir.0, &[]);
+        assert!(output.status.success(), "{output:?}");
+        check_node(&dir.0, 0);
+    }
+
+    #[test]
+    fn the_multi_node_script_starts_one_manager_per_host_through_qrsh() {
+        let dir = TempDir::new("run3");
+        // A stand-in `qrsh` that runs `-inherit HOST command...` here, recording the host.
+        let bin = dir.0.join("bin");
+        std::fs::create_dir_all(&bin).expect("bin");
+        std::fs::write(
+            bin.join("qrsh"),
+            "#!/bin/sh\n[ \"$1\" = -inherit ] || exit 99\necho \"$2\" >> \"$OUT/hosts\"\nshift 2\nexec \"$@\"\n",
+        )
+        .expect("qrsh");
+        let chmod = Command::new("chmod")
+            .arg("+x")
+            .arg(bin.join("qrsh"))
+            .status()
+            .expect("chmod");
+        assert!(chmod.success());
+        // Three hosts with two slots each, this host first (as Grid Engine lists the master).
+        std::fs::write(
+            dir.0.join("hostfile"),
+            "node-a 2 all.q@node-a UNDEFINED\nnode-b 1 all.q@node-b UNDEFINED\n\
+             node-b 1 all.q@node-b UNDEFINED\nnode-c 2 all.q@node-c UNDEFINED\n",
+        )
+        .expect("hostfile");
+        let config = GridEngineConfig::new()
+            .parallel_environment("mpi", 2)
+            .commands_dir(&bin);
+        let request = nasty_request().nodes(3);
+        let script = render_script(&config, &request, &dir.0, "funcx-1-2").expect("render");
+        assert!(script.contains("#$ -pe mpi 6\n"), "{script}");
+        let hostfile = dir.0.join("hostfile");
+        let output = run_script(
+            &script,
+            &dir.0,
+            &[
+                ("PE_HOSTFILE", hostfile.to_str().expect("utf-8")),
+                ("HOSTNAME", "node-a"),
+            ],
+        );
+        assert!(output.status.success(), "{output:?}");
+        for node in 0..3 {
+            check_node(&dir.0, node);
+        }
+        let hosts = std::fs::read_to_string(dir.0.join("hosts")).expect("hosts");
+        let mut hosts: Vec<&str> = hosts.lines().collect();
+        hosts.sort();
+        assert_eq!(hosts, ["node-b", "node-c"]);
+
+        // Fewer hosts than nodes: the managers that fit run, and the log says so.
+        std::fs::write(&hostfile, "node-a 6 all.q@node-a UNDEFINED\n").expect("hostfile");
+        let output = run_script(
+            &script,
+            &dir.0,
+            &[
+                ("PE_HOSTFILE", hostfile.to_str().expect("utf-8")),
+                ("HOSTNAME", "node-a"),
+            ],
+        );
+        assert!(output.status.success(), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("asked for 3 nodes but its parallel environment gave 1 host(s)"),
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    fn a_failing_node_fails_the_multi_node_job() {
+        let dir = TempDir::new("run-fail");
+        let bin = dir.0.join("bin");
+        std::fs::create_dir_all(&bin).expect("bin");
+        std::fs::write(bin.join("qrsh"), "#!/bin/sh\nshift 2\nexec \"$@\"\n").expect("qrsh");
+        let chmod = Command::new("chmod")
+            .arg("+x")
+            .arg(bin.join("qrsh"))
+            .status()
+            .expect("chmod");
+        assert!(chmod.success());
+        std::fs::write(dir.0.join("hostfile"), "a 1 q UNDEFINED\nb 1 q UNDEFINED\n")
+            .expect("hostfile");
+        let request = BlockRequest::new(
+            ManagerCommand::new("/bin/sh")
+                .arg("-c")
+                .arg("exit $((FUNCX_NODE_INDEX * 3))"),
+        )
+        .nodes(2);
+        let config = GridEngineConfig::new()
+            .parallel_environment("mpi", 1)
+            .commands_dir(&bin);
+        let script = render_script(&config, &request, &dir.0, "funcx-1-4").expect("render");
+        let hostfile = dir.0.join("hostfile");
+        let output = run_script(
+            &script,
+            &dir.0,
+            &[
+                ("PE_HOSTFILE", hostfile.to_str().expect("utf-8")),
+                ("HOSTNAME", "a"),
+            ],
+        );
+        assert_eq!(output.status.code(), Some(3), "{output:?}");
+    }
+
+    #[test]
+    fn requests_that_cannot_be_written_are_rejected() {
+        let config = GridEngineConfig::new();
+        let dir = Path::new("/tmp/x");
+        let end_line =
+            BlockRequest::new(ManagerCommand::new("m").arg(format!("a\n{NODE_SCRIPT_END}\nb")));
+        let error = render_script(&config, &end_line, dir, "s").expect_err("end line");
+        assert!(error.is_rejected() && error.to_string().contains(NODE_SCRIPT_END));
+        let bad_env = BlockRequest::new(ManagerCommand::new("m").env("A-B", "1"));
+        let error = render_script(&config, &bad_env, dir, "s").expect_err("env name");
+        assert!(
+            error.to_string().contains("not a shell variable name"),
+            "{error}"
+        );
+        let request = BlockRequest::new(ManagerCommand::new("m"));
+        let error =
+            render_script(&config, &request, Path::new("/tmp/with space"), "s").expect_err("space");
+        assert!(error.to_string().contains("one word"), "{error}");
+        for name in ["1abc", "a b", "a/b", ""] {
+            let error = render_script(&config.clone().job_name(name), &request, dir, "s")
+                .expect_err("job name");
+            assert!(error.to_string().contains("job name"), "{error}");
+        }
+        let error =
+            render_script(&config.clone().queue("a b"), &request, dir, "s").expect_err("queue");
+        assert!(error.to_string().contains("queue"), "{error}");
+        let error = render_script(
+            &config.clone().directive("-l a=1\n-q b"),
+            &request,
+            dir,
+            "s",
+        )
+        .expect_err("directive");
+        assert!(error.to_string().contains("spans lines"), "{error}");
+    }
+
+    #[test]
+    fn error_reasons_from_qstat_j() {
+        assert_eq!(
+            parse_error_reason(QSTAT_J_EQW).as_deref(),
+            Some("error: can't open output file \"/nonexistent/dir/x\": No such file or directory")
+        );
+        assert_eq!(parse_error_reason("job_number: 6\n"), None);
+    }
+}
