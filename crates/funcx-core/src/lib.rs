@@ -28,6 +28,7 @@ pub mod memoize;
 mod payload;
 mod provider;
 mod retry;
+mod strategy;
 mod task;
 pub mod worker;
 
@@ -46,5 +47,6 @@ pub use provider::{
     BLOCK_ID_ENV, NODE_INDEX_ENV,
 };
 pub use retry::RetrySystemFailures;
+pub use strategy::{BlockReport, EndpointStatus, Strategy, StrategyConfig};
 pub use task::{TaskId, TaskState, TaskStatus, Timeline};
 pub use worker::{SpawnError, WorkerRuntime};
