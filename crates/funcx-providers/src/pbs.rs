@@ -161,7 +161,7 @@ impl PbsConfig {
 ///   [`BlockState::Cancelled`]. Jobs the server does not know (any more) are
 ///   [`BlockState::Unknown`].
 /// - [`cancel`](Provider::cancel) runs `qdel`; a job that already ended or is unknown is
-///   `Ok`.
+///   `Ok` (when `qdel` fails, `qstat` is asked which it is).
 #[derive(Debug)]
 pub struct PbsProvider {
     config: PbsConfig,
@@ -342,15 +342,23 @@ impl PbsProvider {
     async fn cancel_block(&self, block: &BlockId) -> Result<(), ProviderError> {
         let command = self.command("qdel").arg(block.as_str());
         let output = self.config.runner.run(command.clone()).await?;
-        let said = format!("{}\n{}", output.stderr, output.stdout);
-        let gone = said.contains("Unknown Job Id")
-            || said.contains("has finished")
-            || said.contains("already completed")
-            || said.contains("Invalid job id");
-        if !output.success() && !gone {
+        if !output.success() {
+            // `qdel` of a job that ended fails, with a message that differs between PBS
+            // versions (Slurm's wrapper prints none): ask the server how the job is instead
+            // of reading the message.
+            let states = self.block_status(std::slice::from_ref(block)).await;
+            let ended = match states.as_deref() {
+                Ok([status]) => {
+                    status.state.is_finished() || matches!(status.state, BlockState::Unknown(_))
+                }
+                _ => false,
+            };
+            if ended {
+                return Ok(());
+            }
             return Err(output.failure(&command));
         }
-        if !gone {
+        {
             let mut cancelled = self
                 .cancelled
                 .lock()
@@ -507,10 +515,12 @@ impl PbsJob {
             // Finished (PBS Pro keeps history with `-x`; Torque keeps completed jobs for
             // `keep_completed` seconds).
             "C" | "F" => match self.exit_status {
+                // Slurm's PBS wrapper prints no exit_status at all; a real server always
+                // does for a job that ran, so its absence is reported, not guessed over.
                 Some(0) => BlockState::Completed,
                 Some(status) => BlockState::Failed(self.failure(flavor, status)),
                 None => BlockState::Failed(
-                    "the job finished without an exit status (PBS did not run it to its end)"
+                    "the job finished, but PBS reported no exit status to tell whether it succeeded"
                         .to_string(),
                 ),
             },
@@ -628,8 +638,8 @@ pub(crate) fn parse_qstat_json(stdout: &str) -> Option<HashMap<String, PbsJob>> 
 ///     exit_status = 0
 /// ```
 ///
-/// Long values continue on lines indented with a tab; those are appended. Lines that are
-/// neither are ignored.
+/// Long values continue on indented lines without ` = `; those are appended. Other lines
+/// are ignored.
 pub(crate) fn parse_qstat_text(stdout: &str) -> HashMap<String, PbsJob> {
     let mut jobs = HashMap::new();
     let mut current: Option<(String, PbsJob)> = None;
@@ -651,15 +661,15 @@ pub(crate) fn parse_qstat_text(stdout: &str) -> HashMap<String, PbsJob> {
         let Some((_, job)) = current.as_mut() else {
             continue;
         };
-        if line.starts_with('\t') && !line.trim().is_empty() {
-            if let Some((_, value)) = last.as_mut() {
-                value.push_str(line.trim());
-            }
-            continue;
-        }
+        // Attributes are indented (four spaces in Torque, a tab in Slurm's PBS wrapper);
+        // a long value continues on lines indented with a tab that have no ` = `.
         if let Some((key, value)) = line.split_once(" = ") {
             finish_attribute(job, &mut last);
             last = Some((key.trim().to_string(), value.trim().to_string()));
+        } else if line.starts_with(char::is_whitespace) && !line.trim().is_empty() {
+            if let Some((_, value)) = last.as_mut() {
+                value.push_str(line.trim());
+            }
         }
     }
     if let Some((id, mut job)) = current.take() {
@@ -667,4 +677,448 @@ pub(crate) fn parse_qstat_text(stdout: &str) -> HashMap<String, PbsJob> {
         jobs.insert(id, job);
     }
     jobs
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use funcx_core::ManagerCommand;
+
+    use super::*;
+    use crate::script::mock::{ended, printed, MockRunner};
+
+    // Hand-written from the documented formats (no PBS server can be had here).
+    const PBS_PRO_JSON: &str = include_str!("../tests/data/pbs_pro_qstat_f_json.json");
+    const TORQUE_TEXT: &str = include_str!("../tests/data/pbs_torque_qstat_f.txt");
+    // Recorded from Slurm's PBS wrappers.
+    const SHIM_RUNNING: &str = include_str!("../tests/data/pbs_shim_qstat_running.txt");
+    const SHIM_COMPLETED: &str = include_str!("../tests/data/pbs_shim_qstat_completed.txt");
+
+    fn provider(runner: MockRunner, config: PbsConfig) -> PbsProvider {
+        let dir = std::env::temp_dir().join(format!("funcx-pbs-unit-{}", std::process::id()));
+        PbsProvider::new(config.scripts_dir(dir).runner(Arc::new(runner)))
+    }
+
+    fn request() -> BlockRequest {
+        BlockRequest::new(ManagerCommand::new("/opt/funcx-manager"))
+    }
+
+    fn ids(ids: &[&str]) -> Vec<BlockId> {
+        ids.iter().map(|id| BlockId::new(*id)).collect()
+    }
+
+    async fn states(provider: &PbsProvider, blocks: &[&str]) -> Vec<BlockState> {
+        provider
+            .status(&ids(blocks))
+            .await
+            .expect("status")
+            .into_iter()
+            .map(|status| status.state)
+            .collect()
+    }
+
+    /// Submits `request` and returns the script `qsub` was given.
+    async fn submitted_script(config: PbsConfig, request: BlockRequest) -> String {
+        let script = Arc::new(Mutex::new(String::new()));
+        let seen = script.clone();
+        let mut runner = MockRunner::new();
+        runner
+            .expect_run()
+            .withf(|c| c.program == "qsub" && c.args.len() == 1)
+            .times(1)
+            .returning(move |c| {
+                *seen.lock().unwrap() = std::fs::read_to_string(&c.args[0]).unwrap();
+                printed("123.pbs01\n")
+            });
+        let id = provider(runner, config)
+            .submit(&request)
+            .await
+            .expect("submit");
+        assert_eq!(id.as_str(), "123.pbs01", "the whole id is kept");
+        let script = script.lock().unwrap().clone();
+        script
+    }
+
+    fn has_lines(script: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(
+                script.lines().any(|l| l == *line),
+                "{line:?} missing in\n{script}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn pbs_pro_scripts_select_chunks_scattered_over_nodes() {
+        let config = PbsConfig::new(PbsFlavor::PbsPro)
+            .queue("debug")
+            .account("proj42")
+            .cpus_per_node(32)
+            .launcher(Launcher::mpiexec())
+            .pbs_line("-l filesystems=home");
+        let request = request().nodes(4).walltime(Duration::from_secs(50 * 3600));
+        let script = submitted_script(config, request).await;
+        has_lines(
+            &script,
+            &[
+                "#PBS -N funcx-1",
+                "#PBS -l select=4:ncpus=32",
+                "#PBS -l place=scatter",
+                "#PBS -l walltime=50:00:00",
+                "#PBS -q debug",
+                "#PBS -A proj42",
+                "#PBS -j oe",
+                "#PBS -l filesystems=home",
+                "export FUNCX_BLOCK_ID=\"$PBS_JOBID\"",
+            ],
+        );
+        assert!(script.contains("mpiexec -n 4 -ppn 1 "), "{script}");
+    }
+
+    #[tokio::test]
+    async fn torque_scripts_ask_for_nodes_and_ppn() {
+        let config = PbsConfig::new(PbsFlavor::Torque).cpus_per_node(4);
+        let script = submitted_script(config, request().walltime(Duration::from_secs(90))).await;
+        has_lines(
+            &script,
+            &[
+                "#PBS -l nodes=1:ppn=4",
+                "#PBS -l walltime=00:01:30",
+                "FUNCX_NODE_INDEX=0 /opt/funcx-manager",
+            ],
+        );
+        assert!(!script.contains("select="), "{script}");
+        assert!(!script.contains("place=scatter"), "{script}");
+    }
+
+    #[test]
+    fn qsub_ids_are_parsed_strictly() {
+        for (stdout, id) in [
+            ("123.server\n", Some("123.server")),
+            ("  77  \n", Some("77")),
+            ("123[].server\n", Some("123[].server")),
+            ("warning: x\n9.pbs\n", Some("9.pbs")),
+            ("", None),
+            ("qsub: submit error\n", None),
+            ("12 34\n", None),
+        ] {
+            assert_eq!(
+                parse_qsub_id(stdout).as_ref().map(BlockId::as_str),
+                id,
+                "{stdout:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_jobs_are_rejections_and_an_unreachable_server_is_not() {
+        let mut runner = MockRunner::new();
+        let mut sequence = mockall::Sequence::new();
+        runner
+            .expect_run()
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| ended(170, "", "qsub: Unknown queue\n"));
+        runner
+            .expect_run()
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| ended(1, "", "qsub: cannot connect to server pbs01 (errno=111)\n"));
+        runner
+            .expect_run()
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| ended(0, "nonsense output", ""));
+        let provider = provider(runner, PbsConfig::new(PbsFlavor::PbsPro).queue("nope"));
+        let error = provider.submit(&request()).await.unwrap_err();
+        assert!(error.is_rejected(), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("qsub rejected the job: qsub: Unknown queue"),
+            "{error}"
+        );
+        let error = provider.submit(&request()).await.unwrap_err();
+        assert!(
+            error.is_command() && error.to_string().contains("cannot connect"),
+            "{error}"
+        );
+        let error = provider.submit(&request()).await.unwrap_err();
+        assert!(
+            error.is_command() && error.to_string().contains("nonsense"),
+            "{error}"
+        );
+        // Zero nodes and more nodes than the launcher starts never reach qsub.
+        assert!(provider
+            .submit(&request().nodes(0))
+            .await
+            .unwrap_err()
+            .is_rejected());
+        assert!(provider
+            .submit(&request().nodes(2))
+            .await
+            .unwrap_err()
+            .is_rejected());
+    }
+
+    #[tokio::test]
+    async fn pbs_pro_status_reads_the_json() {
+        let mut runner = MockRunner::new();
+        runner
+            .expect_run()
+            .withf(|c| {
+                c.program == "qstat"
+                    && c.args[..4] == ["-f", "-F", "json", "-x"]
+                    && c.args.len() == 4 + 8
+            })
+            .times(1)
+            .returning(|_| ended(35, PBS_PRO_JSON, "qstat: Unknown Job Id 999.pbs01\n"));
+        let provider = provider(runner, PbsConfig::new(PbsFlavor::PbsPro));
+        let states = states(
+            &provider,
+            &[
+                "101.pbs01",
+                "102.pbs01",
+                "103.pbs01",
+                "104.pbs01",
+                "105.pbs01",
+                "106.pbs01",
+                "107.pbs01",
+                "999.pbs01",
+            ],
+        )
+        .await;
+        assert_eq!(states[0], BlockState::Pending);
+        assert_eq!(states[1], BlockState::Running);
+        assert_eq!(states[2], BlockState::Completed);
+        let failed = |state: &BlockState, words: &[&str]| match state {
+            BlockState::Failed(why) => {
+                for word in words {
+                    assert!(why.contains(word), "{word:?} not in {why:?}");
+                }
+            }
+            other => panic!("{other:?}"),
+        };
+        failed(&states[3], &["exit code 3", "and failed"]);
+        failed(&states[4], &["walltime expired", "-29"]);
+        failed(&states[5], &["signal 9", "265"]);
+        assert_eq!(states[6], BlockState::Pending);
+        assert!(matches!(&states[7], BlockState::Unknown(why) if why.contains("999.pbs01")));
+    }
+
+    #[tokio::test]
+    async fn pbs_pro_falls_back_to_text_when_json_fails() {
+        let mut runner = MockRunner::new();
+        let mut sequence = mockall::Sequence::new();
+        runner
+            .expect_run()
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| ended(2, "", "qstat: invalid option -- 'F'\n"));
+        runner
+            .expect_run()
+            .withf(|c| c.args == ["-f", "-x", "202.torque01.cluster"])
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| printed(TORQUE_TEXT));
+        let provider = provider(runner, PbsConfig::new(PbsFlavor::PbsPro));
+        assert_eq!(
+            states(&provider, &["202.torque01.cluster"]).await,
+            [BlockState::Running]
+        );
+    }
+
+    #[tokio::test]
+    async fn torque_status_reads_the_text() {
+        let mut runner = MockRunner::new();
+        runner
+            .expect_run()
+            .withf(|c| c.program == "qstat" && c.args[0] == "-f" && c.args[1] != "-F")
+            .times(1)
+            .returning(|_| printed(TORQUE_TEXT));
+        let provider = provider(runner, PbsConfig::new(PbsFlavor::Torque));
+        let blocks: Vec<String> = (201..=207)
+            .map(|n| format!("{n}.torque01.cluster"))
+            .collect();
+        let blocks: Vec<&str> = blocks.iter().map(String::as_str).collect();
+        let states = states(&provider, &blocks).await;
+        assert_eq!(states[0], BlockState::Pending);
+        assert_eq!(states[1], BlockState::Running);
+        assert_eq!(states[2], BlockState::Completed);
+        assert!(matches!(&states[3], BlockState::Failed(why) if why.contains("exit code 3")));
+        assert!(
+            matches!(&states[4], BlockState::Failed(why) if why.contains("walltime expired")),
+            "{:?}",
+            states[4]
+        );
+        assert_eq!(states[5], BlockState::Running, "E is exiting");
+        assert!(matches!(&states[6], BlockState::Failed(why) if why.contains("signal 15")));
+    }
+
+    #[test]
+    fn continuation_lines_are_joined() {
+        let jobs = parse_qstat_text(TORQUE_TEXT);
+        assert_eq!(jobs.len(), 7);
+        let job = &jobs["201.torque01.cluster"];
+        assert_eq!(job.state, "Q");
+        assert_eq!(job.walltime_limit, Some(3600));
+    }
+
+    #[test]
+    fn the_wrappers_text_is_read() {
+        let running = parse_qstat_text(SHIM_RUNNING);
+        assert_eq!(running["11"].state, "R");
+        assert_eq!(
+            running["11"].block_state(PbsFlavor::Torque),
+            BlockState::Running
+        );
+        let completed = parse_qstat_text(SHIM_COMPLETED);
+        assert_eq!(completed["11"].state, "C");
+        assert!(completed["11"].block_state(PbsFlavor::Torque).is_finished());
+    }
+
+    #[test]
+    fn odd_qstat_output_is_no_panic() {
+        assert!(parse_qstat_text("").is_empty());
+        assert!(parse_qstat_text("random\n = \n\tx\n").is_empty());
+        assert!(parse_qstat_json("not json").is_none());
+        assert_eq!(parse_qstat_json("{}").map(|jobs| jobs.len()), Some(0));
+        assert!(parse_qstat_json("[1, 2]").is_none());
+        let jobs =
+            parse_qstat_json(r#"{"Jobs": {"1.x": 7, "2.x": {"job_state": "R"}}}"#).expect("parsed");
+        assert_eq!(jobs.len(), 1);
+        let mut job = PbsJob::default();
+        job.set("exit_status", "not a number");
+        job.set("Resource_List.walltime", "1:2:x");
+        assert_eq!(job.exit_status, None);
+        assert_eq!(job.walltime_limit, None);
+    }
+
+    #[test]
+    fn every_pbs_state_is_mapped() {
+        let state = |letter: &str, exit: Option<i64>| {
+            PbsJob {
+                state: letter.to_string(),
+                exit_status: exit,
+                ..PbsJob::default()
+            }
+            .block_state(PbsFlavor::PbsPro)
+        };
+        for pending in ["Q", "H", "W", "T", "S", "U"] {
+            assert_eq!(state(pending, None), BlockState::Pending, "{pending}");
+        }
+        for running in ["R", "E", "B"] {
+            assert_eq!(state(running, None), BlockState::Running, "{running}");
+        }
+        for finished in ["C", "F"] {
+            assert_eq!(state(finished, Some(0)), BlockState::Completed);
+            assert!(matches!(state(finished, Some(1)), BlockState::Failed(_)));
+            assert!(matches!(state(finished, None), BlockState::Failed(_)));
+        }
+        assert_eq!(state("X", None), BlockState::Cancelled);
+        assert!(matches!(state("M", None), BlockState::Unknown(_)));
+        assert!(matches!(state("Z", None), BlockState::Unknown(why) if why.contains("Z")));
+        let why = |flavor, status| match (PbsJob {
+            state: "F".into(),
+            exit_status: Some(status),
+            ..PbsJob::default()
+        })
+        .block_state(flavor)
+        {
+            BlockState::Failed(why) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(why(PbsFlavor::PbsPro, -29).contains("walltime"));
+        assert!(why(PbsFlavor::PbsPro, -27).contains("memory"));
+        assert!(why(PbsFlavor::Torque, -11).contains("walltime"));
+        assert!(why(PbsFlavor::Torque, -10).contains("memory"));
+        assert!(why(PbsFlavor::Torque, -1).contains("could not start"));
+        assert!(why(PbsFlavor::Torque, -99).contains("before it ran to its end"));
+        assert!(why(PbsFlavor::Torque, 137).contains("signal 9"));
+        assert!(why(PbsFlavor::Torque, 271).contains("signal 15"));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_job_reports_cancelled_and_finished_jobs_cancel_fine() {
+        let mut runner = MockRunner::new();
+        let mut sequence = mockall::Sequence::new();
+        // Cancel a running job, then see it finish with 271 (SIGTERM) as PBS reports it.
+        runner
+            .expect_run()
+            .withf(|c| c.program == "qdel" && c.args == ["207.torque01.cluster"])
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| printed(""));
+        runner
+            .expect_run()
+            .withf(|c| c.program == "qstat")
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| printed(TORQUE_TEXT));
+        // Cancel a job that already completed: qdel fails, qstat says it finished.
+        runner
+            .expect_run()
+            .withf(|c| c.program == "qdel")
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| ended(1, "", ""));
+        runner
+            .expect_run()
+            .withf(|c| c.program == "qstat")
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| printed(TORQUE_TEXT));
+        // A qdel that fails while the job still runs is an error.
+        runner
+            .expect_run()
+            .withf(|c| c.program == "qdel")
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| ended(1, "", "qdel: Server is busy"));
+        runner
+            .expect_run()
+            .withf(|c| c.program == "qstat")
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| printed(TORQUE_TEXT));
+        let provider = provider(runner, PbsConfig::new(PbsFlavor::Torque));
+        let block = BlockId::new("207.torque01.cluster");
+        provider.cancel(&block).await.expect("cancel");
+        assert_eq!(
+            states(&provider, &["207.torque01.cluster"]).await,
+            [BlockState::Cancelled]
+        );
+        provider
+            .cancel(&BlockId::new("203.torque01.cluster"))
+            .await
+            .expect("cancelling a completed job is Ok");
+        let error = provider
+            .cancel(&BlockId::new("202.torque01.cluster"))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("Server is busy"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_qstat_is_an_error() {
+        let mut runner = MockRunner::new();
+        runner
+            .expect_run()
+            .returning(|_| ended(1, "", "qstat: cannot connect to server"));
+        let provider = provider(runner, PbsConfig::new(PbsFlavor::Torque));
+        let error = provider.status(&ids(&["1"])).await.unwrap_err();
+        assert!(error.to_string().contains("cannot connect"), "{error}");
+    }
+
+    #[test]
+    fn walltimes_are_formatted_as_pbs_reads_them() {
+        assert_eq!(pbs_time(Duration::from_secs(59)).unwrap(), "00:00:59");
+        assert_eq!(
+            pbs_time(Duration::from_secs(49 * 3600 + 61)).unwrap(),
+            "49:01:01"
+        );
+        assert!(pbs_time(Duration::ZERO).is_err());
+        assert_eq!(parse_hms("01:00:02"), Some(3602));
+    }
 }

@@ -352,3 +352,44 @@ mod tests {
         assert!(error.to_string().contains("not UTF-8"), "{error}");
     }
 }
+
+/// A mock [`CommandRunner`](crate::command::CommandRunner) and helpers for the providers'
+/// unit tests.
+#[cfg(test)]
+pub(crate) mod mock {
+    use futures::future::BoxFuture;
+
+    use crate::command::{CommandOutput, CommandRunner, SchedulerCommand};
+    use funcx_core::ProviderError;
+
+    mockall::mock! {
+        pub Runner {}
+        impl CommandRunner for Runner {
+            fn run(
+                &self,
+                command: SchedulerCommand,
+            ) -> BoxFuture<'static, Result<CommandOutput, ProviderError>>;
+        }
+    }
+
+    /// A command that exited 0 after printing `stdout`.
+    pub(crate) fn printed(
+        stdout: &str,
+    ) -> BoxFuture<'static, Result<CommandOutput, ProviderError>> {
+        ended(0, stdout, "")
+    }
+
+    /// A command that exited with `code` after printing `stdout` and `stderr`.
+    pub(crate) fn ended(
+        code: i32,
+        stdout: &str,
+        stderr: &str,
+    ) -> BoxFuture<'static, Result<CommandOutput, ProviderError>> {
+        let output = CommandOutput {
+            code: Some(code),
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+        };
+        Box::pin(async move { Ok(output) })
+    }
+}

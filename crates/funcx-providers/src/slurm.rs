@@ -711,3 +711,489 @@ pub(crate) fn parse_sacct(stdout: &str) -> HashMap<String, SlurmJob> {
     }
     jobs
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use funcx_core::ManagerCommand;
+
+    use super::*;
+    use crate::script::mock::{ended, printed, MockRunner};
+
+    const SQUEUE_MIXED: &str = include_str!("../tests/data/slurm_squeue_mixed.txt");
+    const SACCT_C: &str = include_str!("../tests/data/slurm_sacct_c.txt");
+    const SACCT_DISABLED: &str = include_str!("../tests/data/slurm_sacct_disabled.err");
+    const INVALID_PARTITION: &str =
+        include_str!("../tests/data/slurm_sbatch_invalid_partition.err");
+    const INVALID_ID: &str = include_str!("../tests/data/slurm_squeue_invalid_id.err");
+
+    fn provider(runner: MockRunner, config: SlurmConfig) -> SlurmProvider {
+        let dir = std::env::temp_dir().join(format!("funcx-slurm-unit-{}", std::process::id()));
+        SlurmProvider::new(config.scripts_dir(dir).runner(Arc::new(runner)))
+    }
+
+    fn request() -> BlockRequest {
+        BlockRequest::new(
+            ManagerCommand::new("/opt/funcx-manager")
+                .arg("--workers")
+                .arg("2"),
+        )
+    }
+
+    fn ids(ids: &[&str]) -> Vec<BlockId> {
+        ids.iter().map(|id| BlockId::new(*id)).collect()
+    }
+
+    async fn states(provider: &SlurmProvider, blocks: &[&str]) -> Vec<BlockState> {
+        provider
+            .status(&ids(blocks))
+            .await
+            .expect("status")
+            .into_iter()
+            .map(|status| status.state)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn submit_writes_the_script_and_runs_sbatch() {
+        let script = Arc::new(Mutex::new(String::new()));
+        let seen = script.clone();
+        let mut runner = MockRunner::new();
+        runner
+            .expect_run()
+            .withf(|c| {
+                c.program == "/opt/slurm/bin/sbatch"
+                    && c.args.len() == 2
+                    && c.args[0] == "--parsable"
+            })
+            .times(1)
+            .returning(move |c| {
+                *seen.lock().unwrap() = std::fs::read_to_string(&c.args[1]).unwrap();
+                printed("4242;cluster1\n")
+            });
+        let config = SlurmConfig::new()
+            .partition("gpu")
+            .account("proj42")
+            .qos("high")
+            .constraint("a100")
+            .exclusive(true)
+            .cpus_per_task(8)
+            .mem("4G")
+            .job_name("fx")
+            .sbatch_line("--gres=gpu:1")
+            .sbatch_line("#SBATCH --signal=B:USR1@60")
+            .bin_dir("/opt/slurm/bin");
+        let provider = provider(runner, config);
+        let request = request()
+            .nodes(2)
+            .walltime(Duration::from_secs(86_400 + 2 * 3600 + 3 * 60 + 4))
+            .worker_init("module load python");
+        let id = provider.submit(&request).await.expect("submit");
+        assert_eq!(id.as_str(), "4242");
+        let script = script.lock().unwrap().clone();
+        let dir = provider.scripts_dir().display().to_string();
+        for line in [
+            "#!/bin/bash",
+            "#SBATCH --job-name=fx-1",
+            "#SBATCH --nodes=2",
+            "#SBATCH --ntasks-per-node=1",
+            &format!("#SBATCH --output={dir}/fx-1-%j.out"),
+            &format!("#SBATCH --error={dir}/fx-1-%j.err"),
+            "#SBATCH --cpus-per-task=8",
+            "#SBATCH --mem=4G",
+            "#SBATCH --time=1-02:03:04",
+            "#SBATCH --partition=gpu",
+            "#SBATCH --account=proj42",
+            "#SBATCH --qos=high",
+            "#SBATCH --constraint=a100",
+            "#SBATCH --exclusive",
+            "#SBATCH --gres=gpu:1",
+            "#SBATCH --signal=B:USR1@60",
+            "module load python",
+            "export FUNCX_BLOCK_ID=\"$SLURM_JOB_ID\"",
+        ] {
+            assert!(
+                script.lines().any(|l| l == line),
+                "{line:?} missing in\n{script}"
+            );
+        }
+        let last = script.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("srun --ntasks=2 --ntasks-per-node=1 /bin/sh -c ")
+                && last.ends_with("funcx-manager /opt/funcx-manager --workers 2"),
+            "{last}"
+        );
+        // Directives come before the first command, or sbatch ignores them.
+        let first_command = script.lines().position(|l| l == "module load python");
+        let lines: Vec<&str> = script.lines().collect();
+        let last_directive = lines.iter().rposition(|l| l.starts_with("#SBATCH"));
+        assert!(last_directive < first_command);
+    }
+
+    #[test]
+    fn sbatch_ids_are_parsed_strictly() {
+        for (stdout, id) in [
+            ("12\n", Some("12")),
+            ("  12  \n\n", Some("12")),
+            ("12;cluster\n", Some("12")),
+            ("sbatch: warning: mem rounded\n77\n", Some("77")),
+            ("", None),
+            ("\n \n", None),
+            ("Submitted batch job 12\n", None),
+            ("12abc\n", None),
+            (";cluster\n", None),
+            ("-3\n", None),
+        ] {
+            assert_eq!(
+                parse_sbatch_id(stdout).as_ref().map(BlockId::as_str),
+                id,
+                "{stdout:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_partition_is_a_clear_rejection() {
+        let mut runner = MockRunner::new();
+        runner
+            .expect_run()
+            .returning(|_| ended(1, "", INVALID_PARTITION));
+        let provider = provider(runner, SlurmConfig::new().partition("nope"));
+        let error = provider.submit(&request()).await.unwrap_err();
+        assert!(error.is_rejected(), "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains("sbatch rejected the job")
+                && text.contains("invalid partition specified: nope"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_controller_is_a_command_error_not_a_rejection() {
+        let mut runner = MockRunner::new();
+        runner.expect_run().returning(|_| {
+            ended(
+                1,
+                "",
+                "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)\n",
+            )
+        });
+        let error = provider(runner, SlurmConfig::new())
+            .submit(&request())
+            .await
+            .unwrap_err();
+        assert!(error.is_command() && !error.is_rejected(), "{error}");
+        assert!(error.to_string().contains("Unable to contact"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn garbage_from_sbatch_is_an_error_that_quotes_it() {
+        let mut runner = MockRunner::new();
+        runner
+            .expect_run()
+            .returning(|_| ended(0, "<html>proxy error</html>", "odd"));
+        let error = provider(runner, SlurmConfig::new())
+            .submit(&request())
+            .await
+            .unwrap_err();
+        assert!(error.is_command(), "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains("proxy error") && text.contains("odd"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_sbatch_says_so() {
+        let mut runner = MockRunner::new();
+        runner.expect_run().returning(|_| {
+            Box::pin(async {
+                Err(ProviderError::io(
+                    "sbatch is not installed or not on PATH",
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ))
+            })
+        });
+        let error = provider(runner, SlurmConfig::new())
+            .submit(&request())
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("sbatch is not installed"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_rejected_before_any_command_runs() {
+        // No expectations: any command would fail the test.
+        let provider = provider(MockRunner::new(), SlurmConfig::new());
+        assert!(provider
+            .submit(&request().nodes(0))
+            .await
+            .unwrap_err()
+            .is_rejected());
+        let zero = request().walltime(Duration::ZERO);
+        assert!(provider.submit(&zero).await.unwrap_err().is_rejected());
+        let single = provider_with_single_node();
+        assert!(single
+            .submit(&request().nodes(2))
+            .await
+            .unwrap_err()
+            .is_rejected());
+        let broken = SlurmProvider::new(
+            SlurmConfig::new()
+                .partition("a\n#SBATCH --x")
+                .runner(Arc::new(MockRunner::new())),
+        );
+        assert!(broken.submit(&request()).await.unwrap_err().is_rejected());
+    }
+
+    fn provider_with_single_node() -> SlurmProvider {
+        provider(
+            MockRunner::new(),
+            SlurmConfig::new().launcher(Launcher::SingleNode),
+        )
+    }
+
+    #[test]
+    fn walltimes_are_formatted_as_slurm_reads_them() {
+        let time = |secs: u64| slurm_time(Duration::from_secs(secs)).unwrap();
+        assert_eq!(time(59), "00:00:59");
+        assert_eq!(time(3600), "01:00:00");
+        assert_eq!(time(86_399), "23:59:59");
+        assert_eq!(time(86_400), "1-00:00:00");
+        assert_eq!(time(3 * 86_400 + 61), "3-00:01:01");
+        assert_eq!(slurm_time(Duration::from_millis(1500)).unwrap(), "00:00:02");
+        assert!(slurm_time(Duration::ZERO).is_err());
+    }
+
+    #[tokio::test]
+    async fn one_squeue_reports_every_block_in_order() {
+        let mut runner = MockRunner::new();
+        runner
+            .expect_run()
+            .withf(|c| {
+                c.program == "squeue"
+                    && c.args.contains(&"--states=all".to_string())
+                    && c.args.last().map(String::as_str) == Some("--jobs=5,6,7,8,9")
+            })
+            .times(1)
+            .returning(|_| printed(SQUEUE_MIXED));
+        let provider = provider(runner, SlurmConfig::new());
+        let states = states(&provider, &["5", "6", "7", "8", "9"]).await;
+        assert_eq!(states[0], BlockState::Running);
+        assert!(
+            matches!(&states[1], BlockState::Failed(why) if why.contains("exit code 3")),
+            "{:?}",
+            states[1]
+        );
+        assert_eq!(states[2], BlockState::Pending);
+        assert_eq!(states[3], BlockState::Cancelled);
+        assert_eq!(states[4], BlockState::Pending);
+    }
+
+    #[tokio::test]
+    async fn forgotten_jobs_come_from_the_completion_log() {
+        let mut runner = MockRunner::new();
+        let mut sequence = mockall::Sequence::new();
+        runner
+            .expect_run()
+            .withf(|c| c.program == "squeue")
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| ended(1, "", INVALID_ID));
+        runner
+            .expect_run()
+            .withf(|c| c.program == "sacct" && c.args[0] == "--noheader")
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| ended(1, SACCT_DISABLED, ""));
+        runner
+            .expect_run()
+            .withf(|c| {
+                c.program == "sacct"
+                    && c.args[0] == "-c"
+                    && c.args.last().map(String::as_str) == Some("--jobs=6,8,99")
+            })
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_| printed(SACCT_C));
+        let provider = provider(runner, SlurmConfig::new());
+        let states = states(&provider, &["6", "8", "99"]).await;
+        assert!(
+            matches!(&states[0], BlockState::Failed(why) if why.contains("exit code 3")),
+            "{states:?}"
+        );
+        assert_eq!(states[1], BlockState::Cancelled);
+        assert!(
+            matches!(&states[2], BlockState::Unknown(why) if why.contains("99")),
+            "{states:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_squeue_is_an_error() {
+        let mut runner = MockRunner::new();
+        runner.expect_run().returning(|_| {
+            ended(
+                1,
+                "",
+                "squeue: error: Unable to contact slurm controller (connect failure)",
+            )
+        });
+        let provider = provider(runner, SlurmConfig::new());
+        let error = provider.status(&ids(&["1"])).await.unwrap_err();
+        assert!(
+            error.is_command() && error.to_string().contains("Unable to contact"),
+            "{error}"
+        );
+        // Asking about nothing runs nothing.
+        assert!(provider.status(&[]).await.expect("no blocks").is_empty());
+    }
+
+    #[tokio::test]
+    async fn odd_squeue_lines_are_skipped_not_fatal() {
+        let mut runner = MockRunner::new();
+        runner
+            .expect_run()
+            .withf(|c| c.program == "squeue")
+            .returning(|_| printed("garbage\n|||\n5|RUNNING|None|0|\n"));
+        runner.expect_run().returning(|_| ended(1, "", "no"));
+        let provider = provider(runner, SlurmConfig::new());
+        let states = states(&provider, &["5", "6"]).await;
+        assert_eq!(states[0], BlockState::Running);
+        assert!(matches!(states[1], BlockState::Unknown(_)));
+    }
+
+    #[tokio::test]
+    async fn since_is_when_a_state_was_first_seen() {
+        let mut runner = MockRunner::new();
+        let mut sequence = mockall::Sequence::new();
+        for output in [
+            "5|PENDING|Priority|0|",
+            "5|PENDING|Resources|0|",
+            "5|RUNNING|None|0|",
+        ] {
+            runner
+                .expect_run()
+                .times(1)
+                .in_sequence(&mut sequence)
+                .returning(move |_| printed(output));
+        }
+        let provider = provider(runner, SlurmConfig::new());
+        let first = provider.status(&ids(&["5"])).await.unwrap().remove(0);
+        let second = provider.status(&ids(&["5"])).await.unwrap().remove(0);
+        assert_eq!(
+            first.since, second.since,
+            "still pending, only the reason changed"
+        );
+        let third = provider.status(&ids(&["5"])).await.unwrap().remove(0);
+        assert_eq!(third.state, BlockState::Running);
+        assert!(third.since >= second.since);
+    }
+
+    #[test]
+    fn every_slurm_state_is_mapped() {
+        let state =
+            |name: &str, exit: Option<SlurmExit>| SlurmJob::new(name, "None", exit).block_state();
+        for pending in [
+            "PENDING",
+            "CONFIGURING",
+            "REQUEUED",
+            "REQUEUE_HOLD",
+            "REQUEUE_FED",
+            "RESV_DEL_HOLD",
+            "SUSPENDED",
+            "STOPPED",
+        ] {
+            assert_eq!(state(pending, None), BlockState::Pending, "{pending}");
+        }
+        for running in [
+            "RUNNING",
+            "COMPLETING",
+            "RESIZING",
+            "SIGNALING",
+            "STAGE_OUT",
+        ] {
+            assert_eq!(state(running, None), BlockState::Running, "{running}");
+        }
+        assert_eq!(
+            state("COMPLETED", Some(SlurmExit::Code(0))),
+            BlockState::Completed
+        );
+        assert_eq!(state("CANCELLED", None), BlockState::Cancelled);
+        assert_eq!(state("cancelled by 0", None), BlockState::Cancelled);
+        for (name, words) in [
+            ("FAILED", "exit code 3"),
+            ("TIMEOUT", "walltime expired"),
+            ("NODE_FAIL", "node"),
+            ("PREEMPTED", "preempted"),
+            ("BOOT_FAIL", "boot"),
+            ("DEADLINE", "deadline"),
+            ("OUT_OF_MEMORY", "out of memory"),
+            ("SPECIAL_EXIT", "special exit"),
+            ("REVOKED", "revoked"),
+        ] {
+            match state(name, Some(SlurmExit::Code(3))) {
+                BlockState::Failed(why) => {
+                    assert!(why.contains(words) && why.contains(name), "{name}: {why}")
+                }
+                other => panic!("{name} → {other:?}"),
+            }
+        }
+        match state("FAILED", Some(SlurmExit::Signal(9))) {
+            BlockState::Failed(why) => assert!(why.contains("signal 9"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(state("FAILED", None), BlockState::Failed(_)));
+        match state("WEIRD_NEW_STATE", None) {
+            BlockState::Unknown(why) => assert!(why.contains("WEIRD_NEW_STATE"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(state("", None), BlockState::Unknown(_)));
+    }
+
+    #[test]
+    fn exit_codes_are_decoded() {
+        assert_eq!(SlurmExit::from_wait_status("768"), Some(SlurmExit::Code(3)));
+        assert_eq!(SlurmExit::from_wait_status("0"), Some(SlurmExit::Code(0)));
+        assert_eq!(
+            SlurmExit::from_wait_status("15"),
+            Some(SlurmExit::Signal(15))
+        );
+        assert_eq!(SlurmExit::from_wait_status("N/A"), None);
+        assert_eq!(SlurmExit::from_sacct("3:0"), Some(SlurmExit::Code(3)));
+        assert_eq!(SlurmExit::from_sacct("0:9"), Some(SlurmExit::Signal(9)));
+        assert_eq!(SlurmExit::from_sacct("x"), None);
+    }
+
+    #[tokio::test]
+    async fn cancel_runs_scancel_and_accepts_finished_jobs() {
+        let mut runner = MockRunner::new();
+        let mut sequence = mockall::Sequence::new();
+        for (code, stderr) in [
+            (0, ""),
+            (1, "scancel: error: Kill job error on job id 5: Job/step already completing or completed"),
+            (1, INVALID_ID),
+            (1, "scancel: error: Unable to contact slurm controller"),
+        ] {
+            runner
+                .expect_run()
+                .withf(|c| c.program == "scancel" && c.args == ["5"])
+                .times(1)
+                .in_sequence(&mut sequence)
+                .returning(move |_| ended(code, "", stderr));
+        }
+        let provider = provider(runner, SlurmConfig::new());
+        let block = BlockId::new("5");
+        provider.cancel(&block).await.expect("running job");
+        provider.cancel(&block).await.expect("finished job");
+        provider.cancel(&block).await.expect("forgotten job");
+        let error = provider.cancel(&block).await.unwrap_err();
+        assert!(error.is_command(), "{error}");
+    }
+}
