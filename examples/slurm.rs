@@ -1,0 +1,146 @@
+//! An endpoint whose workers come from Slurm: blocks are batch jobs, each running one manager
+//! per node, scaled by the elastic strategy.
+//!
+//! ```text
+//! bash ../shared/infra/slurm-up.sh        # a one-node Slurm on this machine, if you have none
+//! cargo run --release --example slurm
+//! ```
+//!
+//! The example is its own manager (`slurm manager --endpoint ...` inside the job), so the job
+//! needs this binary on a filesystem the nodes share; on a real cluster point
+//! `ManagerCommand` at an installed `funcx-manager` instead, and listen on an address the
+//! compute nodes can reach.
+
+use std::error::Error;
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use funcx::providers::{SlurmConfig, SlurmProvider};
+use funcx::python::manager::{self, ManagerOptions};
+use funcx::transport::remote::{AgentConfig, EndpointAgent};
+use funcx::transport::TcpTransport;
+use funcx::{BlockRequest, Executor, Function, ManagerCommand, Strategy, StrategyConfig};
+
+const SOURCE: &str =
+    "import socket\n\ndef hello(i):\n    return f'task {i} ran on {socket.gethostname()}'\n";
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.first().is_some_and(|first| first == "manager") {
+        return match ManagerOptions::from_args(args.into_iter().skip(1)) {
+            Ok(options) => {
+                runtime.block_on(manager::run(options));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                ExitCode::from(64)
+            }
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match runtime.block_on(endpoint()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn endpoint() -> Result<(), Box<dyn Error>> {
+    let token = format!("{:016x}", std::process::id() as u64 * 0x9E37_79B9_7F4A_7C15);
+    let executor = Executor::builder()
+        .retries_on_worker_death(2)
+        .start_without_workers();
+    let acceptor = TcpTransport::builder()
+        .token(&token)
+        .build()
+        .listen("127.0.0.1:0")
+        .await?;
+    let address = acceptor.local_addr();
+    tokio::spawn(EndpointAgent::new(executor.clone(), AgentConfig::default()).serve(acceptor));
+
+    // The whole Slurm configuration: partition, walltime, what each node runs.
+    let slurm = SlurmProvider::new(SlurmConfig::new().partition("debug").job_name("funcx"));
+    let manager = ManagerCommand::new(std::env::current_exe()?)
+        .arg("manager")
+        .args(["--endpoint", &address.to_string(), "--workers", "1"])
+        .env("FUNCX_TOKEN", &token);
+    let block = BlockRequest::new(manager)
+        .nodes(1)
+        .walltime(Duration::from_secs(600));
+    let mut strategy = Strategy::start(
+        executor.clone(),
+        Arc::new(slurm),
+        block,
+        StrategyConfig::new()
+            .blocks(1, 0, 2)
+            .period(Duration::from_millis(500))
+            .max_idle_time(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(60))
+            .walltime(Duration::from_secs(600), Duration::from_secs(60)),
+    );
+    println!("endpoint on {address}; submitting a Slurm block");
+
+    let started = Instant::now();
+    loop {
+        let status = strategy.changed().await;
+        if status.managers > 0 {
+            break;
+        }
+        if let Some(error) = &status.last_error {
+            return Err(format!("Slurm: {error}").into());
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err("no manager dialled in within 2 minutes".into());
+        }
+        for block in &status.blocks {
+            println!("  block {} is {}", block.id, block.state);
+        }
+    }
+    println!(
+        "a manager dialled in after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let hello = Function::from_source(SOURCE, "hello");
+    let handles = executor.submit_batch(&hello, (0..1_000).map(|i| (i,)));
+    let mut last = String::new();
+    for (i, handle) in handles.into_iter().enumerate() {
+        last = handle.result().await?;
+        if (i + 1) % 250 == 0 {
+            println!("  {:>5} / 1000 tasks done", i + 1);
+        }
+    }
+    println!("last answer: {last}");
+
+    let status = strategy.status();
+    println!(
+        "status: {} block(s), {} manager(s), {} worker(s), {} queued",
+        status.blocks.len(),
+        status.managers,
+        status.workers,
+        status.queued
+    );
+    executor.shutdown().await;
+    strategy.stop(true).await;
+    println!("drained the managers and released the blocks");
+    Ok(())
+}
