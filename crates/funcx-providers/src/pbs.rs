@@ -224,12 +224,7 @@ impl PbsProvider {
             lines.push(format!("-A {account}"));
         }
         lines.push("-j oe".to_string());
-        lines.push(format!(
-            "-o {}",
-            self.scripts_dir
-                .join(format!("{name}.out"))
-                .to_string_lossy()
-        ));
+        lines.push(format!("-o {}", output_path(&self.scripts_dir, name)));
         let mut directives = Vec::new();
         for line in lines.iter().chain(&config.extra_lines) {
             script::check_directive("qsub option", line)?;
@@ -257,7 +252,20 @@ impl PbsProvider {
             },
         )?;
         let path = script::write_script(&self.scripts_dir, &name, &text)?;
-        let command = self.command("qsub").arg(path.to_string_lossy());
+        // The name and output options are given on the command line as well as in the
+        // script: PBS takes either, and front ends that read only the command line (Slurm's
+        // PBS wrappers) would otherwise write the output into the current directory.
+        let command = self
+            .command("qsub")
+            .args([
+                "-N",
+                &name,
+                "-j",
+                "oe",
+                "-o",
+                &output_path(&self.scripts_dir, &name),
+            ])
+            .arg(path.to_string_lossy());
         let output = self.config.runner.run(command.clone()).await?;
         if !output.success() {
             return Err(qsub_failure(&command, &output));
@@ -396,12 +404,22 @@ impl Provider for PbsProvider {
     }
 }
 
+/// Where a job's joined stdout and stderr go.
+fn output_path(dir: &std::path::Path, name: &str) -> String {
+    dir.join(format!("{name}.out"))
+        .to_string_lossy()
+        .into_owned()
+}
+
 fn checked(
     jobs: HashMap<String, PbsJob>,
     command: &SchedulerCommand,
     output: &CommandOutput,
 ) -> Result<HashMap<String, PbsJob>, ProviderError> {
-    let unknown_ids = output.stderr.contains("Unknown Job Id")
+    // Exit code 153 is PBSE_UNKJOBID (15001) truncated to a byte: Torque's qstat (and
+    // Slurm's wrapper) exit with it, silently in the wrapper's case, when an id is unknown.
+    let unknown_ids = output.code == Some(153)
+        || output.stderr.contains("Unknown Job Id")
         || output.stderr.contains("Job has finished")
         || output.stderr.contains("Invalid job id");
     if output.success() || !jobs.is_empty() || unknown_ids {
@@ -725,10 +743,11 @@ mod tests {
         let mut runner = MockRunner::new();
         runner
             .expect_run()
-            .withf(|c| c.program == "qsub" && c.args.len() == 1)
+            .withf(|c| c.program == "qsub" && c.args[..4] == ["-N", "funcx-1", "-j", "oe"])
             .times(1)
             .returning(move |c| {
-                *seen.lock().unwrap() = std::fs::read_to_string(&c.args[0]).unwrap();
+                let script = c.args.last().expect("the script is the last argument");
+                *seen.lock().unwrap() = std::fs::read_to_string(script).unwrap();
                 printed("123.pbs01\n")
             });
         let id = provider(runner, config)
@@ -1109,6 +1128,18 @@ mod tests {
         let provider = provider(runner, PbsConfig::new(PbsFlavor::Torque));
         let error = provider.status(&ids(&["1"])).await.unwrap_err();
         assert!(error.to_string().contains("cannot connect"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_exit_153_means_unknown_ids() {
+        // Recorded from Slurm's qstat wrapper asked about one unknown id.
+        let mut runner = MockRunner::new();
+        runner.expect_run().returning(|_| ended(153, "", ""));
+        let provider = provider(runner, PbsConfig::new(PbsFlavor::Torque));
+        assert!(matches!(
+            states(&provider, &["987654321"]).await[0],
+            BlockState::Unknown(_)
+        ));
     }
 
     #[test]

@@ -1,0 +1,365 @@
+//! The Slurm provider against a real Slurm (`bash ../shared/infra/slurm-up.sh`; the
+//! project's `scripts/test` runs it first): real `sbatch`, `squeue`, `scancel`, and an
+//! endpoint whose blocks are real Slurm jobs running real `funcx-manager` processes.
+//!
+//! A walltime that expires is not tested here: Slurm's smallest time limit is one minute
+//! (and it enforces it up to a minute late), too slow for a test; the `TIMEOUT` state's
+//! mapping is unit-tested on mocked `squeue` output instead.
+#![cfg(unix)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use funcx_core::{BlockId, BlockRequest, BlockState, Executor, Function, ManagerCommand, Provider};
+use funcx_providers::{SlurmConfig, SlurmProvider};
+use funcx_transport::remote::{AgentConfig, EndpointAgent};
+use funcx_transport::TcpTransport;
+
+/// Generous: Slurm starts a job within about a second here; this only matters when
+/// something is broken.
+const LIMIT: Duration = Duration::from_secs(60);
+
+const TOKEN: &str = "slurm-test-token";
+
+/// The node has 2 CPUs, so the tests take turns rather than queue behind each other's jobs.
+static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Fails (not skips) when there is no Slurm: a green run must mean the provider was tested.
+fn require_slurm() {
+    let found = std::process::Command::new("sbatch")
+        .arg("--version")
+        .output()
+        .map(|output| output.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "Slurm is not running here: run bash ../shared/infra/slurm-up.sh first"
+    );
+}
+
+/// A directory of its own for one test's scripts and job logs, removed afterwards.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "funcx-slurm-it-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Every job log in the directory, for a failure message.
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("out" | "err")
+                ) {
+                    let body = std::fs::read_to_string(&path).unwrap_or_default();
+                    text.push_str(&format!("--- {}\n{body}\n", path.display()));
+                }
+            }
+        }
+        text
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Cancels the blocks it holds when dropped, so a failed test leaves no job behind.
+struct Jobs(Vec<BlockId>);
+
+impl Drop for Jobs {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            let _ = std::process::Command::new("scancel")
+                .arg(id.as_str())
+                .status();
+        }
+    }
+}
+
+fn provider(dir: &TempDir) -> SlurmProvider {
+    // Small memory, so the node's memory never keeps a second block waiting.
+    SlurmProvider::new(SlurmConfig::new().mem("1G").scripts_dir(dir.path()))
+}
+
+async fn state_of(provider: &SlurmProvider, id: &BlockId) -> BlockState {
+    let statuses = provider
+        .status(std::slice::from_ref(id))
+        .await
+        .expect("status");
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(&statuses[0].id, id);
+    statuses[0].state.clone()
+}
+
+async fn wait_for_state(
+    provider: &SlurmProvider,
+    dir: &TempDir,
+    id: &BlockId,
+    done: impl Fn(&BlockState) -> bool,
+) -> BlockState {
+    let result = tokio::time::timeout(LIMIT, async {
+        loop {
+            let state = state_of(provider, id).await;
+            if done(&state) {
+                return state;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    match result {
+        Ok(state) => state,
+        Err(_) => panic!(
+            "block {id} did not reach the expected state in {LIMIT:?}; now {}; logs:\n{}",
+            state_of(provider, id).await,
+            dir.logs()
+        ),
+    }
+}
+
+/// `sh -c <script> sh <args...>`.
+fn shell(script: &str, args: &[&str]) -> ManagerCommand {
+    ManagerCommand::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(args.iter().copied())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_runs_with_its_identity_and_cancels() {
+    require_slurm();
+    let _turn = CLUSTER.lock().await;
+    let dir = TempDir::new("identity");
+    let provider = provider(&dir);
+    let marker = dir.path().join("identity");
+    let marker_arg = marker.to_string_lossy().into_owned();
+    // Written whole (mv), then the "manager" idles until cancelled.
+    let command = shell(
+        "printf '%s %s %s' \"$FUNCX_BLOCK_ID\" \"$FUNCX_NODE_INDEX\" \"$GREETING\" > \"$1.tmp\" && mv \"$1.tmp\" \"$1\"; exec sleep 300",
+        &[&marker_arg],
+    )
+    .env("GREETING", "it's a test");
+    let request = BlockRequest::new(command).walltime(Duration::from_secs(600));
+    let id = provider.submit(&request).await.expect("submit");
+    let jobs = Jobs(vec![id.clone()]);
+    assert!(id.as_str().chars().all(|c| c.is_ascii_digit()), "{id}");
+
+    wait_for_state(&provider, &dir, &id, |s| *s == BlockState::Running).await;
+    let written = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&marker) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the block never wrote its identity; logs:\n{}", dir.logs()));
+    assert_eq!(written, format!("{id} 0 it's a test"));
+
+    provider.cancel(&id).await.expect("cancel");
+    let state = wait_for_state(&provider, &dir, &id, BlockState::is_finished).await;
+    assert_eq!(state, BlockState::Cancelled);
+    // Cancelling again, once it ended, is fine.
+    provider
+        .cancel(&id)
+        .await
+        .expect("cancel a cancelled block");
+    drop(jobs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_that_exits_3_failed_with_its_exit_code() {
+    require_slurm();
+    let _turn = CLUSTER.lock().await;
+    let dir = TempDir::new("exit3");
+    let provider = provider(&dir);
+    let id = provider
+        .submit(&BlockRequest::new(shell("exit 3", &[])))
+        .await
+        .expect("submit");
+    let _jobs = Jobs(vec![id.clone()]);
+    let state = wait_for_state(&provider, &dir, &id, BlockState::is_finished).await;
+    match &state {
+        BlockState::Failed(why) => assert!(why.contains("exit code 3"), "{why}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_partition_is_rejected_with_slurms_reason() {
+    require_slurm();
+    let dir = TempDir::new("partition");
+    let provider = SlurmProvider::new(
+        SlurmConfig::new()
+            .partition("no-such-partition")
+            .scripts_dir(dir.path()),
+    );
+    let error = provider
+        .submit(&BlockRequest::new(shell("true", &[])))
+        .await
+        .expect_err("an unknown partition");
+    assert!(error.is_rejected(), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("sbatch rejected the job") && text.contains("invalid partition"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_jobs_are_unknown_and_cancel_fine() {
+    require_slurm();
+    let dir = TempDir::new("unknown");
+    let provider = provider(&dir);
+    let never = BlockId::new("987654321");
+    match state_of(&provider, &never).await {
+        BlockState::Unknown(why) => assert!(why.contains("987654321"), "{why}"),
+        other => panic!("expected unknown, got {other:?}"),
+    }
+    provider
+        .cancel(&never)
+        .await
+        .expect("Slurm cannot tell it from a forgotten job");
+}
+
+/// `target/<profile>/funcx-manager`, next to the `deps` directory this test runs from.
+fn manager_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("funcx-manager"))
+        .expect("the test binary lives in target/<profile>/deps");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it first with `cargo build -p funcx-python --bins` \
+         (scripts/test does, before `cargo test`)",
+        binary.display()
+    );
+    binary
+}
+
+/// Returns its argument and the block of the manager whose worker ran it.
+const WHERE: &str = "import os, time\n\ndef where(i, pause=0.0):\n    time.sleep(pause)\n    return (i * i, os.environ.get('FUNCX_BLOCK_ID', '?'))\n";
+
+async fn wait_for_managers(executor: &Executor, dir: &TempDir, count: usize) {
+    let attached = tokio::time::timeout(LIMIT, async {
+        while executor.stats().await.managers != count {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        attached.is_ok(),
+        "{count} managers did not attach in {LIMIT:?} (now {}); logs:\n{}",
+        executor.stats().await.managers,
+        dir.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_runs_tasks_on_slurm_blocks_and_survives_a_cancelled_block() {
+    require_slurm();
+    let binary = manager_binary();
+    let _turn = CLUSTER.lock().await;
+    let dir = TempDir::new("endpoint");
+
+    let executor = Executor::builder()
+        .retries_on_worker_death(1)
+        .start_without_workers();
+    let agent = EndpointAgent::new(
+        executor.clone(),
+        AgentConfig {
+            heartbeat_period: Duration::from_millis(200),
+            heartbeat_threshold: Duration::from_secs(3),
+            hello_timeout: Duration::from_secs(10),
+        },
+    );
+    let acceptor = TcpTransport::builder()
+        .token(TOKEN)
+        .build()
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("listen");
+    let address = acceptor.local_addr();
+    tokio::spawn(agent.serve(acceptor));
+
+    let provider = provider(&dir);
+    let manager = ManagerCommand::new(&binary)
+        .args(["--endpoint", &address.to_string(), "--workers", "1"])
+        .args(["--give-up-after", "30"])
+        .env("FUNCX_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn");
+    let request = BlockRequest::new(manager).walltime(Duration::from_secs(600));
+
+    let a = provider.submit(&request).await.expect("submit block a");
+    let mut jobs = Jobs(vec![a.clone()]);
+    wait_for_managers(&executor, &dir, 1).await;
+
+    let f = Function::from_source(WHERE, "where");
+    let handles = executor.submit_batch(&f, (0..100_i64).map(|i| (i,)));
+    for (i, handle) in handles.into_iter().enumerate() {
+        let (square, block) = handle.result::<(i64, String)>().await.expect("task result");
+        assert_eq!(square, (i * i) as i64);
+        assert_eq!(block, a.as_str(), "the worker sees its manager's block id");
+    }
+
+    // A second block, then cancel the first while it holds tasks: they run again on the
+    // second block's manager, and none is lost.
+    let b = provider.submit(&request).await.expect("submit block b");
+    jobs.0.push(b.clone());
+    wait_for_managers(&executor, &dir, 2).await;
+    let handles = executor.submit_batch(&f, (0..100_i64).map(|i| (i, 0.05)));
+    let in_flight = tokio::time::timeout(LIMIT, async {
+        while executor.stats().await.in_flight > 80 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(in_flight.is_ok(), "the tasks did not start running");
+    provider.cancel(&a).await.expect("cancel block a");
+
+    let mut blocks = std::collections::HashSet::new();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let result = tokio::time::timeout(LIMIT, handle.result::<(i64, String)>())
+            .await
+            .unwrap_or_else(|_| panic!("task {i} hung; logs:\n{}", dir.logs()));
+        let (square, block) =
+            result.unwrap_or_else(|e| panic!("task {i} was lost with block a: {e}"));
+        assert_eq!(square, (i * i) as i64);
+        blocks.insert(block);
+    }
+    assert!(blocks.contains(b.as_str()), "block b ran tasks: {blocks:?}");
+    let state = wait_for_state(&provider, &dir, &a, BlockState::is_finished).await;
+    assert_eq!(state, BlockState::Cancelled);
+    assert_eq!(state_of(&provider, &b).await, BlockState::Running);
+
+    // Draining the endpoint stops b's manager, so b completes on its own.
+    executor.shutdown().await;
+    let state = wait_for_state(&provider, &dir, &b, BlockState::is_finished).await;
+    assert_eq!(state, BlockState::Completed, "logs:\n{}", dir.logs());
+    drop(jobs);
+}
