@@ -55,3 +55,10 @@ pub use script::shell_quote;
 pub use slurm::{SlurmConfig, SlurmProvider};
 mod gridengine;
 pub use gridengine::{GridEngineConfig, GridEngineProvider};
+#[cfg(feature = "ec2")]
+mod ec2;
+#[cfg(feature = "ec2")]
+pub use ec2::{
+    Ec2Config, Ec2ConfigError, Ec2Provider, BLOCK_TAG as EC2_BLOCK_TAG,
+    ENDPOINT_TAG as EC2_ENDPOINT_TAG,
+};
