@@ -523,7 +523,9 @@ impl Dispatcher {
     /// Why no task can run now: no worker is ready and every slot has failed to start.
     fn unavailable(&self) -> Option<&str> {
         let none_ready = self.slots.iter().all(|s| s.phase != Phase::Ready);
-        let all_failed = self.slots.iter().all(|s| s.startup_failures > 0);
+        // Twice, so that one passing hiccup (a slow file system, a killed first attempt)
+        // does not fail everything that waits; a broken setup fails twice in ~100 ms.
+        let all_failed = self.slots.iter().all(|s| s.startup_failures >= 2);
         if none_ready && all_failed {
             self.broken.as_deref()
         } else {
@@ -532,7 +534,13 @@ impl Dispatcher {
     }
 
     fn answer_ready_waiters(&mut self) {
-        let ready = self.slots.iter().all(|s| s.phase == Phase::Ready);
+        // Ready when every slot is, or when some are and the others keep failing to start:
+        // waiting longer would not change the answer, and the failures are in the log.
+        let some_ready = self.slots.iter().any(|s| s.phase == Phase::Ready);
+        let ready = self
+            .slots
+            .iter()
+            .all(|s| s.phase == Phase::Ready || (some_ready && s.startup_failures >= 2));
         let answer = if ready {
             Ok(())
         } else if let Some(reason) = self.unavailable() {

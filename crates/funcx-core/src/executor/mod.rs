@@ -265,7 +265,8 @@ impl Executor {
     }
 
     /// The state and timeline of task `id`, or `None` once it has finished (its handle has
-    /// the outcome) or if it is unknown.
+    /// the outcome) or if it is unknown. A task cancelled while on a worker shows as
+    /// `Failed` until that worker has let go of it.
     pub async fn status(&self, id: TaskId) -> Option<TaskStatus> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Status(id, reply));
@@ -279,8 +280,9 @@ impl Executor {
         answer.await.unwrap_or_default()
     }
 
-    /// Waits until every worker has started, or fails with a [`TaskError::is_no_workers`]
-    /// error saying why they cannot.
+    /// Waits until every worker has started (or, when some keep failing to start while
+    /// others run, until those have failed twice), or fails with a
+    /// [`TaskError::is_no_workers`] error saying why no worker can start.
     pub async fn ready(&self) -> Result<(), TaskError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Ready(reply));
