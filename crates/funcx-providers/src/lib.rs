@@ -1,10 +1,12 @@
 //! Where funcx workers come from.
 //!
 //! This crate holds the implementations of `funcx-core`'s [`Provider`] seam: the things that
-//! obtain *blocks* of resources and start one manager on each of their nodes. Today that is
-//! [`LocalProvider`], whose blocks are processes on this machine; Slurm, PBS Pro / Torque,
-//! Grid Engine and EC2 follow, with a `CommandRunner` seam so each scheduler is unit-tested
-//! against mocks of `sbatch`, `squeue` and `scancel`.
+//! obtain *blocks* of resources and start one manager on each of their nodes:
+//! [`LocalProvider`] (processes on this machine), [`SlurmProvider`], [`PbsProvider`] (PBS Pro
+//! and Torque), [`GridEngineProvider`], and `Ec2Provider` (feature `ec2`; it needs Rust 1.94,
+//! the rest of the workspace 1.80). Scheduler commands go through the [`CommandRunner`] seam,
+//! so each scheduler is unit-tested against recorded output of `sbatch`, `squeue`, `qstat`...
+//! and integration-tested against the real scheduler.
 //!
 //! A provider is driven by polling, as an endpoint's scaling strategy drives it:
 //!
