@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -171,6 +172,78 @@ impl TcpTransport {
             local_addr,
             task: task.abort_handle(),
         })
+    }
+
+    /// Runs the handshake as the side that dialled over `stream`, a byte stream connected by
+    /// other means, and starts a connection on it: the same handshake (token, version),
+    /// framing and limits as [`TcpTransport::dial`], without the TCP connect.
+    ///
+    /// This is how a manager reaches an endpoint through an HTTP server: it connects, asks
+    /// for an HTTP upgrade, and hands the upgraded stream here. TLS settings are not applied
+    /// (wrap `stream` in TLS before calling, if it needs it); `peer` is the address the
+    /// stream leads to, for logs and errors.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), funcx_transport::TransportError> {
+    /// use funcx_transport::TcpTransport;
+    ///
+    /// let transport = TcpTransport::builder().token("s3cret").build();
+    /// let (a, b) = tokio::io::duplex(64 * 1024);
+    /// let peer = "127.0.0.1:1".parse().unwrap();
+    /// let (dialled, accepted) = tokio::join!(
+    ///     transport.dial_stream::<u64, u64, _>(a, peer),
+    ///     transport.accept_stream::<u64, u64, _>(b, peer),
+    /// );
+    /// let (dialled, mut accepted) = (dialled?, accepted?);
+    /// dialled.send(7)?;
+    /// assert_eq!(accepted.recv().await.unwrap()?, 7);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn dial_stream<S, R, IO>(
+        &self,
+        stream: IO,
+        peer: SocketAddr,
+    ) -> Result<Connection<S, R>, TransportError>
+    where
+        S: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let handshake = async {
+            let mut stream = stream;
+            handshake::client(&mut stream, PROTOCOL_VERSION, &self.token).await?;
+            let (rd, wr) = tokio::io::split(stream);
+            Ok(spawn_stream(rd, wr, Peer::tcp(peer), self.max_frame_size))
+        };
+        self.with_timeout(handshake)
+            .await
+            .map_err(|e| e.with_peer(Some(peer)))
+    }
+
+    /// Runs the handshake as the accepting side over `stream`, a byte stream connected by
+    /// other means (an HTTP connection upgraded to the funcx protocol), and starts a
+    /// connection on it; the counterpart of [`TcpTransport::dial_stream`].
+    pub async fn accept_stream<S, R, IO>(
+        &self,
+        stream: IO,
+        peer: SocketAddr,
+    ) -> Result<Connection<S, R>, TransportError>
+    where
+        S: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let handshake = async {
+            let mut stream = stream;
+            handshake::server(&mut stream, PROTOCOL_VERSION, &self.token).await?;
+            let (rd, wr) = tokio::io::split(stream);
+            Ok(spawn_stream(rd, wr, Peer::tcp(peer), self.max_frame_size))
+        };
+        self.with_timeout(handshake)
+            .await
+            .map_err(|e| e.with_peer(Some(peer)))
     }
 
     async fn client_side<S, R>(

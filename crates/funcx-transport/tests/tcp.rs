@@ -414,3 +414,40 @@ async fn dialling_nothing_is_an_io_error() {
     assert!(err.is_io(), "{err}");
     assert_eq!(err.peer_addr(), Some(addr));
 }
+
+/// `dial_stream` / `accept_stream`: the same handshake over a stream connected by other means
+/// (as an HTTP upgrade gives one), including its refusals.
+#[tokio::test]
+async fn handshake_and_frames_over_an_existing_stream() {
+    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let server = TcpTransport::builder().token("right").build();
+
+    let (a, b) = tokio::io::duplex(1024);
+    let (dialled, accepted) = within(async {
+        tokio::join!(
+            server.dial_stream::<ToEndpoint, ToManager, _>(a, peer),
+            server.accept_stream::<ToManager, ToEndpoint, _>(b, peer),
+        )
+    })
+    .await;
+    let (dialled, mut accepted) = (dialled.unwrap(), accepted.unwrap());
+    assert_eq!(accepted.peer().addr(), Some(peer));
+    // Larger than the duplex buffer: frames flow through the stream's back-pressure.
+    dialled.send(ToEndpoint::Blob(vec![7; 100_000])).unwrap();
+    match within(accepted.recv()).await.unwrap().unwrap() {
+        ToEndpoint::Blob(bytes) => assert_eq!(bytes.len(), 100_000),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let wrong = TcpTransport::builder().token("wrong").build();
+    let (a, b) = tokio::io::duplex(1024);
+    let (dialled, accepted) = within(async {
+        tokio::join!(
+            wrong.dial_stream::<ToEndpoint, ToManager, _>(a, peer),
+            server.accept_stream::<ToManager, ToEndpoint, _>(b, peer),
+        )
+    })
+    .await;
+    assert!(dialled.unwrap_err().is_bad_token());
+    assert!(accepted.unwrap_err().is_bad_token());
+}

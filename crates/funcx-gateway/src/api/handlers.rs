@@ -1,0 +1,556 @@
+//! The route handlers: each checks who may do what, then asks the store or the endpoint's
+//! executor.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use funcx_core::{Args, Function, FunctionId, Payload, Task, TaskOptions, TaskState};
+use funcx_transport::remote::{ToEndpoint, ToManager};
+use futures::Stream;
+use subtle::ConstantTimeEq;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{info, warn};
+
+use super::body::{Format, Input, Reply};
+use super::model::*;
+use crate::auth::{new_id, new_token, User};
+use crate::error::ApiError;
+use crate::store::{hash_token, EndpointRecord, Finished, FunctionRecord, NewTask, TaskRecord};
+use crate::Gateway;
+
+/// The `Upgrade` protocol name of endpoint connections.
+pub const UPGRADE_PROTOCOL: &str = "funcx-manager-protocol";
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub(crate) async fn health() -> Reply<serde_json::Value> {
+    Reply::json(serde_json::json!({ "status": "ok" }))
+}
+
+pub(crate) async fn metrics(State(gateway): State<Gateway>) -> Response {
+    let text = gateway.inner.metrics.render(gateway.gauges().await);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+pub(crate) async fn openapi() -> Reply<serde_json::Value> {
+    Reply::json(super::openapi_document().clone())
+}
+
+/// Parses 64 hex digits.
+pub(crate) fn parse_function_id(text: &str) -> ApiResult<FunctionId> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "{text:?} is not a function id (64 hexadecimal digits)"
+        ))
+    };
+    if text.len() != 64 || !text.is_ascii() {
+        return Err(bad());
+    }
+    let mut bytes = [0u8; 32];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(FunctionId::from_bytes(bytes))
+}
+
+fn parse_task_id(text: &str) -> ApiResult<u64> {
+    text.parse()
+        .map_err(|_| ApiError::bad_request(format!("{text:?} is not a task id (an integer)")))
+}
+
+pub(crate) async fn register_function(
+    State(gateway): State<Gateway>,
+    Extension(user): Extension<User>,
+    input: Input<RegisterFunction>,
+) -> ApiResult<Reply<FunctionRegistered>> {
+    let request = input.value;
+    if request.name.trim().is_empty() {
+        return Err(ApiError::bad_request("a function needs a name"));
+    }
+    let function = match (request.source, request.pickle) {
+        (Some(source), None) => Function::from_source(source, request.name.clone()),
+        (None, Some(pickle)) => Function::from_pickle(pickle.0, request.name.clone()),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `source` and `pickle`",
+            ))
+        }
+    };
+    let record = FunctionRecord {
+        id: function.id(),
+        owner: user.name().to_string(),
+        name: request.name,
+        body: function.body().clone(),
+        public: request.public,
+        shared_with: request.shared_with,
+    };
+    gateway.store().put_function(record).await?;
+    Ok(Reply::json(FunctionRegistered {
+        function_id: function.id().to_string(),
+    })
+    .with_status(StatusCode::CREATED))
+}
+
+/// The caller's own record of function `id`, else one shared with it.
+async fn visible_function(
+    gateway: &Gateway,
+    user: &User,
+    id: FunctionId,
+) -> ApiResult<Option<FunctionRecord>> {
+    let records = gateway.store().function(id).await?;
+    let own = records.iter().position(|r| r.owner == user.name());
+    let visible = own.or_else(|| records.iter().position(|r| r.visible_to(user.name())));
+    Ok(visible.map(|i| records[i].clone()))
+}
+
+pub(crate) async fn get_function(
+    State(gateway): State<Gateway>,
+    Extension(user): Extension<User>,
+    Path(id): Path<String>,
+) -> ApiResult<Reply<FunctionView>> {
+    let id = parse_function_id(&id)?;
+    let record = visible_function(&gateway, &user, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no function {id}")))?;
+    let (source, pickle) = match record.body {
+        funcx_core::FunctionBody::Source(source) => (Some(source), None),
+        funcx_core::FunctionBody::Pickled(bytes) => (None, Some(Blob(bytes.to_vec()))),
+    };
+    let mine = record.owner == user.name();
+    Ok(Reply::json(FunctionView {
+        function_id: id.to_string(),
+        name: record.name,
+        owner: record.owner,
+        public: record.public,
+        shared_with: if mine { record.shared_with } else { Vec::new() },
+        source,
+        pickle,
+    }))
+}
+
+pub(crate) async fn delete_function(
+    State(gateway): State<Gateway>,
+    Extension(user): Extension<User>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = parse_function_id(&id)?;
+    if gateway.store().delete_function(id, user.name()).await? {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    match visible_function(&gateway, &user, id).await? {
+        Some(_) => Err(ApiError::forbidden(format!(
+            "function {id} is not yours to delete"
+        ))),
+        None => Err(ApiError::not_found(format!("no function {id}"))),
+    }
+}
+
+pub(crate) async fn register_endpoint(
+    State(gateway): State<Gateway>,
+    Extension(user): Extension<User>,
+    input: Input<RegisterEndpoint>,
+) -> ApiResult<Reply<EndpointRegistered>> {
+    let request = input.value;
+    if request.name.trim().is_empty() {
+        return Err(ApiError::bad_request("an endpoint needs a name"));
+    }
+    let allowed_functions = request
+        .allowed_functions
+        .map(|ids| ids.iter().map(|id| parse_function_id(id)).collect())
+        .transpose()?;
+    let token = new_token()?;
+    let record = EndpointRecord {
+        id: new_id()?,
+        owner: user.name().to_string(),
+        name: request.name,
+        token_hash: hash_token(&token),
+        allowed_functions,
+        allowed_users: request.allowed_users,
+        created: SystemTime::now(),
+    };
+    let endpoint_id = record.id.clone();
+    gateway.store().put_endpoint(record).await?;
+    info!(endpoint = %endpoint_id, owner = %user.name(), "endpoint registered");
+    Ok(Reply::json(EndpointRegistered {
+        endpoint_id,
+        endpoint_token: token,
+    })
+    .with_status(StatusCode::CREATED))
+}
+
+async fn endpoint_view(gateway: &Gateway, record: EndpointRecord) -> EndpointView {
+    let status = gateway.endpoint_status(&record.id).await;
+    EndpointView {
+        endpoint_id: record.id,
+        name: record.name,
+        owner: record.owner,
+        allowed_functions: record
+            .allowed_functions
+            .map(|ids| ids.iter().map(ToString::to_string).collect()),
+        allowed_users: record.allowed_users,
+        status,
+    }
+}
+
+/// Endpoint `id` if `user` may see it; 404 otherwise, whether or not it exists.
+async fn visible_endpoint(gateway: &Gateway, user: &User, id: &str) -> ApiResult<EndpointRecord> {
+    gateway
+        .store()
+        .endpoint(id)
+        .await?
+        .filter(|e| e.visible_to(user.name()))
+        .ok_or_else(|| ApiError::not_found(format!("no endpoint {id}")))
+}
+
+pub(crate) async fn list_endpoints(
+    State(gateway): State<Gateway>,
+    Extension(user): Extension<User>,
+) -> ApiResult<Reply<Vec<EndpointView>>> {
+    let mut views = Vec::new();
+    for record in gateway.store().endpoints().await? {
+        if record.owner == user.name() {
+            views.push(endpoint_view(&gateway, record).await);
+        }
+    }
+    Ok(Reply::json(views))
+}
+
+pub(crate) async fn get_endpoint(
+    State(gateway): State<Gateway>,
+    Extension(user): Extension<User>,
+    Path(id): Path<String>,
+) -> ApiResult<Reply<EndpointView>> {
+    let record = visible_endpoint(&gateway, &user, &id).await?;
+    Ok(Reply::json(endpoint_view(&gateway, record).await))
+}
+
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// `GET /v1/endpoints/{id}/connect`: an endpoint dials in. After `101 Switching Protocols`
+/// the connection carries the funcx handshake and the manager protocol, and the endpoint is
+/// a manager of its gateway-side executor.
+pub(crate) async fn connect_endpoint(
+    State(gateway): State<Gateway>,
+    Path(id): Path<String>,
+    mut request: Request,
+) -> ApiResult<Response> {
+    let token = bearer(request.headers())
+        .ok_or_else(|| ApiError::unauthorized("send the endpoint token as a bearer token"))?
+        .to_string();
+    let record = gateway
+        .store()
+        .endpoint(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no endpoint {id}")))?;
+    if !bool::from(record.token_hash.ct_eq(&hash_token(&token))) {
+        return Err(ApiError::unauthorized("wrong endpoint token"));
+    }
+    let upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(UPGRADE_PROTOCOL));
+    if !upgrade {
+        return Err(ApiError::upgrade_required(format!(
+            "endpoints connect with `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`"
+        )));
+    }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.0);
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let runtime = gateway.runtime(&id);
+    let transport = gateway.inner.transport.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                return warn!(endpoint = %id, %error, "endpoint connection upgrade failed")
+            }
+        };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        match transport
+            .accept_stream::<ToManager, ToEndpoint, _>(io, peer)
+            .await
+        {
+            Ok(connection) => {
+                info!(endpoint = %id, %peer, "endpoint connected");
+                runtime.agent.admit(connection).await;
+            }
+            Err(error) => warn!(endpoint = %id, %peer, %error, "endpoint handshake failed"),
+        }
+    });
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL)),
+        ],
+    )
+        .into_response())
+}
+
+pub(crate) async fn submit(
+    State(gateway): State<Gateway>,
+    Extension(user): Extension<User>,
+    Path(id): Path<String>,
+    input: Input<SubmitRequest>,
+) -> ApiResult<Reply<SubmitResponse>> {
+    let endpoint = visible_endpoint(&gateway, &user, &id).await?;
+    let requests = input.value.tasks;
+    if requests.is_empty() {
+        return Err(ApiError::bad_request("no tasks to submit"));
+    }
+    // Each function is looked up once per submission, however many tasks call it.
+    let mut functions: HashMap<FunctionId, Function> = HashMap::new();
+    let mut new = Vec::with_capacity(requests.len());
+    let mut tasks = Vec::with_capacity(requests.len());
+    for (index, request) in requests.into_iter().enumerate() {
+        let function_id = parse_function_id(&request.function_id)
+            .map_err(|e| ApiError::bad_request(format!("task {index}: {e}")))?;
+        let function = match functions.get(&function_id) {
+            Some(function) => function.clone(),
+            None => {
+                let record = visible_function(&gateway, &user, function_id)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!("task {index}: no function {function_id}"))
+                    })?;
+                let function = gateway.function(&record);
+                functions.insert(function_id, function.clone());
+                function
+            }
+        };
+        if !endpoint.allows(&function_id) {
+            return Err(ApiError::forbidden(format!(
+                "task {index}: endpoint {id} does not run function {function_id}"
+            )));
+        }
+        let mut args = Args::new();
+        for arg in request.args {
+            args = args.payload(Payload::from_pickled(arg.0));
+        }
+        for (name, value) in request.kwargs {
+            args = args.kwarg_payload(name, Payload::from_pickled(value.0));
+        }
+        let timeout = request.timeout_ms.map(Duration::from_millis);
+        let options = match timeout {
+            Some(timeout) => TaskOptions::new().timeout(timeout),
+            None => TaskOptions::new(),
+        };
+        new.push(NewTask {
+            owner: user.name().to_string(),
+            endpoint: endpoint.id.clone(),
+            function: function_id,
+            args: args.clone(),
+            timeout,
+        });
+        tasks.push(Task {
+            function,
+            args,
+            options,
+        });
+    }
+    // Stored (durably) before anything runs or is acknowledged.
+    let ids = gateway.store().insert_tasks(new, SystemTime::now()).await?;
+    gateway.inner.metrics.submitted(ids.len());
+    gateway.dispatch(&endpoint.id, ids.iter().copied().zip(tasks).collect());
+    Ok(Reply::ok(SubmitResponse { task_ids: ids }, input.format))
+}
+
+/// A task as the API shows it; live states of unfinished tasks come from the executor.
+async fn task_view(gateway: &Gateway, record: TaskRecord) -> TaskView {
+    let (mut state, mut timeline) = (record.state, record.timeline);
+    if record.result.is_none() {
+        if let Some((runtime, local)) = gateway.running(record.id) {
+            if let Some(status) = runtime.executor.status(local).await {
+                state = status.state;
+                timeline = funcx_core::Timeline {
+                    submitted: record.timeline.submitted,
+                    ..status.timeline
+                };
+            }
+        }
+    }
+    view_of(record, state, timeline)
+}
+
+pub(crate) fn view_of(
+    record: TaskRecord,
+    state: TaskState,
+    timeline: funcx_core::Timeline,
+) -> TaskView {
+    let (result, error) = match record.result {
+        Some(Ok(payload)) => (Some(Blob(payload.as_bytes().to_vec())), None),
+        Some(Err(error)) => (None, Some(error)),
+        None => (None, None),
+    };
+    TaskView {
+        id: record.id,
+        state,
+        timeline,
+        result,
+        error_message: error.as_ref().map(ToString::to_string),
+        error,
+    }
+}
+
+/// Task `id` if it is `user`'s; 404 otherwise.
+async fn own_task(gateway: &Gateway, user: &User, id: u64) -> ApiResult<TaskRecord> {
+    gateway
+        .store()
+        .task(id)
+        .await?
+        .filter(|t| t.owner == user.name())
+        .ok_or_else(|| ApiError::not_found(format!("no task {id}")))
+}
+
+async fn after_fetch(gateway: &Gateway, record: &TaskRecord) -> ApiResult<()> {
+    if gateway.inner.config.delete_after_fetch && record.result.is_some() {
+        gateway.store().delete_task(record.id).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn get_task(
+    State(gateway): State<Gateway>,
+    Extension(user): Extension<User>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Reply<TaskView>> {
+    let id = parse_task_id(&id)?;
+    let record = own_task(&gateway, &user, id).await?;
+    after_fetch(&gateway, &record).await?;
+    let view = task_view(&gateway, record).await;
+    Ok(Reply::ok(view, Format::accepted(&headers)))
+}
+
+pub(crate) async fn batch(
+    State(gateway): State<Gateway>,
+    Extension(user): Extension<User>,
+    headers: HeaderMap,
+    input: Input<BatchRequest>,
+) -> ApiResult<Reply<BatchResponse>> {
+    let mut response = BatchResponse {
+        tasks: Vec::with_capacity(input.value.ids.len()),
+        not_found: Vec::new(),
+    };
+    for id in input.value.ids {
+        match gateway.store().task(id).await? {
+            Some(record) if record.owner == user.name() => {
+                after_fetch(&gateway, &record).await?;
+                response.tasks.push(task_view(&gateway, record).await);
+            }
+            _ => response.not_found.push(id),
+        }
+    }
+    let format = match input.format {
+        Format::Postcard => Format::Postcard,
+        Format::Json => Format::accepted(&headers),
+    };
+    Ok(Reply::ok(response, format))
+}
+
+pub(crate) async fn cancel_task(
+    State(gateway): State<Gateway>,
+    Extension(user): Extension<User>,
+    Path(id): Path<String>,
+) -> ApiResult<Reply<TaskView>> {
+    let id = parse_task_id(&id)?;
+    let record = own_task(&gateway, &user, id).await?;
+    if record.result.is_none() {
+        match gateway.running(id) {
+            Some((runtime, local)) => runtime.executor.cancel(local),
+            None => {
+                // Not held by any executor (cannot normally happen): settle it here.
+                let finished = gateway
+                    .store()
+                    .finish(
+                        vec![Finished {
+                            id,
+                            result: Err(funcx_core::TaskError::cancelled()),
+                            timeline: record.timeline,
+                        }],
+                        SystemTime::now(),
+                    )
+                    .await?;
+                gateway.publish(finished);
+            }
+        }
+    }
+    let record = own_task(&gateway, &user, id).await?;
+    Ok(Reply::json(task_view(&gateway, record).await).with_status(StatusCode::ACCEPTED))
+}
+
+pub(crate) async fn delete_task(
+    State(gateway): State<Gateway>,
+    Extension(user): Extension<User>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = parse_task_id(&id)?;
+    let record = own_task(&gateway, &user, id).await?;
+    if record.result.is_none() {
+        if let Some((runtime, local)) = gateway.running(id) {
+            runtime.executor.cancel(local);
+        }
+    }
+    gateway.store().delete_task(id).await?;
+    gateway.forget(id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/results`: one `result` event per task of the caller that finishes while the
+/// stream is open; a `lagged` event (data: how many were missed) if the caller reads too
+/// slowly to keep up.
+pub(crate) async fn results(
+    State(gateway): State<Gateway>,
+    Extension(user): Extension<User>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let events = gateway.inner.events.subscribe();
+    let stream = futures::stream::unfold((events, user), |(mut events, user)| async move {
+        loop {
+            match events.recv().await {
+                Ok(record) if record.owner == user.name() => {
+                    let record = TaskRecord::clone(&record);
+                    let (state, timeline) = (record.state, record.timeline);
+                    let view = view_of(record, state, timeline);
+                    let event = Event::default()
+                        .event("result")
+                        .json_data(view)
+                        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
+                    return Some((Ok(event), (events, user)));
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(missed)) => {
+                    let event = Event::default().event("lagged").data(missed.to_string());
+                    return Some((Ok(event), (events, user)));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

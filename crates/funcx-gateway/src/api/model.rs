@@ -1,0 +1,266 @@
+//! The bodies of the HTTP API: one set of types for JSON (payloads as base64 text) and for
+//! postcard (`application/x-postcard`, payloads as raw bytes), so the Rust client and curl
+//! read and write the same structures.
+//!
+//! Types that travel as postcard never skip a field when serializing: postcard has no field
+//! names, so an absent field would shift every later one. Optional fields are `null` in JSON.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine;
+use funcx_core::{TaskError, TaskState, Timeline};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+/// Bytes in a body: base64 (standard alphabet, padded) in JSON, raw bytes in postcard.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Blob(pub Vec<u8>);
+
+impl fmt::Debug for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Blob({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Blob {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+        } else {
+            serializer.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> de::Visitor<'de> for Visit {
+            type Value = Blob;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("base64 text (or bytes)")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Blob, E> {
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map(Blob)
+                    .map_err(|e| E::custom(format_args!("invalid base64: {e}")))
+            }
+            fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Blob, E> {
+                Ok(Blob(bytes.to_vec()))
+            }
+            fn visit_byte_buf<E: de::Error>(self, bytes: Vec<u8>) -> Result<Blob, E> {
+                Ok(Blob(bytes))
+            }
+        }
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(Visit)
+        } else {
+            deserializer.deserialize_byte_buf(Visit)
+        }
+    }
+}
+
+/// `POST /v1/functions`: register a function by source or by pickle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterFunction {
+    /// The entry point (source) or a name for logs (pickle).
+    pub name: String,
+    /// Python source that defines `name`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// A pickled callable (`cloudpickle.dumps(f)`).
+    #[serde(default)]
+    pub pickle: Option<Blob>,
+    /// Usable by every user.
+    #[serde(default)]
+    pub public: bool,
+    /// Users who may use it besides its owner.
+    #[serde(default)]
+    pub shared_with: Vec<String>,
+}
+
+/// The answer to `POST /v1/functions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRegistered {
+    /// The content hash, 64 hex digits.
+    pub function_id: String,
+}
+
+/// `GET /v1/functions/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionView {
+    /// The content hash.
+    pub function_id: String,
+    /// Its name.
+    pub name: String,
+    /// Who registered the record shown.
+    pub owner: String,
+    /// Usable by everyone.
+    pub public: bool,
+    /// Who it is shared with (shown to its owner only; empty for others).
+    pub shared_with: Vec<String>,
+    /// Its source, for a source function.
+    pub source: Option<String>,
+    /// Its pickle, for a pickled function.
+    pub pickle: Option<Blob>,
+}
+
+/// `POST /v1/endpoints`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterEndpoint {
+    /// A name for people.
+    pub name: String,
+    /// If set, the only functions (ids) it runs.
+    #[serde(default)]
+    pub allowed_functions: Option<Vec<String>>,
+    /// If set, the users besides the owner who may submit to it.
+    #[serde(default)]
+    pub allowed_users: Option<Vec<String>>,
+}
+
+/// The answer to `POST /v1/endpoints`: the token is shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRegistered {
+    /// The endpoint's id.
+    pub endpoint_id: String,
+    /// The secret the endpoint presents when it dials in.
+    pub endpoint_token: String,
+}
+
+/// `GET /v1/endpoints` and `GET /v1/endpoints/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointView {
+    /// Its id.
+    pub endpoint_id: String,
+    /// Its name.
+    pub name: String,
+    /// Who registered it.
+    pub owner: String,
+    /// The functions it is limited to, if any.
+    pub allowed_functions: Option<Vec<String>>,
+    /// The users besides the owner it accepts, if any.
+    pub allowed_users: Option<Vec<String>>,
+    /// Its live state.
+    pub status: EndpointStatusView,
+}
+
+/// An endpoint's live state, from its gateway-side executor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatusView {
+    /// At least one manager (endpoint connection) is attached.
+    pub connected: bool,
+    /// Attached managers.
+    pub managers: usize,
+    /// Their worker slots.
+    pub workers: usize,
+    /// Slots running a task.
+    pub busy_workers: usize,
+    /// Slots free.
+    pub idle_workers: usize,
+    /// Tasks waiting in the gateway for a slot.
+    pub queued: usize,
+    /// Tasks sent to the endpoint and unfinished.
+    pub in_flight: usize,
+}
+
+/// `POST /v1/endpoints/{id}/tasks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// The tasks, submitted together.
+    pub tasks: Vec<SubmitTask>,
+}
+
+/// One task of a submission.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitTask {
+    /// The function's id (64 hex digits).
+    pub function_id: String,
+    /// Pickled positional arguments.
+    #[serde(default)]
+    pub args: Vec<Blob>,
+    /// Pickled keyword arguments.
+    #[serde(default)]
+    pub kwargs: BTreeMap<String, Blob>,
+    /// How long the task may run, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The answer to a submission: one id per task, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    /// Gateway task ids.
+    pub task_ids: Vec<u64>,
+}
+
+/// A task as `GET /v1/tasks/{id}`, the batch route and the result events show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskView {
+    /// Its id.
+    pub id: u64,
+    /// `queued`, `dispatched`, `running`, `succeeded` or `failed`.
+    pub state: TaskState,
+    /// When it went through each state.
+    pub timeline: Timeline,
+    /// The pickled result, once succeeded.
+    pub result: Option<Blob>,
+    /// The error, once failed: the same serde form as `funcx_core::TaskError`.
+    pub error: Option<TaskError>,
+    /// The error as text, for people.
+    pub error_message: Option<String>,
+}
+
+/// `POST /v1/tasks/batch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchRequest {
+    /// The tasks to read.
+    pub ids: Vec<u64>,
+}
+
+/// The answer to `POST /v1/tasks/batch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchResponse {
+    /// The tasks found, in the order asked.
+    pub tasks: Vec<TaskView>,
+    /// The ids that are unknown (or not the caller's).
+    pub not_found: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_are_base64_in_json_and_bytes_in_postcard() {
+        let blob = Blob(vec![0, 1, 255]);
+        assert_eq!(serde_json::to_string(&blob).unwrap(), "\"AAH/\"");
+        let back: Blob = serde_json::from_str("\"AAH/\"").unwrap();
+        assert_eq!(back, blob);
+        let err = serde_json::from_str::<Blob>("\"not base64!\"").unwrap_err();
+        assert!(err.to_string().contains("invalid base64"), "{err}");
+        let bytes = postcard::to_stdvec(&blob).unwrap();
+        assert_eq!(bytes, [3, 0, 1, 255]);
+        assert_eq!(postcard::from_bytes::<Blob>(&bytes).unwrap(), blob);
+    }
+
+    #[test]
+    fn task_views_round_trip_through_postcard() {
+        let view = TaskView {
+            id: 3,
+            state: TaskState::Failed,
+            timeline: Timeline::submitted_now(),
+            result: None,
+            error: Some(TaskError::cancelled()),
+            error_message: Some("cancelled".into()),
+        };
+        let back: TaskView = postcard::from_bytes(&postcard::to_stdvec(&view).unwrap()).unwrap();
+        assert_eq!(back.id, 3);
+        assert!(back.error.unwrap().is_cancelled());
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["state"], "failed");
+        assert!(json["result"].is_null());
+    }
+}

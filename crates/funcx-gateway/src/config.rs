@@ -1,0 +1,150 @@
+//! [`GatewayConfig`]: what an operator sets, from a TOML file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::GatewayError;
+
+/// How a gateway runs.
+///
+/// ```
+/// use funcx_gateway::GatewayConfig;
+///
+/// let config = GatewayConfig::from_toml(r#"
+///     listen = "0.0.0.0:8470"
+///     store = "/var/lib/funcx/gateway.redb"
+///     max_body_bytes = 8388608
+///     result_ttl_secs = 86400
+///     delete_after_fetch = true
+///
+///     [rate_limit]
+///     per_second = 50.0
+///     burst = 200
+///
+///     [[users]]
+///     name = "alice"
+///     token = "5f2b...from-your-secret-store"
+/// "#).unwrap();
+/// assert_eq!(config.users[0].name, "alice");
+/// assert_eq!(config.rate_limit.unwrap().burst, 200);
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where the HTTP API listens (default `127.0.0.1:8470`). Endpoints dial the same port.
+    pub listen: SocketAddr,
+    /// The store's file ([`crate::store::RedbStore`]), or `None` (default) for a store in
+    /// memory that forgets everything at exit.
+    pub store: Option<PathBuf>,
+    /// Users to create (or whose token to replace) at start.
+    pub users: Vec<UserConfig>,
+    /// Requests per user; `None` (default) for no limit.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// The largest request body, in bytes (default 16 MiB).
+    pub max_body_bytes: usize,
+    /// How long finished tasks are kept, in seconds (default 7 days).
+    pub result_ttl_secs: u64,
+    /// Whether a finished task is deleted once its result has been read with
+    /// `GET /v1/tasks/{id}` or `POST /v1/tasks/batch` (default false).
+    pub delete_after_fetch: bool,
+    /// How many times a task is re-run after the endpoint running it was lost (it dropped
+    /// its connection and did not come back within the heartbeat threshold) before it fails
+    /// with a "manager lost" error (default 3).
+    pub endpoint_retries: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8470)),
+            store: None,
+            users: Vec::new(),
+            rate_limit: None,
+            max_body_bytes: 16 * 1024 * 1024,
+            result_ttl_secs: 7 * 24 * 3600,
+            delete_after_fetch: false,
+            endpoint_retries: 3,
+        }
+    }
+}
+
+/// A user seeded from the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user's name.
+    pub name: String,
+    /// Its bearer token (only its hash is stored).
+    pub token: String,
+}
+
+/// A per-user token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests a second, sustained.
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet spell.
+    pub burst: u32,
+}
+
+impl GatewayConfig {
+    /// Parses a configuration from TOML text; missing keys take their defaults.
+    pub fn from_toml(text: &str) -> Result<GatewayConfig, GatewayError> {
+        let config: GatewayConfig =
+            toml::from_str(text).map_err(|e| GatewayError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn load(path: impl AsRef<Path>) -> Result<GatewayConfig, GatewayError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| GatewayError::Config(format!("{}: {e}", path.display())))?;
+        GatewayConfig::from_toml(&text)
+    }
+
+    /// How long finished tasks are kept.
+    pub fn result_ttl(&self) -> Duration {
+        Duration::from_secs(self.result_ttl_secs)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), GatewayError> {
+        if let Some(limit) = self.rate_limit {
+            if !(limit.per_second.is_finite() && limit.per_second > 0.0) || limit.burst == 0 {
+                return Err(GatewayError::Config(
+                    "rate_limit needs per_second > 0 and burst >= 1".into(),
+                ));
+            }
+        }
+        for user in &self.users {
+            if user.name.is_empty() || user.token.len() < 16 {
+                return Err(GatewayError::Config(format!(
+                    "user {:?}: a name and a token of at least 16 characters are required",
+                    user.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_refusals() {
+        let config = GatewayConfig::from_toml("").unwrap();
+        assert_eq!(config.max_body_bytes, 16 * 1024 * 1024);
+        assert!(config.store.is_none());
+        assert!(GatewayConfig::from_toml("listen = 5").is_err());
+        assert!(GatewayConfig::from_toml("unknown_key = 1").is_err());
+        assert!(GatewayConfig::from_toml("[rate_limit]\nper_second = 0.0\nburst = 1").is_err());
+        assert!(GatewayConfig::from_toml("[[users]]\nname = \"a\"\ntoken = \"short\"").is_err());
+    }
+}

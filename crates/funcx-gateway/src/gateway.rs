@@ -1,0 +1,470 @@
+//! [`Gateway`]: the state behind the HTTP API, the endpoints' executors, and the flow of
+//! tasks and results between them and the store.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use funcx_core::{
+    report_stream, Executor, Function, FunctionId, ReportSink, ReportStream, Task, TaskId,
+    TaskOptions, TaskReport,
+};
+use funcx_transport::remote::{AgentConfig, EndpointAgent};
+use funcx_transport::TcpTransport;
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use crate::api::model::EndpointStatusView;
+use crate::auth::{Authenticator, RateLimiter, TokenAuthenticator};
+use crate::config::GatewayConfig;
+use crate::error::GatewayError;
+use crate::metrics::{EndpointGauges, Metrics};
+use crate::store::{
+    hash_token, Finished, MemoryStore, RedbStore, TaskRecord, TaskStore, UserRecord,
+};
+
+/// How many finished tasks may wait for a slow result-stream subscriber before it misses
+/// some (it is told, and can read them with `GET /v1/tasks/{id}`).
+const EVENT_BUFFER: usize = 4096;
+/// How many outcomes are stored in one transaction at most.
+const RESULT_BATCH: usize = 1024;
+
+/// A running gateway: its store, its users, one executor per endpoint that endpoints'
+/// managers attach to, and the task that stores results as they arrive.
+///
+/// Cheap to clone. Serve its API with [`Gateway::serve`], or mount [`Gateway::router`] in an
+/// axum application of your own.
+#[derive(Clone)]
+pub struct Gateway {
+    pub(crate) inner: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn TaskStore>,
+    pub(crate) authenticator: Arc<dyn Authenticator>,
+    pub(crate) limiter: RateLimiter,
+    pub(crate) config: GatewayConfig,
+    pub(crate) metrics: Metrics,
+    /// Handshake and frame limits for upgraded endpoint connections. Its token is empty:
+    /// the endpoint token was checked by the HTTP route.
+    pub(crate) transport: TcpTransport,
+    agent: AgentConfig,
+    endpoints: Mutex<HashMap<String, Arc<EndpointRuntime>>>,
+    /// Gateway task id → the endpoint and the executor-side id of its current run.
+    running: Mutex<HashMap<u64, (String, TaskId)>>,
+    functions: Mutex<HashMap<FunctionId, Function>>,
+    sink: ReportSink,
+    pub(crate) events: broadcast::Sender<Arc<TaskRecord>>,
+}
+
+/// The gateway side of one endpoint: an executor with no workers of its own, whose pools
+/// are the endpoint's connections.
+pub(crate) struct EndpointRuntime {
+    pub(crate) executor: Executor,
+    pub(crate) agent: EndpointAgent,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("listen", &self.inner.config.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures and starts a [`Gateway`].
+pub struct GatewayBuilder {
+    config: GatewayConfig,
+    store: Option<Arc<dyn TaskStore>>,
+    authenticator: Option<Arc<dyn Authenticator>>,
+    agent: AgentConfig,
+}
+
+impl std::fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayBuilder {
+    /// Uses `store` instead of the one the configuration names.
+    pub fn store(mut self, store: Arc<dyn TaskStore>) -> GatewayBuilder {
+        self.store = Some(store);
+        self
+    }
+
+    /// Authenticates users with `authenticator` instead of the store's tokens.
+    pub fn authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> GatewayBuilder {
+        self.authenticator = Some(authenticator);
+        self
+    }
+
+    /// How endpoints' connections are watched (heartbeats; how long a dropped endpoint may
+    /// take to come back before its tasks are re-queued).
+    pub fn agent_config(mut self, agent: AgentConfig) -> GatewayBuilder {
+        self.agent = agent;
+        self
+    }
+
+    /// Opens the store, seeds the configured users, re-submits every unfinished task, and
+    /// starts storing results. Must be called within a Tokio runtime.
+    pub async fn start(self) -> Result<Gateway, GatewayError> {
+        self.config.validate()?;
+        let store: Arc<dyn TaskStore> = match (self.store, &self.config.store) {
+            (Some(store), _) => store,
+            (None, Some(path)) => Arc::new(RedbStore::open(path)?),
+            (None, None) => Arc::new(MemoryStore::new()),
+        };
+        for user in &self.config.users {
+            store
+                .put_user(UserRecord {
+                    name: user.name.clone(),
+                    token_hash: hash_token(&user.token),
+                })
+                .await?;
+        }
+        let authenticator = self
+            .authenticator
+            .unwrap_or_else(|| Arc::new(TokenAuthenticator::new(store.clone())));
+        let (sink, reports) = report_stream();
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let transport = TcpTransport::builder()
+            .max_frame_size(self.config.max_body_bytes.max(64 * 1024 * 1024))
+            .build();
+        let gateway = Gateway {
+            inner: Arc::new(Shared {
+                store,
+                authenticator,
+                limiter: RateLimiter::new(self.config.rate_limit),
+                config: self.config,
+                metrics: Metrics::default(),
+                transport,
+                agent: self.agent,
+                endpoints: Mutex::new(HashMap::new()),
+                running: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
+                sink,
+                events,
+            }),
+        };
+        tokio::spawn(store_results(Arc::downgrade(&gateway.inner), reports));
+        tokio::spawn(expire_results(Arc::downgrade(&gateway.inner)));
+        gateway.recover().await?;
+        Ok(gateway)
+    }
+}
+
+impl Gateway {
+    /// A builder for a gateway configured by `config`.
+    pub fn builder(config: GatewayConfig) -> GatewayBuilder {
+        GatewayBuilder {
+            config,
+            store: None,
+            authenticator: None,
+            agent: AgentConfig::default(),
+        }
+    }
+
+    /// Starts a gateway configured by `config` with its defaults.
+    pub async fn start(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        Gateway::builder(config).start().await
+    }
+
+    /// The store the gateway keeps its state in.
+    pub fn store(&self) -> &Arc<dyn TaskStore> {
+        &self.inner.store
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.inner.config
+    }
+
+    /// The HTTP API, to serve or to nest in a larger application. Serve it with
+    /// `into_make_service_with_connect_info::<SocketAddr>()` so that endpoint connections
+    /// are logged with their address.
+    pub fn router(&self) -> axum::Router {
+        crate::api::router(self.clone())
+    }
+
+    /// Serves the API (and the endpoints' connections) on `listener` until the future is
+    /// dropped or the listener fails.
+    pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app).await
+    }
+
+    /// Binds the configured address and serves the API on it; see [`Gateway::serve`].
+    pub async fn bind_and_serve(&self) -> Result<(), GatewayError> {
+        let listener = tokio::net::TcpListener::bind(self.inner.config.listen).await?;
+        info!(address = %listener.local_addr()?, "gateway listening");
+        Ok(self.serve(listener).await?)
+    }
+
+    /// The gateway side of endpoint `id`, created on first use.
+    pub(crate) fn runtime(&self, id: &str) -> Arc<EndpointRuntime> {
+        let mut endpoints = match self.inner.endpoints.lock() {
+            Ok(endpoints) => endpoints,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        endpoints
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                let executor = Executor::builder()
+                    .retries_on_worker_death(self.inner.config.endpoint_retries)
+                    .start_without_workers();
+                let agent = EndpointAgent::new(executor.clone(), self.inner.agent);
+                Arc::new(EndpointRuntime { executor, agent })
+            })
+            .clone()
+    }
+
+    /// The gateway side of endpoint `id`, if it was created.
+    pub(crate) fn existing_runtime(&self, id: &str) -> Option<Arc<EndpointRuntime>> {
+        self.inner
+            .endpoints
+            .lock()
+            .ok()
+            .and_then(|endpoints| endpoints.get(id).cloned())
+    }
+
+    /// The function object for `record`, compiled (hashed) once per process.
+    pub(crate) fn function(&self, record: &crate::store::FunctionRecord) -> Function {
+        match self.inner.functions.lock() {
+            Ok(mut cache) => cache
+                .entry(record.id)
+                .or_insert_with(|| record.function())
+                .clone(),
+            Err(_) => record.function(),
+        }
+    }
+
+    /// Hands stored tasks to their endpoint's executor.
+    pub(crate) fn dispatch(&self, endpoint: &str, tasks: Vec<(u64, Task)>) {
+        if tasks.is_empty() {
+            return;
+        }
+        let runtime = self.runtime(endpoint);
+        let gateway_ids: Vec<u64> = tasks.iter().map(|(id, _)| *id).collect();
+        // Held across the submission so the result task cannot look a task up before it
+        // is recorded here.
+        let mut running = match self.inner.running.lock() {
+            Ok(running) => running,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let local = runtime.executor.submit_streamed(tasks, &self.inner.sink);
+        for (id, local) in gateway_ids.into_iter().zip(local) {
+            running.insert(id, (endpoint.to_string(), local));
+        }
+    }
+
+    /// Where task `id` runs now: its endpoint's executor and its id there.
+    pub(crate) fn running(&self, id: u64) -> Option<(Arc<EndpointRuntime>, TaskId)> {
+        let (endpoint, local) = self.inner.running.lock().ok()?.get(&id).cloned()?;
+        Some((self.existing_runtime(&endpoint)?, local))
+    }
+
+    pub(crate) fn forget(&self, id: u64) {
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.remove(&id);
+        }
+    }
+
+    /// Submits every unfinished task of the store again (after a restart).
+    async fn recover(&self) -> Result<(), GatewayError> {
+        let unfinished = self.inner.store.unfinished_tasks().await?;
+        if unfinished.is_empty() {
+            return Ok(());
+        }
+        let count = unfinished.len();
+        let mut by_endpoint: HashMap<String, Vec<(u64, Task)>> = HashMap::new();
+        let mut failed = Vec::new();
+        for record in unfinished {
+            match self.task_of(&record).await {
+                Ok(task) => by_endpoint
+                    .entry(record.endpoint.clone())
+                    .or_default()
+                    .push((record.id, task)),
+                Err(error) => failed.push(Finished {
+                    id: record.id,
+                    result: Err(error),
+                    timeline: record.timeline,
+                }),
+            }
+        }
+        for (endpoint, tasks) in by_endpoint {
+            self.dispatch(&endpoint, tasks);
+        }
+        if !failed.is_empty() {
+            let finished = self.inner.store.finish(failed, SystemTime::now()).await?;
+            self.publish(finished);
+        }
+        self.inner.metrics.recovered(count);
+        info!(
+            tasks = count,
+            "re-submitted the unfinished tasks of the store"
+        );
+        Ok(())
+    }
+
+    async fn task_of(&self, record: &TaskRecord) -> Result<Task, funcx_core::TaskError> {
+        let args = record
+            .decode_args()
+            .map_err(|e| funcx_core::TaskError::protocol(e.to_string()))?;
+        let functions = self
+            .inner
+            .store
+            .function(record.function)
+            .await
+            .map_err(|e| funcx_core::TaskError::protocol(e.to_string()))?;
+        // Any record of the id has the same body; the submitter was allowed at submission.
+        let Some(function) = functions.first() else {
+            return Err(funcx_core::TaskError::protocol(format!(
+                "function {} was deleted before the task ran",
+                record.function
+            )));
+        };
+        let options = match record.timeout {
+            Some(timeout) => TaskOptions::new().timeout(timeout),
+            None => TaskOptions::new(),
+        };
+        Ok(Task {
+            function: self.function(function),
+            args,
+            options,
+        })
+    }
+
+    /// Tells result-stream subscribers, and counts.
+    pub(crate) fn publish(&self, finished: Vec<TaskRecord>) {
+        publish(&self.inner, finished);
+    }
+
+    /// The live state of endpoint `id`.
+    pub(crate) async fn endpoint_status(&self, id: &str) -> EndpointStatusView {
+        let Some(runtime) = self.existing_runtime(id) else {
+            return EndpointStatusView::default();
+        };
+        status_of(&runtime).await
+    }
+
+    /// Counts for `/metrics`.
+    pub(crate) async fn gauges(&self) -> EndpointGauges {
+        let runtimes: Vec<Arc<EndpointRuntime>> = self
+            .inner
+            .endpoints
+            .lock()
+            .map(|endpoints| endpoints.values().cloned().collect())
+            .unwrap_or_default();
+        let mut gauges = EndpointGauges {
+            registered: runtimes.len(),
+            ..EndpointGauges::default()
+        };
+        for runtime in runtimes {
+            let status = status_of(&runtime).await;
+            gauges.connected += usize::from(status.connected);
+            gauges.managers += status.managers;
+            gauges.workers += status.workers;
+            gauges.busy_workers += status.busy_workers;
+            gauges.queued += status.queued;
+            gauges.in_flight += status.in_flight;
+        }
+        gauges
+    }
+}
+
+async fn status_of(runtime: &EndpointRuntime) -> EndpointStatusView {
+    let stats = runtime.executor.stats().await;
+    let pools = runtime.executor.pools().await;
+    let workers: usize = pools.iter().map(|p| p.size).sum();
+    let busy: usize = pools.iter().map(|p| p.in_flight.min(p.size)).sum();
+    EndpointStatusView {
+        connected: !pools.is_empty(),
+        managers: pools.len(),
+        workers,
+        busy_workers: busy,
+        idle_workers: workers - busy,
+        queued: stats.queued,
+        in_flight: stats.in_flight,
+    }
+}
+
+fn publish(shared: &Shared, finished: Vec<TaskRecord>) {
+    for record in finished {
+        let latency = record
+            .finished
+            .and_then(|f| f.duration_since(record.created).ok());
+        let succeeded = matches!(record.result, Some(Ok(_)));
+        shared.metrics.finished(succeeded, latency);
+        // No subscriber is fine: results are in the store.
+        let _ = shared.events.send(Arc::new(record));
+    }
+}
+
+/// Stores outcomes as the endpoints' executors report them, batch by batch, then tells
+/// subscribers. Ends when the gateway is dropped.
+async fn store_results(gateway: Weak<Shared>, mut reports: ReportStream) {
+    let mut batch: Vec<(u64, TaskReport)> = Vec::new();
+    loop {
+        if reports.recv_many(&mut batch, RESULT_BATCH).await == 0 {
+            return;
+        }
+        let Some(shared) = gateway.upgrade() else {
+            return;
+        };
+        let outcomes: Vec<Finished> = batch
+            .drain(..)
+            .map(|(id, report)| Finished {
+                id,
+                result: report.result,
+                timeline: report.status.timeline,
+            })
+            .collect();
+        let ids: Vec<u64> = outcomes.iter().map(|o| o.id).collect();
+        // A result is never dropped for a store hiccup: retry until it is written.
+        let mut pause = Duration::from_millis(50);
+        let finished = loop {
+            match shared
+                .store
+                .finish(outcomes.clone(), SystemTime::now())
+                .await
+            {
+                Ok(finished) => break finished,
+                Err(error) => {
+                    warn!(%error, ?pause, "could not store results; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        if let Ok(mut running) = shared.running.lock() {
+            for id in ids {
+                running.remove(&id);
+            }
+        }
+        publish(&shared, finished);
+    }
+}
+
+/// Removes finished tasks older than the result TTL, now and then.
+async fn expire_results(gateway: Weak<Shared>) {
+    loop {
+        let (store, ttl) = match gateway.upgrade() {
+            Some(shared) => (shared.store.clone(), shared.config.result_ttl()),
+            None => return,
+        };
+        let period = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        match store.expire(SystemTime::now(), ttl).await {
+            Ok(0) => {}
+            Ok(n) => info!(tasks = n, "expired finished tasks"),
+            Err(error) => warn!(%error, "could not expire finished tasks"),
+        }
+        drop(store);
+        tokio::time::sleep(period).await;
+    }
+}

@@ -1,0 +1,499 @@
+//! What the gateway remembers: users, functions, endpoints and tasks.
+//!
+//! [`TaskStore`] is the seam. [`MemoryStore`] keeps everything in the process (tests, demos);
+//! [`RedbStore`] keeps it in one file with [redb], an embedded database that needs no server:
+//! every accepted task and every result is committed (fsync) before the gateway acknowledges
+//! it, so killing the gateway loses nothing it said it had.
+//!
+//! # Outgrowing one gateway
+//!
+//! One gateway process with an embedded store serves a lab or a department. A deployment
+//! that needs several gateways behind a load balancer implements this same trait over a
+//! shared database instead. Over PostgreSQL: a `tasks` table keyed by a sequence, an index on
+//! unfinished tasks per endpoint, and each gateway claiming the tasks of the endpoints
+//! connected to it with `SELECT … FOR UPDATE SKIP LOCKED` (so two gateways never hand the
+//! same task out at once and a crashed gateway's claims are released with its transaction or
+//! a lease column); `finish` is an `UPDATE … WHERE result IS NULL`, which keeps the first
+//! result only, and `LISTEN/NOTIFY` on a `results` channel tells the gateway holding a
+//! user's event stream that a result arrived elsewhere. Over Redis: one stream per endpoint
+//! for submissions read through a consumer group (pending entries are the claims, `XAUTOCLAIM`
+//! recovers a dead gateway's), hashes for task records with `HSETNX` for first-result-wins,
+//! and one stream per user for results. Either way endpoints keep dialling one gateway each;
+//! only the store is shared.
+//!
+//! [redb]: https://docs.rs/redb
+
+mod memory;
+mod redb;
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use funcx_core::{Args, FunctionBody, FunctionId, Payload, TaskError, TaskState, Timeline};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+pub use self::memory::MemoryStore;
+pub use self::redb::RedbStore;
+
+/// The BLAKE3 hash of a secret token; only hashes are stored.
+pub type TokenHash = [u8; 32];
+
+/// Hashes a bearer token for storage and lookup.
+///
+/// BLAKE3 with a context string, so a token hash from this store cannot be confused with
+/// any other use of BLAKE3 on the same bytes. Tokens are 32 random bytes, so a fast hash is
+/// enough: there is nothing to brute-force.
+pub fn hash_token(token: &str) -> TokenHash {
+    blake3::derive_key("funcx-gateway token v1", token.as_bytes())
+}
+
+/// A user of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// The user's name, which is also its identity in every other record.
+    pub name: String,
+    /// The hash of its bearer token.
+    pub token_hash: TokenHash,
+}
+
+/// A function registered by a user.
+///
+/// Function ids are content hashes, so two users registering the same code get the same id;
+/// each keeps a record of their own (keyed by id and owner), and a user may use the function
+/// when any of its records allows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    /// The content hash.
+    pub id: FunctionId,
+    /// Who registered this record.
+    pub owner: String,
+    /// The entry point's name.
+    pub name: String,
+    /// Source or pickle.
+    pub body: FunctionBody,
+    /// Usable by every user.
+    pub public: bool,
+    /// Users who may use it besides the owner.
+    pub shared_with: Vec<String>,
+}
+
+impl FunctionRecord {
+    /// Whether `user` may see and use the function through this record.
+    pub fn visible_to(&self, user: &str) -> bool {
+        self.owner == user || self.public || self.shared_with.iter().any(|u| u == user)
+    }
+
+    /// The function itself, as executors take it.
+    pub fn function(&self) -> funcx_core::Function {
+        match &self.body {
+            FunctionBody::Source(source) => {
+                funcx_core::Function::from_source(source.clone(), self.name.clone())
+            }
+            FunctionBody::Pickled(bytes) => {
+                funcx_core::Function::from_pickle(bytes.clone(), self.name.clone())
+            }
+        }
+    }
+}
+
+/// An endpoint registered by a user: a place tasks run, which dials in to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    /// Random hex id.
+    pub id: String,
+    /// Who registered it.
+    pub owner: String,
+    /// A name for people.
+    pub name: String,
+    /// The hash of the token the endpoint presents when it dials in.
+    pub token_hash: TokenHash,
+    /// If set, the only functions it runs.
+    pub allowed_functions: Option<Vec<FunctionId>>,
+    /// If set, the users besides the owner who may submit to it.
+    pub allowed_users: Option<Vec<String>>,
+    /// When it was registered.
+    pub created: SystemTime,
+}
+
+impl EndpointRecord {
+    /// Whether `user` may see the endpoint and submit to it.
+    pub fn visible_to(&self, user: &str) -> bool {
+        self.owner == user
+            || self
+                .allowed_users
+                .as_ref()
+                .is_some_and(|users| users.iter().any(|u| u == user))
+    }
+
+    /// Whether the endpoint runs `function`.
+    pub fn allows(&self, function: &FunctionId) -> bool {
+        self.allowed_functions
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(function))
+    }
+}
+
+/// A task the gateway accepted, not yet numbered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    /// Who submitted it.
+    pub owner: String,
+    /// Where it runs.
+    pub endpoint: String,
+    /// What it calls.
+    pub function: FunctionId,
+    /// Its arguments.
+    pub args: Args,
+    /// How long it may run.
+    pub timeout: Option<Duration>,
+}
+
+/// A task as the store keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Gateway-assigned, unique for the life of the store.
+    pub id: u64,
+    /// Who submitted it.
+    pub owner: String,
+    /// Where it runs.
+    pub endpoint: String,
+    /// What it calls.
+    pub function: FunctionId,
+    /// Its arguments, as postcard bytes of [`Args`] (kept encoded: the gateway only passes
+    /// them on).
+    pub args: Vec<u8>,
+    /// How long it may run.
+    pub timeout: Option<Duration>,
+    /// `Queued` until it finishes; live states in between come from the endpoint's executor.
+    pub state: TaskState,
+    /// Its transitions.
+    pub timeline: Timeline,
+    /// The outcome, once finished.
+    pub result: Option<Result<Payload, TaskError>>,
+    /// When it was accepted.
+    pub created: SystemTime,
+    /// When its outcome was stored.
+    pub finished: Option<SystemTime>,
+}
+
+impl TaskRecord {
+    /// The arguments, decoded.
+    pub fn decode_args(&self) -> Result<Args, StoreError> {
+        postcard::from_bytes(&self.args)
+            .map_err(|e| StoreError::corrupt(format!("task {}: {e}", self.id)))
+    }
+}
+
+/// The outcome of one task, to store.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Which task.
+    pub id: u64,
+    /// Its result or error.
+    pub result: Result<Payload, TaskError>,
+    /// Its timeline as the endpoint's executor saw it.
+    pub timeline: Timeline,
+}
+
+/// Why the store could not do something.
+///
+/// Opaque, as `hyper::Error` is: the gateway answers 500 with the message and logs it.
+pub struct StoreError {
+    message: String,
+    corrupt: bool,
+}
+
+impl StoreError {
+    /// The backing database failed (I/O, a full disk, a lock).
+    pub fn backend(error: impl fmt::Display) -> StoreError {
+        StoreError {
+            message: error.to_string(),
+            corrupt: false,
+        }
+    }
+
+    /// A stored record does not decode.
+    pub fn corrupt(reason: impl fmt::Display) -> StoreError {
+        StoreError {
+            message: format!("a stored record does not decode: {reason}"),
+            corrupt: true,
+        }
+    }
+
+    /// Whether a stored record failed to decode (rather than the database failing).
+    pub fn is_corrupt(&self) -> bool {
+        self.corrupt
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task store: {}", self.message)
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreError")
+            .field("message", &self.message)
+            .field("corrupt", &self.corrupt)
+            .finish()
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// A future the store returns.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// Where the gateway keeps its state.
+///
+/// Every write is durable when its future resolves: the gateway acknowledges a submission
+/// or considers a result delivered only after that.
+pub trait TaskStore: Send + Sync + 'static {
+    /// Adds or replaces a user.
+    fn put_user(&self, user: UserRecord) -> StoreFuture<'_, ()>;
+
+    /// The user whose token hashes to `hash`.
+    fn user_by_token(&self, hash: TokenHash) -> StoreFuture<'_, Option<UserRecord>>;
+
+    /// Adds or replaces a function record (keyed by id and owner).
+    fn put_function(&self, function: FunctionRecord) -> StoreFuture<'_, ()>;
+
+    /// Every record of function `id`, whoever registered it.
+    fn function(&self, id: FunctionId) -> StoreFuture<'_, Vec<FunctionRecord>>;
+
+    /// Removes `owner`'s record of function `id`; whether there was one.
+    fn delete_function(&self, id: FunctionId, owner: &str) -> StoreFuture<'_, bool>;
+
+    /// Adds or replaces an endpoint.
+    fn put_endpoint(&self, endpoint: EndpointRecord) -> StoreFuture<'_, ()>;
+
+    /// Endpoint `id`.
+    fn endpoint(&self, id: &str) -> StoreFuture<'_, Option<EndpointRecord>>;
+
+    /// Every endpoint.
+    fn endpoints(&self) -> StoreFuture<'_, Vec<EndpointRecord>>;
+
+    /// Stores new tasks, in state `Queued`, and numbers them, in one durable write.
+    fn insert_tasks(&self, tasks: Vec<NewTask>, now: SystemTime) -> StoreFuture<'_, Vec<u64>>;
+
+    /// Task `id`.
+    fn task(&self, id: u64) -> StoreFuture<'_, Option<TaskRecord>>;
+
+    /// Stores outcomes in one durable write. An outcome for a task that is unknown or already
+    /// finished is ignored (at-least-once execution, at-most-once results). Returns the
+    /// records that were finished by this call.
+    fn finish(&self, outcomes: Vec<Finished>, now: SystemTime) -> StoreFuture<'_, Vec<TaskRecord>>;
+
+    /// Removes task `id`; whether it existed.
+    fn delete_task(&self, id: u64) -> StoreFuture<'_, bool>;
+
+    /// Every task without an outcome, oldest first: what a restarted gateway submits again.
+    fn unfinished_tasks(&self) -> StoreFuture<'_, Vec<TaskRecord>>;
+
+    /// Removes finished tasks whose outcome is older than `ttl` at `now`; how many.
+    fn expire(&self, now: SystemTime, ttl: Duration) -> StoreFuture<'_, usize>;
+}
+
+/// Applies `outcome` to `record` if it is unfinished: the one rule both stores share.
+fn apply(record: &mut TaskRecord, outcome: Finished, now: SystemTime) -> bool {
+    if record.result.is_some() {
+        return false;
+    }
+    record.state = if outcome.result.is_ok() {
+        TaskState::Succeeded
+    } else {
+        TaskState::Failed
+    };
+    let mut timeline = outcome.timeline;
+    // The submission time is the gateway's, not the endpoint executor's (which may be a
+    // re-submission after a restart).
+    timeline.submitted = record.timeline.submitted;
+    timeline.finished = timeline.finished.or(Some(now));
+    record.timeline = timeline;
+    record.result = Some(outcome.result);
+    record.finished = Some(now);
+    true
+}
+
+fn new_record(id: u64, task: NewTask, now: SystemTime) -> Result<TaskRecord, StoreError> {
+    let args = postcard::to_stdvec(&task.args).map_err(StoreError::backend)?;
+    Ok(TaskRecord {
+        id,
+        owner: task.owner,
+        endpoint: task.endpoint,
+        function: task.function,
+        args,
+        timeout: task.timeout,
+        state: TaskState::Queued,
+        timeline: Timeline {
+            submitted: now,
+            dispatched: None,
+            running: None,
+            finished: None,
+        },
+        result: None,
+        created: now,
+        finished: None,
+    })
+}
+
+fn expired(record: &TaskRecord, now: SystemTime, ttl: Duration) -> bool {
+    record
+        .finished
+        .is_some_and(|finished| now.duration_since(finished).is_ok_and(|age| age > ttl))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The contract every store keeps, run against each implementation.
+
+    use super::*;
+
+    pub(crate) async fn contract(store: &dyn TaskStore) {
+        let now = SystemTime::now();
+        let alice = UserRecord {
+            name: "alice".into(),
+            token_hash: hash_token("a"),
+        };
+        store.put_user(alice.clone()).await.unwrap();
+        assert_eq!(
+            store.user_by_token(hash_token("a")).await.unwrap(),
+            Some(alice)
+        );
+        assert_eq!(store.user_by_token(hash_token("b")).await.unwrap(), None);
+
+        let f = funcx_core::Function::from_source("def f(x):\n    return x\n", "f");
+        for owner in ["alice", "bob"] {
+            store
+                .put_function(FunctionRecord {
+                    id: f.id(),
+                    owner: owner.into(),
+                    name: "f".into(),
+                    body: f.body().clone(),
+                    public: false,
+                    shared_with: vec![],
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.function(f.id()).await.unwrap().len(), 2);
+        assert!(store.delete_function(f.id(), "bob").await.unwrap());
+        assert!(!store.delete_function(f.id(), "bob").await.unwrap());
+        let left = store.function(f.id()).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].owner, "alice");
+        assert_eq!(left[0].function().id(), f.id());
+
+        let endpoint = EndpointRecord {
+            id: "e1".into(),
+            owner: "alice".into(),
+            name: "laptop".into(),
+            token_hash: hash_token("e"),
+            allowed_functions: None,
+            allowed_users: Some(vec!["bob".into()]),
+            created: now,
+        };
+        store.put_endpoint(endpoint.clone()).await.unwrap();
+        assert_eq!(store.endpoint("e1").await.unwrap(), Some(endpoint));
+        assert_eq!(store.endpoints().await.unwrap().len(), 1);
+        assert_eq!(store.endpoint("e2").await.unwrap(), None);
+
+        let new = |x: i64| NewTask {
+            owner: "alice".into(),
+            endpoint: "e1".into(),
+            function: f.id(),
+            args: Args::new().arg(&x),
+            timeout: None,
+        };
+        let ids = store
+            .insert_tasks(vec![new(1), new(2), new(3)], now)
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let more = store.insert_tasks(vec![new(4)], now).await.unwrap();
+        assert!(more[0] > ids[2]);
+
+        let record = store.task(ids[0]).await.unwrap().unwrap();
+        assert_eq!(record.state, TaskState::Queued);
+        assert_eq!(
+            record.decode_args().unwrap().positional()[0]
+                .decode::<i64>()
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.unfinished_tasks().await.unwrap().len(), 4);
+
+        let outcome = |id, value: i64| Finished {
+            id,
+            result: Ok(Payload::pickle(&value).unwrap()),
+            timeline: Timeline::submitted_now(),
+        };
+        let done = store
+            .finish(vec![outcome(ids[0], 10), outcome(9999, 0)], now)
+            .await
+            .unwrap();
+        assert_eq!(done.len(), 1);
+        // A second result for a finished task is ignored.
+        assert!(store
+            .finish(vec![outcome(ids[0], 11)], now)
+            .await
+            .unwrap()
+            .is_empty());
+        let record = store.task(ids[0]).await.unwrap().unwrap();
+        assert_eq!(record.state, TaskState::Succeeded);
+        assert_eq!(record.timeline.submitted, now);
+        let value: i64 = record.result.unwrap().unwrap().decode().unwrap();
+        assert_eq!(value, 10);
+        let unfinished: Vec<u64> = store
+            .unfinished_tasks()
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(unfinished, vec![ids[1], ids[2], more[0]]);
+
+        store
+            .finish(
+                vec![Finished {
+                    id: ids[1],
+                    result: Err(TaskError::cancelled()),
+                    timeline: Timeline::submitted_now(),
+                }],
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.task(ids[1]).await.unwrap().unwrap().state,
+            TaskState::Failed
+        );
+
+        assert!(store.delete_task(ids[2]).await.unwrap());
+        assert!(!store.delete_task(ids[2]).await.unwrap());
+        assert!(store.task(ids[2]).await.unwrap().is_none());
+
+        // Expiry removes finished tasks older than the TTL, and nothing unfinished.
+        let ttl = Duration::from_secs(60);
+        assert_eq!(
+            store
+                .expire(now + Duration::from_secs(30), ttl)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .expire(now + Duration::from_secs(61), ttl)
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(store.task(ids[0]).await.unwrap().is_none());
+        assert!(store.task(more[0]).await.unwrap().is_some());
+    }
+}

@@ -1,0 +1,370 @@
+//! [`RedbStore`]: the gateway's state in one file, with no database server.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use funcx_core::FunctionId;
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{
+    apply, expired, new_record, EndpointRecord, Finished, FunctionRecord, NewTask, StoreError,
+    StoreFuture, TaskRecord, TaskStore, TokenHash, UserRecord,
+};
+
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// Token hash → user name: the lookup every request makes.
+const TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("user_tokens");
+/// `"<function id hex>/<owner>"` → record, so one prefix range finds every record of an id.
+const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
+const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
+const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
+/// The ids of tasks without an outcome, so recovery does not scan every result ever kept.
+const UNFINISHED: TableDefinition<u64, ()> = TableDefinition::new("unfinished");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_TASK: &str = "next_task";
+
+/// A durable store in one file, through [redb](https://docs.rs/redb).
+///
+/// Every write is one transaction committed with an fsync before its future resolves, so a
+/// task the gateway acknowledged, or a result it stored, survives the process being killed.
+/// A batch of submissions or of results is one transaction, which keeps the cost of the
+/// fsync per batch rather than per task. redb is blocking; calls run on Tokio's blocking
+/// pool.
+#[derive(Clone)]
+pub struct RedbStore {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").finish_non_exhaustive()
+    }
+}
+
+fn backend(error: impl std::fmt::Display) -> StoreError {
+    StoreError::backend(error)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(value).map_err(backend)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(StoreError::corrupt)
+}
+
+fn function_key(id: &FunctionId, owner: &str) -> String {
+    format!("{id}/{owner}")
+}
+
+impl RedbStore {
+    /// Opens the store at `path`, creating the file if needed.
+    pub fn open(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
+        let db = Database::create(path.as_ref()).map_err(backend)?;
+        // Create every table up front: reads of a table that was never written fail.
+        let tx = db.begin_write().map_err(backend)?;
+        {
+            tx.open_table(USERS).map_err(backend)?;
+            tx.open_table(TOKENS).map_err(backend)?;
+            tx.open_table(FUNCTIONS).map_err(backend)?;
+            tx.open_table(ENDPOINTS).map_err(backend)?;
+            tx.open_table(TASKS).map_err(backend)?;
+            tx.open_table(UNFINISHED).map_err(backend)?;
+            tx.open_table(META).map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        Ok(RedbStore { db: Arc::new(db) })
+    }
+
+    fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        let db = self.db.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&db))
+                .await
+                .map_err(|e| backend(format!("a store operation did not complete: {e}")))?
+        })
+    }
+}
+
+impl TaskStore for RedbStore {
+    fn put_user(&self, user: UserRecord) -> StoreFuture<'_, ()> {
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(backend)?;
+            {
+                let mut users = tx.open_table(USERS).map_err(backend)?;
+                let mut tokens = tx.open_table(TOKENS).map_err(backend)?;
+                let old = users
+                    .get(user.name.as_str())
+                    .map_err(backend)?
+                    .map(|old| decode::<UserRecord>(old.value()))
+                    .transpose()?;
+                if let Some(old) = old {
+                    tokens.remove(old.token_hash.as_slice()).map_err(backend)?;
+                }
+                users
+                    .insert(user.name.as_str(), encode(&user)?.as_slice())
+                    .map_err(backend)?;
+                tokens
+                    .insert(user.token_hash.as_slice(), user.name.as_str())
+                    .map_err(backend)?;
+            }
+            tx.commit().map_err(backend)
+        })
+    }
+
+    fn user_by_token(&self, hash: TokenHash) -> StoreFuture<'_, Option<UserRecord>> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let tokens = tx.open_table(TOKENS).map_err(backend)?;
+            let Some(name) = tokens.get(hash.as_slice()).map_err(backend)? else {
+                return Ok(None);
+            };
+            let users = tx.open_table(USERS).map_err(backend)?;
+            let user = users.get(name.value()).map_err(backend)?;
+            user.map(|u| decode(u.value())).transpose()
+        })
+    }
+
+    fn put_function(&self, function: FunctionRecord) -> StoreFuture<'_, ()> {
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(backend)?;
+            {
+                let mut table = tx.open_table(FUNCTIONS).map_err(backend)?;
+                let key = function_key(&function.id, &function.owner);
+                table
+                    .insert(key.as_str(), encode(&function)?.as_slice())
+                    .map_err(backend)?;
+            }
+            tx.commit().map_err(backend)
+        })
+    }
+
+    fn function(&self, id: FunctionId) -> StoreFuture<'_, Vec<FunctionRecord>> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let table = tx.open_table(FUNCTIONS).map_err(backend)?;
+            // Hex digits then '/', and '0' sorts right after '/': the range is one id's keys.
+            let (start, end) = (format!("{id}/"), format!("{id}0"));
+            let mut records = Vec::new();
+            for entry in table.range(start.as_str()..end.as_str()).map_err(backend)? {
+                let (_, value) = entry.map_err(backend)?;
+                records.push(decode(value.value())?);
+            }
+            Ok(records)
+        })
+    }
+
+    fn delete_function(&self, id: FunctionId, owner: &str) -> StoreFuture<'_, bool> {
+        let key = function_key(&id, owner);
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(backend)?;
+            let existed = {
+                let mut table = tx.open_table(FUNCTIONS).map_err(backend)?;
+                let removed = table.remove(key.as_str()).map_err(backend)?;
+                removed.is_some()
+            };
+            tx.commit().map_err(backend)?;
+            Ok(existed)
+        })
+    }
+
+    fn put_endpoint(&self, endpoint: EndpointRecord) -> StoreFuture<'_, ()> {
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(backend)?;
+            {
+                let mut table = tx.open_table(ENDPOINTS).map_err(backend)?;
+                table
+                    .insert(endpoint.id.as_str(), encode(&endpoint)?.as_slice())
+                    .map_err(backend)?;
+            }
+            tx.commit().map_err(backend)
+        })
+    }
+
+    fn endpoint(&self, id: &str) -> StoreFuture<'_, Option<EndpointRecord>> {
+        let id = id.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let table = tx.open_table(ENDPOINTS).map_err(backend)?;
+            let value = table.get(id.as_str()).map_err(backend)?;
+            value.map(|v| decode(v.value())).transpose()
+        })
+    }
+
+    fn endpoints(&self) -> StoreFuture<'_, Vec<EndpointRecord>> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let table = tx.open_table(ENDPOINTS).map_err(backend)?;
+            let mut records = Vec::new();
+            for entry in table.iter().map_err(backend)? {
+                let (_, value) = entry.map_err(backend)?;
+                records.push(decode(value.value())?);
+            }
+            Ok(records)
+        })
+    }
+
+    fn insert_tasks(&self, tasks: Vec<NewTask>, now: SystemTime) -> StoreFuture<'_, Vec<u64>> {
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(backend)?;
+            let ids = {
+                let mut meta = tx.open_table(META).map_err(backend)?;
+                let mut table = tx.open_table(TASKS).map_err(backend)?;
+                let mut unfinished = tx.open_table(UNFINISHED).map_err(backend)?;
+                let mut next = meta
+                    .get(NEXT_TASK)
+                    .map_err(backend)?
+                    .map_or(0, |v| v.value());
+                let mut ids = Vec::with_capacity(tasks.len());
+                for task in tasks {
+                    next += 1;
+                    let record = new_record(next, task, now)?;
+                    table
+                        .insert(next, encode(&record)?.as_slice())
+                        .map_err(backend)?;
+                    unfinished.insert(next, ()).map_err(backend)?;
+                    ids.push(next);
+                }
+                meta.insert(NEXT_TASK, next).map_err(backend)?;
+                ids
+            };
+            tx.commit().map_err(backend)?;
+            Ok(ids)
+        })
+    }
+
+    fn task(&self, id: u64) -> StoreFuture<'_, Option<TaskRecord>> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let table = tx.open_table(TASKS).map_err(backend)?;
+            let value = table.get(id).map_err(backend)?;
+            value.map(|v| decode(v.value())).transpose()
+        })
+    }
+
+    fn finish(&self, outcomes: Vec<Finished>, now: SystemTime) -> StoreFuture<'_, Vec<TaskRecord>> {
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(backend)?;
+            let done = {
+                let mut table = tx.open_table(TASKS).map_err(backend)?;
+                let mut unfinished = tx.open_table(UNFINISHED).map_err(backend)?;
+                let mut done = Vec::new();
+                for outcome in outcomes {
+                    let id = outcome.id;
+                    let existing = table
+                        .get(id)
+                        .map_err(backend)?
+                        .map(|v| decode::<TaskRecord>(v.value()))
+                        .transpose()?;
+                    let Some(mut record) = existing else { continue };
+                    if apply(&mut record, outcome, now) {
+                        table
+                            .insert(id, encode(&record)?.as_slice())
+                            .map_err(backend)?;
+                        unfinished.remove(id).map_err(backend)?;
+                        done.push(record);
+                    }
+                }
+                done
+            };
+            tx.commit().map_err(backend)?;
+            Ok(done)
+        })
+    }
+
+    fn delete_task(&self, id: u64) -> StoreFuture<'_, bool> {
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(backend)?;
+            let existed = {
+                let mut table = tx.open_table(TASKS).map_err(backend)?;
+                let mut unfinished = tx.open_table(UNFINISHED).map_err(backend)?;
+                unfinished.remove(id).map_err(backend)?;
+                let removed = table.remove(id).map_err(backend)?;
+                removed.is_some()
+            };
+            tx.commit().map_err(backend)?;
+            Ok(existed)
+        })
+    }
+
+    fn unfinished_tasks(&self) -> StoreFuture<'_, Vec<TaskRecord>> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let unfinished = tx.open_table(UNFINISHED).map_err(backend)?;
+            let table = tx.open_table(TASKS).map_err(backend)?;
+            let mut records = Vec::new();
+            for entry in unfinished.iter().map_err(backend)? {
+                let (id, _) = entry.map_err(backend)?;
+                if let Some(value) = table.get(id.value()).map_err(backend)? {
+                    records.push(decode(value.value())?);
+                }
+            }
+            Ok(records)
+        })
+    }
+
+    fn expire(&self, now: SystemTime, ttl: Duration) -> StoreFuture<'_, usize> {
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(backend)?;
+            let count = {
+                let mut table = tx.open_table(TASKS).map_err(backend)?;
+                let mut stale = Vec::new();
+                for entry in table.iter().map_err(backend)? {
+                    let (id, value) = entry.map_err(backend)?;
+                    // A record that does not decode is left for someone to look at.
+                    if let Ok(record) = decode::<TaskRecord>(value.value()) {
+                        if expired(&record, now, ttl) {
+                            stale.push(id.value());
+                        }
+                    }
+                }
+                for id in &stale {
+                    table.remove(*id).map_err(backend)?;
+                }
+                stale.len()
+            };
+            tx.commit().map_err(backend)?;
+            Ok(count)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keeps_the_store_contract_and_survives_reopening() {
+        let dir = crate::test_dir("redb-contract");
+        let path = dir.join("gateway.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            super::super::tests::contract(&store).await;
+        }
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.endpoints().await.unwrap().len(), 1);
+        // Numbering continues after a restart: ids are never reused.
+        let ids = store
+            .insert_tasks(
+                vec![NewTask {
+                    owner: "alice".into(),
+                    endpoint: "e1".into(),
+                    function: funcx_core::Function::from_source("", "f").id(),
+                    args: funcx_core::Args::new(),
+                    timeout: None,
+                }],
+                SystemTime::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ids, vec![5]);
+        assert_eq!(store.unfinished_tasks().await.unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
