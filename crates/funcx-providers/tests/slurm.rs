@@ -2,9 +2,11 @@
 //! project's `scripts/test` runs it first): real `sbatch`, `squeue`, `scancel`, and an
 //! endpoint whose blocks are real Slurm jobs running real `funcx-manager` processes.
 //!
-//! A walltime that expires is not tested here: Slurm's smallest time limit is one minute
-//! (and it enforces it up to a minute late), too slow for a test; the `TIMEOUT` state's
-//! mapping is unit-tested on mocked `squeue` output instead.
+//! The elastic strategy scales real Slurm blocks out and in, and drains a block before its
+//! walltime. A walltime that Slurm itself enforces is not waited for: its smallest limit is
+//! one minute (enforced up to a minute late), too slow for a test; the `TIMEOUT` state's
+//! mapping is unit-tested on mocked `squeue` output, and the LocalProvider's enforced walltime
+//! is tested with real managers in `crates/funcx-python/tests/strategy.rs`.
 #![cfg(unix)]
 
 use std::net::SocketAddr;
@@ -362,4 +364,136 @@ async fn an_endpoint_runs_tasks_on_slurm_blocks_and_survives_a_cancelled_block()
     let state = wait_for_state(&provider, &dir, &b, BlockState::is_finished).await;
     assert_eq!(state, BlockState::Completed, "logs:\n{}", dir.logs());
     drop(jobs);
+}
+
+/// An endpoint on 127.0.0.1 with a token, and the manager command that dials it.
+async fn endpoint(binary: &Path, retries: u32) -> (Executor, ManagerCommand) {
+    let executor = Executor::builder()
+        .retries_on_worker_death(retries)
+        .start_without_workers();
+    let agent = EndpointAgent::new(
+        executor.clone(),
+        AgentConfig {
+            heartbeat_period: Duration::from_millis(200),
+            heartbeat_threshold: Duration::from_secs(3),
+            hello_timeout: Duration::from_secs(10),
+        },
+    );
+    let acceptor = TcpTransport::builder()
+        .token(TOKEN)
+        .build()
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("listen");
+    let address = acceptor.local_addr();
+    tokio::spawn(agent.serve(acceptor));
+    let manager = ManagerCommand::new(binary)
+        .args(["--endpoint", &address.to_string(), "--workers", "1"])
+        .args(["--give-up-after", "30"])
+        .env("FUNCX_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn");
+    (executor, manager)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_strategy_grows_and_releases_slurm_blocks() {
+    require_slurm();
+    let binary = manager_binary();
+    let _turn = CLUSTER.lock().await;
+    let dir = TempDir::new("strategy");
+    let (executor, manager) = endpoint(&binary, 0).await;
+    let slurm: std::sync::Arc<dyn Provider> = std::sync::Arc::new(provider(&dir));
+    let mut strategy = funcx_core::Strategy::start(
+        executor.clone(),
+        slurm,
+        BlockRequest::new(manager).walltime(Duration::from_secs(600)),
+        funcx_core::StrategyConfig::new()
+            .blocks(0, 0, 2)
+            .slots_per_block(1)
+            .period(Duration::from_millis(200))
+            .max_idle_time(Duration::from_secs(1)),
+    );
+
+    // A backlog: the strategy asks Slurm for both blocks it may have.
+    let f = Function::from_source(WHERE, "where");
+    let handles = executor.submit_batch(&f, (0..40_i64).map(|i| (i, 0.1)));
+    let mut blocks = std::collections::HashSet::new();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let (square, block) = handle.result::<(i64, String)>().await.expect("task result");
+        assert_eq!(square, (i * i) as i64);
+        blocks.insert(block);
+    }
+    assert_eq!(blocks.len(), 2, "both Slurm blocks ran tasks: {blocks:?}");
+
+    // Idle: both are drained, their managers exit, and the jobs complete.
+    let released = tokio::time::timeout(LIMIT, async {
+        loop {
+            let status = strategy.changed().await;
+            let completed = status
+                .blocks
+                .iter()
+                .filter(|b| b.state == BlockState::Completed && b.reason.as_deref() == Some("idle"))
+                .count();
+            if completed == 2 && status.managers == 0 {
+                return status;
+            }
+        }
+    })
+    .await;
+    let status = released
+        .unwrap_or_else(|_| panic!("idle Slurm blocks were not released; logs:\n{}", dir.logs()));
+    assert!(status.last_error.is_none(), "{status:#?}");
+    strategy.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_near_its_walltime_is_drained_and_replaced_with_no_task_lost() {
+    require_slurm();
+    let binary = manager_binary();
+    let _turn = CLUSTER.lock().await;
+    let dir = TempDir::new("walltime");
+    // No retries at all: a task killed by the walltime would fail the test.
+    let (executor, manager) = endpoint(&binary, 0).await;
+    let slurm: std::sync::Arc<dyn Provider> = std::sync::Arc::new(provider(&dir));
+    // Slurm's smallest walltime is a minute; draining 52 s before it makes the block's
+    // useful life about 8 s, so the test sees a replacement without waiting a minute.
+    let walltime = Duration::from_secs(60);
+    let strategy = funcx_core::Strategy::start(
+        executor.clone(),
+        slurm,
+        BlockRequest::new(manager).walltime(walltime),
+        funcx_core::StrategyConfig::new()
+            .blocks(1, 1, 2)
+            .slots_per_block(1)
+            .period(Duration::from_millis(200))
+            .max_idle_time(Duration::from_secs(120))
+            .walltime(walltime, Duration::from_secs(52)),
+    );
+    wait_for_managers(&executor, &dir, 1).await;
+    let f = Function::from_source(WHERE, "where");
+    let mut blocks = std::collections::HashSet::new();
+    let started = std::time::Instant::now();
+    let mut i = 0_i64;
+    while blocks.len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(50),
+            "no replacement block took over before the walltime; logs:\n{}",
+            dir.logs()
+        );
+        let (square, block) = executor
+            .submit(&f, (i, 0.05))
+            .result::<(i64, String)>()
+            .await
+            .expect("no task fails across the drain");
+        assert_eq!(square, i * i);
+        blocks.insert(block);
+        i += 1;
+    }
+    let status = strategy.status();
+    assert!(
+        status.blocks.iter().any(|b| b.draining),
+        "the expiring block was drained: {status:#?}"
+    );
+    executor.shutdown().await;
+    strategy.stop(true).await;
 }
