@@ -796,7 +796,7 @@ fn render_user_data(request: &BlockRequest, id: &BlockId) -> Result<Vec<u8>, Pro
     for (key, value) in manager.environment() {
         let key = key
             .to_str()
-            .filter(|key| is_shell_name(key))
+            .filter(|key| crate::script::is_variable_name(key))
             .ok_or_else(|| {
                 ProviderError::rejected(format!(
                     "the manager's environment variable {key:?} is not a valid shell variable name"
@@ -848,12 +848,6 @@ fn render_user_data(request: &BlockRequest, id: &BlockId) -> Result<Vec<u8>, Pro
     }
     script.push(b'\n');
     Ok(script)
-}
-
-fn is_shell_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b'A'..=b'Z' | b'a'..=b'z' | b'_'))
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// `word` as one POSIX shell word: as it is when it holds only characters no shell treats

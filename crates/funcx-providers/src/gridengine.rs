@@ -20,6 +20,7 @@ use funcx_core::{
 use futures::future::BoxFuture;
 
 use crate::command::{CommandOutput, CommandRunner, SchedulerCommand, ShellRunner};
+use crate::script::{is_variable_name, shell_quote};
 
 /// How many finished blocks are remembered, so that `qacct` (which reads the whole accounting
 /// file) runs once per finished job, not on every poll. Older ones are looked up again.
@@ -711,28 +712,6 @@ fn format_walltime(walltime: Duration) -> String {
     )
 }
 
-/// `text` as one word for a POSIX shell: unchanged when it has only characters no shell
-/// treats specially, else in single quotes, with each `'` written as `'\''`.
-fn shell_quote(text: &str) -> String {
-    let plain = !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(&b));
-    if plain {
-        return text.to_string();
-    }
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
-
-/// True for names a shell accepts in `export NAME=...`.
-fn is_shell_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 fn utf8<'a>(what: &str, text: &'a std::ffi::OsStr) -> Result<&'a str, ProviderError> {
     text.to_str()
         .ok_or_else(|| ProviderError::rejected(format!("{what} is not UTF-8: {text:?}")))
@@ -766,7 +745,7 @@ fn render_node_script(request: &BlockRequest) -> Result<String, ProviderError> {
     }
     for (key, value) in manager.environment() {
         let key = utf8("a manager environment variable name", key)?;
-        if !is_shell_name(key) {
+        if !is_variable_name(key) {
             return Err(ProviderError::rejected(format!(
                 "manager environment variable name {key:?} is not a shell variable name"
             )));

@@ -70,7 +70,7 @@ fn text<'s>(what: &str, value: &'s OsStr) -> Result<&'s str, ProviderError> {
 
 /// A name the shell accepts after `export`: letters, digits and `_`, not starting with a
 /// digit.
-fn is_variable_name(name: &str) -> bool {
+pub(crate) fn is_variable_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
