@@ -41,6 +41,10 @@ pub use funcx_transport as transport;
 #[cfg(feature = "providers")]
 pub use funcx_providers as providers;
 
+/// The self-hostable gateway and `RemoteExecutor` (`funcx-gateway`, feature `gateway`).
+#[cfg(feature = "gateway")]
+pub use funcx_gateway as gateway;
+
 /// The README's examples, compiled as doctests so that they cannot drift from the API.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -45,7 +45,9 @@ mod config;
 mod error;
 mod gateway;
 mod metrics;
+mod remote_executor;
 pub mod store;
+pub use remote_executor::{RemoteError, RemoteExecutor, RemoteExecutorBuilder};
 
 pub use auth::{new_token, Authenticator, RateLimiter, TokenAuthenticator, User};
 pub use config::{GatewayConfig, RateLimitConfig, UserConfig};

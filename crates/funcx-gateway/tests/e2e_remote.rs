@@ -1,0 +1,332 @@
+//! End to end through a gateway on loopback: a `RemoteExecutor` submits, the gateway stores
+//! and relays, an endpoint (a manager of real Python workers) dials out to the gateway and
+//! runs the tasks.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use funcx_core::{Args, Executor, Function, TaskOptions};
+use funcx_gateway::client::EndpointDial;
+use funcx_gateway::{Gateway, GatewayConfig, RemoteExecutor};
+use funcx_python::{PythonConfig, PythonRuntime};
+use funcx_transport::remote::{
+    run_manager, AgentConfig, ExecutorRunner, ManagerConfig, ManagerExit, ManagerId, ManagerInfo,
+};
+use futures::StreamExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const TOKEN: &str = "alice-secret-token-0123456789";
+
+const SOURCE: &str = r#"
+import time
+
+def echo(x):
+    return x
+
+def scale(a, b=1):
+    return a * b
+
+def fail(x):
+    raise ValueError(f"bad input {x}")
+
+def slow(seconds):
+    time.sleep(seconds)
+    return seconds
+
+def work(i):
+    time.sleep(0.001)
+    return i * 2
+"#;
+
+fn function(name: &str) -> Function {
+    Function::from_source(SOURCE, name)
+}
+
+/// A gateway in this process, with a store in memory and quick heartbeats.
+async fn start_gateway() -> SocketAddr {
+    let config = GatewayConfig::from_toml(&format!(
+        "[[users]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n"
+    ))
+    .expect("config");
+    let gateway = Gateway::builder(config)
+        .agent_config(AgentConfig {
+            heartbeat_period: Duration::from_millis(200),
+            heartbeat_threshold: Duration::from_secs(2),
+            hello_timeout: Duration::from_secs(5),
+        })
+        .start()
+        .await
+        .expect("gateway starts");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { gateway.serve(listener).await });
+    address
+}
+
+/// Registers an endpoint for alice: (id, endpoint token).
+async fn register_endpoint(gateway: SocketAddr) -> (String, String) {
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{gateway}/v1/endpoints"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "name": "e2e" }))
+        .send()
+        .await
+        .expect("register endpoint")
+        .error_for_status()
+        .expect("endpoint registered")
+        .json()
+        .await
+        .expect("json");
+    let field = |name: &str| answer[name].as_str().expect(name).to_owned();
+    (field("endpoint_id"), field("endpoint_token"))
+}
+
+/// The endpoint side: `workers` Python workers behind a manager that dials `dial_to`.
+fn start_endpoint(
+    dial_to: SocketAddr,
+    id: &str,
+    token: &str,
+    workers: usize,
+) -> JoinHandle<ManagerExit> {
+    let local = Executor::builder()
+        .workers(workers)
+        .start(PythonRuntime::new(PythonConfig::new()));
+    let info = ManagerInfo {
+        id: ManagerId(fastrand_id()),
+        block: None,
+        host: "localhost".into(),
+        pid: std::process::id(),
+        slots: workers as u32,
+        gpus: vec![],
+    };
+    let mut config = ManagerConfig::new(info);
+    config.max_backoff = Duration::from_millis(200);
+    let dial = EndpointDial::new(dial_to.to_string(), id, token);
+    tokio::spawn(run_manager(
+        dial,
+        ExecutorRunner::new(local, workers),
+        config,
+    ))
+}
+
+fn fastrand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(std::process::id() as u64);
+    hasher.finish()
+}
+
+async fn remote(gateway: SocketAddr, endpoint: &str) -> Executor {
+    RemoteExecutor::builder(&format!("http://{gateway}"), TOKEN, endpoint)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .start()
+        .await
+        .expect("remote executor connects")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_trip_errors_map_cancel_timeout() {
+    let gateway = start_gateway().await;
+    let (id, token) = register_endpoint(gateway).await;
+    let endpoint = start_endpoint(gateway, &id, &token, 2);
+    let executor = remote(gateway, &id).await;
+
+    // Typed values both ways, keyword arguments.
+    let value: (Vec<i64>, String, Option<f64>) = executor
+        .submit(&function("echo"), ((vec![1_i64, 2, 3], "text", Some(2.5)),))
+        .result()
+        .await
+        .expect("echo");
+    assert_eq!(value, (vec![1, 2, 3], "text".to_owned(), Some(2.5)));
+    let product: i64 = executor
+        .submit(&function("scale"), Args::new().arg(&6).kwarg("b", &7))
+        .result()
+        .await
+        .expect("scale");
+    assert_eq!(product, 42);
+
+    // A Python exception arrives typed, with its type, message and traceback.
+    let error = executor
+        .submit(&function("fail"), (7,))
+        .await
+        .expect_err("fail raises");
+    assert!(error.is_python(), "{error}");
+    let exception = error.python_exception().expect("exception");
+    assert_eq!(exception.type_name, "ValueError");
+    assert!(exception.message.contains("bad input 7"), "{exception:?}");
+    assert!(exception.traceback.contains("fail"), "{exception:?}");
+
+    // map keeps input order.
+    let results: Vec<i64> = executor
+        .map(&function("work"), (0..500_i64).map(|i| (i,)), 64)
+        .map(|result| result.expect("work").decode::<i64>().expect("i64"))
+        .collect()
+        .await;
+    assert_eq!(results, (0..500).map(|i| i * 2).collect::<Vec<_>>());
+
+    // Cancel a running task: the handle says so at once, and the endpoint stays usable.
+    let handle = executor.submit(&function("slow"), (30.0,));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    handle.cancel();
+    let cancelled = tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .expect("cancel is prompt");
+    assert!(cancelled.expect_err("cancelled").is_cancelled());
+
+    // A timeout is enforced by the endpoint and arrives typed.
+    let started = std::time::Instant::now();
+    let timed_out = executor
+        .submit_with(
+            &function("slow"),
+            (30.0,),
+            TaskOptions::new().timeout(Duration::from_millis(500)),
+        )
+        .await
+        .expect_err("times out");
+    assert!(timed_out.is_timeout(), "{timed_out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Both workers are usable again.
+    let handles = executor.submit_batch(&function("echo"), (0..100_i64).map(|i| (i,)));
+    for (i, handle) in handles.into_iter().enumerate() {
+        assert_eq!(handle.result::<i64>().await.expect("echo"), i as i64);
+    }
+
+    // A wrong endpoint or token is refused at connect time, with the reason.
+    let refused =
+        RemoteExecutor::connect(&format!("http://{gateway}"), "wrong-token-wrong-token", &id)
+            .await
+            .expect_err("bad token");
+    assert!(refused.to_string().contains("401"), "{refused}");
+    let unknown = RemoteExecutor::connect(&format!("http://{gateway}"), TOKEN, "no-such-endpoint")
+        .await
+        .expect_err("unknown endpoint");
+    assert!(unknown.to_string().contains("404"), "{unknown}");
+
+    executor.shutdown().await;
+    endpoint.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn endpoint_that_connects_after_submission_runs_the_waiting_tasks() {
+    let gateway = start_gateway().await;
+    let (id, token) = register_endpoint(gateway).await;
+    let executor = remote(gateway, &id).await;
+
+    let handles = executor.submit_batch(&function("work"), (0..300_i64).map(|i| (i,)));
+    let done = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut values = Vec::new();
+            for handle in handles {
+                values.push(handle.result::<i64>().await.expect("work"));
+            }
+            done.store(true, Ordering::SeqCst);
+            values
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "nothing runs without an endpoint"
+    );
+
+    let endpoint = start_endpoint(gateway, &id, &token, 2);
+    let values = tokio::time::timeout(Duration::from_secs(60), waiter)
+        .await
+        .expect("tasks finish once the endpoint connects")
+        .expect("waiter");
+    assert_eq!(values, (0..300).map(|i| i * 2).collect::<Vec<_>>());
+    executor.shutdown().await;
+    endpoint.abort();
+}
+
+/// A TCP relay whose connections can be cut, standing for a flaky network between the
+/// endpoint and the gateway.
+struct Relay {
+    address: SocketAddr,
+    connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let address = listener.local_addr().expect("address");
+        let connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let registry = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                registry.lock().expect("lock").push(relay);
+            }
+        });
+        Relay {
+            address,
+            connections,
+        }
+    }
+
+    /// Drops every open connection (both sides see it close).
+    fn cut(&self) -> usize {
+        let open: Vec<_> = self.connections.lock().expect("lock").drain(..).collect();
+        let count = open.iter().filter(|c| !c.is_finished()).count();
+        for connection in open {
+            connection.abort();
+        }
+        count
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn endpoint_disconnects_and_reconnects_mid_run_and_nothing_is_lost() {
+    let gateway = start_gateway().await;
+    let (id, token) = register_endpoint(gateway).await;
+    let relay = Relay::start(gateway).await;
+    let mut endpoint = start_endpoint(relay.address, &id, &token, 2);
+    let executor = remote(gateway, &id).await;
+
+    let calls = 3_000_i64;
+    let handles = executor.submit_batch(&function("work"), (0..calls).map(|i| (i,)));
+    let waiter = tokio::spawn(async move {
+        let mut values = Vec::new();
+        for handle in handles {
+            values.push(handle.result::<i64>().await);
+        }
+        values
+    });
+
+    // The connection drops twice; the endpoint reconnects and resumes its session.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(relay.cut() > 0, "the endpoint was connected");
+    }
+    // Then the endpoint itself goes away and another one takes over: the tasks the first
+    // held are re-run once the gateway declares it lost.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    endpoint.abort();
+    relay.cut();
+    endpoint = start_endpoint(gateway, &id, &token, 2);
+
+    let values = tokio::time::timeout(Duration::from_secs(120), waiter)
+        .await
+        .expect("every task finishes")
+        .expect("waiter");
+    assert_eq!(values.len(), calls as usize);
+    for (i, value) in values.into_iter().enumerate() {
+        assert_eq!(value.expect("no task fails"), i as i64 * 2);
+    }
+    executor.shutdown().await;
+    endpoint.abort();
+}

@@ -1,0 +1,191 @@
+//! The gateway is a separate process with a store on disk; it is killed with `SIGKILL` in the
+//! middle of a run and started again on the same port and store. Every task the
+//! `RemoteExecutor` submitted, before or during the outage, delivers its result exactly once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use funcx_core::{Executor, Function};
+use funcx_gateway::client::EndpointDial;
+use funcx_gateway::RemoteExecutor;
+use funcx_python::{PythonConfig, PythonRuntime};
+use funcx_transport::remote::{run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo};
+
+const TOKEN: &str = "alice-secret-token-0123456789";
+
+const SOURCE: &str = r#"
+import time
+
+def work(i):
+    time.sleep(0.001)
+    return i * 2
+"#;
+
+/// The gateway binary of this crate, as a child process killed when dropped.
+struct GatewayProcess {
+    child: Child,
+}
+
+impl GatewayProcess {
+    fn start(config: &Path, address: SocketAddr) -> GatewayProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_funcx-gateway"))
+            .arg(config)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the funcx-gateway binary");
+        let process = GatewayProcess { child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(address).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        process
+    }
+
+    /// `kill -9`.
+    fn sigkill(mut self) {
+        self.child.kill().expect("SIGKILL the gateway");
+        let status = self.child.wait().expect("reap the gateway");
+        assert!(!status.success(), "{status}");
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "funcx-gateway-e2e-restart-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_killed_and_restarted_mid_run_loses_nothing() {
+    let dir = temp_dir();
+    let address = free_port();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{address}\"\nstore = \"{}\"\n\n[[users]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n",
+            dir.join("gateway.redb").display()
+        ),
+    )
+    .expect("write config");
+    let gateway = GatewayProcess::start(&config, address);
+
+    let registered: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{address}/v1/endpoints"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "name": "restart" }))
+        .send()
+        .await
+        .expect("register endpoint")
+        .error_for_status()
+        .expect("endpoint registered")
+        .json()
+        .await
+        .expect("json");
+    let id = registered["endpoint_id"].as_str().expect("id").to_owned();
+    let token = registered["endpoint_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+
+    // The endpoint: two Python workers behind a manager that dials the gateway and keeps
+    // dialling while it is down.
+    let local = Executor::builder()
+        .workers(2)
+        .start(PythonRuntime::new(PythonConfig::new()));
+    let mut manager = ManagerConfig::new(ManagerInfo {
+        id: ManagerId(u64::from(std::process::id()) << 16 | 7),
+        block: None,
+        host: "localhost".into(),
+        pid: std::process::id(),
+        slots: 2,
+        gpus: vec![],
+    });
+    manager.max_backoff = Duration::from_millis(200);
+    let endpoint = tokio::spawn(run_manager(
+        EndpointDial::new(address.to_string(), id.clone(), token),
+        ExecutorRunner::new(local, 2),
+        manager,
+    ));
+
+    let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .give_up_after(Duration::from_secs(60))
+        .start()
+        .await
+        .expect("remote executor connects");
+    let work = Function::from_source(SOURCE, "work");
+
+    let first = 4_000_i64;
+    let mut handles = executor.submit_batch(&work, (0..first).map(|i| (i,)));
+    // Wait until results flow, so that the kill lands mid-run.
+    let mut values = Vec::new();
+    for handle in handles.drain(..200) {
+        values.push(handle.result::<i64>().await.expect("work before the kill"));
+    }
+
+    gateway.sigkill();
+    // Submitted while the gateway is down: held by the client and sent once it is back.
+    let during = executor.submit_batch(&work, (first..first + 500).map(|i| (i,)));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let gateway = GatewayProcess::start(&config, address);
+
+    handles.extend(during);
+    let rest = async {
+        for handle in handles {
+            values.push(
+                handle
+                    .result::<i64>()
+                    .await
+                    .expect("work across the restart"),
+            );
+        }
+        values
+    };
+    let values = tokio::time::timeout(Duration::from_secs(120), rest)
+        .await
+        .expect("every task finishes after the restart");
+    assert_eq!(values, (0..first + 500).map(|i| i * 2).collect::<Vec<_>>());
+
+    // Nothing is left pending at the gateway for this user.
+    let status: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{address}/v1/endpoints/{id}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("endpoint status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["status"]["queued"], 0, "{status}");
+    assert_eq!(status["status"]["in_flight"], 0, "{status}");
+
+    executor.shutdown().await;
+    endpoint.abort();
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,78 @@
+//! A ready gateway: the HTTP API, users, a durable task store, and the port endpoints dial.
+//!
+//! ```text
+//! cargo run --release --example gateway -- examples/gateway.toml
+//! ```
+//!
+//! The file's keys are those of [`funcx_gateway::GatewayConfig`]; `examples/gateway.toml`
+//! lists them all with their defaults. Logs go to stderr (`RUST_LOG=funcx_gateway=debug` for
+//! more). Then, from a user's program:
+//!
+//! ```text
+//! curl -H "Authorization: Bearer $TOKEN" -d '{"name": "laptop"}' \
+//!      -H 'Content-Type: application/json' http://127.0.0.1:8470/v1/endpoints
+//! ```
+//!
+//! gives an endpoint id and token for the endpoint process
+//! (`funcx_gateway::client::EndpointDial`), and
+//! `RemoteExecutor::connect("http://127.0.0.1:8470", TOKEN, ENDPOINT_ID)` an `Executor` that
+//! runs on it. `examples/remote.rs` does all of that in one program.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use funcx_gateway::{Gateway, GatewayConfig};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let path = std::env::args_os()
+        .nth(1)
+        .map_or_else(|| PathBuf::from("examples/gateway.toml"), PathBuf::from);
+    let config = match GatewayConfig::load(&path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(78);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let store = config
+            .store
+            .as_ref()
+            .map_or_else(|| "in memory".to_owned(), |path| path.display().to_string());
+        let users: Vec<String> = config.users.iter().map(|user| user.name.clone()).collect();
+        let gateway = Gateway::start(config).await?;
+        println!(
+            "funcx gateway on http://{} (store: {store}; users: {})",
+            listener.local_addr()?,
+            users.join(", ")
+        );
+        // Runs until killed: every accepted task and result is already on disk, so Ctrl-C
+        // (or SIGKILL) loses nothing, and a restart resubmits the unfinished tasks.
+        gateway.serve(listener).await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
