@@ -189,3 +189,67 @@ async fn gateway_killed_and_restarted_mid_run_loses_nothing() {
     drop(gateway);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_gone_for_good_fails_tasks_with_the_cause_instead_of_hanging() {
+    let dir = temp_dir();
+    let address = free_port();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!("listen = \"{address}\"\n\n[[users]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n"),
+    )
+    .expect("write config");
+    let gateway = GatewayProcess::start(&config, address);
+    let registered: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{address}/v1/endpoints"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "name": "never connects" }))
+        .send()
+        .await
+        .expect("register endpoint")
+        .json()
+        .await
+        .expect("json");
+    let id = registered["endpoint_id"].as_str().expect("id").to_owned();
+    let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .give_up_after(Duration::from_secs(2))
+        .start()
+        .await
+        .expect("remote executor connects");
+    let work = Function::from_source(SOURCE, "work");
+
+    // Accepted by the gateway, waiting for an endpoint that never comes; then the gateway dies.
+    let waiting = executor.submit(&work, (1,));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gateway.sigkill();
+    let started = Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("no hang")
+        .expect_err("the gateway is gone");
+    assert!(error.is_manager_lost(), "{error}");
+    assert!(error.to_string().contains(&address.to_string()), "{error}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Submitted while it is still gone: fails as soon as the first attempt does.
+    let started = Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(20), executor.submit(&work, (2,)))
+        .await
+        .expect("no hang")
+        .expect_err("the gateway is still gone");
+    assert!(error.is_manager_lost(), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    executor.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
