@@ -12,13 +12,12 @@
 //! compute nodes can reach.
 
 use std::error::Error;
-use std::ffi::OsString;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use funcx::providers::{SlurmConfig, SlurmProvider};
-use funcx::python::manager::{self, ManagerOptions};
+use funcx::python::manager;
 use funcx::transport::remote::{AgentConfig, EndpointAgent};
 use funcx::transport::TcpTransport;
 use funcx::{BlockRequest, Executor, Function, ManagerCommand, Strategy, StrategyConfig};
@@ -27,7 +26,10 @@ const SOURCE: &str =
     "import socket\n\ndef hello(i):\n    return f'task {i} ran on {socket.gethostname()}'\n";
 
 fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // Started by the provider as `... manager --endpoint ...`: be the manager.
+    if let Some(status) = manager::run_if_manager() {
+        return status;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,18 +40,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if args.first().is_some_and(|first| first == "manager") {
-        return match ManagerOptions::from_args(args.into_iter().skip(1)) {
-            Ok(options) => {
-                runtime.block_on(manager::run(options));
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("{error}");
-                ExitCode::from(64)
-            }
-        };
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

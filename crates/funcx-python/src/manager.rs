@@ -188,6 +188,14 @@ pub async fn run(options: ManagerOptions) -> ManagerExit {
             let executor = Executor::builder()
                 .workers(options.workers)
                 .start(PythonRuntime::new(options.python.clone()));
+            // Offer the workers to the endpoint only once they can take tasks: a manager that
+            // registers early is handed work it sits on while Python starts, and one whose
+            // Python cannot start at all should say so here, not look like a silent node.
+            if let Err(error) = executor.ready().await {
+                tracing::error!(%error, "Python workers could not start");
+                executor.shutdown_now().await;
+                return ManagerExit::WorkersFailed(error.to_string());
+            }
             let exit = run_manager(
                 dial,
                 ExecutorRunner::new(executor.clone(), options.workers),
@@ -200,6 +208,65 @@ pub async fn run(options: ManagerOptions) -> ManagerExit {
     };
     info!(%exit, "manager exiting");
     exit
+}
+
+/// Runs a manager from a command line (without the program name) to completion: logs to
+/// stderr, its own Tokio runtime, and the exit status of the `funcx-manager` binary (0 when
+/// drained or stopped, 2 when the endpoint was unreachable for too long, 3 when the Python
+/// workers could not start, 64 for a bad command line, 70 when no runtime could start).
+pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    // A second initialisation (an application that already set up logging) is harmless.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .try_init();
+    let options = match ManagerOptions::from_args(args) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("funcx-manager: cannot start the async runtime: {error}");
+            return ExitCode::from(70);
+        }
+    };
+    match runtime.block_on(run(options)) {
+        ManagerExit::Drained | ManagerExit::Stopped => ExitCode::SUCCESS,
+        ManagerExit::EndpointGone(_) => ExitCode::from(2),
+        ManagerExit::WorkersFailed(_) => ExitCode::from(3),
+    }
+}
+
+/// Lets an application be its own manager binary: if this process was started with
+/// `manager` as its first argument (a provider running `current_exe() manager --endpoint
+/// ...`), runs the manager and returns its exit status; otherwise returns `None` at once.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     if let Some(status) = funcx_python::manager::run_if_manager() {
+///         return status;
+///     }
+///     // ... the application: an endpoint whose blocks start `current_exe() manager ...`
+///     std::process::ExitCode::SUCCESS
+/// }
+/// ```
+pub fn run_if_manager() -> Option<std::process::ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|first| first == "manager") {
+        Some(main_with_args(args))
+    } else {
+        None
+    }
 }
 
 /// A random manager id, from the standard library's randomly keyed hasher.

@@ -512,3 +512,20 @@ fn a_bad_command_line_is_explained() {
         "{text}"
     );
 }
+
+#[test]
+fn a_manager_whose_python_cannot_start_says_so_and_exits_3() {
+    let output = Command::new(env!("CARGO_BIN_EXE_funcx-manager"))
+        .args(["--endpoint", "127.0.0.1:9", "--workers", "1"])
+        .args(["--python", "/nonexistent/python3"])
+        .env("FUNCX_TOKEN", TOKEN)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run funcx-manager");
+    assert_eq!(output.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("Python workers could not start") && text.contains("/nonexistent/python3"),
+        "{text}"
+    );
+}

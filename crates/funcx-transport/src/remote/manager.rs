@@ -85,6 +85,8 @@ pub enum ManagerExit {
     Stopped,
     /// The endpoint could not be reached for `give_up_after`.
     EndpointGone(String),
+    /// The manager's own workers could not start, so it never offered them to the endpoint.
+    WorkersFailed(String),
 }
 
 impl fmt::Display for ManagerExit {
@@ -93,6 +95,9 @@ impl fmt::Display for ManagerExit {
             ManagerExit::Drained => f.write_str("drained at the endpoint's request"),
             ManagerExit::Stopped => f.write_str("stopped by the endpoint"),
             ManagerExit::EndpointGone(reason) => write!(f, "gave up on the endpoint: {reason}"),
+            ManagerExit::WorkersFailed(reason) => {
+                write!(f, "its workers could not start: {reason}")
+            }
         }
     }
 }
