@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use funcx_core::worker::{ToWorker, WorkItem, Worker, WorkerEvent, WorkerEvents};
 use funcx_core::ids::{IdMap, IdSet};
+use funcx_core::worker::{ToWorker, WorkItem, Worker, WorkerEvent, WorkerEvents};
 use funcx_core::{Executor, TaskId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
