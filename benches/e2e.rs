@@ -4,10 +4,12 @@
 //!
 //! ```text
 //! cargo bench --bench e2e -- WORKLOAD... [--workers N] [--n N] [--managers M] [--slots S]
+//!     [--store FILE]
 //! ```
 //!
 //! WORKLOAD is one of `startup`, `W1`, `W2`, `W3`, `W4`, `W1-tcp`, `W2-tcp`, `W3-tcp`,
-//! `scale` or `all` (everything but `scale`, which runs only when asked). Each prints one
+//! `W1-gw`, `W2-gw`, `W3-gw`, `scale` or `all` (everything but `scale` and the `-gw`
+//! workloads, which run only when asked). Each prints one
 //! JSON line: `{"peer":"funcx","workload":..,"n":..,"seconds":..,"tasks_per_s":..,
 //! "p50_ms":..,"p99_ms":..,"mib_per_s_both_ways":..,"efficiency":..}` (null where a field
 //! does not apply; `scale` adds fields of its own). Every result is checked; a wrong one
@@ -52,18 +54,29 @@
 //!   `scale` needs about 2 × M + 100 file descriptors; where the soft limit is lower, raise
 //!   it first (`ulimit -n 8192`). It checks the limit before starting and says so when it
 //!   is too low.
+//! - `W1-gw`, `W2-gw`, `W3-gw`: the same work as W1, W2 and W3, submitted through a
+//!   [`RemoteExecutor`] (postcard submissions, results pushed over SSE) to a funcx gateway
+//!   serving on 127.0.0.1 (random port) in this process, with one user and one registered
+//!   endpoint. The endpoint side runs in this process too: a local executor of `--workers`
+//!   (default 2) Python workers behind [`run_manager`] with an [`EndpointDial`] and an
+//!   [`ExecutorRunner`], dialling the gateway over loopback TCP. The gateway's store is in
+//!   memory unless `--store FILE` names a redb file (created; removed afterwards). These run
+//!   only when named, not with `all`.
 
 use std::error::Error;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use funcx::python::manager::{self, ManagerOptions};
 use funcx::transport::remote::{
-    run_manager, AgentConfig, EchoRunner, EndpointAgent, ManagerConfig, ManagerExit, ManagerId,
-    ManagerInfo, TcpDial,
+    run_manager, AgentConfig, EchoRunner, EndpointAgent, ExecutorRunner, ManagerConfig,
+    ManagerExit, ManagerId, ManagerInfo, TcpDial,
 };
 use funcx::transport::TcpTransport;
 use funcx::{Args, Executor, Function, Payload, PythonConfig, PythonRuntime};
+use funcx_gateway::client::EndpointDial;
+use funcx_gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
 use serde_bytes::ByteBuf;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -117,6 +130,8 @@ struct Options {
     n: Option<usize>,
     managers: usize,
     slots: usize,
+    /// The gateway's redb file for the `-gw` workloads; `None` for a store in memory.
+    store: Option<PathBuf>,
 }
 
 const ALL: [&str; 8] = [
@@ -130,6 +145,7 @@ fn parse_options() -> BoxResult<Options> {
         n: None,
         managers: 1024,
         slots: 256,
+        store: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -150,6 +166,9 @@ fn parse_options() -> BoxResult<Options> {
             "--n" => options.n = Some(value("--n")?),
             "--managers" => options.managers = value("--managers")?,
             "--slots" => options.slots = value("--slots")?,
+            "--store" => {
+                options.store = Some(args.next().ok_or("--store needs a file")?.into());
+            }
             "all" => options.workloads.extend(ALL.map(String::from)),
             other if other.starts_with('-') => return Err(format!("unknown option {other}").into()),
             other => options.workloads.push(other.to_string()),
@@ -165,6 +184,17 @@ fn parse_options() -> BoxResult<Options> {
 struct Endpoint {
     executor: Executor,
     managers: Vec<JoinHandle<ManagerExit>>,
+    /// For the `-gw` workloads: the gateway and the endpoint behind it.
+    behind: Option<Behind>,
+}
+
+/// An in-process gateway and the in-process endpoint (local Python workers behind one
+/// manager dialling the gateway) that a [`RemoteExecutor`] is measured against.
+struct Behind {
+    server: JoinHandle<std::io::Result<()>>,
+    manager: JoinHandle<ManagerExit>,
+    local: Executor,
+    store: Option<PathBuf>,
 }
 
 impl Endpoint {
@@ -177,6 +207,75 @@ impl Endpoint {
         Ok(Endpoint {
             executor,
             managers: Vec::new(),
+            behind: None,
+        })
+    }
+
+    /// A [`RemoteExecutor`] on a gateway serving on a loopback port, with one endpoint of
+    /// `workers` local Python workers attached to it through one manager connection.
+    async fn gateway(workers: usize, store: Option<PathBuf>) -> BoxResult<Endpoint> {
+        let token = funcx_gateway::new_token()?;
+        if let Some(path) = &store {
+            // A fresh store: nothing to recover from an earlier run.
+            let _ = std::fs::remove_file(path);
+        }
+        let config = GatewayConfig {
+            users: vec![UserConfig {
+                name: "bench".into(),
+                token: token.clone(),
+            }],
+            store: store.clone(),
+            ..GatewayConfig::default()
+        };
+        let gateway = Gateway::start(config).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let server = tokio::spawn(async move { gateway.serve(listener).await });
+        let url = format!("http://{address}");
+
+        let registered: serde_json::Value = reqwest::Client::new()
+            .post(format!("{url}/v1/endpoints"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "name": "bench" }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let (Some(endpoint_id), Some(endpoint_token)) = (
+            registered["endpoint_id"].as_str(),
+            registered["endpoint_token"].as_str(),
+        ) else {
+            return Err(format!("unexpected answer registering an endpoint: {registered}").into());
+        };
+
+        let local = Executor::builder()
+            .workers(workers)
+            .start(PythonRuntime::default());
+        local.ready().await?;
+        let info = ManagerInfo {
+            id: ManagerId(1),
+            block: None,
+            host: "localhost".into(),
+            pid: std::process::id(),
+            slots: u32::try_from(workers).unwrap_or(u32::MAX),
+            gpus: Vec::new(),
+        };
+        let manager = tokio::spawn(run_manager(
+            EndpointDial::new(address.to_string(), endpoint_id, endpoint_token),
+            ExecutorRunner::new(local.clone(), workers),
+            ManagerConfig::new(info),
+        ));
+        let executor = RemoteExecutor::connect(&url, &token, endpoint_id).await?;
+        Ok(Endpoint {
+            executor,
+            managers: Vec::new(),
+            behind: Some(Behind {
+                server,
+                manager,
+                local,
+                store,
+            }),
         })
     }
 
@@ -197,7 +296,11 @@ impl Endpoint {
                 }))
             })
             .collect::<Vec<_>>();
-        let endpoint = Endpoint { executor, managers };
+        let endpoint = Endpoint {
+            executor,
+            managers,
+            behind: None,
+        };
         endpoint
             .wait_for_managers(Duration::from_secs(30), "")
             .await?;
@@ -232,6 +335,21 @@ impl Endpoint {
     /// Drains the executor, then checks that every manager drained too.
     async fn close(self) -> BoxResult<()> {
         self.executor.shutdown().await;
+        if let Some(behind) = self.behind {
+            if behind.manager.is_finished() {
+                return Err(format!(
+                    "the endpoint's manager exited early: {}",
+                    behind.manager.await?
+                )
+                .into());
+            }
+            behind.manager.abort();
+            behind.local.shutdown_now().await;
+            behind.server.abort();
+            if let Some(path) = behind.store {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         for manager in self.managers {
             let exit = tokio::time::timeout(Duration::from_secs(30), manager)
                 .await
@@ -583,6 +701,7 @@ async fn scale(managers: usize, slots: usize, n: usize) -> BoxResult<Line> {
     let endpoint = Endpoint {
         executor,
         managers: handles,
+        behind: None,
     };
     endpoint
         .wait_for_managers(
@@ -711,11 +830,32 @@ fn main() -> BoxResult<()> {
                     })
                     .await?
                 }
+                "W1-gw" => {
+                    on(
+                        Endpoint::gateway(workers, options.store.clone()).await,
+                        |e| async move { w1(&e, "W1-gw", n.unwrap_or(20_000)).await },
+                    )
+                    .await?
+                }
+                "W2-gw" => {
+                    on(
+                        Endpoint::gateway(workers, options.store.clone()).await,
+                        |e| async move { w2(&e, "W2-gw", n.unwrap_or(2_000)).await },
+                    )
+                    .await?
+                }
+                "W3-gw" => {
+                    on(
+                        Endpoint::gateway(workers, options.store.clone()).await,
+                        |e| async move { w3(&e, "W3-gw", n.unwrap_or(2_000)).await },
+                    )
+                    .await?
+                }
                 "scale" => scale(options.managers, options.slots, n.unwrap_or(1_000_000)).await?,
                 other => {
                     return Err(format!(
                         "unknown workload {other}; expected startup, W1, W2, W3, W4, W1-tcp, \
-                         W2-tcp, W3-tcp, scale or all"
+                         W2-tcp, W3-tcp, W1-gw, W2-gw, W3-gw, scale or all"
                     )
                     .into())
                 }
