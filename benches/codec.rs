@@ -114,6 +114,7 @@ fn worker_codec(c: &mut Criterion) {
             isolate: false,
             args: Args::new().arg(&(i as i64)),
             timeout: None,
+            trace: None,
         })
         .collect();
     let frame = results_frame(batch as u32);

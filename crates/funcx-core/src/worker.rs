@@ -56,6 +56,9 @@ pub struct WorkItem {
     /// dispatcher, which kills it when the time is up; a pool of workers (a remote manager)
     /// enforces it itself.
     pub timeout: Option<Duration>,
+    /// The id that follows the task across processes (client, gateway, endpoint, manager):
+    /// the id the task was first given, logged in its span at every hop.
+    pub trace: Option<u64>,
 }
 
 /// A message from the dispatcher to a worker.

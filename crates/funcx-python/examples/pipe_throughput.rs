@@ -46,6 +46,7 @@ async fn main() {
         isolate: false,
         args: args.clone(),
         timeout: None,
+        trace: None,
     };
     for worker in &mut handles {
         worker.send(ToWorker::Tasks(vec![item(0)]));

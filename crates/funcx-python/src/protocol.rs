@@ -890,6 +890,7 @@ mod tests {
             isolate: true,
             args: args.clone(),
             timeout: None,
+            trace: None,
         }]));
         encoder.encode(&ToWorker::Cancel(vec![id]));
         encoder.encode(&ToWorker::Shutdown);
@@ -930,6 +931,7 @@ mod tests {
             isolate: false,
             args: Args::new().payload(big.clone()).arg(&1),
             timeout: None,
+            trace: None,
         }]));
         let small = Payload::pickle(&1).unwrap().len();
         let chunks = encoder.take();
@@ -952,6 +954,7 @@ mod tests {
                 isolate: false,
                 args: Args::new().payload(payload.clone()),
                 timeout: None,
+                trace: None,
             })
             .collect();
         let mut encoder = Encoder::new();
@@ -982,6 +985,7 @@ mod tests {
             isolate: false,
             args,
             timeout: None,
+            trace: None,
         }]));
         let bytes = body_of(&mut encoder);
         assert_eq!(bytes.len(), HEADER_LEN + 4 + TASK_FIXED);

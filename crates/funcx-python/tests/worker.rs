@@ -86,6 +86,7 @@ impl Harness {
             isolate,
             args,
             timeout: None,
+            trace: None,
         }]));
         id
     }
@@ -623,6 +624,7 @@ async fn many_small_tasks_in_batches() {
                     isolate: false,
                     args: Args::new().arg(&i),
                     timeout: None,
+                    trace: None,
                 }
             })
             .collect();
@@ -663,6 +665,7 @@ async fn cancel_reaches_queued_tasks_behind_a_slow_one() {
         isolate: false,
         args: Args::new().arg(&secs),
         timeout: None,
+        trace: None,
     };
     h.worker
         .send(ToWorker::Tasks(vec![item(slow, 0.5), item(queued, 0.0)]));

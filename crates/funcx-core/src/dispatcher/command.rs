@@ -53,6 +53,7 @@ pub(crate) struct Submission {
     pub(crate) function: Function,
     pub(crate) args: Args,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) trace: Option<u64>,
     pub(crate) reply: Reply,
 }
 

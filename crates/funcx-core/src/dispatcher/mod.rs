@@ -80,6 +80,8 @@ struct TaskRecord {
     /// The task's span: every log line about it is inside, from queue to outcome. Disabled
     /// (and free) unless `funcx_core` logs at debug level.
     span: tracing::Span,
+    /// The id that follows it across processes (see `TaskOptions::trace`).
+    trace: u64,
 }
 
 impl TaskRecord {
@@ -322,8 +324,10 @@ impl Dispatcher {
             function,
             args,
             timeout,
+            trace,
             reply,
         } = submission;
+        let trace = trace.unwrap_or(id.as_u64());
         let mut record = TaskRecord {
             key: FunctionKey(0),
             bytes: args.byte_len(),
@@ -337,7 +341,8 @@ impl Dispatcher {
             disruptions: 0,
             isolate: false,
             charged_ns: 0,
-            span: tracing::debug_span!("task", %id, function = function.name()),
+            span: tracing::debug_span!("task", %id, trace, function = function.name()),
+            trace,
         };
         if self.stop.is_some() {
             return record.finish(Err(TaskError::shutdown()));
@@ -881,6 +886,7 @@ impl Dispatcher {
                 isolate,
                 args: record.args.clone(),
                 timeout: record.timeout,
+                trace: Some(record.trace),
             });
         }
         if let Some(worker) = slot.worker.as_mut().filter(|_| !batch.is_empty()) {

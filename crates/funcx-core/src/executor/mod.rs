@@ -47,6 +47,7 @@ pub struct Executor {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TaskOptions {
     timeout: Option<Duration>,
+    trace: Option<u64>,
 }
 
 impl TaskOptions {
@@ -59,6 +60,14 @@ impl TaskOptions {
     /// has *run* (not waited in the queue) for longer than `timeout`.
     pub fn timeout(mut self, timeout: Duration) -> TaskOptions {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Carries `trace`, the id the task had where it was first submitted, so that the logs
+    /// of every process it passes through name it the same way. Set by relays (a manager, a
+    /// gateway); a task submitted here is traced by its own id.
+    pub fn trace(mut self, trace: u64) -> TaskOptions {
+        self.trace = Some(trace);
         self
     }
 }
@@ -224,6 +233,7 @@ impl Executor {
                     function: task.function,
                     args: task.args,
                     timeout: task.options.timeout,
+                    trace: task.options.trace,
                     reply: Reply::Stream {
                         tag,
                         id,
@@ -364,6 +374,7 @@ impl Executor {
             function: function.clone(),
             args: args.into_args(),
             timeout: options.timeout,
+            trace: options.trace,
             reply: Reply::Handle(reply),
         };
         (

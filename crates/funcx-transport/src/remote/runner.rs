@@ -97,10 +97,10 @@ impl Runner for ExecutorRunner {
                 self.ready.push(failed(item.id, error));
                 continue;
             };
-            let options = match item.timeout {
-                Some(timeout) => TaskOptions::new().timeout(timeout),
-                None => TaskOptions::new(),
-            };
+            let mut options = TaskOptions::new().trace(item.trace.unwrap_or(item.id.as_u64()));
+            if let Some(timeout) = item.timeout {
+                options = options.timeout(timeout);
+            }
             remote.push(item.id);
             let task = Task {
                 function: function.clone(),
