@@ -1,12 +1,14 @@
-//! The endpoint's side of the connection: dial the gateway over HTTP and upgrade.
+//! The endpoint's side of the connection: dial the gateway over HTTP (or HTTPS, feature
+//! `tls`) and upgrade.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use funcx_transport::remote::{Dial, ToEndpoint, ToManager};
 use funcx_transport::{Connection, TcpTransport, TransportError};
 use futures::future::BoxFuture;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::api::UPGRADE_PROTOCOL;
@@ -43,40 +45,104 @@ const MAX_ERROR_BODY: usize = 1024;
 /// println!("endpoint stopped: {exit}");
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+///
+/// # TLS
+///
+/// With the `tls` feature, `gateway` may be an `https://host:port` URL: the connection is
+/// then TLS from its first byte, and the certificate must be valid for `host` and signed by
+/// a CA the dialler trusts: the Mozilla roots by default, or the CA file given to
+/// [`EndpointDial::ca_file`] (a self-signed gateway).
+#[derive(Clone)]
 pub struct EndpointDial {
-    gateway: String,
+    /// `host:port`, for the TCP connection and the `Host` header.
+    authority: String,
+    /// A path prefix before `/v1/...` (a gateway behind a reverse proxy), without a final `/`.
+    prefix: String,
+    https: bool,
     endpoint_id: String,
     token: String,
     transport: TcpTransport,
+    /// Whom an `https` gateway must be certified by; `None` for the Mozilla roots.
+    #[cfg(feature = "tls")]
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for EndpointDial {
+    // By hand: the token must not end up in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointDial")
+            .field("authority", &self.authority)
+            .field("prefix", &self.prefix)
+            .field("https", &self.https)
+            .field("endpoint_id", &self.endpoint_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EndpointDial {
-    /// Dials the gateway at `gateway` (`host:port`) as endpoint `endpoint_id`, presenting
-    /// `token`.
+    /// Dials the gateway at `gateway` as endpoint `endpoint_id`, presenting `token`.
+    ///
+    /// `gateway` is `host:port`, `http://host:port[/prefix]`, or (feature `tls`)
+    /// `https://host:port[/prefix]`.
     pub fn new(
         gateway: impl Into<String>,
         endpoint_id: impl Into<String>,
         token: impl Into<String>,
     ) -> EndpointDial {
+        let gateway = gateway.into();
+        let (https, rest) = if let Some(rest) = gateway.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            (false, gateway.strip_prefix("http://").unwrap_or(&gateway))
+        };
+        let (authority, prefix) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
         EndpointDial {
-            gateway: gateway.into(),
+            authority: authority.to_owned(),
+            prefix: prefix.to_owned(),
+            https,
             endpoint_id: endpoint_id.into(),
             token: token.into(),
             transport: TcpTransport::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
     /// Uses `transport`'s frame limit and handshake timeout for the upgraded connection (its
-    /// token and TLS settings are not used: the endpoint token travels in the HTTP request).
+    /// token and TLS settings are not used: the endpoint token travels in the HTTP request,
+    /// and TLS, if any, wraps the HTTP connection itself).
     pub fn transport(mut self, transport: TcpTransport) -> EndpointDial {
         self.transport = transport;
         self
     }
 
+    /// Trusts the CA certificates in the PEM file `path` for an `https` gateway, instead of
+    /// the Mozilla roots: the certificate of a self-signed gateway, or its private CA.
+    ///
+    /// Read now, so that a missing or malformed file is an error here rather than at every
+    /// reconnection.
+    #[cfg(feature = "tls")]
+    pub fn ca_file(
+        self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<EndpointDial, crate::GatewayError> {
+        Ok(self.tls_config(crate::tls::client_config(path.as_ref())?))
+    }
+
+    /// Uses a rustls configuration made by hand for an `https` gateway (client
+    /// certificates, custom verification).
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> EndpointDial {
+        self.tls = Some(config);
+        self
+    }
+
     async fn connect(&self) -> Result<Connection<ToEndpoint, ToManager>, TransportError> {
         let timeout = self.transport.handshake_timeout();
-        let (stream, peer) = tokio::time::timeout(timeout, self.upgrade())
+        let opened = tokio::time::timeout(timeout, self.open())
             .await
             .map_err(|_| {
                 io::Error::new(
@@ -84,20 +150,85 @@ impl EndpointDial {
                     format!("the gateway did not answer within {timeout:?}"),
                 )
             })??;
-        self.transport.dial_stream(stream, peer).await
+        match opened {
+            Opened::Plain(stream, peer) => self.transport.dial_stream(stream, peer).await,
+            #[cfg(feature = "tls")]
+            Opened::Tls(stream, peer) => self.transport.dial_stream(*stream, peer).await,
+        }
     }
 
-    async fn upgrade(&self) -> io::Result<(TcpStream, std::net::SocketAddr)> {
-        let mut stream = TcpStream::connect(&self.gateway).await?;
+    /// Connects (TLS for `https`) and upgrades the HTTP connection.
+    async fn open(&self) -> io::Result<Opened> {
+        #[cfg(not(feature = "tls"))]
+        if self.https {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the gateway https://{} needs TLS, but this endpoint was built without TLS support; rebuild with the `tls` feature",
+                    self.authority
+                ),
+            ));
+        }
+        let mut stream = TcpStream::connect(&self.authority).await?;
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
+        #[cfg(feature = "tls")]
+        if self.https {
+            let mut stream = self.tls_handshake(stream).await?;
+            self.upgrade(&mut stream).await?;
+            return Ok(Opened::Tls(Box::new(stream), peer));
+        }
+        self.upgrade(&mut stream).await?;
+        Ok(Opened::Plain(stream, peer))
+    }
+
+    /// tokio-rustls directly rather than hyper-rustls: this is one raw HTTP request on a
+    /// stream that then carries the funcx protocol, not a pooled hyper client connection.
+    #[cfg(feature = "tls")]
+    async fn tls_handshake(
+        &self,
+        stream: TcpStream,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let invalid = |e: crate::GatewayError| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let config = match &self.tls {
+            Some(config) => config.clone(),
+            None => crate::tls::client_config_with_public_roots().map_err(invalid)?,
+        };
+        let host = match self.authority.rfind(':') {
+            Some(colon) if !self.authority[colon..].contains(']') => &self.authority[..colon],
+            _ => self.authority.as_str(),
+        };
+        let name = crate::tls::server_name(host).map_err(invalid)?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "the TLS handshake with the gateway {} failed: {e}",
+                        self.authority
+                    ),
+                )
+            })
+    }
+
+    /// Sends the upgrade request on `stream` and reads the answer's head; on `101`, the
+    /// funcx handshake follows on the same stream.
+    async fn upgrade<IO>(&self, stream: &mut IO) -> io::Result<()>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let request = format!(
-            "GET /v1/endpoints/{id}/connect HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: {UPGRADE_PROTOCOL}\r\n\r\n",
+            "GET {prefix}/v1/endpoints/{id}/connect HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: {UPGRADE_PROTOCOL}\r\n\r\n",
+            prefix = self.prefix,
             id = self.endpoint_id,
-            host = self.gateway,
+            host = self.authority,
             token = self.token,
         );
         stream.write_all(request.as_bytes()).await?;
+        // Through TLS, the request sits in the TLS buffer until flushed.
+        stream.flush().await?;
         // Byte by byte up to the blank line: nothing after the head may be consumed here,
         // since the funcx handshake follows on the same stream.
         let mut head = Vec::with_capacity(256);
@@ -116,7 +247,7 @@ impl EndpointDial {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| refused(format!("not an HTTP answer: {status_line:?}")))?;
         if status == 101 {
-            return Ok((stream, peer));
+            return Ok(());
         }
         // The error body says why (JSON from the gateway); read what arrives promptly.
         let mut body = vec![0u8; MAX_ERROR_BODY];
@@ -131,6 +262,14 @@ impl EndpointDial {
             body.trim()
         )))
     }
+}
+
+/// An upgraded connection, before the funcx handshake.
+enum Opened {
+    Plain(TcpStream, SocketAddr),
+    /// Boxed: a TLS stream is much larger than a TCP one.
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>, SocketAddr),
 }
 
 fn refused(message: String) -> io::Error {

@@ -54,6 +54,9 @@ pub struct GatewayConfig {
     /// its connection and did not come back within the heartbeat threshold) before it fails
     /// with a "manager lost" error (default 3).
     pub endpoint_retries: u32,
+    /// Serve HTTPS instead of plain HTTP on `listen` (needs the `tls` feature); `None`
+    /// (default) for plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -67,6 +70,7 @@ impl Default for GatewayConfig {
             result_ttl_secs: 7 * 24 * 3600,
             delete_after_fetch: false,
             endpoint_retries: 3,
+            tls: None,
         }
     }
 }
@@ -79,6 +83,20 @@ pub struct UserConfig {
     pub name: String,
     /// Its bearer token (only its hash is stored).
     pub token: String,
+}
+
+/// The certificate the gateway presents when it serves HTTPS (`[tls]` in the TOML).
+///
+/// Parsed whether or not the crate was built with the `tls` feature, so that a gateway
+/// built without it refuses such a configuration with the reason instead of an "unknown
+/// key" error.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, the gateway's own certificate first.
+    pub cert: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// A per-user token bucket.
@@ -129,6 +147,11 @@ impl GatewayConfig {
                 )));
             }
         }
+        if self.tls.is_some() && !cfg!(feature = "tls") {
+            return Err(GatewayError::Config(
+                "[tls] is set, but this gateway was built without TLS support; rebuild with the `tls` feature".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -146,5 +169,20 @@ mod tests {
         assert!(GatewayConfig::from_toml("unknown_key = 1").is_err());
         assert!(GatewayConfig::from_toml("[rate_limit]\nper_second = 0.0\nburst = 1").is_err());
         assert!(GatewayConfig::from_toml("[[users]]\nname = \"a\"\ntoken = \"short\"").is_err());
+        assert!(GatewayConfig::from_toml("[tls]\ncert = \"c.pem\"").is_err());
+        assert!(GatewayConfig::from_toml("[tls]\ncert = \"c\"\nkey = \"k\"\nca = \"x\"").is_err());
+    }
+
+    #[test]
+    fn tls_table_parses_only_with_the_feature() {
+        let parsed = GatewayConfig::from_toml("[tls]\ncert = \"gw.crt\"\nkey = \"gw.key\"");
+        if cfg!(feature = "tls") {
+            let tls = parsed.unwrap().tls.unwrap();
+            assert_eq!(tls.cert, PathBuf::from("gw.crt"));
+            assert_eq!(tls.key, PathBuf::from("gw.key"));
+        } else {
+            let error = parsed.unwrap_err().to_string();
+            assert!(error.contains("rebuild with the `tls` feature"), "{error}");
+        }
     }
 }

@@ -175,6 +175,10 @@ pub enum GatewayError {
     /// The store could not be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// TLS could not be set up: unreadable certificate, key or CA files, or a pair that does
+    /// not match.
+    #[error("gateway TLS: {0}")]
+    Tls(String),
     /// The listening socket could not be bound.
     #[error("gateway listener: {0}")]
     Io(#[from] std::io::Error),

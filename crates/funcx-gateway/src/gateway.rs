@@ -50,6 +50,10 @@ pub(crate) struct Shared {
     /// the endpoint token was checked by the HTTP route.
     pub(crate) transport: TcpTransport,
     agent: AgentConfig,
+    /// The TLS configuration from `[tls]`, loaded at start so that a bad certificate or key
+    /// stops the gateway there rather than at its first connection.
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
     endpoints: Mutex<HashMap<String, Arc<EndpointRuntime>>>,
     /// Gateway task id → the endpoint and the executor-side id of its current run.
     running: Mutex<HashMap<u64, (String, TaskId)>>,
@@ -113,6 +117,11 @@ impl GatewayBuilder {
     /// starts storing results. Must be called within a Tokio runtime.
     pub async fn start(self) -> Result<Gateway, GatewayError> {
         self.config.validate()?;
+        #[cfg(feature = "tls")]
+        let tls = match &self.config.tls {
+            Some(tls) => Some(crate::tls::server_config(&tls.cert, &tls.key)?),
+            None => None,
+        };
         let store: Arc<dyn TaskStore> = match (self.store, &self.config.store) {
             (Some(store), _) => store,
             (None, Some(path)) => Arc::new(RedbStore::open(path)?),
@@ -143,6 +152,8 @@ impl GatewayBuilder {
                 metrics: Metrics::default(),
                 transport,
                 agent: self.agent,
+                #[cfg(feature = "tls")]
+                tls,
                 endpoints: Mutex::new(HashMap::new()),
                 running: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
@@ -191,14 +202,24 @@ impl Gateway {
     }
 
     /// Serves the API (and the endpoints' connections) on `listener` until the future is
-    /// dropped or the listener fails.
+    /// dropped or the listener fails: HTTPS when the configuration has a `[tls]` table,
+    /// plain HTTP otherwise.
     pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         let app = self
             .router()
             .into_make_service_with_connect_info::<SocketAddr>();
+        use axum::serve::ListenerExt;
+        #[cfg(feature = "tls")]
+        if let Some(config) = &self.inner.tls {
+            // The TLS listener sets TCP_NODELAY itself, before the handshake. The empty
+            // `tap_io` is there for its type: axum provides the peer address for
+            // `ConnectInfo` on `TapIo<L, _>` for any listener `L`, but on a bare listener only
+            // for its own `TcpListener`, and the orphan rule keeps us from adding that.
+            let listener = crate::tls::TlsListener::new(listener, config.clone()).tap_io(|_| {});
+            return axum::serve(listener, app).await;
+        }
         // Without TCP_NODELAY, Nagle's algorithm meets the client's delayed ACK and a lone
         // small response waits ~40 ms: a single round trip cost 41 ms before this.
-        use axum::serve::ListenerExt;
         let listener = listener.tap_io(|stream| {
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::warn!(%error, "could not set TCP_NODELAY on a gateway connection");
@@ -207,10 +228,16 @@ impl Gateway {
         axum::serve(listener, app).await
     }
 
+    /// Whether [`Gateway::serve`] serves HTTPS (the configuration has a `[tls]` table).
+    pub fn is_tls(&self) -> bool {
+        self.inner.config.tls.is_some()
+    }
+
     /// Binds the configured address and serves the API on it; see [`Gateway::serve`].
     pub async fn bind_and_serve(&self) -> Result<(), GatewayError> {
         let listener = tokio::net::TcpListener::bind(self.inner.config.listen).await?;
-        info!(address = %listener.local_addr()?, "gateway listening");
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        info!(address = %listener.local_addr()?, scheme, "gateway listening");
         Ok(self.serve(listener).await?)
     }
 

@@ -47,10 +47,12 @@ mod gateway;
 mod metrics;
 mod remote_executor;
 pub mod store;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub use remote_executor::{RemoteError, RemoteExecutor, RemoteExecutorBuilder};
 
 pub use auth::{new_token, Authenticator, RateLimiter, TokenAuthenticator, User};
-pub use config::{GatewayConfig, RateLimitConfig, UserConfig};
+pub use config::{GatewayConfig, RateLimitConfig, TlsConfig, UserConfig};
 pub use error::{ApiError, GatewayError};
 pub use gateway::{Gateway, GatewayBuilder};
 

@@ -53,6 +53,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
+#[cfg(feature = "tls")]
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -102,7 +104,7 @@ pub struct RemoteExecutor;
 
 impl RemoteExecutor {
     /// An [`Executor`] whose tasks run on endpoint `endpoint_id` of the gateway at
-    /// `gateway_url` (`http://host:port`), on behalf of the user whose bearer token is
+    /// `gateway_url` (`http://host:port`, or `https://host:port` with the `tls` feature), on behalf of the user whose bearer token is
     /// `user_token`.
     ///
     /// Checks first that the gateway answers and that the user sees the endpoint, so a
@@ -134,6 +136,10 @@ impl RemoteExecutor {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             max_request_bytes: 8 << 20,
+            #[cfg(feature = "tls")]
+            ca_file: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -150,6 +156,12 @@ pub struct RemoteExecutorBuilder {
     min_backoff: Duration,
     max_backoff: Duration,
     max_request_bytes: usize,
+    /// The CA file to trust for an `https` gateway, read at start.
+    #[cfg(feature = "tls")]
+    ca_file: Option<std::path::PathBuf>,
+    /// A rustls configuration made by hand for an `https` gateway.
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl RemoteExecutorBuilder {
@@ -189,13 +201,61 @@ impl RemoteExecutorBuilder {
         self
     }
 
+    /// Trusts the CA certificates in the PEM file `path` for an `https://` gateway, instead
+    /// of the Mozilla roots: the certificate of a self-signed gateway, or its private CA.
+    /// The file is read by [`start`](Self::start), which fails with [`RemoteError::Tls`] if
+    /// it cannot be used.
+    #[cfg(feature = "tls")]
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> RemoteExecutorBuilder {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Uses a rustls configuration made by hand for an `https://` gateway (client
+    /// certificates, custom verification); it takes precedence over
+    /// [`ca_file`](Self::ca_file).
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> RemoteExecutorBuilder {
+        self.tls = Some(config);
+        self
+    }
+
+    /// The TLS trust configured, if any (`None`: the Mozilla roots).
+    #[cfg(feature = "tls")]
+    fn client_tls(&self) -> Result<ClientTls, RemoteError> {
+        if let Some(config) = &self.tls {
+            return Ok(Some(config.clone()));
+        }
+        match &self.ca_file {
+            Some(path) => {
+                crate::tls::client_config(path)
+                    .map(Some)
+                    .map_err(|error| RemoteError::Tls {
+                        url: self.url.clone(),
+                        reason: error.to_string(),
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn client_tls(&self) -> Result<ClientTls, RemoteError> {
+        Ok(())
+    }
+
     /// Checks the gateway, the token and the endpoint, then starts the executor.
     ///
     /// # Panics
     ///
     /// Outside a Tokio runtime.
     pub async fn start(self) -> Result<Executor, RemoteError> {
-        let http = Http::new(&self.url, &self.token, self.request_timeout)?;
+        let http = Http::new(
+            &self.url,
+            &self.token,
+            self.request_timeout,
+            self.client_tls()?,
+        )?;
         let path = format!("/v1/endpoints/{}", self.endpoint);
         let view: EndpointView = http
             .call(Method::GET, &path, None)
@@ -203,6 +263,10 @@ impl RemoteExecutorBuilder {
             .and_then(|response| response.decode())
             .map_err(|error| match error {
                 HttpError::Unreachable(reason) => RemoteError::Unreachable {
+                    url: self.url.clone(),
+                    reason,
+                },
+                HttpError::Tls(reason) => RemoteError::Tls {
                     url: self.url.clone(),
                     reason,
                 },
@@ -269,7 +333,8 @@ impl RemoteExecutorBuilder {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RemoteError {
-    /// The gateway URL is not an `http://host:port[/prefix]` URL.
+    /// The gateway URL is not an `http://host:port[/prefix]` URL (or `https://`, with the
+    /// `tls` feature).
     #[error("invalid gateway URL {url:?}: {reason}")]
     InvalidUrl {
         /// The URL given.
@@ -286,6 +351,15 @@ pub enum RemoteError {
         /// The URL given.
         url: String,
         /// The connection failure.
+        reason: String,
+    },
+    /// The TLS connection to an `https` gateway failed: its certificate is not signed by a
+    /// trusted CA or not valid for its name, or the CA file could not be used.
+    #[error("TLS with the gateway at {url} failed: {reason}")]
+    Tls {
+        /// The URL given.
+        url: String,
+        /// What rustls objected to, or why the CA file is unusable.
         reason: String,
     },
     /// The gateway refused: a wrong token (401), an endpoint this user may not see (404).
@@ -1029,7 +1103,7 @@ impl EventParser {
 /// handshake.
 #[derive(Clone)]
 struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     base: String,
     authorization: HeaderValue,
     timeout: Duration,
@@ -1084,6 +1158,10 @@ impl Answer {
 enum HttpError {
     /// The gateway could not be reached, or the connection failed: try again later.
     Unreachable(String),
+    /// The TLS handshake failed. Tried again like `Unreachable` once running (the gateway
+    /// may be rotating its certificate), but reported as such at start.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    Tls(String),
     /// The gateway answered with an error status.
     Refused {
         status: StatusCode,
@@ -1096,7 +1174,7 @@ enum HttpError {
 impl HttpError {
     fn is_transient(&self) -> bool {
         match self {
-            HttpError::Unreachable(_) => true,
+            HttpError::Unreachable(_) | HttpError::Tls(_) => true,
             HttpError::Refused { transient, .. } => *transient,
         }
     }
@@ -1105,7 +1183,7 @@ impl HttpError {
 impl fmt::Display for HttpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HttpError::Unreachable(reason) => f.write_str(reason),
+            HttpError::Unreachable(reason) | HttpError::Tls(reason) => f.write_str(reason),
             HttpError::Refused {
                 status, message, ..
             } => write!(f, "{} {}", status.as_u16(), message),
@@ -1113,8 +1191,22 @@ impl fmt::Display for HttpError {
     }
 }
 
+/// hyper-rustls rather than tokio-rustls by hand: it is a connector for the pooled client
+/// already in use, so HTTPS connections are kept alive and reused like plain ones.
+#[cfg(feature = "tls")]
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+#[cfg(not(feature = "tls"))]
+type Connector = HttpConnector;
+
+/// Whom an `https` gateway must be certified by (`None`: the Mozilla roots).
+#[cfg(feature = "tls")]
+type ClientTls = Option<Arc<rustls::ClientConfig>>;
+/// Nothing to configure without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+type ClientTls = ();
+
 impl Http {
-    fn new(url: &str, token: &str, timeout: Duration) -> Result<Http, RemoteError> {
+    fn new(url: &str, token: &str, timeout: Duration, tls: ClientTls) -> Result<Http, RemoteError> {
         let invalid = |reason: &str| RemoteError::InvalidUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
@@ -1124,12 +1216,15 @@ impl Http {
             .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
         match uri.scheme_str() {
             Some("http") => {}
+            #[cfg(feature = "tls")]
+            Some("https") => {}
+            #[cfg(not(feature = "tls"))]
             Some("https") => {
                 return Err(invalid(
-                    "https is not supported by this client yet; put it on a trusted network or a local TLS-terminating proxy",
+                    "this client was built without TLS support; rebuild with the `tls` feature",
                 ))
             }
-            _ => return Err(invalid("it must start with http://")),
+            _ => return Err(invalid("it must start with http:// or https://")),
         }
         if uri.host().is_none() {
             return Err(invalid("it has no host"));
@@ -1143,6 +1238,28 @@ impl Http {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
+        #[cfg(feature = "tls")]
+        let connector = {
+            // The HTTP connector must let `https` URIs through to the TLS layer.
+            connector.enforce_http(false);
+            let config = match tls {
+                Some(config) => config,
+                None => crate::tls::client_config_with_public_roots().map_err(|error| {
+                    RemoteError::Tls {
+                        url: url.to_owned(),
+                        reason: error.to_string(),
+                    }
+                })?,
+            };
+            // `https_or_http`: the same client serves `http://` gateways unchanged.
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config((*config).clone())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(connector)
+        };
+        #[cfg(not(feature = "tls"))]
+        let () = tls;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -1196,7 +1313,7 @@ impl Http {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| HttpError::Unreachable(describe(&e)))?;
+                .map_err(|e| client_error(&e))?;
             let status = response.status();
             let postcard = is_postcard(&response);
             let retry_after = response.headers().contains_key(header::RETRY_AFTER);
@@ -1234,7 +1351,7 @@ impl Http {
         let response = tokio::time::timeout(self.timeout, self.client.request(request))
             .await
             .map_err(|_| HttpError::Unreachable(format!("no answer within {:?}", self.timeout)))?
-            .map_err(|e| HttpError::Unreachable(describe(&e)))?;
+            .map_err(|e| client_error(&e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -1278,6 +1395,15 @@ fn error_message(bytes: &[u8]) -> String {
     }
 }
 
+/// A failed request, as a TLS failure when it is one.
+fn client_error(error: &(dyn std::error::Error + 'static)) -> HttpError {
+    #[cfg(feature = "tls")]
+    if crate::tls::is_tls_failure(error) {
+        return HttpError::Tls(describe(error));
+    }
+    HttpError::Unreachable(describe(error))
+}
+
 /// A client error with its causes (hyper's own text is just "client error (Connect)").
 fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -1311,11 +1437,26 @@ mod tests {
     #[test]
     fn urls_are_checked() {
         let timeout = Duration::from_secs(1);
-        assert!(Http::new("ftp://x", "t", timeout).is_err());
-        assert!(Http::new("https://x", "t", timeout).is_err());
-        assert!(Http::new("127.0.0.1:80", "t", timeout).is_err());
-        assert!(Http::new("http://127.0.0.1:80", "bad\ntoken", timeout).is_err());
-        let http = Http::new("http://127.0.0.1:80/", "t", timeout).unwrap();
+        let new = |url: &str, token: &str| {
+            #[cfg(feature = "tls")]
+            let tls = None;
+            #[cfg(not(feature = "tls"))]
+            let tls = ();
+            Http::new(url, token, timeout, tls)
+        };
+        assert!(new("ftp://x", "t").is_err());
+        // https needs the feature, and says so without it.
+        let https = new("https://x", "t");
+        #[cfg(feature = "tls")]
+        assert!(https.is_ok());
+        #[cfg(not(feature = "tls"))]
+        match https {
+            Ok(_) => panic!("https accepted without the tls feature"),
+            Err(error) => assert!(error.to_string().contains("`tls` feature"), "{error}"),
+        }
+        assert!(new("127.0.0.1:80", "t").is_err());
+        assert!(new("http://127.0.0.1:80", "bad\ntoken").is_err());
+        let http = new("http://127.0.0.1:80/", "t").unwrap();
         assert_eq!(http.base, "http://127.0.0.1:80");
     }
 

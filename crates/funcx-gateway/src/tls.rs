@@ -1,0 +1,261 @@
+//! HTTPS for the gateway (feature `tls`): the server's listener and the clients' trust.
+//!
+//! The gateway serves TLS on its one port when its configuration has a `[tls]` table
+//! ([`crate::TlsConfig`]); [`crate::client::EndpointDial`] and [`crate::RemoteExecutor`] then
+//! dial it with `https://` URLs, trusting either the CA file they are given (a self-signed
+//! gateway) or the Mozilla roots (a gateway with a certificate from a public CA).
+//!
+//! Cryptography is rustls with its `ring` provider, as in `funcx_transport::tls`. Every
+//! configuration names its provider instead of relying on a process-wide default, which
+//! would panic when two providers are compiled in (`--all-features` can do that).
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tracing::{error, info};
+
+use crate::error::GatewayError;
+
+/// The rustls version this crate builds on, for configurations made by hand.
+pub use rustls;
+
+/// How long a client may take to finish its TLS handshake before its connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many TLS handshakes may be in progress at once; beyond that the listener stops
+/// accepting TCP connections until some finish, so that a flood of silent connections costs
+/// bounded memory.
+const MAX_PENDING_HANDSHAKES: usize = 1024;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_error(what: String) -> impl FnOnce(rustls::Error) -> GatewayError {
+    move |e| GatewayError::Tls(format!("{what}: {e}"))
+}
+
+fn read_certificates(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, GatewayError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        GatewayError::Tls(format!("could not read the {what} {}: {e}", path.display()))
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| GatewayError::Tls(format!("bad PEM in the {what} {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(GatewayError::Tls(format!(
+            "the {what} {} holds no CERTIFICATE block",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The server configuration of a gateway presenting the certificate chain in `cert` (PEM,
+/// leaf first) with the private key in `key` (PEM: PKCS#8, PKCS#1 or SEC1).
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, GatewayError> {
+    let chain = read_certificates(cert, "certificate file")?;
+    let key_pem = std::fs::read(key).map_err(|e| {
+        GatewayError::Tls(format!(
+            "could not read the key file {}: {e}",
+            key.display()
+        ))
+    })?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        GatewayError::Tls(format!(
+            "could not read a private key from {}: {e}",
+            key.display()
+        ))
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error("could not set up TLS".into()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(tls_error(format!(
+            "{} and {} do not make a usable certificate and key",
+            cert.display(),
+            key.display()
+        )))?;
+    // Only HTTP/1.1 is served (the endpoints' upgrade needs it); saying so lets a client
+    // that offers h2 settle on HTTP/1.1 instead of guessing.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client configuration trusting the CA certificates in the PEM file `ca_file` (the
+/// certificate of a self-signed gateway, or the CA that signed it).
+pub fn client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, GatewayError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certificates(ca_file, "CA file")? {
+        roots.add(cert).map_err(tls_error(format!(
+            "could not use a CA certificate of {}",
+            ca_file.display()
+        )))?;
+    }
+    client_config_with(roots)
+}
+
+/// A client configuration trusting the Mozilla root CAs (`webpki-roots`), for a gateway
+/// whose certificate comes from a public CA. Compiled in rather than read from the
+/// operating system, so that it behaves the same in a minimal container.
+pub fn client_config_with_public_roots() -> Result<Arc<rustls::ClientConfig>, GatewayError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    client_config_with(roots)
+}
+
+fn client_config_with(
+    roots: rustls::RootCertStore,
+) -> Result<Arc<rustls::ClientConfig>, GatewayError> {
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error("could not set up TLS".into()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The name a certificate must be valid for, from a URL's host (`[::1]` loses its brackets).
+pub(crate) fn server_name(
+    host: &str,
+) -> Result<rustls_pki_types::ServerName<'static>, GatewayError> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    rustls_pki_types::ServerName::try_from(bare.to_owned())
+        .map_err(|e| GatewayError::Tls(format!("{host:?} is not a DNS name or IP address: {e}")))
+}
+
+/// Whether `error`, or one of its causes, is a TLS failure (a certificate not trusted, a
+/// handshake refused); its text then says which.
+pub(crate) fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        // `io::Error::source` skips the error it wraps, and tokio-rustls reports rustls
+        // errors wrapped in an `io::Error`: look inside.
+        if let Some(inner) = error
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+        {
+            if inner.is::<rustls::Error>() {
+                return true;
+            }
+        }
+        current = error.source();
+    }
+    false
+}
+
+/// A TCP listener that hands axum TLS streams: [`axum::serve`] over HTTPS.
+///
+/// Each accepted connection gets `TCP_NODELAY` and then its TLS handshake, with
+/// [`HANDSHAKE_TIMEOUT`]. Handshakes run concurrently with accepting, so a slow or silent
+/// client delays nobody else; a failed one (a plain-HTTP request to the HTTPS port, an
+/// untrusted client, a timeout) is logged and skipped, never ending the accept loop.
+pub struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    handshakes: FuturesUnordered<futures::future::BoxFuture<'static, Handshake>>,
+}
+
+type Handshake = (SocketAddr, io::Result<TlsStream<TcpStream>>);
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("local_addr", &self.tcp.local_addr().ok())
+            .field("pending_handshakes", &self.handshakes.len())
+            .finish()
+    }
+}
+
+impl TlsListener {
+    /// Serves TLS with `config` on the connections `tcp` accepts.
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> TlsListener {
+        TlsListener {
+            tcp,
+            acceptor: TlsAcceptor::from(config),
+            handshakes: FuturesUnordered::new(),
+        }
+    }
+
+    fn start_handshake(&mut self, stream: TcpStream, peer: SocketAddr) {
+        // Before the handshake: its flights are small writes that Nagle would hold back.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "could not set TCP_NODELAY on a gateway connection");
+        }
+        let accept = self.acceptor.accept(stream);
+        self.handshakes.push(Box::pin(async move {
+            let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                Ok(result) => result,
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
+                )),
+            };
+            (peer, result)
+        }));
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            // Both branches are cancel-safe: a connection accepted is pushed at once, and a
+            // finished handshake is only taken out of the set when it is returned.
+            tokio::select! {
+                accepted = self.tcp.accept(), if self.handshakes.len() < MAX_PENDING_HANDSHAKES => {
+                    match accepted {
+                        Ok((stream, peer)) => self.start_handshake(stream, peer),
+                        Err(error) => accept_error(error).await,
+                    }
+                }
+                Some((peer, result)) = self.handshakes.next(), if !self.handshakes.is_empty() => {
+                    match result {
+                        Ok(stream) => return (stream, peer),
+                        // Info, not warn: scanners and plain-HTTP clients cause these routinely,
+                        // yet an operator chasing a misconfigured endpoint needs to see them.
+                        Err(error) => info!(%peer, %error, "TLS handshake failed; connection dropped"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// As axum's own TCP listener does: errors of one connection are ignored; others (out of
+/// file descriptors) are logged and followed by a pause so the loop does not spin.
+async fn accept_error(error: io::Error) {
+    if matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    error!(%error, "could not accept a connection; pausing for a second");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
