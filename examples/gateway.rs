@@ -17,6 +17,10 @@
 //! (`funcx_gateway::client::EndpointDial`), and
 //! `RemoteExecutor::connect("http://127.0.0.1:8470", TOKEN, ENDPOINT_ID)` an `Executor` that
 //! runs on it. `examples/remote.rs` does all of that in one program.
+//!
+//! With a `[tls]` table in the file (see `examples/gateway.toml`) the gateway serves HTTPS
+//! instead; that needs funcx-gateway's `tls` feature
+//! (`cargo run --example gateway --features funcx-gateway/tls -- FILE`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,9 +61,14 @@ fn main() -> ExitCode {
             .as_ref()
             .map_or_else(|| "in memory".to_owned(), |path| path.display().to_string());
         let users: Vec<String> = config.users.iter().map(|user| user.name.clone()).collect();
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let gateway = Gateway::start(config).await?;
         println!(
-            "funcx gateway on http://{} (store: {store}; users: {})",
+            "funcx gateway on {scheme}://{} (store: {store}; users: {})",
             listener.local_addr()?,
             users.join(", ")
         );

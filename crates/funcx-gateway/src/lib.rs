@@ -35,6 +35,9 @@
 //!   tokens; plug in OIDC or JWT validation instead).
 //! - [`client::EndpointDial`]: how an endpoint process reaches the gateway.
 //!
+//! With the `tls` feature, the gateway serves HTTPS when its configuration has a `[tls]`
+//! table ([`TlsConfig`]), and the clients accept `https://` URLs; see the `tls` module.
+//!
 //! Routes are listed in `GET /v1/openapi.json`; see [`api`] for the bodies.
 #![warn(missing_docs)]
 

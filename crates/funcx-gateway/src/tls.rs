@@ -146,17 +146,14 @@ pub(crate) fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool 
         if error.is::<rustls::Error>() {
             return true;
         }
-        // `io::Error::source` skips the error it wraps, and tokio-rustls reports rustls
-        // errors wrapped in an `io::Error`: look inside.
-        if let Some(inner) = error
-            .downcast_ref::<io::Error>()
-            .and_then(io::Error::get_ref)
-        {
-            if inner.is::<rustls::Error>() {
-                return true;
-            }
-        }
-        current = error.source();
+        // `io::Error::source` skips the error it wraps, and rustls errors arrive wrapped in
+        // `io::Error`s (twice through hyper-rustls): look inside them instead.
+        current = match error.downcast_ref::<io::Error>() {
+            Some(io_error) => io_error
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
     }
     false
 }
@@ -258,4 +255,26 @@ async fn accept_error(error: io::Error) {
     }
     error!(%error, "could not accept a connection; pausing for a second");
     tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_are_found_inside_io_errors() {
+        let rustls_error = rustls::Error::General("bad".into());
+        let once = io::Error::new(io::ErrorKind::InvalidData, rustls_error.clone());
+        let twice = io::Error::other(once);
+        assert!(is_tls_failure(&twice));
+        assert!(is_tls_failure(&rustls_error));
+        assert!(!is_tls_failure(&io::Error::other("refused")));
+    }
+
+    #[test]
+    fn server_names_lose_ipv6_brackets() {
+        assert!(server_name("[::1]").is_ok());
+        assert!(server_name("localhost").is_ok());
+        assert!(server_name("not a name!").is_err());
+    }
 }
