@@ -292,6 +292,12 @@ impl Gateway {
             Ok(running) => running,
             Err(poisoned) => poisoned.into_inner(),
         };
+        // The gateway's task id is the trace that the endpoint's and its managers' logs name
+        // the task by (each hop's span carries it; see `TaskOptions::trace`).
+        let tasks = tasks.into_iter().map(|(id, mut task)| {
+            task.options = task.options.trace(id);
+            (id, task)
+        });
         let local = runtime.executor.submit_streamed(tasks, &self.inner.sink);
         for (id, local) in gateway_ids.into_iter().zip(local) {
             running.insert(id, (endpoint.to_string(), local));
