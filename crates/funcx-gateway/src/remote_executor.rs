@@ -30,18 +30,20 @@
 //! 2. The gateway stores the batch (one durable write), answers with the gateway task ids,
 //!    and relays the tasks to the endpoint over its manager connection, where warm Python
 //!    workers run them.
-//! 3. Results come back pushed over one long-lived `GET /v1/results` event stream: one
-//!    `result` event per task (JSON, the result as base64). The driver maps the gateway id
-//!    back to the local task and reports results in batches to the dispatcher.
+//! 3. Results come back pushed over one long-lived `GET /v1/results` stream in its binary
+//!    form (`Accept: application/x-postcard`): length-prefixed postcard frames, each holding
+//!    every result that was waiting at the gateway (results as raw bytes, no base64). The
+//!    driver maps the gateway ids back to the local tasks and reports each frame to the
+//!    dispatcher as one batch.
 //!
-//! So a task costs a share of one HTTP request and one store write on the way in, and one
-//! event of a few hundred bytes on the way out; per-task overhead is dominated by the
-//! gateway's store and the event's JSON, not by round trips. Latency of a lone task is one
-//! HTTP round trip plus the endpoint's relay plus one event.
+//! So a task costs a share of one HTTP request and one store write on the way in, and a
+//! share of one frame (about a hundred bytes plus its result) on the way out; per-task
+//! overhead is dominated by the gateway's store, not by round trips or encoding. Latency of a lone task is one
+//! HTTP round trip plus the endpoint's relay plus one frame.
 //!
 //! # When the gateway goes away
 //!
-//! The event stream reconnects with back-off. After every (re)connection the driver reads
+//! The result stream reconnects with back-off. After every (re)connection the driver reads
 //! the state of every task still outstanding with `POST /v1/tasks/batch`, so a result
 //! published while the stream was down is not missed; a result that arrives both ways is
 //! delivered once. Submissions that fail because the gateway cannot be reached are retried
@@ -78,7 +80,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::model::{
     BatchRequest, BatchResponse, Blob, EndpointView, FunctionRegistered, RegisterFunction,
-    SubmitRequest, SubmitResponse, SubmitTask, TaskView,
+    ResultFrame, SubmitRequest, SubmitResponse, SubmitTask, TaskView,
 };
 
 /// The size of the pool that stands for the gateway: larger than any number of tasks a
@@ -405,9 +407,9 @@ enum Feed {
     Connected,
     /// The stream dropped, or could not be opened.
     Down(String),
-    /// A task finished.
-    Result(Box<TaskView>),
-    /// The gateway dropped events for this reader (it read too slowly).
+    /// Tasks finished: one frame of the stream.
+    Results(Vec<TaskView>),
+    /// The gateway dropped results for this reader (it read too slowly).
     Lagged,
 }
 
@@ -590,9 +592,12 @@ impl Driver {
                 self.stream_connected = false;
                 self.failed(format!("result stream: {reason}"), false);
             }
-            Feed::Result(view) => {
-                if let Some(result) = self.finished(*view) {
-                    results.push(result);
+            Feed::Results(views) => {
+                results.reserve(views.len());
+                for view in views {
+                    if let Some(result) = self.finished(view) {
+                        results.push(result);
+                    }
                 }
             }
             Feed::Lagged => {
@@ -969,7 +974,7 @@ async fn result_stream(
     loop {
         let reason = tokio::select! {
             () = feed.closed() => return,
-            opened = http.open_stream("/v1/results") => match opened {
+            opened = http.open_result_stream() => match opened {
                 Ok(response) => {
                     backoff = min_backoff;
                     if feed.send(Feed::Connected).is_err() {
@@ -977,7 +982,7 @@ async fn result_stream(
                     }
                     tokio::select! {
                         () = feed.closed() => return,
-                        reason = read_events(response.into_body(), &feed) => reason,
+                        reason = read_frames(response.into_body(), &feed) => reason,
                     }
                 }
                 Err(error) => error.to_string(),
@@ -994,103 +999,67 @@ async fn result_stream(
     }
 }
 
-/// How long the result stream may stay silent before it counts as dead: the gateway sends a
-/// keep-alive comment every 15 s, so this only fires on a connection that vanished without a
-/// reset (a machine or a network gone).
+/// How long the result stream may stay silent before it counts as dead: the gateway sends an
+/// empty frame every 15 s, so this only fires on a connection that vanished without a reset
+/// (a machine or a network gone).
 const STREAM_SILENCE: Duration = Duration::from_secs(45);
 
-/// Reads server-sent events until the stream ends; returns why it ended.
-async fn read_events(mut body: Incoming, feed: &mpsc::UnboundedSender<Feed>) -> String {
-    let mut parser = EventParser::default();
+/// The largest room reserved ahead for one frame on the word of its length prefix; a larger
+/// frame still arrives, the buffer just grows as its bytes do.
+const FRAME_RESERVE: usize = 64 << 20;
+
+/// Reads result frames (`u32` big-endian length, postcard [`ResultFrame`]) until the stream
+/// ends; each frame goes to the driver whole. Returns why the stream ended.
+async fn read_frames(mut body: Incoming, feed: &mpsc::UnboundedSender<Feed>) -> String {
+    let mut buffer = BytesMut::new();
     loop {
         let Ok(frame) = tokio::time::timeout(STREAM_SILENCE, body.frame()).await else {
             return format!("nothing from the gateway for {STREAM_SILENCE:?}");
         };
-        match frame {
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                for (event, data) in parser.push(&data) {
-                    if event == "lagged" {
-                        if feed.send(Feed::Lagged).is_err() {
-                            return "the driver stopped".into();
-                        }
-                        continue;
-                    }
-                    if event != "result" {
-                        continue;
-                    }
-                    match serde_json::from_str::<TaskView>(&data) {
-                        Ok(view) => {
-                            if feed.send(Feed::Result(Box::new(view))).is_err() {
-                                return "the driver stopped".into();
-                            }
-                        }
-                        Err(error) => {
-                            warn!(%error, "unreadable result event from the gateway; ignored")
-                        }
-                    }
-                }
-            }
+        let data = match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
             Some(Err(error)) => return format!("the stream failed: {error}"),
             None => return "the gateway closed the stream".into(),
-        }
-    }
-}
-
-/// An incremental parser of `text/event-stream`.
-#[derive(Default)]
-struct EventParser {
-    buffer: BytesMut,
-    event: String,
-    data: String,
-}
-
-impl EventParser {
-    /// Feeds bytes; returns the events they complete, as (event name, data).
-    fn push(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
-        self.buffer.extend_from_slice(bytes);
-        let mut events = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-            let line = self.buffer.split_to(end + 1);
-            let mut line = &line[..end];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
-            let line = String::from_utf8_lossy(line);
-            if line.is_empty() {
-                if !self.data.is_empty() || !self.event.is_empty() {
-                    let event = std::mem::take(&mut self.event);
-                    let event = if event.is_empty() {
-                        "message".into()
-                    } else {
-                        event
-                    };
-                    events.push((event, std::mem::take(&mut self.data)));
-                }
-                continue;
-            }
-            if line.starts_with(':') {
-                continue; // a comment: keep-alive
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-                None => (&*line, ""),
+        };
+        buffer.extend_from_slice(&data);
+        while let Some(length) = frame_length(&buffer) {
+            let Some(total) = length.checked_add(4) else {
+                return "a result frame of impossible length".into();
             };
-            match field {
-                "event" => self.event = value.to_owned(),
-                "data" => {
-                    if !self.data.is_empty() {
-                        self.data.push('\n');
+            if buffer.len() < total {
+                buffer.reserve((total - buffer.len()).min(FRAME_RESERVE));
+                break;
+            }
+            let frame = buffer.split_to(total);
+            match postcard::from_bytes::<ResultFrame>(&frame[4..]) {
+                Ok(frame) => {
+                    if frame.lagged > 0 && feed.send(Feed::Lagged).is_err() {
+                        return "the driver stopped".into();
                     }
-                    self.data.push_str(value);
+                    if !frame.results.is_empty() && feed.send(Feed::Results(frame.results)).is_err()
+                    {
+                        return "the driver stopped".into();
+                    }
                 }
-                _ => {} // id, retry: not used
+                // The frame boundaries still hold; the tasks it held are read by id.
+                Err(error) => {
+                    warn!(%error, "unreadable result frame from the gateway; reading outstanding tasks");
+                    if feed.send(Feed::Lagged).is_err() {
+                        return "the driver stopped".into();
+                    }
+                }
             }
         }
-        events
     }
+}
+
+/// The length a frame's prefix announces, once the prefix is in.
+fn frame_length(buffer: &[u8]) -> Option<usize> {
+    let prefix: [u8; 4] = buffer.get(..4)?.try_into().ok()?;
+    usize::try_from(u32::from_be_bytes(prefix)).ok()
 }
 
 // ---- HTTP -----------------------------------------------------------------------------------
@@ -1345,16 +1314,23 @@ impl Http {
         }
     }
 
-    /// Opens a server-sent event stream (the connect and the headers within the timeout).
-    async fn open_stream(&self, path: &str) -> Result<Response<Incoming>, HttpError> {
-        let request = self.request(Method::GET, path, None, "text/event-stream")?;
+    /// Opens the binary result stream (the connect and the headers within the timeout).
+    async fn open_result_stream(&self) -> Result<Response<Incoming>, HttpError> {
+        let request = self.request(Method::GET, "/v1/results", None, POSTCARD)?;
         let response = tokio::time::timeout(self.timeout, self.client.request(request))
             .await
             .map_err(|_| HttpError::Unreachable(format!("no answer within {:?}", self.timeout)))?
             .map_err(|e| client_error(&e))?;
         let status = response.status();
         if status.is_success() {
-            return Ok(response);
+            if is_postcard(&response) {
+                return Ok(response);
+            }
+            return Err(HttpError::Refused {
+                status,
+                message: "the gateway does not serve the binary result stream (upgrade it)".into(),
+                transient: true,
+            });
         }
         let bytes = tokio::time::timeout(self.timeout, response.into_body().collect())
             .await
@@ -1421,17 +1397,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_stream_parsing_handles_split_lines_comments_and_crlf() {
-        let mut parser = EventParser::default();
-        assert!(parser.push(b": keep-alive\n\nevent: res").is_empty());
-        let events = parser.push(b"ult\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\ndata: x\n\n");
-        assert_eq!(
-            events,
-            vec![
-                ("result".to_owned(), "{\"a\":\n1}".to_owned()),
-                ("message".to_owned(), "x".to_owned())
-            ]
-        );
+    fn frame_lengths_are_read_once_the_prefix_is_in() {
+        assert_eq!(frame_length(&[0, 0, 1]), None);
+        assert_eq!(frame_length(&[0, 0, 1, 2, 9]), Some(258));
     }
 
     #[test]

@@ -157,6 +157,85 @@ async fn postcard_bodies_on_the_submit_and_result_routes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_result_stream_sends_frames_of_the_callers_results() {
+    use funcx_gateway::api::model::ResultFrame;
+    let gw = start(config()).await;
+    let alice_function = gw.echo_function(ALICE).await;
+    let bob_function = gw.echo_function(BOB).await;
+    let (alice_endpoint, alice_token) = gw.register_endpoint(ALICE, json!({ "name": "a" })).await;
+    let (bob_endpoint, bob_token) = gw.register_endpoint(BOB, json!({ "name": "b" })).await;
+
+    let mut stream = gw
+        .http
+        .get(gw.url("/v1/results"))
+        .bearer_auth(ALICE)
+        .header("accept", funcx_gateway::api::POSTCARD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert_eq!(
+        stream.headers()["content-type"],
+        funcx_gateway::api::POSTCARD
+    );
+
+    // Bob's results finish while Alice's stream is open; they must not reach her.
+    let _bob = gw.connect(&bob_endpoint, &bob_token);
+    let (status, bob_tasks) = gw.submit(BOB, &bob_endpoint, &bob_function, &[7, 8]).await;
+    assert_eq!(status, StatusCode::OK, "{bob_tasks}");
+    let bob_tasks = ids(&bob_tasks);
+    for id in &bob_tasks {
+        gw.wait(BOB, *id).await;
+    }
+    let (status, alice_tasks) = gw
+        .submit(ALICE, &alice_endpoint, &alice_function, &[1, 2, 3, 4, 5, 6])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{alice_tasks}");
+    let alice_tasks = ids(&alice_tasks);
+    let _alice = gw.connect(&alice_endpoint, &alice_token);
+
+    let mut seen = std::collections::HashMap::new();
+    let mut buffer = Vec::new();
+    let mut frames = 0;
+    while seen.len() < alice_tasks.len() {
+        let chunk = tokio::time::timeout(TIMEOUT, stream.chunk())
+            .await
+            .expect("frames in time")
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.extend_from_slice(&chunk);
+        while buffer.len() >= 4 {
+            let length = u32::from_be_bytes(buffer[..4].try_into().unwrap()) as usize;
+            if buffer.len() < 4 + length {
+                break;
+            }
+            let frame: ResultFrame = postcard::from_bytes(&buffer[4..4 + length]).unwrap();
+            buffer.drain(..4 + length);
+            frames += 1;
+            assert_eq!(frame.lagged, 0);
+            for view in frame.results {
+                assert!(
+                    !bob_tasks.contains(&view.id),
+                    "Bob's task {} reached Alice",
+                    view.id
+                );
+                let value: i64 = funcx_core::Payload::from_pickled(view.result.unwrap().0)
+                    .decode()
+                    .unwrap();
+                seen.insert(view.id, value);
+            }
+        }
+    }
+    assert!(frames >= 1);
+    let expected: std::collections::HashMap<u64, i64> = alice_tasks
+        .iter()
+        .copied()
+        .zip([1, 2, 3, 4, 5, 6])
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_required_and_checked() {
     let gw = start(config()).await;
     let (status, body) = gw.call(Method::GET, "/v1/endpoints", None, None).await;

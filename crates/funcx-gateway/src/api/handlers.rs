@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::connect_info::ConnectInfo;
@@ -12,14 +13,17 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use funcx_core::{Args, Function, FunctionId, Payload, Task, TaskOptions, TaskState};
+use bytes::Bytes;
+use funcx_core::{Args, Function, FunctionId, Payload, Task, TaskError, TaskOptions, TaskState};
 use funcx_transport::remote::{ToEndpoint, ToManager};
-use futures::Stream;
+use futures::StreamExt;
+use serde::Serialize;
 use subtle::ConstantTimeEq;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::{info, warn};
 
-use super::body::{Format, Input, Reply};
+use super::body::{Format, Input, Reply, POSTCARD};
 use super::model::*;
 use crate::auth::{new_id, new_token, User};
 use crate::error::ApiError;
@@ -522,14 +526,20 @@ pub(crate) async fn delete_task(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /v1/results`: one `result` event per task of the caller that finishes while the
-/// stream is open; a `lagged` event (data: how many were missed) if the caller reads too
-/// slowly to keep up.
+/// `GET /v1/results`: the caller's tasks as they finish, while the stream is open.
+///
+/// By default server-sent events: one `result` event per task, a `lagged` event (data: how
+/// many were missed) if the caller reads too slowly to keep up. With `Accept:
+/// application/x-postcard`, the binary stream of [`results_postcard`] instead.
 pub(crate) async fn results(
     State(gateway): State<Gateway>,
     Extension(user): Extension<User>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    headers: HeaderMap,
+) -> Response {
     let events = gateway.inner.events.subscribe();
+    if Format::accepted(&headers) == Format::Postcard {
+        return results_postcard(events, user);
+    }
     let stream = futures::stream::unfold((events, user), |(mut events, user)| async move {
         loop {
             match events.recv().await {
@@ -541,7 +551,7 @@ pub(crate) async fn results(
                         .event("result")
                         .json_data(view)
                         .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
-                    return Some((Ok(event), (events, user)));
+                    return Some((Ok::<_, Infallible>(event), (events, user)));
                 }
                 Ok(_) => continue,
                 Err(RecvError::Lagged(missed)) => {
@@ -552,5 +562,158 @@ pub(crate) async fn results(
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// How often the binary result stream sends an empty frame when nothing finishes (as the
+/// event stream sends a keep-alive comment).
+const FRAME_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// A frame stops taking results past this many payload bytes (the rest go in the next).
+const FRAME_MAX_BYTES: usize = 16 << 20;
+
+/// The binary result stream: frames of `u32` big-endian length then a postcard
+/// [`ResultFrame`], each holding every result of the caller's waiting when it is written.
+/// Results are encoded straight from the broadcast records: payloads are not copied until
+/// they are written into the frame.
+fn results_postcard(events: broadcast::Receiver<Arc<TaskRecord>>, user: User) -> Response {
+    let frames = futures::stream::unfold(
+        (events, user, false),
+        |(mut events, user, closed)| async move {
+            if closed {
+                return None;
+            }
+            let mut records = Vec::new();
+            let mut lagged = 0u64;
+            let mut closed = false;
+            // Wait for the first result of the caller's (or a lag, or the keep-alive time).
+            let deadline = tokio::time::Instant::now() + FRAME_KEEP_ALIVE;
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Err(_) => break,
+                    Ok(Ok(record)) if record.owner == user.name() => {
+                        records.push(record);
+                        break;
+                    }
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(RecvError::Lagged(missed))) => {
+                        lagged += missed;
+                        break;
+                    }
+                    Ok(Err(RecvError::Closed)) => return None,
+                }
+            }
+            // Then everything else already there, without waiting.
+            let mut bytes = 0;
+            while bytes < FRAME_MAX_BYTES {
+                match events.try_recv() {
+                    Ok(record) if record.owner == user.name() => {
+                        if let Some(Ok(payload)) = &record.result {
+                            bytes += payload.as_bytes().len();
+                        }
+                        records.push(record);
+                    }
+                    Ok(_) => {}
+                    Err(TryRecvError::Lagged(missed)) => lagged += missed,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Closed) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            let frame = FrameRef {
+                lagged,
+                results: records.iter().map(|record| ViewRef::of(record)).collect(),
+            };
+            let chunks = match postcard::to_stdvec(&frame) {
+                Ok(body) => match u32::try_from(body.len()) {
+                    Ok(length) => vec![
+                        Ok::<_, Infallible>(Bytes::copy_from_slice(&length.to_be_bytes())),
+                        Ok(Bytes::from(body)),
+                    ],
+                    Err(_) => {
+                        warn!(bytes = body.len(), "a result frame too large to send; the client reads those tasks by id");
+                        lagged_frame(lagged + records.len() as u64)
+                    }
+                },
+                Err(error) => {
+                    warn!(%error, "cannot encode a result frame; the client reads those tasks by id");
+                    lagged_frame(lagged + records.len() as u64)
+                }
+            };
+            Some((futures::stream::iter(chunks), (events, user, closed)))
+        },
+    )
+    .flatten();
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(POSTCARD)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        axum::body::Body::from_stream(frames),
+    )
+        .into_response()
+}
+
+/// A frame that only says `missed` results were dropped.
+fn lagged_frame(missed: u64) -> Vec<Result<Bytes, Infallible>> {
+    let frame = FrameRef {
+        lagged: missed.max(1),
+        results: Vec::new(),
+    };
+    let body = postcard::to_stdvec(&frame).unwrap_or_default();
+    let length = u32::try_from(body.len()).unwrap_or(0);
+    vec![
+        Ok(Bytes::copy_from_slice(&length.to_be_bytes())),
+        Ok(Bytes::from(body)),
+    ]
+}
+
+/// [`ResultFrame`] borrowing the records it shows: the same postcard encoding.
+#[derive(Serialize)]
+struct FrameRef<'a> {
+    lagged: u64,
+    results: Vec<ViewRef<'a>>,
+}
+
+/// [`TaskView`] borrowing its record: the same fields in the same order, so the same
+/// postcard encoding.
+#[derive(Serialize)]
+struct ViewRef<'a> {
+    id: u64,
+    state: TaskState,
+    timeline: funcx_core::Timeline,
+    result: Option<BlobRef<'a>>,
+    error: Option<&'a TaskError>,
+    error_message: Option<String>,
+}
+
+impl<'a> ViewRef<'a> {
+    fn of(record: &'a TaskRecord) -> ViewRef<'a> {
+        let (result, error) = match &record.result {
+            Some(Ok(payload)) => (Some(BlobRef(payload.as_bytes())), None),
+            Some(Err(error)) => (None, Some(error)),
+            None => (None, None),
+        };
+        ViewRef {
+            id: record.id,
+            state: record.state,
+            timeline: record.timeline,
+            result,
+            error,
+            error_message: error.map(ToString::to_string),
+        }
+    }
+}
+
+/// [`Blob`] borrowed, for binary formats only (raw bytes, as [`Blob`] is in postcard).
+struct BlobRef<'a>(&'a [u8]);
+
+impl Serialize for BlobRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
 }

@@ -213,6 +213,19 @@ pub struct TaskView {
     pub error_message: Option<String>,
 }
 
+/// One frame of the binary result stream (`GET /v1/results` with `Accept:
+/// application/x-postcard`): on the wire, a `u32` big-endian length, then this structure in
+/// postcard. A frame carries every result of the caller's that was waiting when it was
+/// written; a frame with no results and `lagged == 0` is a keep-alive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultFrame {
+    /// How many results the gateway dropped for this reader before this frame (it read too
+    /// slowly): read outstanding tasks with the batch route when it is not 0.
+    pub lagged: u64,
+    /// Finished tasks, as `GET /v1/tasks/{id}` shows them.
+    pub results: Vec<TaskView>,
+}
+
 /// `POST /v1/tasks/batch`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchRequest {
