@@ -143,7 +143,9 @@ pub(crate) struct Dispatcher {
     functions: IdMap<FunctionId, FunctionKey>,
     function_table: Vec<(Function, Estimate)>,
 
-    tasks: IdMap<TaskId, TaskRecord>,
+    /// Boxed: a record is a few hundred bytes, and a million in flight would make every
+    /// insert, removal and rehash move them.
+    tasks: IdMap<TaskId, Box<TaskRecord>>,
     queue: VecDeque<TaskId>,
 
     /// Why the last worker failed to start, while no worker is ready.
@@ -292,7 +294,7 @@ impl Dispatcher {
             }
             Command::Cancel(id) => self.cancel(id),
             Command::Status(id, reply) => {
-                let _ = reply.send(self.tasks.get(&id).map(TaskRecord::status));
+                let _ = reply.send(self.tasks.get(&id).map(|record| record.status()));
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
@@ -354,7 +356,7 @@ impl Dispatcher {
             return record.finish(Err(TaskError::no_workers(reason)));
         }
         record.key = self.key_of(&function);
-        self.tasks.insert(id, record);
+        self.tasks.insert(id, Box::new(record));
         self.queue.push_back(id);
     }
 
