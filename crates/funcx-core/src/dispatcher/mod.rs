@@ -100,7 +100,8 @@ impl TaskRecord {
         } else {
             TaskState::Failed
         };
-        self.timeline.finished = Some(SystemTime::now());
+        // Set by the caller when it handles a batch of outcomes at one instant.
+        self.timeline.finished.get_or_insert_with(SystemTime::now);
         match &result {
             Ok(payload) => {
                 debug!(parent: &self.span, bytes = payload.len(), attempts = self.attempts, "succeeded")
@@ -286,10 +287,12 @@ impl Dispatcher {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Submit(submission) => self.accept(submission),
+            Command::Submit(submission) => self.accept(submission, SystemTime::now()),
             Command::SubmitMany(submissions) => {
+                // One clock read for the batch: they arrived together.
+                let now = SystemTime::now();
                 for submission in submissions {
-                    self.accept(submission);
+                    self.accept(submission, now);
                 }
             }
             Command::Cancel(id) => self.cancel(id),
@@ -320,7 +323,7 @@ impl Dispatcher {
         }
     }
 
-    fn accept(&mut self, submission: Submission) {
+    fn accept(&mut self, submission: Submission, now: SystemTime) {
         let Submission {
             id,
             function,
@@ -336,7 +339,12 @@ impl Dispatcher {
             args,
             timeout: timeout.or(self.config.default_timeout),
             reply: Some(reply),
-            timeline: Timeline::submitted_now(),
+            timeline: Timeline {
+                submitted: now,
+                dispatched: None,
+                running: None,
+                finished: None,
+            },
             state: TaskState::Queued,
             attempts: 0,
             deaths: 0,
@@ -686,6 +694,7 @@ impl Dispatcher {
             if record.timeline.running.is_none() {
                 record.timeline.running = now.checked_sub(result.duration);
             }
+            record.timeline.finished = Some(now);
             record.finish(result.outcome);
         }
         if slot.in_flight.is_empty() {
