@@ -1,5 +1,7 @@
 //! Arguments of a task: positional and keyword payloads.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Payload, TaskError};
@@ -21,14 +23,38 @@ use crate::{Payload, TaskError};
 ///
 /// A value that cannot be serialized does not panic and is not dropped: the task submitted
 /// with these arguments fails with a [`TaskError::is_serialization`] error that says why.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Cloning is cheap (the arguments are shared), which matters because a task's arguments are
+/// kept for a re-run while a copy travels to the worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Args {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct Inner {
     positional: Vec<Payload>,
     keyword: Vec<(String, Payload)>,
     /// Why an argument failed to serialize. Never sent anywhere: such arguments are
     /// refused before they leave the process.
     #[serde(skip)]
     error: Option<String>,
+}
+
+/// On the wire, arguments are their positional and keyword payloads; sharing is a local
+/// matter.
+impl Serialize for Args {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.inner.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Args {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Inner::deserialize(deserializer).map(|inner| Args {
+            inner: Arc::new(inner),
+        })
+    }
 }
 
 impl Args {
@@ -40,7 +66,7 @@ impl Args {
     /// Appends a positional argument, pickled.
     pub fn arg<T: Serialize + ?Sized>(mut self, value: &T) -> Args {
         match Payload::pickle(value) {
-            Ok(payload) => self.positional.push(payload),
+            Ok(payload) => Arc::make_mut(&mut self.inner).positional.push(payload),
             Err(e) => self.fail(e),
         }
         self
@@ -48,14 +74,16 @@ impl Args {
 
     /// Appends a positional argument that is already a payload.
     pub fn payload(mut self, payload: Payload) -> Args {
-        self.positional.push(payload);
+        Arc::make_mut(&mut self.inner).positional.push(payload);
         self
     }
 
     /// Adds a keyword argument, pickled.
     pub fn kwarg<T: Serialize + ?Sized>(mut self, name: impl Into<String>, value: &T) -> Args {
         match Payload::pickle(value) {
-            Ok(payload) => self.keyword.push((name.into(), payload)),
+            Ok(payload) => Arc::make_mut(&mut self.inner)
+                .keyword
+                .push((name.into(), payload)),
             Err(e) => self.fail(e),
         }
         self
@@ -63,30 +91,38 @@ impl Args {
 
     /// Adds a keyword argument that is already a payload.
     pub fn kwarg_payload(mut self, name: impl Into<String>, payload: Payload) -> Args {
-        self.keyword.push((name.into(), payload));
+        Arc::make_mut(&mut self.inner)
+            .keyword
+            .push((name.into(), payload));
         self
     }
 
     fn fail(&mut self, error: TaskError) {
-        if self.error.is_none() {
-            self.error = Some(error.to_string());
+        let inner = Arc::make_mut(&mut self.inner);
+        if inner.error.is_none() {
+            inner.error = Some(error.to_string());
         }
     }
 
     /// The positional arguments in order.
     pub fn positional(&self) -> &[Payload] {
-        &self.positional
+        &self.inner.positional
     }
 
     /// The keyword arguments in the order they were added.
     pub fn keyword(&self) -> &[(String, Payload)] {
-        &self.keyword
+        &self.inner.keyword
     }
 
     /// The total number of argument bytes.
     pub fn byte_len(&self) -> usize {
-        self.positional.iter().map(Payload::len).sum::<usize>()
+        self.inner
+            .positional
+            .iter()
+            .map(Payload::len)
+            .sum::<usize>()
             + self
+                .inner
                 .keyword
                 .iter()
                 .map(|(k, p)| k.len() + p.len())
@@ -95,7 +131,7 @@ impl Args {
 
     /// Checks that every argument was serialized.
     pub fn validate(&self) -> Result<(), TaskError> {
-        match &self.error {
+        match &self.inner.error {
             None => Ok(()),
             Some(reason) => Err(TaskError::serialize(reason)),
         }
@@ -160,6 +196,18 @@ mod tests {
         assert_eq!(args.positional().len(), 3);
         assert_eq!(args.positional()[1].decode::<String>().unwrap(), "two");
         assert!(args.validate().is_ok());
+    }
+
+    #[test]
+    fn serialized_arguments_come_back_equal_and_clones_are_independent() {
+        let args = (1, "two").into_args().kwarg("k", &3.5);
+        let bytes = serde_pickle::to_vec(&args, serde_pickle::SerOptions::new()).unwrap();
+        let back: Args = serde_pickle::from_slice(&bytes, serde_pickle::DeOptions::new()).unwrap();
+        assert_eq!(back, args);
+        // A clone shares the payloads; extending one leaves the other as it was.
+        let longer = args.clone().arg(&4);
+        assert_eq!(args.positional().len(), 2);
+        assert_eq!(longer.positional().len(), 3);
     }
 
     #[test]
