@@ -4,10 +4,12 @@
 #![cfg(unix)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::Duration;
 
+mod common;
+
+use common::{manager_binary, TempDir};
 use funcx_core::{BlockId, BlockRequest, BlockState, Executor, Function, ManagerCommand, Provider};
 use funcx_providers::{GridEngineConfig, GridEngineProvider};
 use funcx_transport::remote::{AgentConfig, EndpointAgent};
@@ -22,33 +24,6 @@ const SGE_BIN: &str = "/usr/bin";
 const LIMIT: Duration = Duration::from_secs(90);
 
 const TOKEN: &str = "sge-test-token";
-
-/// A directory of its own for one test's scripts and job logs, removed afterwards.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "funcx-sge-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A provider that runs Grid Engine's own binaries, writing into `dir`; fails the test
 /// (rather than skipping it) when Grid Engine is not installed.
@@ -220,22 +195,6 @@ async fn an_unknown_queue_is_a_clear_submit_error() {
     assert!(error.is_rejected(), "{error}");
     let text = error.to_string();
     assert!(text.contains("unknown queue \"no-such-queue\""), "{text}");
-}
-
-/// `target/<profile>/funcx-manager`, next to the `deps` directory this test runs from.
-fn manager_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("tests run from target/<profile>/deps");
-    let binary = profile_dir.join("funcx-manager");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it first with `cargo build -p funcx-python --bins`",
-        binary.display()
-    );
-    binary
 }
 
 const SQUARE: &str = "def square(x):\n    return x * x\n";

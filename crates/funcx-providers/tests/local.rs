@@ -1,42 +1,17 @@
 //! The local provider on real processes.
 #![cfg(unix)]
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::TempDir;
 use funcx_core::{BlockId, BlockRequest, BlockState, BlockStatus, ManagerCommand, Provider};
 use funcx_providers::LocalProvider;
 
 /// Generous bounds: they only matter when something is broken.
 const LIMIT: Duration = Duration::from_secs(10);
-
-/// A directory of its own for one test, removed afterwards.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "funcx-providers-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `sh -c <script> sh <args...>`: the script sees `args` as `$1`, `$2`, ...
 fn shell(script: &str, args: &[&Path]) -> ManagerCommand {

@@ -9,10 +9,12 @@
 //! hand-written PBS Pro and Torque output.
 #![cfg(unix)]
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::Duration;
 
+mod common;
+
+use common::TempDir;
 use funcx_core::{BlockId, BlockRequest, BlockState, ManagerCommand, Provider};
 use funcx_providers::{PbsConfig, PbsFlavor, PbsProvider};
 
@@ -26,28 +28,6 @@ fn require_pbs() {
         Path::new(BIN).join("qsub").is_file() && Path::new(BIN).join("sbatch").exists(),
         "the PBS wrappers are not installed here: run bash ../shared/infra/pbs-slurm-up.sh first"
     );
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "funcx-pbs-it-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Cancels its block when dropped, so a failed test leaves no job behind.
@@ -65,7 +45,7 @@ fn provider(dir: &TempDir) -> PbsProvider {
     PbsProvider::new(
         PbsConfig::new(PbsFlavor::Torque)
             .bin_dir(BIN)
-            .scripts_dir(&dir.0),
+            .scripts_dir(dir.path()),
     )
 }
 
@@ -107,7 +87,7 @@ async fn a_torque_block_runs_with_its_identity_and_cancels() {
     require_pbs();
     let dir = TempDir::new("identity");
     let provider = provider(&dir);
-    let marker = dir.0.join("identity");
+    let marker = dir.path().join("identity");
     let command = ManagerCommand::new("/bin/sh").args([
         "-c",
         "printf '%s %s %s' \"$FUNCX_BLOCK_ID\" \"$PBS_JOBID\" \"$FUNCX_NODE_INDEX\" > \"$1.tmp\" && mv \"$1.tmp\" \"$1\"; exec sleep 300",
@@ -141,12 +121,17 @@ async fn a_torque_block_runs_with_its_identity_and_cancels() {
         .expect("cancel a cancelled block");
 
     // The job's output went to the scripts directory, not the current one.
-    let outputs: Vec<_> = std::fs::read_dir(&dir.0)
+    let outputs: Vec<_> = std::fs::read_dir(dir.path())
         .expect("scripts dir")
         .flatten()
         .filter(|entry| entry.file_name().to_string_lossy().ends_with(".out"))
         .collect();
-    assert_eq!(outputs.len(), 1, "one output file in {}", dir.0.display());
+    assert_eq!(
+        outputs.len(),
+        1,
+        "one output file in {}",
+        dir.path().display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,10 +10,12 @@
 #![cfg(unix)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::Duration;
 
+mod common;
+
+use common::{manager_binary, TempDir};
 use funcx_core::{BlockId, BlockRequest, BlockState, Executor, Function, ManagerCommand, Provider};
 use funcx_providers::{SlurmConfig, SlurmProvider};
 use funcx_transport::remote::{AgentConfig, EndpointAgent};
@@ -39,51 +41,6 @@ fn require_slurm() {
         found,
         "Slurm is not running here: run bash ../shared/infra/slurm-up.sh first"
     );
-}
-
-/// A directory of its own for one test's scripts and job logs, removed afterwards.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "funcx-slurm-it-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Every job log in the directory, for a failure message.
-    fn logs(&self) -> String {
-        let mut text = String::new();
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if matches!(
-                    path.extension().and_then(|e| e.to_str()),
-                    Some("out" | "err")
-                ) {
-                    let body = std::fs::read_to_string(&path).unwrap_or_default();
-                    text.push_str(&format!("--- {}\n{body}\n", path.display()));
-                }
-            }
-        }
-        text
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Cancels the blocks it holds when dropped, so a failed test leaves no job behind.
@@ -245,23 +202,6 @@ async fn unknown_jobs_are_unknown_and_cancel_fine() {
         .cancel(&never)
         .await
         .expect("Slurm cannot tell it from a forgotten job");
-}
-
-/// `target/<profile>/funcx-manager`, next to the `deps` directory this test runs from.
-fn manager_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|profile| profile.join("funcx-manager"))
-        .expect("the test binary lives in target/<profile>/deps");
-    assert!(
-        binary.is_file(),
-        "{} is missing: build it first with `cargo build -p funcx-python --bins` \
-         (scripts/test does, before `cargo test`)",
-        binary.display()
-    );
-    binary
 }
 
 /// Returns its argument and the block of the manager whose worker ran it.
