@@ -40,6 +40,9 @@ enum Kind {
     NoWorkers(String),
     ManagerLost(String),
     Protocol(String),
+    // New kinds go last: postcard (the manager protocol, stored tasks) numbers variants by
+    // position.
+    ArgumentsTooLarge { size: u64, limit: u64 },
 }
 
 /// A Python exception as it arrived from a worker: type, message and formatted traceback.
@@ -129,6 +132,12 @@ impl TaskError {
         TaskError::new(Kind::ResultTooLarge { size, limit })
     }
 
+    /// The task's arguments were `size` bytes, over the configured `limit`; the task was
+    /// refused before anything was sent.
+    pub fn arguments_too_large(size: u64, limit: u64) -> TaskError {
+        TaskError::new(Kind::ArgumentsTooLarge { size, limit })
+    }
+
     /// The worker running the task died.
     pub fn worker_died(exit: WorkerExit) -> TaskError {
         TaskError::new(Kind::WorkerDied(exit))
@@ -188,6 +197,12 @@ impl TaskError {
     /// The result was larger than the configured limit.
     pub fn is_result_too_large(&self) -> bool {
         matches!(self.inner.kind, Kind::ResultTooLarge { .. })
+    }
+
+    /// The arguments were larger than the configured limit (see
+    /// `ExecutorBuilder::max_arguments_size`); nothing was sent.
+    pub fn is_arguments_too_large(&self) -> bool {
+        matches!(self.inner.kind, Kind::ArgumentsTooLarge { .. })
     }
 
     /// The worker running the task died (see [`TaskError::worker_exit`]).
@@ -315,6 +330,12 @@ impl fmt::Display for TaskError {
                 write!(f, "the manager running the task was lost: {reason}")
             }
             Kind::Protocol(reason) => write!(f, "protocol error: {reason}"),
+            Kind::ArgumentsTooLarge { size, limit } => {
+                write!(
+                    f,
+                    "arguments of {size} bytes are over the limit of {limit} bytes; the task was not sent"
+                )
+            }
         }
     }
 }

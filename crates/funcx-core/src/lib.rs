@@ -37,7 +37,7 @@ pub use dispatcher::{EndpointStats, PoolStatus};
 pub use error::{PythonException, TaskError, WorkerExit};
 pub use executor::{
     report_stream, Executor, ExecutorBuilder, ReportSink, ReportStream, ResponseFuture, Task,
-    TaskHandle, TaskOptions, TaskReport,
+    TaskHandle, TaskOptions, TaskReport, DEFAULT_MAX_ARGUMENTS_SIZE,
 };
 pub use function::{Function, FunctionBody, FunctionId};
 pub use memoize::{Memoize, MemoizeLayer};

@@ -30,9 +30,16 @@ struct Endpoint {
 }
 
 async fn endpoint_on(address: SocketAddr, retries: u32, threshold: Duration) -> Endpoint {
-    let executor = Executor::builder()
-        .retries_on_worker_death(retries)
-        .start_without_workers();
+    let executor = Executor::builder().retries_on_worker_death(retries);
+    endpoint_of(executor, address, threshold).await
+}
+
+async fn endpoint_of(
+    executor: funcx_core::ExecutorBuilder,
+    address: SocketAddr,
+    threshold: Duration,
+) -> Endpoint {
+    let executor = executor.start_without_workers();
     let agent = EndpointAgent::new(executor.clone(), agent_config(threshold));
     let acceptor = TcpTransport::builder()
         .token(TOKEN)
@@ -528,4 +535,115 @@ fn a_manager_whose_python_cannot_start_says_so_and_exits_3() {
         text.contains("Python workers could not start") && text.contains("/nonexistent/python3"),
         "{text}"
     );
+}
+
+/// Returns its argument reversed, so every byte of both directions is checked.
+const REVERSE: &str = "def reverse(data):\n    return data[::-1]\n";
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+async fn within<T>(what: &str, limit: Duration, future: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// The reproduction: 24 tasks of 12 MiB through one 8-worker manager used to break
+/// the connection with a batch over the frame limit, and re-send it into the same break
+/// forever. Batches are now cut by bytes; every byte comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_arguments_and_results_cross_the_manager_link() {
+    let endpoint = endpoint(0, Duration::from_secs(10)).await;
+    let _manager = Manager::start(endpoint.address, 8);
+    managers(&endpoint.executor, 1).await;
+    let f = Function::from_source(REVERSE, "reverse");
+    let inputs: Vec<Vec<u8>> = (0..24u8).map(|i| pattern(i, 12 << 20)).collect();
+    let handles = endpoint.executor.submit_batch(
+        &f,
+        inputs
+            .iter()
+            .map(|input| (serde_bytes::ByteBuf::from(input.clone()),)),
+    );
+    for (input, handle) in inputs.iter().zip(handles) {
+        let output: serde_bytes::ByteBuf =
+            within("a 12 MiB result", Duration::from_secs(120), handle.result())
+                .await
+                .expect("a 12 MiB task succeeds");
+        let expected: Vec<u8> = input.iter().rev().copied().collect();
+        assert!(
+            output.as_slice() == expected.as_slice(),
+            "every byte comes back reversed"
+        );
+    }
+}
+
+/// A payload larger than one frame (64 MiB) travels in fragments, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_over_the_frame_size_travels_in_fragments() {
+    let endpoint = endpoint(0, Duration::from_secs(10)).await;
+    let _manager = Manager::start(endpoint.address, 1);
+    managers(&endpoint.executor, 1).await;
+    let f = Function::from_source(REVERSE, "reverse");
+    let input = pattern(7, 80 << 20);
+    let handle = endpoint
+        .executor
+        .submit(&f, (serde_bytes::ByteBuf::from(input.clone()),));
+    let output: serde_bytes::ByteBuf = within(
+        "an 80 MiB result",
+        Duration::from_secs(120),
+        handle.result(),
+    )
+    .await
+    .expect("an 80 MiB task succeeds");
+    assert_eq!(output.len(), input.len());
+    assert!(
+        output.iter().eq(input.iter().rev()),
+        "every byte comes back reversed"
+    );
+}
+
+/// Arguments over the endpoint's limit fail their own task, typed, before anything is
+/// sent; the tasks around them run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_over_the_limit_fail_alone_before_they_are_sent() {
+    let builder = Executor::builder().max_arguments_size(1 << 20);
+    let endpoint = endpoint_of(
+        builder,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Duration::from_secs(10),
+    )
+    .await;
+    let _manager = Manager::start(endpoint.address, 2);
+    managers(&endpoint.executor, 1).await;
+    let f = Function::from_source(REVERSE, "reverse");
+    let sizes = [10usize, 2 << 20, 100, 3 << 20, 1000];
+    let handles = endpoint.executor.submit_batch(
+        &f,
+        sizes
+            .iter()
+            .map(|&n| (serde_bytes::ByteBuf::from(pattern(1, n)),)),
+    );
+    for (&size, handle) in sizes.iter().zip(handles) {
+        let result = within(
+            "a result",
+            Duration::from_secs(30),
+            handle.result::<serde_bytes::ByteBuf>(),
+        )
+        .await;
+        if size > 1 << 20 {
+            let error = result.expect_err("over the limit");
+            assert!(error.is_arguments_too_large(), "{error}");
+            assert!(
+                error.to_string().contains("limit of 1048576 bytes"),
+                "{error}"
+            );
+        } else {
+            assert_eq!(result.expect("under the limit").len(), size);
+        }
+    }
 }

@@ -29,7 +29,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::frame;
+use crate::frame::{self, Encoded, Limits};
 use crate::TransportError;
 
 /// How many bytes of encoded messages the writer gathers before it writes them.
@@ -122,6 +122,7 @@ impl fmt::Display for Peer {
 pub struct Sender<S> {
     tx: mpsc::UnboundedSender<S>,
     peer: Peer,
+    max_message_size: usize,
 }
 
 impl<S> Clone for Sender<S> {
@@ -129,6 +130,7 @@ impl<S> Clone for Sender<S> {
         Sender {
             tx: self.tx.clone(),
             peer: self.peer,
+            max_message_size: self.max_message_size,
         }
     }
 }
@@ -158,6 +160,13 @@ impl<S> Sender<S> {
     /// Who the messages go to.
     pub fn peer(&self) -> &Peer {
         &self.peer
+    }
+
+    /// The largest message, in encoded bytes, this connection can carry: a sender that
+    /// might exceed it splits its message first (`usize::MAX` in memory, where nothing is
+    /// encoded).
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
     }
 }
 
@@ -250,6 +259,11 @@ impl<S, R> Connection<S, R> {
         &self.sender.peer
     }
 
+    /// The largest message this connection carries; see [`Sender::max_message_size`].
+    pub fn max_message_size(&self) -> usize {
+        self.sender.max_message_size
+    }
+
     /// Another handle to the sending half.
     pub fn sender(&self) -> Sender<S> {
         self.sender.clone()
@@ -278,6 +292,7 @@ pub(crate) fn memory_pair<A, B>() -> (Connection<A, B>, Connection<B, A>) {
         Sender {
             tx: a_tx,
             peer: peer_of_first,
+            max_message_size: usize::MAX,
         },
         Receiver {
             inner: ReceiverInner::Memory(b_rx),
@@ -288,6 +303,7 @@ pub(crate) fn memory_pair<A, B>() -> (Connection<A, B>, Connection<B, A>) {
         Sender {
             tx: b_tx,
             peer: peer_of_second,
+            max_message_size: usize::MAX,
         },
         Receiver {
             inner: ReceiverInner::Memory(a_rx),
@@ -315,7 +331,7 @@ pub(crate) fn spawn_stream<S, R, Rd, Wr>(
     rd: Rd,
     wr: Wr,
     peer: Peer,
-    max_frame_size: usize,
+    limits: Limits,
 ) -> Connection<S, R>
 where
     S: Serialize + Send + 'static,
@@ -332,10 +348,14 @@ where
         writer_done: CancellationToken::new(),
         peer,
     });
-    tokio::spawn(write_loop(out_rx, wr, max_frame_size, shared.clone()));
-    tokio::spawn(read_loop(rd, in_tx, max_frame_size, shared));
+    tokio::spawn(write_loop(out_rx, wr, limits, shared.clone()));
+    tokio::spawn(read_loop(rd, in_tx, limits, shared));
     Connection::from_parts(
-        Sender { tx: out_tx, peer },
+        Sender {
+            tx: out_tx,
+            peer,
+            max_message_size: limits.max_message_size,
+        },
         Receiver {
             inner: ReceiverInner::Stream(in_rx),
             peer,
@@ -346,13 +366,13 @@ where
 async fn write_loop<S, Wr>(
     queue: mpsc::UnboundedReceiver<S>,
     wr: Wr,
-    max_frame_size: usize,
+    limits: Limits,
     shared: Arc<Shared>,
 ) where
     S: Serialize,
     Wr: AsyncWrite + Unpin,
 {
-    let result = write_frames(queue, wr, max_frame_size, &shared).await;
+    let result = write_frames(queue, wr, limits, &shared).await;
     let _ = shared.writer_done_at.set(Instant::now());
     shared.writer_done.cancel();
     if let Err(e) = result {
@@ -368,7 +388,7 @@ async fn write_loop<S, Wr>(
 async fn write_frames<S, Wr>(
     mut queue: mpsc::UnboundedReceiver<S>,
     mut wr: Wr,
-    max_frame_size: usize,
+    limits: Limits,
     shared: &Shared,
 ) -> Result<(), TransportError>
 where
@@ -379,15 +399,17 @@ where
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut open = true;
     let mut failed = None;
+    // A message too large for one frame, written in fragments after what precedes it.
+    let mut oversized = None;
     loop {
         // Gather everything queued, up to the budget.
-        while open && failed.is_none() && buf.len() < WRITE_BUDGET {
+        while open && failed.is_none() && oversized.is_none() && buf.len() < WRITE_BUDGET {
             match queue.try_recv() {
-                Ok(msg) => {
-                    if let Err(e) = frame::encode(&msg, &mut buf, max_frame_size) {
-                        failed = Some(e);
-                    }
-                }
+                Ok(msg) => match frame::encode(&msg, &mut buf, limits) {
+                    Ok(Encoded::Framed) => {}
+                    Ok(Encoded::Oversized(body)) => oversized = Some(body),
+                    Err(e) => failed = Some(e),
+                },
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
@@ -402,6 +424,14 @@ where
             if buf.capacity() > WRITE_BUFFER_KEEP {
                 buf = BytesMut::with_capacity(READ_CHUNK);
             }
+        }
+        if let Some(body) = oversized.take() {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                written = write_fragments(&mut wr, &body, limits.max_frame_size) => written?,
+            }
+            continue;
         }
         if let Some(e) = failed {
             // What was queued before the bad message has been written.
@@ -428,21 +458,39 @@ where
             biased;
             _ = cancel.cancelled() => return Ok(()),
             msg = queue.recv() => match msg {
-                Some(msg) => {
-                    if let Err(e) = frame::encode(&msg, &mut buf, max_frame_size) {
-                        failed = Some(e);
-                    }
-                }
+                Some(msg) => match frame::encode(&msg, &mut buf, limits) {
+                    Ok(Encoded::Framed) => {}
+                    Ok(Encoded::Oversized(body)) => oversized = Some(body),
+                    Err(e) => failed = Some(e),
+                },
                 None => open = false,
             },
         }
     }
 }
 
+/// Writes one large message as fragments of at most `max_frame_size` bytes, straight from
+/// its encoding (no copy into the write buffer).
+async fn write_fragments<Wr: AsyncWrite + Unpin>(
+    wr: &mut Wr,
+    body: &[u8],
+    max_frame_size: usize,
+) -> std::io::Result<()> {
+    let step = max_frame_size.clamp(1, frame::MAX_FRAME_SIZE_LIMIT);
+    let mut parts = body.chunks(step).peekable();
+    while let Some(part) = parts.next() {
+        let last = parts.peek().is_none();
+        wr.write_all(&frame::fragment_header(part.len(), last))
+            .await?;
+        wr.write_all(part).await?;
+    }
+    Ok(())
+}
+
 async fn read_loop<R, Rd>(
     mut rd: Rd,
     tx: mpsc::Sender<Result<R, TransportError>>,
-    max_frame_size: usize,
+    limits: Limits,
     shared: Arc<Shared>,
 ) where
     R: DeserializeOwned,
@@ -451,6 +499,7 @@ async fn read_loop<R, Rd>(
     let cancel = &shared.cancel;
     let peer = &shared.peer;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut assembler = frame::Assembler::default();
     // Once the receiver is gone, what arrives is read and thrown away (see LINGER).
     let mut discarding = false;
     loop {
@@ -459,8 +508,12 @@ async fn read_loop<R, Rd>(
         }
         // Hand over every complete frame that is buffered.
         while !discarding {
-            let decoded = match frame::decode_frame(&mut buf, max_frame_size) {
-                Ok(Some(body)) => frame::decode_body::<R>(&body),
+            let decoded = match frame::decode_frame(&mut buf, limits.max_frame_size) {
+                Ok(Some(frame)) => match assembler.push(frame, limits.max_message_size) {
+                    Ok(Some(body)) => frame::decode_body::<R>(&body),
+                    Ok(None) => continue, // more fragments to come
+                    Err(e) => Err(e),
+                },
                 Ok(None) => break,
                 Err(e) => Err(e),
             };
@@ -489,6 +542,11 @@ async fn read_loop<R, Rd>(
             read = rd.read_buf(&mut buf) => match read {
                 // Discarding: the peer closed or broke, nobody is told.
                 Ok(0) | Err(_) if discarding => return,
+                Ok(0) if assembler.is_partial() => {
+                    let e = TransportError::decode("the stream ended between the fragments of a message");
+                    fail(&tx, &shared, e, "the stream ended inside a message").await;
+                    return;
+                }
                 Ok(0) => {
                     match frame::check_eof(&buf) {
                         Ok(()) => tracing::debug!(peer = %peer, "the peer closed the connection"),
@@ -582,6 +640,11 @@ mod tests {
         }
     }
 
+    const TEST_LIMITS: Limits = Limits {
+        max_frame_size: 1024 * 1024,
+        max_message_size: 3 * 1024 * 1024,
+    };
+
     fn duplex_pair(writes: Arc<AtomicUsize>) -> (Connection<Msg, Msg>, Connection<Msg, Msg>) {
         let (a, b) = tokio::io::duplex(16 * 1024 * 1024);
         let (a_rd, a_wr) = tokio::io::split(a);
@@ -594,9 +657,9 @@ mod tests {
                 writes,
             },
             peer,
-            1024 * 1024,
+            TEST_LIMITS,
         );
-        let b = spawn_stream(b_rd, b_wr, peer, 1024 * 1024);
+        let b = spawn_stream(b_rd, b_wr, peer, TEST_LIMITS);
         (a, b)
     }
 
@@ -628,11 +691,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn messages_over_the_frame_size_arrive_whole_between_the_others() {
+        let (a, mut b) = duplex_pair(Arc::default());
+        let big = "large payload ".repeat(180_000); // 2.5 MB: three fragments
+        a.send(Msg::Ping(1)).unwrap();
+        a.send(Msg::Text(big.clone())).unwrap();
+        a.send(Msg::Ping(2)).unwrap();
+        assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Ping(1));
+        assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Text(big));
+        assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Ping(2));
+    }
+
+    #[tokio::test]
     async fn an_unsendable_message_closes_the_connection_loudly() {
         let (a, mut b) = duplex_pair(Arc::default());
         let (tx, mut rx) = a.split();
         tx.send(Msg::Ping(1)).unwrap();
-        tx.send(Msg::Text("x".repeat(2 * 1024 * 1024))).unwrap();
+        tx.send(Msg::Text("x".repeat(4 * 1024 * 1024))).unwrap();
         // Everything before the bad message still arrives.
         assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Ping(1));
         let err = rx.recv().await.unwrap().unwrap_err();

@@ -81,5 +81,5 @@ pub use tcp::{TcpAcceptor, TcpTransport, TcpTransportBuilder, DEFAULT_HANDSHAKE_
 /// The version of the funcx wire protocol that this crate speaks.
 ///
 /// Peers with a different version refuse each other at the handshake instead of
-/// misreading frames later.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// misreading frames later. Version 2 added fragmented messages (see [`frame`]).
+pub const PROTOCOL_VERSION: u16 = 2;

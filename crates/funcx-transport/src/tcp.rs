@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::connection::{spawn_stream, Peer};
-use crate::frame::DEFAULT_MAX_FRAME_SIZE;
+use crate::frame::{
+    Limits, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, MAX_FRAME_SIZE_LIMIT,
+};
 use crate::{handshake, Connection, TransportError, PROTOCOL_VERSION};
 
 #[cfg(feature = "tls")]
@@ -58,6 +60,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 pub struct TcpTransport {
     token: Arc<[u8]>,
     max_frame_size: usize,
+    max_message_size: usize,
     handshake_timeout: Duration,
     nodelay: bool,
     #[cfg(feature = "tls")]
@@ -71,6 +74,7 @@ impl Default for TcpTransport {
         TcpTransport {
             token: Arc::from(&[][..]),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             nodelay: true,
             #[cfg(feature = "tls")]
@@ -86,6 +90,7 @@ impl fmt::Debug for TcpTransport {
         let mut d = f.debug_struct("TcpTransport");
         d.field("token", &format_args!("<{} bytes>", self.token.len()))
             .field("max_frame_size", &self.max_frame_size)
+            .field("max_message_size", &self.max_message_size)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("nodelay", &self.nodelay);
         #[cfg(feature = "tls")]
@@ -112,6 +117,19 @@ impl TcpTransport {
     /// The largest frame body this side sends or accepts, in bytes.
     pub fn max_frame_size(&self) -> usize {
         self.max_frame_size
+    }
+
+    /// The largest message this side sends or accepts, in bytes; one over the frame size
+    /// travels as several frames.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_frame_size: self.max_frame_size,
+            max_message_size: self.max_message_size.max(self.max_frame_size),
+        }
     }
 
     /// How long a peer has to complete the handshake.
@@ -215,7 +233,7 @@ impl TcpTransport {
             let mut stream = stream;
             handshake::client(&mut stream, PROTOCOL_VERSION, &self.token).await?;
             let (rd, wr) = tokio::io::split(stream);
-            Ok(spawn_stream(rd, wr, Peer::tcp(peer), self.max_frame_size))
+            Ok(spawn_stream(rd, wr, Peer::tcp(peer), self.limits()))
         };
         self.with_timeout(handshake)
             .await
@@ -239,7 +257,7 @@ impl TcpTransport {
             let mut stream = stream;
             handshake::server(&mut stream, PROTOCOL_VERSION, &self.token).await?;
             let (rd, wr) = tokio::io::split(stream);
-            Ok(spawn_stream(rd, wr, Peer::tcp(peer), self.max_frame_size))
+            Ok(spawn_stream(rd, wr, Peer::tcp(peer), self.limits()))
         };
         self.with_timeout(handshake)
             .await
@@ -262,12 +280,12 @@ impl TcpTransport {
                 let mut stream = tls.connect(stream).await?;
                 handshake::client(&mut stream, PROTOCOL_VERSION, &self.token).await?;
                 let (rd, wr) = tokio::io::split(stream);
-                return Ok(spawn_stream(rd, wr, Peer::tls(addr), self.max_frame_size));
+                return Ok(spawn_stream(rd, wr, Peer::tls(addr), self.limits()));
             }
             let mut stream = stream;
             handshake::client(&mut stream, PROTOCOL_VERSION, &self.token).await?;
             let (rd, wr) = stream.into_split();
-            Ok(spawn_stream(rd, wr, Peer::tcp(addr), self.max_frame_size))
+            Ok(spawn_stream(rd, wr, Peer::tcp(addr), self.limits()))
         };
         self.with_timeout(handshake)
             .await
@@ -290,12 +308,12 @@ impl TcpTransport {
                 let mut stream = tls.accept(stream).await?;
                 handshake::server(&mut stream, PROTOCOL_VERSION, &self.token).await?;
                 let (rd, wr) = tokio::io::split(stream);
-                return Ok(spawn_stream(rd, wr, Peer::tls(addr), self.max_frame_size));
+                return Ok(spawn_stream(rd, wr, Peer::tls(addr), self.limits()));
             }
             let mut stream = stream;
             handshake::server(&mut stream, PROTOCOL_VERSION, &self.token).await?;
             let (rd, wr) = stream.into_split();
-            Ok(spawn_stream(rd, wr, Peer::tcp(addr), self.max_frame_size))
+            Ok(spawn_stream(rd, wr, Peer::tcp(addr), self.limits()))
         };
         self.with_timeout(handshake)
             .await
@@ -343,12 +361,25 @@ impl TcpTransportBuilder {
         self
     }
 
-    /// The largest frame body, in bytes, that this side sends or accepts (default 64 MiB).
+    /// The largest frame body, in bytes, that this side sends or accepts (default 64 MiB, at
+    /// most 2 GiB − 1). A larger message is sent as several frames (see [`crate::frame`]).
     ///
     /// A larger incoming frame is refused from its header, before anything is allocated for
-    /// it, and closes the connection; so does an attempt to send one.
+    /// it, and closes the connection.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.transport.max_frame_size = bytes;
+        self.transport.max_frame_size = bytes.clamp(1, MAX_FRAME_SIZE_LIMIT);
+        self
+    }
+
+    /// The largest message, in bytes, that this side sends or accepts (default 1 GiB +
+    /// 64 MiB: one task's arguments or result at the default 1 GiB limit, and room around
+    /// it). Never less than the frame size.
+    ///
+    /// The manager protocol splits its batches so that no message it sends can pass this;
+    /// an incoming message that would is refused as its fragments arrive, and closes the
+    /// connection.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.transport.max_message_size = bytes;
         self
     }
 

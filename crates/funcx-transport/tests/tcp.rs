@@ -340,9 +340,10 @@ async fn a_wrong_version_is_refused_on_both_sides() {
         let server_err = acceptor.accept().await.unwrap_err();
         assert!(server_err.is_version_mismatch(), "{server_err}");
         assert_eq!(server_err.versions(), Some((PROTOCOL_VERSION, 99)));
-        assert!(server_err
-            .to_string()
-            .contains("peer speaks funcx protocol 99, we speak 1; upgrade the older side"));
+        let expected = format!(
+            "peer speaks funcx protocol 99, we speak {PROTOCOL_VERSION}; upgrade the older side"
+        );
+        assert!(server_err.to_string().contains(&expected), "{server_err}");
 
         // The client is told which version the endpoint speaks, then the endpoint hangs up.
         let mut reply = Vec::new();

@@ -58,6 +58,7 @@ pub(crate) struct DispatcherConfig {
     pub(crate) retries_on_worker_death: u32,
     pub(crate) default_timeout: Option<Duration>,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) max_arguments_size: u64,
 }
 
 struct TaskRecord {
@@ -358,6 +359,11 @@ impl Dispatcher {
             return record.finish(Err(TaskError::shutdown()));
         }
         if let Err(error) = record.args.validate() {
+            return record.finish(Err(error));
+        }
+        if record.bytes as u64 > self.config.max_arguments_size {
+            let error =
+                TaskError::arguments_too_large(record.bytes as u64, self.config.max_arguments_size);
             return record.finish(Err(error));
         }
         if let Some(reason) = self.unavailable() {

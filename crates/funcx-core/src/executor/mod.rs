@@ -72,6 +72,9 @@ impl TaskOptions {
     }
 }
 
+/// The default [`ExecutorBuilder::max_arguments_size`]: 1 GiB.
+pub const DEFAULT_MAX_ARGUMENTS_SIZE: u64 = 1 << 30;
+
 /// Configures and starts an [`Executor`].
 #[derive(Debug, Clone)]
 pub struct ExecutorBuilder {
@@ -86,6 +89,7 @@ impl Default for ExecutorBuilder {
                 retries_on_worker_death: 0,
                 default_timeout: None,
                 shutdown_grace: Duration::from_secs(10),
+                max_arguments_size: DEFAULT_MAX_ARGUMENTS_SIZE,
             },
         }
     }
@@ -110,6 +114,15 @@ impl ExecutorBuilder {
     /// A timeout for tasks submitted without one (default: none).
     pub fn task_timeout(mut self, timeout: Duration) -> ExecutorBuilder {
         self.config.default_timeout = Some(timeout);
+        self
+    }
+
+    /// The largest a task's arguments may be, in bytes (default 1 GiB, the same as the
+    /// Python workers' default result limit). A task over it fails at once with a
+    /// [`TaskError::is_arguments_too_large`] error, before anything is sent; large arguments
+    /// under it travel in chunks over every link.
+    pub fn max_arguments_size(mut self, bytes: u64) -> ExecutorBuilder {
+        self.config.max_arguments_size = bytes;
         self
     }
 

@@ -17,6 +17,7 @@ use funcx_core::{Executor, TaskId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
+use super::batch::{item_size, payload_limit, split_by_bytes, BATCH_BYTES};
 use super::messages::{ManagerId, ManagerInfo, ToEndpoint, ToManager};
 use crate::{Connection, Receiver, Sender, TcpAcceptor, TransportError};
 
@@ -278,6 +279,8 @@ struct Session {
     draining: bool,
     last_heard: Instant,
     disconnected_at: Option<Instant>,
+    /// The largest message the current (or last) connection carries.
+    max_message_size: usize,
 }
 
 impl Session {
@@ -294,6 +297,7 @@ impl Session {
             endpoint_session,
             events,
             inputs,
+            max_message_size: connection.max_message_size(),
             connection: Some(connection.split()),
             config,
             functions: Vec::new(),
@@ -358,6 +362,11 @@ impl Session {
         }
     }
 
+    fn connect(&mut self, connection: Connection<ToManager, ToEndpoint>) {
+        self.max_message_size = connection.max_message_size();
+        self.connection = Some(connection.split());
+    }
+
     fn disconnect(&mut self) {
         if self.connection.take().is_some() {
             self.disconnected_at = Some(Instant::now());
@@ -368,9 +377,11 @@ impl Session {
         match &message {
             ToWorker::Function { .. } => self.functions.push(message.clone()),
             ToWorker::Tasks(items) => {
-                for item in items {
+                let items = self.admit_sizes(items.clone());
+                for item in &items {
                     self.in_flight.insert(item.id, item.clone());
                 }
+                return self.send_tasks(items);
             }
             ToWorker::Cancel(ids) => self.cancels.extend(ids.iter().copied()),
             ToWorker::Shutdown => self.draining = true,
@@ -378,9 +389,40 @@ impl Session {
         self.send(ToManager::Work(message));
     }
 
+    /// Fails the tasks too large for any message on this connection (each alone, typed),
+    /// and returns the others.
+    fn admit_sizes(&mut self, items: Vec<WorkItem>) -> Vec<WorkItem> {
+        let limit = payload_limit(self.max_message_size);
+        let (fit, oversized): (Vec<_>, Vec<_>) =
+            items.into_iter().partition(|item| item_size(item) <= limit);
+        if !oversized.is_empty() {
+            let failures = oversized
+                .into_iter()
+                .map(|item| {
+                    let size = item_size(&item) as u64;
+                    warn!(manager = %self.id, task = %item.id, size, limit, "arguments too large for the connection to the manager");
+                    funcx_core::worker::WorkResult {
+                        id: item.id,
+                        duration: Duration::ZERO,
+                        outcome: Err(funcx_core::TaskError::arguments_too_large(size, limit as u64)),
+                    }
+                })
+                .collect();
+            self.events.send(WorkerEvent::Results(failures));
+        }
+        fit
+    }
+
+    /// Sends tasks in batches that each fit one message, large payloads alone.
+    fn send_tasks(&mut self, items: Vec<WorkItem>) {
+        for batch in split_by_bytes(items, BATCH_BYTES, item_size) {
+            self.send(ToManager::Work(ToWorker::Tasks(batch)));
+        }
+    }
+
     /// The manager is back: bring it up to date.
     fn resume(&mut self, connection: Connection<ToManager, ToEndpoint>, held: Vec<TaskId>) {
-        self.connection = Some(connection.split());
+        self.connect(connection);
         self.disconnected_at = None;
         self.last_heard = Instant::now();
         self.send(ToManager::Welcome {
@@ -400,9 +442,7 @@ impl Session {
             .cloned()
             .collect();
         debug!(manager = %self.id, resent = missing.len(), "manager session resumed");
-        if !missing.is_empty() {
-            self.send(ToManager::Work(ToWorker::Tasks(missing)));
-        }
+        self.send_tasks(missing);
         if !self.cancels.is_empty() {
             let cancels = self.cancels.iter().copied().collect();
             self.send(ToManager::Work(ToWorker::Cancel(cancels)));

@@ -10,6 +10,9 @@ use funcx_core::TaskId;
 use futures::future::BoxFuture;
 use tracing::{debug, info, warn};
 
+use super::batch::{
+    payload_limit, refuse_oversized_results, result_size, split_by_bytes, BATCH_BYTES,
+};
 use super::messages::{ManagerInfo, ToEndpoint, ToManager};
 use super::runner::Runner;
 use crate::{Connection, MemoryDialer, TcpTransport, TransportError};
@@ -276,12 +279,17 @@ impl State {
                     }
                     None => return None,
                 },
-                results = runner.next_results() => {
-                    self.next_seq += 1;
-                    let seq = self.next_seq;
-                    self.unacked.push_back((seq, results.clone()));
-                    if connection.send(ToEndpoint::Results { seq, results }).is_err() {
-                        return None;
+                mut results = runner.next_results() => {
+                    // Each batch fits one message, so no result can break the connection
+                    // (and be re-sent into the same break after the reconnect).
+                    refuse_oversized_results(&mut results, payload_limit(connection.max_message_size()));
+                    for results in split_by_bytes(results, BATCH_BYTES, result_size) {
+                        self.next_seq += 1;
+                        let seq = self.next_seq;
+                        self.unacked.push_back((seq, results.clone()));
+                        if connection.send(ToEndpoint::Results { seq, results }).is_err() {
+                            return None;
+                        }
                     }
                 }
                 _ = ticks.tick() => {

@@ -7,6 +7,7 @@
 //!   (real workers through [`ExecutorRunner`], or simulated ones through [`EchoRunner`]),
 //!   re-sends unacknowledged results after a reconnect, drains on request.
 
+mod batch;
 mod endpoint;
 mod manager;
 pub mod messages;
