@@ -59,6 +59,12 @@ impl ApiError {
         )
     }
 
+    /// 409: the request contradicts what the gateway already holds (an idempotency key
+    /// reused with another submission).
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
     /// 415: a body in a format the route does not take.
     pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
         ApiError::new(

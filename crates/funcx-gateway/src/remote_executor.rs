@@ -29,7 +29,10 @@
 //!    registered once (`POST /v1/functions`) before its first task.
 //! 2. The gateway stores the batch (one durable write), answers with the gateway task ids,
 //!    and relays the tasks to the endpoint over its manager connection, where warm Python
-//!    workers run them.
+//!    workers run them. Every submission carries a fresh `Idempotency-Key`, and a failed
+//!    one is sent again exactly as it was, under the same key: if the gateway stored it but
+//!    its answer was lost (it crashed, the connection dropped), the resend answers the same
+//!    task ids and nothing runs twice.
 //! 3. Results come back pushed over one long-lived `GET /v1/results` stream in its binary
 //!    form (`Accept: application/x-postcard`): length-prefixed postcard frames, each holding
 //!    every result that was waiting at the gateway (results as raw bytes, no base64). The
@@ -316,6 +319,9 @@ impl RemoteExecutorBuilder {
             max_request_bytes: self.max_request_bytes,
             functions: HashMap::new(),
             pending: VecDeque::new(),
+            in_doubt: None,
+            cancelled_in_doubt: HashSet::new(),
+            submissions: 0,
             gateway_of: IdMap::default(),
             local_of: HashMap::new(),
             stream_connected: false,
@@ -434,6 +440,14 @@ struct Driver {
     functions: HashMap<FunctionKey, Known>,
     /// Tasks not yet accepted by the gateway, oldest first.
     pending: VecDeque<WorkItem>,
+    /// A submission sent without an answer: it may be stored at the gateway, so it is sent
+    /// again as it was, under its idempotency key, before anything else.
+    in_doubt: Option<(String, Vec<WorkItem>)>,
+    /// Tasks of `in_doubt` cancelled meanwhile: the dispatcher knows already; once the
+    /// gateway answers, they are cancelled there too.
+    cancelled_in_doubt: HashSet<TaskId>,
+    /// Submissions sent, for idempotency keys when the system has no randomness.
+    submissions: u64,
     /// Tasks the gateway accepted and has not finished.
     gateway_of: IdMap<TaskId, u64>,
     local_of: HashMap<u64, TaskId>,
@@ -452,7 +466,7 @@ struct Driver {
 impl Driver {
     async fn run(mut self) {
         loop {
-            if self.draining && self.pending.is_empty() && self.gateway_of.is_empty() {
+            if self.draining && self.idle() {
                 let _ = self
                     .events
                     .send(WorkerEvent::Exited(funcx_core::WorkerExit::Code(0)));
@@ -506,12 +520,31 @@ impl Driver {
                 if self.fetch_due {
                     self.fetch_outstanding().await;
                 }
-                if !self.pending.is_empty() && self.retry_at.is_none() {
+                if (!self.pending.is_empty() || self.in_doubt.is_some()) && self.retry_at.is_none()
+                {
                     self.flush().await;
                 }
             }
             self.check_give_up();
         }
+    }
+
+    /// Nothing is waiting to be sent or for a result.
+    fn idle(&self) -> bool {
+        self.pending.is_empty() && self.in_doubt.is_none() && self.gateway_of.is_empty()
+    }
+
+    /// A fresh idempotency key for one submission: 32 random hex digits.
+    fn submission_key(&mut self) -> String {
+        self.submissions += 1;
+        crate::auth::new_id().unwrap_or_else(|_| {
+            // No randomness: still unique for this process's life, and across processes by
+            // the time and process id.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("{}-{nanos}-{}", std::process::id(), self.submissions)
+        })
     }
 
     fn on_work(&mut self, message: ToWorker) {
@@ -538,6 +571,15 @@ impl Driver {
         let ids: HashSet<TaskId> = ids.into_iter().collect();
         let before = self.pending.len();
         self.pending.retain(|item| !ids.contains(&item.id));
+        if let Some((_, chunk)) = &self.in_doubt {
+            // Kept in the submission, which must be resent unchanged under its key.
+            self.cancelled_in_doubt.extend(
+                chunk
+                    .iter()
+                    .map(|item| item.id)
+                    .filter(|id| ids.contains(id)),
+            );
+        }
         let mut at_gateway = Vec::new();
         for id in &ids {
             if let Some(remote) = self.gateway_of.remove(id) {
@@ -550,22 +592,7 @@ impl Driver {
             at_gateway = at_gateway.len(),
             "cancelling tasks"
         );
-        if !at_gateway.is_empty() {
-            let http = self.http.clone();
-            tokio::spawn(async move {
-                futures::stream::iter(at_gateway)
-                    .for_each_concurrent(16, |remote| {
-                        let http = &http;
-                        async move {
-                            let path = format!("/v1/tasks/{remote}/cancel");
-                            if let Err(error) = http.call(Method::POST, &path, None).await {
-                                debug!(task = remote, %error, "cancel at the gateway failed");
-                            }
-                        }
-                    })
-                    .await;
-            });
-        }
+        self.cancel_at_gateway(at_gateway);
         let results = ids
             .into_iter()
             .map(|id| WorkResult {
@@ -575,6 +602,27 @@ impl Driver {
             })
             .collect();
         self.report(results);
+    }
+
+    /// Cancels tasks at the gateway, in the background.
+    fn cancel_at_gateway(&self, remote: Vec<u64>) {
+        if remote.is_empty() {
+            return;
+        }
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            futures::stream::iter(remote)
+                .for_each_concurrent(16, |remote| {
+                    let http = &http;
+                    async move {
+                        let path = format!("/v1/tasks/{remote}/cancel");
+                        if let Err(error) = http.call(Method::POST, &path, None).await {
+                            debug!(task = remote, %error, "cancel at the gateway failed");
+                        }
+                    }
+                })
+                .await;
+        });
     }
 
     fn on_feed(&mut self, feed: Feed, results: &mut Vec<WorkResult>) {
@@ -661,9 +709,7 @@ impl Driver {
         let Some(since) = self.down_since else {
             return;
         };
-        if since.elapsed() < self.give_up_after
-            || (self.pending.is_empty() && self.gateway_of.is_empty())
-        {
+        if since.elapsed() < self.give_up_after || self.idle() {
             return;
         }
         let reason = format!(
@@ -674,9 +720,20 @@ impl Driver {
         );
         warn!(%reason, tasks = self.pending.len() + self.gateway_of.len(), "failing outstanding tasks");
         let error = TaskError::manager_lost(&reason);
+        let in_doubt = self
+            .in_doubt
+            .take()
+            .map(|(_, chunk)| chunk)
+            .unwrap_or_default();
+        let cancelled = std::mem::take(&mut self.cancelled_in_doubt);
         let results: Vec<WorkResult> = self
             .pending
             .drain(..)
+            .chain(
+                in_doubt
+                    .into_iter()
+                    .filter(|item| !cancelled.contains(&item.id)),
+            )
             .map(|item| item.id)
             .chain(self.gateway_of.drain().map(|(id, _)| id))
             .map(|id| WorkResult {
@@ -763,20 +820,29 @@ impl Driver {
         );
 
         let path = format!("/v1/endpoints/{}/tasks", self.endpoint);
-        while !self.pending.is_empty() {
-            let mut bytes = 0;
-            let mut count = 0;
-            for item in &self.pending {
-                let size = item.args.byte_len() + 128;
-                if count > 0
-                    && (bytes + size > self.max_request_bytes || count >= MAX_TASKS_PER_REQUEST)
-                {
-                    break;
+        loop {
+            let (key, chunk) = match self.in_doubt.take() {
+                Some(resend) => resend,
+                None if self.pending.is_empty() => break,
+                None => {
+                    let mut bytes = 0;
+                    let mut count = 0;
+                    for item in &self.pending {
+                        let size = item.args.byte_len() + 128;
+                        if count > 0
+                            && (bytes + size > self.max_request_bytes
+                                || count >= MAX_TASKS_PER_REQUEST)
+                        {
+                            break;
+                        }
+                        bytes += size;
+                        count += 1;
+                    }
+                    let chunk: Vec<WorkItem> = self.pending.drain(..count).collect();
+                    (self.submission_key(), chunk)
                 }
-                bytes += size;
-                count += 1;
-            }
-            let chunk: Vec<WorkItem> = self.pending.drain(..count).collect();
+            };
+            let bytes: usize = chunk.iter().map(|item| item.args.byte_len() + 128).sum();
             let request = SubmitRequest {
                 tasks: chunk
                     .iter()
@@ -815,15 +881,24 @@ impl Driver {
             };
             let answer = self
                 .http
-                .call(Method::POST, &path, Some(body))
+                .send(Method::POST, &path, Some(body), Some(&key))
                 .await
                 .and_then(|response| response.decode::<SubmitResponse>());
             match answer {
                 Ok(accepted) if accepted.task_ids.len() == chunk.len() => {
+                    // What the gateway holds now and the caller no longer wants is cancelled
+                    // there; the dispatcher was told already.
+                    let cancelled = std::mem::take(&mut self.cancelled_in_doubt);
+                    let mut remote_cancels = Vec::new();
                     for (item, remote) in chunk.iter().zip(accepted.task_ids) {
-                        self.gateway_of.insert(item.id, remote);
-                        self.local_of.insert(remote, item.id);
+                        if cancelled.contains(&item.id) {
+                            remote_cancels.push(remote);
+                        } else {
+                            self.gateway_of.insert(item.id, remote);
+                            self.local_of.insert(remote, item.id);
+                        }
                     }
+                    self.cancel_at_gateway(remote_cancels);
                     debug!(tasks = chunk.len(), "submitted to the gateway");
                     self.healthy();
                 }
@@ -833,34 +908,45 @@ impl Driver {
                         chunk.len(),
                         accepted.task_ids.len()
                     ));
+                    let chunk = self.still_wanted(chunk);
                     self.fail(chunk, &error);
                 }
                 Err(error) if error.is_transient() => {
-                    for item in chunk.into_iter().rev() {
-                        self.pending.push_front(item);
-                    }
+                    // The gateway may have stored it: the same submission again, same key.
+                    self.in_doubt = Some((key, chunk));
                     return self.failed(error.to_string(), true);
                 }
                 Err(HttpError::Refused {
                     status: StatusCode::PAYLOAD_TOO_LARGE,
                     ..
                 }) if chunk.len() > 1 => {
+                    // Refused before it was stored: split, under new keys.
                     self.max_request_bytes = (bytes / 2).max(1);
                     debug!(
                         limit = self.max_request_bytes,
                         "submission too large; splitting"
                     );
-                    for item in chunk.into_iter().rev() {
+                    for item in self.still_wanted(chunk).into_iter().rev() {
                         self.pending.push_front(item);
                     }
                 }
                 Err(error) => {
                     let error =
                         TaskError::protocol(format!("the gateway refused the task: {error}"));
+                    let chunk = self.still_wanted(chunk);
                     self.fail(chunk, &error);
                 }
             }
         }
+    }
+
+    /// The tasks of a submission the gateway did not take that were not cancelled meanwhile.
+    fn still_wanted(&mut self, chunk: Vec<WorkItem>) -> Vec<WorkItem> {
+        let cancelled = std::mem::take(&mut self.cancelled_in_doubt);
+        chunk
+            .into_iter()
+            .filter(|item| !cancelled.contains(&item.id))
+            .collect()
     }
 
     fn take_pending(&mut self, mut take: impl FnMut(&WorkItem) -> bool) -> Vec<WorkItem> {
@@ -944,6 +1030,9 @@ impl Driver {
         let remote: Vec<u64> = self.local_of.drain().map(|(remote, _)| remote).collect();
         self.gateway_of.clear();
         self.pending.clear();
+        // A submission in doubt may be stored; its tasks are not known by id, so they run
+        // (nobody reads their results). Unavoidable: the gateway never answered.
+        self.in_doubt = None;
         if remote.is_empty() {
             return;
         }
@@ -1246,12 +1335,16 @@ impl Http {
         path: &str,
         body: Option<Body>,
         accept: &str,
+        idempotency_key: Option<&str>,
     ) -> Result<Request<Full<Bytes>>, HttpError> {
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header(header::AUTHORIZATION, self.authorization.clone())
             .header(header::ACCEPT, accept);
+        if let Some(key) = idempotency_key {
+            builder = builder.header(crate::api::IDEMPOTENCY_KEY, key);
+        }
         let body = match body {
             Some(body) => {
                 builder = builder.header(header::CONTENT_TYPE, body.content_type);
@@ -1271,11 +1364,23 @@ impl Http {
         path: &str,
         body: Option<Body>,
     ) -> Result<Answer, HttpError> {
+        self.send(method, path, body, None).await
+    }
+
+    /// [`Http::call`] with an `Idempotency-Key` header when `idempotency_key` is given.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer, HttpError> {
         let request = self.request(
             method,
             path,
             body,
             &format!("{POSTCARD}, application/json;q=0.5"),
+            idempotency_key,
         )?;
         let exchange = async {
             let response = self
@@ -1316,7 +1421,7 @@ impl Http {
 
     /// Opens the binary result stream (the connect and the headers within the timeout).
     async fn open_result_stream(&self) -> Result<Response<Incoming>, HttpError> {
-        let request = self.request(Method::GET, "/v1/results", None, POSTCARD)?;
+        let request = self.request(Method::GET, "/v1/results", None, POSTCARD, None)?;
         let response = tokio::time::timeout(self.timeout, self.client.request(request))
             .await
             .map_err(|_| HttpError::Unreachable(format!("no answer within {:?}", self.timeout)))?

@@ -741,3 +741,103 @@ async fn tasks_survive_an_endpoint_reconnecting() {
         assert_eq!(unpickled(&gw.wait(ALICE, id).await), expected);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_submission_with_its_idempotency_key_creates_nothing() {
+    let gw = start(config()).await;
+    let function = gw.echo_function(ALICE).await;
+    let (endpoint, _token) = gw.register_endpoint(ALICE, json!({ "name": "e" })).await;
+    let path = format!("/v1/endpoints/{endpoint}/tasks");
+    let body = |values: &[i64]| {
+        let tasks: Vec<_> = values
+            .iter()
+            .map(|v| json!({ "function_id": function, "args": [pickled(*v)] }))
+            .collect();
+        json!({ "tasks": tasks })
+    };
+    let send = |key: &'static str, token: &'static str, body: serde_json::Value| {
+        gw.http
+            .post(gw.url(&path))
+            .bearer_auth(token)
+            .header(funcx_gateway::api::IDEMPOTENCY_KEY, key)
+            .json(&body)
+            .send()
+    };
+
+    let first = send("batch-0001", ALICE, body(&[1, 2, 3])).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(first
+        .headers()
+        .get(funcx_gateway::api::IDEMPOTENT_REPLAYED)
+        .is_none());
+    let first = ids(&first.json().await.unwrap());
+    assert_eq!(first.len(), 3);
+
+    // The same request again: the same ids, marked as a replay, nothing new queued.
+    let again = send("batch-0001", ALICE, body(&[1, 2, 3])).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(
+        again.headers()[funcx_gateway::api::IDEMPOTENT_REPLAYED],
+        "true"
+    );
+    assert_eq!(ids(&again.json().await.unwrap()), first);
+    let (_, view) = gw.get(&format!("/v1/endpoints/{endpoint}"), ALICE).await;
+    assert_eq!(view["status"]["queued"], 3, "{view}");
+    let (_, metrics) = gw.call(Method::GET, "/metrics", Some(ALICE), None).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics.contains("funcx_gateway_tasks_submitted_total 3"),
+        "{metrics}"
+    );
+
+    // The same key with another body is the client's mistake: 409, with the reason.
+    let (status, error) = {
+        let response = send("batch-0001", ALICE, body(&[1, 2, 4])).await.unwrap();
+        (
+            response.status(),
+            response.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"]["code"], "conflict");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("batch-0001"),
+        "{error}"
+    );
+
+    // Keys are per user: bob's "batch-0001" is his own (bob may not see alice's endpoint,
+    // so give him one).
+    let (bobs_endpoint, _) = gw.register_endpoint(BOB, json!({ "name": "b" })).await;
+    let bob_function = gw.echo_function(BOB).await;
+    let response = gw
+        .http
+        .post(gw.url(&format!("/v1/endpoints/{bobs_endpoint}/tasks")))
+        .bearer_auth(BOB)
+        .header(funcx_gateway::api::IDEMPOTENCY_KEY, "batch-0001")
+        .json(&json!({ "tasks": [{ "function_id": bob_function, "args": [pickled(1)] }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bobs = ids(&response.json().await.unwrap());
+    assert!(bobs.iter().all(|id| !first.contains(id)));
+
+    // A key that cannot be one is refused before anything is stored.
+    for bad in ["", &"k".repeat(257), "with space"] {
+        let response = gw
+            .http
+            .post(gw.url(&path))
+            .bearer_auth(ALICE)
+            .header(funcx_gateway::api::IDEMPOTENCY_KEY, bad)
+            .json(&body(&[5]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+    }
+    let (_, view) = gw.get(&format!("/v1/endpoints/{endpoint}"), ALICE).await;
+    assert_eq!(view["status"]["queued"], 3, "{view}");
+}

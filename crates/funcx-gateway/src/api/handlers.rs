@@ -21,13 +21,16 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::body::{Format, Input, Reply, POSTCARD};
 use super::model::*;
 use crate::auth::{new_id, new_token, User};
 use crate::error::ApiError;
-use crate::store::{hash_token, EndpointRecord, Finished, FunctionRecord, NewTask, TaskRecord};
+use crate::store::{
+    fingerprint, hash_token, EndpointRecord, Finished, FunctionRecord, IdempotencyKey, Insertion,
+    NewTask, TaskRecord,
+};
 use crate::Gateway;
 
 /// The `Upgrade` protocol name of endpoint connections.
@@ -317,12 +320,43 @@ pub(crate) async fn connect_endpoint(
         .into_response())
 }
 
+/// The header that names a submission, so that sending it again does not submit it again.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The header on the answer to a resent submission: `true` when the tasks were created by an
+/// earlier request with the same key.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The `Idempotency-Key` of a request, checked: 1 to 256 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| {
+            !key.is_empty()
+                && key.len() <= IdempotencyKey::MAX_LEN
+                && key.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "an Idempotency-Key is 1 to {} visible ASCII characters",
+                IdempotencyKey::MAX_LEN
+            ))
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
 pub(crate) async fn submit(
     State(gateway): State<Gateway>,
     Extension(user): Extension<User>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     input: Input<SubmitRequest>,
-) -> ApiResult<Reply<SubmitResponse>> {
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
     let endpoint = visible_endpoint(&gateway, &user, &id).await?;
     let requests = input.value.tasks;
     if requests.is_empty() {
@@ -378,11 +412,40 @@ pub(crate) async fn submit(
             options,
         });
     }
-    // Stored (durably) before anything runs or is acknowledged.
-    let ids = gateway.store().insert_tasks(new, SystemTime::now()).await?;
+    // Stored (durably) before anything runs or is acknowledged; with a key, in the same
+    // write as the key, so a resend after a lost answer finds them.
+    let now = SystemTime::now();
+    let ids = match key {
+        None => gateway.store().insert_tasks(new, now).await?,
+        Some(key) => {
+            let key = IdempotencyKey {
+                owner: user.name().to_string(),
+                fingerprint: fingerprint(&new)?,
+                key,
+            };
+            let name = key.key.clone();
+            match gateway.store().insert_tasks_once(key, new, now).await? {
+                Insertion::Created(ids) => ids,
+                Insertion::Replayed(ids) => {
+                    debug!(key = %name, tasks = ids.len(), "a resent submission: answered with its first ids");
+                    let mut response =
+                        Reply::ok(SubmitResponse { task_ids: ids }, input.format).into_response();
+                    response
+                        .headers_mut()
+                        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+                    return Ok(response);
+                }
+                Insertion::Conflict => {
+                    return Err(ApiError::conflict(format!(
+                        "Idempotency-Key {name:?} was used for a different submission; use a new key for new tasks"
+                    )))
+                }
+            }
+        }
+    };
     gateway.inner.metrics.submitted(ids.len());
     gateway.dispatch(&endpoint.id, ids.iter().copied().zip(tasks).collect());
-    Ok(Reply::ok(SubmitResponse { task_ids: ids }, input.format))
+    Ok(Reply::ok(SubmitResponse { task_ids: ids }, input.format).into_response())
 }
 
 /// A task as the API shows it; live states of unfinished tasks come from the executor.

@@ -19,7 +19,7 @@ use axum::Router;
 use serde_json::{json, Map, Value};
 
 pub use body::POSTCARD;
-pub use handlers::UPGRADE_PROTOCOL;
+pub use handlers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, UPGRADE_PROTOCOL};
 
 use crate::error::ApiError;
 use crate::Gateway;
@@ -112,6 +112,21 @@ fn path_param(op: Value, name: &str, description: &str) -> Value {
     op
 }
 
+/// Adds the optional `Idempotency-Key` request header and the `Idempotent-Replayed` answer
+/// header to the submit operation.
+fn idempotency_header(op: Value) -> Value {
+    let mut op = op;
+    if let Some(parameters) = op["parameters"].as_array_mut() {
+        parameters.push(json!({ "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "A name the client chooses for this submission (1 to 256 visible ASCII characters, e.g. a UUID), kept with its tasks for the result TTL. A resend with the same key by the same user answers the first request's task ids and creates nothing; with a different body it is refused with 409 `conflict`.",
+            "schema": { "type": "string", "maxLength": 256 } }));
+    }
+    op["responses"]["200"]["headers"] = json!({ "Idempotent-Replayed": {
+        "description": "`true` when the answer repeats the ids of an earlier request with the same Idempotency-Key",
+        "schema": { "type": "string" } } });
+    op
+}
+
 const AUTH_ERRORS: [&str; 2] = ["401", "429"];
 
 fn with_auth(codes: &[&'static str]) -> Vec<&'static str> {
@@ -169,10 +184,10 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
                 json!({ "101": { "description": "switching to funcx-manager-protocol" } }),
                 &["401", "404", "426"]), "id", "endpoint id")),
         route(Method::POST, "/v1/endpoints/{id}/tasks", User, routing::post(submit),
-            path_param(operation("Submit tasks to an endpoint; each is stored durably before the answer.",
+            idempotency_header(path_param(operation("Submit tasks to an endpoint; each is stored durably before the answer. With an `Idempotency-Key` header, sending the same request again (after a timeout, a lost answer, a gateway restart) answers the same task ids and creates nothing; the same key with a different body is a 409.",
                 Some(("SubmitRequest", true)),
                 json!({ "200": ok("accepted", "SubmitResponse", true) }),
-                &with_auth(&["400", "403", "404", "413", "415"])), "id", "endpoint id")),
+                &with_auth(&["400", "403", "404", "409", "413", "415"])), "id", "endpoint id"))),
         route(Method::POST, "/v1/tasks/batch", User, routing::post(batch),
             operation("Many tasks at once.", Some(("BatchRequest", true)),
                 json!({ "200": ok("the tasks found", "BatchResponse", true) }),
@@ -245,7 +260,7 @@ fn schemas() -> Value {
         "Error": { "type": "object", "required": ["error"], "properties": { "error": {
             "type": "object", "required": ["code", "message"], "properties": {
                 "code": { "type": "string", "enum": ["not_found", "forbidden", "unauthorized",
-                    "bad_request", "payload_too_large", "unsupported_media_type", "rate_limited",
+                    "bad_request", "conflict", "payload_too_large", "unsupported_media_type", "rate_limited",
                     "upgrade_required", "no_route", "method_not_allowed", "internal"] },
                 "message": { "type": "string" } } } } },
         "RegisterFunction": { "type": "object", "required": ["name"], "properties": {

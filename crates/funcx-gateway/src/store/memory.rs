@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 use funcx_core::FunctionId;
 
 use super::{
-    apply, expired, new_record, EndpointRecord, Finished, FunctionRecord, NewTask, StoreError,
-    StoreFuture, TaskRecord, TaskStore, TokenHash, UserRecord,
+    apply, expired, new_record, EndpointRecord, Finished, FunctionRecord, IdempotencyKey,
+    Insertion, KeyRecord, NewTask, StoreError, StoreFuture, TaskRecord, TaskStore, TokenHash,
+    UserRecord,
 };
 
 /// A store that lives and dies with the process: for tests, demos, and gateways whose tasks
@@ -24,7 +25,24 @@ struct State {
     functions: BTreeMap<(FunctionId, String), FunctionRecord>,
     endpoints: BTreeMap<String, EndpointRecord>,
     tasks: BTreeMap<u64, TaskRecord>,
+    /// (owner, key) → what the key created.
+    keys: HashMap<(String, String), KeyRecord>,
     next_task: u64,
+}
+
+impl State {
+    fn insert(&mut self, tasks: Vec<NewTask>, now: SystemTime) -> Result<Vec<u64>, StoreError> {
+        let first = self.next_task + 1;
+        let records = tasks
+            .into_iter()
+            .zip(first..)
+            .map(|(task, id)| new_record(id, task, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
+        self.next_task += records.len() as u64;
+        self.tasks.extend(records.into_iter().map(|r| (r.id, r)));
+        Ok(ids)
+    }
 }
 
 impl MemoryStore {
@@ -101,17 +119,31 @@ impl TaskStore for MemoryStore {
     }
 
     fn insert_tasks(&self, tasks: Vec<NewTask>, now: SystemTime) -> StoreFuture<'_, Vec<u64>> {
+        self.run(move |s| s.insert(tasks, now))
+    }
+
+    fn insert_tasks_once(
+        &self,
+        key: IdempotencyKey,
+        tasks: Vec<NewTask>,
+        now: SystemTime,
+    ) -> StoreFuture<'_, Insertion> {
         self.run(move |s| {
-            let first = s.next_task + 1;
-            let records = tasks
-                .into_iter()
-                .zip(first..)
-                .map(|(task, id)| new_record(id, task, now))
-                .collect::<Result<Vec<_>, _>>()?;
-            let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
-            s.next_task += records.len() as u64;
-            s.tasks.extend(records.into_iter().map(|r| (r.id, r)));
-            Ok(ids)
+            let name = (key.owner.clone(), key.key.clone());
+            if let Some(seen) = s.keys.get(&name) {
+                return Ok(seen.answer(&key));
+            }
+            let ids = s.insert(tasks, now)?;
+            s.keys.insert(
+                name,
+                KeyRecord {
+                    fingerprint: key.fingerprint,
+                    first: ids.first().copied().unwrap_or(0),
+                    count: ids.len() as u64,
+                    created: now,
+                },
+            );
+            Ok(Insertion::Created(ids))
         })
     }
 
@@ -151,6 +183,8 @@ impl TaskStore for MemoryStore {
         self.run(move |s| {
             let before = s.tasks.len();
             s.tasks.retain(|_, t| !expired(t, now, ttl));
+            s.keys
+                .retain(|_, k| now.duration_since(k.created).map_or(true, |age| age <= ttl));
             Ok(before - s.tasks.len())
         })
     }

@@ -149,6 +149,80 @@ pub struct NewTask {
     pub timeout: Option<Duration>,
 }
 
+/// A client's name for one submission, so that sending it again does not submit it again.
+///
+/// The gateway stores it with the tasks it created, in the same durable write: a resend
+/// with the same key by the same user answers the same task ids and creates nothing,
+/// whether the first attempt's answer was lost or the gateway crashed after committing it.
+/// Keys are kept as long as finished tasks are (the result TTL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// Whose key: keys of different users never meet.
+    pub owner: String,
+    /// The client's key (the `Idempotency-Key` header), at most
+    /// [`IdempotencyKey::MAX_LEN`] bytes.
+    pub key: String,
+    /// A hash of the submission ([`fingerprint`]): the same key with another body is a
+    /// client's mistake, refused rather than answered with the first body's ids.
+    pub fingerprint: [u8; 32],
+}
+
+impl IdempotencyKey {
+    /// The longest key accepted, in bytes.
+    pub const MAX_LEN: usize = 256;
+}
+
+/// What [`TaskStore::insert_tasks_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Insertion {
+    /// The tasks were new: stored and numbered.
+    Created(Vec<u64>),
+    /// The key was seen with the same submission: its tasks' ids, and nothing new stored.
+    Replayed(Vec<u64>),
+    /// The key was seen with a different submission: nothing stored.
+    Conflict,
+}
+
+/// The hash of a submission that [`IdempotencyKey::fingerprint`] holds: its endpoint,
+/// and each task's function, arguments and timeout, in order.
+pub fn fingerprint(tasks: &[NewTask]) -> Result<[u8; 32], StoreError> {
+    let mut hasher = blake3::Hasher::new_derive_key("funcx-gateway submission v1");
+    hasher.update(&(tasks.len() as u64).to_le_bytes());
+    for task in tasks {
+        let encoded =
+            postcard::to_stdvec(&(&task.endpoint, &task.function, &task.args, &task.timeout))
+                .map_err(StoreError::backend)?;
+        hasher.update(&(encoded.len() as u64).to_le_bytes());
+        hasher.update(&encoded);
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// What a store remembers of an idempotency key: enough to answer a resend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KeyRecord {
+    fingerprint: [u8; 32],
+    /// The tasks were numbered consecutively, in one write: `first..first + count`.
+    first: u64,
+    count: u64,
+    created: SystemTime,
+}
+
+impl KeyRecord {
+    fn ids(&self) -> Vec<u64> {
+        (self.first..self.first + self.count).collect()
+    }
+
+    /// The answer to a resend of `key`.
+    fn answer(&self, key: &IdempotencyKey) -> Insertion {
+        if self.fingerprint == key.fingerprint {
+            Insertion::Replayed(self.ids())
+        } else {
+            Insertion::Conflict
+        }
+    }
+}
+
 /// A task as the store keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskRecord {
@@ -279,6 +353,19 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Stores new tasks, in state `Queued`, and numbers them, in one durable write.
     fn insert_tasks(&self, tasks: Vec<NewTask>, now: SystemTime) -> StoreFuture<'_, Vec<u64>>;
 
+    /// As [`TaskStore::insert_tasks`], under the client's idempotency `key`, in the same
+    /// durable write: the first call with a key stores the tasks and remembers their ids
+    /// under it; a later call with the same key and fingerprint stores nothing and returns
+    /// those ids ([`Insertion::Replayed`]); with another fingerprint, [`Insertion::Conflict`].
+    /// Two calls with one key at once must not both create (a store serializes them, as
+    /// redb's single writer does, or uses a unique constraint).
+    fn insert_tasks_once(
+        &self,
+        key: IdempotencyKey,
+        tasks: Vec<NewTask>,
+        now: SystemTime,
+    ) -> StoreFuture<'_, Insertion>;
+
     /// Task `id`.
     fn task(&self, id: u64) -> StoreFuture<'_, Option<TaskRecord>>;
 
@@ -293,7 +380,8 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Every task without an outcome, oldest first: what a restarted gateway submits again.
     fn unfinished_tasks(&self) -> StoreFuture<'_, Vec<TaskRecord>>;
 
-    /// Removes finished tasks whose outcome is older than `ttl` at `now`; how many.
+    /// Removes finished tasks whose outcome is older than `ttl` at `now`, and idempotency
+    /// keys older than `ttl`; how many tasks.
     fn expire(&self, now: SystemTime, ttl: Duration) -> StoreFuture<'_, usize>;
 }
 
@@ -477,6 +565,51 @@ pub(crate) mod tests {
         assert!(!store.delete_task(ids[2]).await.unwrap());
         assert!(store.task(ids[2]).await.unwrap().is_none());
 
+        // Idempotent submission: a resend answers the same ids and stores nothing; another
+        // body under the same key is refused; keys are per user.
+        let key = |owner: &str, name: &str, tasks: &[NewTask]| IdempotencyKey {
+            owner: owner.into(),
+            key: name.into(),
+            fingerprint: fingerprint(tasks).unwrap(),
+        };
+        let batch = vec![new(7), new(8)];
+        let Insertion::Created(first) = store
+            .insert_tasks_once(key("alice", "k1", &batch), batch.clone(), now)
+            .await
+            .unwrap()
+        else {
+            panic!("a new key creates")
+        };
+        assert_eq!(first.len(), 2);
+        assert_eq!(
+            store
+                .insert_tasks_once(key("alice", "k1", &batch), batch.clone(), now)
+                .await
+                .unwrap(),
+            Insertion::Replayed(first.clone())
+        );
+        let other = vec![new(9)];
+        assert_eq!(
+            store
+                .insert_tasks_once(key("alice", "k1", &other), other.clone(), now)
+                .await
+                .unwrap(),
+            Insertion::Conflict
+        );
+        let Insertion::Created(bobs) = store
+            .insert_tasks_once(key("bob", "k1", &batch), batch.clone(), now)
+            .await
+            .unwrap()
+        else {
+            panic!("another user's key is another key")
+        };
+        assert!(bobs.iter().all(|id| !first.contains(id)));
+        assert_eq!(store.unfinished_tasks().await.unwrap().len(), 5);
+        assert_ne!(fingerprint(&batch).unwrap(), fingerprint(&other).unwrap());
+        for id in first.iter().chain(&bobs) {
+            assert!(store.delete_task(*id).await.unwrap());
+        }
+
         // Expiry removes finished tasks older than the TTL, and nothing unfinished.
         let ttl = Duration::from_secs(60);
         assert_eq!(
@@ -495,5 +628,13 @@ pub(crate) mod tests {
         );
         assert!(store.task(ids[0]).await.unwrap().is_none());
         assert!(store.task(more[0]).await.unwrap().is_some());
+        // ... and keys older than the TTL: the key is free again.
+        assert!(matches!(
+            store
+                .insert_tasks_once(key("alice", "k1", &other), other.clone(), now)
+                .await
+                .unwrap(),
+            Insertion::Created(_)
+        ));
     }
 }

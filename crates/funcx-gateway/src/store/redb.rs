@@ -10,8 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{
-    apply, expired, new_record, EndpointRecord, Finished, FunctionRecord, NewTask, StoreError,
-    StoreFuture, TaskRecord, TaskStore, TokenHash, UserRecord,
+    apply, expired, new_record, EndpointRecord, Finished, FunctionRecord, IdempotencyKey,
+    Insertion, KeyRecord, NewTask, StoreError, StoreFuture, TaskRecord, TaskStore, TokenHash,
+    UserRecord,
 };
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -23,6 +24,8 @@ const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints"
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 /// The ids of tasks without an outcome, so recovery does not scan every result ever kept.
 const UNFINISHED: TableDefinition<u64, ()> = TableDefinition::new("unfinished");
+/// postcard `(owner, key)` → [`KeyRecord`]: the idempotency keys of submissions.
+const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency_keys");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_TASK: &str = "next_task";
 
@@ -73,6 +76,7 @@ impl RedbStore {
             tx.open_table(ENDPOINTS).map_err(backend)?;
             tx.open_table(TASKS).map_err(backend)?;
             tx.open_table(UNFINISHED).map_err(backend)?;
+            tx.open_table(KEYS).map_err(backend)?;
             tx.open_table(META).map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
@@ -90,6 +94,33 @@ impl RedbStore {
                 .map_err(|e| backend(format!("a store operation did not complete: {e}")))?
         })
     }
+}
+
+/// Stores and numbers new tasks in `tx`.
+fn insert(
+    tx: &redb::WriteTransaction,
+    tasks: Vec<NewTask>,
+    now: SystemTime,
+) -> Result<Vec<u64>, StoreError> {
+    let mut meta = tx.open_table(META).map_err(backend)?;
+    let mut table = tx.open_table(TASKS).map_err(backend)?;
+    let mut unfinished = tx.open_table(UNFINISHED).map_err(backend)?;
+    let mut next = meta
+        .get(NEXT_TASK)
+        .map_err(backend)?
+        .map_or(0, |v| v.value());
+    let mut ids = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        next += 1;
+        let record = new_record(next, task, now)?;
+        table
+            .insert(next, encode(&record)?.as_slice())
+            .map_err(backend)?;
+        unfinished.insert(next, ()).map_err(backend)?;
+        ids.push(next);
+    }
+    meta.insert(NEXT_TASK, next).map_err(backend)?;
+    Ok(ids)
 }
 
 impl TaskStore for RedbStore {
@@ -213,29 +244,45 @@ impl TaskStore for RedbStore {
     fn insert_tasks(&self, tasks: Vec<NewTask>, now: SystemTime) -> StoreFuture<'_, Vec<u64>> {
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(backend)?;
-            let ids = {
-                let mut meta = tx.open_table(META).map_err(backend)?;
-                let mut table = tx.open_table(TASKS).map_err(backend)?;
-                let mut unfinished = tx.open_table(UNFINISHED).map_err(backend)?;
-                let mut next = meta
-                    .get(NEXT_TASK)
-                    .map_err(backend)?
-                    .map_or(0, |v| v.value());
-                let mut ids = Vec::with_capacity(tasks.len());
-                for task in tasks {
-                    next += 1;
-                    let record = new_record(next, task, now)?;
-                    table
-                        .insert(next, encode(&record)?.as_slice())
-                        .map_err(backend)?;
-                    unfinished.insert(next, ()).map_err(backend)?;
-                    ids.push(next);
-                }
-                meta.insert(NEXT_TASK, next).map_err(backend)?;
-                ids
-            };
+            let ids = insert(&tx, tasks, now)?;
             tx.commit().map_err(backend)?;
             Ok(ids)
+        })
+    }
+
+    fn insert_tasks_once(
+        &self,
+        key: IdempotencyKey,
+        tasks: Vec<NewTask>,
+        now: SystemTime,
+    ) -> StoreFuture<'_, Insertion> {
+        self.blocking(move |db| {
+            let name = encode(&(&key.owner, &key.key))?;
+            // redb has one writer at a time: two sends of one key cannot both miss it here.
+            let tx = db.begin_write().map_err(backend)?;
+            let seen = {
+                let keys = tx.open_table(KEYS).map_err(backend)?;
+                let value = keys.get(name.as_slice()).map_err(backend)?;
+                value.map(|v| decode::<KeyRecord>(v.value())).transpose()?
+            };
+            if let Some(seen) = seen {
+                tx.abort().map_err(backend)?;
+                return Ok(seen.answer(&key));
+            }
+            let ids = insert(&tx, tasks, now)?;
+            {
+                let mut keys = tx.open_table(KEYS).map_err(backend)?;
+                let record = KeyRecord {
+                    fingerprint: key.fingerprint,
+                    first: ids.first().copied().unwrap_or(0),
+                    count: ids.len() as u64,
+                    created: now,
+                };
+                keys.insert(name.as_slice(), encode(&record)?.as_slice())
+                    .map_err(backend)?;
+            }
+            tx.commit().map_err(backend)?;
+            Ok(Insertion::Created(ids))
         })
     }
 
@@ -327,6 +374,22 @@ impl TaskStore for RedbStore {
                 for id in &stale {
                     table.remove(*id).map_err(backend)?;
                 }
+                let mut keys = tx.open_table(KEYS).map_err(backend)?;
+                let mut old_keys = Vec::new();
+                for entry in keys.iter().map_err(backend)? {
+                    let (name, value) = entry.map_err(backend)?;
+                    if let Ok(record) = decode::<KeyRecord>(value.value()) {
+                        if now
+                            .duration_since(record.created)
+                            .is_ok_and(|age| age > ttl)
+                        {
+                            old_keys.push(name.value().to_vec());
+                        }
+                    }
+                }
+                for name in &old_keys {
+                    keys.remove(name.as_slice()).map_err(backend)?;
+                }
                 stale.len()
             };
             tx.commit().map_err(backend)?;
@@ -363,8 +426,8 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(ids, vec![5]);
-        assert_eq!(store.unfinished_tasks().await.unwrap().len(), 2);
+        assert_eq!(ids, vec![10]);
+        assert_eq!(store.unfinished_tasks().await.unwrap().len(), 3);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
