@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
+use funcx_core::worker::WorkResult;
 use funcx_core::{
     report_stream, Executor, Function, FunctionId, ReportSink, ReportStream, Task, TaskId,
     TaskOptions, TaskReport,
 };
-use funcx_transport::remote::{AgentConfig, EndpointAgent};
+use funcx_transport::remote::{AgentConfig, EndpointAgent, ResultKeeper};
 use funcx_transport::TcpTransport;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
@@ -60,6 +61,9 @@ pub(crate) struct Shared {
     functions: Mutex<HashMap<FunctionId, Function>>,
     sink: ReportSink,
     pub(crate) events: broadcast::Sender<Arc<TaskRecord>>,
+    /// Tasks whose result an endpoint's keeper stored (and published) before the
+    /// endpoint's executor reported it: `store_results` skips them once, then forgets them.
+    kept: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// The gateway side of one endpoint: an executor with no workers of its own, whose pools
@@ -159,6 +163,7 @@ impl GatewayBuilder {
                 functions: Mutex::new(HashMap::new()),
                 sink,
                 events,
+                kept: Mutex::new(std::collections::HashSet::new()),
             }),
         };
         tokio::spawn(store_results(Arc::downgrade(&gateway.inner), reports));
@@ -253,7 +258,19 @@ impl Gateway {
                 let executor = Executor::builder()
                     .retries_on_worker_death(self.inner.config.endpoint_retries)
                     .start_without_workers();
-                let agent = EndpointAgent::new(executor.clone(), self.inner.agent);
+                // Durable: the endpoint sees tasks under their gateway ids and resumes its
+                // session with the next run of the gateway, so a restart re-sends only what
+                // it does not hold; and a result is acknowledged once it is in the store.
+                let keeper = Arc::new(Keeper {
+                    gateway: Arc::downgrade(&self.inner),
+                    endpoint: id.to_string(),
+                });
+                let agent = EndpointAgent::durable(
+                    executor.clone(),
+                    self.inner.agent,
+                    endpoint_session(id),
+                    keeper,
+                );
                 Arc::new(EndpointRuntime { executor, agent })
             })
             .clone()
@@ -447,6 +464,94 @@ fn publish(shared: &Shared, finished: Vec<TaskRecord>) {
     }
 }
 
+/// The session number of endpoint `id`'s connections, the same in every run of the gateway
+/// so that an endpoint resumes its session after a restart. Endpoint ids are random and
+/// never reused, so two endpoints, or two stores, do not share one.
+fn endpoint_session(id: &str) -> u64 {
+    let hash = blake3::derive_key("funcx-gateway endpoint session v1", id.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(bytes)
+}
+
+/// Stores the results an endpoint delivers before its connection acknowledges them: the
+/// endpoint forgets a result only once it is in the store.
+struct Keeper {
+    gateway: Weak<Shared>,
+    endpoint: String,
+}
+
+impl ResultKeeper for Keeper {
+    fn keep(&self, results: Vec<(u64, WorkResult)>) -> futures::future::BoxFuture<'static, ()> {
+        let gateway = self.gateway.clone();
+        let endpoint = self.endpoint.clone();
+        Box::pin(async move {
+            let Some(shared) = gateway.upgrade() else {
+                return;
+            };
+            let now = SystemTime::now();
+            // Only tasks this gateway gave this endpoint: an endpoint cannot finish another's.
+            let outcomes: Vec<Finished> = match shared.running.lock() {
+                Ok(running) => results
+                    .into_iter()
+                    .filter(|(id, _)| running.get(id).is_some_and(|(e, _)| *e == endpoint))
+                    .map(|(id, result)| Finished {
+                        id,
+                        result: result.outcome,
+                        timeline: funcx_core::Timeline {
+                            submitted: now,
+                            dispatched: None,
+                            running: now.checked_sub(result.duration),
+                            finished: Some(now),
+                        },
+                    })
+                    .collect(),
+                Err(_) => return,
+            };
+            if outcomes.is_empty() {
+                return;
+            }
+            // Marked before the write, so that `store_results` cannot store the executor's
+            // report of one of them in between; unmarked after, if this write did not
+            // finish it (it was finished already), so that report is handled as usual.
+            let ids: Vec<u64> = outcomes.iter().map(|outcome| outcome.id).collect();
+            if let Ok(mut kept) = shared.kept.lock() {
+                kept.extend(ids.iter().copied());
+            }
+            let finished = store_outcomes(&shared, outcomes).await;
+            if finished.len() < ids.len() {
+                let done: std::collections::HashSet<u64> =
+                    finished.iter().map(|record| record.id).collect();
+                if let Ok(mut kept) = shared.kept.lock() {
+                    for id in ids.iter().filter(|id| !done.contains(id)) {
+                        kept.remove(id);
+                    }
+                }
+            }
+            publish(&shared, finished);
+        })
+    }
+}
+
+/// Stores outcomes; a result is never dropped for a store hiccup: retried until written.
+async fn store_outcomes(shared: &Shared, outcomes: Vec<Finished>) -> Vec<TaskRecord> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match shared
+            .store
+            .finish(outcomes.clone(), SystemTime::now())
+            .await
+        {
+            Ok(finished) => return finished,
+            Err(error) => {
+                warn!(%error, ?pause, "could not store results; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Stores outcomes as the endpoints' executors report them, batch by batch, then tells
 /// subscribers. Ends when the gateway is dropped.
 async fn store_results(gateway: Weak<Shared>, mut reports: ReportStream) {
@@ -458,30 +563,27 @@ async fn store_results(gateway: Weak<Shared>, mut reports: ReportStream) {
         let Some(shared) = gateway.upgrade() else {
             return;
         };
-        let outcomes: Vec<Finished> = batch
-            .drain(..)
-            .map(|(id, report)| Finished {
-                id,
-                result: report.result,
-                timeline: report.status.timeline,
-            })
-            .collect();
-        let ids: Vec<u64> = outcomes.iter().map(|o| o.id).collect();
-        // A result is never dropped for a store hiccup: retry until it is written.
-        let mut pause = Duration::from_millis(50);
-        let finished = loop {
-            match shared
-                .store
-                .finish(outcomes.clone(), SystemTime::now())
-                .await
-            {
-                Ok(finished) => break finished,
-                Err(error) => {
-                    warn!(%error, ?pause, "could not store results; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-            }
+        let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
+        // Results an endpoint's keeper stored already are not stored (or published) twice.
+        let outcomes: Vec<Finished> = {
+            let mut kept = match shared.kept.lock() {
+                Ok(kept) => kept,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            batch
+                .drain(..)
+                .filter(|(id, _)| kept.is_empty() || !kept.remove(id))
+                .map(|(id, report)| Finished {
+                    id,
+                    result: report.result,
+                    timeline: report.status.timeline,
+                })
+                .collect()
+        };
+        let finished = if outcomes.is_empty() {
+            Vec::new()
+        } else {
+            store_outcomes(&shared, outcomes).await
         };
         if let Ok(mut running) = shared.running.lock() {
             for id in ids {

@@ -1,6 +1,7 @@
 //! The gateway is a separate process with a store on disk; it is killed with `SIGKILL` in the
 //! middle of a run and started again on the same port and store. Every task the
-//! `RemoteExecutor` submitted, before or during the outage, delivers its result exactly once.
+//! `RemoteExecutor` submitted, before or during the outage, delivers its result exactly once;
+//! and work the endpoint did while the gateway was down is handed over, not done again.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -251,5 +252,136 @@ async fn gateway_gone_for_good_fails_tasks_with_the_cause_instead_of_hanging() {
     );
 
     executor.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Counts the files in `dir` whose name ends with `suffix`, and the bytes in them: one
+/// file per task, one byte per execution.
+fn markers(dir: &Path, suffix: &str) -> (usize, Vec<(String, usize)>) {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("marker dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(task) = name.strip_suffix(suffix) {
+            let bytes = entry.metadata().map_or(0, |m| m.len() as usize);
+            files.push((task.to_owned(), bytes));
+        }
+    }
+    (files.len(), files)
+}
+
+const MARKING: &str = r#"
+import os, time
+
+def mark(i, directory, seconds):
+    with open(os.path.join(directory, f"{i}.run"), "a") as f:
+        f.write("x")
+    time.sleep(seconds)
+    with open(os.path.join(directory, f"{i}.done"), "a") as f:
+        f.write("x")
+    return i * 2
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn results_the_endpoint_holds_across_a_gateway_restart_are_handed_over_not_rerun() {
+    let dir = temp_dir();
+    let marks = dir.join("marks");
+    std::fs::create_dir_all(&marks).expect("marks dir");
+    let address = free_port();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{address}\"\nstore = \"{}\"\n\n[[users]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n",
+            dir.join("gateway.redb").display()
+        ),
+    )
+    .expect("write config");
+    let gateway = GatewayProcess::start(&config, address);
+    let registered: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{address}/v1/endpoints"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "name": "handover" }))
+        .send()
+        .await
+        .expect("register endpoint")
+        .json()
+        .await
+        .expect("json");
+    let id = registered["endpoint_id"].as_str().expect("id").to_owned();
+    let token = registered["endpoint_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let local = Executor::builder()
+        .workers(2)
+        .start(PythonRuntime::new(PythonConfig::new()));
+    let mut manager = ManagerConfig::new(ManagerInfo {
+        id: ManagerId(u64::from(std::process::id()) << 16 | 9),
+        block: None,
+        host: "localhost".into(),
+        pid: std::process::id(),
+        slots: 2,
+        gpus: vec![],
+    });
+    manager.max_backoff = Duration::from_millis(200);
+    let endpoint = tokio::spawn(run_manager(
+        EndpointDial::new(address.to_string(), id.clone(), token),
+        ExecutorRunner::new(local, 2),
+        manager,
+    ));
+    let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .give_up_after(Duration::from_secs(60))
+        .start()
+        .await
+        .expect("remote executor connects");
+    let mark = Function::from_source(MARKING, "mark");
+    let n = 30_i64;
+    let directory = marks.display().to_string();
+    let mut handles = executor.submit_batch(&mark, (0..n).map(|i| (i, directory.clone(), 0.1)));
+    let mut values = Vec::new();
+    for handle in handles.drain(..4) {
+        values.push(handle.result::<i64>().await.expect("work before the kill"));
+    }
+
+    // Killed while the endpoint runs tasks; it finishes at least one more while the gateway
+    // is gone, and holds its result.
+    let (done_at_kill, _) = markers(&marks, ".done");
+    gateway.sigkill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while markers(&marks, ".done").0 <= done_at_kill {
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint finished nothing while the gateway was down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gateway = GatewayProcess::start(&config, address);
+
+    let rest = async {
+        for handle in handles {
+            values.push(
+                handle
+                    .result::<i64>()
+                    .await
+                    .expect("work across the restart"),
+            );
+        }
+        values
+    };
+    let values = tokio::time::timeout(Duration::from_secs(120), rest)
+        .await
+        .expect("every task finishes after the restart");
+    assert_eq!(values, (0..n).map(|i| i * 2).collect::<Vec<_>>());
+
+    // Every task ran exactly once: nothing the endpoint held or had finished was re-queued.
+    let (runs, files) = markers(&marks, ".run");
+    assert_eq!(runs, n as usize);
+    let twice: Vec<_> = files.iter().filter(|(_, bytes)| *bytes != 1).collect();
+    assert!(twice.is_empty(), "tasks executed more than once: {twice:?}");
+
+    executor.shutdown().await;
+    endpoint.abort();
+    drop(gateway);
     let _ = std::fs::remove_dir_all(&dir);
 }

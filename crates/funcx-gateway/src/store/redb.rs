@@ -320,7 +320,12 @@ impl TaskStore for RedbStore {
                 }
                 done
             };
-            tx.commit().map_err(backend)?;
+            if done.is_empty() {
+                // Nothing changed (every outcome was known already): no write, no fsync.
+                tx.abort().map_err(backend)?;
+            } else {
+                tx.commit().map_err(backend)?;
+            }
             Ok(done)
         })
     }

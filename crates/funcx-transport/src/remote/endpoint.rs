@@ -6,7 +6,17 @@
 //! what the manager did not receive, and drops duplicate results. Only when the manager does
 //! not come back, or stops sending heartbeats, is it reported lost, and its tasks re-queued
 //! by the dispatcher.
+//!
+//! A *durable* agent ([`EndpointAgent::durable`], the gateway's) also keeps its promises
+//! across its own restart. Its managers see each task under the task's durable id (its
+//! trace) instead of this process's [`TaskId`], and its session number is the caller's, the
+//! same in every run; so a manager that held tasks and results when the process died
+//! resumes its session with the next process like after a dropped connection: it re-sends
+//! its unacknowledged results, and the tasks it reports holding are not sent again. And a
+//! result is acknowledged only once a [`ResultKeeper`] has stored it, so a manager keeps
+//! every result until it is safe.
 
+use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +30,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::batch::{item_size, payload_limit, split_by_bytes, BATCH_BYTES};
 use super::messages::{ManagerId, ManagerInfo, ToEndpoint, ToManager};
 use crate::{Connection, Receiver, Sender, TcpAcceptor, TransportError};
+use funcx_core::worker::WorkResult;
 
 /// How the endpoint watches its managers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,13 +79,35 @@ pub struct EndpointAgent {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     executor: Executor,
     config: AgentConfig,
-    /// Identifies this run of the endpoint; managers present it to resume their session.
+    /// Identifies this run of the endpoint (every run, for a durable agent); managers present
+    /// it to resume their session.
     session: u64,
     sessions: Mutex<HashMap<ManagerId, SessionEntry>>,
+    /// For a durable agent: where results are stored before they are acknowledged.
+    keeper: Option<Arc<dyn ResultKeeper>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("config", &self.config)
+            .field("session", &self.session)
+            .field("durable", &self.keeper.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stores the results a durable [`EndpointAgent`] receives, before the agent acknowledges
+/// them to their manager (which forgets a result only then).
+pub trait ResultKeeper: Send + Sync + 'static {
+    /// Stores `results`, each under its task's durable id (its trace); resolves once they
+    /// are durable. It does not give up: a store that fails is retried until it works,
+    /// since the manager holds the results meanwhile. Results of tasks the keeper does not
+    /// know, or already finished, are ignored.
+    fn keep(&self, results: Vec<(u64, WorkResult)>) -> BoxFuture<'static, ()>;
 }
 
 #[derive(Debug)]
@@ -94,6 +127,8 @@ enum Input {
         connection: Connection<ToManager, ToEndpoint>,
         held: Vec<TaskId>,
     },
+    /// The results up to batch `seq` are stored: they may be acknowledged.
+    Kept { seq: u64 },
 }
 
 impl EndpointAgent {
@@ -105,6 +140,33 @@ impl EndpointAgent {
                 config,
                 session: random_u64(),
                 sessions: Mutex::new(HashMap::new()),
+                keeper: None,
+            }),
+        }
+    }
+
+    /// An agent whose managers' sessions survive the restart of this process: the gateway's.
+    ///
+    /// `session` must be the same in every run (the gateway derives it from the endpoint's
+    /// id), and every task must carry its durable id in [`funcx_core::TaskOptions::trace`].
+    /// Managers see tasks under that id, so that what a manager holds still means something
+    /// to the next run; a manager that comes back with this session after a restart resumes
+    /// it (`Welcome { resumed: true }`): it re-sends its unacknowledged results, and the tasks
+    /// it holds are not sent to it again when the executor dispatches them. Results are
+    /// acknowledged only after `keeper` has stored them.
+    pub fn durable(
+        executor: Executor,
+        config: AgentConfig,
+        session: u64,
+        keeper: Arc<dyn ResultKeeper>,
+    ) -> EndpointAgent {
+        EndpointAgent {
+            inner: Arc::new(Inner {
+                executor,
+                config,
+                session,
+                sessions: Mutex::new(HashMap::new()),
+                keeper: Some(keeper),
             }),
         }
     }
@@ -154,12 +216,12 @@ impl EndpointAgent {
             Err(_) => return warn!(%peer, "manager connection sent no hello in time; dropped"),
         };
         if session == Some(self.inner.session) {
-            let sessions = self.inner.sessions.lock();
-            let entry = sessions
-                .as_ref()
+            let entry = self
+                .inner
+                .sessions
+                .lock()
                 .ok()
                 .and_then(|s| s.get(&info.id).map(|e| e.input.clone()));
-            drop(sessions);
             if let Some(input) = entry {
                 info!(manager = %info.id, %peer, "manager reconnected");
                 if let Err(mpsc::error::SendError(Input::Reconnect { connection, .. })) =
@@ -170,8 +232,15 @@ impl EndpointAgent {
                 }
                 return;
             }
+            if self.inner.keeper.is_some() {
+                // A durable agent's session outlives this process: the manager held it with
+                // an earlier run (or its session here ended), and what it holds is known by
+                // durable ids. It resumes, holding `held`.
+                info!(manager = %info.id, %peer, held = held.len(), "manager resumed its session after a restart");
+                return self.register(info, connection, peer, Some(held)).await;
+            }
         }
-        self.register(info, connection, peer).await;
+        self.register(info, connection, peer, None).await;
     }
 
     fn welcome(&self, resumed: bool) -> ToManager {
@@ -183,11 +252,14 @@ impl EndpointAgent {
         }
     }
 
+    /// Registers a manager: a new session, or (`resumed`: what it holds) a durable session
+    /// that outlived the process.
     async fn register(
         &self,
         info: ManagerInfo,
         connection: Connection<ToManager, ToEndpoint>,
         peer: String,
+        resumed: Option<Vec<TaskId>>,
     ) {
         let (input, inputs) = mpsc::unbounded_channel();
         let worker = Box::new(RemoteManager {
@@ -210,7 +282,7 @@ impl EndpointAgent {
                 return;
             }
         };
-        if connection.send(self.welcome(false)).is_err() {
+        if connection.send(self.welcome(resumed.is_some())).is_err() {
             events.send(WorkerEvent::Lost(
                 "its connection closed during registration".into(),
             ));
@@ -222,12 +294,12 @@ impl EndpointAgent {
                 info.id,
                 SessionEntry {
                     info: info.clone(),
-                    input,
+                    input: input.clone(),
                 },
             );
         }
         let span = tracing::info_span!("manager", id = %info.id);
-        let session = Session::new(
+        let mut session = Session::new(
             info.id,
             self.inner.session,
             events,
@@ -235,6 +307,9 @@ impl EndpointAgent {
             connection,
             self.inner.config,
         );
+        if let Some(keeper) = &self.inner.keeper {
+            session.durable = Some(Durable::new(keeper.clone(), input, resumed));
+        }
         let agent = self.clone();
         tokio::spawn(
             async move {
@@ -281,6 +356,64 @@ struct Session {
     disconnected_at: Option<Instant>,
     /// The largest message the current (or last) connection carries.
     max_message_size: usize,
+    /// A durable agent's session: ids translated, results kept before they are acknowledged.
+    durable: Option<Durable>,
+}
+
+/// What a session of a durable agent adds: the manager sees every task under its durable id
+/// (its trace), and results are acknowledged once the keeper has stored them.
+///
+/// `in_flight`, `cancels` and the manager's `held` are then in durable ids; the executor's
+/// ids are translated on the way in and out.
+struct Durable {
+    /// Durable id → the executor's id, for tasks in flight.
+    local_of: IdMap<TaskId, TaskId>,
+    /// The executor's id → durable id, for tasks in flight.
+    durable_of: IdMap<TaskId, TaskId>,
+    /// Tasks the manager said it held when it resumed this session after a restart: when the
+    /// executor dispatches them, they are not sent again.
+    held: IdSet<TaskId>,
+    /// Results of held tasks that arrived before the executor dispatched those tasks here;
+    /// they complete them when it does.
+    early: IdMap<TaskId, WorkResult>,
+    /// Result batches on their way to the keeper; `Input::Kept` comes back for each.
+    keeping: mpsc::UnboundedSender<(u64, Vec<(u64, WorkResult)>)>,
+}
+
+impl Durable {
+    fn new(
+        keeper: Arc<dyn ResultKeeper>,
+        input: mpsc::UnboundedSender<Input>,
+        held: Option<Vec<TaskId>>,
+    ) -> Durable {
+        let (keeping, batches) = mpsc::unbounded_channel();
+        tokio::spawn(keep_results(keeper, batches, input));
+        Durable {
+            local_of: IdMap::default(),
+            durable_of: IdMap::default(),
+            held: held.unwrap_or_default().into_iter().collect(),
+            early: IdMap::default(),
+            keeping,
+        }
+    }
+}
+
+/// Hands result batches to the keeper in order, several at a time when they queue up (one
+/// store write for all of them), and reports each stored batch to its session.
+async fn keep_results(
+    keeper: Arc<dyn ResultKeeper>,
+    mut batches: mpsc::UnboundedReceiver<(u64, Vec<(u64, WorkResult)>)>,
+    session: mpsc::UnboundedSender<Input>,
+) {
+    let mut queued = Vec::new();
+    while batches.recv_many(&mut queued, 256).await > 0 {
+        let seq = queued.last().map_or(0, |(seq, _)| *seq);
+        let results = queued.drain(..).flat_map(|(_, results)| results).collect();
+        keeper.keep(results).await;
+        if session.send(Input::Kept { seq }).is_err() {
+            return;
+        }
+    }
 }
 
 impl Session {
@@ -306,6 +439,7 @@ impl Session {
             draining: false,
             last_heard: Instant::now(),
             disconnected_at: None,
+            durable: None,
         }
     }
 
@@ -321,6 +455,7 @@ impl Session {
                         break "stopped by the endpoint".to_string();
                     }
                     Some(Input::Reconnect { connection, held }) => self.resume(connection, held),
+                    Some(Input::Kept { seq }) => self.send(ToManager::Ack { seq }),
                 },
                 message = recv(&mut self.connection) => match message {
                     Some(Ok(message)) => {
@@ -374,6 +509,43 @@ impl Session {
     }
 
     fn forward(&mut self, message: ToWorker) {
+        let message = match (message, &mut self.durable) {
+            (ToWorker::Tasks(items), Some(durable)) => {
+                let mut send = Vec::with_capacity(items.len());
+                let mut done = Vec::new();
+                for mut item in items {
+                    let local = item.id;
+                    let id = item.trace.map_or(local, TaskId::from_u64);
+                    if let Some(mut result) = durable.early.remove(&id) {
+                        result.id = local;
+                        done.push(result);
+                        continue;
+                    }
+                    durable.local_of.insert(id, local);
+                    durable.durable_of.insert(local, id);
+                    item.id = id;
+                    if durable.held.remove(&id) {
+                        // The manager has it since before the restart: its result will come.
+                        self.in_flight.insert(id, item);
+                    } else {
+                        send.push(item);
+                    }
+                }
+                if !done.is_empty() {
+                    self.events.send(WorkerEvent::Results(done));
+                }
+                if send.is_empty() {
+                    return;
+                }
+                ToWorker::Tasks(send)
+            }
+            (ToWorker::Cancel(ids), Some(durable)) => ToWorker::Cancel(
+                ids.into_iter()
+                    .map(|id| durable.durable_of.get(&id).copied().unwrap_or(id))
+                    .collect(),
+            ),
+            (message, _) => message,
+        };
         match &message {
             ToWorker::Function { .. } => self.functions.push(message.clone()),
             ToWorker::Tasks(items) => {
@@ -401,8 +573,17 @@ impl Session {
                 .map(|item| {
                     let size = item_size(&item) as u64;
                     warn!(manager = %self.id, task = %item.id, size, limit, "arguments too large for the connection to the manager");
+                    // Reported to the executor under its own id.
+                    let id = match &mut self.durable {
+                        Some(durable) => {
+                            let local = durable.local_of.remove(&item.id).unwrap_or(item.id);
+                            durable.durable_of.remove(&local);
+                            local
+                        }
+                        None => item.id,
+                    };
                     funcx_core::worker::WorkResult {
-                        id: item.id,
+                        id,
                         duration: Duration::ZERO,
                         outcome: Err(funcx_core::TaskError::arguments_too_large(size, limit as u64)),
                     }
@@ -455,6 +636,10 @@ impl Session {
     /// Handles one message; `Some(reason)` ends the session (empty: a clean goodbye).
     fn on_message(&mut self, message: ToEndpoint) -> Option<String> {
         match message {
+            ToEndpoint::Results { seq, results } if self.durable.is_some() => {
+                self.on_durable_results(seq, results);
+                None
+            }
             ToEndpoint::Results { seq, mut results } => {
                 // A result re-sent after a reconnect, for a task already reported, is dropped.
                 results.retain(|result| {
@@ -479,6 +664,42 @@ impl Session {
                 self.disconnect();
                 None
             }
+        }
+    }
+
+    /// Results of a durable session: reported under the executor's ids, and acknowledged
+    /// once the keeper has stored them (`Input::Kept`).
+    fn on_durable_results(&mut self, seq: u64, results: Vec<WorkResult>) {
+        let Some(durable) = &mut self.durable else {
+            return;
+        };
+        let kept: Vec<(u64, WorkResult)> = results
+            .iter()
+            .map(|result| (result.id.as_u64(), result.clone()))
+            .collect();
+        let mut reported = Vec::with_capacity(results.len());
+        for mut result in results {
+            if !self.cancels.is_empty() {
+                self.cancels.remove(&result.id);
+            }
+            if self.in_flight.remove(&result.id).is_some() {
+                let local = durable.local_of.remove(&result.id).unwrap_or(result.id);
+                durable.durable_of.remove(&local);
+                result.id = local;
+                reported.push(result);
+            } else if durable.held.remove(&result.id) {
+                // Held since before the restart and not dispatched here yet.
+                durable.early.insert(result.id, result);
+            }
+            // Otherwise a duplicate of a result already reported: dropped.
+        }
+        if !reported.is_empty() {
+            self.events.send(WorkerEvent::Results(reported));
+        }
+        if durable.keeping.send((seq, kept)).is_err() {
+            // The keeper's task is gone (the runtime is stopping): nothing can be stored, so
+            // nothing is acknowledged, and the manager keeps the results.
+            debug!(manager = %self.id, seq, "results not kept: the keeper stopped");
         }
     }
 

@@ -13,7 +13,7 @@ mod manager;
 pub mod messages;
 mod runner;
 
-pub use endpoint::{AgentConfig, EndpointAgent};
+pub use endpoint::{AgentConfig, EndpointAgent, ResultKeeper};
 pub use manager::{run_manager, Dial, ManagerConfig, ManagerExit, TcpDial};
 pub use messages::{ManagerId, ManagerInfo, ToEndpoint, ToManager};
 pub use runner::{EchoRunner, ExecutorRunner, Runner};
