@@ -2,7 +2,7 @@
 //! per node, scaled by the elastic strategy.
 //!
 //! ```text
-//! bash ../shared/infra/slurm-up.sh        # a one-node Slurm on this machine, if you have none
+//! bash scripts/infra/slurm-up.sh        # a one-node Slurm on this machine, if you have none
 //! cargo run --release --example slurm
 //! ```
 //!

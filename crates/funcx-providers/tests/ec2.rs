@@ -1,5 +1,5 @@
 //! The EC2 provider against moto, the EC2 API emulator on 127.0.0.1
-//! (`bash ../shared/infra/moto-up.sh`). Nothing boots there: instances are records and their
+//! (`bash scripts/infra/moto-up.sh`). Nothing boots there: instances are records and their
 //! user data is stored, so these tests check what EC2 was asked for, through the `aws` CLI
 //! rather than through the provider's own code.
 #![cfg(feature = "ec2")]
@@ -30,7 +30,7 @@ fn require_moto() {
     let address = SocketAddr::from(([127, 0, 0, 1], moto_port()));
     if TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_err() {
         panic!(
-            "the EC2 emulator is not running on {address}: run bash ../shared/infra/moto-up.sh \
+            "the EC2 emulator is not running on {address}: run bash scripts/infra/moto-up.sh \
              first"
         );
     }

@@ -1,5 +1,5 @@
 //! The Grid Engine provider against a real Son of Grid Engine on this machine
-//! (`bash ../shared/infra/sge-up.sh` brings it up; CI runs it before the tests), and an
+//! (`bash scripts/infra/sge-up.sh` brings it up; CI runs it before the tests), and an
 //! endpoint whose block is a real Grid Engine job running a real `funcx-manager`.
 #![cfg(unix)]
 
@@ -31,7 +31,7 @@ fn provider(dir: &Path) -> GridEngineProvider {
     let qsub = Path::new(SGE_BIN).join("qsub");
     assert!(
         qsub.exists(),
-        "Grid Engine is not running here: run bash ../shared/infra/sge-up.sh first \
+        "Grid Engine is not running here: run bash scripts/infra/sge-up.sh first \
          ({} is missing)",
         qsub.display()
     );
@@ -178,7 +178,7 @@ async fn an_unknown_queue_is_a_clear_submit_error() {
     let qsub = Path::new(SGE_BIN).join("qsub");
     assert!(
         qsub.exists(),
-        "Grid Engine is not running here: run bash ../shared/infra/sge-up.sh first"
+        "Grid Engine is not running here: run bash scripts/infra/sge-up.sh first"
     );
     let provider = GridEngineProvider::new(
         GridEngineConfig::new()

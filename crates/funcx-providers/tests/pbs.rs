@@ -1,8 +1,8 @@
 //! The PBS provider (Torque flavour) against Slurm's PBS wrappers (`qsub`, `qstat`, `qdel`
-//! in /opt/slurm-torque/bin, from `bash ../shared/infra/pbs-slurm-up.sh`; the project's
+//! in /opt/slurm-torque/bin, from `bash scripts/infra/pbs-slurm-up.sh`; the project's
 //! `scripts/test` runs it first).
 //!
-//! No PBS server can be obtained on this machine (see shared/infra/README.md), so this is
+//! No PBS server can be obtained on this machine (see scripts/infra/README.md), so this is
 //! PBS *syntax* over Slurm's scheduler: it proves the commands, the id handling and the
 //! text `qstat -f` parsing on real output (`job_state = R`, then `C`), not PBS's semantics.
 //! The wrappers print no `exit_status`, so how a job ended is only unit-tested, on
@@ -26,7 +26,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 fn require_pbs() {
     assert!(
         Path::new(BIN).join("qsub").is_file() && Path::new(BIN).join("sbatch").exists(),
-        "the PBS wrappers are not installed here: run bash ../shared/infra/pbs-slurm-up.sh first"
+        "the PBS wrappers are not installed here: run bash scripts/infra/pbs-slurm-up.sh first"
     );
 }
 

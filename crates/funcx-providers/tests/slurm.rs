@@ -1,4 +1,4 @@
-//! The Slurm provider against a real Slurm (`bash ../shared/infra/slurm-up.sh`; the
+//! The Slurm provider against a real Slurm (`bash scripts/infra/slurm-up.sh`; the
 //! project's `scripts/test` runs it first): real `sbatch`, `squeue`, `scancel`, and an
 //! endpoint whose blocks are real Slurm jobs running real `funcx-manager` processes.
 //!
@@ -39,7 +39,7 @@ fn require_slurm() {
         .unwrap_or(false);
     assert!(
         found,
-        "Slurm is not running here: run bash ../shared/infra/slurm-up.sh first"
+        "Slurm is not running here: run bash scripts/infra/slurm-up.sh first"
     );
 }
 
