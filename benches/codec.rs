@@ -62,7 +62,7 @@ impl WorkerRuntime for EchoRuntime {
                         events.send(WorkerEvent::Results(results));
                     }
                     ToWorker::Shutdown => break,
-                    ToWorker::Function { .. } | ToWorker::Cancel(_) => {}
+                    ToWorker::Function { .. } | ToWorker::Cancel(_) | ToWorker::Return(_) => {}
                 }
             }
             events.send(WorkerEvent::Exited(funcx::WorkerExit::Code(0)));

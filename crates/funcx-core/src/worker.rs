@@ -77,6 +77,11 @@ pub enum ToWorker {
     Cancel(Vec<TaskId>),
     /// Finish the tasks received so far, then exit.
     Shutdown,
+    /// Give these tasks back if they have not started: each one skipped comes back as a
+    /// cancelled result, which confirms it did not run and will not; one that has started
+    /// runs to its end and reports its real result. Never interrupts a running task. The
+    /// dispatcher sends it to move prefetched work from a busy worker to an idle one.
+    Return(Vec<TaskId>),
 }
 
 /// One finished task as a worker reports it.

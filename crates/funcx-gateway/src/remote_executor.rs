@@ -560,6 +560,8 @@ impl Driver {
             }
             ToWorker::Tasks(items) => self.pending.extend(items),
             ToWorker::Cancel(ids) => self.cancel(ids),
+            // The gateway's tasks cannot be taken back; they finish where they are.
+            ToWorker::Return(_) => {}
             ToWorker::Shutdown => self.draining = true,
         }
     }

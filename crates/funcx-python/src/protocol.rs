@@ -479,7 +479,9 @@ impl Encoder {
                 self.put_payload(&body);
             }
             ToWorker::Tasks(items) => self.tasks(items),
-            ToWorker::Cancel(ids) => {
+            // A worker skips a task named in a CANCEL frame if it has not started it, and
+            // says so with a cancelled result: exactly what giving it back means.
+            ToWorker::Cancel(ids) | ToWorker::Return(ids) => {
                 // Bounded so that body_len fits in u32.
                 for ids in ids.chunks((MAX_BODY - 4) / 8) {
                     self.header(4 + 8 * ids.len(), to_worker::CANCEL);

@@ -227,6 +227,8 @@ class Worker:
         self.functions = {}
         self.failed = {}
         self.cancelled = set()
+        # Cancelled ids already answered (by look_ahead): skipped without a second result.
+        self.answered = set()
         # Pending RESULTS frame; its 9-byte header is filled in when flushed.
         self.out = bytearray(9)
         self.count = 0
@@ -311,22 +313,32 @@ class Worker:
         self.end = have
 
     def look_ahead(self):
-        """Reads what the pipe has without blocking and notes the task ids of
-        CANCEL frames, so queued tasks can be skipped before they start."""
+        """Between tasks: reads what the pipe has without blocking and answers
+        CANCEL frames at once. Every task a CANCEL names came before it on the pipe,
+        so it has either run (its result is flushed here first, and a second, stray
+        answer is ignored by the Rust side) or not started: then it is reported
+        cancelled now and skipped silently when reached, which frees it to run on
+        another worker without waiting for the tasks ahead of it here."""
         self.flush()
         self.last_poll = perf_counter_ns()
         self.read_some(False)
         view = self.view
         scan, end = self.scan, self.end
+        cancelled = self.cancelled
         while end - scan >= 5:
             body_len, kind = FRAME_HDR.unpack_from(view, scan)
             frame_end = scan + 5 + body_len
             if frame_end > end:
                 break
             if kind == K_CANCEL:
-                self.cancelled.update(self.cancel_ids(scan + 5, frame_end))
+                for task_id in self.cancel_ids(scan + 5, frame_end):
+                    if task_id not in cancelled:
+                        cancelled.add(task_id)
+                        self.answered.add(task_id)
+                        self.add_result(task_id, S_CANCELLED, 0, b"")
             scan = frame_end
         self.scan = scan
+        self.flush()
 
     def cancel_ids(self, off, end):
         view = self.view
@@ -360,7 +372,9 @@ class Worker:
                 elif kind == K_CANCEL:
                     # Every task this frame names was received before it and has
                     # been handled by now: forget the ids.
-                    self.cancelled.difference_update(self.cancel_ids(pos + 5, frame_end))
+                    ids = self.cancel_ids(pos + 5, frame_end)
+                    self.cancelled.difference_update(ids)
+                    self.answered.difference_update(ids)
                 elif kind == K_SHUTDOWN:
                     self.flush()
                     return
@@ -458,9 +472,12 @@ class Worker:
                 self.look_ahead()
             if cancelled and task_id in cancelled:
                 cancelled.discard(task_id)
-                self.add_result(task_id, S_CANCELLED, 0, b"")
-                if isolate:
-                    self.flush()
+                if task_id in self.answered:
+                    self.answered.discard(task_id)
+                else:
+                    self.add_result(task_id, S_CANCELLED, 0, b"")
+                    if isolate:
+                        self.flush()
                 continue
             if isolate:
                 write_all(self.fd_out, STARTED.pack(8, K_STARTED, task_id))

@@ -647,3 +647,73 @@ async fn arguments_over_the_limit_fail_alone_before_they_are_sent() {
         }
     }
 }
+
+/// Logs one line per execution, so tests count runs rather than handles. Task -1 only
+/// teaches the endpoint that the function is instant.
+const LOGGED: &str = "import os, time\n\ndef logged(log, i, pause):\n    if i < 0:\n        return (i, os.getppid())\n    time.sleep(pause)\n    with open(log, 'a') as f:\n        f.write('%d\\n' % i)\n    return (i, os.getppid())\n";
+
+/// Work prefetched by one manager moves to another that is idle; the manager gives back
+/// only tasks it has not started, so each still runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_manager_takes_work_waiting_at_a_busy_one_and_nothing_runs_twice() {
+    let endpoint = endpoint(0, Duration::from_secs(10)).await;
+    let _a = Manager::start(endpoint.address, 1);
+    let _b = Manager::start(endpoint.address, 1);
+    managers(&endpoint.executor, 2).await;
+    let log = std::env::temp_dir().join(format!("funcx-steal-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let log_text = log.to_string_lossy().into_owned();
+    let f = Function::from_source(LOGGED, "logged");
+    let learn = endpoint
+        .executor
+        .submit_batch(&f, (0..2).map(|_| (log_text.clone(), -1_i64, 0.0)));
+    for handle in learn {
+        within(
+            "an instant call",
+            Duration::from_secs(20),
+            handle.result::<(i64, u32)>(),
+        )
+        .await
+        .expect("an instant call");
+    }
+
+    let pauses: Vec<f64> = [0.3; 6].into_iter().chain([0.01; 6]).collect();
+    let handles = endpoint.executor.submit_batch(
+        &f,
+        pauses
+            .iter()
+            .enumerate()
+            .map(|(i, &pause)| (log_text.clone(), i as i64, pause)),
+    );
+    let mut ran_on = Vec::new();
+    for handle in handles {
+        let report = within("a task", Duration::from_secs(30), handle.report()).await;
+        assert_eq!(report.status.attempts, 1, "moving a task is not an attempt");
+        let (i, manager): (i64, u32) = report.result.expect("a task").decode().expect("(i, pid)");
+        ran_on.push((i, manager));
+    }
+    // One task to each manager (0 and 1), then the rest dealt in halves: 2..=6 behind task
+    // 0, 7..=11 behind task 1. Without stealing, 2..=6 all run where 2 does.
+    let first = ran_on[2].1;
+    assert_eq!(
+        ran_on[0].1, first,
+        "tasks 0 and 2 were dealt to one manager: {ran_on:?}"
+    );
+    assert!(
+        ran_on[3..=6].iter().any(|(_, pid)| *pid != first),
+        "some of the work waiting at the busy manager moved to the idle one: {ran_on:?}"
+    );
+    let text = std::fs::read_to_string(&log).expect("the log");
+    let mut counts = std::collections::HashMap::new();
+    for line in text.lines() {
+        *counts.entry(line.to_owned()).or_insert(0) += 1;
+    }
+    for i in 0..12 {
+        assert_eq!(
+            counts.get(&i.to_string()),
+            Some(&1),
+            "task {i} ran once: {counts:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&log);
+}

@@ -96,6 +96,7 @@ pub(crate) enum Command {
     Submit(Submission),
     SubmitMany(Vec<Submission>),
     Cancel(TaskId),
+    Withdraw(Vec<TaskId>),
     Status(TaskId, oneshot::Sender<Option<TaskStatus>>),
     Stats(oneshot::Sender<EndpointStats>),
     Ready(oneshot::Sender<Result<(), TaskError>>),

@@ -29,6 +29,14 @@ impl Estimate {
         self.mean_ns.unwrap_or(TARGET_QUEUED_NS)
     }
 
+    /// Raises the estimate to `ran_ns`, the time a task of the function has been running
+    /// and not yet finished: such a task proves the function can take that long.
+    pub(crate) fn at_least(&mut self, ran_ns: u64) {
+        if self.mean_ns.is_some_and(|mean| mean < ran_ns) {
+            self.mean_ns = Some(ran_ns);
+        }
+    }
+
     pub(crate) fn record(&mut self, duration: Duration) {
         let sample = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
         self.mean_ns = Some(match self.mean_ns {

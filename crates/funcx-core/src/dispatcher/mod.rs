@@ -28,7 +28,7 @@ use crate::ids::IdMap;
 pub(crate) use command::{Command, Outcome, Reply, Submission};
 pub use command::{EndpointStats, PoolStatus};
 use estimate::{Estimate, ISOLATE_AT_NS, TARGET_QUEUED_NS};
-use slot::{KillReason, Phase, Running, Slot};
+use slot::{Held, KillReason, Phase, Running, Slot};
 
 use crate::worker::{
     FunctionKey, SpawnError, ToWorker, WorkItem, WorkResult, Worker, WorkerEvent, WorkerEvents,
@@ -50,6 +50,11 @@ const MAX_DISRUPTIONS: u32 = 3;
 /// Messages handled per wake-up before dispatching, so results keep flowing under a flood of
 /// submissions.
 const BURST: usize = 4096;
+/// Unstarted work worth moving to an idle worker: a round trip to ask for it back costs
+/// about a tenth of this.
+const STEAL_MIN_NS: u64 = 1_000_000;
+/// Rounds of dealing queued tasks out per dispatch; the first usually places everything.
+const DEAL_ROUNDS: usize = 4;
 
 /// How the dispatcher runs its workers.
 #[derive(Debug, Clone)]
@@ -78,6 +83,9 @@ struct TaskRecord {
     isolate: bool,
     /// The estimate charged to the worker holding the task.
     charged_ns: u64,
+    /// Asked back from its worker to run on an idle one: a cancelled result for it means
+    /// the worker skipped it, and it goes back to the queue.
+    stolen: bool,
     /// The task's span: every log line about it is inside, from queue to outcome. Disabled
     /// (and free) unless `funcx_core` logs at debug level.
     span: tracing::Span,
@@ -150,6 +158,10 @@ pub(crate) struct Dispatcher {
     tasks: IdMap<TaskId, Box<TaskRecord>>,
     queue: VecDeque<TaskId>,
 
+    /// When to look again for work to move to an idle worker: when a busy worker's task
+    /// will have overrun its estimate.
+    balance_at: Option<Instant>,
+
     /// Why the last worker failed to start, while no worker is ready.
     broken: Option<String>,
     ready_waiters: Vec<oneshot::Sender<Result<(), TaskError>>>,
@@ -184,6 +196,7 @@ impl Dispatcher {
             function_table: Vec::new(),
             tasks: IdMap::default(),
             queue: VecDeque::new(),
+            balance_at: None,
             broken: None,
             ready_waiters: Vec::new(),
             stop: None,
@@ -297,6 +310,7 @@ impl Dispatcher {
                 }
             }
             Command::Cancel(id) => self.cancel(id),
+            Command::Withdraw(ids) => self.withdraw(ids),
             Command::Status(id, reply) => {
                 let _ = reply.send(self.tasks.get(&id).map(|record| record.status()));
             }
@@ -352,6 +366,7 @@ impl Dispatcher {
             disruptions: 0,
             isolate: false,
             charged_ns: 0,
+            stolen: false,
             span: tracing::debug_span!("task", %id, trace, function = function.name()),
             trace,
         };
@@ -411,6 +426,38 @@ impl Dispatcher {
             // finds it cancelled and the worker is killed then.
             worker.send(ToWorker::Cancel(vec![id]));
             debug!(task = %id, worker = %slot.id, "cancelled before it started");
+        }
+    }
+
+    /// Takes back the tasks among `ids` that have not started (see [`crate::Executor::withdraw`]):
+    /// queued ones at once; ones on a worker by asking it, whose answer (a cancelled result,
+    /// or the real one if it had started) settles each.
+    fn withdraw(&mut self, ids: Vec<TaskId>) {
+        let mut asked = Vec::new();
+        for id in ids {
+            let Some(record) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            if record.state == TaskState::Queued {
+                record.finish(Err(TaskError::cancelled()));
+                self.tasks.remove(&id); // Its queue entry is skipped when reached.
+            } else {
+                asked.push(id);
+            }
+        }
+        if asked.is_empty() {
+            return;
+        }
+        for slot in &mut self.slots {
+            let held: Vec<TaskId> = asked
+                .iter()
+                .copied()
+                .filter(|id| slot.in_flight.contains(*id))
+                .filter(|id| !slot.running.is_some_and(|running| running.task == *id))
+                .collect();
+            if let Some(worker) = slot.worker.as_mut().filter(|_| !held.is_empty()) {
+                worker.send(ToWorker::Return(held));
+            }
         }
     }
 
@@ -478,6 +525,7 @@ impl Dispatcher {
                 None => {
                     record.state = TaskState::Queued;
                     record.charged_ns = 0;
+                    record.stolen = false;
                     self.queue.push_front(id);
                 }
             }
@@ -671,6 +719,8 @@ impl Dispatcher {
     fn on_results(&mut self, index: usize, results: Vec<WorkResult>) {
         let now = SystemTime::now();
         let slot = &mut self.slots[index];
+        // The worker moved on: what it holds next starts about now.
+        slot.head_since = Instant::now();
         for result in results {
             if !slot.in_flight.remove(result.id) {
                 // A duplicate (a manager re-sending after a reconnect) or a stray.
@@ -688,6 +738,21 @@ impl Dispatcher {
             };
             slot.in_flight_ns = slot.in_flight_ns.saturating_sub(record.charged_ns);
             slot.in_flight_bytes = slot.in_flight_bytes.saturating_sub(record.bytes);
+            if record.stolen
+                && record.reply.is_some()
+                && result.outcome.as_ref().is_err_and(TaskError::is_cancelled)
+            {
+                // Given back unstarted: it runs on the worker that wanted work. Not an
+                // attempt, and not charged anything.
+                debug!(parent: &record.span, worker = %slot.id, "given back; queued again");
+                record.stolen = false;
+                record.state = TaskState::Queued;
+                record.charged_ns = 0;
+                record.attempts = record.attempts.saturating_sub(1);
+                self.tasks.insert(result.id, record);
+                self.queue.push_front(result.id);
+                continue;
+            }
             let measured = match &result.outcome {
                 Ok(_) => true,
                 Err(error) => error.is_python(),
@@ -781,6 +846,7 @@ impl Dispatcher {
                 None => {
                     record.state = TaskState::Queued;
                     record.charged_ns = 0;
+                    record.stolen = false;
                     self.queue.push_front(*id);
                 }
             }
@@ -805,11 +871,18 @@ impl Dispatcher {
             .filter_map(|slot| slot.running.and_then(|running| running.deadline))
             .map(|(at, _)| at)
             .chain(self.stop_deadline)
+            .chain(self.balance_at)
             .min()
     }
 
     fn on_deadlines(&mut self) {
         let now = Instant::now();
+        if self.balance_at.is_some_and(|at| at <= now) {
+            self.balance_at = None;
+            if self.queue.is_empty() {
+                self.balance(now);
+            }
+        }
         for slot in &mut self.slots {
             let Some(running) = slot.running else {
                 continue;
@@ -834,33 +907,176 @@ impl Dispatcher {
 
     // ---- dispatch ----------------------------------------------------------------------
 
-    /// Hands queued tasks to ready workers, one batch per worker, while they have capacity.
+    /// Hands queued tasks to ready workers while they have capacity: first one task to each
+    /// idle worker everywhere, then more to each by its estimated work. With the queue empty,
+    /// moves prefetched tasks from busy workers to idle ones.
     fn dispatch(&mut self) {
+        if !self.queue.is_empty() {
+            let count = self.slots.len();
+            let now = SystemTime::now();
+            // One task for each idle worker first, wherever it is.
+            for offset in 0..count {
+                let index = (self.round_robin + offset) % count;
+                let slot = &self.slots[index];
+                let idle = slot.size().saturating_sub(slot.in_flight.len());
+                self.fill(index, now, idle);
+                if self.queue.is_empty() {
+                    break;
+                }
+            }
+            // Then the rest dealt out in fair shares, so that one worker does not prefetch
+            // what another could start, whatever the estimates say.
+            for _ in 0..DEAL_ROUNDS {
+                let takers: usize = self
+                    .slots
+                    .iter()
+                    .filter(|slot| slot.takes_work())
+                    .map(Slot::size)
+                    .sum();
+                let before = self.queue.len();
+                if takers == 0 || before == 0 {
+                    break;
+                }
+                let share = before.div_ceil(takers);
+                for offset in 0..count {
+                    let index = (self.round_robin + offset) % count;
+                    let most = share.saturating_mul(self.slots[index].size());
+                    self.fill(index, now, most);
+                    if self.queue.is_empty() {
+                        break;
+                    }
+                }
+                if self.queue.len() == before {
+                    break; // Every worker holds all its estimate allows.
+                }
+            }
+            self.round_robin = self.round_robin.wrapping_add(1);
+        }
         if self.queue.is_empty() {
+            self.balance(Instant::now());
+        }
+    }
+
+    /// Work stealing: while some worker is idle and nothing is queued, asks busy workers to
+    /// give back half of the tasks they hold and have not started. A worker confirms each
+    /// one it skips with a cancelled result, and only then is the task queued again (see
+    /// `on_results`), so nothing runs twice because it moved. Also corrects estimates from
+    /// tasks that run longer than their function's estimate says.
+    ///
+    /// Costs one pass over the slots, and only when the queue is empty.
+    fn balance(&mut self, now: Instant) {
+        self.balance_at = None;
+        let mut idle: usize = self
+            .slots
+            .iter()
+            .filter(|slot| slot.takes_work())
+            .map(|slot| slot.size().saturating_sub(slot.in_flight.len()))
+            .sum();
+        if idle == 0 {
             return;
         }
-        let count = self.slots.len();
-        let now = SystemTime::now();
-        for offset in 0..count {
-            let index = (self.round_robin + offset) % count;
-            self.fill(index, now);
-            if self.queue.is_empty() {
+        for index in 0..self.slots.len() {
+            let slot = &self.slots[index];
+            if slot.worker.is_none() || slot.kill.is_some() || slot.in_flight.len() <= slot.size() {
+                continue;
+            }
+            let head = match &slot.in_flight {
+                Held::Ordered(held) => held.front().and_then(|id| self.tasks.get(id)),
+                Held::Unordered(_) => None,
+            };
+            let head_ns = head.map_or(0, |record| record.charged_ns);
+            let ran_ns = u64::try_from(now.saturating_duration_since(slot.head_since).as_nanos())
+                .unwrap_or(u64::MAX);
+            if let Some(record) = head {
+                // The running task has taken longer than its function is thought to take:
+                // the estimate is wrong for these inputs, so raise it now rather than after
+                // the task ends.
+                let key = record.key.0 as usize;
+                self.function_table[key].1.at_least(ran_ns);
+            }
+            // What waits behind the head, by what is known now (estimates may have grown
+            // since the tasks were sent).
+            let waiting_ns: u64 = match &slot.in_flight {
+                Held::Ordered(held) => held
+                    .iter()
+                    .skip(1)
+                    .filter_map(|id| self.tasks.get(id))
+                    .map(|record| self.function_table[record.key.0 as usize].1.nanos())
+                    .fold(0, u64::saturating_add),
+                Held::Unordered(_) => slot.in_flight_ns,
+            };
+            let overrun_at = head_ns.saturating_mul(2).saturating_add(STEAL_MIN_NS);
+            if waiting_ns < STEAL_MIN_NS && ran_ns < overrun_at {
+                // Not worth a round trip yet; look again when the head will have overrun.
+                let at = now + Duration::from_nanos(overrun_at - ran_ns);
+                self.balance_at = Some(self.balance_at.map_or(at, |old| old.min(at)));
+                continue;
+            }
+            let taken = self.steal_from(index, idle);
+            idle = idle.saturating_sub(taken);
+            if idle == 0 {
                 break;
             }
         }
-        self.round_robin = self.round_robin.wrapping_add(1);
     }
 
-    fn fill(&mut self, index: usize, now: SystemTime) {
+    /// Asks slot `index` to give back up to half of its unstarted tasks (at most `wanted`,
+    /// at least one); returns how many were asked for.
+    fn steal_from(&mut self, index: usize, wanted: usize) -> usize {
+        let slot = &mut self.slots[index];
+        let size = slot.size();
+        let candidates: Vec<TaskId> = match &slot.in_flight {
+            // The first is running or about to; the rest wait behind it.
+            Held::Ordered(held) => held.iter().skip(1).rev().copied().collect(),
+            // A pool runs `size` at once; which ones, only the manager knows: it gives back
+            // those it has not started.
+            Held::Unordered(held) => held.iter().copied().collect(),
+        };
+        let unstarted = slot.in_flight.len().saturating_sub(size);
+        let take = unstarted.div_ceil(2).min(wanted.max(1));
+        let mut asked = Vec::with_capacity(take);
+        for id in candidates {
+            if asked.len() == take {
+                break;
+            }
+            if let Some(record) = self.tasks.get_mut(&id) {
+                if !record.stolen && record.reply.is_some() && record.state == TaskState::Dispatched
+                {
+                    record.stolen = true;
+                    asked.push(id);
+                }
+            }
+        }
+        if asked.is_empty() {
+            return 0;
+        }
+        debug!(worker = %slot.id, tasks = asked.len(), "asking a busy worker to give back tasks for an idle one");
+        let count = asked.len();
+        if let Some(worker) = slot.worker.as_mut() {
+            worker.send(ToWorker::Return(asked));
+        }
+        count
+    }
+
+    /// Gives slot `index` up to `most` queued tasks, as many as its workers' capacity
+    /// allows: one per idle worker always, more while their estimated work stays under
+    /// [`TARGET_QUEUED_NS`] each.
+    fn fill(&mut self, index: usize, now: SystemTime, most: usize) {
         let slot = &mut self.slots[index];
         // A worker being killed would only hand its new tasks back.
-        if slot.phase != Phase::Ready || slot.worker.is_none() || slot.kill.is_some() {
+        if !slot.takes_work() || most == 0 {
             return;
         }
         let size = slot.size();
+        if slot.in_flight.is_empty() {
+            slot.head_since = Instant::now();
+        }
         let mut functions = Vec::new();
         let mut batch = Vec::new();
         while let Some(&id) = self.queue.front() {
+            if batch.len() == most {
+                break;
+            }
             let Some(record) = self.tasks.get_mut(&id) else {
                 self.queue.pop_front(); // cancelled while queued
                 continue;

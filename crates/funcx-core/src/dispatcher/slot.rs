@@ -125,6 +125,9 @@ pub(super) struct Slot {
     pub(super) in_flight: Held,
     pub(super) in_flight_ns: u64,
     pub(super) in_flight_bytes: usize,
+    /// Since when the task at the head of the worker's line has been its current one: when
+    /// it was sent to an idle worker or when the worker's last results came in.
+    pub(super) head_since: Instant,
     known_functions: Vec<bool>,
     pub(super) running: Option<Running>,
     pub(super) kill: Option<KillReason>,
@@ -143,6 +146,7 @@ impl Slot {
             in_flight: Held::Ordered(VecDeque::new()),
             in_flight_ns: 0,
             in_flight_bytes: 0,
+            head_since: Instant::now(),
             known_functions: Vec::new(),
             running: None,
             kill: None,
@@ -169,6 +173,11 @@ impl Slot {
         });
         slot.in_flight = Held::Unordered(IdSet::default());
         slot
+    }
+
+    /// Whether it can be given tasks now.
+    pub(super) fn takes_work(&self) -> bool {
+        self.phase == Phase::Ready && self.worker.is_some() && self.kill.is_none()
     }
 
     /// How many tasks the worker runs at once.

@@ -287,6 +287,17 @@ impl Executor {
         self.send(Command::Cancel(id));
     }
 
+    /// Takes tasks back if they have not started, without interrupting any that have: each
+    /// one that did not run, and now never will, resolves as cancelled
+    /// ([`TaskError::is_cancelled`]); one already running finishes and reports its real
+    /// result. A relay (a remote manager) uses it to give prefetched work back to its
+    /// endpoint, which then runs it elsewhere with no risk of running it twice.
+    pub fn withdraw(&self, ids: Vec<TaskId>) {
+        if !ids.is_empty() {
+            self.send(Command::Withdraw(ids));
+        }
+    }
+
     /// The state and timeline of task `id`, or `None` once it has finished (its handle has
     /// the outcome) or if it is unknown. A task cancelled while on a worker shows as
     /// `Failed` until that worker has let go of it.

@@ -444,7 +444,7 @@ impl Inbox {
                 self.functions.insert(key, function.name().to_owned());
             }
             ToWorker::Tasks(items) => self.pending.extend(items),
-            ToWorker::Cancel(ids) => self.cancelled.extend(ids),
+            ToWorker::Cancel(ids) | ToWorker::Return(ids) => self.cancelled.extend(ids),
             ToWorker::Shutdown => self.shutdown = true,
         }
     }

@@ -557,6 +557,8 @@ impl Session {
             }
             ToWorker::Cancel(ids) => self.cancels.extend(ids.iter().copied()),
             ToWorker::Shutdown => self.draining = true,
+            // Lost with a connection, it is harmless: the tasks then simply run there.
+            ToWorker::Return(_) => {}
         }
         self.send(ToManager::Work(message));
     }

@@ -256,6 +256,7 @@ impl State {
                             ToManager::Work(ToWorker::Function { key, function }) => runner.define(key, function),
                             ToManager::Work(ToWorker::Tasks(items)) => runner.run(items),
                             ToManager::Work(ToWorker::Cancel(ids)) => runner.cancel(ids),
+                            ToManager::Work(ToWorker::Return(ids)) => runner.give_back(ids),
                             ToManager::Work(ToWorker::Shutdown) => {
                                 info!("the endpoint asked this manager to drain");
                                 self.draining = true;

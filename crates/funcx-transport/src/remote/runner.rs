@@ -25,6 +25,15 @@ pub trait Runner: Send + 'static {
     /// Cancels tasks; each still reports a (cancelled) result.
     fn cancel(&mut self, ids: Vec<TaskId>);
 
+    /// Gives back the tasks among `ids` that have not started, reporting each one given back
+    /// as a cancelled result (the endpoint then runs it elsewhere); a task that has started
+    /// runs to its end. Must never report a task as cancelled if it may still run.
+    ///
+    /// By default nothing is given back, which is always safe: the tasks finish here.
+    fn give_back(&mut self, ids: Vec<TaskId>) {
+        let _ = ids;
+    }
+
     /// Cancels and forgets everything: the endpoint that sent it is gone.
     fn reset(&mut self);
 
@@ -119,6 +128,14 @@ impl Runner for ExecutorRunner {
                 self.executor.cancel(*local);
             }
         }
+    }
+
+    fn give_back(&mut self, ids: Vec<TaskId>) {
+        let local = ids
+            .iter()
+            .filter_map(|id| self.local.get(id).copied())
+            .collect();
+        self.executor.withdraw(local);
     }
 
     fn reset(&mut self) {
