@@ -17,6 +17,25 @@ const LOGGED: &str = "import os, time\n\ndef logged(log, i, pause):\n    if i < 
 /// `LOGGED`, and task 0 leaves a `.started` marker beside the log when it starts.
 const STAGED: &str = "import os, time\n\ndef logged(log, i, pause):\n    if i < 0:\n        return (i, os.getpid())\n    if i == 0:\n        open(log[:-4] + '.started', 'w').close()\n    time.sleep(pause)\n    with open(log, 'a') as f:\n        f.write('%d\\n' % i)\n    return (i, os.getpid())\n";
 
+/// One call of `f` as task -1, so the endpoint learns that `f` is instant.
+async fn learn_instant(executor: &funcx::Executor, f: &Function, log: &str) {
+    let (_, _): (i64, u32) = within(
+        common::HANG,
+        executor.submit(f, (log.to_owned(), -1_i64, 0.0)).result(),
+    )
+    .await
+    .expect("a first, instant call");
+}
+
+/// Asserts that each task in `tasks` ran exactly once, by the log, and removes the log.
+fn assert_ran_once(log: &Path, tasks: std::ops::Range<i64>) {
+    let counts = executions(log);
+    for i in tasks {
+        assert_eq!(counts.get(&i), Some(&1), "task {i} ran once: {counts:?}");
+    }
+    let _ = std::fs::remove_file(log);
+}
+
 /// How many times each task number ran, from the log.
 fn executions(log: &Path) -> HashMap<i64, usize> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -37,14 +56,7 @@ async fn work_is_spread_over_idle_workers_when_estimates_say_it_is_instant() {
     let log = unique_path("spread").with_extension("log");
     let log_text = log.to_string_lossy().into_owned();
     let f = Function::from_source(LOGGED, "logged");
-    let (_, _): (i64, u32) = within(
-        common::HANG,
-        executor
-            .submit(&f, (log_text.clone(), -1_i64, 0.0))
-            .result(),
-    )
-    .await
-    .expect("a first, instant call");
+    learn_instant(&executor, &f, &log_text).await;
 
     let handles = executor.submit_batch(&f, (0..4_i64).map(|i| (log_text.clone(), i, 0.3)));
     let mut per_worker: HashMap<u32, usize> = HashMap::new();
@@ -63,11 +75,7 @@ async fn work_is_spread_over_idle_workers_when_estimates_say_it_is_instant() {
         per_worker.values().all(|&n| n == 2),
         "two each: {per_worker:?}"
     );
-    let counts = executions(&log);
-    for i in 0..4 {
-        assert_eq!(counts.get(&i), Some(&1), "task {i} ran once: {counts:?}");
-    }
-    let _ = std::fs::remove_file(&log);
+    assert_ran_once(&log, 0..4);
 }
 
 /// Six slow tasks then six quick ones, on two workers, the function learned as instant:
@@ -80,14 +88,7 @@ async fn an_idle_worker_takes_work_waiting_on_a_busy_one_and_nothing_runs_twice(
     let log = unique_path("steal").with_extension("log");
     let log_text = log.to_string_lossy().into_owned();
     let f = Function::from_source(LOGGED, "logged");
-    let (_, _): (i64, u32) = within(
-        common::HANG,
-        executor
-            .submit(&f, (log_text.clone(), -1_i64, 0.0))
-            .result(),
-    )
-    .await
-    .expect("a first, instant call");
+    learn_instant(&executor, &f, &log_text).await;
 
     let pauses: Vec<f64> = [0.3; 6].into_iter().chain([0.01; 6]).collect();
     let handles = executor.submit_batch(
@@ -117,11 +118,7 @@ async fn an_idle_worker_takes_work_waiting_on_a_busy_one_and_nothing_runs_twice(
         ran_on[3..=6].iter().any(|(_, pid)| *pid != first),
         "some of the work waiting behind the slow tasks moved to the idle worker: {ran_on:?}"
     );
-    let counts = executions(&log);
-    for i in 0..12 {
-        assert_eq!(counts.get(&i), Some(&1), "task {i} ran once: {counts:?}");
-    }
-    let _ = std::fs::remove_file(&log);
+    assert_ran_once(&log, 0..12);
 }
 
 /// `Executor::withdraw` takes back what has not started and never what has: the running
@@ -134,14 +131,7 @@ async fn withdraw_takes_back_only_what_has_not_started() {
     let log_text = log.to_string_lossy().into_owned();
     let started = log.with_extension("started");
     let f = Function::from_source(STAGED, "logged");
-    let (_, _): (i64, u32) = within(
-        common::HANG,
-        executor
-            .submit(&f, (log_text.clone(), -1_i64, 0.0))
-            .result(),
-    )
-    .await
-    .expect("a first, instant call");
+    learn_instant(&executor, &f, &log_text).await;
 
     let handles = executor.submit_batch(
         &f,
