@@ -1,140 +1,21 @@
 //! Endpoints across processes: real `funcx-manager` processes with real Python workers dial
 //! an endpoint on 127.0.0.1, and nodes fail in every way we know.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{
+    endpoint, endpoint_of, endpoint_on, managers, wait_until, within, Manager, Relay, TOKEN,
+};
 use funcx_core::{Executor, Function, TaskError, TaskHandle};
-use funcx_transport::remote::{AgentConfig, EndpointAgent};
-use funcx_transport::TcpTransport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-const TOKEN: &str = "test-token";
+use tokio::net::TcpStream;
 
 /// Whose pid and which task: enough to see where a task ran.
 const WHERE: &str = "import os, time\n\ndef where(i, pause=0.0):\n    time.sleep(pause)\n    return (i, os.getppid())\n";
-
-fn agent_config(threshold: Duration) -> AgentConfig {
-    AgentConfig {
-        heartbeat_period: Duration::from_millis(100),
-        heartbeat_threshold: threshold,
-        hello_timeout: Duration::from_secs(5),
-    }
-}
-
-struct Endpoint {
-    executor: Executor,
-    address: SocketAddr,
-}
-
-async fn endpoint_on(address: SocketAddr, retries: u32, threshold: Duration) -> Endpoint {
-    let executor = Executor::builder().retries_on_worker_death(retries);
-    endpoint_of(executor, address, threshold).await
-}
-
-async fn endpoint_of(
-    executor: funcx_core::ExecutorBuilder,
-    address: SocketAddr,
-    threshold: Duration,
-) -> Endpoint {
-    let executor = executor.start_without_workers();
-    let agent = EndpointAgent::new(executor.clone(), agent_config(threshold));
-    let acceptor = TcpTransport::builder()
-        .token(TOKEN)
-        .build()
-        .listen(address)
-        .await
-        .expect("listen");
-    let address = acceptor.local_addr();
-    tokio::spawn(agent.serve(acceptor));
-    Endpoint { executor, address }
-}
-
-async fn endpoint(retries: u32, threshold: Duration) -> Endpoint {
-    endpoint_on(SocketAddr::from(([127, 0, 0, 1], 0)), retries, threshold).await
-}
-
-/// A manager process; killed when dropped so no test leaves one behind.
-struct Manager(Child);
-
-impl Manager {
-    fn start(address: SocketAddr, workers: usize) -> Manager {
-        let child = Command::new(env!("CARGO_BIN_EXE_funcx-manager"))
-            .args([
-                "--endpoint",
-                &address.to_string(),
-                "--workers",
-                &workers.to_string(),
-            ])
-            .args(["--give-up-after", "20"])
-            .env("FUNCX_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start funcx-manager");
-        Manager(child)
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit by itself and returns its status code.
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("manager {} did not exit within {within:?}", self.pid());
-    }
-}
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let result = tokio::time::timeout(within, async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(result.is_ok(), "timed out waiting until {what}");
-}
-
-async fn managers(executor: &Executor, count: usize) {
-    let executor = executor.clone();
-    wait_until(
-        &format!("{count} managers are attached"),
-        Duration::from_secs(20),
-        move || {
-            let executor = executor.clone();
-            async move { executor.stats().await.managers == count }
-        },
-    )
-    .await;
-}
 
 async fn results(handles: Vec<TaskHandle>) -> Vec<Result<(i64, u32), TaskError>> {
     let mut out = Vec::new();
@@ -232,40 +113,6 @@ async fn without_retries_a_lost_manager_fails_its_tasks_with_the_cause() {
     assert!(error.is_manager_lost() && error.is_system(), "{error}");
     assert!(error.to_string().contains("reconnect"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(5));
-}
-
-/// A TCP relay that can cut every connection through it and refuse new ones for a while.
-struct Relay {
-    address: SocketAddr,
-    cut: tokio::sync::watch::Sender<u64>,
-}
-
-impl Relay {
-    async fn start(upstream: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
-        let address = listener.local_addr().expect("relay address");
-        let (cut, cuts) = tokio::sync::watch::channel(0_u64);
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let mut cuts = cuts.clone();
-                cuts.borrow_and_update();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cuts.changed() => {} // dropping both ends cuts the connection
-                    }
-                });
-            }
-        });
-        Relay { address, cut }
-    }
-
-    fn cut(&self) {
-        self.cut.send_modify(|n| *n += 1);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,13 +391,6 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed)
         .collect()
-}
-
-async fn within<T>(what: &str, limit: Duration, future: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(limit, future).await {
-        Ok(value) => value,
-        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
-    }
 }
 
 /// The reproduction: 24 tasks of 12 MiB through one 8-worker manager used to break
