@@ -8,8 +8,8 @@
 //! ```
 //!
 //! WORKLOAD is one of `startup`, `W1`, `W2`, `W3`, `W4`, `W1-tcp`, `W2-tcp`, `W3-tcp`,
-//! `W1-gw`, `W2-gw`, `W3-gw`, `scale` or `all` (everything but `scale` and the `-gw`
-//! workloads, which run only when asked). Each prints one
+//! `W1-gw`, `W2-gw`, `W3-gw`, `W5`, `W6-tcp`, `scale` or `all` (everything but `scale`, `W5`,
+//! `W6-tcp` and the `-gw` workloads, which run only when asked). Each prints one
 //! JSON line: `{"peer":"funcx","workload":..,"n":..,"seconds":..,"tasks_per_s":..,
 //! "p50_ms":..,"p99_ms":..,"mib_per_s_both_ways":..,"efficiency":..}` (null where a field
 //! does not apply; `scale` adds fields of its own). Every result is checked; a wrong one
@@ -62,6 +62,26 @@
 //!   [`ExecutorRunner`], dialling the gateway over loopback TCP. The gateway's store is in
 //!   memory unless `--store FILE` names a redb file (created; removed afterwards). These run
 //!   only when named, not with `all`.
+//! - `W5`: scheduling quality on `--workers` (default 2) local Python workers. Four mixes of
+//!   tasks that sleep for given durations, each on a function of its own (so that nothing
+//!   learned in one mix helps the next), all of a mix submitted at once:
+//!   (a) the function learned fast (one call with a tiny argument), then 8 × 0.3 s;
+//!   (b) 1 × 0.5 s then 200 × 5 ms; (c) 400 tasks, 10 % of 100 ms and 90 % of 1 ms, shuffled
+//!   with a fixed seed; (d) 200 durations from 1 to 40 ms, sorted ascending. For each mix,
+//!   the makespan (first submission to last result) over the ideal makespan, max(longest
+//!   task, total work / workers); fields `"a"`, `"b"`, `"c"`, `"d"` and
+//!   `"makespan_over_ideal"`, the worst of the four. 1.0 is perfect. Run only when named.
+//! - `W6-tcp`: `--n` (default 64) tasks, each with a 16 MiB bytes argument and a 16 MiB
+//!   result (the argument reversed, with the task's number), through one manager *process*
+//!   of 8 Python workers (this benchmark's own executable, started as `manager`) that dials
+//!   an [`EndpointAgent`] on loopback TCP; all submitted at once, every byte of every result
+//!   checked. Fields `"mib_per_s_both_ways"`; `"in_flight_mib"`, the bytes of the arguments
+//!   and results of the tasks submitted and not yet received at the start (n × 32 MiB);
+//!   `"rss_before_mib"`, the endpoint's (this process's) VmRSS before submitting, and
+//!   `"rss_growth_mib"`, its peak (VmHWM, reset before submitting) above that, and their
+//!   ratio `"rss_growth_over_in_flight"`. A run that does not finish within
+//!   [`W6_LIMIT`] prints a line with an `"error"` field instead of hanging, and the
+//!   benchmark exits with an error. Run only when named.
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -470,11 +490,11 @@ async fn w2(executor: &Executor, workload: &'static str, n: usize) -> BoxResult<
     })
 }
 
-/// 1 MiB of bytes from a xorshift generator: random enough that nothing compresses it, and
-/// no dependency for it.
-fn random_mib() -> Vec<u8> {
+/// `len` bytes from a xorshift generator: random enough that nothing compresses them, no
+/// run of them repeats, and no dependency for it.
+fn random_bytes(len: usize) -> Vec<u8> {
     let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-    (0..1 << 20)
+    (0..len)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
@@ -482,6 +502,11 @@ fn random_mib() -> Vec<u8> {
             state as u8
         })
         .collect()
+}
+
+/// 1 MiB of [`random_bytes`].
+fn random_mib() -> Vec<u8> {
+    random_bytes(1 << 20)
 }
 
 async fn w3(executor: &Executor, workload: &'static str, n: usize) -> BoxResult<Line> {
@@ -765,6 +790,215 @@ async fn scale(managers: usize, slots: usize, n: usize) -> BoxResult<Line> {
     })
 }
 
+/// Sleeps for `seconds`; the mix's name, in a comment, makes each mix a function of its
+/// own, with nothing learned from another mix.
+fn sleeper(mix: &str) -> Function {
+    Function::from_source(
+        format!("import time\n\ndef work(seconds):  # mix {mix}\n    time.sleep(seconds)\n    return seconds\n"),
+        "work",
+    )
+}
+
+/// Runs `durations` (seconds) on `function`, all submitted at once, and returns the makespan
+/// over the ideal one on `workers` workers.
+async fn makespan_ratio(
+    executor: &Executor,
+    function: &Function,
+    durations: &[f64],
+    workers: usize,
+) -> BoxResult<f64> {
+    let started = Instant::now();
+    let handles = executor.submit_batch(function, durations.iter().map(|d| (*d,)));
+    for (handle, expected) in handles.into_iter().zip(durations) {
+        let value: f64 = handle.result().await?;
+        if value != *expected {
+            return Err(format!("W5: work({expected}) returned {value}").into());
+        }
+    }
+    let makespan = started.elapsed().as_secs_f64();
+    let longest = durations.iter().copied().fold(0.0, f64::max);
+    let ideal = longest.max(durations.iter().sum::<f64>() / workers as f64);
+    Ok(makespan / ideal)
+}
+
+/// `items` shuffled (Fisher–Yates) with a xorshift generator from a fixed seed.
+fn shuffled<T>(mut items: Vec<T>, seed: u64) -> Vec<T> {
+    let mut state = seed;
+    for i in (1..items.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        items.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+    items
+}
+
+async fn w5(executor: &Executor, workers: usize) -> BoxResult<Line> {
+    let started = Instant::now();
+    // (a) Learned fast: one call with a tiny argument, then 8 long ones.
+    let a = sleeper("a");
+    let _: f64 = executor.submit(&a, (0.0,)).result().await?;
+    let mix_a = vec![0.3; 8];
+    // (b) One long task first, then many short ones.
+    let mut mix_b = vec![0.5];
+    mix_b.extend(vec![0.005; 200]);
+    // (c) 10 % long and 90 % short, shuffled.
+    let mut mix_c = vec![0.1; 40];
+    mix_c.extend(vec![0.001; 360]);
+    let mix_c = shuffled(mix_c, 0x9E37_79B9_7F4A_7C15);
+    // (d) Growing durations, 1 to 40 ms.
+    let mix_d: Vec<f64> = (0..200)
+        .map(|i| (1.0 + 39.0 * i as f64 / 199.0) / 1e3)
+        .collect();
+
+    let mut ratios = Vec::new();
+    for (name, durations) in [("a", &mix_a), ("b", &mix_b), ("c", &mix_c), ("d", &mix_d)] {
+        let function = if name == "a" {
+            a.clone()
+        } else {
+            sleeper(name)
+        };
+        let ratio = makespan_ratio(executor, &function, durations, workers).await?;
+        ratios.push((name, ratio));
+    }
+    let worst = ratios.iter().map(|(_, r)| *r).fold(0.0, f64::max);
+    let mut extra: Vec<(&'static str, String)> = ratios
+        .iter()
+        .map(|(name, ratio)| (*name, format!("{ratio:.4}")))
+        .collect();
+    extra.push(("makespan_over_ideal", format!("{worst:.4}")));
+    Ok(Line {
+        workload: "W5",
+        n: mix_a.len() + mix_b.len() + mix_c.len() + mix_d.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        extra,
+        ..Line::default()
+    })
+}
+
+/// How long W6-tcp may take before it reports a failure instead of hanging.
+const W6_LIMIT: Duration = Duration::from_secs(180);
+/// The size of each argument and each result of W6-tcp.
+const W6_MIB: usize = 16;
+/// Returns its argument reversed, with its number, so that results cannot be swapped.
+const FLIP: &str = "def flip(i, b):\n    return (i, b[::-1])\n";
+
+/// A manager process: this executable, started as `manager`. Killed when dropped.
+struct ManagerProcess(std::process::Child);
+
+impl ManagerProcess {
+    fn start(address: SocketAddr, workers: usize) -> BoxResult<ManagerProcess> {
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["manager", "--endpoint", &address.to_string()])
+            .args(["--workers", &workers.to_string(), "--give-up-after", "10"])
+            .env("FUNCX_TOKEN", TOKEN)
+            .stdin(std::process::Stdio::null())
+            .spawn()?;
+        Ok(ManagerProcess(child))
+    }
+}
+
+impl Drop for ManagerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The peak resident set size of this process, in KiB.
+fn hwm_kib() -> BoxResult<f64> {
+    let value = proc_field("/proc/self/status", "VmHWM:")?;
+    Ok(value.trim_end_matches("kB").trim().parse()?)
+}
+
+async fn w6_tcp(n: usize) -> BoxResult<Line> {
+    let (executor, address) = listen().await?;
+    let manager = ManagerProcess::start(address, 8)?;
+    let started = Instant::now();
+    while executor.stats().await.workers < 8 {
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("W6-tcp: the manager did not attach within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let flip = Function::from_source(FLIP, "flip");
+    // Warm the workers (and the function) with small arguments.
+    for handle in executor.submit_batch(
+        &flip,
+        (0..16_i64).map(|i| (i, ByteBuf::from(vec![1_u8; 64]))),
+    ) {
+        handle.await?;
+    }
+    let data = random_bytes(W6_MIB << 20);
+    let reversed: Vec<u8> = data.iter().rev().copied().collect();
+    let argument = Payload::pickle(&ByteBuf::from(data))?;
+    // Measure the endpoint from here: its resident memory, and its peak from now on.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let rss_before = rss_kib()?;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = received.clone();
+    let started = Instant::now();
+    let run = async {
+        let handles = executor.submit_batch(
+            &flip,
+            (0..n as i64).map(|i| Args::new().arg(&i).payload(argument.clone())),
+        );
+        for (i, handle) in handles.into_iter().enumerate() {
+            let (number, back): (i64, ByteBuf) = handle.result().await?;
+            if number != i as i64 || back.as_slice() != reversed.as_slice() {
+                return Err(
+                    format!("W6-tcp: task {i} returned wrong bytes (or task {number}'s)").into(),
+                );
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        BoxResult::Ok(())
+    };
+    let outcome = tokio::time::timeout(W6_LIMIT, run).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let peak = hwm_kib()?;
+    let in_flight_mib = (n * 2 * W6_MIB) as f64;
+    let growth_mib = (peak - rss_before).max(0.0) / 1024.0;
+    let mut extra = vec![
+        ("in_flight_mib", format!("{in_flight_mib:.0}")),
+        ("rss_before_mib", format!("{:.1}", rss_before / 1024.0)),
+        ("rss_growth_mib", format!("{growth_mib:.1}")),
+        (
+            "rss_growth_over_in_flight",
+            format!("{:.3}", growth_mib / in_flight_mib),
+        ),
+    ];
+    let mut line = Line {
+        workload: "W6-tcp",
+        n,
+        seconds,
+        ..Line::default()
+    };
+    match outcome {
+        Ok(Ok(())) => {
+            line.tasks_per_s = Some(n as f64 / seconds);
+            line.mib_per_s_both_ways = Some(in_flight_mib / seconds);
+            executor.shutdown().await;
+        }
+        Ok(Err(error)) => {
+            extra.push(("error", format!("{:?}", error.to_string())));
+            executor.shutdown_now().await;
+        }
+        Err(_) => {
+            let done = received.load(std::sync::atomic::Ordering::Relaxed);
+            extra.push((
+                "error",
+                format!("\"no progress: {done} of {n} results within {W6_LIMIT:?}\""),
+            ));
+            executor.shutdown_now().await;
+        }
+    }
+    line.extra = extra;
+    drop(manager);
+    Ok(line)
+}
+
 /// Runs `measure` on a fresh endpoint from `endpoint`, then closes the endpoint.
 async fn on<F, Fut>(endpoint: BoxResult<Endpoint>, measure: F) -> BoxResult<Line>
 where
@@ -778,6 +1012,14 @@ where
 }
 
 fn main() -> BoxResult<()> {
+    // W6-tcp starts this executable again as its manager process.
+    if let Some(status) = manager::run_if_manager() {
+        return if status == std::process::ExitCode::SUCCESS {
+            Ok(())
+        } else {
+            Err(format!("the manager process exited with {status:?}").into())
+        };
+    }
     let options = parse_options()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -851,11 +1093,25 @@ fn main() -> BoxResult<()> {
                     )
                     .await?
                 }
+                "W5" => {
+                    on(Endpoint::local(workers).await, |e| async move {
+                        w5(&e, workers).await
+                    })
+                    .await?
+                }
+                "W6-tcp" => {
+                    let line = w6_tcp(n.unwrap_or(64)).await?;
+                    line.print();
+                    if line.extra.iter().any(|(name, _)| *name == "error") {
+                        return Err("W6-tcp failed".into());
+                    }
+                    continue;
+                }
                 "scale" => scale(options.managers, options.slots, n.unwrap_or(1_000_000)).await?,
                 other => {
                     return Err(format!(
                         "unknown workload {other}; expected startup, W1, W2, W3, W4, W1-tcp, \
-                         W2-tcp, W3-tcp, W1-gw, W2-gw, W3-gw, scale or all"
+                         W2-tcp, W3-tcp, W1-gw, W2-gw, W3-gw, W5, W6-tcp, scale or all"
                     )
                     .into())
                 }
