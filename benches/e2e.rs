@@ -892,6 +892,11 @@ impl ManagerProcess {
             .args(["manager", "--endpoint", &address.to_string()])
             .args(["--workers", &workers.to_string(), "--give-up-after", "10"])
             .env("FUNCX_TOKEN", TOKEN)
+            // Its reconnections are worth seeing, its routine info lines are not.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(std::process::Stdio::null())
             .spawn()?;
         Ok(ManagerProcess(child))
