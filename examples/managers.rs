@@ -58,7 +58,9 @@ fn main() -> ExitCode {
 
 async fn endpoint() -> Result<(), Box<dyn Error>> {
     // The token managers must present; a real deployment keeps it in a file only they read.
-    let token = format!("{:016x}", std::process::id() as u64 * 0x9E37_79B9_7F4A_7C15);
+    // It is random: one derived from the pid or the clock can be guessed by another user,
+    // who could then attach a manager of their own.
+    let token = funcx::transport::new_token()?;
 
     // An endpoint with no workers of its own: managers attach themselves when they dial in.
     // A task whose manager is lost is re-run elsewhere twice before it fails.

@@ -55,7 +55,9 @@ fn main() -> ExitCode {
 }
 
 async fn endpoint() -> Result<(), Box<dyn Error>> {
-    let token = format!("{:016x}", std::process::id() as u64 * 0x9E37_79B9_7F4A_7C15);
+    // A random secret (never one derived from the pid or the clock: another user could guess
+    // it and attach a manager of their own).
+    let token = funcx::transport::new_token()?;
     let executor = Executor::builder()
         .retries_on_worker_death(2)
         .start_without_workers();

@@ -24,8 +24,12 @@
 //! - [`python`] (feature `python`, on by default): the Python worker runtime;
 //! - [`transport`] and [`providers`] (features of the same names): the network transport and
 //!   the providers of remote workers.
+//!
+//! [`blocking`] is the same API for programs that are not async.
 
 pub use funcx_core::*;
+
+pub mod blocking;
 
 /// The Python worker runtime (`funcx-python`).
 #[cfg(feature = "python")]
@@ -45,7 +49,9 @@ pub use funcx_providers as providers;
 #[cfg(feature = "gateway")]
 pub use funcx_gateway as gateway;
 
-/// The README's examples, compiled as doctests so that they cannot drift from the API.
-#[cfg(doctest)]
+/// The README's examples, compiled as doctests so that they cannot drift from the API. They
+/// use the gateway too, so they are compiled with the `gateway` feature (`scripts/test`
+/// turns it on).
+#[cfg(all(doctest, feature = "gateway"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExamples;

@@ -84,10 +84,7 @@ impl Authenticator for TokenAuthenticator {
 
 /// A fresh secret token: 32 random bytes from the operating system, as 64 hex digits.
 pub fn new_token() -> Result<String, StoreError> {
-    let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes)
-        .map_err(|e| StoreError::backend(format!("no randomness for a token: {e}")))?;
-    Ok(hex(&bytes))
+    funcx_transport::new_token().map_err(StoreError::backend)
 }
 
 /// A fresh random id: 16 random bytes as 32 hex digits.

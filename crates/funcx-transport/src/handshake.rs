@@ -115,6 +115,20 @@ where
     }
 }
 
+/// A fresh secret for [`TcpTransportBuilder::token`](crate::TcpTransportBuilder::token): 32
+/// random bytes from the operating system's CSPRNG, as 64 hex digits. Use it rather than
+/// anything derived from a process id or a clock, which another user can guess.
+pub fn new_token() -> std::io::Result<String> {
+    use std::fmt::Write;
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| std::io::Error::other(format!("no randomness for a token: {e}")))?;
+    Ok(bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
+}
+
 /// Compares the expected token with the presented one in time that depends only on the
 /// expected token's length: every byte of `expected` is compared (against a zero where the
 /// presented token is shorter), and the lengths are compared separately, without a branch.
@@ -220,6 +234,14 @@ mod tests {
         drop(a);
         let err = server(&mut b, 1, b"").await.unwrap_err();
         assert!(err.is_handshake(), "{err}");
+    }
+
+    #[test]
+    fn new_tokens_are_long_hex_and_differ() {
+        let (a, b) = (new_token().unwrap(), new_token().unwrap());
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub mod tls;
 
 pub use connection::{Connection, Peer, Receiver, Sender};
 pub use error::TransportError;
+pub use handshake::new_token;
 pub use memory::{MemoryDialer, MemoryListener};
 pub use tcp::{TcpAcceptor, TcpTransport, TcpTransportBuilder, DEFAULT_HANDSHAKE_TIMEOUT};
 

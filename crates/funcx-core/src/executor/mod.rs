@@ -137,9 +137,7 @@ impl ExecutorBuilder {
     /// themselves ([`Executor::attach`]), such as remote managers dialling in to an endpoint.
     /// Tasks wait in the queue until a pool attaches.
     ///
-    /// # Panics
-    ///
-    /// Outside a Tokio runtime.
+    /// Where it runs is as for [`ExecutorBuilder::start`].
     pub fn start_without_workers(mut self) -> Executor {
         self.config.workers = 0;
         self.start_shared(Arc::new(NoRuntime))
@@ -150,9 +148,10 @@ impl ExecutorBuilder {
     /// Returns at once; tasks submitted before the workers are up wait in the queue. Use
     /// [`Executor::ready`] to wait for the workers (and learn early if they cannot start).
     ///
-    /// # Panics
-    ///
-    /// Outside a Tokio runtime.
+    /// Called outside a Tokio runtime (a plain threaded program), it starts a runtime of its
+    /// own on a thread of its own, which ends when the executor has shut down. The handles
+    /// it returns are ordinary futures that any executor can poll; to wait for them without
+    /// one, use `funcx::blocking`.
     pub fn start(self, runtime: impl WorkerRuntime) -> Executor {
         self.start_shared(Arc::new(runtime))
     }
@@ -160,8 +159,38 @@ impl ExecutorBuilder {
     /// As [`ExecutorBuilder::start`], for a runtime that is already shared.
     pub fn start_shared(self, runtime: Arc<dyn WorkerRuntime>) -> Executor {
         let (commands, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(Dispatcher::new(runtime, self.config, receiver).run());
+        let dispatcher = Dispatcher::new(runtime, self.config, receiver).run();
+        match tokio::runtime::Handle::try_current() {
+            Ok(current) => {
+                current.spawn(dispatcher);
+            }
+            Err(_) => run_on_own_thread(dispatcher),
+        }
         Executor { commands }
+    }
+}
+
+/// Runs `dispatcher` on a single-threaded Tokio runtime on a new thread, for an executor
+/// started outside any runtime. If the thread or the runtime cannot be made, the dispatcher
+/// is dropped, and every task submitted fails with a [`TaskError::is_shutdown`] error; the
+/// reason is logged.
+fn run_on_own_thread(dispatcher: impl std::future::Future<Output = ()> + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("funcx-dispatcher".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(dispatcher),
+                Err(error) => tracing::error!(
+                    %error,
+                    "cannot start a Tokio runtime for an executor started outside one"
+                ),
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the thread of an executor started outside a Tokio runtime");
     }
 }
 

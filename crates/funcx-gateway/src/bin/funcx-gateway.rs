@@ -2,7 +2,7 @@
 //! [`funcx_gateway::GatewayConfig`]), serving until it is killed.
 //!
 //! The minimal binary, with no log output of its own beyond its start line and fatal errors;
-//! `examples/gateway.rs` in the `funcx` crate is the same program with `tracing` logs
+//! `examples/gateway.rs` of this crate is the same program with `tracing` logs
 //! (`RUST_LOG`). The end-to-end tests run this one as a separate process, so that they can
 //! kill it with `SIGKILL` and start it again.
 

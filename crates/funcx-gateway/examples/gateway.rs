@@ -1,11 +1,11 @@
 //! A ready gateway: the HTTP API, users, a durable task store, and the port endpoints dial.
 //!
 //! ```text
-//! cargo run --release --example gateway -- examples/gateway.toml
+//! cargo run --release --example gateway -- crates/funcx-gateway/examples/gateway.toml
 //! ```
 //!
-//! The file's keys are those of [`funcx_gateway::GatewayConfig`]; `examples/gateway.toml`
-//! lists them all with their defaults. Logs go to stderr (`RUST_LOG=funcx_gateway=debug` for
+//! The file's keys are those of [`funcx_gateway::GatewayConfig`]; `examples/gateway.toml` (next to
+//! this file) lists them all with their defaults. Logs go to stderr (`RUST_LOG=funcx_gateway=debug` for
 //! more). Then, from a user's program:
 //!
 //! ```text
@@ -18,7 +18,7 @@
 //! `RemoteExecutor::connect("http://127.0.0.1:8470", TOKEN, ENDPOINT_ID)` an `Executor` that
 //! runs on it. `examples/remote.rs` does all of that in one program.
 //!
-//! With a `[tls]` table in the file (see `examples/gateway.toml`) the gateway serves HTTPS
+//! With a `[tls]` table in the file (see `gateway.toml` next to this file) the gateway serves HTTPS
 //! instead; that needs funcx-gateway's `tls` feature
 //! (`cargo run --example gateway --features funcx-gateway/tls -- FILE`).
 
@@ -34,9 +34,15 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let path = std::env::args_os()
-        .nth(1)
-        .map_or_else(|| PathBuf::from("examples/gateway.toml"), PathBuf::from);
+    let path = std::env::args_os().nth(1).map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/gateway.toml"
+            ))
+        },
+        PathBuf::from,
+    );
     let config = match GatewayConfig::load(&path) {
         Ok(config) => config,
         Err(error) => {

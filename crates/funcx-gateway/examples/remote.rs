@@ -15,12 +15,11 @@
 use std::error::Error;
 use std::time::{Duration, Instant};
 
-use funcx::transport::remote::{
-    run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo,
-};
-use funcx::{Executor, Function, PythonRuntime};
+use funcx_core::{Executor, Function};
 use funcx_gateway::client::EndpointDial;
 use funcx_gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
+use funcx_python::PythonRuntime;
+use funcx_transport::remote::{run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo};
 use serde::Deserialize;
 
 const SOURCE: &str = r#"
