@@ -932,6 +932,20 @@ impl Driver {
                         self.pending.push_front(item);
                     }
                 }
+                Err(HttpError::Refused {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    message,
+                    ..
+                }) => {
+                    // One task alone is over the gateway's body limit: it fails by itself,
+                    // typed, and nothing is sent again.
+                    let limit = stated_limit(&message).unwrap_or(bytes.saturating_sub(1) as u64);
+                    let chunk = self.still_wanted(chunk);
+                    for item in chunk {
+                        let size = item.args.byte_len() as u64;
+                        self.fail(vec![item], &TaskError::arguments_too_large(size, limit));
+                    }
+                }
                 Err(error) => {
                     let error =
                         TaskError::protocol(format!("the gateway refused the task: {error}"));
@@ -1541,4 +1555,10 @@ mod tests {
         assert_eq!(error_message(body), "forbidden: not yours");
         assert_eq!(error_message(b"plain"), "plain");
     }
+}
+
+/// The byte limit a gateway states in its 413 answer ("... the limit of N bytes").
+fn stated_limit(message: &str) -> Option<u64> {
+    let (_, after) = message.rsplit_once("limit of ")?;
+    after.split_whitespace().next()?.parse().ok()
 }

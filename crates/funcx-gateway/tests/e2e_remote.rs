@@ -47,8 +47,13 @@ fn function(name: &str) -> Function {
 
 /// A gateway in this process, with a store in memory and quick heartbeats.
 async fn start_gateway() -> SocketAddr {
+    start_gateway_with("").await
+}
+
+/// `start_gateway`, with `settings` (top-level TOML keys) added to its configuration.
+async fn start_gateway_with(settings: &str) -> SocketAddr {
     let config = GatewayConfig::from_toml(&format!(
-        "[[users]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n"
+        "{settings}\n[[users]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n"
     ))
     .expect("config");
     let gateway = Gateway::builder(config)
@@ -329,4 +334,39 @@ async fn endpoint_disconnects_and_reconnects_mid_run_and_nothing_is_lost() {
     }
     executor.shutdown().await;
     endpoint.abort();
+}
+
+/// A task whose arguments alone are over the gateway's body limit fails by itself, typed,
+/// with the gateway's limit; the tasks submitted with it are split off and run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_over_the_gateways_body_limit_fails_alone_typed() {
+    let gateway = start_gateway_with("max_body_bytes = 1048576").await;
+    let (id, token) = register_endpoint(gateway).await;
+    let _endpoint = start_endpoint(gateway, &id, &token, 2);
+    let executor = remote(gateway, &id).await;
+    let sizes = [10_usize, 2 << 20, 1000];
+    let handles = executor.submit_batch(
+        &function("echo"),
+        sizes
+            .iter()
+            .map(|&n| (serde_bytes::ByteBuf::from(vec![7u8; n]),)),
+    );
+    for (&size, handle) in sizes.iter().zip(handles) {
+        let result = tokio::time::timeout(
+            Duration::from_secs(60),
+            handle.result::<serde_bytes::ByteBuf>(),
+        )
+        .await
+        .expect("an answer");
+        if size > 1 << 20 {
+            let error = result.expect_err("over the gateway's limit");
+            assert!(error.is_arguments_too_large(), "{error}");
+            assert!(
+                error.to_string().contains("limit of 1048576 bytes"),
+                "{error}"
+            );
+        } else {
+            assert_eq!(result.expect("under the limit").len(), size);
+        }
+    }
 }
