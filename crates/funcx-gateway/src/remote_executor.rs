@@ -1513,6 +1513,12 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// The byte limit a gateway states in its 413 answer ("... the limit of N bytes").
+fn stated_limit(message: &str) -> Option<u64> {
+    let (_, after) = message.rsplit_once("limit of ")?;
+    after.split_whitespace().next()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1555,10 +1561,4 @@ mod tests {
         assert_eq!(error_message(body), "forbidden: not yours");
         assert_eq!(error_message(b"plain"), "plain");
     }
-}
-
-/// The byte limit a gateway states in its 413 answer ("... the limit of N bytes").
-fn stated_limit(message: &str) -> Option<u64> {
-    let (_, after) = message.rsplit_once("limit of ")?;
-    after.split_whitespace().next()?.parse().ok()
 }
