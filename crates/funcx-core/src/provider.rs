@@ -190,12 +190,19 @@ impl BlockRequest {
         self.worker_init.as_deref()
     }
 
-    /// Checks what every provider requires of a request (at least one node), so they all
-    /// reject a bad request the same way, before running anything.
+    /// Checks what every provider requires of a request (at least one node; a walltime, if
+    /// any, above zero), so they all reject a bad request the same way, before running
+    /// anything. A zero walltime is refused rather than rounded: to a scheduler `0` means
+    /// no limit at all, the opposite of what was asked.
     pub fn check(&self) -> Result<(), ProviderError> {
         if self.nodes == 0 {
             return Err(ProviderError::rejected(
                 "a block needs at least one node, not 0",
+            ));
+        }
+        if self.walltime == Some(Duration::ZERO) {
+            return Err(ProviderError::rejected(
+                "a walltime of zero cannot be asked of a scheduler",
             ));
         }
         Ok(())
@@ -422,6 +429,24 @@ mod tests {
         assert!(BlockRequest::new(ManagerCommand::new("true"))
             .check()
             .is_ok());
+    }
+
+    #[test]
+    fn a_zero_walltime_is_rejected_and_any_other_is_not() {
+        let request = BlockRequest::new(ManagerCommand::new("true"));
+        let error = request
+            .clone()
+            .walltime(Duration::ZERO)
+            .check()
+            .unwrap_err();
+        assert!(error.is_rejected());
+        assert!(error.to_string().contains("walltime of zero"), "{error}");
+        assert!(request
+            .clone()
+            .walltime(Duration::from_nanos(1))
+            .check()
+            .is_ok());
+        assert!(request.walltime(Duration::from_secs(3600)).check().is_ok());
     }
 
     #[test]

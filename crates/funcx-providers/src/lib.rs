@@ -40,27 +40,26 @@
 //! [`Provider`]: funcx_core::Provider
 
 pub mod command;
-#[cfg(unix)]
-mod local;
-
-pub use command::{CommandOutput, CommandRunner, SchedulerCommand, ShellRunner};
-#[cfg(unix)]
-pub use local::LocalProvider;
-pub mod launcher;
-pub mod pbs;
-pub mod script;
-pub mod slurm;
-
-pub use launcher::Launcher;
-pub use pbs::{PbsConfig, PbsFlavor, PbsProvider};
-pub use script::shell_quote;
-pub use slurm::{SlurmConfig, SlurmProvider};
-mod gridengine;
-pub use gridengine::{GridEngineConfig, GridEngineProvider};
 #[cfg(feature = "ec2")]
 mod ec2;
+mod gridengine;
+pub mod launcher;
+#[cfg(unix)]
+mod local;
+pub mod pbs;
+pub mod slurm;
+mod toolkit;
+
+pub use command::{CommandOutput, CommandRunner, SchedulerCommand, ShellRunner};
 #[cfg(feature = "ec2")]
 pub use ec2::{
     Ec2Config, Ec2ConfigError, Ec2Provider, BLOCK_TAG as EC2_BLOCK_TAG,
     ENDPOINT_TAG as EC2_ENDPOINT_TAG,
 };
+pub use gridengine::{GridEngineConfig, GridEngineProvider};
+pub use launcher::Launcher;
+#[cfg(unix)]
+pub use local::LocalProvider;
+pub use pbs::{PbsConfig, PbsFlavor, PbsProvider};
+pub use slurm::{SlurmConfig, SlurmProvider};
+pub use toolkit::shell_quote;

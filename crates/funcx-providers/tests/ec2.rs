@@ -199,7 +199,7 @@ async fn a_two_node_block_runs_and_is_cancelled() {
         assert!(
             script.ends_with(
                 "export FROM_INIT=1\nexec /opt/funcx/bin/funcx-manager \
-                 --endpoint=10.0.0.1:9000 '--label=it'\\''s a test'\n"
+                 '--endpoint=10.0.0.1:9000' '--label=it'\\''s a test'\n"
             ),
             "{script}"
         );

@@ -44,7 +44,7 @@ impl Drop for Job {
 fn provider(dir: &TempDir) -> PbsProvider {
     PbsProvider::new(
         PbsConfig::new(PbsFlavor::Torque)
-            .bin_dir(BIN)
+            .commands_dir(BIN)
             .scripts_dir(dir.path()),
     )
 }

@@ -1,19 +1,20 @@
 //! Blocks as Slurm batch jobs: `sbatch`, `squeue` (with `sacct` for forgotten jobs) and
-//! `scancel`, all through a [`CommandRunner`].
+//! `scancel`, all through a [`CommandRunner`](crate::CommandRunner).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use funcx_core::{BlockId, BlockRequest, BlockState, BlockStatus, Provider, ProviderError};
 use futures::future::BoxFuture;
 
-use crate::command::{CommandOutput, CommandRunner, SchedulerCommand, ShellRunner};
+use crate::command::{CommandOutput, SchedulerCommand};
 use crate::launcher::Launcher;
-use crate::script::{self, ScriptParts, StateClock};
+use crate::toolkit::options::whole_seconds;
+use crate::toolkit::script;
+use crate::toolkit::{batch_options, BatchOptions, StateClock};
 
 /// How to ask Slurm for blocks. Every field but the runner is optional; the node count and
 /// walltime come from each [`BlockRequest`].
@@ -27,7 +28,7 @@ use crate::script::{self, ScriptParts, StateClock};
 ///         .account("proj42")
 ///         .cpus_per_task(8)
 ///         .mem("16G")
-///         .sbatch_line("--gres=gpu:1")
+///         .directive("--gres=gpu:1")
 ///         .launcher(Launcher::srun())
 ///         .scripts_dir("/shared/funcx/scripts"),
 /// );
@@ -42,12 +43,8 @@ pub struct SlurmConfig {
     exclusive: bool,
     cpus_per_task: Option<u32>,
     mem: Option<String>,
-    job_name: String,
-    extra_lines: Vec<String>,
     launcher: Launcher,
-    scripts_dir: Option<PathBuf>,
-    bin_dir: Option<PathBuf>,
-    runner: Arc<dyn CommandRunner>,
+    batch: BatchOptions,
 }
 
 impl fmt::Debug for SlurmConfig {
@@ -60,12 +57,9 @@ impl fmt::Debug for SlurmConfig {
             .field("exclusive", &self.exclusive)
             .field("cpus_per_task", &self.cpus_per_task)
             .field("mem", &self.mem)
-            .field("job_name", &self.job_name)
-            .field("extra_lines", &self.extra_lines)
             .field("launcher", &self.launcher)
-            .field("scripts_dir", &self.scripts_dir)
-            .field("bin_dir", &self.bin_dir)
-            .finish_non_exhaustive()
+            .field("batch", &self.batch)
+            .finish()
     }
 }
 
@@ -79,12 +73,8 @@ impl Default for SlurmConfig {
             exclusive: false,
             cpus_per_task: None,
             mem: None,
-            job_name: "funcx".to_string(),
-            extra_lines: Vec::new(),
             launcher: Launcher::srun(),
-            scripts_dir: None,
-            bin_dir: None,
-            runner: Arc::new(ShellRunner::new()),
+            batch: BatchOptions::default(),
         }
     }
 }
@@ -138,45 +128,18 @@ impl SlurmConfig {
         self
     }
 
-    /// The prefix of job names, `funcx` by default; each block is `<prefix>-<n>`.
-    pub fn job_name(mut self, prefix: impl Into<String>) -> SlurmConfig {
-        self.job_name = prefix.into();
-        self
-    }
-
-    /// One more directive, with or without the `#SBATCH` in front (`--gres=gpu:1`).
-    pub fn sbatch_line(mut self, line: impl Into<String>) -> SlurmConfig {
-        self.extra_lines.push(line.into());
-        self
-    }
-
     /// How each node's manager is started; [`Launcher::Srun`] by default.
     pub fn launcher(mut self, launcher: Launcher) -> SlurmConfig {
         self.launcher = launcher;
         self
     }
-
-    /// Where batch scripts and the jobs' `<name>-<jobid>.out` / `.err` logs are written. On a
-    /// real cluster this must be on a file system the compute nodes share, or Slurm cannot
-    /// open the logs. By default a directory of this process under the temporary directory.
-    pub fn scripts_dir(mut self, dir: impl Into<PathBuf>) -> SlurmConfig {
-        self.scripts_dir = Some(dir.into());
-        self
-    }
-
-    /// Runs `sbatch`, `squeue`, ... from `dir` instead of looking them up on `PATH`.
-    pub fn bin_dir(mut self, dir: impl Into<PathBuf>) -> SlurmConfig {
-        self.bin_dir = Some(dir.into());
-        self
-    }
-
-    /// Runs the scheduler commands through `runner` ([`ShellRunner`] by default), e.g. one
-    /// that goes through SSH to a login node, or a mock in tests.
-    pub fn runner(mut self, runner: Arc<dyn CommandRunner>) -> SlurmConfig {
-        self.runner = runner;
-        self
-    }
 }
+
+batch_options!(
+    SlurmConfig,
+    "#SBATCH",
+    "`sbatch`, `squeue`, `sacct` and `scancel`"
+);
 
 /// A [`Provider`] whose blocks are Slurm batch jobs; block ids are Slurm job ids.
 ///
@@ -207,10 +170,7 @@ pub struct SlurmProvider {
 impl SlurmProvider {
     /// A provider configured by `config`.
     pub fn new(config: SlurmConfig) -> SlurmProvider {
-        let scripts_dir = config
-            .scripts_dir
-            .clone()
-            .unwrap_or_else(|| script::default_scripts_dir("slurm"));
+        let scripts_dir = config.batch.scripts_dir_or_default("slurm");
         SlurmProvider {
             config,
             scripts_dir,
@@ -226,7 +186,7 @@ impl SlurmProvider {
     }
 
     fn command(&self, name: &str) -> SchedulerCommand {
-        SchedulerCommand::new(script::program(self.config.bin_dir.as_deref(), name))
+        self.config.batch.command(name)
     }
 
     /// The `#SBATCH` lines for `request`, submitted as job `name`.
@@ -252,7 +212,7 @@ impl SlurmProvider {
             lines.push(format!("--mem={mem}"));
         }
         if let Some(walltime) = request.walltime_limit() {
-            lines.push(format!("--time={}", slurm_time(walltime)?));
+            lines.push(format!("--time={}", slurm_time(walltime)));
         }
         for (flag, value) in [
             ("partition", &config.partition),
@@ -267,38 +227,25 @@ impl SlurmProvider {
         if config.exclusive {
             lines.push("--exclusive".to_string());
         }
-        let mut directives = Vec::new();
-        for line in lines.iter().chain(&config.extra_lines) {
-            script::check_directive("sbatch option", line)?;
-            let line = line.trim();
-            directives.push(if line.starts_with("#SBATCH") {
-                line.to_string()
-            } else {
-                format!("#SBATCH {line}")
-            });
-        }
-        Ok(directives)
+        config.batch.directive_lines("#SBATCH", &lines)
     }
 
     async fn submit_block(&self, request: &BlockRequest) -> Result<BlockId, ProviderError> {
-        request.check()?;
-        self.config.launcher.check(request.node_count())?;
         let seq = self.submitted.fetch_add(1, Ordering::Relaxed) + 1;
-        let name = format!("{}-{seq}", self.config.job_name);
-        let text = script::render(
+        let name = format!("{}-{seq}", self.config.batch.job_name);
+        let path = script::write_batch_job(
             request,
-            &ScriptParts {
-                directives: self.directives(request, &name)?,
-                job_id_expr: "$SLURM_JOB_ID",
-                launcher: &self.config.launcher,
-            },
+            &self.config.launcher,
+            &name,
+            &self.scripts_dir,
+            "$SLURM_JOB_ID",
+            |name| self.directives(request, name),
         )?;
-        let path = script::write_script(&self.scripts_dir, &name, &text)?;
         let command = self
             .command("sbatch")
             .arg("--parsable")
             .arg(path.to_string_lossy());
-        let output = self.config.runner.run(command.clone()).await?;
+        let output = self.config.batch.runner.run(command.clone()).await?;
         if !output.success() {
             return Err(sbatch_failure(&command, &output));
         }
@@ -317,7 +264,7 @@ impl SlurmProvider {
             .command("squeue")
             .args(["--noheader", "--states=all", SQUEUE_FORMAT])
             .arg(format!("--jobs={ids}"));
-        let output = self.config.runner.run(command.clone()).await?;
+        let output = self.config.batch.runner.run(command.clone()).await?;
         let mut jobs = if output.success() {
             parse_squeue(&output.stdout)
         } else if is_invalid_job_id(&output) {
@@ -364,7 +311,7 @@ impl SlurmProvider {
             .args(["-c", "--noheader", "--parsable2"])
             .args(["--format=JobID,State,ExitCode", &format!("--jobs={ids}")]);
         for command in [accounting, completion_log] {
-            match self.config.runner.run(command.clone()).await {
+            match self.config.batch.runner.run(command.clone()).await {
                 Ok(output) if output.success() => {
                     let jobs = parse_sacct(&output.stdout);
                     if !jobs.is_empty() {
@@ -406,7 +353,7 @@ impl SlurmProvider {
 
     async fn cancel_block(&self, block: &BlockId) -> Result<(), ProviderError> {
         let command = self.command("scancel").arg(block.as_str());
-        let output = self.config.runner.run(command.clone()).await?;
+        let output = self.config.batch.runner.run(command.clone()).await?;
         if output.success() || is_invalid_job_id(&output) || is_already_done(&output) {
             // Cancelling a job that ended (or that Slurm forgot) leaves nothing to do.
             return Ok(());
@@ -461,15 +408,10 @@ const NEVER_STARTS: &[&str] = &[
 ];
 
 /// Slurm's `--time`: `D-HH:MM:SS` from one day on, `HH:MM:SS` below, rounded up to whole
-/// seconds (Slurm itself rounds up to whole minutes).
-pub(crate) fn slurm_time(walltime: Duration) -> Result<String, ProviderError> {
-    let seconds = walltime.as_secs() + u64::from(walltime.subsec_nanos() > 0);
-    if seconds == 0 {
-        // `--time=0` means no limit to Slurm: refuse rather than invert the request.
-        return Err(ProviderError::rejected(
-            "a walltime of zero cannot be asked of a scheduler",
-        ));
-    }
+/// seconds (Slurm itself rounds up to whole minutes). Never `0`, which means no limit to
+/// Slurm: [`BlockRequest::check`] refuses a zero walltime.
+pub(crate) fn slurm_time(walltime: Duration) -> String {
+    let seconds = whole_seconds(walltime);
     let (days, rest) = (seconds / 86_400, seconds % 86_400);
     let hms = format!(
         "{:02}:{:02}:{:02}",
@@ -477,11 +419,11 @@ pub(crate) fn slurm_time(walltime: Duration) -> Result<String, ProviderError> {
         rest % 3600 / 60,
         rest % 60
     );
-    Ok(if days > 0 {
+    if days > 0 {
         format!("{days}-{hms}")
     } else {
         hms
-    })
+    }
 }
 
 fn join_ids(blocks: &[BlockId]) -> String {
@@ -714,19 +656,19 @@ pub(crate) fn parse_sacct(stdout: &str) -> HashMap<String, SlurmJob> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use funcx_core::ManagerCommand;
 
     use super::*;
-    use crate::script::mock::{ended, printed, MockRunner};
+    use crate::toolkit::mock::{ended, printed, MockRunner};
 
-    const SQUEUE_MIXED: &str = include_str!("../tests/data/slurm_squeue_mixed.txt");
-    const SACCT_C: &str = include_str!("../tests/data/slurm_sacct_c.txt");
-    const SACCT_DISABLED: &str = include_str!("../tests/data/slurm_sacct_disabled.err");
+    const SQUEUE_MIXED: &str = include_str!("../../tests/data/slurm_squeue_mixed.txt");
+    const SACCT_C: &str = include_str!("../../tests/data/slurm_sacct_c.txt");
+    const SACCT_DISABLED: &str = include_str!("../../tests/data/slurm_sacct_disabled.err");
     const INVALID_PARTITION: &str =
-        include_str!("../tests/data/slurm_sbatch_invalid_partition.err");
-    const INVALID_ID: &str = include_str!("../tests/data/slurm_squeue_invalid_id.err");
+        include_str!("../../tests/data/slurm_sbatch_invalid_partition.err");
+    const INVALID_ID: &str = include_str!("../../tests/data/slurm_squeue_invalid_id.err");
 
     fn provider(runner: MockRunner, config: SlurmConfig) -> SlurmProvider {
         let dir = std::env::temp_dir().join(format!("funcx-slurm-unit-{}", std::process::id()));
@@ -781,9 +723,9 @@ mod tests {
             .cpus_per_task(8)
             .mem("4G")
             .job_name("fx")
-            .sbatch_line("--gres=gpu:1")
-            .sbatch_line("#SBATCH --signal=B:USR1@60")
-            .bin_dir("/opt/slurm/bin");
+            .directive("--gres=gpu:1")
+            .directive("#SBATCH --signal=B:USR1@60")
+            .commands_dir("/opt/slurm/bin");
         let provider = provider(runner, config);
         let request = request()
             .nodes(2)
@@ -961,14 +903,13 @@ mod tests {
 
     #[test]
     fn walltimes_are_formatted_as_slurm_reads_them() {
-        let time = |secs: u64| slurm_time(Duration::from_secs(secs)).unwrap();
+        let time = |secs: u64| slurm_time(Duration::from_secs(secs));
         assert_eq!(time(59), "00:00:59");
         assert_eq!(time(3600), "01:00:00");
         assert_eq!(time(86_399), "23:59:59");
         assert_eq!(time(86_400), "1-00:00:00");
         assert_eq!(time(3 * 86_400 + 61), "3-00:01:01");
-        assert_eq!(slurm_time(Duration::from_millis(1500)).unwrap(), "00:00:02");
-        assert!(slurm_time(Duration::ZERO).is_err());
+        assert_eq!(slurm_time(Duration::from_millis(1500)), "00:00:02");
     }
 
     #[tokio::test]

@@ -1,19 +1,20 @@
 //! Blocks as PBS Pro / OpenPBS or Torque batch jobs: `qsub`, `qstat -f` and `qdel`, all
-//! through a [`CommandRunner`].
+//! through a [`CommandRunner`](crate::CommandRunner).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
 
 use funcx_core::{BlockId, BlockRequest, BlockState, BlockStatus, Provider, ProviderError};
 use futures::future::BoxFuture;
 
-use crate::command::{CommandOutput, CommandRunner, SchedulerCommand, ShellRunner};
+use crate::command::{CommandOutput, SchedulerCommand};
 use crate::launcher::Launcher;
-use crate::script::{self, ScriptParts, StateClock};
+use crate::toolkit::options::walltime_hms;
+use crate::toolkit::script;
+use crate::toolkit::{batch_options, BatchOptions, StateClock};
 
 /// Which PBS: they share `qsub`/`qstat`/`qdel` and `#PBS`, and differ in how nodes are asked
 /// for, what `qstat` can print, and what their negative exit statuses mean.
@@ -36,7 +37,7 @@ pub enum PbsFlavor {
 ///         .account("proj42")
 ///         .cpus_per_node(32)
 ///         .launcher(Launcher::mpiexec())
-///         .pbs_line("-l filesystems=home:eagle"),
+///         .directive("-l filesystems=home:eagle"),
 /// );
 /// # drop(provider);
 /// ```
@@ -46,12 +47,8 @@ pub struct PbsConfig {
     queue: Option<String>,
     account: Option<String>,
     cpus_per_node: u32,
-    job_name: String,
-    extra_lines: Vec<String>,
     launcher: Launcher,
-    scripts_dir: Option<PathBuf>,
-    bin_dir: Option<PathBuf>,
-    runner: Arc<dyn CommandRunner>,
+    batch: BatchOptions,
 }
 
 impl fmt::Debug for PbsConfig {
@@ -61,12 +58,9 @@ impl fmt::Debug for PbsConfig {
             .field("queue", &self.queue)
             .field("account", &self.account)
             .field("cpus_per_node", &self.cpus_per_node)
-            .field("job_name", &self.job_name)
-            .field("extra_lines", &self.extra_lines)
             .field("launcher", &self.launcher)
-            .field("scripts_dir", &self.scripts_dir)
-            .field("bin_dir", &self.bin_dir)
-            .finish_non_exhaustive()
+            .field("batch", &self.batch)
+            .finish()
     }
 }
 
@@ -80,12 +74,8 @@ impl PbsConfig {
             queue: None,
             account: None,
             cpus_per_node: 1,
-            job_name: "funcx".to_string(),
-            extra_lines: Vec::new(),
             launcher: Launcher::SingleNode,
-            scripts_dir: None,
-            bin_dir: None,
-            runner: Arc::new(ShellRunner::new()),
+            batch: BatchOptions::default(),
         }
     }
 
@@ -107,44 +97,14 @@ impl PbsConfig {
         self
     }
 
-    /// The prefix of job names (`-N`), `funcx` by default; each block is `<prefix>-<n>`.
-    pub fn job_name(mut self, prefix: impl Into<String>) -> PbsConfig {
-        self.job_name = prefix.into();
-        self
-    }
-
-    /// One more directive, with or without the `#PBS` in front (`-l filesystems=home`).
-    pub fn pbs_line(mut self, line: impl Into<String>) -> PbsConfig {
-        self.extra_lines.push(line.into());
-        self
-    }
-
     /// How each node's manager is started; [`Launcher::SingleNode`] by default.
     pub fn launcher(mut self, launcher: Launcher) -> PbsConfig {
         self.launcher = launcher;
         self
     }
-
-    /// Where batch scripts and the jobs' output (`-j oe`, `<name>.out`) are written; on a
-    /// real cluster a file system the compute nodes share. By default a directory of this
-    /// process under the temporary directory.
-    pub fn scripts_dir(mut self, dir: impl Into<PathBuf>) -> PbsConfig {
-        self.scripts_dir = Some(dir.into());
-        self
-    }
-
-    /// Runs `qsub`, `qstat` and `qdel` from `dir` instead of looking them up on `PATH`.
-    pub fn bin_dir(mut self, dir: impl Into<PathBuf>) -> PbsConfig {
-        self.bin_dir = Some(dir.into());
-        self
-    }
-
-    /// Runs the scheduler commands through `runner` ([`ShellRunner`] by default).
-    pub fn runner(mut self, runner: Arc<dyn CommandRunner>) -> PbsConfig {
-        self.runner = runner;
-        self
-    }
 }
+
+batch_options!(PbsConfig, "#PBS", "`qsub`, `qstat` and `qdel`");
 
 /// A [`Provider`] whose blocks are PBS Pro or Torque jobs; block ids are the whole job ids
 /// `qsub` prints (`123.server`), since that is what `qstat` and `qdel` take.
@@ -176,10 +136,7 @@ pub struct PbsProvider {
 impl PbsProvider {
     /// A provider configured by `config`.
     pub fn new(config: PbsConfig) -> PbsProvider {
-        let scripts_dir = config
-            .scripts_dir
-            .clone()
-            .unwrap_or_else(|| script::default_scripts_dir("pbs"));
+        let scripts_dir = config.batch.scripts_dir_or_default("pbs");
         PbsProvider {
             config,
             scripts_dir,
@@ -195,7 +152,7 @@ impl PbsProvider {
     }
 
     fn command(&self, name: &str) -> SchedulerCommand {
-        SchedulerCommand::new(script::program(self.config.bin_dir.as_deref(), name))
+        self.config.batch.command(name)
     }
 
     fn directives(&self, request: &BlockRequest, name: &str) -> Result<Vec<String>, ProviderError> {
@@ -215,7 +172,7 @@ impl PbsProvider {
             PbsFlavor::Torque => lines.push(format!("-l nodes={nodes}:ppn={cpus}")),
         }
         if let Some(walltime) = request.walltime_limit() {
-            lines.push(format!("-l walltime={}", pbs_time(walltime)?));
+            lines.push(format!("-l walltime={}", walltime_hms(walltime)));
         }
         if let Some(queue) = &config.queue {
             lines.push(format!("-q {queue}"));
@@ -225,33 +182,20 @@ impl PbsProvider {
         }
         lines.push("-j oe".to_string());
         lines.push(format!("-o {}", output_path(&self.scripts_dir, name)));
-        let mut directives = Vec::new();
-        for line in lines.iter().chain(&config.extra_lines) {
-            script::check_directive("qsub option", line)?;
-            let line = line.trim();
-            directives.push(if line.starts_with("#PBS") {
-                line.to_string()
-            } else {
-                format!("#PBS {line}")
-            });
-        }
-        Ok(directives)
+        config.batch.directive_lines("#PBS", &lines)
     }
 
     async fn submit_block(&self, request: &BlockRequest) -> Result<BlockId, ProviderError> {
-        request.check()?;
-        self.config.launcher.check(request.node_count())?;
         let seq = self.submitted.fetch_add(1, Ordering::Relaxed) + 1;
-        let name = format!("{}-{seq}", self.config.job_name);
-        let text = script::render(
+        let name = format!("{}-{seq}", self.config.batch.job_name);
+        let path = script::write_batch_job(
             request,
-            &ScriptParts {
-                directives: self.directives(request, &name)?,
-                job_id_expr: "$PBS_JOBID",
-                launcher: &self.config.launcher,
-            },
+            &self.config.launcher,
+            &name,
+            &self.scripts_dir,
+            "$PBS_JOBID",
+            |name| self.directives(request, name),
         )?;
-        let path = script::write_script(&self.scripts_dir, &name, &text)?;
         // The name and output options are given on the command line as well as in the
         // script: PBS takes either, and front ends that read only the command line (Slurm's
         // PBS wrappers) would otherwise write the output into the current directory.
@@ -266,7 +210,7 @@ impl PbsProvider {
                 &output_path(&self.scripts_dir, &name),
             ])
             .arg(path.to_string_lossy());
-        let output = self.config.runner.run(command.clone()).await?;
+        let output = self.config.batch.runner.run(command.clone()).await?;
         if !output.success() {
             return Err(qsub_failure(&command, &output));
         }
@@ -294,7 +238,7 @@ impl PbsProvider {
                 .command("qstat")
                 .args(["-f", "-F", "json", "-x"])
                 .args(ids.clone());
-            let output = self.config.runner.run(command.clone()).await?;
+            let output = self.config.batch.runner.run(command.clone()).await?;
             match parse_qstat_json(&output.stdout) {
                 Some(jobs) => {
                     return checked(jobs, &command, &output);
@@ -311,7 +255,7 @@ impl PbsProvider {
             command = command.arg("-x");
         }
         let command = command.args(ids);
-        let output = self.config.runner.run(command.clone()).await?;
+        let output = self.config.batch.runner.run(command.clone()).await?;
         checked(parse_qstat_text(&output.stdout), &command, &output)
     }
 
@@ -349,7 +293,7 @@ impl PbsProvider {
 
     async fn cancel_block(&self, block: &BlockId) -> Result<(), ProviderError> {
         let command = self.command("qdel").arg(block.as_str());
-        let output = self.config.runner.run(command.clone()).await?;
+        let output = self.config.batch.runner.run(command.clone()).await?;
         if !output.success() {
             // `qdel` of a job that ended fails, with a message that differs between PBS
             // versions (Slurm's wrapper prints none): ask the server how the job is instead
@@ -427,22 +371,6 @@ fn checked(
     } else {
         Err(output.failure(command))
     }
-}
-
-/// PBS's `walltime`: `HH:MM:SS`, hours unbounded (`48:00:00`), rounded up to whole seconds.
-pub(crate) fn pbs_time(walltime: Duration) -> Result<String, ProviderError> {
-    let seconds = walltime.as_secs() + u64::from(walltime.subsec_nanos() > 0);
-    if seconds == 0 {
-        return Err(ProviderError::rejected(
-            "a walltime of zero cannot be asked of a scheduler",
-        ));
-    }
-    Ok(format!(
-        "{:02}:{:02}:{:02}",
-        seconds / 3600,
-        seconds % 3600 / 60,
-        seconds % 60
-    ))
 }
 
 /// Reads `HH:MM:SS` (or `MM:SS`, `SS`) back into seconds.
@@ -699,19 +627,20 @@ pub(crate) fn parse_qstat_text(stdout: &str) -> HashMap<String, PbsJob> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use funcx_core::ManagerCommand;
 
     use super::*;
-    use crate::script::mock::{ended, printed, MockRunner};
+    use crate::toolkit::mock::{ended, printed, MockRunner};
 
     // Hand-written from the documented formats (no PBS server can be had here).
-    const PBS_PRO_JSON: &str = include_str!("../tests/data/pbs_pro_qstat_f_json.json");
-    const TORQUE_TEXT: &str = include_str!("../tests/data/pbs_torque_qstat_f.txt");
+    const PBS_PRO_JSON: &str = include_str!("../../tests/data/pbs_pro_qstat_f_json.json");
+    const TORQUE_TEXT: &str = include_str!("../../tests/data/pbs_torque_qstat_f.txt");
     // Recorded from Slurm's PBS wrappers.
-    const SHIM_RUNNING: &str = include_str!("../tests/data/pbs_shim_qstat_running.txt");
-    const SHIM_COMPLETED: &str = include_str!("../tests/data/pbs_shim_qstat_completed.txt");
+    const SHIM_RUNNING: &str = include_str!("../../tests/data/pbs_shim_qstat_running.txt");
+    const SHIM_COMPLETED: &str = include_str!("../../tests/data/pbs_shim_qstat_completed.txt");
 
     fn provider(runner: MockRunner, config: PbsConfig) -> PbsProvider {
         let dir = std::env::temp_dir().join(format!("funcx-pbs-unit-{}", std::process::id()));
@@ -775,7 +704,7 @@ mod tests {
             .account("proj42")
             .cpus_per_node(32)
             .launcher(Launcher::mpiexec())
-            .pbs_line("-l filesystems=home");
+            .directive("-l filesystems=home");
         let request = request().nodes(4).walltime(Duration::from_secs(50 * 3600));
         let script = submitted_script(config, request).await;
         has_lines(
@@ -1144,12 +1073,11 @@ mod tests {
 
     #[test]
     fn walltimes_are_formatted_as_pbs_reads_them() {
-        assert_eq!(pbs_time(Duration::from_secs(59)).unwrap(), "00:00:59");
+        assert_eq!(walltime_hms(Duration::from_secs(59)), "00:00:59");
         assert_eq!(
-            pbs_time(Duration::from_secs(49 * 3600 + 61)).unwrap(),
+            walltime_hms(Duration::from_secs(49 * 3600 + 61)),
             "49:01:01"
         );
-        assert!(pbs_time(Duration::ZERO).is_err());
         assert_eq!(parse_hms("01:00:02"), Some(3602));
     }
 }

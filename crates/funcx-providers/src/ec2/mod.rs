@@ -38,29 +38,26 @@
 //! `Name=funcx-<block id>`; status and cancel find a block's instances by its tag, so a new
 //! provider (after a restart) still knows the blocks an earlier one started.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::error::Error as StdError;
-use std::fmt;
-use std::io;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4;
 use base64::Engine as _;
-use funcx_core::{
-    BlockId, BlockRequest, BlockState, BlockStatus, Provider, ProviderError, BLOCK_ID_ENV,
-    NODE_INDEX_ENV,
-};
+use funcx_core::{BlockId, BlockRequest, BlockState, BlockStatus, Provider, ProviderError};
+#[cfg(doc)]
+use funcx_core::{BLOCK_ID_ENV, NODE_INDEX_ENV};
 use futures::future::BoxFuture;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+
+use crate::toolkit::StateClock;
+
+mod api;
+mod config;
+mod user_data;
+
+use api::{instance_ids, parse_instances, Api};
+pub use config::{Ec2Config, Ec2ConfigError};
+use user_data::render_user_data;
 
 /// The tag that names the block an instance belongs to.
 pub const BLOCK_TAG: &str = "funcx:block";
@@ -88,196 +85,8 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// EC2 accepts at most 200 values in one filter.
 const FILTER_VALUES: usize = 200;
 
-/// How many block states are remembered to report since when a block is in its state.
-const REMEMBERED_STATES: usize = 4096;
-
 /// The `tracing` target of this provider's log lines.
 const LOG_TARGET: &str = "funcx::ec2";
-
-/// How to start instances: image, instance type, network, market, tags, and where the EC2
-/// API is.
-///
-/// ```
-/// use funcx_providers::Ec2Config;
-///
-/// let config = Ec2Config::new("ami-0abcdef1234567890", "c7i.large")
-///     .region("us-east-2")
-///     .subnet_id("subnet-0123456789abcdef0")
-///     .security_group_id("sg-0123456789abcdef0")
-///     .key_name("ops")
-///     .spot_max_price("0.05")
-///     .tag("team", "imaging")
-///     .endpoint_name("beamline-7");
-/// # let _ = config;
-/// ```
-///
-/// Credentials and region come from the standard AWS environment variables unless set here:
-/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` /
-/// `AWS_DEFAULT_REGION`, and `AWS_ENDPOINT_URL_EC2` / `AWS_ENDPOINT_URL` for the API
-/// endpoint (by default the region's, `https://ec2.<region>.amazonaws.com/`). Shared config
-/// files, SSO and the instance metadata service are not read.
-#[derive(Clone, Debug)]
-pub struct Ec2Config {
-    image_id: String,
-    instance_type: String,
-    region: Option<String>,
-    subnet_id: Option<String>,
-    key_name: Option<String>,
-    security_group_ids: Vec<String>,
-    spot: Option<Spot>,
-    iam_instance_profile: Option<String>,
-    tags: Vec<(String, String)>,
-    endpoint_url: Option<String>,
-    endpoint_name: String,
-    credentials: Option<Credentials>,
-    request_timeout: Duration,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Spot {
-    max_price: Option<String>,
-}
-
-impl Ec2Config {
-    /// Instances of `instance_type` (e.g. `c7i.large`) from image `image_id` (`ami-...`),
-    /// on demand, in the default subnet and security group of the region.
-    pub fn new(image_id: impl Into<String>, instance_type: impl Into<String>) -> Ec2Config {
-        Ec2Config {
-            image_id: image_id.into(),
-            instance_type: instance_type.into(),
-            region: None,
-            subnet_id: None,
-            key_name: None,
-            security_group_ids: Vec::new(),
-            spot: None,
-            iam_instance_profile: None,
-            tags: Vec::new(),
-            endpoint_url: None,
-            endpoint_name: "funcx".to_owned(),
-            credentials: None,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-        }
-    }
-
-    /// The AWS region (`us-east-1`), instead of `AWS_REGION` / `AWS_DEFAULT_REGION`.
-    pub fn region(mut self, region: impl Into<String>) -> Ec2Config {
-        self.region = Some(region.into());
-        self
-    }
-
-    /// Launches into this subnet (and so its VPC and availability zone).
-    pub fn subnet_id(mut self, subnet_id: impl Into<String>) -> Ec2Config {
-        self.subnet_id = Some(subnet_id.into());
-        self
-    }
-
-    /// The EC2 key pair whose public key is installed for SSH logins.
-    pub fn key_name(mut self, key_name: impl Into<String>) -> Ec2Config {
-        self.key_name = Some(key_name.into());
-        self
-    }
-
-    /// Adds a security group (`sg-...`). The managers dial out to the endpoint, so a group
-    /// only needs to allow that outbound connection.
-    pub fn security_group_id(mut self, group_id: impl Into<String>) -> Ec2Config {
-        self.security_group_ids.push(group_id.into());
-        self
-    }
-
-    /// Adds security groups.
-    pub fn security_group_ids<I>(mut self, group_ids: I) -> Ec2Config
-    where
-        I: IntoIterator,
-        I::Item: Into<String>,
-    {
-        self.security_group_ids
-            .extend(group_ids.into_iter().map(Into::into));
-        self
-    }
-
-    /// Runs one-time spot instances (interrupted instances terminate) at up to the
-    /// on-demand price.
-    pub fn spot(mut self) -> Ec2Config {
-        self.spot = Some(Spot { max_price: None });
-        self
-    }
-
-    /// Runs one-time spot instances at up to `max_price` US dollars an hour (`"0.05"`).
-    pub fn spot_max_price(mut self, max_price: impl Into<String>) -> Ec2Config {
-        self.spot = Some(Spot {
-            max_price: Some(max_price.into()),
-        });
-        self
-    }
-
-    /// Runs on-demand instances (the default).
-    pub fn on_demand(mut self) -> Ec2Config {
-        self.spot = None;
-        self
-    }
-
-    /// The IAM instance profile the instances run as: its name, or its ARN (`arn:...`).
-    pub fn iam_instance_profile(mut self, profile: impl Into<String>) -> Ec2Config {
-        self.iam_instance_profile = Some(profile.into());
-        self
-    }
-
-    /// Adds a tag to every instance. A `Name` tag replaces the default `funcx-<block id>`;
-    /// the `funcx:` tags the provider sets cannot be replaced.
-    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Ec2Config {
-        self.tags.push((key.into(), value.into()));
-        self
-    }
-
-    /// Sends the API calls to `url` instead of the region's endpoint, e.g.
-    /// `http://127.0.0.1:5000` for an emulator such as moto. Plain `http` is allowed.
-    pub fn endpoint_url(mut self, url: impl Into<String>) -> Ec2Config {
-        self.endpoint_url = Some(url.into());
-        self
-    }
-
-    /// The name of the funcx endpoint these blocks serve, recorded in the `funcx:endpoint`
-    /// tag (`funcx` by default).
-    pub fn endpoint_name(mut self, name: impl Into<String>) -> Ec2Config {
-        self.endpoint_name = name.into();
-        self
-    }
-
-    /// Signs with these credentials instead of those in the environment.
-    pub fn credentials(
-        mut self,
-        access_key_id: impl Into<String>,
-        secret_access_key: impl Into<String>,
-        session_token: Option<String>,
-    ) -> Ec2Config {
-        self.credentials = Some(Credentials::new(
-            access_key_id,
-            secret_access_key,
-            session_token,
-            None,
-            "funcx-config",
-        ));
-        self
-    }
-
-    /// How long one API call may take (30 s by default) before it fails as unreachable.
-    pub fn request_timeout(mut self, timeout: Duration) -> Ec2Config {
-        self.request_timeout = timeout;
-        self
-    }
-}
-
-/// Why an [`Ec2Provider`] could not be made: no credentials, no region, a bad endpoint URL.
-#[derive(Debug)]
-pub struct Ec2ConfigError(String);
-
-impl fmt::Display for Ec2ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot use EC2: {}", self.0)
-    }
-}
-
-impl StdError for Ec2ConfigError {}
 
 /// A [`Provider`] whose blocks are EC2 instances, one manager on each.
 ///
@@ -314,19 +123,15 @@ impl StdError for Ec2ConfigError {}
 pub struct Ec2Provider {
     config: Ec2Config,
     api: Api,
-    state: Mutex<State>,
-}
-
-#[derive(Debug, Default)]
-struct State {
+    clock: StateClock,
     /// Blocks this provider cancelled.
-    cancelled: HashSet<BlockId>,
-    /// The last state seen of each block and when it was first seen in it.
-    seen: HashMap<BlockId, (BlockState, SystemTime)>,
+    cancelled: Mutex<HashSet<BlockId>>,
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock(cancelled: &Mutex<HashSet<BlockId>>) -> MutexGuard<'_, HashSet<BlockId>> {
+    // The set is consistent after every statement; a panic elsewhere must not take the
+    // provider down with it.
+    cancelled.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Ec2Provider {
@@ -384,7 +189,8 @@ impl Ec2Provider {
         Ok(Ec2Provider {
             config,
             api,
-            state: Mutex::default(),
+            clock: StateClock::default(),
+            cancelled: Mutex::default(),
         })
     }
 
@@ -556,31 +362,19 @@ impl Ec2Provider {
         } else {
             self.instances(&ours).await?
         };
-        let now = SystemTime::now();
-        let mut state = lock(&self.state);
+        let cancelled = lock(&self.cancelled);
         let statuses = blocks
             .iter()
             .map(|id| {
                 let block_state = if is_block_id(id) {
                     let found = instances.remove(id.as_str()).unwrap_or_default();
-                    block_state(id, &found, state.cancelled.contains(id))
+                    block_state(id, &found, cancelled.contains(id))
                 } else {
                     BlockState::Unknown(format!(
                         "{id} is not an EC2 block id (ec2-<letters and digits>)"
                     ))
                 };
-                let since = match state.seen.get(id) {
-                    Some((seen, since)) if *seen == block_state => *since,
-                    _ => now,
-                };
-                if state.seen.len() >= REMEMBERED_STATES && !state.seen.contains_key(id) {
-                    state.seen.retain(|_, (seen, _)| !seen.is_finished());
-                    if state.seen.len() >= REMEMBERED_STATES {
-                        state.seen.clear();
-                    }
-                }
-                state.seen.insert(id.clone(), (block_state.clone(), since));
-                BlockStatus::new(id.clone(), block_state, since)
+                self.clock.observe(id, block_state)
             })
             .collect();
         Ok(statuses)
@@ -602,7 +396,7 @@ impl Ec2Provider {
             // Finished already, or terminated long ago and forgotten by EC2: nothing to end.
             return Ok(());
         }
-        lock(&self.state).cancelled.insert(id.clone());
+        lock(&self.cancelled).insert(id.clone());
         let mut tag = vec![
             param("Tag.1.Key", CANCELLED_TAG),
             param("Tag.1.Value", "true"),
@@ -692,11 +486,11 @@ fn is_block_id(id: &BlockId) -> bool {
 /// What status needs to know of one instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Instance {
-    id: String,
-    state: String,
-    reason_code: Option<String>,
-    reason_message: Option<String>,
-    tags: Vec<(String, String)>,
+    pub(super) id: String,
+    pub(super) state: String,
+    pub(super) reason_code: Option<String>,
+    pub(super) reason_message: Option<String>,
+    pub(super) tags: Vec<(String, String)>,
 }
 
 impl Instance {
@@ -768,533 +562,12 @@ fn block_state(id: &BlockId, instances: &[Instance], cancelled_here: bool) -> Bl
     BlockState::Completed
 }
 
-/// The user data of every instance of block `id`: a `/bin/sh` script that sets up the
-/// manager's environment, runs the `worker_init` lines and `exec`s the manager.
-fn render_user_data(request: &BlockRequest, id: &BlockId) -> Result<Vec<u8>, ProviderError> {
-    let manager = request.command();
-    let mut script: Vec<u8> = Vec::with_capacity(1024);
-    script.extend_from_slice(
-        format!(
-            "#!/bin/sh\n\
-             # funcx block {id}: starts one manager on this instance (funcx-providers Ec2Provider).\n\
-             funcx_metadata() {{\n\
-             \x20 for _ in 1 2 3 4 5 6 7 8 9 10; do\n\
-             \x20   if command -v curl >/dev/null 2>&1; then\n\
-             \x20     token=$(curl -fsS -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token 2>/dev/null)\n\
-             \x20     curl -fsS -m 5 ${{token:+-H \"X-aws-ec2-metadata-token: $token\"}} \"http://169.254.169.254/latest/meta-data/$1\" && return 0\n\
-             \x20   else\n\
-             \x20     token=$(wget -q -O - -T 5 --method=PUT --header='X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token 2>/dev/null)\n\
-             \x20     wget -q -O - -T 5 ${{token:+--header=\"X-aws-ec2-metadata-token: $token\"}} \"http://169.254.169.254/latest/meta-data/$1\" && return 0\n\
-             \x20   fi\n\
-             \x20   sleep 1\n\
-             \x20 done\n\
-             \x20 return 1\n\
-             }}\n"
-        )
-        .as_bytes(),
-    );
-    for (key, value) in manager.environment() {
-        let key = key
-            .to_str()
-            .filter(|key| crate::script::is_variable_name(key))
-            .ok_or_else(|| {
-                ProviderError::rejected(format!(
-                    "the manager's environment variable {key:?} is not a valid shell variable name"
-                ))
-            })?;
-        script.extend_from_slice(format!("export {key}=").as_bytes());
-        script.extend_from_slice(&shell_quote(value.as_encoded_bytes()));
-        script.push(b'\n');
-    }
-    // Set after the manager's environment, so a manager command cannot claim to be another
-    // block.
-    script.extend_from_slice(format!("export {BLOCK_ID_ENV}=").as_bytes());
-    script.extend_from_slice(&shell_quote(id.as_str().as_bytes()));
-    script.push(b'\n');
-    script.extend_from_slice(
-        format!(
-            "{NODE_INDEX_ENV}=$(funcx_metadata ami-launch-index) || {{\n\
-             \x20 echo 'funcx: could not read ami-launch-index from the instance metadata service' >&2\n\
-             \x20 exit 1\n\
-             }}\n\
-             export {NODE_INDEX_ENV}\n"
-        )
-        .as_bytes(),
-    );
-    if let Some(walltime) = request.walltime_limit() {
-        let minutes = walltime.as_secs().div_ceil(60).max(1);
-        script.extend_from_slice(
-            format!(
-                "# The block's walltime: the instance terminates (InstanceInitiatedShutdownBehavior).\n\
-                 shutdown -h +{minutes} 'funcx: walltime of block {id} expired' || \
-                 echo 'funcx: could not schedule the walltime shutdown' >&2\n"
-            )
-            .as_bytes(),
-        );
-    }
-    if let Some(init) = request.worker_init_lines() {
-        script.extend_from_slice(init.as_bytes());
-        if !init.ends_with('\n') {
-            script.push(b'\n');
-        }
-    }
-    script.extend_from_slice(b"exec ");
-    script.extend_from_slice(&shell_quote(
-        manager.program().as_os_str().as_encoded_bytes(),
-    ));
-    for arg in manager.arguments() {
-        script.push(b' ');
-        script.extend_from_slice(&shell_quote(arg.as_encoded_bytes()));
-    }
-    script.push(b'\n');
-    Ok(script)
-}
-
-/// `word` as one POSIX shell word: as it is when it holds only characters no shell treats
-/// specially, otherwise in single quotes, with each `'` written as `'\''`.
-fn shell_quote(word: &[u8]) -> Cow<'_, [u8]> {
-    let plain = |b: &u8| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(b);
-    if !word.is_empty() && word.iter().all(plain) {
-        return Cow::Borrowed(word);
-    }
-    let mut quoted = Vec::with_capacity(word.len() + 2);
-    quoted.push(b'\'');
-    for &byte in word {
-        if byte == b'\'' {
-            quoted.extend_from_slice(b"'\\''");
-        } else {
-            quoted.push(byte);
-        }
-    }
-    quoted.push(b'\'');
-    Cow::Owned(quoted)
-}
-
-// ---------------------------------------------------------------------------------------
-// The EC2 Query API: a SigV4-signed form POST, an XML answer.
-
-struct Api {
-    endpoint: http::Uri,
-    host: String,
-    region: String,
-    credentials: Credentials,
-    timeout: Duration,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-}
-
-impl fmt::Debug for Api {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Api")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .finish_non_exhaustive()
-    }
-}
-
-/// How an API call failed.
-#[derive(Debug)]
-enum ApiError {
-    /// No answer: the endpoint could not be reached, or did not answer in time.
-    Unreachable { endpoint: String, error: io::Error },
-    /// EC2 answered with an error.
-    Aws {
-        status: u16,
-        code: String,
-        message: String,
-        request_id: Option<String>,
-    },
-    /// The request could not be made, or the answer could not be read.
-    Other(String),
-}
-
-impl ApiError {
-    /// The error as the provider reports it for `action`; `launch` marks a `RunInstances`
-    /// whose request errors reject the block.
-    fn into_provider_error(self, action: &str, launch: bool) -> ProviderError {
-        match self {
-            ApiError::Unreachable { endpoint, error } => ProviderError::io(
-                format!("could not reach the EC2 API at {endpoint} ({action})"),
-                error,
-            ),
-            ApiError::Aws {
-                status,
-                code,
-                message,
-                request_id,
-            } => {
-                let request_id = request_id
-                    .map(|id| format!(", request id {id}"))
-                    .unwrap_or_default();
-                let refused = ["Invalid", "Unsupported", "MissingParameter"]
-                    .iter()
-                    .any(|prefix| code.starts_with(prefix));
-                if launch && refused {
-                    ProviderError::rejected(format!(
-                        "EC2 {action} refused it: {code}: {message} (HTTP {status}{request_id})"
-                    ))
-                } else {
-                    ProviderError::command(
-                        format!("EC2 {action}"),
-                        format!("{code}: {message} (HTTP {status}{request_id})"),
-                    )
-                }
-            }
-            ApiError::Other(detail) => ProviderError::command(format!("EC2 {action}"), detail),
-        }
-    }
-}
-
-impl Api {
-    fn new(
-        endpoint: &str,
-        region: String,
-        credentials: Credentials,
-        timeout: Duration,
-    ) -> Result<Api, Ec2ConfigError> {
-        let bad = |why: &str| Ec2ConfigError(format!("bad EC2 endpoint URL `{endpoint}`: {why}"));
-        let uri: http::Uri = endpoint.parse().map_err(|_| bad("not a URL"))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) {
-            return Err(bad("the scheme must be http or https"));
-        }
-        let host = uri
-            .authority()
-            .map(|authority| authority.as_str().to_owned())
-            .ok_or_else(|| bad("no host"))?;
-        if uri.query().is_some() {
-            return Err(bad("a query string is not allowed"));
-        }
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|error| Ec2ConfigError(format!("cannot set up TLS: {error}")))?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Api {
-            endpoint: uri,
-            host,
-            region,
-            credentials,
-            timeout,
-            client,
-        })
-    }
-
-    /// Calls `action` with `params` and returns the XML answer.
-    async fn call(&self, action: &str, params: &[(String, String)]) -> Result<String, ApiError> {
-        let body = encode_form(action, params);
-        let request = self.signed_request(body)?;
-        let endpoint = self.endpoint.to_string();
-        let unreachable = |error: io::Error| ApiError::Unreachable {
-            endpoint: endpoint.clone(),
-            error,
-        };
-        let timed_out = || {
-            unreachable(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no answer within {:?}", self.timeout),
-            ))
-        };
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|error| unreachable(io_error(&error)))?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|error| unreachable(io_error(&error)))?
-                .to_bytes();
-            Ok::<_, ApiError>((status, body))
-        };
-        let (status, body) = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| timed_out())??;
-        let text = String::from_utf8_lossy(&body).into_owned();
-        if status.is_success() {
-            Ok(text)
-        } else {
-            Err(parse_error(status.as_u16(), &text))
-        }
-    }
-
-    fn signed_request(&self, body: String) -> Result<http::Request<Full<Bytes>>, ApiError> {
-        let failed = |what: &str, error: &dyn fmt::Display| {
-            ApiError::Other(format!("could not {what} the request: {error}"))
-        };
-        let mut request = http::Request::builder()
-            .method(http::Method::POST)
-            .uri(self.endpoint.clone())
-            .header(http::header::HOST, &self.host)
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded; charset=utf-8",
-            )
-            .body(Full::new(Bytes::from(body.clone())))
-            .map_err(|error| failed("build", &error))?;
-        let identity = self.credentials.clone().into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("ec2")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|error| failed("sign", &error))?
-            .into();
-        let uri = self.endpoint.to_string();
-        let headers = request
-            .headers()
-            .iter()
-            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
-        let signable = SignableRequest::new(
-            "POST",
-            uri.as_str(),
-            headers,
-            SignableBody::Bytes(body.as_bytes()),
-        )
-        .map_err(|error| failed("sign", &error))?;
-        let (instructions, _signature) = sign(signable, &params)
-            .map_err(|error| failed("sign", &error))?
-            .into_parts();
-        instructions.apply_to_request_http1x(&mut request);
-        Ok(request)
-    }
-}
-
-/// The form-encoded body of a call to `action` with `params`. (The serializer is not `Send`,
-/// so it must not live in an `async fn`.)
-fn encode_form(action: &str, params: &[(String, String)]) -> String {
-    let mut form = form_urlencoded::Serializer::new(String::new());
-    form.append_pair("Action", action)
-        .append_pair("Version", API_VERSION);
-    for (key, value) in params {
-        form.append_pair(key, value);
-    }
-    form.finish()
-}
-
-/// The I/O error at the root of `error` (a refused connection, a reset), or `error` itself
-/// as one.
-fn io_error(error: &(dyn StdError + 'static)) -> io::Error {
-    let mut text = error.to_string();
-    let mut kind = io::ErrorKind::Other;
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<io::Error>() {
-            kind = io.kind();
-        }
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    io::Error::new(kind, text)
-}
-
-fn child<'a, 'input>(
-    node: roxmltree::Node<'a, 'input>,
-    name: &str,
-) -> Option<roxmltree::Node<'a, 'input>> {
-    node.children()
-        .find(|child| child.is_element() && child.tag_name().name() == name)
-}
-
-fn child_text<'a>(node: roxmltree::Node<'a, '_>, name: &str) -> Option<&'a str> {
-    child(node, name)
-        .and_then(|child| child.text())
-        .map(str::trim)
-}
-
-fn items<'a, 'input>(
-    node: roxmltree::Node<'a, 'input>,
-) -> impl Iterator<Item = roxmltree::Node<'a, 'input>> {
-    node.children()
-        .filter(|child| child.is_element() && child.tag_name().name() == "item")
-}
-
-fn parse_xml(text: &str) -> Result<roxmltree::Document<'_>, String> {
-    roxmltree::Document::parse(text)
-        .map_err(|error| format!("the answer is not XML ({error}): {}", excerpt(text)))
-}
-
-fn excerpt(text: &str) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(300) {
-        Some((end, _)) => format!("{}...", &text[..end]),
-        None => text.to_owned(),
-    }
-}
-
-/// The error in an answer with HTTP status `status`:
-/// `<Response><Errors><Error><Code>..</Code><Message>..</Message></Error></Errors><RequestID>`.
-fn parse_error(status: u16, text: &str) -> ApiError {
-    let parsed = roxmltree::Document::parse(text).ok().and_then(|document| {
-        let error = document
-            .descendants()
-            .find(|node| node.is_element() && node.tag_name().name() == "Error")?;
-        let code = child_text(error, "Code")?.to_owned();
-        let message = child_text(error, "Message").unwrap_or("").to_owned();
-        let request_id = document
-            .descendants()
-            .find(|node| {
-                node.is_element() && matches!(node.tag_name().name(), "RequestID" | "RequestId")
-            })
-            .and_then(|node| node.text())
-            .map(|id| id.trim().to_owned());
-        Some(ApiError::Aws {
-            status,
-            code,
-            message,
-            request_id,
-        })
-    });
-    parsed.unwrap_or_else(|| {
-        ApiError::Other(format!(
-            "HTTP {status} without an EC2 error in the answer: {}",
-            excerpt(text)
-        ))
-    })
-}
-
-/// The instance ids in a `RunInstances` answer.
-fn instance_ids(text: &str) -> Result<Vec<String>, String> {
-    let document = parse_xml(text)?;
-    let root = document.root_element();
-    let set = child(root, "instancesSet")
-        .ok_or_else(|| format!("no instancesSet in the answer: {}", excerpt(text)))?;
-    items(set)
-        .map(|item| {
-            child_text(item, "instanceId")
-                .map(str::to_owned)
-                .ok_or_else(|| "an instance without an instanceId in the answer".to_owned())
-        })
-        .collect()
-}
-
-/// The instances in a `DescribeInstances` answer, and the token of the next page.
-fn parse_instances(text: &str) -> Result<(Vec<Instance>, Option<String>), String> {
-    let document = parse_xml(text)?;
-    let root = document.root_element();
-    let mut instances = Vec::new();
-    if let Some(reservations) = child(root, "reservationSet") {
-        for reservation in items(reservations) {
-            let Some(set) = child(reservation, "instancesSet") else {
-                continue;
-            };
-            for item in items(set) {
-                let id = child_text(item, "instanceId")
-                    .ok_or("an instance without an instanceId in the answer")?;
-                let state = child(item, "instanceState")
-                    .and_then(|state| child_text(state, "name"))
-                    .ok_or_else(|| format!("instance {id} without a state in the answer"))?;
-                let reason = child(item, "stateReason");
-                let tags = child(item, "tagSet")
-                    .map(|tags| {
-                        items(tags)
-                            .filter_map(|tag| {
-                                Some((
-                                    child_text(tag, "key")?.to_owned(),
-                                    child_text(tag, "value").unwrap_or("").to_owned(),
-                                ))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                instances.push(Instance {
-                    id: id.to_owned(),
-                    state: state.to_owned(),
-                    reason_code: reason
-                        .and_then(|r| child_text(r, "code"))
-                        .map(str::to_owned),
-                    reason_message: reason
-                        .and_then(|r| child_text(r, "message"))
-                        .map(str::to_owned),
-                    tags,
-                });
-            }
-        }
-    }
-    let next = child_text(root, "nextToken")
-        .filter(|token| !token.is_empty())
-        .map(str::to_owned);
-    Ok((instances, next))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::api::parse_error;
     use super::*;
-    use funcx_core::ManagerCommand;
-
-    fn quote(word: &str) -> String {
-        String::from_utf8(shell_quote(word.as_bytes()).into_owned()).unwrap()
-    }
-
-    #[test]
-    fn quoting_leaves_plain_words_alone() {
-        assert_eq!(quote("funcx-manager"), "funcx-manager");
-        assert_eq!(quote("/opt/bin/funcx-manager"), "/opt/bin/funcx-manager");
-        assert_eq!(
-            quote("--endpoint=10.0.0.1:9000"),
-            "--endpoint=10.0.0.1:9000"
-        );
-    }
-
-    #[test]
-    fn quoting_protects_everything_else() {
-        assert_eq!(quote(""), "''");
-        assert_eq!(quote("a b"), "'a b'");
-        assert_eq!(quote("it's"), "'it'\\''s'");
-        assert_eq!(quote("$HOME"), "'$HOME'");
-        assert_eq!(quote("`id`"), "'`id`'");
-        assert_eq!(quote("a\nb"), "'a\nb'");
-        assert_eq!(quote("*"), "'*'");
-        assert_eq!(quote("~"), "'~'");
-        assert_eq!(quote("a;b|c&d"), "'a;b|c&d'");
-    }
-
-    /// Each word, quoted, read back by a real `/bin/sh`.
-    #[test]
-    fn quoted_words_survive_the_shell() {
-        let words = [
-            "plain",
-            "",
-            "two words",
-            "it's",
-            "''",
-            "\"double\"",
-            "$HOME ${X:-y} $(id) `id`",
-            "back\\slash",
-            "new\nline",
-            "tab\there",
-            "glob * ? [a]",
-            "-n",
-            "~user",
-            "é ünïcödé",
-        ];
-        let mut script = b"printf '%s\\0'".to_vec();
-        for word in words {
-            script.push(b' ');
-            script.extend_from_slice(&shell_quote(word.as_bytes()));
-        }
-        let output = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(String::from_utf8(script).unwrap())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let read: Vec<&[u8]> = output.stdout.split(|&b| b == 0).collect();
-        let expected: Vec<&[u8]> = words
-            .iter()
-            .map(|w| w.as_bytes())
-            .chain([&b""[..]])
-            .collect();
-        assert_eq!(read, expected);
-    }
+    use crate::toolkit::mock::TempDir;
+    use funcx_core::{ManagerCommand, BLOCK_ID_ENV};
 
     fn request() -> BlockRequest {
         BlockRequest::new(
@@ -1330,7 +603,7 @@ mod tests {
         assert!(
             script.ends_with(
                 "source /opt/venv/bin/activate\n\
-                 exec /opt/funcx/bin/funcx-manager --endpoint=10.0.0.1:9000 '--name=it'\\''s mine'\n"
+                 exec /opt/funcx/bin/funcx-manager '--endpoint=10.0.0.1:9000' '--name=it'\\''s mine'\n"
             ),
             "{script}"
         );
@@ -1363,8 +636,8 @@ mod tests {
     /// got.
     #[test]
     fn user_data_runs_the_manager_with_its_environment() {
-        let dir = std::env::temp_dir().join(format!("funcx-ec2-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = TempDir::new("ec2-user-data");
+        let dir = temp.path();
         let curl = dir.join("curl");
         std::fs::write(
             &curl,
@@ -1401,7 +674,6 @@ mod tests {
             .env("PATH", format!("{}:/usr/bin:/bin", dir.display()))
             .output()
             .unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         assert!(output.status.success(), "{output:?}");
         assert_eq!(
             String::from_utf8_lossy(&output.stdout),
