@@ -78,13 +78,18 @@ fn main() -> ExitCode {
             listener.local_addr()?,
             users.join(", ")
         );
-        // Runs until killed: every accepted task and result is already on disk, so Ctrl-C
-        // (or SIGKILL) loses nothing, and a restart resubmits the unfinished tasks.
-        gateway.serve(listener).await?;
+        // Runs until SIGTERM or Ctrl-C, then stops gracefully (a second signal: at once).
+        // Every accepted task and result is on disk already, so even SIGKILL loses nothing:
+        // endpoints resume with the next run, which re-sends only what they do not hold.
+        gateway.serve_until_signalled(listener).await?;
         Ok::<(), Box<dyn std::error::Error>>(())
     });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match served {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            println!("funcx gateway stopped cleanly");
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE

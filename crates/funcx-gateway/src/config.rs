@@ -39,6 +39,12 @@ pub struct GatewayConfig {
     /// The store's file ([`crate::store::RedbStore`]), or `None` (default) for a store in
     /// memory that forgets everything at exit.
     pub store: Option<PathBuf>,
+    /// The store's page cache, in MiB (default 64): the most memory the store file's pages
+    /// take in the gateway, however large the file grows.
+    pub store_cache_mib: usize,
+    /// How long a graceful stop (`SIGTERM`, `SIGINT`) may take, in seconds (default 10):
+    /// requests under way finish, streams are closed, the store is closed cleanly.
+    pub shutdown_grace_secs: u64,
     /// Users to create (or whose token to replace) at start.
     pub users: Vec<UserConfig>,
     /// Requests per user; `None` (default) for no limit.
@@ -64,6 +70,8 @@ impl Default for GatewayConfig {
         GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8470)),
             store: None,
+            store_cache_mib: 64,
+            shutdown_grace_secs: 10,
             users: Vec::new(),
             rate_limit: None,
             max_body_bytes: 16 * 1024 * 1024,
@@ -131,6 +139,11 @@ impl GatewayConfig {
         Duration::from_secs(self.result_ttl_secs)
     }
 
+    /// How long a graceful stop may take.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), GatewayError> {
         if let Some(limit) = self.rate_limit {
             if !(limit.per_second.is_finite() && limit.per_second > 0.0) || limit.burst == 0 {
@@ -146,6 +159,11 @@ impl GatewayConfig {
                     user.name
                 )));
             }
+        }
+        if self.store_cache_mib == 0 {
+            return Err(GatewayError::Config(
+                "store_cache_mib must be at least 1".into(),
+            ));
         }
         if self.tls.is_some() && !cfg!(feature = "tls") {
             return Err(GatewayError::Config(

@@ -188,4 +188,7 @@ pub enum GatewayError {
     /// The listening socket could not be bound.
     #[error("gateway listener: {0}")]
     Io(#[from] std::io::Error),
+    /// A graceful stop took longer than its bound (`shutdown_grace_secs`).
+    #[error("the graceful stop took longer than {0:?}; stopping at once")]
+    StopTimedOut(std::time::Duration),
 }

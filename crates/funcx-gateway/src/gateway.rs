@@ -64,6 +64,10 @@ pub(crate) struct Shared {
     /// Tasks whose result an endpoint's keeper stored (and published) before the
     /// endpoint's executor reported it: `store_results` skips them once, then forgets them.
     kept: Mutex<std::collections::HashSet<u64>>,
+    /// Set when the gateway stops: long-lived streams end, so a graceful stop is not held
+    /// up by them.
+    pub(crate) closing: tokio::sync::watch::Sender<bool>,
+    store_repaired: bool,
 }
 
 /// The gateway side of one endpoint: an executor with no workers of its own, whose pools
@@ -126,9 +130,20 @@ impl GatewayBuilder {
             Some(tls) => Some(crate::tls::server_config(&tls.cert, &tls.key)?),
             None => None,
         };
+        let mut store_repaired = false;
         let store: Arc<dyn TaskStore> = match (self.store, &self.config.store) {
             (Some(store), _) => store,
-            (None, Some(path)) => Arc::new(RedbStore::open(path)?),
+            (None, Some(path)) => {
+                let store =
+                    RedbStore::open_with_cache(path, self.config.store_cache_mib.max(1) << 20)?;
+                store_repaired = store.was_repaired();
+                if store_repaired {
+                    warn!(store = %path.display(), "the store was not closed cleanly (the gateway was killed); redb repaired it");
+                } else {
+                    info!(store = %path.display(), "the store opened cleanly");
+                }
+                Arc::new(store)
+            }
             (None, None) => Arc::new(MemoryStore::new()),
         };
         for user in &self.config.users {
@@ -164,6 +179,8 @@ impl GatewayBuilder {
                 sink,
                 events,
                 kept: Mutex::new(std::collections::HashSet::new()),
+                closing: tokio::sync::watch::Sender::new(false),
+                store_repaired,
             }),
         };
         tokio::spawn(store_results(Arc::downgrade(&gateway.inner), reports));
@@ -194,6 +211,12 @@ impl Gateway {
         &self.inner.store
     }
 
+    /// Whether the store file had to be repaired when the gateway opened it: the process
+    /// before did not stop cleanly. `false` for a store in memory or given by the caller.
+    pub fn store_was_repaired(&self) -> bool {
+        self.inner.store_repaired
+    }
+
     /// The configuration it runs with.
     pub fn config(&self) -> &GatewayConfig {
         &self.inner.config
@@ -210,6 +233,16 @@ impl Gateway {
     /// dropped or the listener fails: HTTPS when the configuration has a `[tls]` table,
     /// plain HTTP otherwise.
     pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        self.serve_with(listener, std::future::pending()).await
+    }
+
+    /// Serves until `stop` resolves, then stops accepting and waits for the connections
+    /// under way (result streams end when the gateway is closing).
+    async fn serve_with(
+        &self,
+        listener: tokio::net::TcpListener,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let app = self
             .router()
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -221,7 +254,9 @@ impl Gateway {
             // `ConnectInfo` on `TapIo<L, _>` for any listener `L`, but on a bare listener only
             // for its own `TcpListener`, and the orphan rule keeps us from adding that.
             let listener = crate::tls::TlsListener::new(listener, config.clone()).tap_io(|_| {});
-            return axum::serve(listener, app).await;
+            return axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await;
         }
         // Without TCP_NODELAY, Nagle's algorithm meets the client's delayed ACK and a lone
         // small response waits ~40 ms: a single round trip cost 41 ms before this.
@@ -230,7 +265,67 @@ impl Gateway {
                 tracing::warn!(%error, "could not set TCP_NODELAY on a gateway connection");
             }
         });
-        axum::serve(listener, app).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+    }
+
+    /// Serves like [`Gateway::serve`] until `stop` resolves, then stops gracefully: no new
+    /// connections, requests under way finish (a submission being stored is answered),
+    /// result streams end (clients reconnect with back-off, to this gateway's successor),
+    /// and the store is closed cleanly ([`Gateway::close`]). Endpoint connections close with
+    /// the process; endpoints reconnect and resume their sessions with the next run.
+    ///
+    /// It does not bound the time itself: the `funcx-gateway` binary gives up after
+    /// [`GatewayConfig::shutdown_grace`].
+    pub async fn serve_until(
+        &self,
+        listener: tokio::net::TcpListener,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayError> {
+        let closing = self.inner.closing.clone();
+        let stop = async move {
+            stop.await;
+            info!("stopping: no new connections; closing result streams");
+            closing.send_replace(true);
+        };
+        self.serve_with(listener, stop).await?;
+        self.close().await
+    }
+
+    /// Serves until the process gets `SIGTERM` or `SIGINT` (Ctrl-C), then stops gracefully
+    /// ([`Gateway::serve_until`]) within [`GatewayConfig::shutdown_grace`]; a second
+    /// signal ends the process at once (exit status 130). For a program's `main`: the
+    /// `funcx-gateway` binary and `examples/gateway.rs` are this.
+    pub async fn serve_until_signalled(
+        &self,
+        listener: tokio::net::TcpListener,
+    ) -> Result<(), GatewayError> {
+        let grace = self.inner.config.shutdown_grace();
+        let (signalled, stopping) = tokio::sync::oneshot::channel();
+        let stop = async move {
+            crate::signal::stop_signal().await;
+            let _ = signalled.send(());
+        };
+        let serving = self.serve_until(listener, stop);
+        tokio::pin!(serving);
+        tokio::select! {
+            served = &mut serving => return served,
+            Ok(()) = stopping => {}
+        }
+        tokio::time::timeout(grace, serving)
+            .await
+            .map_err(|_| GatewayError::StopTimedOut(grace))?
+    }
+
+    /// Stops the gateway's own work and closes the store cleanly: result streams end, and
+    /// the store waits for the writes under way. Every result already acknowledged to an
+    /// endpoint is in the store; others stay with their endpoint until the next run.
+    pub async fn close(&self) -> Result<(), GatewayError> {
+        self.inner.closing.send_replace(true);
+        self.inner.store.close().await?;
+        info!("the store is closed");
+        Ok(())
     }
 
     /// Whether [`Gateway::serve`] serves HTTPS (the configuration has a `[tls]` table).

@@ -49,6 +49,7 @@ mod error;
 mod gateway;
 mod metrics;
 mod remote_executor;
+mod signal;
 pub mod store;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -3,10 +3,12 @@
 //! `RemoteExecutor` submitted, before or during the outage, delivers its result exactly once;
 //! and work the endpoint did while the gateway was down is handed over, not done again.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use common::process::{free_port, temp_dir, write_config, GatewayProcess};
 
 use funcx_core::{Executor, Function};
 use funcx_gateway::client::EndpointDial;
@@ -24,76 +26,13 @@ def work(i):
     return i * 2
 "#;
 
-/// The gateway binary of this crate, as a child process killed when dropped.
-struct GatewayProcess {
-    child: Child,
-}
-
-impl GatewayProcess {
-    fn start(config: &Path, address: SocketAddr) -> GatewayProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_funcx-gateway"))
-            .arg(config)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the funcx-gateway binary");
-        let process = GatewayProcess { child };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(address).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        process
-    }
-
-    /// `kill -9`.
-    fn sigkill(mut self) {
-        self.child.kill().expect("SIGKILL the gateway");
-        let status = self.child.wait().expect("reap the gateway");
-        assert!(!status.success(), "{status}");
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "funcx-gateway-e2e-restart-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_killed_and_restarted_mid_run_loses_nothing() {
-    let dir = temp_dir();
+    let dir = temp_dir("e2e-restart");
     let address = free_port();
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{address}\"\nstore = \"{}\"\n\n[[users]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n",
-            dir.join("gateway.redb").display()
-        ),
-    )
-    .expect("write config");
-    let gateway = GatewayProcess::start(&config, address);
+    let config = write_config(&dir, address, "alice", TOKEN);
+    let log = dir.join("gateway.log");
+    let gateway = GatewayProcess::start(&config, address, &log);
 
     let registered: serde_json::Value = reqwest::Client::new()
         .post(format!("http://{address}/v1/endpoints"))
@@ -153,7 +92,7 @@ async fn gateway_killed_and_restarted_mid_run_loses_nothing() {
     // Submitted while the gateway is down: held by the client and sent once it is back.
     let during = executor.submit_batch(&work, (first..first + 500).map(|i| (i,)));
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let gateway = GatewayProcess::start(&config, address);
+    let gateway = GatewayProcess::start(&config, address, &log);
 
     handles.extend(during);
     let rest = async {
@@ -193,7 +132,7 @@ async fn gateway_killed_and_restarted_mid_run_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_gone_for_good_fails_tasks_with_the_cause_instead_of_hanging() {
-    let dir = temp_dir();
+    let dir = temp_dir("e2e-restart");
     let address = free_port();
     let config = dir.join("gateway.toml");
     std::fs::write(
@@ -201,7 +140,7 @@ async fn gateway_gone_for_good_fails_tasks_with_the_cause_instead_of_hanging() {
         format!("listen = \"{address}\"\n\n[[users]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n"),
     )
     .expect("write config");
-    let gateway = GatewayProcess::start(&config, address);
+    let gateway = GatewayProcess::start(&config, address, &dir.join("gateway.log"));
     let registered: serde_json::Value = reqwest::Client::new()
         .post(format!("http://{address}/v1/endpoints"))
         .bearer_auth(TOKEN)
@@ -283,20 +222,13 @@ def mark(i, directory, seconds):
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn results_the_endpoint_holds_across_a_gateway_restart_are_handed_over_not_rerun() {
-    let dir = temp_dir();
+    let dir = temp_dir("e2e-restart");
     let marks = dir.join("marks");
     std::fs::create_dir_all(&marks).expect("marks dir");
     let address = free_port();
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{address}\"\nstore = \"{}\"\n\n[[users]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n",
-            dir.join("gateway.redb").display()
-        ),
-    )
-    .expect("write config");
-    let gateway = GatewayProcess::start(&config, address);
+    let config = write_config(&dir, address, "alice", TOKEN);
+    let log = dir.join("gateway.log");
+    let gateway = GatewayProcess::start(&config, address, &log);
     let registered: serde_json::Value = reqwest::Client::new()
         .post(format!("http://{address}/v1/endpoints"))
         .bearer_auth(TOKEN)
@@ -356,7 +288,7 @@ async fn results_the_endpoint_holds_across_a_gateway_restart_are_handed_over_not
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let gateway = GatewayProcess::start(&config, address);
+    let gateway = GatewayProcess::start(&config, address, &log);
 
     let rest = async {
         for handle in handles {

@@ -600,8 +600,13 @@ pub(crate) async fn results(
     headers: HeaderMap,
 ) -> Response {
     let events = gateway.inner.events.subscribe();
+    // A stopping gateway ends the stream, so that the stop is not held up by it.
+    let mut closing = gateway.inner.closing.subscribe();
+    let closed = async move {
+        let _ = closing.wait_for(|closing| *closing).await;
+    };
     if Format::accepted(&headers) == Format::Postcard {
-        return results_postcard(events, user);
+        return results_postcard(events, user, closed);
     }
     let stream = futures::stream::unfold((events, user), |(mut events, user)| async move {
         loop {
@@ -625,7 +630,7 @@ pub(crate) async fn results(
             }
         }
     });
-    Sse::new(stream)
+    Sse::new(stream.take_until(closed))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
@@ -641,7 +646,11 @@ const FRAME_MAX_BYTES: usize = 16 << 20;
 /// [`ResultFrame`], each holding every result of the caller's waiting when it is written.
 /// Results are encoded straight from the broadcast records: payloads are not copied until
 /// they are written into the frame.
-fn results_postcard(events: broadcast::Receiver<Arc<TaskRecord>>, user: User) -> Response {
+fn results_postcard(
+    events: broadcast::Receiver<Arc<TaskRecord>>,
+    user: User,
+    closed: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Response {
     let frames = futures::stream::unfold(
         (events, user, false),
         |(mut events, user, closed)| async move {
@@ -710,7 +719,8 @@ fn results_postcard(events: broadcast::Receiver<Arc<TaskRecord>>, user: User) ->
             Some((futures::stream::iter(chunks), (events, user, closed)))
         },
     )
-    .flatten();
+    .flatten()
+    .take_until(closed);
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(POSTCARD)),

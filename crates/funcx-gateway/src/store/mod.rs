@@ -383,6 +383,13 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Removes finished tasks whose outcome is older than `ttl` at `now`, and idempotency
     /// keys older than `ttl`; how many tasks.
     fn expire(&self, now: SystemTime, ttl: Duration) -> StoreFuture<'_, usize>;
+
+    /// Waits for the writes under way, then releases the store cleanly (a graceful stop of
+    /// the gateway), so that the next start has nothing to repair. Calls after it fail.
+    /// The default does nothing: for a store with nothing to release.
+    fn close(&self) -> StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// Applies `outcome` to `record` if it is unfinished: the one rule both stores share.

@@ -36,10 +36,20 @@ const NEXT_TASK: &str = "next_task";
 /// A batch of submissions or of results is one transaction, which keeps the cost of the
 /// fsync per batch rather than per task. redb is blocking; calls run on Tokio's blocking
 /// pool.
+///
+/// redb keeps a cache of the file's pages in memory: [`RedbStore::open_with_cache`] bounds
+/// it (the gateway's `store_cache_mib`), so that the process's memory does not follow the
+/// size of the store.
 #[derive(Clone)]
 pub struct RedbStore {
-    db: Arc<Database>,
+    /// `None` once closed.
+    db: Arc<std::sync::RwLock<Option<Arc<Database>>>>,
+    /// Whether opening the file had to repair it: it was not closed cleanly.
+    repaired: bool,
 }
+
+/// The page cache of a store opened with [`RedbStore::open`]: 64 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,9 +74,26 @@ fn function_key(id: &FunctionId, owner: &str) -> String {
 }
 
 impl RedbStore {
-    /// Opens the store at `path`, creating the file if needed.
+    /// Opens the store at `path`, creating the file if needed, with a page cache of
+    /// [`DEFAULT_CACHE_BYTES`].
     pub fn open(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
-        let db = Database::create(path.as_ref()).map_err(backend)?;
+        RedbStore::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store at `path` with a page cache of at most `cache_bytes` (redb's default
+    /// would be 1 GiB, which a large store fills). A file that was not closed cleanly (the
+    /// gateway was killed) is repaired first; [`RedbStore::was_repaired`] says so.
+    pub fn open_with_cache(
+        path: impl AsRef<Path>,
+        cache_bytes: usize,
+    ) -> Result<RedbStore, StoreError> {
+        let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = repaired.clone();
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .set_repair_callback(move |_| flag.store(true, std::sync::atomic::Ordering::Relaxed))
+            .create(path.as_ref())
+            .map_err(backend)?;
         // Create every table up front: reads of a table that was never written fail.
         let tx = db.begin_write().map_err(backend)?;
         {
@@ -80,15 +107,34 @@ impl RedbStore {
             tx.open_table(META).map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
-        Ok(RedbStore { db: Arc::new(db) })
+        Ok(RedbStore {
+            db: Arc::new(std::sync::RwLock::new(Some(Arc::new(db)))),
+            repaired: repaired.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    /// Whether the file had to be repaired when it was opened: the process that wrote it
+    /// last did not close it (it was killed). Nothing committed is lost either way.
+    pub fn was_repaired(&self) -> bool {
+        self.repaired
+    }
+
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        let db = match self.db.read() {
+            Ok(db) => db,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        db.clone()
+            .ok_or_else(|| backend("the store is closed (the gateway is stopping)"))
     }
 
     fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> StoreFuture<'_, T> {
-        let db = self.db.clone();
+        let db = self.database();
         Box::pin(async move {
+            let db = db?;
             tokio::task::spawn_blocking(move || f(&db))
                 .await
                 .map_err(|e| backend(format!("a store operation did not complete: {e}")))?
@@ -401,7 +447,44 @@ impl TaskStore for RedbStore {
             Ok(count)
         })
     }
+
+    fn close(&self) -> StoreFuture<'_, ()> {
+        let taken = match self.db.write() {
+            Ok(mut db) => db.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        Box::pin(async move {
+            let Some(mut db) = taken else {
+                return Ok(());
+            };
+            // Operations under way hold the database; each is one short transaction.
+            let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+            loop {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => {
+                        // Dropping it writes redb's allocator state: the next open needs no
+                        // repair.
+                        return tokio::task::spawn_blocking(move || drop(db))
+                            .await
+                            .map_err(|e| backend(format!("closing the store failed: {e}")));
+                    }
+                    Err(shared) if tokio::time::Instant::now() < deadline => {
+                        db = shared;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(_) => {
+                        return Err(backend(format!(
+                            "the store was still in use after {CLOSE_WAIT:?}; not closed cleanly"
+                        )))
+                    }
+                }
+            }
+        })
+    }
 }
+
+/// How long [`TaskStore::close`] waits for the operations under way.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
@@ -416,6 +499,10 @@ mod tests {
             super::super::tests::contract(&store).await;
         }
         let store = RedbStore::open(&path).unwrap();
+        assert!(
+            !store.was_repaired(),
+            "dropped cleanly, opened without repair"
+        );
         assert_eq!(store.endpoints().await.unwrap().len(), 1);
         // Numbering continues after a restart: ids are never reused.
         let ids = store
@@ -433,6 +520,15 @@ mod tests {
             .unwrap();
         assert_eq!(ids, vec![10]);
         assert_eq!(store.unfinished_tasks().await.unwrap().len(), 3);
+
+        // Closed: every later call fails with the reason, and the file reopens cleanly.
+        store.close().await.unwrap();
+        let error = store.task(1).await.unwrap_err();
+        assert!(error.to_string().contains("closed"), "{error}");
+        store.close().await.unwrap();
+        let reopened = RedbStore::open_with_cache(&path, 1 << 20).unwrap();
+        assert!(!reopened.was_repaired());
+        assert_eq!(reopened.unfinished_tasks().await.unwrap().len(), 3);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

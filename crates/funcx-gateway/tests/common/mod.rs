@@ -14,6 +14,8 @@ use funcx_transport::remote::{
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+pub mod process;
+
 pub const ALICE: &str = "alice-token-0123456789abcdef";
 pub const BOB: &str = "bob-token-0123456789abcdef";
 pub const CAROL: &str = "carol-token-0123456789abcdef";

@@ -1,0 +1,127 @@
+//! The `funcx-gateway` binary as a child process: started on a config file, stopped with
+//! `SIGTERM` or killed with `SIGKILL`, its stderr kept in a file to read.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running gateway process, killed when dropped.
+pub struct GatewayProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl GatewayProcess {
+    /// Starts the binary on `config` and waits until it accepts connections on `address`
+    /// and has said so on stderr, which goes to `log` (appended).
+    pub fn start(config: &Path, address: SocketAddr, log: &Path) -> GatewayProcess {
+        let listening = |text: &str| text.matches("listening on").count();
+        let before = listening(&std::fs::read_to_string(log).unwrap_or_default());
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the gateway's log");
+        let child = Command::new(env!("CARGO_BIN_EXE_funcx-gateway"))
+            .arg(config)
+            .stdin(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the funcx-gateway binary");
+        let mut process = GatewayProcess {
+            child,
+            log: log.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(address).is_err() || listening(&process.log()) == before
+        {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("the gateway exited at start ({status}): {}", process.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        process
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it wrote to stderr so far (this run and earlier ones on the same log).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`.
+    pub fn sigkill(mut self) {
+        self.child.kill().expect("SIGKILL the gateway");
+        let status = self.child.wait().expect("reap the gateway");
+        assert!(!status.success(), "{status}");
+    }
+
+    /// `kill -TERM`, then waits up to `bound` for it to exit; its exit status, or `None` if
+    /// it was still running at the bound (it is then killed).
+    pub fn sigterm(mut self, bound: Duration) -> Option<ExitStatus> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed: {sent}");
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the gateway") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh directory for one test's files.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "funcx-gateway-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A loopback address nobody listens on now.
+pub fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address")
+}
+
+/// Writes a gateway config for `address` with a redb store in `dir` and one user.
+pub fn write_config(dir: &Path, address: SocketAddr, user: &str, token: &str) -> PathBuf {
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{address}\"\nstore = \"{}\"\n\n[[users]]\nname = \"{user}\"\ntoken = \"{token}\"\n",
+            dir.join("gateway.redb").display()
+        ),
+    )
+    .expect("write config");
+    config
+}
