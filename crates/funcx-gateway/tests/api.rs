@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use common::*;
 use funcx_gateway::client::EndpointDial;
@@ -734,7 +733,10 @@ async fn tasks_survive_an_endpoint_reconnecting() {
     let (_, submitted) = gw.submit(ALICE, &endpoint, &function, &[1]).await;
     gw.wait(ALICE, ids(&submitted)[0]).await;
     first.abort();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Gone: its connection is closed.
+    let _ = tokio::time::timeout(TIMEOUT, first)
+        .await
+        .expect("the endpoint stops");
     let (_, submitted) = gw.submit(ALICE, &endpoint, &function, &[2, 3]).await;
     let _second = gw.connect(&endpoint, &token);
     for (id, expected) in ids(&submitted).into_iter().zip([2, 3]) {

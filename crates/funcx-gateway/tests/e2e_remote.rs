@@ -304,22 +304,38 @@ async fn endpoint_disconnects_and_reconnects_mid_run_and_nothing_is_lost() {
 
     let calls = 3_000_i64;
     let handles = executor.submit_batch(&function("work"), (0..calls).map(|i| (i,)));
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = received.clone();
     let waiter = tokio::spawn(async move {
         let mut values = Vec::new();
         for handle in handles {
             values.push(handle.result::<i64>().await);
+            counter.fetch_add(1, Ordering::SeqCst);
         }
         values
     });
+    // Results flowing since the last disruption: the endpoint is connected and working.
+    let progressed = |at_least: usize| {
+        let received = received.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                while received.load(Ordering::SeqCst) < at_least {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {at_least} results within 60 s"));
+        }
+    };
 
     // The connection drops twice; the endpoint reconnects and resumes its session.
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+    for cut in 1..=2 {
+        progressed(cut * 500).await;
         assert!(relay.cut() > 0, "the endpoint was connected");
     }
     // Then the endpoint itself goes away and another one takes over: the tasks the first
     // held are re-run once the gateway declares it lost.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    progressed(1_500).await;
     endpoint.abort();
     relay.cut();
     endpoint = start_endpoint(gateway, &id, &token, 2);

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    endpoint, endpoint_of, endpoint_on, managers, wait_until, within, Manager, Relay, TOKEN,
+    endpoint, endpoint_of, endpoint_on, managers, wait_until, within, Manager, Relay, LIMIT, TOKEN,
 };
 use funcx_core::{Executor, Function, TaskError, TaskHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,12 +17,29 @@ use tokio::net::TcpStream;
 /// Whose pid and which task: enough to see where a task ran.
 const WHERE: &str = "import os, time\n\ndef where(i, pause=0.0):\n    time.sleep(pause)\n    return (i, os.getppid())\n";
 
+/// Every handle's `(i, manager pid)`, in order; fails the test after [`LIMIT`] per result.
 async fn results(handles: Vec<TaskHandle>) -> Vec<Result<(i64, u32), TaskError>> {
     let mut out = Vec::new();
     for handle in handles {
-        out.push(handle.result::<(i64, u32)>().await);
+        out.push(within("a result", LIMIT, handle.result::<(i64, u32)>()).await);
     }
     out
+}
+
+/// The `(i, manager pid)` of `where` called with `args`, within [`LIMIT`].
+async fn run_where(
+    executor: &Executor,
+    args: impl funcx_core::IntoArgs,
+) -> Result<(i64, u32), TaskError> {
+    let f = Function::from_source(WHERE, "where");
+    within("a result", LIMIT, executor.submit(&f, args).result()).await
+}
+
+/// The pid of the worker that runs a call of `pid`, within [`LIMIT`].
+async fn worker_pid(executor: &Executor, pid: &Function) -> u32 {
+    within("a worker's pid", LIMIT, executor.submit(pid, ()).result())
+        .await
+        .expect("pid")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +66,7 @@ async fn two_managers_share_the_work_and_drain_on_shutdown() {
         "both managers ran tasks"
     );
 
-    endpoint.executor.shutdown().await;
+    within("the shutdown", LIMIT, endpoint.executor.shutdown()).await;
     assert_eq!(a.wait_exit(Duration::from_secs(10)), Some(0));
     assert_eq!(b.wait_exit(Duration::from_secs(10)), Some(0));
 }
@@ -152,12 +169,7 @@ async fn a_stopped_manager_is_declared_lost_and_comes_back_fresh() {
     managers(&endpoint.executor, 1).await;
     let f = Function::from_source(WHERE, "where");
     // Warm a's worker so that the next task lands there.
-    let (_, first) = endpoint
-        .executor
-        .submit(&f, (0,))
-        .result::<(i64, u32)>()
-        .await
-        .expect("warm");
+    let (_, first) = run_where(&endpoint.executor, (0,)).await.expect("warm");
     assert_eq!(first, a.pid());
 
     // Frozen, its socket stays open but it sends no heartbeat.
@@ -175,8 +187,7 @@ async fn a_stopped_manager_is_declared_lost_and_comes_back_fresh() {
     a.signal("-STOP");
     managers(&endpoint.executor, 0).await;
     let b = Manager::start(endpoint.address, 1);
-    let (value, ran_on) = handle
-        .result::<(i64, u32)>()
+    let (value, ran_on) = within("the re-run", LIMIT, handle.result::<(i64, u32)>())
         .await
         .expect("re-run on another manager");
     assert_eq!((value, ran_on), (1, b.pid()));
@@ -199,10 +210,7 @@ fn managers_reconnect_to_a_restarted_endpoint() {
         let endpoint = endpoint(0, Duration::from_secs(5)).await;
         let manager = Manager::start(endpoint.address, 1);
         managers(&endpoint.executor, 1).await;
-        let f = Function::from_source(WHERE, "where");
-        endpoint
-            .executor
-            .submit(&f, (1,))
+        run_where(&endpoint.executor, (1,))
             .await
             .expect("first endpoint runs tasks");
         (endpoint.address, manager)
@@ -214,15 +222,11 @@ fn managers_reconnect_to_a_restarted_endpoint() {
     second.block_on(async {
         let endpoint = endpoint_on(address, 0, Duration::from_secs(5)).await;
         managers(&endpoint.executor, 1).await;
-        let f = Function::from_source(WHERE, "where");
-        let (value, pid) = endpoint
-            .executor
-            .submit(&f, (2,))
-            .result::<(i64, u32)>()
+        let (value, pid) = run_where(&endpoint.executor, (2,))
             .await
             .expect("second endpoint");
         assert_eq!((value, pid), (2, manager.pid()));
-        endpoint.executor.shutdown().await;
+        within("the shutdown", LIMIT, endpoint.executor.shutdown()).await;
     });
     let mut manager = manager;
     assert_eq!(manager.wait_exit(Duration::from_secs(10)), Some(0));
@@ -267,12 +271,7 @@ async fn timeouts_and_cancellations_reach_the_remote_worker() {
         "import time\n\ndef sleep(s):\n    time.sleep(s)\n    return s\n",
         "sleep",
     );
-    let before: u32 = endpoint
-        .executor
-        .submit(&pid, ())
-        .result()
-        .await
-        .expect("pid");
+    let before = worker_pid(&endpoint.executor, &pid).await;
 
     let started = Instant::now();
     let timed = endpoint.executor.submit_with(
@@ -280,15 +279,12 @@ async fn timeouts_and_cancellations_reach_the_remote_worker() {
         (30.0,),
         funcx_core::TaskOptions::new().timeout(Duration::from_millis(300)),
     );
-    let error = timed.await.expect_err("times out on the manager");
+    let error = within("the timeout", LIMIT, timed)
+        .await
+        .expect_err("times out on the manager");
     assert!(error.is_timeout(), "{error}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    let after_timeout: u32 = endpoint
-        .executor
-        .submit(&pid, ())
-        .result()
-        .await
-        .expect("pid");
+    let after_timeout = worker_pid(&endpoint.executor, &pid).await;
     assert_ne!(before, after_timeout, "the remote worker was replaced");
 
     // It says when it has started, so the cancel is sure to find it running.
@@ -313,14 +309,11 @@ async fn timeouts_and_cancellations_reach_the_remote_worker() {
     .await;
     let _ = std::fs::remove_file(&marker);
     running.cancel();
-    let error = running.await.expect_err("cancelled");
-    assert!(error.is_cancelled(), "{error}");
-    let after_cancel: u32 = endpoint
-        .executor
-        .submit(&pid, ())
-        .result()
+    let error = within("the cancellation", LIMIT, running)
         .await
-        .expect("pid");
+        .expect_err("cancelled");
+    assert!(error.is_cancelled(), "{error}");
+    let after_cancel = worker_pid(&endpoint.executor, &pid).await;
     assert_ne!(
         after_timeout, after_cancel,
         "the cancelled task's worker was replaced"

@@ -653,25 +653,35 @@ async fn a_worker_that_closes_its_output_without_exiting_is_killed() {
 #[tokio::test]
 async fn cancel_reaches_queued_tasks_behind_a_slow_one() {
     let mut h = Harness::start().await;
-    let sleep = h.define(
-        "import time\ndef f(x):\n    time.sleep(x)\n    return x\n",
-        "f",
-    );
+    // The slow task says when it has started, then runs until the worker's protocol pipe
+    // holds unread bytes (the cancel): the cancel is sure to arrive while it runs, with no
+    // clock involved.
+    let started = std::env::temp_dir().join(format!("funcx-started-{}", std::process::id()));
+    let _ = std::fs::remove_file(&started);
+    let slow_source = "import gc, select\ndef f(x, started):\n    w = [o for o in gc.get_objects() if type(o).__name__ == 'Worker'][0]\n    open(started, 'w').close()\n    while not select.select([w.fd_in], [], [], 0.005)[0]:\n        pass\n    return x\n";
+    let gated = h.define(slow_source, "f");
     let slow = TaskId::next();
     let queued = TaskId::next();
-    let item = |id, secs: f64| WorkItem {
+    let item = |id, x: i64| WorkItem {
         id,
-        function: sleep,
+        function: gated,
         isolate: false,
-        args: Args::new().arg(&secs),
+        args: Args::new().arg(&x).arg(started.to_string_lossy().as_ref()),
         timeout: None,
         trace: None,
     };
     h.worker
-        .send(ToWorker::Tasks(vec![item(slow, 0.5), item(queued, 0.0)]));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+        .send(ToWorker::Tasks(vec![item(slow, 1), item(queued, 2)]));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !started.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the slow task starts");
     h.worker.send(ToWorker::Cancel(vec![queued]));
     let results = h.results(2).await;
+    let _ = std::fs::remove_file(&started);
     assert_eq!([results[0].id, results[1].id], [slow, queued]);
     assert!(results[0].outcome.is_ok());
     assert!(results[1].outcome.as_ref().unwrap_err().is_cancelled());

@@ -30,6 +30,16 @@ fn fast() -> AgentConfig {
     }
 }
 
+/// The longest any single step may take before the test fails instead of hanging.
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(LIMIT, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("timed out after {LIMIT:?} waiting for {what}"),
+    }
+}
+
 async fn wait_for_managers(executor: &Executor, count: usize) {
     tokio::time::timeout(Duration::from_secs(10), async {
         while executor.stats().await.managers < count {
@@ -68,12 +78,14 @@ async fn managers_in_memory_run_every_task_once() {
     let echo = Function::from_source("def echo(x):\n    return x\n", "echo");
     let handles = executor.submit_batch(&echo, (0..20_000_i64).map(|i| (i,)));
     for (i, handle) in handles.into_iter().enumerate() {
-        assert_eq!(handle.result::<i64>().await.expect("result"), i as i64);
+        let value = within("a result", handle.result::<i64>()).await;
+        assert_eq!(value.expect("result"), i as i64);
     }
 
-    executor.shutdown().await;
+    within("the shutdown", executor.shutdown()).await;
     for manager in managers {
-        assert_eq!(manager.await.expect("manager task"), ManagerExit::Drained);
+        let exit = within("a manager to drain", manager).await;
+        assert_eq!(exit.expect("manager task"), ManagerExit::Drained);
     }
 }
 
@@ -93,9 +105,7 @@ async fn managers_over_tcp_with_a_token() {
     ));
     wait_for_managers(&executor, 1).await;
     let echo = Function::from_source("def echo(x):\n    return x\n", "echo");
-    let text: String = executor
-        .submit(&echo, ("over tcp",))
-        .result()
+    let text: String = within("a result", executor.submit(&echo, ("over tcp",)).result())
         .await
         .expect("result");
     assert_eq!(text, "over tcp");
@@ -104,15 +114,20 @@ async fn managers_over_tcp_with_a_token() {
     let intruder = TcpTransport::builder().token("wrong").build();
     let mut config = ManagerConfig::new(info(8, 4));
     config.give_up_after = Duration::from_millis(300);
-    let refused = run_manager(TcpDial::new(intruder, address), EchoRunner::new(4), config).await;
+    let refused = within(
+        "the intruder to give up",
+        run_manager(TcpDial::new(intruder, address), EchoRunner::new(4), config),
+    )
+    .await;
     assert!(
         matches!(refused, ManagerExit::EndpointGone(ref reason) if reason.contains("token")),
         "{refused:?}"
     );
     assert_eq!(executor.stats().await.managers, 1);
 
-    executor.shutdown().await;
-    assert_eq!(manager.await.expect("manager task"), ManagerExit::Drained);
+    within("the shutdown", executor.shutdown()).await;
+    let exit = within("the manager to drain", manager).await;
+    assert_eq!(exit.expect("manager task"), ManagerExit::Drained);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

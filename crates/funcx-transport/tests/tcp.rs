@@ -364,8 +364,8 @@ async fn a_silent_peer_times_out_without_holding_up_others() {
             .build();
         let mut acceptor = listen(&transport).await;
         let addr = acceptor.local_addr();
+        // Connected: it is ahead of the next one in the listener's queue.
         let _silent = TcpStream::connect(addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
 
         // A manager that arrives after the silent one is accepted first.
         let _good = transport.dial::<ToEndpoint, ToManager>(addr).await.unwrap();
