@@ -28,6 +28,20 @@ const UNFINISHED: TableDefinition<u64, ()> = TableDefinition::new("unfinished");
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency_keys");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_TASK: &str = "next_task";
+/// `(when it finished, in Unix seconds, task id)`: what expiry reads, so that it never walks
+/// the whole store (which would also pull every page of it through the cache).
+const FINISHED: TableDefinition<(u64, u64), ()> = TableDefinition::new("finished_by_time");
+/// `(when it was created, in Unix seconds, KEYS key)`: the same for idempotency keys.
+const KEY_TIMES: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("keys_by_time");
+/// Set once `FINISHED` and `KEY_TIMES` cover every record (a store written before they
+/// existed is indexed once, when it is opened).
+const INDEXED: &str = "time_indexes";
+
+/// Whole seconds since the Unix epoch: the time indexes' resolution.
+fn secs(time: SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// A durable store in one file, through [redb](https://docs.rs/redb).
 ///
@@ -104,7 +118,13 @@ impl RedbStore {
             tx.open_table(TASKS).map_err(backend)?;
             tx.open_table(UNFINISHED).map_err(backend)?;
             tx.open_table(KEYS).map_err(backend)?;
-            tx.open_table(META).map_err(backend)?;
+            tx.open_table(FINISHED).map_err(backend)?;
+            tx.open_table(KEY_TIMES).map_err(backend)?;
+            let mut meta = tx.open_table(META).map_err(backend)?;
+            if meta.get(INDEXED).map_err(backend)?.is_none() {
+                index_times(&tx)?;
+                meta.insert(INDEXED, 1).map_err(backend)?;
+            }
         }
         tx.commit().map_err(backend)?;
         Ok(RedbStore {
@@ -140,6 +160,33 @@ impl RedbStore {
                 .map_err(|e| backend(format!("a store operation did not complete: {e}")))?
         })
     }
+}
+
+/// Fills the time indexes from the records (once, for a store written before they existed).
+fn index_times(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let tasks = tx.open_table(TASKS).map_err(backend)?;
+    let mut finished = tx.open_table(FINISHED).map_err(backend)?;
+    for entry in tasks.iter().map_err(backend)? {
+        let (id, value) = entry.map_err(backend)?;
+        if let Ok(record) = decode::<TaskRecord>(value.value()) {
+            if let Some(at) = record.finished {
+                finished
+                    .insert((secs(at), id.value()), ())
+                    .map_err(backend)?;
+            }
+        }
+    }
+    let keys = tx.open_table(KEYS).map_err(backend)?;
+    let mut key_times = tx.open_table(KEY_TIMES).map_err(backend)?;
+    for entry in keys.iter().map_err(backend)? {
+        let (name, value) = entry.map_err(backend)?;
+        if let Ok(record) = decode::<KeyRecord>(value.value()) {
+            key_times
+                .insert((secs(record.created), name.value()), ())
+                .map_err(backend)?;
+        }
+    }
+    Ok(())
 }
 
 /// Stores and numbers new tasks in `tx`.
@@ -326,6 +373,10 @@ impl TaskStore for RedbStore {
                 };
                 keys.insert(name.as_slice(), encode(&record)?.as_slice())
                     .map_err(backend)?;
+                let mut key_times = tx.open_table(KEY_TIMES).map_err(backend)?;
+                key_times
+                    .insert((secs(now), name.as_slice()), ())
+                    .map_err(backend)?;
             }
             tx.commit().map_err(backend)?;
             Ok(Insertion::Created(ids))
@@ -347,6 +398,7 @@ impl TaskStore for RedbStore {
             let done = {
                 let mut table = tx.open_table(TASKS).map_err(backend)?;
                 let mut unfinished = tx.open_table(UNFINISHED).map_err(backend)?;
+                let mut by_time = tx.open_table(FINISHED).map_err(backend)?;
                 let mut done = Vec::new();
                 for outcome in outcomes {
                     let id = outcome.id;
@@ -361,6 +413,7 @@ impl TaskStore for RedbStore {
                             .insert(id, encode(&record)?.as_slice())
                             .map_err(backend)?;
                         unfinished.remove(id).map_err(backend)?;
+                        by_time.insert((secs(now), id), ()).map_err(backend)?;
                         done.push(record);
                     }
                 }
@@ -410,38 +463,62 @@ impl TaskStore for RedbStore {
     fn expire(&self, now: SystemTime, ttl: Duration) -> StoreFuture<'_, usize> {
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(backend)?;
+            // Only what the time indexes name as old enough is read: expiry costs what it
+            // removes, not the size of the store.
+            let cutoff = now.checked_sub(ttl).map_or(0, secs).saturating_add(1);
             let count = {
                 let mut table = tx.open_table(TASKS).map_err(backend)?;
-                let mut stale = Vec::new();
-                for entry in table.iter().map_err(backend)? {
-                    let (id, value) = entry.map_err(backend)?;
-                    // A record that does not decode is left for someone to look at.
-                    if let Ok(record) = decode::<TaskRecord>(value.value()) {
-                        if expired(&record, now, ttl) {
-                            stale.push(id.value());
-                        }
-                    }
+                let mut by_time = tx.open_table(FINISHED).map_err(backend)?;
+                let mut candidates = Vec::new();
+                for entry in by_time.range((0, 0)..(cutoff, 0)).map_err(backend)? {
+                    let (key, _) = entry.map_err(backend)?;
+                    candidates.push(key.value());
                 }
-                for id in &stale {
-                    table.remove(*id).map_err(backend)?;
+                let mut stale = 0;
+                for (at, id) in candidates {
+                    let record = table
+                        .get(id)
+                        .map_err(backend)?
+                        .map(|value| decode::<TaskRecord>(value.value()));
+                    match record {
+                        // A record that does not decode is left for someone to look at.
+                        Some(Err(_)) => continue,
+                        Some(Ok(record)) if !expired(&record, now, ttl) => continue,
+                        Some(Ok(_)) => {
+                            table.remove(id).map_err(backend)?;
+                            stale += 1;
+                        }
+                        // Deleted earlier: only its index entry was left.
+                        None => {}
+                    }
+                    by_time.remove((at, id)).map_err(backend)?;
                 }
                 let mut keys = tx.open_table(KEYS).map_err(backend)?;
+                let mut key_times = tx.open_table(KEY_TIMES).map_err(backend)?;
                 let mut old_keys = Vec::new();
-                for entry in keys.iter().map_err(backend)? {
-                    let (name, value) = entry.map_err(backend)?;
-                    if let Ok(record) = decode::<KeyRecord>(value.value()) {
-                        if now
-                            .duration_since(record.created)
-                            .is_ok_and(|age| age > ttl)
-                        {
-                            old_keys.push(name.value().to_vec());
-                        }
+                for entry in key_times
+                    .range((0, [].as_slice())..(cutoff, [].as_slice()))
+                    .map_err(backend)?
+                {
+                    let (key, _) = entry.map_err(backend)?;
+                    let (at, name) = key.value();
+                    old_keys.push((at, name.to_vec()));
+                }
+                for (at, name) in &old_keys {
+                    let created = keys
+                        .get(name.as_slice())
+                        .map_err(backend)?
+                        .and_then(|value| decode::<KeyRecord>(value.value()).ok())
+                        .map(|record| record.created);
+                    if created.is_some_and(|created| {
+                        now.duration_since(created).is_ok_and(|age| age <= ttl)
+                    }) {
+                        continue;
                     }
-                }
-                for name in &old_keys {
                     keys.remove(name.as_slice()).map_err(backend)?;
+                    key_times.remove((*at, name.as_slice())).map_err(backend)?;
                 }
-                stale.len()
+                stale
             };
             tx.commit().map_err(backend)?;
             Ok(count)
