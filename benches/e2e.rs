@@ -313,6 +313,8 @@ impl Endpoint {
                     block: None,
                     simulate: None,
                     give_up_after: Duration::from_secs(10),
+                    tls_ca: None,
+                    tls_name: None,
                 }))
             })
             .collect::<Vec<_>>();

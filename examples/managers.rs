@@ -14,11 +14,10 @@ use std::error::Error;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use funcx::endpoint::Endpoint;
 use funcx::providers::LocalProvider;
 use funcx::python::manager;
-use funcx::transport::remote::{AgentConfig, EndpointAgent};
-use funcx::transport::TcpTransport;
-use funcx::{BlockRequest, BlockState, Executor, Function, ManagerCommand, Provider};
+use funcx::{Function, ManagerCommand, StrategyConfig};
 
 const SOURCE: &str = r#"
 import os, socket
@@ -57,48 +56,35 @@ fn main() -> ExitCode {
 }
 
 async fn endpoint() -> Result<(), Box<dyn Error>> {
-    // The token managers must present; a real deployment keeps it in a file only they read.
-    // It is random: one derived from the pid or the clock can be guessed by another user,
-    // who could then attach a manager of their own.
-    let token = funcx::transport::new_token()?;
-
-    // An endpoint with no workers of its own: managers attach themselves when they dial in.
-    // A task whose manager is lost is re-run elsewhere twice before it fails.
-    let executor = Executor::builder()
-        .retries_on_worker_death(2)
-        .start_without_workers();
-    let agent = EndpointAgent::new(executor.clone(), AgentConfig::default());
-    let acceptor = TcpTransport::builder()
-        .token(&token)
-        .build()
-        .listen("127.0.0.1:0")
+    // One block of two nodes; each node runs one manager (this program, as `managers
+    // manager ...`) with one Python worker. The endpoint listens on a free loopback port, and
+    // gives its managers a fresh token.
+    let endpoint = Endpoint::builder()
+        .name("managers")
+        .provider(LocalProvider::new())
+        .manager_command(ManagerCommand::new(std::env::current_exe()?).arg("manager"))
+        .nodes_per_block(2)
+        .workers_per_node(1)
+        .strategy(
+            StrategyConfig::new()
+                .blocks(1, 1, 1)
+                .period(Duration::from_millis(100)),
+        )
+        .start()
         .await?;
-    let address = acceptor.local_addr();
-    tokio::spawn(agent.clone().serve(acceptor));
-    println!("endpoint listening on {address}");
-
-    // One block of two nodes; each node runs one manager with one Python worker.
-    let provider = LocalProvider::new();
-    let command = ManagerCommand::new(std::env::current_exe()?)
-        .arg("manager")
-        .args(["--endpoint", &address.to_string(), "--workers", "1"])
-        .env("FUNCX_TOKEN", &token);
-    let block = provider
-        .submit(&BlockRequest::new(command).nodes(2))
-        .await?;
-    println!(
-        "started block {block} through the {} provider",
-        provider.name()
-    );
+    println!("endpoint listening on {}", endpoint.address());
 
     let started = Instant::now();
-    while executor.stats().await.managers < 2 {
+    while endpoint.status().strategy.managers < 2 {
+        if let Some(error) = endpoint.status().strategy.last_error {
+            return Err(error.into());
+        }
         if started.elapsed() > Duration::from_secs(30) {
             return Err("the managers did not dial in within 30 s".into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for manager in agent.managers() {
+    for manager in endpoint.managers() {
         println!(
             "  {} on {} (pid {}, block {}) with {} worker(s)",
             manager.id,
@@ -109,6 +95,7 @@ async fn endpoint() -> Result<(), Box<dyn Error>> {
         );
     }
 
+    let executor = endpoint.executor();
     let where_ = Function::from_source(SOURCE, "where");
     let calls = 10_000_i64;
     let started = Instant::now();
@@ -131,27 +118,10 @@ async fn endpoint() -> Result<(), Box<dyn Error>> {
         println!("  {count:>6} ran on {manager}");
     }
 
-    // A graceful shutdown drains the managers; they say goodbye and exit, ending the block.
-    executor.shutdown().await;
-    let started = Instant::now();
-    loop {
-        let state = provider
-            .status(std::slice::from_ref(&block))
-            .await?
-            .pop()
-            .map(|status| status.state);
-        match state {
-            Some(BlockState::Completed) => break,
-            Some(state) if state.is_finished() => {
-                return Err(format!("block ended as {state}").into())
-            }
-            _ if started.elapsed() > Duration::from_secs(30) => {
-                provider.cancel(&block).await?;
-                return Err("the managers did not exit after the drain".into());
-            }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
+    // Stop drains the managers (they say goodbye and exit), then waits for the block to end.
+    endpoint.stop().await;
+    for block in endpoint.status().strategy.blocks {
+        println!("block {} {}", block.id, block.state);
     }
-    println!("block {block} completed: every manager drained and exited");
     Ok(())
 }

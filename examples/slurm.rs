@@ -13,14 +13,12 @@
 
 use std::error::Error;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use funcx::endpoint::Endpoint;
 use funcx::providers::{SlurmConfig, SlurmProvider};
 use funcx::python::manager;
-use funcx::transport::remote::{AgentConfig, EndpointAgent};
-use funcx::transport::TcpTransport;
-use funcx::{BlockRequest, Executor, Function, ManagerCommand, Strategy, StrategyConfig};
+use funcx::{Function, ManagerCommand, StrategyConfig};
 
 const SOURCE: &str =
     "import socket\n\ndef hello(i):\n    return f'task {i} ran on {socket.gethostname()}'\n";
@@ -55,57 +53,47 @@ fn main() -> ExitCode {
 }
 
 async fn endpoint() -> Result<(), Box<dyn Error>> {
-    // A random secret (never one derived from the pid or the clock: another user could guess
-    // it and attach a manager of their own).
-    let token = funcx::transport::new_token()?;
-    let executor = Executor::builder()
-        .retries_on_worker_death(2)
-        .start_without_workers();
-    let acceptor = TcpTransport::builder()
-        .token(&token)
-        .build()
-        .listen("127.0.0.1:0")
+    // The whole Slurm configuration: partition, what each node runs, how blocks scale, and
+    // the walltime, given once (asked of Slurm, and blocks are drained a minute before it).
+    let endpoint = Endpoint::builder()
+        .name("slurm-example")
+        .provider(SlurmProvider::new(
+            SlurmConfig::new().partition("debug").job_name("funcx"),
+        ))
+        .manager_command(ManagerCommand::new(std::env::current_exe()?).arg("manager"))
+        .workers_per_node(1)
+        .strategy(
+            StrategyConfig::new()
+                .blocks(1, 0, 2)
+                .period(Duration::from_millis(500))
+                .max_idle_time(Duration::from_secs(5))
+                .connect_timeout(Duration::from_secs(60)),
+        )
+        .walltime(Duration::from_secs(600))
+        .drain_margin(Duration::from_secs(60))
+        .start()
         .await?;
-    let address = acceptor.local_addr();
-    tokio::spawn(EndpointAgent::new(executor.clone(), AgentConfig::default()).serve(acceptor));
-
-    // The whole Slurm configuration: partition, walltime, what each node runs.
-    let slurm = SlurmProvider::new(SlurmConfig::new().partition("debug").job_name("funcx"));
-    let manager = ManagerCommand::new(std::env::current_exe()?)
-        .arg("manager")
-        .args(["--endpoint", &address.to_string(), "--workers", "1"])
-        .env("FUNCX_TOKEN", &token);
-    let block = BlockRequest::new(manager)
-        .nodes(1)
-        .walltime(Duration::from_secs(600));
-    let mut strategy = Strategy::start(
-        executor.clone(),
-        Arc::new(slurm),
-        block,
-        StrategyConfig::new()
-            .blocks(1, 0, 2)
-            .period(Duration::from_millis(500))
-            .max_idle_time(Duration::from_secs(5))
-            .connect_timeout(Duration::from_secs(60))
-            .walltime(Duration::from_secs(600), Duration::from_secs(60)),
+    println!(
+        "endpoint on {}; submitting a Slurm block",
+        endpoint.address()
     );
-    println!("endpoint on {address}; submitting a Slurm block");
 
     let started = Instant::now();
     loop {
-        let status = strategy.changed().await;
-        if status.managers > 0 {
+        let status = endpoint.status();
+        if status.strategy.managers > 0 {
             break;
         }
-        if let Some(error) = &status.last_error {
+        if let Some(error) = &status.strategy.last_error {
             return Err(format!("Slurm: {error}").into());
         }
         if started.elapsed() > Duration::from_secs(120) {
             return Err("no manager dialled in within 2 minutes".into());
         }
-        for block in &status.blocks {
+        for block in &status.strategy.blocks {
             println!("  block {} is {}", block.id, block.state);
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!(
         "a manager dialled in after {:.1} s",
@@ -113,7 +101,9 @@ async fn endpoint() -> Result<(), Box<dyn Error>> {
     );
 
     let hello = Function::from_source(SOURCE, "hello");
-    let handles = executor.submit_batch(&hello, (0..1_000).map(|i| (i,)));
+    let handles = endpoint
+        .executor()
+        .submit_batch(&hello, (0..1_000).map(|i| (i,)));
     let mut last = String::new();
     for (i, handle) in handles.into_iter().enumerate() {
         last = handle.result().await?;
@@ -123,16 +113,15 @@ async fn endpoint() -> Result<(), Box<dyn Error>> {
     }
     println!("last answer: {last}");
 
-    let status = strategy.status();
+    let status = endpoint.status();
     println!(
         "status: {} block(s), {} manager(s), {} worker(s), {} queued",
-        status.blocks.len(),
-        status.managers,
-        status.workers,
-        status.queued
+        status.strategy.blocks.len(),
+        status.strategy.managers,
+        status.strategy.workers,
+        status.strategy.queued
     );
-    executor.shutdown().await;
-    strategy.stop(true).await;
+    endpoint.stop().await;
     println!("drained the managers and released the blocks");
     Ok(())
 }

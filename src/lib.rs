@@ -49,6 +49,13 @@ pub use funcx_providers as providers;
 #[cfg(feature = "gateway")]
 pub use funcx_gateway as gateway;
 
+/// Endpoints from one builder: a provider, managers, a scaling strategy, and where tasks
+/// come from (this program, or a gateway it dials out to).
+#[cfg(all(feature = "python", feature = "transport", feature = "providers"))]
+pub mod endpoint;
+#[cfg(all(feature = "python", feature = "transport", feature = "providers"))]
+pub use endpoint::{Endpoint, EndpointBuilder};
+
 /// The README's examples, compiled as doctests so that they cannot drift from the API. They
 /// use the gateway too, so they are compiled with the `gateway` feature (`scripts/test`
 /// turns it on).

@@ -43,6 +43,11 @@ pub struct ManagerOptions {
     pub simulate: Option<usize>,
     /// How long to keep trying an endpoint that cannot be reached before exiting.
     pub give_up_after: Duration,
+    /// Dial the endpoint over TLS, trusting the CA certificates in this PEM file (feature
+    /// `tls`): the token then never travels in clear.
+    pub tls_ca: Option<PathBuf>,
+    /// The name the endpoint's certificate must carry (default: the host of `--endpoint`).
+    pub tls_name: Option<String>,
 }
 
 /// A command line that could not be understood.
@@ -69,7 +74,9 @@ options:
   --block ID             the block this manager belongs to (default: $FUNCX_BLOCK_ID)
   --gpus A,B,...         pin worker i to device i mod n (CUDA_VISIBLE_DEVICES, ...)
   --simulate N           run N simulated workers instead of Python ones
-  --give-up-after SECS   exit if the endpoint is unreachable this long (default 300)";
+  --give-up-after SECS   exit if the endpoint is unreachable this long (default 300)
+  --tls-ca PATH          dial over TLS, trusting the CA certificates in this PEM file
+  --tls-name NAME        the name in the endpoint's certificate (default: its host)";
 
 impl ManagerOptions {
     /// Parses the manager's command line (without the program name).
@@ -80,6 +87,7 @@ impl ManagerOptions {
             .into_iter()
             .map(|arg| arg.to_string_lossy().into_owned());
         let mut endpoint = None;
+        let mut host = String::new();
         let mut token = std::env::var("FUNCX_TOKEN").ok();
         let mut options = ManagerOptions {
             endpoint: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -89,6 +97,8 @@ impl ManagerOptions {
             block: std::env::var("FUNCX_BLOCK_ID").ok(),
             simulate: None,
             give_up_after: Duration::from_secs(300),
+            tls_ca: None,
+            tls_name: None,
         };
         while let Some(flag) = args.next() {
             let mut value = || {
@@ -96,7 +106,17 @@ impl ManagerOptions {
                     .ok_or_else(|| UsageError(format!("{flag} needs a value")))
             };
             match flag.as_str() {
-                "--endpoint" => endpoint = Some(resolve(&value()?)?),
+                "--endpoint" => {
+                    let address = value()?;
+                    host = address
+                        .rsplit_once(':')
+                        .map_or(address.as_str(), |(host, _)| host)
+                        .trim_matches(['[', ']'])
+                        .to_string();
+                    endpoint = Some(resolve(&address)?);
+                }
+                "--tls-ca" => options.tls_ca = Some(PathBuf::from(value()?)),
+                "--tls-name" => options.tls_name = Some(value()?),
                 "--token" => token = Some(value()?),
                 "--token-file" => {
                     let path = PathBuf::from(value()?);
@@ -132,6 +152,14 @@ impl ManagerOptions {
             }
         }
         options.endpoint = endpoint.ok_or_else(|| UsageError("--endpoint is required".into()))?;
+        if options.tls_ca.is_some() && options.tls_name.is_none() {
+            options.tls_name = Some(host);
+        }
+        if options.tls_ca.is_some() && !cfg!(feature = "tls") {
+            return Err(UsageError(
+                "--tls-ca: this manager was built without TLS support (feature `tls`)".into(),
+            ));
+        }
         options.token = token.ok_or_else(|| {
             UsageError("no token: pass --token, --token-file or set FUNCX_TOKEN".into())
         })?;
@@ -178,10 +206,14 @@ pub async fn run(options: ManagerOptions) -> ManagerExit {
     info!(manager = %info.id, endpoint = %options.endpoint, slots, block = ?info.block, "manager starting");
     let mut config = ManagerConfig::new(info);
     config.give_up_after = options.give_up_after;
-    let dial = TcpDial::new(
-        TcpTransport::builder().token(&options.token).build(),
-        options.endpoint,
-    );
+    let transport = match with_tls(TcpTransport::builder().token(&options.token), &options) {
+        Ok(transport) => transport.build(),
+        Err(error) => {
+            tracing::error!(%error, "cannot set up TLS");
+            return ManagerExit::EndpointGone(format!("cannot set up TLS: {error}"));
+        }
+    };
+    let dial = TcpDial::new(transport, options.endpoint);
     let exit = match options.simulate {
         Some(slots) => run_manager(dial, EchoRunner::new(slots), config).await,
         None => {
@@ -208,6 +240,27 @@ pub async fn run(options: ManagerOptions) -> ManagerExit {
     };
     info!(%exit, "manager exiting");
     exit
+}
+
+#[cfg(feature = "tls")]
+fn with_tls(
+    transport: funcx_transport::TcpTransportBuilder,
+    options: &ManagerOptions,
+) -> Result<funcx_transport::TcpTransportBuilder, funcx_transport::TransportError> {
+    match (&options.tls_ca, &options.tls_name) {
+        (Some(ca), Some(name)) => Ok(transport.tls_client(
+            funcx_transport::tls::TlsClientConfig::from_pem_file(ca, name)?,
+        )),
+        _ => Ok(transport),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_tls(
+    transport: funcx_transport::TcpTransportBuilder,
+    _options: &ManagerOptions,
+) -> Result<funcx_transport::TcpTransportBuilder, funcx_transport::TransportError> {
+    Ok(transport)
 }
 
 /// Runs a manager from a command line (without the program name) to completion: logs to

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::executor::TaskReport;
-use crate::worker::{Worker, WorkerEvents};
+use crate::worker::{Worker, WorkerEvents, WorkerId};
 use crate::{Args, BlockId, Function, Payload, TaskError, TaskId, TaskStatus};
 
 /// A task's result together with its final status.
@@ -78,7 +78,7 @@ pub struct EndpointStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolStatus {
     /// The pool's id within the endpoint.
-    pub worker: crate::worker::WorkerId,
+    pub worker: WorkerId,
     /// The block it belongs to, if its provider said.
     pub block: Option<BlockId>,
     /// How many tasks it runs at once.
@@ -112,4 +112,5 @@ pub(crate) enum Command {
     },
     Pools(oneshot::Sender<Vec<PoolStatus>>),
     DrainBlock(BlockId),
+    DrainPool(WorkerId),
 }

@@ -327,6 +327,7 @@ impl Dispatcher {
                 let _ = reply.send(self.pools());
             }
             Command::DrainBlock(block) => self.drain_block(&block),
+            Command::DrainPool(worker) => self.drain_pool(worker),
             Command::Ready(reply) => {
                 self.ready_waiters.push(reply);
                 self.answer_ready_waiters();
@@ -553,11 +554,21 @@ impl Dispatcher {
     /// block is about to end (its walltime) or is no longer needed. Their loss from now on is
     /// not charged to their tasks' retries.
     fn drain_block(&mut self, block: &BlockId) {
+        self.drain_pools(|_, pool_block| pool_block == Some(block));
+    }
+
+    /// Drains the one pool `worker` (a manager that asked to leave, or an endpoint a
+    /// gateway stops), as [`Dispatcher::drain_block`] drains a block's.
+    fn drain_pool(&mut self, worker: WorkerId) {
+        self.drain_pools(|id, _| id == worker);
+    }
+
+    fn drain_pools(&mut self, mut which: impl FnMut(WorkerId, Option<&BlockId>) -> bool) {
         for slot in &mut self.slots {
             let Some(pool) = slot.pool.as_mut() else {
                 continue;
             };
-            if pool.block.as_ref() != Some(block) || slot.phase != Phase::Ready {
+            if !which(slot.id, pool.block.as_ref()) || slot.phase != Phase::Ready {
                 continue;
             }
             pool.expiring = true;
@@ -565,7 +576,7 @@ impl Dispatcher {
             if let Some(worker) = slot.worker.as_mut() {
                 worker.send(ToWorker::Shutdown);
             }
-            info!(worker = %slot.id, %block, "draining pool");
+            info!(worker = %slot.id, block = ?pool.block, "draining pool");
         }
     }
 

@@ -395,6 +395,14 @@ impl Executor {
         self.send(Command::DrainBlock(block.clone()));
     }
 
+    /// Stops sending tasks to the one pool `worker` (as [`crate::PoolStatus::worker`] and
+    /// [`crate::worker::WorkerEvents::worker`] name it) and asks it to finish what it holds and
+    /// exit: a manager that asked to leave, or an endpoint that its gateway stops. As with
+    /// [`Executor::drain_block`], its loss from then on is not charged to its tasks.
+    pub fn drain_pool(&self, worker: crate::worker::WorkerId) {
+        self.send(Command::DrainPool(worker));
+    }
+
     /// Stops accepting tasks, finishes every accepted one, then stops the workers.
     ///
     /// Tasks submitted afterwards fail with a [`TaskError::is_shutdown`] error.

@@ -300,6 +300,7 @@ impl EndpointAgent {
         }
         let span = tracing::info_span!("manager", id = %info.id);
         let mut session = Session::new(
+            self.inner.executor.clone(),
             info.id,
             self.inner.session,
             events,
@@ -339,6 +340,7 @@ impl Worker for RemoteManager {
 }
 
 struct Session {
+    executor: Executor,
     id: ManagerId,
     endpoint_session: u64,
     events: WorkerEvents,
@@ -418,6 +420,7 @@ async fn keep_results(
 
 impl Session {
     fn new(
+        executor: Executor,
         id: ManagerId,
         endpoint_session: u64,
         events: WorkerEvents,
@@ -426,6 +429,7 @@ impl Session {
         config: AgentConfig,
     ) -> Session {
         Session {
+            executor,
             id,
             endpoint_session,
             events,
@@ -657,6 +661,13 @@ impl Session {
                 None
             }
             ToEndpoint::Heartbeat => None,
+            ToEndpoint::Leaving => {
+                // The dispatcher stops feeding this pool and sends `Shutdown`, which drains
+                // the manager as for the end of its block.
+                info!(manager = %self.id, "manager asked to leave; draining it");
+                self.executor.drain_pool(self.events.worker());
+                None
+            }
             ToEndpoint::Goodbye => {
                 info!(manager = %self.id, "manager drained and left");
                 Some(String::new())

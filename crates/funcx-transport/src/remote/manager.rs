@@ -64,6 +64,12 @@ pub struct ManagerConfig {
     pub give_up_after: Duration,
     /// How long to wait for the endpoint's welcome after connecting.
     pub welcome_timeout: Duration,
+    /// When this turns `true`, the manager asks the endpoint to drain it
+    /// ([`ToEndpoint::Leaving`]), finishes and delivers what it holds, and exits with
+    /// [`ManagerExit::Drained`]; if the endpoint cannot be reached at that moment, it exits
+    /// with [`ManagerExit::EndpointGone`] instead of waiting for it. `None` (default): only
+    /// the endpoint ends the manager.
+    pub leave: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl ManagerConfig {
@@ -75,7 +81,31 @@ impl ManagerConfig {
             max_backoff: Duration::from_secs(5),
             give_up_after: Duration::from_secs(300),
             welcome_timeout: Duration::from_secs(10),
+            leave: None,
         }
+    }
+
+    /// Sets [`ManagerConfig::leave`].
+    pub fn leave_on(mut self, leave: tokio::sync::watch::Receiver<bool>) -> ManagerConfig {
+        self.leave = Some(leave);
+        self
+    }
+}
+
+/// Whether `leave` says to leave now.
+fn leaving(leave: &Option<tokio::sync::watch::Receiver<bool>>) -> bool {
+    leave.as_ref().is_some_and(|leave| *leave.borrow())
+}
+
+/// Resolves when `leave` turns true; never without one (or once its sender is gone).
+async fn leave_requested(leave: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match leave {
+        Some(leave) => {
+            if leave.wait_for(|leave| *leave).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -110,8 +140,9 @@ impl fmt::Display for ManagerExit {
 pub async fn run_manager<R: Runner>(
     dial: impl Dial,
     mut runner: R,
-    config: ManagerConfig,
+    mut config: ManagerConfig,
 ) -> ManagerExit {
+    let mut leave = config.leave.take();
     let mut state = State {
         session: None,
         unacked: VecDeque::new(),
@@ -128,6 +159,11 @@ pub async fn run_manager<R: Runner>(
         let (connection, heartbeat_period, heartbeat_threshold) = match attempt {
             Ok(established) => established,
             Err(reason) => {
+                if leaving(&leave) {
+                    warn!(%reason, "asked to leave while the endpoint is unreachable; exiting");
+                    runner.reset();
+                    return ManagerExit::EndpointGone(reason);
+                }
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= config.give_up_after {
                     warn!(%reason, "endpoint unreachable for too long; giving up");
@@ -135,7 +171,10 @@ pub async fn run_manager<R: Runner>(
                     return ManagerExit::EndpointGone(reason);
                 }
                 debug!(%reason, ?backoff, "endpoint not reachable; retrying");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = leave_requested(&mut leave) => {}
+                }
                 backoff = (backoff * 2).min(config.max_backoff);
                 continue;
             }
@@ -147,6 +186,7 @@ pub async fn run_manager<R: Runner>(
                 &mut runner,
                 heartbeat_period,
                 heartbeat_threshold,
+                &mut leave,
             )
             .await
         {
@@ -233,7 +273,10 @@ impl State {
         runner: &mut R,
         heartbeat_period: Duration,
         heartbeat_threshold: Duration,
+        leave: &mut Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Option<ManagerExit> {
+        // Asked again on every connection until the endpoint starts the drain.
+        let mut asked = false;
         let mut ticks = tokio::time::interval(heartbeat_period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
@@ -291,6 +334,13 @@ impl State {
                         if connection.send(ToEndpoint::Results { seq, results }).is_err() {
                             return None;
                         }
+                    }
+                }
+                () = leave_requested(leave), if !asked && !self.draining => {
+                    info!("asking the endpoint to drain this manager");
+                    asked = true;
+                    if connection.send(ToEndpoint::Leaving).is_err() {
+                        return None;
                     }
                 }
                 _ = ticks.tick() => {

@@ -8,6 +8,7 @@
 //!     │ ── Results { seq, results } ───────────▶ │
 //!     │ ◀───────── Ack { seq } ────────────────── │  results up to seq may be forgotten
 //!     │ ◀──────── Heartbeat ────── Heartbeat ───▶ │  both ways, every period
+//!     │ ── Leaving ────────────────────────────▶ │  (optional) asks to be drained
 //!     │ ── Goodbye ────────────────────────────▶ │  drained, exiting
 //! ```
 //!
@@ -74,6 +75,10 @@ pub enum ToEndpoint {
     Heartbeat,
     /// Drained: every result was acknowledged, and the manager is exiting.
     Goodbye,
+    /// The manager wants to leave (its endpoint is being stopped): send it no new work and
+    /// drain it. The endpoint answers with `Work(Shutdown)`, after which the usual drain
+    /// follows, ending in `Goodbye`.
+    Leaving,
 }
 
 /// Endpoint → manager.

@@ -1,0 +1,189 @@
+//! `funcx::Endpoint::builder()` on real processes: a local provider starting real
+//! `funcx-manager` processes with real Python workers; tasks from this program, and from a
+//! gateway the endpoint dials out to.
+#![cfg(unix)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{init_tracing, wait_until, within, HANG};
+use funcx::endpoint::{Endpoint, EndpointState};
+use funcx::providers::LocalProvider;
+use funcx::{BlockState, Function, PythonConfig, StrategyConfig};
+
+/// `target/<profile>/funcx-manager`, next to the `deps` directory the tests run from.
+fn manager_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("funcx-manager"))
+        .expect("the test binary lives in target/<profile>/deps");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it first with `cargo build -p funcx-python --bins` \
+         (scripts/test does, before `cargo test`)",
+        binary.display()
+    );
+    binary
+}
+
+/// The pids of the processes whose parent is `parent`.
+fn children(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid ...`; comm may hold spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+const SLOW: &str =
+    "import os, time\n\ndef slow(x):\n    time.sleep(0.3)\n    return (x * 2, os.getpid())\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_blocks_run_tasks_and_stop_leaves_nothing_running() {
+    init_tracing();
+    let endpoint = Endpoint::builder()
+        .name("local-test")
+        .provider(LocalProvider::new())
+        .manager_program(manager_binary())
+        .nodes_per_block(2)
+        .workers_per_node(1)
+        .python(PythonConfig::new().env("FUNCX_ENDPOINT_TEST", "from-the-builder"))
+        .strategy(
+            StrategyConfig::new()
+                .blocks(1, 0, 1)
+                .period(Duration::from_millis(100)),
+        )
+        .walltime(Duration::from_secs(600))
+        .start()
+        .await
+        .expect("the endpoint starts");
+    assert_eq!(endpoint.state(), EndpointState::Running);
+
+    wait_until(HANG, "two managers registered", || async {
+        endpoint.status().strategy.managers == 2
+    })
+    .await;
+    let status = endpoint.status();
+    assert_eq!(status.strategy.blocks.len(), 1, "{status:?}");
+    let block = &status.strategy.blocks[0];
+    assert_eq!(block.state, BlockState::Running, "{status:?}");
+    assert_eq!((block.managers, block.workers), (2, 2), "{status:?}");
+    assert_eq!(status.strategy.workers, 2);
+    assert!(status.gateway.is_none() && status.connected.is_none());
+
+    // The Python settings reach the workers.
+    let env = Function::from_source(
+        "import os\n\ndef env():\n    return os.environ.get('FUNCX_ENDPOINT_TEST')\n",
+        "env",
+    );
+    let value: Option<String> = within(HANG, endpoint.executor().submit(&env, ()).result())
+        .await
+        .expect("env task");
+    assert_eq!(value.as_deref(), Some("from-the-builder"));
+
+    // Every manager process and its Python worker, to check that stop ends them all.
+    let managers: Vec<u32> = endpoint.managers().iter().map(|m| m.pid).collect();
+    assert_eq!(managers.len(), 2);
+    let workers: Vec<u32> = managers.iter().flat_map(|&m| children(m)).collect();
+    assert!(
+        workers.len() >= 2,
+        "each manager runs a worker: {workers:?}"
+    );
+
+    // Tasks in flight when stop is called finish and are delivered.
+    let slow = Function::from_source(SLOW, "slow");
+    let handles = endpoint
+        .executor()
+        .submit_batch(&slow, (0..8).map(|i| (i,)));
+    wait_until(HANG, "tasks running", || async {
+        endpoint.status().strategy.busy_workers > 0
+            || endpoint.executor().stats().await.in_flight > 0
+    })
+    .await;
+    let stopping = endpoint.clone();
+    let stop = tokio::spawn(async move { stopping.stop().await });
+    let mut ran_on = std::collections::HashSet::new();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let (double, pid): (i64, u32) = within(HANG, handle.result())
+            .await
+            .unwrap_or_else(|e| panic!("task {i} was lost by the stop: {e}"));
+        assert_eq!(double, 2 * i as i64);
+        ran_on.insert(pid);
+    }
+    within(HANG, stop).await.expect("stop");
+    assert_eq!(endpoint.state(), EndpointState::Stopped);
+    assert!(
+        ran_on.iter().all(|pid| workers.contains(pid)),
+        "{ran_on:?} vs {workers:?}"
+    );
+
+    for pid in managers.iter().chain(&workers) {
+        assert!(!alive(*pid), "process {pid} of the endpoint outlived stop");
+    }
+    let status = endpoint.status();
+    assert_eq!(status.state, EndpointState::Stopped);
+    assert!(
+        status.strategy.blocks.iter().all(|b| b.state.is_finished()),
+        "{status:?}"
+    );
+    let late = endpoint.executor().submit(&slow, (1,)).await;
+    assert!(late.unwrap_err().is_shutdown());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_that_cannot_start_is_reported() {
+    init_tracing();
+    let endpoint = Endpoint::builder()
+        .provider(LocalProvider::new())
+        .manager_program("/nonexistent/funcx-manager")
+        .strategy(
+            StrategyConfig::new()
+                .blocks(1, 0, 1)
+                .period(Duration::from_millis(50)),
+        )
+        .start()
+        .await
+        .expect("the endpoint starts");
+    wait_until(HANG, "the failed block reported", || async {
+        endpoint.status().strategy.last_error.is_some()
+    })
+    .await;
+    let error = endpoint.status().strategy.last_error.unwrap_or_default();
+    assert!(error.contains("/nonexistent/funcx-manager"), "{error}");
+    within(HANG, endpoint.stop()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_provider_it_says_so() {
+    let error = Endpoint::builder().start().await.unwrap_err();
+    assert!(error.to_string().contains("no provider"), "{error}");
+}

@@ -1,0 +1,207 @@
+//! `funcx::Endpoint` taking its tasks from a gateway it dials out to: a real gateway on
+//! loopback, real `funcx-manager` processes from a local provider, real Python workers, and
+//! a `RemoteExecutor` submitting over HTTP.
+#![cfg(all(unix, feature = "gateway"))]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{init_tracing, wait_until, within, HANG};
+use funcx::endpoint::{Endpoint, EndpointState, GatewayLink};
+use funcx::providers::LocalProvider;
+use funcx::{Function, StrategyConfig};
+use funcx_gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
+
+const ALICE: &str = "alice-token-0123456789abcdef";
+
+fn manager_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("funcx-manager"))
+        .expect("the test binary lives in target/<profile>/deps");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it with `cargo build -p funcx-python --bins` (scripts/test does)",
+        binary.display()
+    );
+    binary
+}
+
+async fn gateway() -> (String, tokio::task::JoinHandle<()>) {
+    let config = GatewayConfig {
+        users: vec![UserConfig {
+            name: "alice".into(),
+            token: ALICE.into(),
+        }],
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::start(config).await.expect("gateway");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = gateway.serve(listener).await;
+    });
+    (url, server)
+}
+
+async fn register(url: &str) -> (String, String) {
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/v1/endpoints"))
+        .bearer_auth(ALICE)
+        .json(&serde_json::json!({ "name": "cluster" }))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        answer["endpoint_id"].as_str().unwrap().to_string(),
+        answer["endpoint_token"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_tasks_run_on_blocks_and_a_stop_delivers_every_result() {
+    init_tracing();
+    let (url, _server) = gateway().await;
+    let (endpoint_id, endpoint_token) = register(&url).await;
+    let link = GatewayLink {
+        url: url.clone(),
+        endpoint_id: endpoint_id.clone(),
+        token: endpoint_token,
+        ca_file: None,
+    };
+    let endpoint = Endpoint::builder()
+        .name("relay")
+        .provider(LocalProvider::new())
+        .manager_program(manager_binary())
+        .workers_per_node(2)
+        .strategy(
+            StrategyConfig::new()
+                .blocks(0, 0, 1)
+                .period(Duration::from_millis(100)),
+        )
+        .gateway(link.clone())
+        .start()
+        .await
+        .expect("the endpoint starts");
+    wait_until(HANG, "connected to the gateway", || async {
+        endpoint.status().connected == Some(true)
+    })
+    .await;
+    assert_eq!(endpoint.state(), EndpointState::Running);
+    // No block yet: init 0, and no work.
+    assert!(endpoint.status().strategy.blocks.is_empty());
+
+    let client = RemoteExecutor::connect(&url, ALICE, &endpoint_id)
+        .await
+        .expect("client");
+    let slow = Function::from_source(
+        "import time\n\ndef slow(x):\n    time.sleep(0.2)\n    return x + 1\n",
+        "slow",
+    );
+    // Work at the gateway makes the endpoint submit a block, whose managers run it.
+    let first = within(HANG, client.submit(&slow, (1,)).result::<i64>())
+        .await
+        .expect("the first task runs on a block started for it");
+    assert_eq!(first, 2);
+    let status = endpoint.status();
+    assert_eq!(status.strategy.blocks.len(), 1, "{status:?}");
+    assert_eq!(status.strategy.managers, 1, "{status:?}");
+
+    // A stop while tasks run: those at the endpoint finish and are delivered; the rest
+    // wait at the gateway for the endpoint's next start. None is lost.
+    let handles = client.submit_batch(&slow, (0..10).map(|i| (i,)));
+    wait_until(HANG, "tasks running at the endpoint", || async {
+        endpoint.executor().stats().await.in_flight > 0
+    })
+    .await;
+    within(HANG, endpoint.stop()).await;
+    let status = endpoint.status();
+    assert_eq!(status.state, EndpointState::Stopped);
+    assert!(
+        status.strategy.blocks.iter().all(|b| b.state.is_finished()),
+        "{status:?}"
+    );
+    let view: serde_json::Value = reqwest::Client::new()
+        .get(format!("{url}/v1/endpoints/{endpoint_id}"))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["status"]["connected"], false, "{view}");
+    assert_eq!(
+        view["status"]["in_flight"], 0,
+        "the endpoint delivered what it held: {view}"
+    );
+    let queued = view["status"]["queued"].as_u64().unwrap_or(99);
+    assert!(queued < 10, "the tasks the endpoint held ran: {view}");
+
+    // Started again with the same identity, it runs what waited at the gateway.
+    let again = Endpoint::builder()
+        .name("relay")
+        .provider(LocalProvider::new())
+        .manager_program(manager_binary())
+        .workers_per_node(2)
+        .strategy(
+            StrategyConfig::new()
+                .blocks(0, 0, 1)
+                .period(Duration::from_millis(100)),
+        )
+        .gateway(link)
+        .start()
+        .await
+        .expect("the endpoint starts again");
+    for (i, handle) in handles.into_iter().enumerate() {
+        let value: i64 = within(HANG, handle.result())
+            .await
+            .unwrap_or_else(|e| panic!("task {i} lost in the stop: {e}"));
+        assert_eq!(value, i as i64 + 1);
+    }
+    within(HANG, again.stop()).await;
+    client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_the_last_error() {
+    init_tracing();
+    let (url, _server) = gateway().await;
+    let (endpoint_id, _) = register(&url).await;
+    let endpoint = Endpoint::builder()
+        .provider(LocalProvider::new())
+        .manager_program(manager_binary())
+        .strategy(StrategyConfig::new().blocks(0, 0, 1))
+        .gateway(GatewayLink {
+            url,
+            endpoint_id,
+            token: "not-the-endpoint-token".into(),
+            ca_file: None,
+        })
+        .start()
+        .await
+        .expect("the endpoint starts");
+    wait_until(HANG, "the refusal reported", || async {
+        endpoint.status().strategy.last_error.is_some()
+    })
+    .await;
+    let status = endpoint.status();
+    let error = status.strategy.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("401") && error.contains("wrong endpoint token"),
+        "{error}"
+    );
+    assert_eq!(status.connected, Some(false));
+    assert_eq!(status.state, EndpointState::Starting);
+    within(HANG, endpoint.stop()).await;
+    assert_eq!(endpoint.state(), EndpointState::Stopped);
+}
