@@ -1,7 +1,7 @@
 //! `funcx::Endpoint` taking its tasks from a gateway it dials out to: a real gateway on
 //! loopback, real `funcx-manager` processes from a local provider, real Python workers, and
 //! a `RemoteExecutor` submitting over HTTP.
-#![cfg(all(unix, feature = "gateway"))]
+#![cfg(all(unix, feature = "cli"))]
 
 mod common;
 
@@ -12,7 +12,7 @@ use common::{init_tracing, wait_until, within, HANG};
 use funcx::endpoint::{Endpoint, EndpointState, GatewayLink};
 use funcx::providers::LocalProvider;
 use funcx::{Function, StrategyConfig};
-use funcx_gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
+use funcx::gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
 
 const ALICE: &str = "alice-token-0123456789abcdef";
 

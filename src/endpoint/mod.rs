@@ -37,6 +37,8 @@
 //! to: it becomes one connection of the gateway, offering as many worker slots as its
 //! largest set of blocks holds, and relays the gateway's tasks to its managers.
 
+#[cfg(feature = "cli")]
+pub mod config;
 mod status;
 
 use std::net::SocketAddr;
