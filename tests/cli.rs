@@ -7,8 +7,8 @@
 mod common;
 
 use common::{init_tracing, wait_until, within, TempDir, HANG};
-use funcx::Function;
 use funcx::gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
+use funcx::Function;
 use std::path::Path;
 use std::process::{Command, Output};
 

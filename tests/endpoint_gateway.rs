@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::{init_tracing, wait_until, within, HANG};
 use funcx::endpoint::{Endpoint, EndpointState, GatewayLink};
+use funcx::gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
 use funcx::providers::LocalProvider;
 use funcx::{Function, StrategyConfig};
-use funcx::gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
 
 const ALICE: &str = "alice-token-0123456789abcdef";
 
