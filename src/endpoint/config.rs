@@ -225,7 +225,7 @@ pub struct SlurmSection {
     pub job_name: Option<String>,
     /// Extra `#SBATCH` lines.
     #[serde(default)]
-    pub sbatch_lines: Vec<String>,
+    pub directives: Vec<String>,
     /// `srun` (default) or `single`.
     pub launcher: Option<String>,
     /// Where job scripts and logs go.
@@ -248,7 +248,7 @@ pub struct PbsSection {
     pub job_name: Option<String>,
     /// Extra `#PBS` lines.
     #[serde(default)]
-    pub pbs_lines: Vec<String>,
+    pub directives: Vec<String>,
     /// `mpiexec`, `aprun` or `single` (default).
     pub launcher: Option<String>,
     /// Where job scripts and logs go.
@@ -582,8 +582,8 @@ impl EndpointConfig {
                     config = config.mem(v);
                 }
                 config = config.job_name(s.job_name.unwrap_or_else(|| format!("funcx-{name}")));
-                for line in s.sbatch_lines {
-                    config = config.sbatch_line(line);
+                for line in s.directives {
+                    config = config.directive(line);
                 }
                 if let Some(launcher) = s.launcher.as_deref().and_then(parse_launcher) {
                     config = config.launcher(launcher);
@@ -608,8 +608,8 @@ impl EndpointConfig {
                     config = config.cpus_per_node(v);
                 }
                 config = config.job_name(s.job_name.unwrap_or_else(|| format!("funcx-{name}")));
-                for line in s.pbs_lines {
-                    config = config.pbs_line(line);
+                for line in s.directives {
+                    config = config.directive(line);
                 }
                 if let Some(launcher) = s.launcher.as_deref().and_then(parse_launcher) {
                     config = config.launcher(launcher);
@@ -821,7 +821,7 @@ max = 1
 # cpus_per_task = 8
 # mem = "16G"
 # job_name = "funcx-NAME"
-# sbatch_lines = ["--gres=gpu:1"]
+# directives = ["--gres=gpu:1"]  # extra #SBATCH lines
 # launcher = "srun"             # srun (one manager per node) or single
 # scripts_dir = "blocks"        # job scripts and logs (relative to this folder)
 "#
@@ -833,7 +833,7 @@ max = 1
 # account = "project42"
 # cpus_per_node = 8
 # job_name = "funcx-NAME"
-# pbs_lines = ["-l place=scatter"]
+# directives = ["-l place=scatter"]  # extra #PBS lines
 # launcher = "single"           # single, mpiexec or aprun
 # scripts_dir = "blocks"
 "#
