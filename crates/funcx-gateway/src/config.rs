@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::GatewayError;
+pub use crate::globus::config::{ComputeClientConfig, GlobusComputeConfig};
 
 /// How a gateway runs.
 ///
@@ -63,6 +64,9 @@ pub struct GatewayConfig {
     /// Serve HTTPS instead of plain HTTP on `listen` (needs the `tls` feature); `None`
     /// (default) for plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// Serve the Globus Compute SDK too (`[globus_compute]`; needs the `globus-compute`
+    /// feature); `None` (default) for the funcx API only.
+    pub globus_compute: Option<GlobusComputeConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -79,6 +83,7 @@ impl Default for GatewayConfig {
             delete_after_fetch: false,
             endpoint_retries: 3,
             tls: None,
+            globus_compute: None,
         }
     }
 }
@@ -169,6 +174,9 @@ impl GatewayConfig {
             return Err(GatewayError::Config(
                 "[tls] is set, but this gateway was built without TLS support; rebuild with the `tls` feature".into(),
             ));
+        }
+        if let Some(globus_compute) = &self.globus_compute {
+            globus_compute.validate()?;
         }
         Ok(())
     }

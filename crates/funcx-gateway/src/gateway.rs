@@ -68,6 +68,9 @@ pub(crate) struct Shared {
     /// up by them.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
     store_repaired: bool,
+    /// The Globus Compute routes' state, when `[globus_compute]` is configured.
+    #[cfg(feature = "globus-compute")]
+    pub(crate) globus: Option<Arc<crate::globus::GlobusCompute>>,
 }
 
 /// The gateway side of one endpoint: an executor with no workers of its own, whose pools
@@ -162,6 +165,12 @@ impl GatewayBuilder {
         let transport = TcpTransport::builder()
             .max_frame_size(self.config.max_body_bytes.max(64 * 1024 * 1024))
             .build();
+        #[cfg(feature = "globus-compute")]
+        let globus = self
+            .config
+            .globus_compute
+            .clone()
+            .map(|config| Arc::new(crate::globus::GlobusCompute::new(config)));
         let gateway = Gateway {
             inner: Arc::new(Shared {
                 store,
@@ -181,8 +190,14 @@ impl GatewayBuilder {
                 kept: Mutex::new(std::collections::HashSet::new()),
                 closing: tokio::sync::watch::Sender::new(false),
                 store_repaired,
+                #[cfg(feature = "globus-compute")]
+                globus,
             }),
         };
+        #[cfg(feature = "globus-compute")]
+        if gateway.inner.globus.is_some() {
+            tokio::spawn(crate::globus::run_outbox(Arc::downgrade(&gateway.inner)));
+        }
         tokio::spawn(store_results(Arc::downgrade(&gateway.inner), reports));
         tokio::spawn(expire_results(Arc::downgrade(&gateway.inner)));
         gateway.recover().await?;
@@ -226,7 +241,13 @@ impl Gateway {
     /// `into_make_service_with_connect_info::<SocketAddr>()` so that endpoint connections
     /// are logged with their address.
     pub fn router(&self) -> axum::Router {
-        crate::api::router(self.clone())
+        let router = crate::api::router(self.clone());
+        #[cfg(feature = "globus-compute")]
+        let router = match crate::globus::router(self) {
+            Some(globus_compute) => router.merge(globus_compute),
+            None => router,
+        };
+        router
     }
 
     /// Serves the API (and the endpoints' connections) on `listener` until the future is

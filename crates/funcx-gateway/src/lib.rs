@@ -38,6 +38,11 @@
 //! With the `tls` feature, the gateway serves HTTPS when its configuration has a `[tls]`
 //! table ([`TlsConfig`]), and the clients accept `https://` URLs; see the `tls` module.
 //!
+//! With the `globus-compute` feature and a `[globus_compute]` table ([`GlobusComputeConfig`]),
+//! the gateway also serves the routes the unmodified Globus Compute SDK calls, publishes
+//! results for its `Executor` to RabbitMQ, and runs its tasks on ordinary funcx endpoints;
+//! see the README's "Your Globus Compute code, on your own gateway".
+//!
 //! Routes are listed in `GET /v1/openapi.json`; see [`api`] for the bodies.
 #![warn(missing_docs)]
 
@@ -47,6 +52,7 @@ pub mod client;
 mod config;
 mod error;
 mod gateway;
+mod globus;
 mod metrics;
 mod remote_executor;
 mod signal;
@@ -56,7 +62,9 @@ pub mod tls;
 pub use remote_executor::{RemoteError, RemoteExecutor, RemoteExecutorBuilder};
 
 pub use auth::{new_token, Authenticator, RateLimiter, TokenAuthenticator, User};
-pub use config::{GatewayConfig, RateLimitConfig, TlsConfig, UserConfig};
+pub use config::{
+    ComputeClientConfig, GatewayConfig, GlobusComputeConfig, RateLimitConfig, TlsConfig, UserConfig,
+};
 pub use error::{ApiError, GatewayError};
 pub use gateway::{Gateway, GatewayBuilder};
 

@@ -20,6 +20,8 @@ use serde_json::{json, Map, Value};
 
 pub use body::POSTCARD;
 pub use handlers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, UPGRADE_PROTOCOL};
+#[cfg(feature = "globus-compute")]
+pub(crate) use handlers::bearer;
 
 use crate::error::ApiError;
 use crate::Gateway;
