@@ -6,10 +6,12 @@
 //! cargo run --release --example globus_compute -- --python /path/to/venv/bin/python
 //! ```
 //!
-//! starts, on loopback, a gateway serving the SDK on `localhost:5000` (where
-//! `GLOBUS_SDK_ENVIRONMENT=local` points), publishing results to RabbitMQ on
-//! `127.0.0.1:5672`, and one endpoint whose workers run the interpreter given by `--python`
-//! (it needs `globus-compute-sdk` installed; funcx's own tasks would not). It prints
+//! (from the workspace root or this crate: the example turns this crate's `globus-compute`
+//! feature on itself, through a dev-dependency) starts, on loopback, a gateway serving the
+//! SDK on `localhost:5000` (where `GLOBUS_SDK_ENVIRONMENT=local` points), publishing results
+//! to RabbitMQ on `127.0.0.1:5672`, and one endpoint whose workers run the interpreter given
+//! by `--python` (it needs `globus-compute-sdk` installed; funcx's own tasks would not). It
+//! prints
 //!
 //! ```text
 //! GC_ENDPOINT_ID=<uuid>
@@ -42,12 +44,11 @@ use std::error::Error;
 use std::io::Write;
 use std::net::SocketAddr;
 
-use funcx::transport::remote::{
-    run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo,
-};
-use funcx::{Executor, PythonConfig, PythonRuntime};
+use funcx_core::Executor;
 use funcx_gateway::client::EndpointDial;
 use funcx_gateway::{ComputeClientConfig, Gateway, GatewayConfig, GlobusComputeConfig, UserConfig};
+use funcx_python::{PythonConfig, PythonRuntime};
+use funcx_transport::remote::{run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo};
 
 struct Options {
     python: String,

@@ -19,9 +19,9 @@ use axum::Router;
 use serde_json::{json, Map, Value};
 
 pub use body::POSTCARD;
-pub use handlers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, UPGRADE_PROTOCOL};
 #[cfg(feature = "globus-compute")]
 pub(crate) use handlers::bearer;
+pub use handlers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, UPGRADE_PROTOCOL};
 
 use crate::error::ApiError;
 use crate::Gateway;
