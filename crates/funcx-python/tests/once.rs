@@ -10,6 +10,8 @@
 //!   runs exactly once and is delivered exactly once.
 //! - A cancelled task that had not started never runs, and its cancellation is its one
 //!   outcome.
+//! - A local worker killed mid-task: that task alone runs again (a charged retry), or fails
+//!   with the death when no retry is left.
 
 mod common;
 
@@ -18,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{endpoint, managers, wait_until, within, Manager, Relay, LIMIT};
-use funcx_core::{report_stream, Executor, Function, ReportStream, Task, TaskId, TaskReport};
+use funcx_core::{
+    report_stream, Executor, Function, ReportStream, Task, TaskId, TaskOptions, TaskReport,
+};
 
 /// Appends the manager's pid (the worker's parent) to `directory/i`, then sleeps `pause`
 /// seconds, or for a minute if it runs under `hold_pid` and that manager has already run
@@ -346,4 +350,85 @@ async fn a_task_cancelled_before_it_starts_never_runs() {
         vec![0],
         "only the running task ran"
     );
+}
+
+/// Appends the worker's pid to `directory/i`; task `culprit` kills its own worker the first
+/// time it runs.
+const DIES_ONCE: &str = r#"import os, signal
+
+def run(i, directory, culprit):
+    path = os.path.join(directory, str(i))
+    with open(path, "a") as f:
+        f.write("%d\n" % os.getpid())
+    with open(path) as f:
+        first = len(f.readlines()) == 1
+    if i == culprit and first:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return (i, os.getpid())
+"#;
+
+/// Local workers: a worker killed in the middle of a task re-runs that task once (the
+/// retry is charged to it) on a fresh worker, and every other task runs once; without a
+/// retry, the task fails with the worker's death after its one run.
+///
+/// The tasks have a timeout, so each runs isolated: the worker reports each start and each
+/// result at once, and a death names its task. (Without isolation, results of tasks that
+/// finished just before the death may not have left the worker; those tasks then run again
+/// too, which is the at-least-once rule, checked with managers above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_reruns_that_task_alone() {
+    for retries in [1, 0] {
+        let executor = Executor::builder()
+            .workers(2)
+            .retries_on_worker_death(retries)
+            .start(funcx_python::PythonRuntime::new(
+                funcx_python::PythonConfig::new(),
+            ));
+        let directory = TempDir::new("worker");
+        let function = Function::from_source(DIES_ONCE, "run");
+        let (sink, mut reports) = report_stream();
+        const TASKS: i64 = 40;
+        const CULPRIT: i64 = 17;
+        executor.submit_streamed(
+            (0..TASKS).map(|i| {
+                let task = Task::new(&function, (i, directory.text(), CULPRIT))
+                    .with_options(TaskOptions::new().timeout(LIMIT));
+                (i as u64, task)
+            }),
+            &sink,
+        );
+        drop(sink);
+        let delivered = deliveries(&mut reports, TASKS as usize).await;
+        let runs = runs(directory.path());
+        for i in 0..TASKS {
+            let pids = &runs[&i];
+            let report = &delivered[&(i as u64)].1;
+            if i != CULPRIT {
+                assert_eq!(pids.len(), 1, "task {i} ran once: {pids:?}");
+                let (value, pid): (i64, u32) = report
+                    .result
+                    .as_ref()
+                    .expect("result")
+                    .decode()
+                    .expect("(i, pid)");
+                assert_eq!((value, pid), (i, pids[0]));
+            } else if retries == 1 {
+                assert_eq!(pids.len(), 2, "the culprit ran again: {pids:?}");
+                assert_ne!(pids[0], pids[1], "on a fresh worker");
+                let (_, pid): (i64, u32) = report
+                    .result
+                    .as_ref()
+                    .expect("re-run")
+                    .decode()
+                    .expect("(i, pid)");
+                assert_eq!(pid, pids[1], "its result is the second run's");
+                assert_eq!(report.status.attempts, 2, "the re-run is an attempt");
+            } else {
+                assert_eq!(pids.len(), 1, "without retries the culprit ran once");
+                let error = report.result.as_ref().expect_err("its worker died");
+                assert!(error.is_worker_died(), "{error}");
+            }
+        }
+        within("the shutdown", LIMIT, executor.shutdown()).await;
+    }
 }
