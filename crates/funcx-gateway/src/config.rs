@@ -67,6 +67,9 @@ pub struct GatewayConfig {
     /// Serve the Globus Compute SDK too (`[globus_compute]`; needs the `globus-compute`
     /// feature); `None` (default) for the funcx API only.
     pub globus_compute: Option<GlobusComputeConfig>,
+    /// Users who may manage users (`/v1/admin/users`): create them, rotate their tokens,
+    /// delete them, while the gateway runs. Users made this way live in the store.
+    pub admins: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -84,6 +87,7 @@ impl Default for GatewayConfig {
             endpoint_retries: 3,
             tls: None,
             globus_compute: None,
+            admins: Vec::new(),
         }
     }
 }

@@ -624,10 +624,14 @@ async fn the_openapi_document_matches_the_routes() {
     }
     operations.sort();
     let expected = [
+        ("DELETE", "/v1/admin/users/{id}"),
+        ("DELETE", "/v1/endpoints/{id}"),
+        ("DELETE", "/v1/endpoints/{id}/token"),
         ("DELETE", "/v1/functions/{id}"),
         ("DELETE", "/v1/tasks/{id}"),
         ("GET", "/health"),
         ("GET", "/metrics"),
+        ("GET", "/v1/admin/users"),
         ("GET", "/v1/endpoints"),
         ("GET", "/v1/endpoints/{id}"),
         ("GET", "/v1/endpoints/{id}/connect"),
@@ -635,8 +639,12 @@ async fn the_openapi_document_matches_the_routes() {
         ("GET", "/v1/openapi.json"),
         ("GET", "/v1/results"),
         ("GET", "/v1/tasks/{id}"),
+        ("POST", "/v1/admin/users"),
+        ("POST", "/v1/admin/users/{id}/token"),
         ("POST", "/v1/endpoints"),
+        ("POST", "/v1/endpoints/{id}/stop"),
         ("POST", "/v1/endpoints/{id}/tasks"),
+        ("POST", "/v1/endpoints/{id}/token"),
         ("POST", "/v1/functions"),
         ("POST", "/v1/tasks/batch"),
         ("POST", "/v1/tasks/{id}/cancel"),

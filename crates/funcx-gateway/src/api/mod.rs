@@ -6,6 +6,7 @@
 
 pub(crate) mod body;
 mod handlers;
+pub mod lifecycle;
 pub mod model;
 
 use std::sync::OnceLock;
@@ -185,6 +186,38 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
                 None,
                 json!({ "101": { "description": "switching to funcx-manager-protocol" } }),
                 &["401", "404", "426"]), "id", "endpoint id")),
+        route(Method::POST, "/v1/endpoints/{id}/stop", User, routing::post(lifecycle::stop_endpoint),
+            path_param(operation("Stop an endpoint remotely (its owner): its connections take no new task, finish and deliver the ones they hold, and exit. Tasks that had not reached it wait for its next start.", None,
+                json!({ "202": ok("stopping", "EndpointStopping", false) }),
+                &with_auth(&["403", "404"])), "id", "endpoint id")),
+        route(Method::DELETE, "/v1/endpoints/{id}", User, routing::delete(lifecycle::delete_endpoint),
+            path_param(operation("Delete an endpoint (its owner): it is stopped and forgotten; its token stops working.", None,
+                json!({ "204": { "description": "deleted" } }),
+                &with_auth(&["403", "404"])), "id", "endpoint id")),
+        route(Method::POST, "/v1/endpoints/{id}/token", User, routing::post(lifecycle::rotate_endpoint_token),
+            path_param(operation("Rotate an endpoint's token (its owner): the answer holds the new one, shown once; the old one is refused from now on.", None,
+                json!({ "201": ok("rotated", "EndpointRegistered", false) }),
+                &with_auth(&["403", "404"])), "id", "endpoint id")),
+        route(Method::DELETE, "/v1/endpoints/{id}/token", User, routing::delete(lifecycle::revoke_endpoint_token),
+            path_param(operation("Revoke an endpoint's token (its owner): the endpoint is stopped, and refused until a new token is issued.", None,
+                json!({ "204": { "description": "revoked" } }),
+                &with_auth(&["403", "404"])), "id", "endpoint id")),
+        route(Method::GET, "/v1/admin/users", User, routing::get(lifecycle::list_users),
+            operation("Every user (admins only).", None,
+                json!({ "200": ok("users", "UserList", false) }),
+                &with_auth(&["403"]))),
+        route(Method::POST, "/v1/admin/users", User, routing::post(lifecycle::create_user),
+            operation("Create a user (admins only); the answer holds its token, shown once.", Some(("CreateUser", false)),
+                json!({ "201": ok("created", "UserToken", false) }),
+                &with_auth(&["400", "403", "409"]))),
+        route(Method::POST, "/v1/admin/users/{id}/token", User, routing::post(lifecycle::rotate_user_token),
+            path_param(operation("Rotate a user's token (admins only); the old one is refused from now on.", None,
+                json!({ "201": ok("rotated", "UserToken", false) }),
+                &with_auth(&["403", "404"])), "id", "user name")),
+        route(Method::DELETE, "/v1/admin/users/{id}", User, routing::delete(lifecycle::delete_user),
+            path_param(operation("Delete a user (admins only); its token is refused from now on.", None,
+                json!({ "204": { "description": "deleted" } }),
+                &with_auth(&["403", "404"])), "id", "user name")),
         route(Method::POST, "/v1/endpoints/{id}/tasks", User, routing::post(submit),
             idempotency_header(path_param(operation("Submit tasks to an endpoint; each is stored durably before the answer. With an `Idempotency-Key` header, sending the same request again (after a timeout, a lost answer, a gateway restart) answers the same task ids and creates nothing; the same key with a different body is a 409.",
                 Some(("SubmitRequest", true)),
@@ -279,6 +312,14 @@ fn schemas() -> Value {
             "name": { "type": "string" },
             "allowed_functions": { "type": "array", "items": hex_id, "nullable": true },
             "allowed_users": { "type": "array", "items": { "type": "string" }, "nullable": true } } },
+        "EndpointStopping": { "type": "object", "properties": {
+            "endpoint_id": { "type": "string" }, "connections": { "type": "integer" } } },
+        "CreateUser": { "type": "object", "required": ["name"], "properties": {
+            "name": { "type": "string" } } },
+        "UserToken": { "type": "object", "properties": {
+            "name": { "type": "string" }, "token": { "type": "string" } } },
+        "UserList": { "type": "object", "properties": {
+            "users": { "type": "array", "items": { "type": "string" } } } },
         "EndpointRegistered": { "type": "object", "properties": {
             "endpoint_id": { "type": "string" }, "endpoint_token": { "type": "string" } } },
         "EndpointView": { "type": "object", "properties": {

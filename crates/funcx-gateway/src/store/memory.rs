@@ -79,6 +79,19 @@ impl TaskStore for MemoryStore {
         self.run(move |s| Ok(s.users.get(&hash).cloned()))
     }
 
+    fn users(&self) -> StoreFuture<'_, Vec<UserRecord>> {
+        self.run(move |s| Ok(s.users.values().cloned().collect()))
+    }
+
+    fn delete_user(&self, name: &str) -> StoreFuture<'_, bool> {
+        let name = name.to_string();
+        self.run(move |s| {
+            let before = s.users.len();
+            s.users.retain(|_, u| u.name != name);
+            Ok(s.users.len() != before)
+        })
+    }
+
     fn put_function(&self, function: FunctionRecord) -> StoreFuture<'_, ()> {
         self.run(move |s| {
             s.functions
@@ -112,6 +125,11 @@ impl TaskStore for MemoryStore {
     fn endpoint(&self, id: &str) -> StoreFuture<'_, Option<EndpointRecord>> {
         let id = id.to_string();
         self.run(move |s| Ok(s.endpoints.get(&id).cloned()))
+    }
+
+    fn delete_endpoint(&self, id: &str) -> StoreFuture<'_, bool> {
+        let id = id.to_string();
+        self.run(move |s| Ok(s.endpoints.remove(&id).is_some()))
     }
 
     fn endpoints(&self) -> StoreFuture<'_, Vec<EndpointRecord>> {

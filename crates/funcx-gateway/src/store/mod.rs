@@ -332,6 +332,12 @@ pub trait TaskStore: Send + Sync + 'static {
     /// The user whose token hashes to `hash`.
     fn user_by_token(&self, hash: TokenHash) -> StoreFuture<'_, Option<UserRecord>>;
 
+    /// Every user.
+    fn users(&self) -> StoreFuture<'_, Vec<UserRecord>>;
+
+    /// Removes user `name` (its token stops working); whether it existed.
+    fn delete_user(&self, name: &str) -> StoreFuture<'_, bool>;
+
     /// Adds or replaces a function record (keyed by id and owner).
     fn put_function(&self, function: FunctionRecord) -> StoreFuture<'_, ()>;
 
@@ -349,6 +355,9 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Every endpoint.
     fn endpoints(&self) -> StoreFuture<'_, Vec<EndpointRecord>>;
+
+    /// Removes endpoint `id`; whether it existed.
+    fn delete_endpoint(&self, id: &str) -> StoreFuture<'_, bool>;
 
     /// Stores new tasks, in state `Queued`, and numbers them, in one durable write.
     fn insert_tasks(&self, tasks: Vec<NewTask>, now: SystemTime) -> StoreFuture<'_, Vec<u64>>;
@@ -459,6 +468,24 @@ pub(crate) mod tests {
             Some(alice)
         );
         assert_eq!(store.user_by_token(hash_token("b")).await.unwrap(), None);
+        let carol = UserRecord {
+            name: "carol".into(),
+            token_hash: hash_token("c"),
+        };
+        store.put_user(carol.clone()).await.unwrap();
+        let mut names: Vec<String> = store
+            .users()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["alice", "carol"]);
+        assert!(store.delete_user("carol").await.unwrap());
+        assert!(!store.delete_user("carol").await.unwrap());
+        assert_eq!(store.user_by_token(hash_token("c")).await.unwrap(), None);
+        assert_eq!(store.users().await.unwrap().len(), 1);
 
         let f = funcx_core::Function::from_source("def f(x):\n    return x\n", "f");
         for owner in ["alice", "bob"] {
@@ -492,9 +519,18 @@ pub(crate) mod tests {
             created: now,
         };
         store.put_endpoint(endpoint.clone()).await.unwrap();
+        let endpoint_copy = endpoint.clone();
         assert_eq!(store.endpoint("e1").await.unwrap(), Some(endpoint));
         assert_eq!(store.endpoints().await.unwrap().len(), 1);
         assert_eq!(store.endpoint("e2").await.unwrap(), None);
+        let gone = EndpointRecord {
+            id: "e9".into(),
+            ..endpoint_copy.clone()
+        };
+        store.put_endpoint(gone).await.unwrap();
+        assert!(store.delete_endpoint("e9").await.unwrap());
+        assert!(!store.delete_endpoint("e9").await.unwrap());
+        assert_eq!(store.endpoints().await.unwrap().len(), 1);
 
         let new = |x: i64| NewTask {
             owner: "alice".into(),

@@ -321,6 +321,58 @@ impl TaskStore for RedbStore {
         })
     }
 
+    fn delete_endpoint(&self, id: &str) -> StoreFuture<'_, bool> {
+        let id = id.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(backend)?;
+            let existed = {
+                let mut table = tx.open_table(ENDPOINTS).map_err(backend)?;
+                let removed = table.remove(id.as_str()).map_err(backend)?;
+                removed.is_some()
+            };
+            tx.commit().map_err(backend)?;
+            Ok(existed)
+        })
+    }
+
+    fn users(&self) -> StoreFuture<'_, Vec<UserRecord>> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let table = tx.open_table(USERS).map_err(backend)?;
+            let mut records = Vec::new();
+            for entry in table.iter().map_err(backend)? {
+                let (_, value) = entry.map_err(backend)?;
+                records.push(decode(value.value())?);
+            }
+            Ok(records)
+        })
+    }
+
+    fn delete_user(&self, name: &str) -> StoreFuture<'_, bool> {
+        let name = name.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(backend)?;
+            let existed = {
+                let mut users = tx.open_table(USERS).map_err(backend)?;
+                let mut tokens = tx.open_table(TOKENS).map_err(backend)?;
+                let old = users
+                    .remove(name.as_str())
+                    .map_err(backend)?
+                    .map(|old| decode::<UserRecord>(old.value()))
+                    .transpose()?;
+                match old {
+                    Some(old) => {
+                        tokens.remove(old.token_hash.as_slice()).map_err(backend)?;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            tx.commit().map_err(backend)?;
+            Ok(existed)
+        })
+    }
+
     fn endpoints(&self) -> StoreFuture<'_, Vec<EndpointRecord>> {
         self.blocking(move |db| {
             let tx = db.begin_read().map_err(backend)?;
