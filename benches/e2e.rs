@@ -4,12 +4,12 @@
 //!
 //! ```text
 //! cargo bench --bench e2e -- WORKLOAD... [--workers N] [--n N] [--managers M] [--slots S]
-//!     [--store FILE]
+//!     [--store FILE] [--kills K]
 //! ```
 //!
 //! WORKLOAD is one of `startup`, `W1`, `W2`, `W3`, `W4`, `W1-tcp`, `W2-tcp`, `W3-tcp`,
-//! `W1-gw`, `W2-gw`, `W3-gw`, `W5`, `W6-tcp`, `scale` or `all` (everything but `scale`, `W5`,
-//! `W6-tcp` and the `-gw` workloads, which run only when asked). Each prints one
+//! `W1-gw`, `W2-gw`, `W3-gw`, `gw-restart`, `W5`, `W6-tcp`, `scale` or `all` (everything but
+//! `scale`, `W5`, `W6-tcp` and the gateway workloads, which run only when asked). Each prints one
 //! JSON line: `{"peer":"funcx","workload":..,"n":..,"seconds":..,"tasks_per_s":..,
 //! "p50_ms":..,"p99_ms":..,"mib_per_s_both_ways":..,"efficiency":..}` (null where a field
 //! does not apply; `scale` adds fields of its own). Every result is checked; a wrong one
@@ -82,6 +82,16 @@
 //!   ratio `"rss_growth_over_in_flight"`. A run that does not finish within
 //!   [`W6_LIMIT`] prints a line with an `"error"` field instead of hanging, and the
 //!   benchmark exits with an error. Run only when named.
+//! - `gw-restart`: n (default 2,000) tasks through a funcx gateway *process* (this
+//!   executable again, with a redb store) that is killed with `SIGKILL` `--kills` times
+//!   (default 10) at seeded random moments 100–500 ms apart and started again on the same
+//!   port and store at once, while a [`RemoteExecutor`] submits batches of 100 every 20 ms
+//!   and an endpoint of `--workers` (default 2) Python workers in this process runs them.
+//!   Each task appends a byte to a file of its own (`mark(i)`, 2 ms), so executions are
+//!   counted by the function; after the last gateway stops, the store is read back. Fields
+//!   `"tasks"`, `"gateway_kills"`, `"executions_over_1"` (tasks that ran more than once),
+//!   `"stored_twice"` (tasks with more than one record), `"lost"` (tasks without their
+//!   result). Target: 0, 0, 0. Run only when named.
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -152,6 +162,8 @@ struct Options {
     slots: usize,
     /// The gateway's redb file for the `-gw` workloads; `None` for a store in memory.
     store: Option<PathBuf>,
+    /// How often `gw-restart` kills the gateway.
+    kills: usize,
 }
 
 const ALL: [&str; 8] = [
@@ -166,6 +178,7 @@ fn parse_options() -> BoxResult<Options> {
         managers: 1024,
         slots: 256,
         store: None,
+        kills: 10,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -186,6 +199,7 @@ fn parse_options() -> BoxResult<Options> {
             "--n" => options.n = Some(value("--n")?),
             "--managers" => options.managers = value("--managers")?,
             "--slots" => options.slots = value("--slots")?,
+            "--kills" => options.kills = value("--kills")?,
             "--store" => {
                 options.store = Some(args.next().ok_or("--store needs a file")?.into());
             }
@@ -1006,6 +1020,224 @@ async fn w6_tcp(n: usize) -> BoxResult<Line> {
     Ok(line)
 }
 
+// ---- gw-restart --------------------------------------------------------------------------
+
+/// The environment variable that makes this executable a gateway process (for `gw-restart`,
+/// which kills it): the value is the gateway's config file.
+const GATEWAY_PROCESS: &str = "FUNCX_BENCH_GATEWAY";
+
+/// Runs this executable as a gateway on the config file `path` until it is stopped.
+fn run_gateway_process(path: &str) -> BoxResult<()> {
+    let config = GatewayConfig::load(path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let gateway = Gateway::start(config).await?;
+        gateway.serve_until_signalled(listener).await?;
+        Ok(())
+    })
+}
+
+/// A gateway process started from this executable, killed when dropped.
+struct GatewayChild(std::process::Child);
+
+impl GatewayChild {
+    fn start(config: &std::path::Path, address: SocketAddr) -> BoxResult<GatewayChild> {
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .env(GATEWAY_PROCESS, config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut child = GatewayChild(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(address).is_err() {
+            if let Some(status) = child.0.try_wait()? {
+                return Err(format!("the gateway process exited at start: {status}").into());
+            }
+            if Instant::now() > deadline {
+                return Err("the gateway process did not start listening".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(child)
+    }
+}
+
+impl Drop for GatewayChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// xorshift64*: the seeded kill moments of `gw-restart`.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+const MARK: &str = r#"
+import os, time
+
+def mark(i, directory):
+    with open(os.path.join(directory, f"{i}.run"), "a") as f:
+        f.write("x")
+    time.sleep(0.002)
+    return i * 2
+"#;
+
+/// `gw-restart`: n tasks through a gateway process that is killed `kills` times.
+async fn gw_restart(workers: usize, n: usize, kills: usize) -> BoxResult<Line> {
+    let dir = std::env::temp_dir().join(format!("funcx-bench-gw-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let marks = dir.join("marks");
+    std::fs::create_dir_all(&marks)?;
+    let address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{address}\"\nstore = \"{}\"\n\n[[users]]\nname = \"bench\"\ntoken = \"{TOKEN}-0123456789\"\n",
+            dir.join("gateway.redb").display()
+        ),
+    )?;
+    let token = format!("{TOKEN}-0123456789");
+    let mut gateway = Some(GatewayChild::start(&config, address)?);
+    let registered: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{address}/v1/endpoints"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "name": "gw-restart" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = registered["endpoint_id"]
+        .as_str()
+        .ok_or("no endpoint id")?
+        .to_owned();
+    let endpoint_token = registered["endpoint_token"]
+        .as_str()
+        .ok_or("no token")?
+        .to_owned();
+    let local = Executor::builder()
+        .workers(workers)
+        .start(PythonRuntime::new(PythonConfig::new()));
+    let mut manager_config = ManagerConfig::new(ManagerInfo {
+        id: ManagerId(u64::from(std::process::id()) << 20 | 0xbe),
+        block: None,
+        host: "localhost".into(),
+        pid: std::process::id(),
+        slots: workers as u32,
+        gpus: vec![],
+    });
+    manager_config.max_backoff = Duration::from_millis(100);
+    let manager = tokio::spawn(run_manager(
+        EndpointDial::new(address.to_string(), id.clone(), endpoint_token),
+        ExecutorRunner::new(local.clone(), workers),
+        manager_config,
+    ));
+    let executor = RemoteExecutor::builder(&format!("http://{address}"), &token, &id)
+        .backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .give_up_after(Duration::from_secs(120))
+        .start()
+        .await?;
+    let mark = Function::from_source(MARK, "mark");
+    let directory = marks.display().to_string();
+
+    let started = Instant::now();
+    // Batches of 100 every 20 ms, so that kills land around submissions.
+    let submitter = {
+        let executor = executor.clone();
+        let mark = mark.clone();
+        let directory = directory.clone();
+        tokio::spawn(async move {
+            let mut handles = Vec::with_capacity(n);
+            let mut next = 0;
+            while next < n {
+                let end = (next + 100).min(n);
+                handles.extend(executor.submit_batch(
+                    &mark,
+                    (next as i64..end as i64).map(|i| (i, directory.clone())),
+                ));
+                next = end;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            handles
+        })
+    };
+    let mut rng = Xorshift(0x6177_2d72_6573_7461);
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(100 + rng.below(400))).await;
+        drop(gateway.take());
+        gateway = Some(GatewayChild::start(&config, address)?);
+    }
+    let handles = submitter.await?;
+    let mut lost = 0usize;
+    for (i, handle) in handles.into_iter().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(300), handle.result::<i64>()).await {
+            Ok(Ok(value)) if value == 2 * i as i64 => {}
+            _ => lost += 1,
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    executor.shutdown().await;
+    manager.abort();
+    local.shutdown().await;
+
+    // Executions, counted by the function: one byte per run.
+    let mut executions_over_1 = 0usize;
+    for entry in std::fs::read_dir(&marks)?.flatten() {
+        if entry.metadata()?.len() > 1 {
+            executions_over_1 += 1;
+        }
+    }
+    // Records, read back from the store once the last gateway stopped.
+    if let Some(mut child) = gateway.take() {
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.0.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.0.try_wait()?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let store = funcx_gateway::store::RedbStore::open(dir.join("gateway.redb"))?;
+    let mut stored = std::collections::HashMap::<i64, usize>::new();
+    let mut task = 1;
+    while let Some(record) = funcx_gateway::store::TaskStore::task(&store, task).await? {
+        let arg: i64 = record.decode_args()?.positional()[0].decode()?;
+        *stored.entry(arg).or_default() += 1;
+        task += 1;
+    }
+    let stored_twice = stored.values().filter(|count| **count > 1).count();
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Line {
+        workload: "gw-restart",
+        n,
+        seconds,
+        tasks_per_s: Some(n as f64 / seconds),
+        extra: vec![
+            ("tasks", n.to_string()),
+            ("gateway_kills", kills.to_string()),
+            ("executions_over_1", executions_over_1.to_string()),
+            ("stored_twice", stored_twice.to_string()),
+            ("lost", lost.to_string()),
+        ],
+        ..Line::default()
+    })
+}
+
 /// Runs `measure` on a fresh endpoint from `endpoint`, then closes the endpoint.
 async fn on<F, Fut>(endpoint: BoxResult<Endpoint>, measure: F) -> BoxResult<Line>
 where
@@ -1019,6 +1251,10 @@ where
 }
 
 fn main() -> BoxResult<()> {
+    // gw-restart starts this executable again as its gateway process.
+    if let Ok(config) = std::env::var(GATEWAY_PROCESS) {
+        return run_gateway_process(&config);
+    }
     // W6-tcp starts this executable again as its manager process.
     if let Some(status) = manager::run_if_manager() {
         return if status == std::process::ExitCode::SUCCESS {
@@ -1079,6 +1315,7 @@ fn main() -> BoxResult<()> {
                     })
                     .await?
                 }
+                "gw-restart" => gw_restart(workers, n.unwrap_or(2_000), options.kills).await?,
                 "W1-gw" => {
                     on(
                         Endpoint::gateway(workers, options.store.clone()).await,
