@@ -52,6 +52,10 @@ impl<T: DeserializeOwned> FromRequest<Gateway> for Input<T> {
         let format = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
             None => Format::Json,
             Some(Ok(t)) if t.starts_with("application/json") => Format::Json,
+            // What `curl -d '{...}'` sends when told no type: the body is still JSON, and
+            // refusing it made the README's first curl call fail. A form that is not JSON
+            // gets the same 400 "malformed JSON body" as any other bad JSON.
+            Some(Ok(t)) if t.starts_with("application/x-www-form-urlencoded") => Format::Json,
             Some(Ok(t)) if t.starts_with(POSTCARD) => Format::Postcard,
             Some(other) => {
                 return Err(ApiError::unsupported_media_type(format!(
