@@ -367,10 +367,6 @@ async fn a_hello_with_a_stale_session_registers_the_manager_afresh() {
 /// second, dead pool that would, once declared lost, take the live session's registration
 /// with it: after the first registration has expired, the manager's session still resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: EndpointAgent::register attaches a second pool for a ManagerId that already has a \
-            session; when the stale one expires, its clean-up (`sessions.remove(&info.id)` in \
-            register) removes the live session's entry, so the manager's next reconnect is \
-            welcomed with resumed=false and it drops the tasks it holds"]
 async fn a_hello_replayed_before_its_welcome_leaves_one_resumable_session() {
     let threshold = Duration::from_millis(600);
     let endpoint = endpoint(0, threshold);

@@ -298,6 +298,7 @@ impl EndpointAgent {
                 },
             );
         }
+        let input_for_cleanup = input.downgrade();
         let span = tracing::info_span!("manager", id = %info.id);
         let mut session = Session::new(
             self.inner.executor.clone(),
@@ -312,11 +313,22 @@ impl EndpointAgent {
             session.durable = Some(Durable::new(keeper.clone(), input, resumed));
         }
         let agent = self.clone();
+        // Weak, so that this task does not keep its own session's input open.
+        let mine = input_for_cleanup;
         tokio::spawn(
             async move {
                 session.run().await;
                 if let Ok(mut sessions) = agent.inner.sessions.lock() {
-                    sessions.remove(&info.id);
+                    // Only this session's entry: a manager that registered again under the
+                    // same id (a hello replayed before its welcome) has a newer, live one.
+                    let ours = mine.upgrade().is_some_and(|mine| {
+                        sessions
+                            .get(&info.id)
+                            .is_some_and(|entry| entry.input.same_channel(&mine))
+                    });
+                    if ours {
+                        sessions.remove(&info.id);
+                    }
                 }
             }
             .instrument(span),
