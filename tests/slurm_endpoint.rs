@@ -1,0 +1,360 @@
+//! End to end on real processes: a `funcx-gateway` process, and a Slurm-backed endpoint
+//! made with `funcx-endpoint configure` + `start --detach`. Tasks submitted over HTTP run on
+//! Slurm blocks (real `sbatch`; the managers are `funcx-endpoint manager` inside the jobs),
+//! `status` shows the blocks, `stop` drains with nothing lost and no job or process left, a
+//! stop from the gateway ends the endpoint, and a revoked token is refused on restart.
+//!
+//! Needs Slurm (`scripts/test` brings it up with `scripts/infra/`); without it the test
+//! fails, it does not skip.
+#![cfg(all(unix, feature = "cli"))]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{init_tracing, within, TempDir, HANG};
+use funcx::gateway::RemoteExecutor;
+use funcx::Function;
+
+const ALICE: &str = "alice-token-0123456789abcdef";
+const PROGRAM: &str = env!("CARGO_BIN_EXE_funcx-endpoint");
+/// Slurm starts a job within seconds here; this bounds a broken cluster, not a slow one.
+const SLURM: Duration = Duration::from_secs(90);
+
+fn require_slurm() {
+    let found = Command::new("sbatch")
+        .arg("--version")
+        .output()
+        .map(|output| output.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "Slurm is not running here: run bash scripts/infra/slurm-up.sh (scripts/test does)"
+    );
+}
+
+/// `target/<profile>/funcx-gateway`, built by `scripts/test` before the tests.
+fn gateway_binary() -> PathBuf {
+    let binary = Path::new(PROGRAM)
+        .parent()
+        .map(|dir| dir.join("funcx-gateway"))
+        .expect("the program lives in target/<profile>");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it with `cargo build -p funcx-gateway --bins` (scripts/test does)",
+        binary.display()
+    );
+    binary
+}
+
+/// The gateway process; killed when dropped.
+struct GatewayProcess {
+    child: Child,
+    url: String,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_gateway(dir: &TempDir) -> GatewayProcess {
+    let address: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{address}\"\nstore = \"{}\"\nadmins = [\"alice\"]\n\n[[users]]\nname = \"alice\"\ntoken = \"{ALICE}\"\n",
+            dir.0.join("gateway.redb").display()
+        ),
+    )
+    .expect("gateway config");
+    let log = std::fs::File::create(dir.0.join("gateway.log")).expect("gateway log");
+    let child = Command::new(gateway_binary())
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start funcx-gateway");
+    let url = format!("http://{address}");
+    let deadline = Instant::now() + HANG;
+    while std::net::TcpStream::connect(address).is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    GatewayProcess { child, url }
+}
+
+fn run(home: &Path, args: &[&str]) -> Output {
+    Command::new(PROGRAM)
+        .args(args)
+        .env("FUNCX_HOME", home)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run funcx-endpoint")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn status(home: &Path, name: &str) -> serde_json::Value {
+    let output = run(home, &["status", name, "--json"]);
+    assert!(output.status.success(), "{}", text(&output));
+    serde_json::from_slice(&output.stdout).expect("status JSON")
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// The Slurm jobs still in the queue among `jobs` (pending, running, completing).
+fn queued_jobs(jobs: &[String]) -> Vec<String> {
+    let output = Command::new("squeue")
+        .args(["-h", "-o", "%i %T"])
+        .output()
+        .expect("squeue");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| {
+            jobs.iter()
+                .any(|job| line.split_whitespace().next() == Some(job))
+        })
+        .map(String::from)
+        .collect()
+}
+
+async fn call(
+    method: reqwest::Method,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(ALICE);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = within(HANG, request.send()).await.expect("HTTP");
+    let status = response.status();
+    let value = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, value)
+}
+
+/// Waits (bounded) until `check` holds on the endpoint's status.
+fn wait_status(home: &Path, name: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + SLURM;
+    loop {
+        let status = status(home, name);
+        if check(&status) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {what} within {SLURM:?}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+const WHERE: &str = "import os, time\n\ndef where(x, pause):\n    time.sleep(pause)\n    return (x, os.environ.get('SLURM_JOB_ID', ''))\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slurm_endpoint_configured_started_stopped_and_revoked() {
+    require_slurm();
+    init_tracing();
+    let dir = TempDir::new("slurm-endpoint");
+    let home = dir.0.join("home");
+    let gateway = start_gateway(&dir);
+    let (status_code, registered) = call(
+        reqwest::Method::POST,
+        &format!("{}/v1/endpoints", gateway.url),
+        Some(serde_json::json!({ "name": "cluster" })),
+    )
+    .await;
+    assert_eq!(status_code, reqwest::StatusCode::CREATED, "{registered}");
+    let id = registered["endpoint_id"].as_str().unwrap().to_string();
+    let token = registered["endpoint_token"].as_str().unwrap().to_string();
+
+    // configure, then edit the file as an admin would.
+    let output = run(
+        &home,
+        &[
+            "configure",
+            "cluster",
+            "--provider",
+            "slurm",
+            "--gateway",
+            &gateway.url,
+            "--endpoint-id",
+            &id,
+            "--token",
+            &token,
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let config_path = home.join("endpoints/cluster/config.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let config = config
+        .replace("# period_secs = 5 ", "period_secs = 0.2 ")
+        .replace("workers_per_node = 1", "workers_per_node = 2")
+        // Small memory, so the node's memory never keeps a block waiting.
+        .replace("# mem = \"16G\"", "mem = \"1G\"")
+        .replace("# walltime_secs = 3600", "walltime_secs = 600");
+    std::fs::write(&config_path, config).unwrap();
+
+    let output = run(&home, &["start", "cluster", "--detach"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let client = RemoteExecutor::connect(&gateway.url, ALICE, &id)
+        .await
+        .expect("client");
+    let where_ = Function::from_source(WHERE, "where");
+
+    // Tasks over HTTP run on a Slurm block.
+    let handles = client.submit_batch(&where_, (0..20).map(|i| (i, 0.05)));
+    let mut jobs = Vec::new();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let (x, job): (i64, String) = within(SLURM, handle.result()).await.expect("a task");
+        assert_eq!(x, i as i64);
+        assert!(!job.is_empty(), "task {i} did not run in a Slurm job");
+        if !jobs.contains(&job) {
+            jobs.push(job);
+        }
+    }
+    wait_status(&home, "cluster", "showing its Slurm block", |s| {
+        s["report"]["blocks"].as_array().is_some_and(|blocks| {
+            blocks
+                .iter()
+                .any(|b| b["state"] == "running" && b["managers"] == 1)
+        })
+    });
+    let shown = status(&home, "cluster");
+    let blocks: Vec<String> = shown["report"]["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        jobs.iter().all(|job| blocks.contains(job)),
+        "{jobs:?} vs {shown}"
+    );
+    assert_eq!(shown["report"]["workers"], 2, "{shown}");
+    let endpoint_pid = shown["pid"].as_u64().unwrap() as u32;
+
+    // Stop while tasks run: those the endpoint holds finish and are delivered, the rest wait
+    // at the gateway; the Slurm job and the endpoint process are gone when stop returns.
+    let handles = client.submit_batch(&where_, (0..6).map(|i| (i, 1.0)));
+    wait_status(&home, "cluster", "running tasks", |s| {
+        s["report"]["in_flight"].as_u64() > Some(0)
+    });
+    let output = run(&home, &["stop", "cluster"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(!alive(endpoint_pid), "the endpoint process outlived stop");
+    assert_eq!(
+        queued_jobs(&blocks),
+        Vec::<String>::new(),
+        "a Slurm job outlived stop"
+    );
+    assert_eq!(status(&home, "cluster")["state"], "stopped");
+    let (_, view) = call(
+        reqwest::Method::GET,
+        &format!("{}/v1/endpoints/{id}", gateway.url),
+        None,
+    )
+    .await;
+    assert_eq!(
+        view["status"]["in_flight"], 0,
+        "the endpoint delivered all it held: {view}"
+    );
+
+    // Restarted, it runs what waited: nothing was lost.
+    let output = run(&home, &["start", "cluster", "--detach"]);
+    assert!(output.status.success(), "{}", text(&output));
+    for (i, handle) in handles.into_iter().enumerate() {
+        let (x, job): (i64, String) = within(SLURM, handle.result())
+            .await
+            .unwrap_or_else(|e| panic!("task {i} lost across the stop: {e}"));
+        assert_eq!(x, i as i64);
+        assert!(!job.is_empty());
+    }
+
+    // A stop from the gateway ends the endpoint process and its blocks.
+    let pid = status(&home, "cluster")["pid"].as_u64().unwrap() as u32;
+    let blocks: Vec<String> = status(&home, "cluster")["report"]["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    let (code, answer) = call(
+        reqwest::Method::POST,
+        &format!("{}/v1/endpoints/{id}/stop", gateway.url),
+        None,
+    )
+    .await;
+    assert_eq!(code, reqwest::StatusCode::ACCEPTED, "{answer}");
+    let deadline = Instant::now() + SLURM;
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint ignored the remote stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        queued_jobs(&blocks),
+        Vec::<String>::new(),
+        "a Slurm job outlived the remote stop"
+    );
+    let log =
+        std::fs::read_to_string(home.join("endpoints/cluster/endpoint.log")).unwrap_or_default();
+    assert!(log.contains("the gateway stopped this endpoint"), "{log}");
+
+    // Revoked: the running endpoint is stopped, and its restart is refused with the reason.
+    let output = run(&home, &["start", "cluster", "--detach"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let pid = status(&home, "cluster")["pid"].as_u64().unwrap() as u32;
+    let (code, _) = call(
+        reqwest::Method::DELETE,
+        &format!("{}/v1/endpoints/{id}/token", gateway.url),
+        None,
+    )
+    .await;
+    assert_eq!(code, reqwest::StatusCode::NO_CONTENT);
+    let deadline = Instant::now() + SLURM;
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the revoked endpoint kept running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = run(&home, &["start", "cluster", "--detach", "--wait", "5"]);
+    assert!(!output.status.success(), "{}", text(&output));
+    let said = text(&output);
+    assert!(
+        said.contains("401") && said.contains("wrong endpoint token"),
+        "{said}"
+    );
+    assert_eq!(status(&home, "cluster")["state"], "stopped");
+    client.shutdown().await;
+}
