@@ -23,8 +23,9 @@ struct Inner {
     kind: Kind,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// What went wrong, in full. Private: what leaves the process is a [`TaskErrorReport`], whose
+/// form is documented and pinned by tests, so this enum can change freely.
+#[derive(Debug, Clone)]
 enum Kind {
     Python(PythonException),
     Load(PythonException),
@@ -40,8 +41,6 @@ enum Kind {
     NoWorkers(String),
     ManagerLost(String),
     Protocol(String),
-    // New kinds go last: postcard (the manager protocol, stored tasks) numbers variants by
-    // position.
     ArgumentsTooLarge { size: u64, limit: u64 },
 }
 
@@ -343,16 +342,283 @@ impl fmt::Display for TaskError {
 impl std::error::Error for TaskError {}
 
 /// Errors travel between processes (a manager reports a task's failure to its endpoint, a
-/// gateway to its clients) with their kind and details intact.
+/// gateway stores it and shows it to its clients) as their [`TaskErrorReport`], with their
+/// kind and details intact.
 impl Serialize for TaskError {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.inner.kind.serialize(serializer)
+        self.report().serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for TaskError {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Kind::deserialize(deserializer).map(TaskError::new)
+        TaskErrorReport::deserialize(deserializer).map(TaskError::from)
+    }
+}
+
+/// What kind of failure a [`TaskError`] is, as a stable string: the `code` of its
+/// [`TaskErrorReport`], in stored tasks and in the gateway's HTTP API.
+///
+/// | code | meaning | details in the report |
+/// | --- | --- | --- |
+/// | `python` | the function raised | `python` |
+/// | `load` | the function could not be loaded (syntax error, missing entry point, bad pickle) | `python` |
+/// | `arguments_unpickle` | the worker could not unpickle the arguments | `python` |
+/// | `result_pickle` | the worker could not pickle the result | `python` |
+/// | `serialize` | an argument could not be serialized on the Rust side | `reason` |
+/// | `decode` | the result could not be decoded into the Rust type asked for | `reason` |
+/// | `result_too_large` | the result was over the size limit | `size`, `limit` |
+/// | `arguments_too_large` | the arguments were over the size limit; nothing was sent | `size`, `limit` |
+/// | `worker_died` | the worker running the task died | `worker_exit` |
+/// | `timeout` | the task passed its timeout | `timeout` |
+/// | `cancelled` | the task was cancelled | |
+/// | `shutdown` | the executor shut down before the task ran | |
+/// | `no_workers` | no worker could be started | `reason` |
+/// | `manager_lost` | the manager holding the task was lost | `reason` |
+/// | `protocol` | a peer broke the protocol | `reason` |
+///
+/// Codes are never renamed or reused; new ones may be added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// `python`
+    Python,
+    /// `load`
+    Load,
+    /// `arguments_unpickle`
+    ArgumentsUnpickle,
+    /// `result_pickle`
+    ResultPickle,
+    /// `serialize`
+    Serialize,
+    /// `decode`
+    Decode,
+    /// `result_too_large`
+    ResultTooLarge,
+    /// `arguments_too_large`
+    ArgumentsTooLarge,
+    /// `worker_died`
+    WorkerDied,
+    /// `timeout`
+    Timeout,
+    /// `cancelled`
+    Cancelled,
+    /// `shutdown`
+    Shutdown,
+    /// `no_workers`
+    NoWorkers,
+    /// `manager_lost`
+    ManagerLost,
+    /// `protocol`
+    Protocol,
+}
+
+impl ErrorCode {
+    /// Every code, in the order of the table above.
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::Python,
+        ErrorCode::Load,
+        ErrorCode::ArgumentsUnpickle,
+        ErrorCode::ResultPickle,
+        ErrorCode::Serialize,
+        ErrorCode::Decode,
+        ErrorCode::ResultTooLarge,
+        ErrorCode::ArgumentsTooLarge,
+        ErrorCode::WorkerDied,
+        ErrorCode::Timeout,
+        ErrorCode::Cancelled,
+        ErrorCode::Shutdown,
+        ErrorCode::NoWorkers,
+        ErrorCode::ManagerLost,
+        ErrorCode::Protocol,
+    ];
+
+    /// The code's string, e.g. `"worker_died"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Python => "python",
+            ErrorCode::Load => "load",
+            ErrorCode::ArgumentsUnpickle => "arguments_unpickle",
+            ErrorCode::ResultPickle => "result_pickle",
+            ErrorCode::Serialize => "serialize",
+            ErrorCode::Decode => "decode",
+            ErrorCode::ResultTooLarge => "result_too_large",
+            ErrorCode::ArgumentsTooLarge => "arguments_too_large",
+            ErrorCode::WorkerDied => "worker_died",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::Shutdown => "shutdown",
+            ErrorCode::NoWorkers => "no_workers",
+            ErrorCode::ManagerLost => "manager_lost",
+            ErrorCode::Protocol => "protocol",
+        }
+    }
+
+    /// The code whose string is `code`, if there is one.
+    pub fn from_code(code: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|known| known.as_str() == code)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string in every serde format, postcard included: stored data never depends on the
+/// order of the variants.
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = String::deserialize(deserializer)?;
+        ErrorCode::from_code(&code)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown task error code `{code}`")))
+    }
+}
+
+/// The public, stable form of a [`TaskError`]: what a gateway stores and what its HTTP API
+/// shows (`"error"` of a task), and how errors travel between processes.
+///
+/// In JSON (every field is always present, `null` when it does not apply to the code):
+///
+/// ```json
+/// {"code": "worker_died", "message": "worker died while running the task (signal 9 (SIGKILL, e.g. the out-of-memory killer))",
+///  "python": null, "worker_exit": {"signal": 9}, "reason": null, "size": null, "limit": null, "timeout": null}
+/// ```
+///
+/// `code` says what happened ([`ErrorCode`]); `message` is the error's text for people (it
+/// may be reworded between versions: match on `code`); the other fields are the details the
+/// code's row in [`ErrorCode`]'s table names: `python` a [`PythonException`], `worker_exit`
+/// a [`WorkerExit`] (`{"code": 3}`, `{"signal": 9}` or `"unknown"`), `reason` a text, `size`
+/// and `limit` bytes, `timeout` `{"secs": .., "nanos": ..}`.
+///
+/// ```
+/// use funcx_core::{ErrorCode, TaskError, TaskErrorReport};
+///
+/// let report = TaskError::cancelled().report();
+/// assert_eq!(report.code, ErrorCode::Cancelled);
+/// assert!(TaskError::from(report).is_cancelled());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskErrorReport {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// The error as text, for people.
+    pub message: String,
+    /// The Python exception, for `python`, `load`, `arguments_unpickle`, `result_pickle`.
+    pub python: Option<PythonException>,
+    /// How the worker ended, for `worker_died`.
+    pub worker_exit: Option<WorkerExit>,
+    /// Why, for `serialize`, `decode`, `no_workers`, `manager_lost`, `protocol`.
+    pub reason: Option<String>,
+    /// The size in bytes, for `result_too_large` and `arguments_too_large`.
+    pub size: Option<u64>,
+    /// The limit in bytes, for `result_too_large` and `arguments_too_large`.
+    pub limit: Option<u64>,
+    /// The timeout passed, for `timeout`.
+    pub timeout: Option<Duration>,
+}
+
+impl TaskError {
+    /// What kind of failure this is, as a stable code.
+    pub fn code(&self) -> ErrorCode {
+        match &self.inner.kind {
+            Kind::Python(_) => ErrorCode::Python,
+            Kind::Load(_) => ErrorCode::Load,
+            Kind::ArgumentsUnpickle(_) => ErrorCode::ArgumentsUnpickle,
+            Kind::ResultPickle(_) => ErrorCode::ResultPickle,
+            Kind::Serialize(_) => ErrorCode::Serialize,
+            Kind::Decode(_) => ErrorCode::Decode,
+            Kind::ResultTooLarge { .. } => ErrorCode::ResultTooLarge,
+            Kind::ArgumentsTooLarge { .. } => ErrorCode::ArgumentsTooLarge,
+            Kind::WorkerDied(_) => ErrorCode::WorkerDied,
+            Kind::Timeout(_) => ErrorCode::Timeout,
+            Kind::Cancelled => ErrorCode::Cancelled,
+            Kind::Shutdown => ErrorCode::Shutdown,
+            Kind::NoWorkers(_) => ErrorCode::NoWorkers,
+            Kind::ManagerLost(_) => ErrorCode::ManagerLost,
+            Kind::Protocol(_) => ErrorCode::Protocol,
+        }
+    }
+
+    /// The error's public, stable form (see [`TaskErrorReport`]).
+    pub fn report(&self) -> TaskErrorReport {
+        let mut report = TaskErrorReport {
+            code: self.code(),
+            message: self.to_string(),
+            python: self.python_exception().cloned(),
+            worker_exit: self.worker_exit(),
+            reason: None,
+            size: None,
+            limit: None,
+            timeout: None,
+        };
+        match &self.inner.kind {
+            Kind::Serialize(reason)
+            | Kind::Decode(reason)
+            | Kind::NoWorkers(reason)
+            | Kind::ManagerLost(reason)
+            | Kind::Protocol(reason) => report.reason = Some(reason.clone()),
+            Kind::ResultTooLarge { size, limit } | Kind::ArgumentsTooLarge { size, limit } => {
+                report.size = Some(*size);
+                report.limit = Some(*limit);
+            }
+            Kind::Timeout(after) => report.timeout = Some(*after),
+            _ => {}
+        }
+        report
+    }
+}
+
+/// The error a report describes. A detail the code needs but the report lacks (a report
+/// written by hand, say) is filled in from `message`, or with zero, rather than refused.
+impl From<TaskErrorReport> for TaskError {
+    fn from(report: TaskErrorReport) -> TaskError {
+        let TaskErrorReport {
+            code,
+            message,
+            python,
+            worker_exit,
+            reason,
+            size,
+            limit,
+            timeout,
+        } = report;
+        let python = || {
+            python.clone().unwrap_or_else(|| PythonException {
+                type_name: String::new(),
+                message: message.clone(),
+                traceback: String::new(),
+                line: None,
+            })
+        };
+        let reason = || reason.clone().unwrap_or_else(|| message.clone());
+        let (size, limit) = (size.unwrap_or_default(), limit.unwrap_or_default());
+        TaskError::new(match code {
+            ErrorCode::Python => Kind::Python(python()),
+            ErrorCode::Load => Kind::Load(python()),
+            ErrorCode::ArgumentsUnpickle => Kind::ArgumentsUnpickle(python()),
+            ErrorCode::ResultPickle => Kind::ResultPickle(python()),
+            ErrorCode::Serialize => Kind::Serialize(reason()),
+            ErrorCode::Decode => Kind::Decode(reason()),
+            ErrorCode::ResultTooLarge => Kind::ResultTooLarge { size, limit },
+            ErrorCode::ArgumentsTooLarge => Kind::ArgumentsTooLarge { size, limit },
+            ErrorCode::WorkerDied => Kind::WorkerDied(worker_exit.unwrap_or(WorkerExit::Unknown)),
+            ErrorCode::Timeout => Kind::Timeout(timeout.unwrap_or_default()),
+            ErrorCode::Cancelled => Kind::Cancelled,
+            ErrorCode::Shutdown => Kind::Shutdown,
+            ErrorCode::NoWorkers => Kind::NoWorkers(reason()),
+            ErrorCode::ManagerLost => Kind::ManagerLost(reason()),
+            ErrorCode::Protocol => Kind::Protocol(reason()),
+        })
     }
 }
 

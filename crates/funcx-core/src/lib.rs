@@ -34,7 +34,7 @@ pub mod worker;
 
 pub use args::{Args, IntoArgs};
 pub use dispatcher::{EndpointStats, PoolStatus};
-pub use error::{PythonException, TaskError, WorkerExit};
+pub use error::{ErrorCode, PythonException, TaskError, TaskErrorReport, WorkerExit};
 pub use executor::{
     report_stream, Executor, ExecutorBuilder, ReportSink, ReportStream, ResponseFuture, Task,
     TaskHandle, TaskOptions, TaskReport, DEFAULT_MAX_ARGUMENTS_SIZE,

@@ -583,7 +583,8 @@ async fn cancel_and_delete_tasks() {
     assert_eq!(status, StatusCode::ACCEPTED, "{view}");
     let view = gw.wait(ALICE, submitted[0]).await;
     assert_eq!(view["state"], "failed");
-    assert_eq!(view["error"], "cancelled");
+    assert_eq!(view["error"]["code"], "cancelled");
+    assert_eq!(view["error"]["message"], "task was cancelled");
     assert!(view["error_message"].as_str().unwrap().contains("cancel"));
     // Fetched once with delete-after-fetch: gone.
     let (status, _) = gw.get(&format!("/v1/tasks/{}", submitted[0]), ALICE).await;
@@ -615,6 +616,19 @@ async fn the_openapi_document_matches_the_routes() {
     let (status, document) = gw.get("/v1/openapi.json", ALICE).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(document["openapi"], "3.0.3");
+    // The task error codes the document lists are exactly the stable codes.
+    let codes: Vec<&str> = document["components"]["schemas"]["TaskView"]["properties"]["error"]
+        ["properties"]["code"]["enum"]
+        .as_array()
+        .expect("the error codes are listed")
+        .iter()
+        .map(|code| code.as_str().expect("a code is a string"))
+        .collect();
+    let stable: Vec<&str> = funcx_core::ErrorCode::ALL
+        .iter()
+        .map(|code| code.as_str())
+        .collect();
+    assert_eq!(codes, stable);
     let paths = document["paths"].as_object().unwrap();
     let mut operations = Vec::new();
     for (path, item) in paths {

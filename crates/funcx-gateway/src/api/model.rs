@@ -207,7 +207,8 @@ pub struct TaskView {
     pub timeline: Timeline,
     /// The pickled result, once succeeded.
     pub result: Option<Blob>,
-    /// The error, once failed: the same serde form as `funcx_core::TaskError`.
+    /// The error, once failed, in its stable form ([`funcx_core::TaskErrorReport`]: a `code`
+    /// such as `"worker_died"`, the text, and the code's details).
     pub error: Option<TaskError>,
     /// The error as text, for people.
     pub error_message: Option<String>,
@@ -274,6 +275,7 @@ mod tests {
         assert!(back.error.unwrap().is_cancelled());
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!(json["state"], "failed");
+        assert_eq!(json["error"]["code"], "cancelled");
         assert!(json["result"].is_null());
     }
 }
