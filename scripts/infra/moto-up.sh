@@ -21,7 +21,9 @@ PIDF=$RUNDIR/moto-$PORT.pid
 LOGF=/var/log/moto-$PORT.log
 URL="http://127.0.0.1:$PORT"
 
-up() { curl -fsS -o /dev/null --max-time 2 "$URL/moto-api/data.json" 2>/dev/null; }
+# The root page is cheap; /moto-api/data.json dumps the whole emulator state (megabytes
+# after a few test runs, seconds to answer).
+up() { curl -fsS -o /dev/null --max-time 10 "$URL/" 2>/dev/null; }
 
 if command -v moto_server >/dev/null && python3 -c 'import moto, flask, flask_cors' 2>/dev/null; then
   MOTO_BIN="$(command -v moto_server)"
