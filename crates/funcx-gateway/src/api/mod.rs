@@ -291,6 +291,27 @@ fn schemas() -> Value {
     let hex_id = json!({ "type": "string", "pattern": "^[0-9a-f]{64}$" });
     let time = json!({ "type": "object", "nullable": true, "description": "SystemTime: seconds and nanoseconds since the Unix epoch",
         "properties": { "secs_since_epoch": { "type": "integer" }, "nanos_since_epoch": { "type": "integer" } } });
+    // Its own json!: one macro call with everything would pass the recursion limit.
+    let task_error = json!({ "type": "object", "nullable": true,
+                "description": "funcx_core::TaskErrorReport: a stable code (funcx_core::ErrorCode), the text, and the details the code has (null otherwise)",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": { "type": "string", "enum": ["python", "load", "arguments_unpickle",
+                        "result_pickle", "serialize", "decode", "result_too_large",
+                        "arguments_too_large", "worker_died", "timeout", "cancelled", "shutdown",
+                        "no_workers", "manager_lost", "protocol"] },
+                    "message": { "type": "string" },
+                    "python": { "type": "object", "nullable": true, "properties": {
+                        "type_name": { "type": "string" }, "message": { "type": "string" },
+                        "traceback": { "type": "string" },
+                        "line": { "type": "integer", "nullable": true } } },
+                    "worker_exit": { "nullable": true,
+                        "description": "{\"code\": n}, {\"signal\": n} or \"unknown\"" },
+                    "reason": { "type": "string", "nullable": true },
+                    "size": { "type": "integer", "nullable": true },
+                    "limit": { "type": "integer", "nullable": true },
+                    "timeout": { "type": "object", "nullable": true, "properties": {
+                        "secs": { "type": "integer" }, "nanos": { "type": "integer" } } } } });
     json!({
         "Error": { "type": "object", "required": ["error"], "properties": { "error": {
             "type": "object", "required": ["code", "message"], "properties": {
@@ -347,26 +368,7 @@ fn schemas() -> Value {
                 "submitted": time, "dispatched": time, "running": time, "finished": time } },
             "result": { "type": "string", "format": "byte", "nullable": true,
                 "description": "the pickled result (base64)" },
-            "error": { "type": "object", "nullable": true,
-                "description": "funcx_core::TaskErrorReport: a stable code (funcx_core::ErrorCode), the text, and the details the code has (null otherwise)",
-                "required": ["code", "message"],
-                "properties": {
-                    "code": { "type": "string", "enum": ["python", "load", "arguments_unpickle",
-                        "result_pickle", "serialize", "decode", "result_too_large",
-                        "arguments_too_large", "worker_died", "timeout", "cancelled", "shutdown",
-                        "no_workers", "manager_lost", "protocol"] },
-                    "message": { "type": "string" },
-                    "python": { "type": "object", "nullable": true, "properties": {
-                        "type_name": { "type": "string" }, "message": { "type": "string" },
-                        "traceback": { "type": "string" },
-                        "line": { "type": "integer", "nullable": true } } },
-                    "worker_exit": { "nullable": true,
-                        "description": "{\"code\": n}, {\"signal\": n} or \"unknown\"" },
-                    "reason": { "type": "string", "nullable": true },
-                    "size": { "type": "integer", "nullable": true },
-                    "limit": { "type": "integer", "nullable": true },
-                    "timeout": { "type": "object", "nullable": true, "properties": {
-                        "secs": { "type": "integer" }, "nanos": { "type": "integer" } } } } },
+            "error": task_error,
             "error_message": { "type": "string", "nullable": true } } },
         "BatchRequest": { "type": "object", "required": ["ids"], "properties": {
             "ids": { "type": "array", "items": { "type": "integer" } } } },
