@@ -5,9 +5,9 @@
 //! the store closed cleanly) within `shutdown_grace_secs`, and it exits 0; a second signal
 //! ends it at once (status 130).
 //!
-//! The minimal binary, with no log output of its own beyond its start and stop lines, a
-//! line on whether the store opened cleanly, and fatal errors; `examples/gateway.rs` of this
-//! crate is the same program with `tracing` logs (`RUST_LOG`). The end-to-end tests run
+//! It logs through `tracing` to stderr, filtered by `RUST_LOG` (default `warn`: its start
+//! and stop lines, a line on whether the store opened cleanly, and problems;
+//! `RUST_LOG=info` adds endpoints connecting, registrations, remote stops, user changes). The end-to-end tests run
 //! this one as a separate process, so that they can kill it with `SIGKILL` or stop it with
 //! `SIGTERM`, and start it again.
 
@@ -16,6 +16,13 @@ use std::process::ExitCode;
 use funcx_gateway::{Gateway, GatewayConfig};
 
 fn main() -> ExitCode {
+    // A filter that does not parse falls back to the default rather than stopping the gateway.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .try_init();
     let Some(path) = std::env::args_os().nth(1) else {
         eprintln!("usage: funcx-gateway CONFIG.toml");
         return ExitCode::from(64);
