@@ -225,7 +225,7 @@ async fn users_see_only_their_own_and_bad_input_is_refused() {
     // Malformed input: a clear 400, nothing stored.
     for (path, body) in [
         (
-            format!("/v3/endpoints/not-a-uuid/submit"),
+            "/v3/endpoints/not-a-uuid/submit".to_owned(),
             submission(&function),
         ),
         (
