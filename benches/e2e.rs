@@ -55,8 +55,8 @@
 //!   it first (`ulimit -n 8192`). It checks the limit before starting and says so when it
 //!   is too low.
 //! - `W1-gw`, `W2-gw`, `W3-gw`: the same work as W1, W2 and W3, submitted through a
-//!   [`RemoteExecutor`] (postcard submissions, results pushed over its binary stream of postcard frames) to a funcx gateway
-//!   serving on 127.0.0.1 (random port) in this process, with one user and one registered
+//!   [`RemoteExecutor`] (postcard submissions, results pushed over a binary stream of postcard
+//!   frames) to a funcx gateway serving on 127.0.0.1 (random port) in this process, with one user and one registered
 //!   endpoint. The endpoint side runs in this process too: a local executor of `--workers`
 //!   (default 2) Python workers behind [`run_manager`] with an [`EndpointDial`] and an
 //!   [`ExecutorRunner`], dialling the gateway over loopback TCP. The gateway's store is in
