@@ -57,8 +57,8 @@
 //! - `W1-gw`, `W2-gw`, `W3-gw`: the same work as W1, W2 and W3, submitted through a
 //!   [`RemoteExecutor`] (postcard submissions, results pushed over a binary stream of postcard
 //!   frames) to a funcx gateway serving on 127.0.0.1 (random port) in this process, with one
-//!   user and one registered endpoint. The endpoint side runs in this process too: a local executor of `--workers`
-//!   (default 2) Python workers behind [`run_manager`] with an [`EndpointDial`] and an
+//!   user and one registered endpoint. The endpoint side runs in this process too: a local
+//!   executor of `--workers` (default 2) Python workers behind [`run_manager`] with an [`EndpointDial`] and an
 //!   [`ExecutorRunner`], dialling the gateway over loopback TCP. The gateway's store is in
 //!   memory unless `--store FILE` names a redb file (created; removed afterwards). These run
 //!   only when named, not with `all`.
