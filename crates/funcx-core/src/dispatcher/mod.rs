@@ -53,10 +53,6 @@ const BURST: usize = 4096;
 /// Unstarted work worth moving to an idle worker: a round trip to ask for it back costs
 /// about a tenth of this.
 const STEAL_MIN_NS: u64 = 1_000_000;
-/// Tasks estimated to take at most this long may wait on a worker behind its running one,
-/// so the worker never waits for the dispatcher between them; a longer one is not worth
-/// the risk of waiting behind a slow task.
-const HIDE_ROUND_TRIP_NS: u64 = 20_000_000;
 /// Rounds of dealing queued tasks out per dispatch; the first usually places everything.
 const DEAL_ROUNDS: usize = 4;
 
@@ -1100,14 +1096,9 @@ impl Dispatcher {
             let estimate = estimate.nanos();
             // Every worker of a pool gets at least one task; beyond that, each holds about
             // TARGET_QUEUED_NS of work.
-            // A worker may also hold one next task per worker beyond the budget when it is
-            // short enough that the round trip to fetch it would show.
-            let next_hides_round_trip =
-                slot.in_flight.len() < 2 * size && estimate <= HIDE_ROUND_TRIP_NS;
             if slot.in_flight.len() >= size
                 && (slot.in_flight.len() >= MAX_IN_FLIGHT * size
-                    || (slot.in_flight_ns + estimate > TARGET_QUEUED_NS * size as u64
-                        && !next_hides_round_trip)
+                    || slot.in_flight_ns + estimate > TARGET_QUEUED_NS * size as u64
                     || slot.in_flight_bytes + record.bytes > MAX_IN_FLIGHT_BYTES * size)
             {
                 break;
