@@ -569,6 +569,38 @@ async fn environment_working_dir_init_and_pinning() {
     let _ = std::fs::remove_dir(&dir);
 }
 
+/// Workers keep large payload buffers on glibc's heap (see `MALLOC_TUNABLES` in the runtime),
+/// unless the configuration or the environment chooses its own allocator settings.
+#[tokio::test]
+async fn workers_get_allocator_settings_unless_configured() {
+    const ENV: &str =
+        "import os\ndef f():\n    return os.environ.get('GLIBC_TUNABLES', '<unset>')\n";
+    let mut h = Harness::with(PythonConfig::new(), 1).await;
+    let default: String = h
+        .run(ENV, "f", Args::new())
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    match std::env::var("GLIBC_TUNABLES") {
+        // The environment's own settings win.
+        Ok(inherited) => assert_eq!(default, inherited),
+        Err(_) => assert_eq!(
+            default,
+            "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=134217728"
+        ),
+    }
+    let config = PythonConfig::new().env("GLIBC_TUNABLES", "glibc.malloc.arena_max=2");
+    let mut h = Harness::with(config, 1).await;
+    let own: String = h
+        .run(ENV, "f", Args::new())
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(own, "glibc.malloc.arena_max=2");
+}
+
 #[tokio::test]
 async fn a_missing_interpreter_is_a_spawn_error() {
     let (tx, _rx) = mpsc::unbounded_channel();
