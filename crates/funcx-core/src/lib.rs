@@ -28,16 +28,16 @@ pub mod memoize;
 mod payload;
 mod provider;
 mod retry;
+mod status;
 mod strategy;
 mod task;
 pub mod worker;
 
 pub use args::{Args, IntoArgs};
-pub use dispatcher::{EndpointStats, PoolStatus};
 pub use error::{ErrorCode, PythonException, TaskError, TaskErrorReport, WorkerExit};
 pub use executor::{
     report_stream, Executor, ExecutorBuilder, ReportSink, ReportStream, ResponseFuture, Task,
-    TaskHandle, TaskOptions, TaskReport, DEFAULT_MAX_ARGUMENTS_SIZE,
+    TaskHandle, TaskOptions, DEFAULT_MAX_ARGUMENTS_SIZE,
 };
 pub use function::{Function, FunctionBody, FunctionId};
 pub use memoize::{Memoize, MemoizeLayer};
@@ -47,6 +47,7 @@ pub use provider::{
     BLOCK_ID_ENV, NODE_INDEX_ENV,
 };
 pub use retry::RetrySystemFailures;
-pub use strategy::{BlockReport, EndpointStatus, Strategy, StrategyConfig};
-pub use task::{TaskId, TaskState, TaskStatus, Timeline};
+pub use status::{BlockReport, EndpointStats, EndpointStatus, PoolStatus};
+pub use strategy::{Strategy, StrategyConfig};
+pub use task::{TaskId, TaskReport, TaskState, TaskStatus, Timeline};
 pub use worker::{SpawnError, WorkerRuntime};

@@ -1,10 +1,13 @@
-//! Task identity, states and the timeline of a task's transitions.
+//! Task identity, states, the timeline of a task's transitions, and the report of a finished
+//! task.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+
+use crate::{Payload, TaskError};
 
 /// The identity of one task, unique within this process.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -102,4 +105,15 @@ pub struct TaskStatus {
     pub timeline: Timeline,
     /// How many times the task has been sent to a worker.
     pub attempts: u32,
+}
+
+/// A finished task: its result and how it got there.
+#[derive(Debug)]
+pub struct TaskReport {
+    /// The task.
+    pub id: TaskId,
+    /// The result or the error.
+    pub result: Result<Payload, TaskError>,
+    /// The final state, the timeline of transitions and the number of attempts.
+    pub status: TaskStatus,
 }

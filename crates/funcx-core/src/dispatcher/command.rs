@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::executor::TaskReport;
 use crate::worker::{Worker, WorkerEvents, WorkerId};
-use crate::{Args, BlockId, Function, Payload, TaskError, TaskId, TaskStatus};
+use crate::{
+    Args, BlockId, EndpointStats, Function, Payload, PoolStatus, TaskError, TaskId, TaskReport,
+    TaskStatus,
+};
 
 /// A task's result together with its final status.
 #[derive(Debug)]
@@ -55,40 +57,6 @@ pub(crate) struct Submission {
     pub(crate) timeout: Option<Duration>,
     pub(crate) trace: Option<u64>,
     pub(crate) reply: Reply,
-}
-
-/// Counts that describe an endpoint at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct EndpointStats {
-    /// Worker slots configured.
-    pub workers: usize,
-    /// Workers started and ready for tasks.
-    pub ready_workers: usize,
-    /// Tasks waiting for a worker.
-    pub queued: usize,
-    /// Tasks sent to workers and not finished.
-    pub in_flight: usize,
-    /// Workers started since the endpoint started, replacements included.
-    pub workers_started: u64,
-    /// Pools of workers attached from outside (remote managers).
-    pub managers: usize,
-}
-
-/// One pool of workers (a remote manager) as [`crate::Executor::pools`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolStatus {
-    /// The pool's id within the endpoint.
-    pub worker: WorkerId,
-    /// The block it belongs to, if its provider said.
-    pub block: Option<BlockId>,
-    /// How many tasks it runs at once.
-    pub size: usize,
-    /// How many tasks it holds now.
-    pub in_flight: usize,
-    /// Since when it has held no task (`None` while busy).
-    pub idle_since: Option<std::time::SystemTime>,
-    /// Whether it is draining (no new tasks; it exits when done).
-    pub draining: bool,
 }
 
 /// A request to the dispatcher.

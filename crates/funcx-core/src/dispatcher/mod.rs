@@ -15,6 +15,7 @@
 
 mod command;
 mod estimate;
+mod placement;
 mod slot;
 
 use std::collections::VecDeque;
@@ -26,35 +27,24 @@ use tracing::{debug, info, warn};
 
 use crate::ids::IdMap;
 pub(crate) use command::{Command, Outcome, Reply, Submission};
-pub use command::{EndpointStats, PoolStatus};
-use estimate::{Estimate, ISOLATE_AT_NS, TARGET_QUEUED_NS};
-use slot::{Held, KillReason, Phase, Running, Slot};
+use estimate::Estimate;
+use slot::{KillReason, Phase, Running, Slot};
 
 use crate::worker::{
-    FunctionKey, SpawnError, ToWorker, WorkItem, WorkResult, Worker, WorkerEvent, WorkerEvents,
-    WorkerId, WorkerRuntime,
+    FunctionKey, SpawnError, ToWorker, WorkResult, Worker, WorkerEvent, WorkerEvents, WorkerId,
+    WorkerRuntime,
 };
 use crate::{
-    Args, BlockId, Function, FunctionId, TaskError, TaskId, TaskState, TaskStatus, Timeline,
-    WorkerExit,
+    Args, BlockId, EndpointStats, Function, FunctionId, PoolStatus, TaskError, TaskId, TaskState,
+    TaskStatus, Timeline, WorkerExit,
 };
 
-/// A worker holds at most this many tasks, however short they are.
-const MAX_IN_FLIGHT: usize = 1024;
-/// A worker holds at most this many argument bytes beyond its first task, so large payloads
-/// are spread over workers instead of piling into one pipe.
-const MAX_IN_FLIGHT_BYTES: usize = 8 << 20;
 /// A task caught in the deaths of this many workers without being the one that was running
 /// fails, so a worker that dies for outside reasons cannot bounce a task forever.
 const MAX_DISRUPTIONS: u32 = 3;
 /// Messages handled per wake-up before dispatching, so results keep flowing under a flood of
 /// submissions.
 const BURST: usize = 4096;
-/// Unstarted work worth moving to an idle worker: a round trip to ask for it back costs
-/// about a tenth of this.
-const STEAL_MIN_NS: u64 = 1_000_000;
-/// Rounds of dealing queued tasks out per dispatch; the first usually places everything.
-const DEAL_ROUNDS: usize = 4;
 
 /// How the dispatcher runs its workers.
 #[derive(Debug, Clone)]
@@ -427,38 +417,6 @@ impl Dispatcher {
             // finds it cancelled and the worker is killed then.
             worker.send(ToWorker::Cancel(vec![id]));
             debug!(task = %id, worker = %slot.id, "cancelled before it started");
-        }
-    }
-
-    /// Takes back the tasks among `ids` that have not started (see [`crate::Executor::withdraw`]):
-    /// queued ones at once; ones on a worker by asking it, whose answer (a cancelled result,
-    /// or the real one if it had started) settles each.
-    fn withdraw(&mut self, ids: Vec<TaskId>) {
-        let mut asked = Vec::new();
-        for id in ids {
-            let Some(record) = self.tasks.get_mut(&id) else {
-                continue;
-            };
-            if record.state == TaskState::Queued {
-                record.finish(Err(TaskError::cancelled()));
-                self.tasks.remove(&id); // Its queue entry is skipped when reached.
-            } else {
-                asked.push(id);
-            }
-        }
-        if asked.is_empty() {
-            return;
-        }
-        for slot in &mut self.slots {
-            let held: Vec<TaskId> = asked
-                .iter()
-                .copied()
-                .filter(|id| slot.in_flight.contains(*id))
-                .filter(|id| !slot.running.is_some_and(|running| running.task == *id))
-                .collect();
-            if let Some(worker) = slot.worker.as_mut().filter(|_| !held.is_empty()) {
-                worker.send(ToWorker::Return(held));
-            }
         }
     }
 
@@ -913,231 +871,6 @@ impl Dispatcher {
                     slot.kill(KillReason::Shutdown);
                 }
             }
-        }
-    }
-
-    // ---- dispatch ----------------------------------------------------------------------
-
-    /// Hands queued tasks to ready workers while they have capacity: first one task to each
-    /// idle worker everywhere, then more to each by its estimated work. With the queue empty,
-    /// moves prefetched tasks from busy workers to idle ones.
-    fn dispatch(&mut self) {
-        if !self.queue.is_empty() {
-            let count = self.slots.len();
-            let now = SystemTime::now();
-            // One task for each idle worker first, wherever it is.
-            for offset in 0..count {
-                let index = (self.round_robin + offset) % count;
-                let slot = &self.slots[index];
-                let idle = slot.size().saturating_sub(slot.in_flight.len());
-                self.fill(index, now, idle);
-                if self.queue.is_empty() {
-                    break;
-                }
-            }
-            // Then the rest dealt out in fair shares, so that one worker does not prefetch
-            // what another could start, whatever the estimates say.
-            for _ in 0..DEAL_ROUNDS {
-                let takers: usize = self
-                    .slots
-                    .iter()
-                    .filter(|slot| slot.takes_work())
-                    .map(Slot::size)
-                    .sum();
-                let before = self.queue.len();
-                if takers == 0 || before == 0 {
-                    break;
-                }
-                let share = before.div_ceil(takers);
-                for offset in 0..count {
-                    let index = (self.round_robin + offset) % count;
-                    let most = share.saturating_mul(self.slots[index].size());
-                    self.fill(index, now, most);
-                    if self.queue.is_empty() {
-                        break;
-                    }
-                }
-                if self.queue.len() == before {
-                    break; // Every worker holds all its estimate allows.
-                }
-            }
-            self.round_robin = self.round_robin.wrapping_add(1);
-        }
-        if self.queue.is_empty() {
-            self.balance(Instant::now());
-        }
-    }
-
-    /// Work stealing: while some worker is idle and nothing is queued, asks busy workers to
-    /// give back half of the tasks they hold and have not started. A worker confirms each
-    /// one it skips with a cancelled result, and only then is the task queued again (see
-    /// `on_results`), so nothing runs twice because it moved. Also corrects estimates from
-    /// tasks that run longer than their function's estimate says.
-    ///
-    /// Costs one pass over the slots, and only when the queue is empty.
-    fn balance(&mut self, now: Instant) {
-        self.balance_at = None;
-        let mut idle: usize = self
-            .slots
-            .iter()
-            .filter(|slot| slot.takes_work())
-            .map(|slot| slot.size().saturating_sub(slot.in_flight.len()))
-            .sum();
-        if idle == 0 {
-            return;
-        }
-        for index in 0..self.slots.len() {
-            let slot = &self.slots[index];
-            if slot.worker.is_none() || slot.kill.is_some() || slot.in_flight.len() <= slot.size() {
-                continue;
-            }
-            let head = match &slot.in_flight {
-                Held::Ordered(held) => held.front().and_then(|id| self.tasks.get(id)),
-                Held::Unordered(_) => None,
-            };
-            let head_ns = head.map_or(0, |record| record.charged_ns);
-            let ran_ns = u64::try_from(now.saturating_duration_since(slot.head_since).as_nanos())
-                .unwrap_or(u64::MAX);
-            if let Some(record) = head {
-                // The running task has taken longer than its function is thought to take:
-                // the estimate is wrong for these inputs, so raise it now rather than after
-                // the task ends.
-                let key = record.key.0 as usize;
-                self.function_table[key].1.at_least(ran_ns);
-            }
-            // What waits behind the head, by what is known now (estimates may have grown
-            // since the tasks were sent).
-            let waiting_ns: u64 = match &slot.in_flight {
-                Held::Ordered(held) => held
-                    .iter()
-                    .skip(1)
-                    .filter_map(|id| self.tasks.get(id))
-                    .map(|record| self.function_table[record.key.0 as usize].1.nanos())
-                    .fold(0, u64::saturating_add),
-                Held::Unordered(_) => slot.in_flight_ns,
-            };
-            let overrun_at = head_ns.saturating_mul(2).saturating_add(STEAL_MIN_NS);
-            if waiting_ns < STEAL_MIN_NS && ran_ns < overrun_at {
-                // Not worth a round trip yet; look again when the head will have overrun.
-                let at = now + Duration::from_nanos(overrun_at - ran_ns);
-                self.balance_at = Some(self.balance_at.map_or(at, |old| old.min(at)));
-                continue;
-            }
-            let taken = self.steal_from(index, idle);
-            idle = idle.saturating_sub(taken);
-            if idle == 0 {
-                break;
-            }
-        }
-    }
-
-    /// Asks slot `index` to give back up to half of its unstarted tasks (at most `wanted`,
-    /// at least one); returns how many were asked for.
-    fn steal_from(&mut self, index: usize, wanted: usize) -> usize {
-        let slot = &mut self.slots[index];
-        let size = slot.size();
-        let candidates: Vec<TaskId> = match &slot.in_flight {
-            // The first is running or about to; the rest wait behind it.
-            Held::Ordered(held) => held.iter().skip(1).rev().copied().collect(),
-            // A pool runs `size` at once; which ones, only the manager knows: it gives back
-            // those it has not started.
-            Held::Unordered(held) => held.iter().copied().collect(),
-        };
-        let unstarted = slot.in_flight.len().saturating_sub(size);
-        let take = unstarted.div_ceil(2).min(wanted.max(1));
-        let mut asked = Vec::with_capacity(take);
-        for id in candidates {
-            if asked.len() == take {
-                break;
-            }
-            if let Some(record) = self.tasks.get_mut(&id) {
-                if !record.stolen && record.reply.is_some() && record.state == TaskState::Dispatched
-                {
-                    record.stolen = true;
-                    asked.push(id);
-                }
-            }
-        }
-        if asked.is_empty() {
-            return 0;
-        }
-        debug!(worker = %slot.id, tasks = asked.len(), "asking a busy worker to give back tasks for an idle one");
-        let count = asked.len();
-        if let Some(worker) = slot.worker.as_mut() {
-            worker.send(ToWorker::Return(asked));
-        }
-        count
-    }
-
-    /// Gives slot `index` up to `most` queued tasks, as many as its workers' capacity
-    /// allows: one per idle worker always, more while their estimated work stays under
-    /// [`TARGET_QUEUED_NS`] each.
-    fn fill(&mut self, index: usize, now: SystemTime, most: usize) {
-        let slot = &mut self.slots[index];
-        // A worker being killed would only hand its new tasks back.
-        if !slot.takes_work() || most == 0 {
-            return;
-        }
-        let size = slot.size();
-        if slot.in_flight.is_empty() {
-            slot.head_since = Instant::now();
-        }
-        let mut functions = Vec::new();
-        let mut batch = Vec::new();
-        while let Some(&id) = self.queue.front() {
-            if batch.len() == most {
-                break;
-            }
-            let Some(record) = self.tasks.get_mut(&id) else {
-                self.queue.pop_front(); // cancelled while queued
-                continue;
-            };
-            let (function, estimate) = &self.function_table[record.key.0 as usize];
-            let estimate = estimate.nanos();
-            // Every worker of a pool gets at least one task; beyond that, each holds about
-            // TARGET_QUEUED_NS of work.
-            if slot.in_flight.len() >= size
-                && (slot.in_flight.len() >= MAX_IN_FLIGHT * size
-                    || slot.in_flight_ns + estimate > TARGET_QUEUED_NS * size as u64
-                    || slot.in_flight_bytes + record.bytes > MAX_IN_FLIGHT_BYTES * size)
-            {
-                break;
-            }
-            self.queue.pop_front();
-            if slot.learn(record.key) {
-                functions.push(ToWorker::Function {
-                    key: record.key,
-                    function: function.clone(),
-                });
-            }
-            record.state = TaskState::Dispatched;
-            record.attempts += 1;
-            tracing::trace!(parent: &record.span, worker = %slot.id, attempt = record.attempts, "dispatched");
-            record.timeline.dispatched = Some(now);
-            record.charged_ns = estimate;
-            slot.in_flight_ns += estimate;
-            slot.in_flight_bytes += record.bytes;
-            slot.in_flight.push(id);
-            if let Some(pool) = slot.pool.as_mut() {
-                pool.idle_since = None;
-            }
-            // A pool isolates tasks itself, by the same rules, per worker.
-            let isolate = slot.pool.is_none()
-                && (record.isolate || record.timeout.is_some() || estimate >= ISOLATE_AT_NS);
-            batch.push(WorkItem {
-                id,
-                function: record.key,
-                isolate,
-                args: record.args.clone(),
-                timeout: record.timeout,
-                trace: Some(record.trace),
-            });
-        }
-        if let Some(worker) = slot.worker.as_mut().filter(|_| !batch.is_empty()) {
-            for message in functions {
-                worker.send(message);
-            }
-            worker.send(ToWorker::Tasks(batch));
         }
     }
 

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dispatcher::{Command, Outcome};
-use crate::{Payload, TaskError, TaskId, TaskStatus};
+use crate::{Payload, TaskError, TaskId, TaskReport, TaskStatus};
 
 /// A submitted task: await it for the result.
 ///
@@ -28,17 +28,6 @@ pub struct TaskHandle {
     id: TaskId,
     outcome: oneshot::Receiver<Outcome>,
     commands: mpsc::WeakUnboundedSender<Command>,
-}
-
-/// A finished task: its result and how it got there.
-#[derive(Debug)]
-pub struct TaskReport {
-    /// The task.
-    pub id: TaskId,
-    /// The result or the error.
-    pub result: Result<Payload, TaskError>,
-    /// The final state, the timeline of transitions and the number of attempts.
-    pub status: TaskStatus,
 }
 
 impl TaskHandle {

@@ -10,11 +10,12 @@ use std::time::Duration;
 use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-pub use handle::{TaskHandle, TaskReport};
+pub use handle::TaskHandle;
 pub use reports::{report_stream, ReportSink, ReportStream};
 pub use service::{ResponseFuture, Task};
 
-use crate::dispatcher::{Command, Dispatcher, DispatcherConfig, EndpointStats, Reply, Submission};
+use crate::dispatcher::{Command, Dispatcher, DispatcherConfig, Reply, Submission};
+use crate::EndpointStats;
 use crate::{Function, IntoArgs, Payload, TaskError, TaskId, TaskStatus, WorkerRuntime};
 
 /// Runs tasks on an endpoint's workers.

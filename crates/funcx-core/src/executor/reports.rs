@@ -3,7 +3,7 @@
 
 use tokio::sync::mpsc;
 
-use super::TaskReport;
+use crate::TaskReport;
 
 /// Where the outcomes of tasks submitted with [`crate::Executor::submit_streamed`] are sent.
 /// Cheap to clone; pass it to as many submissions as you like.

@@ -14,7 +14,6 @@
 //!   submitting into a wall forever.
 
 mod config;
-mod status;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,9 +23,10 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 pub use config::StrategyConfig;
-pub use status::{BlockReport, EndpointStatus};
 
-use crate::{BlockId, BlockRequest, BlockState, Executor, PoolStatus, Provider};
+use crate::{
+    BlockId, BlockReport, BlockRequest, BlockState, EndpointStatus, Executor, PoolStatus, Provider,
+};
 
 /// How many ended blocks the status keeps showing.
 const ENDED_SHOWN: usize = 16;

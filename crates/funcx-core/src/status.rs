@@ -1,9 +1,17 @@
 //! What an endpoint reports about itself: blocks, managers, workers, tasks.
+//!
+//! Two views at two levels: [`EndpointStats`] and [`PoolStatus`] are the executor's own
+//! counts (its queue, its workers, the pools attached to it), read with
+//! [`Executor::stats`](crate::Executor::stats) and [`Executor::pools`](crate::Executor::pools);
+//! [`EndpointStatus`] and [`BlockReport`] are the whole endpoint as its
+//! [`Strategy`](crate::Strategy) sees it, blocks at the provider included, for a status page
+//! or a gateway.
 
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::worker::WorkerId;
 use crate::{BlockId, BlockState};
 
 /// One block as the strategy sees it.
@@ -47,4 +55,38 @@ pub struct EndpointStatus {
     pub last_error: Option<String>,
     /// Until when no new block is submitted, after failures.
     pub backing_off_until: Option<SystemTime>,
+}
+
+/// Counts that describe an endpoint at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EndpointStats {
+    /// Worker slots configured.
+    pub workers: usize,
+    /// Workers started and ready for tasks.
+    pub ready_workers: usize,
+    /// Tasks waiting for a worker.
+    pub queued: usize,
+    /// Tasks sent to workers and not finished.
+    pub in_flight: usize,
+    /// Workers started since the endpoint started, replacements included.
+    pub workers_started: u64,
+    /// Pools of workers attached from outside (remote managers).
+    pub managers: usize,
+}
+
+/// One pool of workers (a remote manager) as [`crate::Executor::pools`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// The pool's id within the endpoint.
+    pub worker: WorkerId,
+    /// The block it belongs to, if its provider said.
+    pub block: Option<BlockId>,
+    /// How many tasks it runs at once.
+    pub size: usize,
+    /// How many tasks it holds now.
+    pub in_flight: usize,
+    /// Since when it has held no task (`None` while busy).
+    pub idle_since: Option<std::time::SystemTime>,
+    /// Whether it is draining (no new tasks; it exits when done).
+    pub draining: bool,
 }
