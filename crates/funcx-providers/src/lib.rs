@@ -43,7 +43,6 @@ pub mod command;
 #[cfg(feature = "ec2")]
 mod ec2;
 mod gridengine;
-pub mod launcher;
 #[cfg(unix)]
 mod local;
 pub mod pbs;
@@ -57,9 +56,8 @@ pub use ec2::{
     ENDPOINT_TAG as EC2_ENDPOINT_TAG,
 };
 pub use gridengine::{GridEngineConfig, GridEngineProvider};
-pub use launcher::Launcher;
 #[cfg(unix)]
 pub use local::LocalProvider;
 pub use pbs::{PbsConfig, PbsFlavor, PbsProvider};
 pub use slurm::{SlurmConfig, SlurmProvider};
-pub use toolkit::shell_quote;
+pub use toolkit::{shell_quote, Launcher};

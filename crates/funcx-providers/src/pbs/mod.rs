@@ -11,10 +11,10 @@ use funcx_core::{BlockId, BlockRequest, BlockState, BlockStatus, Provider, Provi
 use futures::future::BoxFuture;
 
 use crate::command::{CommandOutput, SchedulerCommand};
-use crate::launcher::Launcher;
 use crate::toolkit::options::walltime_hms;
 use crate::toolkit::script;
 use crate::toolkit::{batch_options, BatchOptions, StateClock};
+use crate::Launcher;
 
 /// Which PBS: they share `qsub`/`qstat`/`qdel` and `#PBS`, and differ in how nodes are asked
 /// for, what `qstat` can print, and what their negative exit statuses mean.

@@ -11,10 +11,10 @@ use funcx_core::{BlockId, BlockRequest, BlockState, BlockStatus, Provider, Provi
 use futures::future::BoxFuture;
 
 use crate::command::{CommandOutput, SchedulerCommand};
-use crate::launcher::Launcher;
 use crate::toolkit::options::whole_seconds;
 use crate::toolkit::script;
 use crate::toolkit::{batch_options, BatchOptions, StateClock};
+use crate::Launcher;
 
 /// How to ask Slurm for blocks. Every field but the runner is optional; the node count and
 /// walltime come from each [`BlockRequest`].

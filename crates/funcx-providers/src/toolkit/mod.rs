@@ -4,6 +4,8 @@
 //!   command as shell words (batch scripts, the Grid Engine node script, EC2 user data);
 //! - [`script`]: the batch script of a block (Slurm, PBS) and writing scripts to the scripts
 //!   directory;
+//! - [`launcher`]: how a batch script starts one manager on each node of its block
+//!   ([`Launcher`]: `srun`, `mpiexec`, `aprun`);
 //! - [`clock`]: when each block entered its state, for [`BlockStatus::since`];
 //! - [`options`]: the options every batch scheduler has, under one name each (`job_name`,
 //!   `directive`, `scripts_dir`, `commands_dir`, `command_env`, `runner`), and walltime
@@ -15,6 +17,7 @@
 //! [`BlockRequest::check`]: funcx_core::BlockRequest::check
 
 pub(crate) mod clock;
+pub(crate) mod launcher;
 #[cfg(test)]
 pub(crate) mod mock;
 pub(crate) mod options;
@@ -22,5 +25,6 @@ pub(crate) mod script;
 pub(crate) mod shell;
 
 pub(crate) use clock::StateClock;
+pub use launcher::Launcher;
 pub(crate) use options::{batch_options, BatchOptions};
 pub use shell::shell_quote;

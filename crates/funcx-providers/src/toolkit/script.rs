@@ -18,8 +18,8 @@ use std::time::SystemTime;
 
 use funcx_core::{BlockRequest, ProviderError, BLOCK_ID_ENV};
 
-use crate::launcher::Launcher;
-use crate::toolkit::shell;
+use super::launcher::Launcher;
+use super::shell;
 
 /// The parts of a block's batch script that differ between schedulers.
 #[derive(Clone, Debug)]

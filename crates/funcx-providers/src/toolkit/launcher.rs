@@ -7,7 +7,7 @@
 
 use funcx_core::{ProviderError, NODE_INDEX_ENV};
 
-use crate::toolkit::shell_quote;
+use super::shell::shell_quote;
 
 /// Starts one manager per node of a block, from inside the block's batch script.
 ///
