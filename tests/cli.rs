@@ -6,46 +6,16 @@
 
 mod common;
 
+use common::processes::{alive, configure_local as configure, run, text, ALICE};
 use common::{init_tracing, wait_until, within, TempDir, HANG};
 use funcx::gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
 use funcx::Function;
 use std::path::Path;
-use std::process::{Command, Output};
-
-const ALICE: &str = "alice-token-0123456789abcdef";
-const PROGRAM: &str = env!("CARGO_BIN_EXE_funcx-endpoint");
-
-fn run(home: &str, args: &[&str]) -> Output {
-    Command::new(PROGRAM)
-        .args(args)
-        .env("FUNCX_HOME", home)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("run funcx-endpoint")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 fn json(home: &str, args: &[&str]) -> serde_json::Value {
     let output = run(home, args);
     assert!(output.status.success(), "{}", text(&output));
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&output)))
-}
-
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 /// `(pid, ppid)` of every process.
@@ -159,37 +129,6 @@ async fn register(url: &str, name: &str) -> (String, String) {
         answer["endpoint_id"].as_str().unwrap().to_string(),
         answer["endpoint_token"].as_str().unwrap().to_string(),
     )
-}
-
-/// `configure NAME` for a local provider and this gateway, with quick scaling.
-fn configure(home: &str, name: &str, url: &str, id: &str, token: &str) {
-    let output = run(
-        home,
-        &[
-            "configure",
-            name,
-            "--provider",
-            "local",
-            "--gateway",
-            url,
-            "--endpoint-id",
-            id,
-            "--token",
-            token,
-        ],
-    );
-    assert!(output.status.success(), "{}", text(&output));
-    // Quick looks and two workers per manager, by editing the file as a user would.
-    let path = Path::new(home)
-        .join("endpoints")
-        .join(name)
-        .join("config.toml");
-    let config = std::fs::read_to_string(&path).unwrap();
-    let config = config
-        .replace("workers_per_node = 1", "workers_per_node = 2")
-        .replace("init = 1", "init = 0")
-        .replace("# period_secs = 5 ", "period_secs = 0.1 ");
-    std::fs::write(&path, config).unwrap();
 }
 
 #[test]

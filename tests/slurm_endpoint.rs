@@ -10,17 +10,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::processes::{alive, run, text, GatewayProcess, ALICE};
 use common::{init_tracing, within, TempDir, HANG};
 use funcx::gateway::RemoteExecutor;
 use funcx::Function;
 
-const ALICE: &str = "alice-token-0123456789abcdef";
-const PROGRAM: &str = env!("CARGO_BIN_EXE_funcx-endpoint");
 /// Slurm starts a job within seconds here; this bounds a broken cluster, not a slow one.
 const SLURM: Duration = Duration::from_secs(90);
 
@@ -36,94 +34,10 @@ fn require_slurm() {
     );
 }
 
-/// `target/<profile>/funcx-gateway`, built by `scripts/test` before the tests.
-fn gateway_binary() -> PathBuf {
-    let binary = Path::new(PROGRAM)
-        .parent()
-        .map(|dir| dir.join("funcx-gateway"))
-        .expect("the program lives in target/<profile>");
-    assert!(
-        binary.is_file(),
-        "{} is missing: build it with `cargo build -p funcx-gateway --bins` (scripts/test does)",
-        binary.display()
-    );
-    binary
-}
-
-/// The gateway process; killed when dropped.
-struct GatewayProcess {
-    child: Child,
-    url: String,
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_gateway(dir: &TempDir) -> GatewayProcess {
-    let address: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port");
-    let config = dir.0.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{address}\"\nstore = \"{}\"\nadmins = [\"alice\"]\n\n[[users]]\nname = \"alice\"\ntoken = \"{ALICE}\"\n",
-            dir.0.join("gateway.redb").display()
-        ),
-    )
-    .expect("gateway config");
-    let log = std::fs::File::create(dir.0.join("gateway.log")).expect("gateway log");
-    let child = Command::new(gateway_binary())
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start funcx-gateway");
-    let url = format!("http://{address}");
-    let deadline = Instant::now() + HANG;
-    while std::net::TcpStream::connect(address).is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    GatewayProcess { child, url }
-}
-
-fn run(home: &Path, args: &[&str]) -> Output {
-    Command::new(PROGRAM)
-        .args(args)
-        .env("FUNCX_HOME", home)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("run funcx-endpoint")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 fn status(home: &Path, name: &str) -> serde_json::Value {
     let output = run(home, &["status", name, "--json"]);
     assert!(output.status.success(), "{}", text(&output));
     serde_json::from_slice(&output.stdout).expect("status JSON")
-}
-
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 /// The Slurm jobs still in the queue among `jobs` (pending, running, completing).
@@ -183,7 +97,7 @@ async fn a_slurm_endpoint_configured_started_stopped_and_revoked() {
     init_tracing();
     let dir = TempDir::new("slurm-endpoint");
     let home = dir.0.join("home");
-    let gateway = start_gateway(&dir);
+    let gateway = GatewayProcess::start(&dir.0);
     let (status_code, registered) = call(
         reqwest::Method::POST,
         &format!("{}/v1/endpoints", gateway.url),

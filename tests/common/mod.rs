@@ -12,6 +12,10 @@ use funcx::{Executor, ExecutorBuilder, PythonConfig, PythonRuntime, TaskId, Task
 /// The longest any single wait in these tests may take before the test fails as hung.
 pub const HANG: Duration = Duration::from_secs(30);
 
+/// The programs as separate processes (the `funcx-endpoint` program needs feature `cli`).
+#[cfg(all(unix, feature = "cli"))]
+pub mod processes;
+
 /// Routes worker output and dispatcher logs to the test's captured output.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

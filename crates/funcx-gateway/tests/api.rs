@@ -652,6 +652,7 @@ async fn the_openapi_document_matches_the_routes() {
         ("GET", "/v1/functions/{id}"),
         ("GET", "/v1/openapi.json"),
         ("GET", "/v1/results"),
+        ("GET", "/v1/tasks"),
         ("GET", "/v1/tasks/{id}"),
         ("POST", "/v1/admin/users"),
         ("POST", "/v1/admin/users/{id}/token"),
@@ -864,4 +865,84 @@ async fn a_resent_submission_with_its_idempotency_key_creates_nothing() {
     }
     let (_, view) = gw.get(&format!("/v1/endpoints/{endpoint}"), ALICE).await;
     assert_eq!(view["status"]["queued"], 3, "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_lists_its_own_tasks_newest_first_a_page_at_a_time() {
+    let gw = start(config()).await;
+    let function = gw.echo_function(ALICE).await;
+    let (endpoint, token) = gw.register_endpoint(ALICE, json!({ "name": "e" })).await;
+    let (_, first) = gw.submit(ALICE, &endpoint, &function, &[1, 2, 3]).await;
+    let first = ids(&first);
+    // Bob's function and endpoint: his tasks are not Alice's to see.
+    let bobs_function = gw.echo_function(BOB).await;
+    let (bobs_endpoint, _) = gw.register_endpoint(BOB, json!({ "name": "b" })).await;
+    let (status, bobs) = gw.submit(BOB, &bobs_endpoint, &bobs_function, &[9]).await;
+    assert_eq!(status, StatusCode::OK, "{bobs}");
+    let (_, second) = gw.submit(ALICE, &endpoint, &function, &[4, 5]).await;
+    let second = ids(&second);
+
+    let (status, page) = gw.get("/v1/tasks?limit=3", ALICE).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let listed = |page: &Value| -> Vec<u64> {
+        page["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(listed(&page), vec![second[1], second[0], first[2]]);
+    assert_eq!(page["next"], first[2]);
+    let task = &page["tasks"][0];
+    assert_eq!(task["state"], "queued", "{task}");
+    assert_eq!(task["endpoint_id"], endpoint.as_str());
+    assert_eq!(task["function_id"], function.as_str());
+    assert!(task["error_code"].is_null());
+    assert!(task.get("result").is_none(), "a list carries no results");
+    let (_, rest) = gw
+        .get(&format!("/v1/tasks?limit=3&before={}", first[2]), ALICE)
+        .await;
+    assert_eq!(listed(&rest), vec![first[1], first[0]]);
+    assert!(rest["next"].is_null(), "{rest}");
+    let (_, default) = gw.get("/v1/tasks", ALICE).await;
+    assert_eq!(listed(&default).len(), 5);
+    let (_, carols) = gw.get("/v1/tasks", CAROL).await;
+    assert_eq!(carols["tasks"], json!([]));
+
+    // Finished tasks show their state, and a failure its code.
+    let _endpoint = gw.connect(&endpoint, &token);
+    for id in first.iter().chain(&second) {
+        gw.wait(ALICE, *id).await;
+    }
+    let (status, cancelled) = gw
+        .post(
+            &format!("/v1/tasks/{}/cancel", ids(&bobs)[0]),
+            BOB,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{cancelled}");
+    gw.wait(BOB, ids(&bobs)[0]).await;
+    let (_, page) = gw.get("/v1/tasks?limit=1", ALICE).await;
+    assert_eq!(page["tasks"][0]["state"], "succeeded", "{page}");
+    let (_, bobs_page) = gw.get("/v1/tasks", BOB).await;
+    assert_eq!(bobs_page["tasks"][0]["state"], "failed", "{bobs_page}");
+    assert_eq!(
+        bobs_page["tasks"][0]["error_code"], "cancelled",
+        "{bobs_page}"
+    );
+
+    // Bad queries are 400s in the API's error shape.
+    for query in [
+        "limit=0",
+        "limit=1001",
+        "limit=many",
+        "before=-1",
+        "color=red",
+    ] {
+        let (status, error) = gw.get(&format!("/v1/tasks?{query}"), ALICE).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {error}");
+        assert_eq!(error["error"]["code"], "bad_request", "{query}: {error}");
+    }
 }

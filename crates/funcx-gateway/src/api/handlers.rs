@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -448,21 +449,65 @@ pub(crate) async fn submit(
     Ok(Reply::ok(SubmitResponse { task_ids: ids }, input.format).into_response())
 }
 
-/// A task as the API shows it; live states of unfinished tasks come from the executor.
-async fn task_view(gateway: &Gateway, record: TaskRecord) -> TaskView {
-    let (mut state, mut timeline) = (record.state, record.timeline);
+/// A task's state and timeline: the store's, or for an unfinished task the executor's.
+async fn live_state(gateway: &Gateway, record: &TaskRecord) -> (TaskState, funcx_core::Timeline) {
     if record.result.is_none() {
         if let Some((runtime, local)) = gateway.running(record.id) {
             if let Some(status) = runtime.executor.status(local).await {
-                state = status.state;
-                timeline = funcx_core::Timeline {
+                let timeline = funcx_core::Timeline {
                     submitted: record.timeline.submitted,
                     ..status.timeline
                 };
+                return (status.state, timeline);
             }
         }
     }
+    (record.state, record.timeline)
+}
+
+/// A task as the API shows it; live states of unfinished tasks come from the executor.
+async fn task_view(gateway: &Gateway, record: TaskRecord) -> TaskView {
+    let (state, timeline) = live_state(gateway, &record).await;
     view_of(record, state, timeline)
+}
+
+/// `GET /v1/tasks`: the caller's tasks, newest first, a page at a time.
+pub(crate) async fn list_tasks(
+    State(gateway): State<Gateway>,
+    Extension(user): Extension<User>,
+    query: Result<Query<ListTasks>, QueryRejection>,
+) -> ApiResult<Reply<TaskList>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(ListTasks::DEFAULT_LIMIT);
+    if !(1..=ListTasks::MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit is 1 to {}, not {limit}",
+            ListTasks::MAX_LIMIT
+        )));
+    }
+    let page = gateway
+        .store()
+        .tasks_of(user.name(), query.before, limit)
+        .await?;
+    let mut tasks = Vec::with_capacity(page.tasks.len());
+    for record in page.tasks {
+        let (state, timeline) = live_state(&gateway, &record).await;
+        tasks.push(TaskSummary {
+            id: record.id,
+            state,
+            endpoint_id: record.endpoint,
+            function_id: record.function.to_string(),
+            timeline,
+            error_code: match &record.result {
+                Some(Err(error)) => Some(error.code()),
+                _ => None,
+            },
+        });
+    }
+    Ok(Reply::json(TaskList {
+        tasks,
+        next: page.next,
+    }))
 }
 
 pub(crate) fn view_of(

@@ -115,6 +115,19 @@ fn path_param(op: Value, name: &str, description: &str) -> Value {
     op
 }
 
+/// Adds optional query parameters `(name, type, description)` to an operation.
+fn query_params(op: Value, params: &[(&str, &str, &str)]) -> Value {
+    let mut op = op;
+    op["parameters"] = params
+        .iter()
+        .map(|(name, kind, description)| {
+            json!({ "name": name, "in": "query", "required": false,
+                "description": description, "schema": { "type": kind } })
+        })
+        .collect();
+    op
+}
+
 /// Adds the optional `Idempotency-Key` request header and the `Idempotent-Replayed` answer
 /// header to the submit operation.
 fn idempotency_header(op: Value) -> Value {
@@ -227,6 +240,13 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
             operation("Many tasks at once.", Some(("BatchRequest", true)),
                 json!({ "200": ok("the tasks found", "BatchResponse", true) }),
                 &with_auth(&["400", "413", "415"]))),
+        route(Method::GET, "/v1/tasks", User, routing::get(list_tasks),
+            query_params(operation("The caller's tasks, newest first, a page at a time: each with its endpoint, function, state, timeline and error code, without arguments or results.", None,
+                json!({ "200": ok("a page of tasks", "TaskList", false) }),
+                &with_auth(&["400"])), &[
+                    ("limit", "integer", "how many tasks, 1 to 1000 (default 50); a page of large records stops short"),
+                    ("before", "integer", "only tasks older than this id: the `next` of the previous page"),
+                ])),
         route(Method::GET, "/v1/tasks/{id}", User, routing::get(get_task),
             path_param(operation("A task: state, timeline, and its result or error once finished (`Accept: application/x-postcard` for postcard).", None,
                 json!({ "200": ok("the task", "TaskView", true) }),
@@ -312,6 +332,19 @@ fn schemas() -> Value {
                     "limit": { "type": "integer", "nullable": true },
                     "timeout": { "type": "object", "nullable": true, "properties": {
                         "secs": { "type": "integer" }, "nanos": { "type": "integer" } } } } });
+    // Its own json! too, for the same reason.
+    let task_list = json!({ "type": "object", "properties": {
+            "tasks": { "type": "array", "items": { "type": "object", "properties": {
+                "id": { "type": "integer" },
+                "state": { "type": "string", "enum": ["queued", "dispatched", "running", "succeeded", "failed"] },
+                "endpoint_id": { "type": "string" },
+                "function_id": hex_id,
+                "timeline": { "type": "object", "properties": {
+                    "submitted": time, "dispatched": time, "running": time, "finished": time } },
+                "error_code": { "type": "string", "nullable": true,
+                    "description": "the failed task's funcx_core::ErrorCode (as in TaskView's error)" } } } },
+            "next": { "type": "integer", "nullable": true,
+                "description": "the `before` of the next page, when more tasks follow" } } });
     json!({
         "Error": { "type": "object", "required": ["error"], "properties": { "error": {
             "type": "object", "required": ["code", "message"], "properties": {
@@ -370,6 +403,7 @@ fn schemas() -> Value {
                 "description": "the pickled result (base64)" },
             "error": task_error,
             "error_message": { "type": "string", "nullable": true } } },
+        "TaskList": task_list,
         "BatchRequest": { "type": "object", "required": ["ids"], "properties": {
             "ids": { "type": "array", "items": { "type": "integer" } } } },
         "BatchResponse": { "type": "object", "properties": {

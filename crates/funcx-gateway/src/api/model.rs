@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use base64::Engine;
-use funcx_core::{TaskError, TaskState, Timeline};
+use funcx_core::{ErrorCode, TaskError, TaskState, Timeline};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 /// Bytes in a body: base64 (standard alphabet, padded) in JSON, raw bytes in postcard.
@@ -225,6 +225,52 @@ pub struct ResultFrame {
     pub lagged: u64,
     /// Finished tasks, as `GET /v1/tasks/{id}` shows them.
     pub results: Vec<TaskView>,
+}
+
+/// `GET /v1/tasks?limit=N&before=ID`: the query of a list of the caller's tasks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListTasks {
+    /// How many tasks, 1 to [`ListTasks::MAX_LIMIT`] (default [`ListTasks::DEFAULT_LIMIT`]).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Only tasks older than this one (the `next` of the previous page).
+    #[serde(default)]
+    pub before: Option<u64>,
+}
+
+impl ListTasks {
+    /// A page's size when the query does not say.
+    pub const DEFAULT_LIMIT: usize = 50;
+    /// The largest page a query may ask for.
+    pub const MAX_LIMIT: usize = 1000;
+}
+
+/// One task of a list: what it runs, where, and how it stands, without its arguments or
+/// result (`GET /v1/tasks/{id}` has those).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskSummary {
+    /// Its id.
+    pub id: u64,
+    /// `queued`, `dispatched`, `running`, `succeeded` or `failed`.
+    pub state: TaskState,
+    /// The endpoint it was submitted to.
+    pub endpoint_id: String,
+    /// The function it calls (64 hex digits).
+    pub function_id: String,
+    /// When it went through each state.
+    pub timeline: Timeline,
+    /// Why it failed ([`ErrorCode`]), once failed.
+    pub error_code: Option<ErrorCode>,
+}
+
+/// The answer to `GET /v1/tasks`: the caller's tasks, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskList {
+    /// At most `limit` tasks, newest first; fewer when their records are large.
+    pub tasks: Vec<TaskSummary>,
+    /// When more tasks follow, the `before` of the next page.
+    pub next: Option<u64>,
 }
 
 /// `POST /v1/tasks/batch`.

@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime};
 use funcx_core::FunctionId;
 
 use super::{
-    apply, expired, new_record, EndpointRecord, Finished, FunctionRecord, IdempotencyKey,
-    Insertion, KeyRecord, NewTask, StoreError, StoreFuture, TaskRecord, TaskStore, TokenHash,
-    UserRecord,
+    apply, expired, new_record, page, EndpointRecord, Finished, FunctionRecord, IdempotencyKey,
+    Insertion, KeyRecord, NewTask, StoreError, StoreFuture, TaskPage, TaskRecord, TaskStore,
+    TokenHash, UserRecord,
 };
 
 /// A store that lives and dies with the process: for tests, demos, and gateways whose tasks
@@ -167,6 +167,31 @@ impl TaskStore for MemoryStore {
 
     fn task(&self, id: u64) -> StoreFuture<'_, Option<TaskRecord>> {
         self.run(move |s| Ok(s.tasks.get(&id).cloned()))
+    }
+
+    fn tasks_of(
+        &self,
+        owner: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreFuture<'_, TaskPage> {
+        let owner = owner.to_string();
+        self.run(move |s| {
+            // A scan of the whole map: a memory store is small by nature.
+            let records = s
+                .tasks
+                .range(..before.unwrap_or(u64::MAX))
+                .rev()
+                .filter(|(_, t)| t.owner == owner)
+                .map(|(_, t)| {
+                    let result = match &t.result {
+                        Some(Ok(payload)) => payload.as_bytes().len(),
+                        _ => 0,
+                    };
+                    Ok((t.clone(), t.args.len() + result))
+                });
+            page(records, limit)
+        })
     }
 
     fn finish(&self, outcomes: Vec<Finished>, now: SystemTime) -> StoreFuture<'_, Vec<TaskRecord>> {

@@ -318,6 +318,42 @@ impl fmt::Debug for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// One page of a user's tasks ([`TaskStore::tasks_of`]), newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskPage {
+    /// The tasks, newest (highest id) first.
+    pub tasks: Vec<TaskRecord>,
+    /// Where the next page starts (pass it as `before`), when more may follow.
+    pub next: Option<u64>,
+}
+
+/// The most bytes of records one page holds before it stops short of its count: results
+/// can be megabytes each, and a page is read into memory whole.
+pub const PAGE_BYTES: usize = 32 << 20;
+
+/// Cuts a page out of `records` (each with its size in bytes, newest first): at most
+/// `limit` records and, past the first, at most [`PAGE_BYTES`]. Reads one record beyond the
+/// page, to tell whether another page follows.
+fn page(
+    records: impl Iterator<Item = Result<(TaskRecord, usize), StoreError>>,
+    limit: usize,
+) -> Result<TaskPage, StoreError> {
+    let mut page = TaskPage::default();
+    let mut bytes = 0;
+    for record in records {
+        let (record, size) = record?;
+        let full =
+            page.tasks.len() >= limit || (!page.tasks.is_empty() && bytes + size > PAGE_BYTES);
+        if full {
+            page.next = page.tasks.last().map(|last| last.id);
+            break;
+        }
+        bytes += size;
+        page.tasks.push(record);
+    }
+    Ok(page)
+}
+
 /// A future the store returns.
 pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 
@@ -377,6 +413,13 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Task `id`.
     fn task(&self, id: u64) -> StoreFuture<'_, Option<TaskRecord>>;
+
+    /// `owner`'s tasks, newest first: at most `limit` of them, only ids below `before` when
+    /// it is given (`next` of the previous page). A page may stop short of `limit` when its
+    /// records are large ([`PAGE_BYTES`]); `next` says whether another follows. It costs
+    /// the page, not the store: stores keep an index by owner.
+    fn tasks_of(&self, owner: &str, before: Option<u64>, limit: usize)
+        -> StoreFuture<'_, TaskPage>;
 
     /// Stores outcomes in one durable write. An outcome for a task that is unknown or already
     /// finished is ignored (at-least-once execution, at-most-once results). Returns the
@@ -455,6 +498,40 @@ pub(crate) mod tests {
     //! The contract every store keeps, run against each implementation.
 
     use super::*;
+
+    #[test]
+    fn a_page_stops_at_its_count_or_its_bytes() {
+        let record = |id| {
+            let mut record = new_record(
+                id,
+                NewTask {
+                    owner: "alice".into(),
+                    endpoint: "e".into(),
+                    function: funcx_core::Function::from_source("", "f").id(),
+                    args: Args::new(),
+                    timeout: None,
+                },
+                SystemTime::now(),
+            )
+            .unwrap();
+            record.id = id;
+            record
+        };
+        let records = |size: usize| (0..5u64).rev().map(move |id| Ok((record(id), size)));
+        let ids = |page: &TaskPage| page.tasks.iter().map(|t| t.id).collect::<Vec<_>>();
+        let by_count = page(records(10), 2).unwrap();
+        assert_eq!((ids(&by_count), by_count.next), (vec![4, 3], Some(3)));
+        let everything = page(records(10), 5).unwrap();
+        assert_eq!(
+            (ids(&everything), everything.next),
+            (vec![4, 3, 2, 1, 0], None)
+        );
+        // Large records: a page holds what fits in PAGE_BYTES, and always at least one.
+        let by_bytes = page(records(PAGE_BYTES / 2), 5).unwrap();
+        assert_eq!((ids(&by_bytes), by_bytes.next), (vec![4, 3], Some(3)));
+        let huge = page(records(PAGE_BYTES * 2), 5).unwrap();
+        assert_eq!((ids(&huge), huge.next), (vec![4], Some(4)));
+    }
 
     pub(crate) async fn contract(store: &dyn TaskStore) {
         let now = SystemTime::now();
@@ -608,6 +685,22 @@ pub(crate) mod tests {
         assert!(!store.delete_task(ids[2]).await.unwrap());
         assert!(store.task(ids[2]).await.unwrap().is_none());
 
+        // A user's tasks, newest first, a page at a time; a deleted one is not listed.
+        let listed = |page: &TaskPage| page.tasks.iter().map(|t| t.id).collect::<Vec<_>>();
+        let first_page = store.tasks_of("alice", None, 2).await.unwrap();
+        assert_eq!(listed(&first_page), vec![more[0], ids[1]]);
+        assert_eq!(first_page.next, Some(ids[1]));
+        let second_page = store.tasks_of("alice", first_page.next, 2).await.unwrap();
+        assert_eq!(listed(&second_page), vec![ids[0]]);
+        assert_eq!(second_page.next, None);
+        assert_eq!(second_page.tasks[0].state, TaskState::Succeeded);
+        assert!(store
+            .tasks_of("bob", None, 10)
+            .await
+            .unwrap()
+            .tasks
+            .is_empty());
+
         // Idempotent submission: a resend answers the same ids and stores nothing; another
         // body under the same key is refused; keys are per user.
         let key = |owner: &str, name: &str, tasks: &[NewTask]| IdempotencyKey {
@@ -671,6 +764,8 @@ pub(crate) mod tests {
         );
         assert!(store.task(ids[0]).await.unwrap().is_none());
         assert!(store.task(more[0]).await.unwrap().is_some());
+        let left = store.tasks_of("alice", None, 10).await.unwrap();
+        assert_eq!(listed(&left), vec![more[0]], "expired tasks are not listed");
         // ... and keys older than the TTL: the key is free again.
         assert!(matches!(
             store

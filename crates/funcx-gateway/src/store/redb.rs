@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{
-    apply, expired, new_record, EndpointRecord, Finished, FunctionRecord, IdempotencyKey,
-    Insertion, KeyRecord, NewTask, StoreError, StoreFuture, TaskRecord, TaskStore, TokenHash,
-    UserRecord,
+    apply, expired, new_record, page, EndpointRecord, Finished, FunctionRecord, IdempotencyKey,
+    Insertion, KeyRecord, NewTask, StoreError, StoreFuture, TaskPage, TaskRecord, TaskStore,
+    TokenHash, UserRecord,
 };
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -36,6 +36,11 @@ const KEY_TIMES: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("keys_
 /// Set once `FINISHED` and `KEY_TIMES` cover every record (a store written before they
 /// existed is indexed once, when it is opened).
 const INDEXED: &str = "time_indexes";
+/// `(owner, task id)`: a user's tasks, so listing them reads one range, not the store.
+const OWNER_TASKS: TableDefinition<(&str, u64), ()> = TableDefinition::new("tasks_by_owner");
+/// Set once `OWNER_TASKS` covers every task (a store written before it existed is indexed
+/// once, when it is opened).
+const OWNERS_INDEXED: &str = "owner_index";
 
 /// Whole seconds since the Unix epoch: the time indexes' resolution.
 fn secs(time: SystemTime) -> u64 {
@@ -120,10 +125,15 @@ impl RedbStore {
             tx.open_table(KEYS).map_err(backend)?;
             tx.open_table(FINISHED).map_err(backend)?;
             tx.open_table(KEY_TIMES).map_err(backend)?;
+            tx.open_table(OWNER_TASKS).map_err(backend)?;
             let mut meta = tx.open_table(META).map_err(backend)?;
             if meta.get(INDEXED).map_err(backend)?.is_none() {
                 index_times(&tx)?;
                 meta.insert(INDEXED, 1).map_err(backend)?;
+            }
+            if meta.get(OWNERS_INDEXED).map_err(backend)?.is_none() {
+                index_owners(&tx)?;
+                meta.insert(OWNERS_INDEXED, 1).map_err(backend)?;
             }
         }
         tx.commit().map_err(backend)?;
@@ -189,6 +199,21 @@ fn index_times(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Fills the owner index from the records (once, for a store written before it existed).
+fn index_owners(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let tasks = tx.open_table(TASKS).map_err(backend)?;
+    let mut owners = tx.open_table(OWNER_TASKS).map_err(backend)?;
+    for entry in tasks.iter().map_err(backend)? {
+        let (id, value) = entry.map_err(backend)?;
+        if let Ok(record) = decode::<TaskRecord>(value.value()) {
+            owners
+                .insert((record.owner.as_str(), id.value()), ())
+                .map_err(backend)?;
+        }
+    }
+    Ok(())
+}
+
 /// Stores and numbers new tasks in `tx`.
 fn insert(
     tx: &redb::WriteTransaction,
@@ -198,6 +223,7 @@ fn insert(
     let mut meta = tx.open_table(META).map_err(backend)?;
     let mut table = tx.open_table(TASKS).map_err(backend)?;
     let mut unfinished = tx.open_table(UNFINISHED).map_err(backend)?;
+    let mut owners = tx.open_table(OWNER_TASKS).map_err(backend)?;
     let mut next = meta
         .get(NEXT_TASK)
         .map_err(backend)?
@@ -210,6 +236,9 @@ fn insert(
             .insert(next, encode(&record)?.as_slice())
             .map_err(backend)?;
         unfinished.insert(next, ()).map_err(backend)?;
+        owners
+            .insert((record.owner.as_str(), next), ())
+            .map_err(backend)?;
         ids.push(next);
     }
     meta.insert(NEXT_TASK, next).map_err(backend)?;
@@ -444,6 +473,47 @@ impl TaskStore for RedbStore {
         })
     }
 
+    fn tasks_of(
+        &self,
+        owner: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreFuture<'_, TaskPage> {
+        let owner = owner.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let owners = tx.open_table(OWNER_TASKS).map_err(backend)?;
+            let table = tx.open_table(TASKS).map_err(backend)?;
+            let end = before.unwrap_or(u64::MAX);
+            let range = owners
+                .range((owner.as_str(), 0)..(owner.as_str(), end))
+                .map_err(backend)?;
+            let records = range.rev().filter_map(|entry| {
+                let id = match entry {
+                    Ok((key, _)) => key.value().1,
+                    Err(error) => return Some(Err(backend(error))),
+                };
+                match table.get(id) {
+                    Ok(Some(value)) => {
+                        let bytes = value.value();
+                        match decode::<TaskRecord>(bytes) {
+                            Ok(record) => Some(Ok((record, bytes.len()))),
+                            // One bad record does not hide the others; expiry leaves it too.
+                            Err(error) => {
+                                tracing::warn!(task = id, %error, "a task record does not decode; not listed");
+                                None
+                            }
+                        }
+                    }
+                    // Deleted in the meantime.
+                    Ok(None) => None,
+                    Err(error) => Some(Err(backend(error))),
+                }
+            });
+            page(records, limit)
+        })
+    }
+
     fn finish(&self, outcomes: Vec<Finished>, now: SystemTime) -> StoreFuture<'_, Vec<TaskRecord>> {
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(backend)?;
@@ -487,8 +557,16 @@ impl TaskStore for RedbStore {
             let existed = {
                 let mut table = tx.open_table(TASKS).map_err(backend)?;
                 let mut unfinished = tx.open_table(UNFINISHED).map_err(backend)?;
+                let mut owners = tx.open_table(OWNER_TASKS).map_err(backend)?;
                 unfinished.remove(id).map_err(backend)?;
                 let removed = table.remove(id).map_err(backend)?;
+                let owner = removed
+                    .as_ref()
+                    .and_then(|value| decode::<TaskRecord>(value.value()).ok())
+                    .map(|record| record.owner);
+                if let Some(owner) = owner {
+                    owners.remove((owner.as_str(), id)).map_err(backend)?;
+                }
                 removed.is_some()
             };
             tx.commit().map_err(backend)?;
@@ -521,6 +599,7 @@ impl TaskStore for RedbStore {
             let count = {
                 let mut table = tx.open_table(TASKS).map_err(backend)?;
                 let mut by_time = tx.open_table(FINISHED).map_err(backend)?;
+                let mut owners = tx.open_table(OWNER_TASKS).map_err(backend)?;
                 let mut candidates = Vec::new();
                 for entry in by_time.range((0, 0)..(cutoff, 0)).map_err(backend)? {
                     let (key, _) = entry.map_err(backend)?;
@@ -536,8 +615,11 @@ impl TaskStore for RedbStore {
                         // A record that does not decode is left for someone to look at.
                         Some(Err(_)) => continue,
                         Some(Ok(record)) if !expired(&record, now, ttl) => continue,
-                        Some(Ok(_)) => {
+                        Some(Ok(record)) => {
                             table.remove(id).map_err(backend)?;
+                            owners
+                                .remove((record.owner.as_str(), id))
+                                .map_err(backend)?;
                             stale += 1;
                         }
                         // Deleted earlier: only its index entry was left.
