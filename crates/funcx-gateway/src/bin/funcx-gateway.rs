@@ -1,32 +1,101 @@
 //! `funcx-gateway CONFIG.toml`: a gateway configured by a TOML file (see
 //! [`funcx_gateway::GatewayConfig`]), serving until `SIGTERM` or `SIGINT`.
 //!
+//! ```text
+//! funcx-gateway [--log-level FILTER] [--log-format text|json] CONFIG.toml
+//! ```
+//!
 //! The first signal stops it gracefully (no new connections, requests under way answered,
 //! the store closed cleanly) within `shutdown_grace_secs`, and it exits 0; a second signal
 //! ends it at once (status 130).
 //!
-//! It logs through `tracing` to stderr, filtered by `RUST_LOG` (default `warn`: its start
-//! and stop lines, a line on whether the store opened cleanly, and problems;
-//! `RUST_LOG=info` adds endpoints connecting, registrations, remote stops, user changes). The end-to-end tests run
+//! It logs through `tracing` to stderr, filtered by `--log-level` or else `RUST_LOG` (the
+//! same syntax: `info`, or `warn,funcx_gateway=debug`; default `warn`: its start and stop
+//! lines, a line on whether the store opened cleanly, and problems; `info` adds endpoints
+//! connecting, registrations, remote stops, user changes), as text for people or, with
+//! `--log-format json`, one JSON object a line for a log shipper. The end-to-end tests run
 //! this one as a separate process, so that they can kill it with `SIGKILL` or stop it with
 //! `SIGTERM`, and start it again.
+//!
+//! Exit status: 0 after a graceful stop; 1 when serving failed; 64 for a bad command line;
+//! 78 for a bad configuration.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, ValueEnum};
 use funcx_gateway::{Gateway, GatewayConfig};
 
+#[derive(Parser)]
+#[command(
+    name = "funcx-gateway",
+    about = "Serve a funcx gateway from a configuration file",
+    version
+)]
+struct Cli {
+    /// The configuration file (TOML; every key is in crates/funcx-gateway/examples/gateway.toml).
+    config: PathBuf,
+    /// Which log lines to write, as RUST_LOG says it (`info`, `warn,funcx_gateway=debug`);
+    /// overrides RUST_LOG. Default: RUST_LOG, else `warn`.
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// How log lines are written to stderr: text for people, or one JSON object a line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per event (timestamp, level, target, fields), for log shippers.
+    Json,
+}
+
 fn main() -> ExitCode {
-    // A filter that does not parse falls back to the default rather than stopping the gateway.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .try_init();
-    let Some(path) = std::env::args_os().nth(1) else {
-        eprintln!("usage: funcx-gateway CONFIG.toml");
-        return ExitCode::from(64);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
     };
+    if let Err(message) = init_logs(cli.log_level.as_deref(), cli.log_format) {
+        eprintln!("funcx-gateway: {message}");
+        return ExitCode::from(64);
+    }
+    serve(cli.config)
+}
+
+/// Logs to stderr, filtered by `level` (RUST_LOG's syntax), else RUST_LOG, else `warn`.
+fn init_logs(level: Option<&str>, format: LogFormat) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        // A filter given on the command line must parse: it was asked for on purpose.
+        Some(level) => EnvFilter::try_new(level)
+            .map_err(|e| format!("--log-level {level:?} is not a log filter: {e}"))?,
+        // One from the environment that does not parse falls back to the default rather
+        // than stopping the gateway.
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+    };
+    // Colours only on a terminal: not in a log file or the journal.
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => logs.try_init(),
+        LogFormat::Json => logs.json().try_init(),
+    };
+    Ok(())
+}
+
+fn serve(path: PathBuf) -> ExitCode {
     let config = match GatewayConfig::load(&path) {
         Ok(config) => config,
         Err(error) => {

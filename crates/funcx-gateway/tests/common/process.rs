@@ -16,6 +16,16 @@ impl GatewayProcess {
     /// Starts the binary on `config` and waits until it accepts connections on `address`
     /// and has said so on stderr, which goes to `log` (appended).
     pub fn start(config: &Path, address: SocketAddr, log: &Path) -> GatewayProcess {
+        GatewayProcess::start_with(&[], config, address, log)
+    }
+
+    /// As [`GatewayProcess::start`], with options before the config file (`--log-level`).
+    pub fn start_with(
+        options: &[&str],
+        config: &Path,
+        address: SocketAddr,
+        log: &Path,
+    ) -> GatewayProcess {
         let listening = |text: &str| text.matches("listening on").count();
         let before = listening(&std::fs::read_to_string(log).unwrap_or_default());
         let stderr = std::fs::OpenOptions::new()
@@ -24,6 +34,7 @@ impl GatewayProcess {
             .open(log)
             .expect("open the gateway's log");
         let child = Command::new(env!("CARGO_BIN_EXE_funcx-gateway"))
+            .args(options)
             .arg(config)
             .stdin(Stdio::null())
             .stderr(stderr)
