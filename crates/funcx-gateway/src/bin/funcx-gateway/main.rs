@@ -1,8 +1,11 @@
 //! `funcx-gateway CONFIG.toml`: a gateway configured by a TOML file (see
-//! [`funcx_gateway::GatewayConfig`]), serving until `SIGTERM` or `SIGINT`.
+//! [`funcx_gateway::GatewayConfig`]), serving until `SIGTERM` or `SIGINT`; and
+//! `funcx-gateway admin ...`, which manages the users of a running gateway (see `admin.rs`).
 //!
 //! ```text
 //! funcx-gateway [--log-level FILTER] [--log-format text|json] CONFIG.toml
+//! funcx-gateway admin [--config CONFIG.toml | --url URL] [--token TOKEN] [--ca-file PEM] [--json]
+//!                     users list | users create NAME | users rotate-token NAME | users delete NAME
 //! ```
 //!
 //! The first signal stops it gracefully (no new connections, requests under way answered,
@@ -17,24 +20,29 @@
 //! this one as a separate process, so that they can kill it with `SIGKILL` or stop it with
 //! `SIGTERM`, and start it again.
 //!
-//! Exit status: 0 after a graceful stop; 1 when serving failed; 64 for a bad command line;
-//! 78 for a bad configuration.
+//! Exit status: 0 after a graceful stop or a successful admin command; 1 when serving or the
+//! admin command failed; 64 for a bad command line; 78 for a bad configuration.
+
+mod admin;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use funcx_gateway::{Gateway, GatewayConfig};
 
 #[derive(Parser)]
 #[command(
     name = "funcx-gateway",
-    about = "Serve a funcx gateway from a configuration file",
-    version
+    about = "Serve a funcx gateway from a configuration file, or manage its users",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Cli {
     /// The configuration file (TOML; every key is in crates/funcx-gateway/examples/gateway.toml).
-    config: PathBuf,
+    #[arg(required = true)]
+    config: Option<PathBuf>,
     /// Which log lines to write, as RUST_LOG says it (`info`, `warn,funcx_gateway=debug`);
     /// overrides RUST_LOG. Default: RUST_LOG, else `warn`.
     #[arg(long, value_name = "FILTER")]
@@ -42,6 +50,14 @@ struct Cli {
     /// How log lines are written to stderr: text for people, or one JSON object a line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manages the users of a running gateway through its admin API.
+    Admin(admin::AdminArgs),
 }
 
 /// How log lines are written.
@@ -65,11 +81,18 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Some(Command::Admin(args)) = cli.command {
+        return admin::main(args);
+    }
     if let Err(message) = init_logs(cli.log_level.as_deref(), cli.log_format) {
         eprintln!("funcx-gateway: {message}");
         return ExitCode::from(64);
     }
-    serve(cli.config)
+    let Some(path) = cli.config else {
+        eprintln!("usage: funcx-gateway CONFIG.toml");
+        return ExitCode::from(64);
+    };
+    serve(path)
 }
 
 /// Logs to stderr, filtered by `level` (RUST_LOG's syntax), else RUST_LOG, else `warn`.
