@@ -5,30 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{init_tracing, wait_until, within, HANG};
+use common::{init_tracing, manager_binary, wait_until, within, HANG};
 use funcx::endpoint::{Endpoint, EndpointState};
 use funcx::providers::LocalProvider;
 use funcx::{BlockState, Function, PythonConfig, StrategyConfig};
-
-/// `target/<profile>/funcx-manager`, next to the `deps` directory the tests run from.
-fn manager_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|profile| profile.join("funcx-manager"))
-        .expect("the test binary lives in target/<profile>/deps");
-    assert!(
-        binary.is_file(),
-        "{} is missing: build it first with `cargo build -p funcx-python --bins` \
-         (scripts/test does, before `cargo test`)",
-        binary.display()
-    );
-    binary
-}
 
 /// The pids of the processes whose parent is `parent`.
 fn children(parent: u32) -> Vec<u32> {

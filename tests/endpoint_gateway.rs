@@ -5,31 +5,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{init_tracing, wait_until, within, HANG};
+use common::{init_tracing, manager_binary, wait_until, within, HANG};
 use funcx::endpoint::{Endpoint, EndpointState, GatewayLink};
 use funcx::gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
 use funcx::providers::LocalProvider;
 use funcx::{Function, StrategyConfig};
 
 const ALICE: &str = "alice-token-0123456789abcdef";
-
-fn manager_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|profile| profile.join("funcx-manager"))
-        .expect("the test binary lives in target/<profile>/deps");
-    assert!(
-        binary.is_file(),
-        "{} is missing: build it with `cargo build -p funcx-python --bins` (scripts/test does)",
-        binary.display()
-    );
-    binary
-}
 
 async fn gateway() -> (String, tokio::task::JoinHandle<()>) {
     let config = GatewayConfig {

@@ -16,6 +16,23 @@ pub const HANG: Duration = Duration::from_secs(30);
 #[cfg(all(unix, feature = "cli"))]
 pub mod processes;
 
+/// `target/<profile>/funcx-manager`, next to the `deps` directory the tests run from.
+pub fn manager_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let binary = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|profile| profile.join("funcx-manager"))
+        .expect("the test binary lives in target/<profile>/deps");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it first with `cargo build -p funcx-python --bins` \
+         (scripts/test does, before `cargo test`)",
+        binary.display()
+    );
+    binary
+}
+
 /// Routes worker output and dispatcher logs to the test's captured output.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
