@@ -2,24 +2,31 @@
 //! 127.0.0.1 in one program: a copy-paste start for remote execution.
 //!
 //! ```text
-//! cargo run --release --example remote
+//! cargo run --release --features gateway --example remote
 //! ```
 //!
 //! Three parts that normally run on three machines:
-//! 1. a **gateway** (HTTP API, users, task store; `examples/gateway.rs` runs one on its own);
-//! 2. an **endpoint**: two warm Python workers behind a manager that dials *out* to the
-//!    gateway, so the machine running it needs no open port;
+//! 1. a **gateway** (HTTP API, users, task store; `crates/funcx-gateway/examples/gateway.rs`
+//!    runs one on its own, and the `funcx-gateway` program from a configuration file);
+//! 2. an **endpoint**, `Endpoint::builder()` with a gateway link: it dials *out* to the
+//!    gateway, so the machine running it needs no open port, and runs a block of managers
+//!    with two warm Python workers (here a local process; on a cluster a Slurm or PBS job;
+//!    the `funcx-endpoint` program builds the same from a configuration file);
 //! 3. the **user's program**: `RemoteExecutor::connect` gives an ordinary `Executor`, and the
 //!    code that submits is the quickstart's, unchanged.
+//!
+//! The example is also the endpoint's manager program (`remote manager --endpoint ...`), so
+//! it needs nothing else built.
 
 use std::error::Error;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use funcx_core::{Executor, Function};
-use funcx_gateway::client::EndpointDial;
-use funcx_gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
-use funcx_python::PythonRuntime;
-use funcx_transport::remote::{run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo};
+use funcx::endpoint::{Endpoint, GatewayLink};
+use funcx::gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
+use funcx::providers::LocalProvider;
+use funcx::python::manager;
+use funcx::{Function, ManagerCommand, StrategyConfig};
 use serde::Deserialize;
 
 const SOURCE: &str = r#"
@@ -39,16 +46,38 @@ struct Analysis {
 
 const CALLS: i64 = 10_000;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> ExitCode {
+    // Started by the endpoint's provider as `... manager --endpoint ...`: be the manager.
+    if let Some(status) = manager::run_if_manager() {
+        return status;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
+    match runtime.block_on(remote()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+async fn remote() -> Result<(), Box<dyn Error>> {
     // 1. The gateway, with one user and a store in memory (set `store` for a redb file).
-    let token = funcx_gateway::new_token()?;
+    let token = funcx::gateway::new_token()?;
     let config = GatewayConfig {
         users: vec![UserConfig {
             name: "alice".into(),
@@ -58,9 +87,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     };
     let gateway = Gateway::start(config).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
+    let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { gateway.serve(listener).await });
-    let url = format!("http://{address}");
     println!("gateway on {url}");
 
     // The user registers an endpoint: its id, and the token the endpoint will present.
@@ -80,28 +108,40 @@ async fn main() -> Result<(), Box<dyn Error>> {
         return Err(format!("unexpected answer: {registered}").into());
     };
 
-    // 2. The endpoint: two warm Python workers, and a manager that dials the gateway.
+    // 2. The endpoint: one block of one manager (this program) with two Python workers, its
+    // tasks taken from the gateway. The walltime is given once: the block asks for it, and
+    // the endpoint drains the block before it ends and starts another.
     let started = Instant::now();
-    let workers = 2;
-    let local = Executor::builder()
-        .workers(workers)
-        .start(PythonRuntime::default());
-    local.ready().await?;
-    let info = ManagerInfo {
-        id: ManagerId(u64::from(std::process::id())),
-        block: None,
-        host: "localhost".into(),
-        pid: std::process::id(),
-        slots: workers as u32,
-        gpus: vec![],
-    };
-    tokio::spawn(run_manager(
-        EndpointDial::new(address.to_string(), endpoint_id, endpoint_token),
-        ExecutorRunner::new(local, workers),
-        ManagerConfig::new(info),
-    ));
+    let endpoint = Endpoint::builder()
+        .name("laptop")
+        .provider(LocalProvider::new())
+        .manager_command(ManagerCommand::new(std::env::current_exe()?).arg("manager"))
+        .workers_per_node(2)
+        .strategy(
+            StrategyConfig::new()
+                .blocks(1, 1, 1)
+                .period(Duration::from_millis(100)),
+        )
+        .walltime(Duration::from_secs(3600))
+        .gateway(GatewayLink {
+            url: url.clone(),
+            endpoint_id: endpoint_id.to_string(),
+            token: endpoint_token.to_string(),
+            ca_file: None,
+        })
+        .start()
+        .await?;
+    while endpoint.status().strategy.managers < 1 || endpoint.status().connected != Some(true) {
+        if let Some(error) = endpoint.status().strategy.last_error {
+            return Err(error.into());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err("the endpoint did not come up within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     println!(
-        "endpoint {endpoint_id} with {workers} Python workers ready in {:.1} ms",
+        "endpoint {endpoint_id} connected, with a manager of 2 Python workers, in {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
 
@@ -116,10 +156,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut first = None;
     for handle in handles {
         let analysis: Analysis = handle.result().await?;
-        assert_eq!(
-            analysis.index, done,
-            "results come back for the right inputs"
-        );
+        if analysis.index != done {
+            return Err(format!("result {done} is for input {}", analysis.index).into());
+        }
         first.get_or_insert_with(|| started.elapsed());
         if analysis.mean > best.0 {
             best = (analysis.mean, analysis.peak, analysis.index);
@@ -152,5 +191,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
 
     executor.shutdown().await;
+    // Drains: the manager finishes what it holds, says goodbye and exits; the block ends.
+    endpoint.stop().await;
     Ok(())
 }
