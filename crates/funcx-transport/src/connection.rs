@@ -27,9 +27,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::Instant;
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{self, Encoded, Limits};
+use crate::frame::{self, FrameCodec, Limits};
 use crate::TransportError;
 
 /// How many bytes of encoded messages the writer gathers before it writes them.
@@ -396,6 +397,7 @@ where
     Wr: AsyncWrite + Unpin,
 {
     let cancel = &shared.cancel;
+    let codec = FrameCodec::<S>::with_limits(limits);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut open = true;
     let mut failed = None;
@@ -405,9 +407,9 @@ where
         // Gather everything queued, up to the budget.
         while open && failed.is_none() && oversized.is_none() && buf.len() < WRITE_BUDGET {
             match queue.try_recv() {
-                Ok(msg) => match frame::encode(&msg, &mut buf, limits) {
-                    Ok(Encoded::Framed) => {}
-                    Ok(Encoded::Oversized(body)) => oversized = Some(body),
+                Ok(msg) => match codec.encode_frame(&msg, &mut buf) {
+                    Ok(None) => {}
+                    Ok(Some(body)) => oversized = Some(body),
                     Err(e) => failed = Some(e),
                 },
                 Err(TryRecvError::Empty) => break,
@@ -429,7 +431,7 @@ where
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
-                written = write_fragments(&mut wr, &body, limits.max_frame_size) => written?,
+                written = write_fragments(&mut wr, &codec, &body) => written?,
             }
             continue;
         }
@@ -458,9 +460,9 @@ where
             biased;
             _ = cancel.cancelled() => return Ok(()),
             msg = queue.recv() => match msg {
-                Some(msg) => match frame::encode(&msg, &mut buf, limits) {
-                    Ok(Encoded::Framed) => {}
-                    Ok(Encoded::Oversized(body)) => oversized = Some(body),
+                Some(msg) => match codec.encode_frame(&msg, &mut buf) {
+                    Ok(None) => {}
+                    Ok(Some(body)) => oversized = Some(body),
                     Err(e) => failed = Some(e),
                 },
                 None => open = false,
@@ -469,19 +471,15 @@ where
     }
 }
 
-/// Writes one large message as fragments of at most `max_frame_size` bytes, straight from
+/// Writes one large message as fragments of at most the maximum frame size, straight from
 /// its encoding (no copy into the write buffer).
-async fn write_fragments<Wr: AsyncWrite + Unpin>(
+async fn write_fragments<S, Wr: AsyncWrite + Unpin>(
     wr: &mut Wr,
+    codec: &FrameCodec<S>,
     body: &[u8],
-    max_frame_size: usize,
 ) -> std::io::Result<()> {
-    let step = max_frame_size.clamp(1, frame::MAX_FRAME_SIZE_LIMIT);
-    let mut parts = body.chunks(step).peekable();
-    while let Some(part) = parts.next() {
-        let last = parts.peek().is_none();
-        wr.write_all(&frame::fragment_header(part.len(), last))
-            .await?;
+    for (header, part) in codec.fragments(body) {
+        wr.write_all(&header).await?;
         wr.write_all(part).await?;
     }
     Ok(())
@@ -499,7 +497,7 @@ async fn read_loop<R, Rd>(
     let cancel = &shared.cancel;
     let peer = &shared.peer;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut assembler = frame::Assembler::default();
+    let mut codec = FrameCodec::<R>::with_limits(limits);
     // Once the receiver is gone, what arrives is read and thrown away (see LINGER).
     let mut discarding = false;
     loop {
@@ -508,12 +506,8 @@ async fn read_loop<R, Rd>(
         }
         // Hand over every complete frame that is buffered.
         while !discarding {
-            let decoded = match frame::decode_frame(&mut buf, limits.max_frame_size) {
-                Ok(Some(frame)) => match assembler.push(frame, limits.max_message_size) {
-                    Ok(Some(body)) => frame::decode_body::<R>(&body),
-                    Ok(None) => continue, // more fragments to come
-                    Err(e) => Err(e),
-                },
+            let decoded = match codec.decode(&mut buf) {
+                Ok(Some(msg)) => Ok(msg),
                 Ok(None) => break,
                 Err(e) => Err(e),
             };
@@ -542,7 +536,7 @@ async fn read_loop<R, Rd>(
             read = rd.read_buf(&mut buf) => match read {
                 // Discarding: the peer closed or broke, nobody is told.
                 Ok(0) | Err(_) if discarding => return,
-                Ok(0) if assembler.is_partial() => {
+                Ok(0) if codec.is_partial() => {
                     let e = TransportError::decode("the stream ended between the fragments of a message");
                     fail(&tx, &shared, e, "the stream ended inside a message").await;
                     return;

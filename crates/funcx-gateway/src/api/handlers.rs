@@ -14,7 +14,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use funcx_core::{Args, Function, FunctionId, Payload, Task, TaskError, TaskOptions, TaskState};
 use funcx_transport::remote::{ToEndpoint, ToManager};
 use futures::StreamExt;
@@ -22,6 +22,7 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio_util::codec::Encoder;
 use tracing::{debug, info, warn};
 
 use super::body::{Format, Input, Reply, POSTCARD};
@@ -687,8 +688,8 @@ const FRAME_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// A frame stops taking results past this many payload bytes (the rest go in the next).
 const FRAME_MAX_BYTES: usize = 16 << 20;
 
-/// The binary result stream: frames of `u32` big-endian length then a postcard
-/// [`ResultFrame`], each holding every result of the caller's waiting when it is written.
+/// The binary result stream: frames of [`ResultFrame::codec`] (a `u32` big-endian length, then
+/// a postcard [`ResultFrame`]), each holding every result of the caller's waiting when it is written.
 /// Results are encoded straight from the broadcast records: payloads are not copied until
 /// they are written into the frame.
 fn results_postcard(
@@ -745,26 +746,17 @@ fn results_postcard(
                 lagged,
                 results: records.iter().map(|record| ViewRef::of(record)).collect(),
             };
-            let chunks = match postcard::to_stdvec(&frame) {
-                Ok(body) => match u32::try_from(body.len()) {
-                    Ok(length) => vec![
-                        Ok::<_, Infallible>(Bytes::copy_from_slice(&length.to_be_bytes())),
-                        Ok(Bytes::from(body)),
-                    ],
-                    Err(_) => {
-                        warn!(bytes = body.len(), "a result frame too large to send; the client reads those tasks by id");
-                        lagged_frame(lagged + records.len() as u64)
-                    }
-                },
+            let mut bytes = BytesMut::new();
+            let chunk = match ResultFrame::codec().encode(&frame, &mut bytes) {
+                Ok(()) => bytes.freeze(),
                 Err(error) => {
-                    warn!(%error, "cannot encode a result frame; the client reads those tasks by id");
+                    warn!(%error, "cannot send a result frame; the client reads those tasks by id");
                     lagged_frame(lagged + records.len() as u64)
                 }
             };
-            Some((futures::stream::iter(chunks), (events, user, closed)))
+            Some((Ok::<_, Infallible>(chunk), (events, user, closed)))
         },
     )
-    .flatten()
     .take_until(closed);
     (
         [
@@ -777,17 +769,15 @@ fn results_postcard(
 }
 
 /// A frame that only says `missed` results were dropped.
-fn lagged_frame(missed: u64) -> Vec<Result<Bytes, Infallible>> {
+fn lagged_frame(missed: u64) -> Bytes {
     let frame = FrameRef {
         lagged: missed.max(1),
         results: Vec::new(),
     };
-    let body = postcard::to_stdvec(&frame).unwrap_or_default();
-    let length = u32::try_from(body.len()).unwrap_or(0);
-    vec![
-        Ok(Bytes::copy_from_slice(&length.to_be_bytes())),
-        Ok(Bytes::from(body)),
-    ]
+    let mut bytes = BytesMut::new();
+    // A few bytes: within any frame size, and encoding two integers cannot fail.
+    let _ = ResultFrame::codec().encode(&frame, &mut bytes);
+    bytes.freeze()
 }
 
 /// [`ResultFrame`] borrowing the records it shows: the same postcard encoding.

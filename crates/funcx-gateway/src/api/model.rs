@@ -10,6 +10,7 @@ use std::fmt;
 
 use base64::Engine;
 use funcx_core::{ErrorCode, TaskError, TaskState, Timeline};
+use funcx_transport::frame::FrameCodec;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 /// Bytes in a body: base64 (standard alphabet, padded) in JSON, raw bytes in postcard.
@@ -216,7 +217,7 @@ pub struct TaskView {
 
 /// One frame of the binary result stream (`GET /v1/results` with `Accept:
 /// application/x-postcard`): on the wire, a `u32` big-endian length, then this structure in
-/// postcard. A frame carries every result of the caller's that was waiting when it was
+/// postcard ([`ResultFrame::codec`]). A frame carries every result of the caller's that was waiting when it was
 /// written; a frame with no results and `lagged == 0` is a keep-alive.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResultFrame {
@@ -225,6 +226,18 @@ pub struct ResultFrame {
     pub lagged: u64,
     /// Finished tasks, as `GET /v1/tasks/{id}` shows them.
     pub results: Vec<TaskView>,
+}
+
+impl ResultFrame {
+    /// The framing of the binary result stream, for its writer and its readers: a `u32`
+    /// big-endian length using all 32 bits (no fragment flag: every frame is a whole
+    /// [`ResultFrame`]), then the postcard body, up to `u32::MAX` bytes a frame.
+    pub fn codec() -> FrameCodec<ResultFrame> {
+        FrameCodec::new()
+            .without_fragments()
+            .max_frame_size(u32::MAX as usize)
+            .max_message_size(u32::MAX as usize)
+    }
 }
 
 /// `GET /v1/tasks?limit=N&before=ID`: the query of a list of the caller's tasks.

@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
 use tracing::warn;
 
 use super::http::Http;
@@ -67,13 +68,10 @@ pub(super) async fn result_stream(
 /// (a machine or a network gone).
 const STREAM_SILENCE: Duration = Duration::from_secs(45);
 
-/// The largest room reserved ahead for one frame on the word of its length prefix; a larger
-/// frame still arrives, the buffer just grows as its bytes do.
-const FRAME_RESERVE: usize = 64 << 20;
-
-/// Reads result frames (`u32` big-endian length, postcard [`ResultFrame`]) until the stream
-/// ends; each frame goes to the driver whole. Returns why the stream ended.
+/// Reads result frames ([`ResultFrame::codec`]) until the stream ends; each frame goes to the
+/// driver whole. Returns why the stream ended.
 async fn read_frames(mut body: Incoming, feed: &mpsc::UnboundedSender<Feed>) -> String {
+    let mut codec = ResultFrame::codec();
     let mut buffer = BytesMut::new();
     loop {
         let Ok(frame) = tokio::time::timeout(STREAM_SILENCE, body.frame()).await else {
@@ -88,17 +86,9 @@ async fn read_frames(mut body: Incoming, feed: &mpsc::UnboundedSender<Feed>) -> 
             None => return "the gateway closed the stream".into(),
         };
         buffer.extend_from_slice(&data);
-        while let Some(length) = frame_length(&buffer) {
-            let Some(total) = length.checked_add(4) else {
-                return "a result frame of impossible length".into();
-            };
-            if buffer.len() < total {
-                buffer.reserve((total - buffer.len()).min(FRAME_RESERVE));
-                break;
-            }
-            let frame = buffer.split_to(total);
-            match postcard::from_bytes::<ResultFrame>(&frame[4..]) {
-                Ok(frame) => {
+        loop {
+            match codec.decode(&mut buffer) {
+                Ok(Some(frame)) => {
                     if frame.lagged > 0 && feed.send(Feed::Lagged).is_err() {
                         return "the driver stopped".into();
                     }
@@ -107,31 +97,18 @@ async fn read_frames(mut body: Incoming, feed: &mpsc::UnboundedSender<Feed>) -> 
                         return "the driver stopped".into();
                     }
                 }
-                // The frame boundaries still hold; the tasks it held are read by id.
-                Err(error) => {
+                Ok(None) => break,
+                // The frame is off the buffer and the boundaries still hold; the tasks it held
+                // are read by id.
+                Err(error) if error.is_decode() => {
                     warn!(%error, "unreadable result frame from the gateway; reading outstanding tasks");
                     if feed.send(Feed::Lagged).is_err() {
                         return "the driver stopped".into();
                     }
                 }
+                // A length past u32::MAX cannot be announced: nothing else fails.
+                Err(error) => return format!("a bad result frame: {error}"),
             }
         }
-    }
-}
-
-/// The length a frame's prefix announces, once the prefix is in.
-fn frame_length(buffer: &[u8]) -> Option<usize> {
-    let prefix: [u8; 4] = buffer.get(..4)?.try_into().ok()?;
-    usize::try_from(u32::from_be_bytes(prefix)).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frame_lengths_are_read_once_the_prefix_is_in() {
-        assert_eq!(frame_length(&[0, 0, 1]), None);
-        assert_eq!(frame_length(&[0, 0, 1, 2, 9]), Some(258));
     }
 }
