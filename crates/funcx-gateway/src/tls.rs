@@ -5,9 +5,8 @@
 //! dial it with `https://` URLs, trusting either the CA file they are given (a self-signed
 //! gateway) or the Mozilla roots (a gateway with a certificate from a public CA).
 //!
-//! Cryptography is rustls with its `ring` provider, as in `funcx_transport::tls`. Every
-//! configuration names its provider instead of relying on a process-wide default, which
-//! would panic when two providers are compiled in (`--all-features` can do that).
+//! PEM files are read and rustls configurations built by `funcx_transport::tls`, as for the
+//! manager connections: rustls with its `ring` provider, named by every configuration.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,10 +14,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use funcx_transport::tls::{load_certificates, load_private_key, root_store};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -37,59 +35,17 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// bounded memory.
 const MAX_PENDING_HANDSHAKES: usize = 1024;
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn tls_error(what: String) -> impl FnOnce(rustls::Error) -> GatewayError {
-    move |e| GatewayError::Tls(format!("{what}: {e}"))
-}
-
-fn read_certificates(
-    path: &Path,
-    what: &str,
-) -> Result<Vec<CertificateDer<'static>>, GatewayError> {
-    let pem = std::fs::read(path).map_err(|e| {
-        GatewayError::Tls(format!("could not read the {what} {}: {e}", path.display()))
-    })?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| GatewayError::Tls(format!("bad PEM in the {what} {}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(GatewayError::Tls(format!(
-            "the {what} {} holds no CERTIFICATE block",
-            path.display()
-        )));
-    }
-    Ok(certs)
+/// The transport's TLS loading, with its error as the gateway's.
+fn tls_error(error: funcx_transport::TransportError) -> GatewayError {
+    GatewayError::Tls(error.to_string())
 }
 
 /// The server configuration of a gateway presenting the certificate chain in `cert` (PEM,
 /// leaf first) with the private key in `key` (PEM: PKCS#8, PKCS#1 or SEC1).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, GatewayError> {
-    let chain = read_certificates(cert, "certificate file")?;
-    let key_pem = std::fs::read(key).map_err(|e| {
-        GatewayError::Tls(format!(
-            "could not read the key file {}: {e}",
-            key.display()
-        ))
-    })?;
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        GatewayError::Tls(format!(
-            "could not read a private key from {}: {e}",
-            key.display()
-        ))
-    })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(tls_error("could not set up TLS".into()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(tls_error(format!(
-            "{} and {} do not make a usable certificate and key",
-            cert.display(),
-            key.display()
-        )))?;
+    let chain = load_certificates(cert).map_err(tls_error)?;
+    let key = load_private_key(key).map_err(tls_error)?;
+    let mut config = funcx_transport::tls::server_config(chain, key).map_err(tls_error)?;
     // Only HTTP/1.1 is served (the endpoints' upgrade needs it); saying so lets a client
     // that offers h2 settle on HTTP/1.1 instead of guessing.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -99,14 +55,12 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 /// A client configuration trusting the CA certificates in the PEM file `ca_file` (the
 /// certificate of a self-signed gateway, or the CA that signed it).
 pub fn client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, GatewayError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in read_certificates(ca_file, "CA file")? {
-        roots.add(cert).map_err(tls_error(format!(
-            "could not use a CA certificate of {}",
-            ca_file.display()
-        )))?;
-    }
-    client_config_with(roots)
+    let roots = load_certificates(ca_file)
+        .and_then(root_store)
+        .map_err(tls_error)?;
+    Ok(Arc::new(
+        funcx_transport::tls::client_config(roots).map_err(tls_error)?,
+    ))
 }
 
 /// A client configuration trusting the Mozilla root CAs (`webpki-roots`), for a gateway
@@ -115,18 +69,9 @@ pub fn client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, Gatewa
 pub fn client_config_with_public_roots() -> Result<Arc<rustls::ClientConfig>, GatewayError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    client_config_with(roots)
-}
-
-fn client_config_with(
-    roots: rustls::RootCertStore,
-) -> Result<Arc<rustls::ClientConfig>, GatewayError> {
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(tls_error("could not set up TLS".into()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(Arc::new(
+        funcx_transport::tls::client_config(roots).map_err(tls_error)?,
+    ))
 }
 
 /// The name a certificate must be valid for, from a URL's host (`[::1]` loses its brackets).

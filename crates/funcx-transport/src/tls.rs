@@ -4,7 +4,13 @@
 //! ([`TlsServerConfig::from_pem_files`]); the dialler trusts the CA that signed it
 //! ([`TlsClientConfig::from_pem_file`]) and checks the name in it. The funcx handshake (version
 //! and token) runs inside the encrypted stream, so with TLS the token is never sent in the
-//! clear. Cryptography is rustls with its `ring` provider.
+//! clear.
+//!
+//! Cryptography is rustls with its `ring` provider. Every configuration names its provider
+//! instead of relying on a process-wide default, which would panic when two providers are
+//! compiled in (`--all-features` can do that). The loading helpers ([`load_certificates`],
+//! [`load_private_key`], [`client_config`], [`server_config`]) are the one place funcx reads
+//! PEM and builds rustls configurations; the gateway and its clients use them too.
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), funcx_transport::TransportError> {
@@ -50,6 +56,68 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, TransportError> {
     })
 }
 
+/// The certificates in the PEM file `path` (a chain, leaf first, or CA certificates); an
+/// error names the file, and a file without a `CERTIFICATE` block is one.
+pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    let what = format!("certificate file {}", path.display());
+    certificates(&read_file(path, "certificate")?, &what)
+}
+
+/// The private key in the PEM file `path` (PKCS#8, PKCS#1 or SEC1).
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
+    private_key(
+        &read_file(path, "key")?,
+        &format!("key file {}", path.display()),
+    )
+}
+
+fn private_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, TransportError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+        TransportError::tls(
+            format!("could not read a private key from the {what}"),
+            Some(Box::new(e)),
+        )
+    })
+}
+
+/// A client configuration that trusts `roots` and presents no certificate of its own.
+pub fn client_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, TransportError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(rustls_error("could not set up TLS"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A server configuration presenting `chain` (leaf first) with `key`, asking no certificate
+/// of its clients.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, TransportError> {
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(rustls_error("could not set up TLS"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(rustls_error(
+            "the certificate and key do not make a usable pair",
+        ))
+}
+
+/// The roots of trust made of the CA certificates `certs`.
+pub fn root_store(
+    certs: Vec<CertificateDer<'static>>,
+) -> Result<rustls::RootCertStore, TransportError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(rustls_error("could not use a CA certificate"))?;
+    }
+    Ok(roots)
+}
+
 fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TransportError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
@@ -78,18 +146,8 @@ impl TlsClientConfig {
     /// Trusts the CA certificates in `ca_pem` and expects the listener's certificate to be
     /// valid for `server_name` (a DNS name or an IP address).
     pub fn from_pem(ca_pem: &[u8], server_name: &str) -> Result<Self, TransportError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in certificates(ca_pem, "CA file")? {
-            roots
-                .add(cert)
-                .map_err(rustls_error("could not use a CA certificate"))?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(rustls_error("could not set up TLS"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Self::from_rustls(Arc::new(config), server_name)
+        let roots = root_store(certificates(ca_pem, "CA file")?)?;
+        Self::from_rustls(Arc::new(client_config(roots)?), server_name)
     }
 
     /// Like [`from_pem`](Self::from_pem), reading the CA certificates from a file.
@@ -147,21 +205,8 @@ impl TlsServerConfig {
     /// `key_pem` (PKCS#8, PKCS#1 or SEC1).
     pub fn from_pem(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, TransportError> {
         let chain = certificates(cert_chain_pem, "certificate file")?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
-            TransportError::tls(
-                "could not read a private key from the key file",
-                Some(Box::new(e)),
-            )
-        })?;
-        let config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(rustls_error("could not set up TLS"))?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(rustls_error(
-                "the certificate and key do not make a usable pair",
-            ))?;
-        Ok(Self::from_rustls(Arc::new(config)))
+        let key = private_key(key_pem, "key file")?;
+        Ok(Self::from_rustls(Arc::new(server_config(chain, key)?)))
     }
 
     /// Like [`from_pem`](Self::from_pem), reading both from files.
@@ -212,6 +257,38 @@ mod tests {
             err.is_tls() && err.to_string().contains("/nonexistent/ca.pem"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn files_are_loaded_and_named_in_errors() {
+        let dir = std::env::temp_dir().join(format!("funcx-tls-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert_path = dir.join("server.crt");
+        let key_path = dir.join("server.key");
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        let chain = load_certificates(&cert_path).unwrap();
+        let key = load_private_key(&key_path).unwrap();
+        server_config(chain.clone(), key).unwrap();
+        client_config(root_store(chain).unwrap()).unwrap();
+        // A key where a certificate should be, and the other way round.
+        let err = load_certificates(&key_path).unwrap_err();
+        assert!(
+            err.is_tls() && err.to_string().contains("server.key"),
+            "{err}"
+        );
+        let err = load_private_key(&cert_path).unwrap_err();
+        assert!(
+            err.is_tls() && err.to_string().contains("server.crt"),
+            "{err}"
+        );
+        let err = load_certificates(&dir.join("missing.crt")).unwrap_err();
+        assert!(
+            err.is_tls() && err.to_string().contains("missing.crt"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
