@@ -389,3 +389,61 @@ fn missing_and_bad_settings_are_named() {
     let (_, said) = fails(home, &["result", "1", "--wait", "nan"], 64);
     assert!(said.contains("--wait"), "{said}");
 }
+
+/// An HTTPS gateway whose certificate a private CA signed (here: self-signed): `funcx`
+/// reaches it with `--ca-file` (or `ca_file` in the config file), and refuses it without.
+#[cfg(feature = "tls")]
+#[test]
+fn an_https_gateway_is_checked_against_the_ca_file() {
+    let dir = TempDir::new("funcx-command-tls");
+    let home = dir.0.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("rcgen makes a certificate");
+    let (cert, key) = (dir.0.join("gateway.crt"), dir.0.join("gateway.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let gateway = GatewayProcess::start_with(&dir.0, Some((&cert, &key)));
+    let url = gateway.url.as_str();
+    assert!(url.starts_with("https://"), "{url}");
+    let ca = cert.to_str().unwrap();
+
+    let registered = json(
+        &home,
+        &[
+            "--gateway",
+            url,
+            "--token",
+            ALICE,
+            "--ca-file",
+            ca,
+            "endpoints",
+            "register",
+            "e",
+        ],
+    );
+    let id = registered["endpoint_id"].as_str().expect("an id");
+    std::fs::write(
+        home.join("config.toml"),
+        format!("gateway = \"{url}\"\ntoken_file = \"token\"\nca_file = \"{ca}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(home.join("token"), ALICE).unwrap();
+    let listed = json(&home, &["endpoints"]);
+    assert_eq!(listed[0]["endpoint_id"], id, "{listed}");
+
+    // Without the CA, the certificate is not trusted: nothing is sent.
+    let (_, said) = fails(&home, &["--ca-file", "/dev/null", "endpoints"], 78);
+    assert!(said.contains("TLS"), "{said}");
+    std::fs::write(
+        home.join("config.toml"),
+        format!("gateway = \"{url}\"\ntoken_file = \"token\"\n"),
+    )
+    .unwrap();
+    let (_, said) = fails(&home, &["endpoints"], 1);
+    assert!(
+        said.contains("cannot reach the gateway") && said.to_lowercase().contains("certificate"),
+        "{said}"
+    );
+}

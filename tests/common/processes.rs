@@ -41,6 +41,12 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts it on a free loopback port and waits (bounded) until it listens.
     pub fn start(dir: &Path) -> GatewayProcess {
+        GatewayProcess::start_with(dir, None)
+    }
+
+    /// As [`GatewayProcess::start`]; with `tls` (certificate and key files), it serves HTTPS
+    /// and its `url` is `https://127.0.0.1:PORT`.
+    pub fn start_with(dir: &Path, tls: Option<(&Path, &Path)>) -> GatewayProcess {
         let address: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port");
@@ -48,27 +54,43 @@ impl GatewayProcess {
         std::fs::write(
             &config,
             format!(
-                "listen = \"{address}\"\nstore = \"{}\"\nadmins = [\"alice\"]\n\n[[users]]\nname = \"alice\"\ntoken = \"{ALICE}\"\n",
-                dir.join("gateway.redb").display()
+                "listen = \"{address}\"\nstore = \"{}\"\nadmins = [\"alice\"]\n\n[[users]]\nname = \"alice\"\ntoken = \"{ALICE}\"\n{}",
+                dir.join("gateway.redb").display(),
+                tls.map_or(String::new(), |(cert, key)| format!(
+                    "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                    cert.display(),
+                    key.display()
+                )),
             ),
         )
         .expect("gateway config");
         let log = std::fs::File::create(dir.join("gateway.log")).expect("gateway log");
-        let child = Command::new(gateway_binary())
+        let mut child = Command::new(gateway_binary())
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("start funcx-gateway");
+        let said = || std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
         let deadline = Instant::now() + HANG;
         while std::net::TcpStream::connect(address).is_err() {
-            assert!(Instant::now() < deadline, "the gateway did not listen");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the gateway exited at start ({status}): {}", said());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not listen: {}",
+                said()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         GatewayProcess {
             child,
-            url: format!("http://{address}"),
+            url: format!(
+                "{}://{address}",
+                if tls.is_some() { "https" } else { "http" }
+            ),
             config,
         }
     }

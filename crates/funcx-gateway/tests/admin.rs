@@ -208,3 +208,44 @@ async fn an_admin_manages_users_of_a_running_gateway_from_the_command_line() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A gateway serving HTTPS: `--config` makes the URL `https://`, and the admin command checks
+/// the certificate against `--ca-file` (a self-signed one here), refusing it without.
+#[cfg(feature = "tls")]
+#[test]
+fn an_https_gateway_is_reached_with_its_ca_file() {
+    let dir = temp_dir("admin-cli-tls");
+    let address = free_port();
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("rcgen makes a certificate");
+    let (cert, key) = (dir.join("gateway.crt"), dir.join("gateway.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{address}\"\nadmins = [\"alice\"]\n\n[[users]]\nname = \"alice\"\ntoken = \"{ALICE}\"\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let _gateway = GatewayProcess::start(&config, address, &dir.join("gateway.log"));
+    let ca = cert.to_str().unwrap();
+    let listed = admin_json(&config, &["--ca-file", ca, "users", "list"]);
+    assert_eq!(listed["users"], serde_json::json!(["alice"]));
+
+    let output = admin(
+        &["--config", config.to_str().unwrap(), "users", "list"],
+        Some(ALICE),
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let said = String::from_utf8_lossy(&output.stderr).to_lowercase();
+    assert!(
+        said.contains(&format!("https://{address}")) && said.contains("certificate"),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
