@@ -1,10 +1,11 @@
 //! Payloads: the bytes of arguments and results.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::TaskError;
 
@@ -36,7 +37,16 @@ pub enum Format {
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Payload {
     format: Format,
+    #[serde(deserialize_with = "shared_or_copied")]
     bytes: Bytes,
+}
+
+/// Payloads at least this large may share the buffer they were decoded from.
+const SHARE_MIN: usize = 64 * 1024;
+
+thread_local! {
+    /// The buffer being decoded by [`Payload::with_shared_source`] on this thread.
+    static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
 }
 
 impl Payload {
@@ -101,6 +111,89 @@ impl Payload {
     }
 }
 
+impl Payload {
+    /// Runs `decode`, a deserialization of `source`, so that the large payloads it produces
+    /// share `source`'s memory instead of copying out of it.
+    ///
+    /// A connection reads a message into one buffer and decodes it; without this, every
+    /// large argument or result is copied once more on each hop, and that copy's fresh pages
+    /// fault in one by one. A payload shares the buffer only when it is at least 64 KiB and
+    /// at least half of `source`, so a small payload never keeps a large buffer alive. Only
+    /// formats that lend out their input's bytes (postcard does) share; others copy, as
+    /// before.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use funcx_core::Payload;
+    ///
+    /// let payload = Payload::from_pickled(vec![7_u8; 1 << 20]);
+    /// let frame = Bytes::from(postcard::to_stdvec(&payload).unwrap());
+    /// let back: Payload = Payload::with_shared_source(&frame, |bytes| postcard::from_bytes(bytes)).unwrap();
+    /// assert_eq!(back, payload);
+    /// // The payload points into the frame: no copy was made.
+    /// assert!(frame.as_ptr_range().contains(&back.as_bytes().as_ptr()));
+    /// ```
+    pub fn with_shared_source<R>(source: &Bytes, decode: impl FnOnce(&[u8]) -> R) -> R {
+        let outer = SOURCE.with(|cell| cell.replace(Some(source.clone())));
+        let decoded = decode(source);
+        SOURCE.with(|cell| *cell.borrow_mut() = outer);
+        decoded
+    }
+}
+
+/// A payload's bytes: a slice of the buffer being decoded (see
+/// [`Payload::with_shared_source`]) when that is worth it, a copy otherwise.
+fn shared_or_copied<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+    struct Visitor;
+
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Bytes;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Bytes, E> {
+            Ok(SOURCE.with(|cell| match cell.borrow().as_ref() {
+                Some(source)
+                    if v.len() >= SHARE_MIN
+                        && v.len() * 2 >= source.len()
+                        && source.as_ptr_range().start <= v.as_ptr_range().start
+                        && v.as_ptr_range().end <= source.as_ptr_range().end =>
+                {
+                    source.slice_ref(v)
+                }
+                _ => Bytes::copy_from_slice(v),
+            }))
+        }
+
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v))
+        }
+
+        fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(v))
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v.as_bytes()))
+        }
+
+        // Self-describing formats (JSON) may carry bytes as a list of numbers, as `bytes`'
+        // own `Deserialize` accepts.
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(byte) = seq.next_element()? {
+                bytes.push(byte);
+            }
+            Ok(Bytes::from(bytes))
+        }
+    }
+
+    // `deserialize_bytes`, not `_byte_buf`: postcard lends out its input only for the former.
+    deserializer.deserialize_bytes(Visitor)
+}
+
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Payload")
@@ -114,6 +207,56 @@ impl fmt::Debug for Payload {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    fn points_into(frame: &Bytes, payload: &Payload) -> bool {
+        frame.as_ptr_range().contains(&payload.as_bytes().as_ptr())
+    }
+
+    #[test]
+    fn large_payloads_share_the_buffer_they_are_decoded_from() {
+        let large = Payload::from_pickled(vec![1_u8; 1 << 20]);
+        let frame = Bytes::from(postcard::to_stdvec(&large).unwrap());
+        let back: Payload =
+            Payload::with_shared_source(&frame, |b| postcard::from_bytes(b)).unwrap();
+        assert_eq!(back, large);
+        assert!(points_into(&frame, &back));
+        // Outside `with_shared_source`, decoding copies as before.
+        let copied: Payload = postcard::from_bytes(&frame).unwrap();
+        assert_eq!(copied, large);
+        assert!(!points_into(&frame, &copied));
+    }
+
+    #[test]
+    fn small_payloads_and_small_shares_of_a_buffer_are_copied() {
+        let small = Payload::from_pickled(vec![2_u8; 1024]);
+        let frame = Bytes::from(postcard::to_stdvec(&small).unwrap());
+        let back: Payload =
+            Payload::with_shared_source(&frame, |b| postcard::from_bytes(b)).unwrap();
+        assert_eq!(back, small);
+        assert!(!points_into(&frame, &back), "a 1 KiB payload is copied");
+
+        // Three 100 KiB payloads in one message: each is a third of it, so none keeps the
+        // whole message alive.
+        let three: Vec<Payload> = (0..3)
+            .map(|i| Payload::from_pickled(vec![i; 100 * 1024]))
+            .collect();
+        let frame = Bytes::from(postcard::to_stdvec(&three).unwrap());
+        let back: Vec<Payload> =
+            Payload::with_shared_source(&frame, |b| postcard::from_bytes(b)).unwrap();
+        assert_eq!(back, three);
+        assert!(back.iter().all(|p| !points_into(&frame, p)));
+    }
+
+    #[test]
+    fn a_payload_from_another_buffer_is_copied() {
+        let large = Payload::from_pickled(vec![3_u8; 1 << 20]);
+        let frame = Bytes::from(postcard::to_stdvec(&large).unwrap());
+        let other = Bytes::from_static(b"something else");
+        let back: Payload =
+            Payload::with_shared_source(&other, |_| postcard::from_bytes(&frame)).unwrap();
+        assert_eq!(back, large);
+        assert!(!points_into(&frame, &back));
+    }
 
     #[test]
     fn round_trips_common_types() {

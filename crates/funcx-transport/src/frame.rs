@@ -9,6 +9,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, BytesMut};
+use funcx_core::Payload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::codec::{Decoder, Encoder};
@@ -327,7 +328,8 @@ impl<T: DeserializeOwned> Decoder for FrameCodec<T> {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<T>, TransportError> {
         while let Some((more, body)) = self.take_frame(src)? {
             if let Some(whole) = self.gather(more, body)? {
-                return decode_body(&whole).map(Some);
+                // Large payloads keep pointing into the received bytes: no copy.
+                return Payload::with_shared_source(&whole.freeze(), decode_body).map(Some);
             }
         }
         Ok(None)
