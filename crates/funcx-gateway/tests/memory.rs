@@ -9,11 +9,12 @@
 
 mod common;
 
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use common::process::{free_port, temp_dir, write_config, GatewayProcess};
-use funcx_core::{Args, Payload, Timeline};
+use funcx_core::{Args, Function, Payload, Timeline};
 use funcx_gateway::store::{Finished, NewTask, RedbStore, TaskStore};
+use funcx_gateway::RemoteExecutor;
 
 const TOKEN: &str = "alice-secret-token-0123456789";
 
@@ -104,6 +105,92 @@ async fn a_gateway_on_a_large_store_stays_within_its_memory_bound() {
         "the gateway's peak RSS was {peak} MiB on a store of {} MiB (bound {MAX_RSS_MIB} MiB)",
         store_bytes >> 20
     );
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// How far above its resident memory before the first burst a gateway may stay once a burst
+/// is over (the README's figure).
+const MAX_RSS_AFTER_BURST_MIB: u64 = 24;
+
+/// Bursts of work come and go; the gateway's memory goes back near where it was instead of
+/// keeping each burst's high-water mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_gives_memory_back_after_bursts() {
+    let burst: usize = std::env::var("FUNCX_MEMORY_BURST")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    let dir = temp_dir("memory-bursts");
+    let address = free_port();
+    let config = write_config(&dir, address, "alice", TOKEN);
+    // The store's page cache is bounded on its own (`store_cache_mib`, tested above); a small
+    // one here leaves what this test is about: memory that a burst's tasks took.
+    let text = std::fs::read_to_string(&config).expect("read config");
+    std::fs::write(&config, format!("store_cache_mib = 4\n{text}")).expect("write config");
+    let gateway = GatewayProcess::start(&config, address, &dir.join("gateway.log"));
+    let registered: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{address}/v1/endpoints"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "name": "bursts" }))
+        .send()
+        .await
+        .expect("register endpoint")
+        .error_for_status()
+        .expect("endpoint registered")
+        .json()
+        .await
+        .expect("json");
+    let id = registered["endpoint_id"].as_str().expect("id").to_owned();
+    let endpoint_token = registered["endpoint_token"].as_str().expect("token");
+    let endpoint = common::connect(address, &id, endpoint_token);
+    let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
+        .start()
+        .await
+        .expect("remote executor connects");
+    let echo = Function::from_source("def echo(x):\n    return x\n", "echo");
+    let run = |n: usize| {
+        let handles = executor.submit_batch(&echo, (0..n as i64).map(|i| (i,)));
+        async move {
+            for (i, handle) in handles.into_iter().enumerate() {
+                let back: i64 = tokio::time::timeout(Duration::from_secs(120), handle.result())
+                    .await
+                    .expect("a result within 120 s")
+                    .expect("the echo");
+                assert_eq!(back, i as i64);
+            }
+        }
+    };
+    // Warm up: connections, caches and the allocator's first arenas are not a burst's cost.
+    run(1_000).await;
+    let baseline = status_kib(gateway.pid(), "VmRSS:") / 1024;
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        run(burst).await;
+        let peak = status_kib(gateway.pid(), "VmHWM:") / 1024;
+        // Memory is handed back by the allocator in the background: wait for it, bounded.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let settled = loop {
+            let now = status_kib(gateway.pid(), "VmRSS:") / 1024;
+            if now <= baseline + MAX_RSS_AFTER_BURST_MIB || Instant::now() > deadline {
+                break now;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        eprintln!(
+            "burst of {burst}: baseline {baseline} MiB, peak {peak} MiB, after {settled} MiB"
+        );
+        after.push(settled);
+    }
+    assert!(
+        after
+            .iter()
+            .all(|&rss| rss <= baseline + MAX_RSS_AFTER_BURST_MIB),
+        "the gateway's RSS after each burst of {burst} tasks was {after:?} MiB against \
+         {baseline} MiB before them (bound: +{MAX_RSS_AFTER_BURST_MIB} MiB)"
+    );
+    executor.shutdown().await;
+    endpoint.abort();
     drop(gateway);
     let _ = std::fs::remove_dir_all(&dir);
 }

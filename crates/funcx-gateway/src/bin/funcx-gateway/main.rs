@@ -69,6 +69,12 @@ enum LogFormat {
     Json,
 }
 
+/// jemalloc, with its background thread switched on in `serve`: a gateway's memory goes back
+/// near its baseline once a burst of tasks is over (see the `jemalloc` feature).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -119,6 +125,12 @@ fn init_logs(level: Option<&str>, format: LogFormat) -> Result<(), String> {
 }
 
 fn serve(path: PathBuf) -> ExitCode {
+    // Without it, jemalloc purges unused pages only when the gateway allocates again, so an
+    // idle gateway would keep the last burst's memory.
+    #[cfg(feature = "jemalloc")]
+    if let Err(error) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(%error, "jemalloc's background thread did not start; memory is given back only when busy");
+    }
     let config = match GatewayConfig::load(&path) {
         Ok(config) => config,
         Err(error) => {
