@@ -169,7 +169,7 @@ async fn a_gateway_gives_memory_back_after_bursts() {
         run(burst).await;
         let peak = status_kib(gateway.pid(), "VmHWM:") / 1024;
         // Memory is handed back by the allocator in the background: wait for it, bounded.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         let settled = loop {
             let now = status_kib(gateway.pid(), "VmRSS:") / 1024;
             if now <= baseline + MAX_RSS_AFTER_BURST_MIB || Instant::now() > deadline {
