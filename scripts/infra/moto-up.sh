@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# moto-up.sh - moto's AWS emulator (moto_server) on 127.0.0.1:${MOTO_PORT:-5000},
+# moto-up.sh - moto's AWS emulator (moto_server) on 127.0.0.1:${MOTO_PORT:-5001},
 # in the background. EC2 (RunInstances, DescribeInstances, TerminateInstances,
 # ...) is emulated as API state only: nothing boots, no process runs for an
 # "instance", and its IPs are fake. State is in memory.
@@ -14,7 +14,7 @@ INFRA_TAG=moto-up
 . "$(dirname "$(readlink -f "$0")")/_common.sh"
 require_root
 require_tools
-PORT="${MOTO_PORT:-5000}"
+PORT="${MOTO_PORT:-5001}"  # not 5000: the Globus Compute SDK tests need it
 VENV=/opt/funcx-infra/moto
 RUNDIR=/run/moto
 PIDF=$RUNDIR/moto-$PORT.pid

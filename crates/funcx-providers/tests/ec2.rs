@@ -18,7 +18,7 @@ fn moto_port() -> u16 {
     std::env::var("MOTO_PORT")
         .ok()
         .and_then(|port| port.parse().ok())
-        .unwrap_or(5000)
+        .unwrap_or(5001)
 }
 
 fn moto_url() -> String {
