@@ -105,8 +105,8 @@ use funcx::transport::remote::{
 };
 use funcx::transport::TcpTransport;
 use funcx::{Args, Executor, Function, Payload, PythonConfig, PythonRuntime};
-use funcx_gateway::client::EndpointDial;
-use funcx_gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
+use funcx_client::{EndpointDial, RemoteExecutor};
+use funcx_gateway::{Gateway, GatewayConfig, UserConfig};
 use serde_bytes::ByteBuf;
 use tokio::task::{JoinHandle, JoinSet};
 

@@ -22,8 +22,9 @@ use std::error::Error;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use funcx::client::RemoteExecutor;
 use funcx::endpoint::{Endpoint, GatewayLink};
-use funcx::gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
+use funcx::gateway::{Gateway, GatewayConfig, UserConfig};
 use funcx::providers::LocalProvider;
 use funcx::python::manager;
 use funcx::{Function, ManagerCommand, StrategyConfig};

@@ -45,7 +45,12 @@ pub use funcx_transport as transport;
 #[cfg(feature = "providers")]
 pub use funcx_providers as providers;
 
-/// The self-hostable gateway and `RemoteExecutor` (`funcx-gateway`, feature `gateway`).
+/// What talks to a gateway: `RemoteExecutor`, `EndpointDial`, the API's bodies
+/// (`funcx-client`, feature `client`; it compiles none of the gateway).
+#[cfg(feature = "client")]
+pub use funcx_client as client;
+
+/// The self-hostable gateway (`funcx-gateway`, feature `gateway`).
 #[cfg(feature = "gateway")]
 pub use funcx_gateway as gateway;
 

@@ -2,13 +2,14 @@
 //! `start --detach` runs an endpoint process that dials a gateway and starts local blocks
 //! of managers (the same program, as `funcx-endpoint manager`) with real Python workers,
 //! `status`/`list` report it, and `stop` drains it with nothing lost and nothing left.
-#![cfg(all(unix, feature = "cli"))]
+#![cfg(all(unix, feature = "cli", feature = "gateway"))]
 
 mod common;
 
 use common::processes::{alive, configure_local as configure, run, text, ALICE};
 use common::{init_tracing, wait_until, within, TempDir, HANG};
-use funcx::gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
+use funcx::client::RemoteExecutor;
+use funcx::gateway::{Gateway, GatewayConfig, UserConfig};
 use funcx::Function;
 use std::path::Path;
 

@@ -1,15 +1,16 @@
 //! `funcx::Endpoint` taking its tasks from a gateway it dials out to: a real gateway on
 //! loopback, real `funcx-manager` processes from a local provider, real Python workers, and
 //! a `RemoteExecutor` submitting over HTTP.
-#![cfg(all(unix, feature = "cli"))]
+#![cfg(all(unix, feature = "cli", feature = "gateway"))]
 
 mod common;
 
 use std::time::Duration;
 
 use common::{init_tracing, manager_binary, wait_until, within, HANG};
+use funcx::client::RemoteExecutor;
 use funcx::endpoint::{Endpoint, EndpointState, GatewayLink};
-use funcx::gateway::{Gateway, GatewayConfig, RemoteExecutor, UserConfig};
+use funcx::gateway::{Gateway, GatewayConfig, UserConfig};
 use funcx::providers::LocalProvider;
 use funcx::{Function, StrategyConfig};
 

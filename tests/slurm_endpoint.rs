@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::processes::{alive, run, text, GatewayProcess, ALICE};
 use common::{init_tracing, within, TempDir, HANG};
-use funcx::gateway::RemoteExecutor;
+use funcx::client::RemoteExecutor;
 use funcx::Function;
 
 /// Slurm starts a job within seconds here; this bounds a broken cluster, not a slow one.

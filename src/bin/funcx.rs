@@ -30,7 +30,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, Subcommand};
-use funcx::gateway::api::model::{
+use funcx::client::model::{
     Blob, EndpointView, ListTasks, SubmitRequest, SubmitTask, TaskList, TaskView,
 };
 use funcx::{Payload, TaskState};
@@ -491,8 +491,8 @@ fn with_tls(
         return Ok(builder);
     }
     let config = match ca_file {
-        Some(ca_file) => funcx::gateway::tls::client_config(ca_file),
-        None => funcx::gateway::tls::client_config_with_public_roots(),
+        Some(ca_file) => funcx::client::tls::client_config(ca_file),
+        None => funcx::client::tls::client_config_with_public_roots(),
     }
     .map_err(|e| Failure(CONFIG, format!("TLS: {e}")))?;
     Ok(builder.use_preconfigured_tls(std::sync::Arc::unwrap_or_clone(config)))

@@ -33,7 +33,7 @@
 //! ```
 //!
 //! Tasks come from [`Endpoint::executor`] (this program submits them), or, with
-//! [`EndpointBuilder::gateway`] (feature `gateway`), from a gateway the endpoint dials out
+//! [`EndpointBuilder::gateway`] (feature `client`), from a gateway the endpoint dials out
 //! to: it becomes one connection of the gateway, offering as many worker slots as its
 //! largest set of blocks holds, and relays the gateway's tasks to its managers.
 
@@ -51,7 +51,7 @@ use funcx_core::{
 };
 use funcx_python::PythonConfig;
 use funcx_transport::remote::{AgentConfig, EndpointAgent};
-#[cfg(feature = "gateway")]
+#[cfg(feature = "client")]
 use funcx_transport::remote::{ManagerExit, ManagerId, ManagerInfo};
 use funcx_transport::{TcpTransport, TransportError};
 use tokio::sync::watch;
@@ -278,7 +278,7 @@ impl EndpointBuilder {
         self
     }
 
-    /// Takes tasks from a gateway (feature `gateway`): dials out to `link.url` as endpoint
+    /// Takes tasks from a gateway (feature `client`): dials out to `link.url` as endpoint
     /// `link.endpoint_id`, and reconnects whenever the link drops.
     pub fn gateway(mut self, link: GatewayLink) -> Self {
         self.gateway = Some(link);
@@ -367,13 +367,13 @@ impl EndpointBuilder {
             None => {
                 inner.state.send_replace(EndpointState::Running);
             }
-            #[cfg(feature = "gateway")]
+            #[cfg(feature = "client")]
             Some(link) => link::start(&inner, link, capacity)?,
-            #[cfg(not(feature = "gateway"))]
+            #[cfg(not(feature = "client"))]
             Some(_) => {
                 let _ = capacity;
                 return Err(EndpointError::Invalid(
-                    "a gateway is set, but funcx was built without the `gateway` feature".into(),
+                    "a gateway is set, but funcx was built without the `client` feature".into(),
                 ));
             }
         }
@@ -738,13 +738,13 @@ impl Endpoint {
     }
 }
 
-#[cfg(feature = "gateway")]
+#[cfg(feature = "client")]
 mod link {
     //! The gateway link: the endpoint is one manager of its queue at the gateway.
 
     use std::sync::{Arc, Mutex};
 
-    use funcx_gateway::client::EndpointDial;
+    use funcx_client::EndpointDial;
     use funcx_transport::remote::{
         run_manager, Dial, ExecutorRunner, ManagerConfig, ToEndpoint, ToManager,
     };
@@ -902,9 +902,9 @@ mod link {
     }
 }
 
-#[cfg(not(feature = "gateway"))]
+#[cfg(not(feature = "client"))]
 mod link {
-    //! Without the `gateway` feature there is no link; these keep the types whole.
+    //! Without the `client` feature there is no link; these keep the types whole.
 
     /// Never constructed.
     pub(super) enum Link {}

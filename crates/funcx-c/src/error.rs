@@ -101,8 +101,8 @@ impl From<TaskError> for FuncxError {
     }
 }
 
-impl From<funcx::gateway::RemoteError> for FuncxError {
-    fn from(error: funcx::gateway::RemoteError) -> FuncxError {
+impl From<funcx::client::RemoteError> for FuncxError {
+    fn from(error: funcx::client::RemoteError) -> FuncxError {
         FuncxError::new(FuncxErrorKind::Remote, error.to_string())
     }
 }

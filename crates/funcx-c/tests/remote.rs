@@ -7,8 +7,8 @@ use std::ffi::{CStr, CString};
 use std::ptr;
 
 use funcx_c::*;
+use funcx_client::EndpointDial;
 use funcx_core::Executor;
-use funcx_gateway::client::EndpointDial;
 use funcx_gateway::{Gateway, GatewayConfig, UserConfig};
 use funcx_python::PythonRuntime;
 use funcx_transport::remote::{run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo};

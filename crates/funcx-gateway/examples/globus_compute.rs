@@ -44,8 +44,8 @@ use std::error::Error;
 use std::io::Write;
 use std::net::SocketAddr;
 
+use funcx_client::EndpointDial;
 use funcx_core::Executor;
-use funcx_gateway::client::EndpointDial;
 use funcx_gateway::{ComputeClientConfig, Gateway, GatewayConfig, GlobusComputeConfig, UserConfig};
 use funcx_python::{PythonConfig, PythonRuntime};
 use funcx_transport::remote::{run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo};

@@ -33,7 +33,9 @@
 //!   its docs say how a fleet of gateways would share a database instead).
 //! - [`Authenticator`]: who is calling ([`TokenAuthenticator`] checks the store's hashed
 //!   tokens; plug in OIDC or JWT validation instead).
-//! - [`client::EndpointDial`]: how an endpoint process reaches the gateway.
+//!
+//! What talks to a gateway (`RemoteExecutor`, `EndpointDial`) and the API's bodies are the
+//! `funcx-client` crate, which compiles none of the server; the gateway serves its types.
 //!
 //! With the `tls` feature, the gateway serves HTTPS when its configuration has a `[tls]`
 //! table ([`TlsConfig`]), and the clients accept `https://` URLs; see the `tls` module.
@@ -48,18 +50,15 @@
 
 pub mod api;
 mod auth;
-pub mod client;
 mod config;
 mod error;
 mod gateway;
 mod globus;
 mod metrics;
-mod remote_executor;
 mod signal;
 pub mod store;
 #[cfg(feature = "tls")]
 pub mod tls;
-pub use remote_executor::{RemoteError, RemoteExecutor, RemoteExecutorBuilder};
 
 pub use auth::{new_token, Authenticator, RateLimiter, TokenAuthenticator, User};
 pub use config::{

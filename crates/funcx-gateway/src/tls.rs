@@ -1,9 +1,8 @@
-//! HTTPS for the gateway (feature `tls`): the server's listener and the clients' trust.
+//! HTTPS for the gateway (feature `tls`): its server configuration and listener.
 //!
 //! The gateway serves TLS on its one port when its configuration has a `[tls]` table
-//! ([`crate::TlsConfig`]); [`crate::client::EndpointDial`] and [`crate::RemoteExecutor`] then
-//! dial it with `https://` URLs, trusting either the CA file they are given (a self-signed
-//! gateway) or the Mozilla roots (a gateway with a certificate from a public CA).
+//! ([`crate::TlsConfig`]); the clients of `funcx-client` then dial it with `https://` URLs
+//! (whom they trust: `funcx_client::tls`).
 //!
 //! PEM files are read and rustls configurations built by `funcx_transport::tls`, as for the
 //! manager connections: rustls with its `ring` provider, named by every configuration.
@@ -14,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use funcx_transport::tls::{load_certificates, load_private_key, root_store};
+use funcx_transport::tls::{load_certificates, load_private_key};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -50,57 +49,6 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     // that offers h2 settle on HTTP/1.1 instead of guessing.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// A client configuration trusting the CA certificates in the PEM file `ca_file` (the
-/// certificate of a self-signed gateway, or the CA that signed it).
-pub fn client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, GatewayError> {
-    let roots = load_certificates(ca_file)
-        .and_then(root_store)
-        .map_err(tls_error)?;
-    Ok(Arc::new(
-        funcx_transport::tls::client_config(roots).map_err(tls_error)?,
-    ))
-}
-
-/// A client configuration trusting the Mozilla root CAs (`webpki-roots`), for a gateway
-/// whose certificate comes from a public CA. Compiled in rather than read from the
-/// operating system, so that it behaves the same in a minimal container.
-pub fn client_config_with_public_roots() -> Result<Arc<rustls::ClientConfig>, GatewayError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    Ok(Arc::new(
-        funcx_transport::tls::client_config(roots).map_err(tls_error)?,
-    ))
-}
-
-/// The name a certificate must be valid for, from a URL's host (`[::1]` loses its brackets).
-pub(crate) fn server_name(
-    host: &str,
-) -> Result<rustls_pki_types::ServerName<'static>, GatewayError> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    rustls_pki_types::ServerName::try_from(bare.to_owned())
-        .map_err(|e| GatewayError::Tls(format!("{host:?} is not a DNS name or IP address: {e}")))
-}
-
-/// Whether `error`, or one of its causes, is a TLS failure (a certificate not trusted, a
-/// handshake refused); its text then says which.
-pub(crate) fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if error.is::<rustls::Error>() {
-            return true;
-        }
-        // `io::Error::source` skips the error it wraps, and rustls errors arrive wrapped in
-        // `io::Error`s (twice through hyper-rustls): look inside them instead.
-        current = match error.downcast_ref::<io::Error>() {
-            Some(io_error) => io_error
-                .get_ref()
-                .map(|inner| inner as &(dyn std::error::Error + 'static)),
-            None => error.source(),
-        };
-    }
-    false
 }
 
 /// A TCP listener that hands axum TLS streams: [`axum::serve`] over HTTPS.
@@ -200,26 +148,4 @@ async fn accept_error(error: io::Error) {
     }
     error!(%error, "could not accept a connection; pausing for a second");
     tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tls_failures_are_found_inside_io_errors() {
-        let rustls_error = rustls::Error::General("bad".into());
-        let once = io::Error::new(io::ErrorKind::InvalidData, rustls_error.clone());
-        let twice = io::Error::other(once);
-        assert!(is_tls_failure(&twice));
-        assert!(is_tls_failure(&rustls_error));
-        assert!(!is_tls_failure(&io::Error::other("refused")));
-    }
-
-    #[test]
-    fn server_names_lose_ipv6_brackets() {
-        assert!(server_name("[::1]").is_ok());
-        assert!(server_name("localhost").is_ok());
-        assert!(server_name("not a name!").is_err());
-    }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use funcx_gateway::client::EndpointDial;
+use funcx_client::EndpointDial;
 use funcx_gateway::RateLimitConfig;
 use funcx_transport::remote::Dial;
 use reqwest::{Method, StatusCode};
@@ -105,7 +105,7 @@ async fn tasks_run_on_a_connected_endpoint_and_results_come_back_three_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postcard_bodies_on_the_submit_and_result_routes() {
-    use funcx_gateway::api::model::{Blob, SubmitRequest, SubmitResponse, SubmitTask, TaskView};
+    use funcx_client::model::{Blob, SubmitRequest, SubmitResponse, SubmitTask, TaskView};
     let gw = start(config()).await;
     let function = gw.echo_function(ALICE).await;
     let (endpoint, token) = gw.register_endpoint(ALICE, json!({ "name": "e" })).await;
@@ -127,7 +127,7 @@ async fn postcard_bodies_on_the_submit_and_result_routes() {
         .http
         .post(gw.url(&format!("/v1/endpoints/{endpoint}/tasks")))
         .bearer_auth(ALICE)
-        .header("content-type", funcx_gateway::api::POSTCARD)
+        .header("content-type", funcx_client::model::POSTCARD)
         .body(postcard::to_stdvec(&request).unwrap())
         .send()
         .await
@@ -135,7 +135,7 @@ async fn postcard_bodies_on_the_submit_and_result_routes() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()["content-type"],
-        funcx_gateway::api::POSTCARD
+        funcx_client::model::POSTCARD
     );
     let submitted: SubmitResponse = postcard::from_bytes(&response.bytes().await.unwrap()).unwrap();
     let id = submitted.task_ids[0];
@@ -144,7 +144,7 @@ async fn postcard_bodies_on_the_submit_and_result_routes() {
         .http
         .get(gw.url(&format!("/v1/tasks/{id}")))
         .bearer_auth(ALICE)
-        .header("accept", funcx_gateway::api::POSTCARD)
+        .header("accept", funcx_client::model::POSTCARD)
         .send()
         .await
         .unwrap();
@@ -157,7 +157,7 @@ async fn postcard_bodies_on_the_submit_and_result_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_result_stream_sends_frames_of_the_callers_results() {
-    use funcx_gateway::api::model::ResultFrame;
+    use funcx_client::model::ResultFrame;
     let gw = start(config()).await;
     let alice_function = gw.echo_function(ALICE).await;
     let bob_function = gw.echo_function(BOB).await;
@@ -168,14 +168,14 @@ async fn the_binary_result_stream_sends_frames_of_the_callers_results() {
         .http
         .get(gw.url("/v1/results"))
         .bearer_auth(ALICE)
-        .header("accept", funcx_gateway::api::POSTCARD)
+        .header("accept", funcx_client::model::POSTCARD)
         .send()
         .await
         .unwrap();
     assert_eq!(stream.status(), StatusCode::OK);
     assert_eq!(
         stream.headers()["content-type"],
-        funcx_gateway::api::POSTCARD
+        funcx_client::model::POSTCARD
     );
 
     // Bob's results finish while Alice's stream is open; they must not reach her.
@@ -784,7 +784,7 @@ async fn a_resent_submission_with_its_idempotency_key_creates_nothing() {
         gw.http
             .post(gw.url(&path))
             .bearer_auth(token)
-            .header(funcx_gateway::api::IDEMPOTENCY_KEY, key)
+            .header(funcx_client::model::IDEMPOTENCY_KEY, key)
             .json(&body)
             .send()
     };
@@ -793,7 +793,7 @@ async fn a_resent_submission_with_its_idempotency_key_creates_nothing() {
     assert_eq!(first.status(), StatusCode::OK);
     assert!(first
         .headers()
-        .get(funcx_gateway::api::IDEMPOTENT_REPLAYED)
+        .get(funcx_client::model::IDEMPOTENT_REPLAYED)
         .is_none());
     let first = ids(&first.json().await.unwrap());
     assert_eq!(first.len(), 3);
@@ -802,7 +802,7 @@ async fn a_resent_submission_with_its_idempotency_key_creates_nothing() {
     let again = send("batch-0001", ALICE, body(&[1, 2, 3])).await.unwrap();
     assert_eq!(again.status(), StatusCode::OK);
     assert_eq!(
-        again.headers()[funcx_gateway::api::IDEMPOTENT_REPLAYED],
+        again.headers()[funcx_client::model::IDEMPOTENT_REPLAYED],
         "true"
     );
     assert_eq!(ids(&again.json().await.unwrap()), first);
@@ -841,7 +841,7 @@ async fn a_resent_submission_with_its_idempotency_key_creates_nothing() {
         .http
         .post(gw.url(&format!("/v1/endpoints/{bobs_endpoint}/tasks")))
         .bearer_auth(BOB)
-        .header(funcx_gateway::api::IDEMPOTENCY_KEY, "batch-0001")
+        .header(funcx_client::model::IDEMPOTENCY_KEY, "batch-0001")
         .json(&json!({ "tasks": [{ "function_id": bob_function, "args": [pickled(1)] }] }))
         .send()
         .await
@@ -856,7 +856,7 @@ async fn a_resent_submission_with_its_idempotency_key_creates_nothing() {
             .http
             .post(gw.url(&path))
             .bearer_auth(ALICE)
-            .header(funcx_gateway::api::IDEMPOTENCY_KEY, bad)
+            .header(funcx_client::model::IDEMPOTENCY_KEY, bad)
             .json(&body(&[5]))
             .send()
             .await

@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::process::{free_port, temp_dir, write_config, GatewayProcess};
+use funcx_client::EndpointDial;
+use funcx_client::RemoteExecutor;
 use funcx_core::{Executor, Function};
-use funcx_gateway::client::EndpointDial;
 use funcx_gateway::store::{RedbStore, TaskStore};
-use funcx_gateway::RemoteExecutor;
 use funcx_python::{PythonConfig, PythonRuntime};
 use funcx_transport::remote::{run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo};
 

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use funcx_client::{EndpointDial, RemoteExecutor};
 use funcx_core::{Args, Executor, Function, TaskOptions};
-use funcx_gateway::client::EndpointDial;
-use funcx_gateway::{Gateway, GatewayConfig, RemoteExecutor};
+use funcx_gateway::{Gateway, GatewayConfig};
 use funcx_python::{PythonConfig, PythonRuntime};
 use funcx_transport::remote::{
     run_manager, AgentConfig, ExecutorRunner, ManagerConfig, ManagerExit, ManagerId, ManagerInfo,

@@ -127,7 +127,7 @@ async fn rotated_and_revoked_tokens() {
 /// One dial of the endpoint route; the refusal's text, or "connected".
 async fn connect_once(gw: &TestGateway, id: &str, token: &str) -> String {
     use funcx_transport::remote::Dial;
-    let dial = funcx_gateway::client::EndpointDial::new(gw.addr.to_string(), id, token);
+    let dial = funcx_client::EndpointDial::new(gw.addr.to_string(), id, token);
     match dial.dial().await {
         Ok(_) => "connected".into(),
         Err(error) => error.to_string(),

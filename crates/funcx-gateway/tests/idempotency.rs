@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use funcx_client::RemoteExecutor;
 use funcx_core::Function;
-use funcx_gateway::RemoteExecutor;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

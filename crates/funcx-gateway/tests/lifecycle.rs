@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::process::{free_port, temp_dir, write_config, GatewayProcess};
 use common::TIMEOUT;
+use funcx_client::RemoteExecutor;
 use funcx_core::Function;
-use funcx_gateway::RemoteExecutor;
 
 const TOKEN: &str = "alice-secret-token-0123456789";
 

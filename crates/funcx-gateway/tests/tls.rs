@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use funcx_client::{EndpointDial, RemoteError, RemoteExecutor};
 use funcx_core::Function;
-use funcx_gateway::client::EndpointDial;
-use funcx_gateway::{Gateway, GatewayConfig, RemoteError, RemoteExecutor, TlsConfig, UserConfig};
+use funcx_gateway::{Gateway, GatewayConfig, TlsConfig, UserConfig};
 use funcx_transport::remote::{
     run_manager, AgentConfig, Dial, EchoRunner, ManagerConfig, ManagerId, ManagerInfo,
 };
@@ -106,9 +106,9 @@ async fn https(
     path: &str,
     body: Option<&str>,
 ) -> (u16, String) {
-    let config = funcx_gateway::tls::client_config(ca).expect("the CA file is usable");
+    let config = funcx_client::tls::client_config(ca).expect("the CA file is usable");
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut stream = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await

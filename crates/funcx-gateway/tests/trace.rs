@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{config, ids, start, ALICE};
+use funcx_client::EndpointDial;
 use funcx_core::worker::{FunctionKey, WorkItem, WorkResult};
 use funcx_core::{Function, TaskId};
-use funcx_gateway::client::EndpointDial;
 use funcx_transport::remote::{
     run_manager, EchoRunner, ManagerConfig, ManagerId, ManagerInfo, Runner,
 };

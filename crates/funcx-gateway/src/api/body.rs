@@ -11,8 +11,7 @@ use serde::Serialize;
 use crate::error::ApiError;
 use crate::Gateway;
 
-/// The media type of postcard bodies.
-pub const POSTCARD: &str = "application/x-postcard";
+pub(crate) use funcx_client::model::POSTCARD;
 
 /// How a body is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -35,9 +35,6 @@ use crate::store::{
 };
 use crate::Gateway;
 
-/// The `Upgrade` protocol name of endpoint connections.
-pub const UPGRADE_PROTOCOL: &str = "funcx-manager-protocol";
-
 type ApiResult<T> = Result<T, ApiError>;
 
 pub(crate) async fn health() -> Reply<serde_json::Value> {
@@ -321,13 +318,6 @@ pub(crate) async fn connect_endpoint(
     )
         .into_response())
 }
-
-/// The header that names a submission, so that sending it again does not submit it again.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-/// The header on the answer to a resent submission: `true` when the tasks were created by an
-/// earlier request with the same key.
-pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// The `Idempotency-Key` of a request, checked: 1 to 256 visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {

@@ -3,11 +3,14 @@
 //! One list, [`routes`], holds every route with its method, path, access rule, handler and
 //! OpenAPI operation; the router and `GET /v1/openapi.json` are both built from it, so the
 //! document cannot drift from what is served.
+//!
+//! The bodies of the routes, and the headers and media type they use, are the clients'
+//! contract and live with them: `funcx_client::model`.
 
 pub(crate) mod body;
 mod handlers;
 pub mod lifecycle;
-pub mod model;
+pub(crate) use funcx_client::model;
 
 use std::sync::OnceLock;
 
@@ -19,13 +22,12 @@ use axum::routing::{self, MethodRouter};
 use axum::Router;
 use serde_json::{json, Map, Value};
 
-pub use body::POSTCARD;
 #[cfg(feature = "globus-compute")]
 pub(crate) use handlers::bearer;
-pub use handlers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, UPGRADE_PROTOCOL};
 
 use crate::error::ApiError;
 use crate::Gateway;
+use model::POSTCARD;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

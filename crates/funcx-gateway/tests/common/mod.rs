@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine;
+use funcx_client::EndpointDial;
 use funcx_core::Payload;
-use funcx_gateway::client::EndpointDial;
 use funcx_gateway::{Gateway, GatewayConfig, UserConfig};
 use funcx_transport::remote::{
     run_manager, AgentConfig, EchoRunner, ManagerConfig, ManagerExit, ManagerId, ManagerInfo,

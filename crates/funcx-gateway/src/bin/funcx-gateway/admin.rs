@@ -390,8 +390,8 @@ fn tls_connector(
     // The HTTP connector must let `https` URIs through to the TLS layer.
     connector.enforce_http(false);
     let config = match ca_file {
-        Some(ca_file) => funcx_gateway::tls::client_config(ca_file),
-        None => funcx_gateway::tls::client_config_with_public_roots(),
+        Some(ca_file) => funcx_client::tls::client_config(ca_file),
+        None => funcx_client::tls::client_config_with_public_roots(),
     }
     .map_err(|e| Failure(CONFIG, format!("TLS: {e}")))?;
     Ok(hyper_rustls::HttpsConnectorBuilder::new()

@@ -1,6 +1,9 @@
-//! The bodies of the HTTP API: one set of types for JSON (payloads as base64 text) and for
-//! postcard (`application/x-postcard`, payloads as raw bytes), so the Rust client and curl
-//! read and write the same structures.
+//! The gateway's HTTP API as it travels: the bodies of its requests and answers, and the names
+//! its requests use (headers, media type, upgrade protocol). The gateway serves exactly these
+//! types (it depends on this crate for them), so a client and the routes cannot disagree.
+//!
+//! One set of types serves JSON (payloads as base64 text) and postcard ([`POSTCARD`], payloads
+//! as raw bytes), so the Rust client and curl read and write the same structures.
 //!
 //! Types that travel as postcard never skip a field when serializing: postcard has no field
 //! names, so an absent field would shift every later one. Optional fields are `null` in JSON.
@@ -12,6 +15,20 @@ use base64::Engine;
 use funcx_core::{ErrorCode, TaskError, TaskState, Timeline};
 use funcx_transport::frame::FrameCodec;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+/// The media type of postcard bodies.
+pub const POSTCARD: &str = "application/x-postcard";
+
+/// The header that names a submission, so that sending it again does not submit it again.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The header on the answer to a resent submission: `true` when the tasks were created by an
+/// earlier request with the same key.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The protocol an endpoint's `GET /v1/endpoints/{id}/connect` upgrades its connection to: the
+/// funcx handshake and manager protocol follow on the same connection.
+pub const UPGRADE_PROTOCOL: &str = "funcx-manager-protocol";
 
 /// Bytes in a body: base64 (standard alphabet, padded) in JSON, raw bytes in postcard.
 #[derive(Clone, PartialEq, Eq, Default)]

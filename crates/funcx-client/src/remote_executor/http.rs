@@ -18,9 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::RemoteError;
-
-/// The body type of `application/x-postcard` requests and responses.
-const POSTCARD: &str = "application/x-postcard";
+use crate::model::{IDEMPOTENCY_KEY, POSTCARD};
 
 /// A small HTTP/1.1 client for the gateway's API.
 ///
@@ -217,7 +215,7 @@ impl Http {
             .header(header::AUTHORIZATION, self.authorization.clone())
             .header(header::ACCEPT, accept);
         if let Some(key) = idempotency_key {
-            builder = builder.header(crate::api::IDEMPOTENCY_KEY, key);
+            builder = builder.header(IDEMPOTENCY_KEY, key);
         }
         let body = match body {
             Some(body) => {

@@ -11,7 +11,7 @@ use tokio_util::codec::Decoder;
 use tracing::warn;
 
 use super::http::Http;
-use crate::api::model::{ResultFrame, TaskView};
+use crate::model::{ResultFrame, TaskView};
 
 /// What the result stream tells the driver.
 #[derive(Debug)]

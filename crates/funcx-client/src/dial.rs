@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::api::UPGRADE_PROTOCOL;
+use crate::model::UPGRADE_PROTOCOL;
 
 /// The most bytes of response head read before giving up on a gateway's answer.
 const MAX_HEAD: usize = 16 * 1024;
@@ -27,7 +27,7 @@ const MAX_ERROR_BODY: usize = 1024;
 /// back-off when the connection drops.
 ///
 /// ```no_run
-/// use funcx_gateway::client::EndpointDial;
+/// use funcx_client::EndpointDial;
 /// use funcx_transport::remote::{run_manager, EchoRunner, ManagerConfig, ManagerId, ManagerInfo};
 ///
 /// # async fn demo() {
@@ -128,7 +128,7 @@ impl EndpointDial {
     pub fn ca_file(
         self,
         path: impl AsRef<std::path::Path>,
-    ) -> Result<EndpointDial, crate::GatewayError> {
+    ) -> Result<EndpointDial, TransportError> {
         Ok(self.tls_config(crate::tls::client_config(path.as_ref())?))
     }
 
@@ -189,7 +189,7 @@ impl EndpointDial {
         &self,
         stream: TcpStream,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let invalid = |e: crate::GatewayError| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let invalid = |e: TransportError| io::Error::new(io::ErrorKind::InvalidInput, e);
         let config = match &self.tls {
             Some(config) => config.clone(),
             None => crate::tls::client_config_with_public_roots().map_err(invalid)?,
@@ -198,7 +198,7 @@ impl EndpointDial {
             Some(colon) if !self.authority[colon..].contains(']') => &self.authority[..colon],
             _ => self.authority.as_str(),
         };
-        let name = crate::tls::server_name(host).map_err(invalid)?;
+        let name = crate::tls::server_name(host)?;
         tokio_rustls::TlsConnector::from(config)
             .connect(name, stream)
             .await

@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! use funcx_core::{Executor, Function};
-//! use funcx_gateway::RemoteExecutor;
+//! use funcx_client::RemoteExecutor;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! // let executor = Executor::builder().workers(2).start(PythonRuntime::default());

@@ -11,7 +11,7 @@ use tracing::info;
 
 use super::driver::{self, Patience};
 use super::http::{ClientTls, Http, HttpError};
-use crate::api::model::EndpointView;
+use crate::model::EndpointView;
 
 /// Options of a [`RemoteExecutor`](super::RemoteExecutor).
 #[derive(Debug, Clone)]

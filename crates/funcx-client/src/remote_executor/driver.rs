@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::http::{Body, Http, HttpError};
 use super::stream::{result_stream, Feed};
-use crate::api::model::{
+use crate::model::{
     BatchRequest, BatchResponse, Blob, FunctionRegistered, RegisterFunction, SubmitRequest,
     SubmitResponse, SubmitTask, TaskView,
 };
@@ -226,10 +226,12 @@ impl Driver {
         self.pending.is_empty() && self.in_doubt.is_none() && self.gateway_of.is_empty()
     }
 
-    /// A fresh idempotency key for one submission: 32 random hex digits.
+    /// A fresh idempotency key for one submission: 64 random hex digits from the operating
+    /// system's CSPRNG (the generator of connection tokens; a key need not be secret, only
+    /// never reused).
     fn submission_key(&mut self) -> String {
         self.submissions += 1;
-        crate::auth::new_id().unwrap_or_else(|_| {
+        funcx_transport::new_token().unwrap_or_else(|_| {
             // No randomness: still unique for this process's life, and across processes by
             // the time and process id.
             let nanos = std::time::SystemTime::now()
