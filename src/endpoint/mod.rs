@@ -2,9 +2,11 @@
 //! strategy, and where tasks come from.
 //!
 //! Without this, an endpoint is nine pieces across four crates (an [`Executor`] without
-//! workers, a [`TcpTransport`] listener, an [`EndpointAgent`], a [`Provider`], a
+//! workers, a [`TcpTransport`](funcx_transport::TcpTransport) listener, an
+//! [`EndpointAgent`](funcx_transport::remote::EndpointAgent), a [`Provider`], a
 //! [`ManagerCommand`] and [`BlockRequest`], a [`Strategy`], a token, and for a gateway a
-//! `run_manager` over an `EndpointDial` with a hand-filled [`ManagerInfo`]).
+//! `run_manager` over an `EndpointDial` with a hand-filled
+//! [`ManagerInfo`](funcx_transport::remote::ManagerInfo)).
 //! [`Endpoint::builder`] puts them together:
 //!
 //! ```no_run

@@ -51,7 +51,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
-/// A TCP listener that hands axum TLS streams: [`axum::serve`] over HTTPS.
+/// A TCP listener that hands axum TLS streams: [`axum::serve()`] over HTTPS.
 ///
 /// Each accepted connection gets `TCP_NODELAY` and then its TLS handshake, with
 /// [`HANDSHAKE_TIMEOUT`]. Handshakes run concurrently with accepting, so a slow or silent

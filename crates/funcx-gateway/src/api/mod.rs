@@ -1,6 +1,6 @@
 //! The HTTP API, version 1.
 //!
-//! One list, [`routes`], holds every route with its method, path, access rule, handler and
+//! One list (`routes`) holds every route with its method, path, access rule, handler and
 //! OpenAPI operation; the router and `GET /v1/openapi.json` are both built from it, so the
 //! document cannot drift from what is served.
 //!

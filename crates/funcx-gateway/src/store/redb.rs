@@ -67,9 +67,6 @@ pub struct RedbStore {
     repaired: bool,
 }
 
-/// The page cache of a store opened with [`RedbStore::open`]: 64 MiB.
-pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
-
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbStore").finish_non_exhaustive()
@@ -93,10 +90,13 @@ fn function_key(id: &FunctionId, owner: &str) -> String {
 }
 
 impl RedbStore {
+    /// The page cache of a store opened with [`RedbStore::open`]: 64 MiB.
+    pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
     /// Opens the store at `path`, creating the file if needed, with a page cache of
-    /// [`DEFAULT_CACHE_BYTES`].
+    /// [`RedbStore::DEFAULT_CACHE_BYTES`].
     pub fn open(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
-        RedbStore::open_with_cache(path, DEFAULT_CACHE_BYTES)
+        RedbStore::open_with_cache(path, RedbStore::DEFAULT_CACHE_BYTES)
     }
 
     /// Opens the store at `path` with a page cache of at most `cache_bytes` (redb's default
