@@ -48,32 +48,8 @@ struct Analysis {
 const CALLS: i64 = 10_000;
 
 fn main() -> ExitCode {
-    // Started by the endpoint's provider as `... manager --endpoint ...`: be the manager.
-    if let Some(status) = manager::run_if_manager() {
-        return status;
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    match runtime.block_on(remote()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    // Started by the endpoint's provider as `... manager --endpoint ...`, it is the manager.
+    manager::main_or_manager(remote)
 }
 
 async fn remote() -> Result<(), Box<dyn Error>> {

@@ -24,32 +24,8 @@ const SOURCE: &str =
     "import socket\n\ndef hello(i):\n    return f'task {i} ran on {socket.gethostname()}'\n";
 
 fn main() -> ExitCode {
-    // Started by the provider as `... manager --endpoint ...`: be the manager.
-    if let Some(status) = manager::run_if_manager() {
-        return status;
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    match runtime.block_on(endpoint()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    // Started by the endpoint's provider as `... manager --endpoint ...`, it is the manager.
+    manager::main_or_manager(endpoint)
 }
 
 async fn endpoint() -> Result<(), Box<dyn Error>> {

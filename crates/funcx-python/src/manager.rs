@@ -322,6 +322,58 @@ pub fn run_if_manager() -> Option<std::process::ExitCode> {
     }
 }
 
+/// The whole `main` of a program that is an application and its own manager binary.
+///
+/// Started as `PROGRAM manager ...` (by its endpoint's provider), it runs the manager, as
+/// [`run_if_manager`] does. Otherwise it logs to stderr (filtered by `RUST_LOG`, default
+/// `warn`), starts a multi-threaded Tokio runtime and runs `app` on it; an error `app`
+/// returns is printed and the program exits with status 1.
+///
+/// ```no_run
+/// use std::process::ExitCode;
+///
+/// fn main() -> ExitCode {
+///     funcx_python::manager::main_or_manager(|| async {
+///         // ... the application: an endpoint whose blocks start `current_exe() manager ...`
+///         Ok::<(), String>(())
+///     })
+/// }
+/// ```
+pub fn main_or_manager<F, E>(app: impl FnOnce() -> F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    use std::process::ExitCode;
+    if let Some(status) = run_if_manager() {
+        return status;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // An application that set up logging already keeps its own.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .try_init();
+    match runtime.block_on(app()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// A random manager id, from the standard library's randomly keyed hasher.
 fn random_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
