@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::process::{free_port, temp_dir, write_config, GatewayProcess};
+use common::process::{free_port, register_endpoint, temp_dir, write_config, GatewayProcess};
 use funcx_client::EndpointDial;
 use funcx_client::RemoteExecutor;
 use funcx_core::{Executor, Function};
@@ -56,21 +56,7 @@ async fn gateway_killed_around_submissions_stores_and_runs_each_task_once() {
     let log = dir.join("gateway.log");
     let mut gateway = Some(GatewayProcess::start(&config, address, &log));
 
-    let registered: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{address}/v1/endpoints"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({ "name": "chaos" }))
-        .send()
-        .await
-        .expect("register endpoint")
-        .json()
-        .await
-        .expect("json");
-    let id = registered["endpoint_id"].as_str().expect("id").to_owned();
-    let token = registered["endpoint_token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let (id, token) = register_endpoint(address, TOKEN, "chaos").await;
     let local = Executor::builder()
         .workers(2)
         .start(PythonRuntime::new(PythonConfig::new()));

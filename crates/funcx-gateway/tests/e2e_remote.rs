@@ -2,11 +2,14 @@
 //! and relays, an endpoint (a manager of real Python workers) dials out to the gateway and
 //! runs the tasks.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::process::register_endpoint;
 use funcx_client::{EndpointDial, RemoteExecutor};
 use funcx_core::{Args, Executor, Function, TaskOptions};
 use funcx_gateway::{Gateway, GatewayConfig};
@@ -71,24 +74,6 @@ async fn start_gateway_with(settings: &str) -> SocketAddr {
     address
 }
 
-/// Registers an endpoint for alice: (id, endpoint token).
-async fn register_endpoint(gateway: SocketAddr) -> (String, String) {
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{gateway}/v1/endpoints"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({ "name": "e2e" }))
-        .send()
-        .await
-        .expect("register endpoint")
-        .error_for_status()
-        .expect("endpoint registered")
-        .json()
-        .await
-        .expect("json");
-    let field = |name: &str| answer[name].as_str().expect(name).to_owned();
-    (field("endpoint_id"), field("endpoint_token"))
-}
-
 /// The endpoint side: `workers` Python workers behind a manager that dials `dial_to`.
 fn start_endpoint(
     dial_to: SocketAddr,
@@ -135,7 +120,7 @@ async fn remote(gateway: SocketAddr, endpoint: &str) -> Executor {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn round_trip_errors_map_cancel_timeout() {
     let gateway = start_gateway().await;
-    let (id, token) = register_endpoint(gateway).await;
+    let (id, token) = register_endpoint(gateway, TOKEN, "e2e").await;
     let endpoint = start_endpoint(gateway, &id, &token, 2);
     let executor = remote(gateway, &id).await;
 
@@ -222,7 +207,7 @@ async fn round_trip_errors_map_cancel_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn endpoint_that_connects_after_submission_runs_the_waiting_tasks() {
     let gateway = start_gateway().await;
-    let (id, token) = register_endpoint(gateway).await;
+    let (id, token) = register_endpoint(gateway, TOKEN, "e2e").await;
     let executor = remote(gateway, &id).await;
 
     let handles = executor.submit_batch(&function("work"), (0..300_i64).map(|i| (i,)));
@@ -297,7 +282,7 @@ impl Relay {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn endpoint_disconnects_and_reconnects_mid_run_and_nothing_is_lost() {
     let gateway = start_gateway().await;
-    let (id, token) = register_endpoint(gateway).await;
+    let (id, token) = register_endpoint(gateway, TOKEN, "e2e").await;
     let relay = Relay::start(gateway).await;
     let mut endpoint = start_endpoint(relay.address, &id, &token, 2);
     let executor = remote(gateway, &id).await;
@@ -357,7 +342,7 @@ async fn endpoint_disconnects_and_reconnects_mid_run_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_over_the_gateways_body_limit_fails_alone_typed() {
     let gateway = start_gateway_with("max_body_bytes = 1048576").await;
-    let (id, token) = register_endpoint(gateway).await;
+    let (id, token) = register_endpoint(gateway, TOKEN, "e2e").await;
     let _endpoint = start_endpoint(gateway, &id, &token, 2);
     let executor = remote(gateway, &id).await;
     let sizes = [10_usize, 2 << 20, 1000];

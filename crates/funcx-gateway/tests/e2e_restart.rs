@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::process::{free_port, temp_dir, write_config, GatewayProcess};
+use common::process::{free_port, register_endpoint, temp_dir, write_config, GatewayProcess};
 
 use funcx_client::EndpointDial;
 use funcx_client::RemoteExecutor;
@@ -34,23 +34,7 @@ async fn gateway_killed_and_restarted_mid_run_loses_nothing() {
     let log = dir.join("gateway.log");
     let gateway = GatewayProcess::start(&config, address, &log);
 
-    let registered: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{address}/v1/endpoints"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({ "name": "restart" }))
-        .send()
-        .await
-        .expect("register endpoint")
-        .error_for_status()
-        .expect("endpoint registered")
-        .json()
-        .await
-        .expect("json");
-    let id = registered["endpoint_id"].as_str().expect("id").to_owned();
-    let token = registered["endpoint_token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let (id, token) = register_endpoint(address, TOKEN, "restart").await;
 
     // The endpoint: two Python workers behind a manager that dials the gateway and keeps
     // dialling while it is down.
@@ -141,17 +125,7 @@ async fn gateway_gone_for_good_fails_tasks_with_the_cause_instead_of_hanging() {
     )
     .expect("write config");
     let gateway = GatewayProcess::start(&config, address, &dir.join("gateway.log"));
-    let registered: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{address}/v1/endpoints"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({ "name": "never connects" }))
-        .send()
-        .await
-        .expect("register endpoint")
-        .json()
-        .await
-        .expect("json");
-    let id = registered["endpoint_id"].as_str().expect("id").to_owned();
+    let (id, _) = register_endpoint(address, TOKEN, "never connects").await;
     let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
         .give_up_after(Duration::from_secs(2))
@@ -229,21 +203,7 @@ async fn results_the_endpoint_holds_across_a_gateway_restart_are_handed_over_not
     let config = write_config(&dir, address, "alice", TOKEN);
     let log = dir.join("gateway.log");
     let gateway = GatewayProcess::start(&config, address, &log);
-    let registered: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{address}/v1/endpoints"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({ "name": "handover" }))
-        .send()
-        .await
-        .expect("register endpoint")
-        .json()
-        .await
-        .expect("json");
-    let id = registered["endpoint_id"].as_str().expect("id").to_owned();
-    let token = registered["endpoint_token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let (id, token) = register_endpoint(address, TOKEN, "handover").await;
     let local = Executor::builder()
         .workers(2)
         .start(PythonRuntime::new(PythonConfig::new()));

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{free_port, temp_dir, write_config, GatewayProcess};
+use common::process::{free_port, register_endpoint, temp_dir, write_config, GatewayProcess};
 use common::TIMEOUT;
 use funcx_client::RemoteExecutor;
 use funcx_core::Function;
@@ -42,19 +42,8 @@ async fn sigterm_stops_the_gateway_cleanly_and_the_next_start_has_nothing_to_rec
         gateway.log()
     );
 
-    let registered: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{address}/v1/endpoints"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({ "name": "lifecycle" }))
-        .send()
-        .await
-        .expect("register endpoint")
-        .json()
-        .await
-        .expect("json");
-    let id = registered["endpoint_id"].as_str().expect("id").to_owned();
-    let token = registered["endpoint_token"].as_str().expect("token");
-    let _endpoint = common::connect(address, &id, token);
+    let (id, token) = register_endpoint(address, TOKEN, "lifecycle").await;
+    let _endpoint = common::connect(address, &id, &token);
     let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
         .start()

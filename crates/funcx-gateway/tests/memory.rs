@@ -11,10 +11,10 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use common::process::{free_port, temp_dir, write_config, GatewayProcess};
+use common::process::{free_port, register_endpoint, temp_dir, write_config, GatewayProcess};
+use funcx_client::RemoteExecutor;
 use funcx_core::{Args, Function, Payload, Timeline};
 use funcx_gateway::store::{Finished, NewTask, RedbStore, TaskStore};
-use funcx_gateway::RemoteExecutor;
 
 const TOKEN: &str = "alice-secret-token-0123456789";
 
@@ -129,21 +129,8 @@ async fn a_gateway_gives_memory_back_after_bursts() {
     let text = std::fs::read_to_string(&config).expect("read config");
     std::fs::write(&config, format!("store_cache_mib = 4\n{text}")).expect("write config");
     let gateway = GatewayProcess::start(&config, address, &dir.join("gateway.log"));
-    let registered: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{address}/v1/endpoints"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({ "name": "bursts" }))
-        .send()
-        .await
-        .expect("register endpoint")
-        .error_for_status()
-        .expect("endpoint registered")
-        .json()
-        .await
-        .expect("json");
-    let id = registered["endpoint_id"].as_str().expect("id").to_owned();
-    let endpoint_token = registered["endpoint_token"].as_str().expect("token");
-    let endpoint = common::connect(address, &id, endpoint_token);
+    let (id, endpoint_token) = register_endpoint(address, TOKEN, "bursts").await;
+    let endpoint = common::connect(address, &id, &endpoint_token);
     let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
         .start()
         .await

@@ -136,3 +136,22 @@ pub fn write_config(dir: &Path, address: SocketAddr, user: &str, token: &str) ->
     .expect("write config");
     config
 }
+
+/// Registers an endpoint named `name` for the user of `token` on the gateway at `address`:
+/// (endpoint id, endpoint token).
+pub async fn register_endpoint(address: SocketAddr, token: &str, name: &str) -> (String, String) {
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{address}/v1/endpoints"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "name": name }))
+        .send()
+        .await
+        .expect("register endpoint")
+        .error_for_status()
+        .expect("endpoint registered")
+        .json()
+        .await
+        .expect("json");
+    let field = |key: &str| answer[key].as_str().expect(key).to_owned();
+    (field("endpoint_id"), field("endpoint_token"))
+}
