@@ -169,3 +169,96 @@ async fn without_a_provider_it_says_so() {
     let error = Endpoint::builder().start().await.unwrap_err();
     assert!(error.to_string().contains("no provider"), "{error}");
 }
+
+/// An endpoint configured for JSON only refuses a pickled argument and a pickled function as
+/// they enter it, with a typed error, and its real workers never load them; JSON tasks of
+/// source-text functions run there as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_only_endpoint_refuses_pickles_before_its_workers_see_them() {
+    init_tracing();
+    let endpoint = Endpoint::builder()
+        .name("json-only")
+        .provider(LocalProvider::new())
+        .manager_program(manager_binary())
+        .allowed_formats([funcx::Format::Json])
+        .strategy(
+            StrategyConfig::new()
+                .blocks(1, 0, 1)
+                .period(Duration::from_millis(100)),
+        )
+        .start()
+        .await
+        .expect("the endpoint starts");
+    let describe = Function::from_source(
+        "def describe(x):\n    return [x, type(x).__name__]\n",
+        "describe",
+    );
+    let json = |value: serde_json::Value| funcx::Payload::json(&value).expect("json");
+    let result = within(
+        HANG,
+        endpoint.executor().submit(
+            &describe,
+            funcx::Args::new().payload(json(serde_json::json!({"a": [1, null]}))),
+        ),
+    )
+    .await
+    .expect("a JSON task runs");
+    assert_eq!(result.format(), funcx::Format::Json);
+    assert_eq!(
+        result.decode::<serde_json::Value>().expect("json"),
+        serde_json::json!([{"a": [1, null]}, "dict"])
+    );
+
+    // Pickles whose loading would create a file.
+    let dir = common::TempDir::new("json-only");
+    let trap = |marker: &str| {
+        let script = format!(
+            "import pickle, sys\nclass T:\n    def __reduce__(self):\n        return (open, ({marker:?}, 'w'))\nsys.stdout.buffer.write(pickle.dumps(T()))\n"
+        );
+        let output = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .expect("python3 runs");
+        assert!(output.status.success(), "{output:?}");
+        output.stdout
+    };
+    let argument_marker = dir.join("argument-loaded");
+    let error = within(
+        HANG,
+        endpoint.executor().submit(
+            &describe,
+            funcx::Args::new().payload(funcx::Payload::from_pickled(trap(&argument_marker))),
+        ),
+    )
+    .await
+    .expect_err("a pickled argument is refused");
+    assert!(error.is_format_refused(), "{error}");
+    let function_marker = dir.join("function-loaded");
+    let pickled = Function::from_pickle(trap(&function_marker), "trap");
+    let error = within(
+        HANG,
+        endpoint.executor().submit(
+            &pickled,
+            funcx::Args::new().payload(json(serde_json::json!(1))),
+        ),
+    )
+    .await
+    .expect_err("a pickled function is refused");
+    assert!(error.is_format_refused(), "{error}");
+
+    // A JSON task after them ran on the same worker, which therefore had its chance to load
+    // them had they been sent.
+    let again = within(
+        HANG,
+        endpoint.executor().submit(
+            &describe,
+            funcx::Args::new().payload(json(serde_json::json!("x"))),
+        ),
+    )
+    .await
+    .expect("still running");
+    assert_eq!(again.decode::<serde_json::Value>().expect("json")[0], "x");
+    assert!(!std::path::Path::new(&argument_marker).exists());
+    assert!(!std::path::Path::new(&function_marker).exists());
+    endpoint.stop().await;
+}

@@ -49,6 +49,10 @@ impl ConfigError {
 pub struct EndpointConfig {
     /// `local`, `slurm`, `pbs`, `gridengine` or `ec2`.
     pub provider: String,
+    /// The only data formats the endpoint runs, e.g. `["json"]` to refuse every pickle
+    /// (arguments and functions); absent, every format.
+    #[serde(default)]
+    pub allowed_formats: Option<Vec<funcx_core::Format>>,
     /// Where tasks come from.
     pub gateway: Option<GatewaySection>,
     /// The managers: where they dial, what they run.
@@ -498,6 +502,9 @@ impl EndpointConfig {
         if let Some(advertise) = &self.managers.advertise {
             builder = builder.advertise(advertise);
         }
+        if let Some(formats) = &self.allowed_formats {
+            builder = builder.allowed_formats(formats.iter().copied());
+        }
         builder = match &self.managers.program {
             Some(program) => builder.manager_program(relative(program)),
             None => builder.manager_command(manager),
@@ -737,6 +744,9 @@ pub fn template(name: &str, provider: &str, gateway: Option<(&str, &str)>) -> St
 
 # Where blocks of managers come from: local, slurm, pbs, gridengine or ec2.
 provider = "{provider}"
+# The only data formats tasks may use: ["json"] refuses every pickled argument and pickled
+# function before anything is unpickled (source-text functions always run). Default: all.
+# allowed_formats = ["json"]
 
 "#
     );
@@ -909,5 +919,20 @@ mod tests {
         assert!(e.contains("key `slurm.launcher`"), "{e}");
         let e = error("provider = \"local\"\n[gateway]\nurl = \"gw:1\"\nendpoint_id = \"e\"\n");
         assert!(e.contains("key `gateway.url`"), "{e}");
+    }
+
+    #[test]
+    fn allowed_formats_are_named_formats() {
+        let path = Path::new("c.toml");
+        let config =
+            EndpointConfig::parse("provider = \"local\"\nallowed_formats = [\"json\"]\n", path)
+                .unwrap();
+        assert_eq!(config.allowed_formats, Some(vec![funcx_core::Format::Json]));
+        let config = EndpointConfig::parse("provider = \"local\"\n", path).unwrap();
+        assert_eq!(config.allowed_formats, None);
+        let e = EndpointConfig::parse("provider = \"local\"\nallowed_formats = [\"yaml\"]\n", path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("allowed_formats"), "{e}");
     }
 }

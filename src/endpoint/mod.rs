@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use funcx_core::{
-    BlockId, BlockRequest, Executor, ManagerCommand, Provider, Strategy, StrategyConfig,
+    BlockId, BlockRequest, Executor, Format, ManagerCommand, Provider, Strategy, StrategyConfig,
 };
 use funcx_python::PythonConfig;
 use funcx_transport::remote::{AgentConfig, EndpointAgent};
@@ -141,6 +141,7 @@ pub struct EndpointBuilder {
     manager_tls: Option<ManagerTls>,
     gateway: Option<GatewayLink>,
     retries: u32,
+    allowed_formats: Option<Vec<Format>>,
     agent: AgentConfig,
     stop_timeout: Duration,
 }
@@ -173,6 +174,7 @@ impl Default for EndpointBuilder {
             manager_tls: None,
             gateway: None,
             retries: 2,
+            allowed_formats: None,
             agent: AgentConfig::default(),
             stop_timeout: Duration::from_secs(120),
         }
@@ -293,6 +295,17 @@ impl EndpointBuilder {
         self
     }
 
+    /// The only data formats this endpoint runs (default: every format). With
+    /// `[Format::Json]`, a task with a pickled argument or a pickled function fails with a
+    /// [`TaskError::is_format_refused`](funcx_core::TaskError::is_format_refused) error as
+    /// it enters the endpoint, before any manager or worker sees it, whatever the gateway in
+    /// front allowed: the endpoint then never loads a pickle, so a permitted user can run
+    /// only the source-text functions it was given.
+    pub fn allowed_formats(mut self, formats: impl IntoIterator<Item = Format>) -> Self {
+        self.allowed_formats = Some(formats.into_iter().collect());
+        self
+    }
+
     /// How managers are watched (heartbeats).
     pub fn agent_config(mut self, agent: AgentConfig) -> Self {
         self.agent = agent;
@@ -320,9 +333,11 @@ impl EndpointBuilder {
             Some(token) => token.clone(),
             None => random_token(),
         };
-        let executor = Executor::builder()
-            .retries_on_worker_death(self.retries)
-            .start_without_workers();
+        let mut executor = Executor::builder().retries_on_worker_death(self.retries);
+        if let Some(formats) = &self.allowed_formats {
+            executor = executor.allowed_formats(formats.iter().copied());
+        }
+        let executor = executor.start_without_workers();
         let mut transport = TcpTransport::builder().token(&token);
         if let Some(tls) = &self.manager_tls {
             transport = with_server_tls(transport, tls)?;

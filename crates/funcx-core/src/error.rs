@@ -42,6 +42,7 @@ enum Kind {
     ManagerLost(String),
     Protocol(String),
     ArgumentsTooLarge { size: u64, limit: u64 },
+    FormatRefused(String),
 }
 
 /// A Python exception as it arrived from a worker: type, message and formatted traceback.
@@ -93,6 +94,13 @@ impl TaskError {
         TaskError {
             inner: Box::new(Inner { kind }),
         }
+    }
+
+    /// The endpoint does not accept a format the task uses (a pickled argument or a pickled
+    /// function where only JSON and source text are allowed); `reason` names it. Nothing of
+    /// the task was sent to a worker.
+    pub fn format_refused(reason: impl fmt::Display) -> TaskError {
+        TaskError::new(Kind::FormatRefused(reason.to_string()))
     }
 
     /// The function raised `exception`.
@@ -191,6 +199,11 @@ impl TaskError {
                 | Kind::Serialize(_)
                 | Kind::Decode(_)
         )
+    }
+
+    /// The endpoint refused a format the task uses (see [`TaskError::format_refused`]).
+    pub fn is_format_refused(&self) -> bool {
+        matches!(self.inner.kind, Kind::FormatRefused(_))
     }
 
     /// The result was larger than the configured limit.
@@ -335,6 +348,9 @@ impl fmt::Display for TaskError {
                     "arguments of {size} bytes are over the limit of {limit} bytes; the task was not sent"
                 )
             }
+            Kind::FormatRefused(reason) => {
+                write!(f, "the endpoint refused the task: {reason}")
+            }
         }
     }
 }
@@ -376,6 +392,7 @@ impl<'de> Deserialize<'de> for TaskError {
 /// | `no_workers` | no worker could be started | `reason` |
 /// | `manager_lost` | the manager holding the task was lost | `reason` |
 /// | `protocol` | a peer broke the protocol | `reason` |
+/// | `format_refused` | the endpoint does not allow a format the task uses (a pickle); nothing was run | `reason` |
 ///
 /// Codes are never renamed or reused; new ones may be added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -411,11 +428,13 @@ pub enum ErrorCode {
     ManagerLost,
     /// `protocol`
     Protocol,
+    /// `format_refused`
+    FormatRefused,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the table above.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::Python,
         ErrorCode::Load,
         ErrorCode::ArgumentsUnpickle,
@@ -431,6 +450,7 @@ impl ErrorCode {
         ErrorCode::NoWorkers,
         ErrorCode::ManagerLost,
         ErrorCode::Protocol,
+        ErrorCode::FormatRefused,
     ];
 
     /// The code's string, e.g. `"worker_died"`.
@@ -451,6 +471,7 @@ impl ErrorCode {
             ErrorCode::NoWorkers => "no_workers",
             ErrorCode::ManagerLost => "manager_lost",
             ErrorCode::Protocol => "protocol",
+            ErrorCode::FormatRefused => "format_refused",
         }
     }
 
@@ -517,7 +538,8 @@ pub struct TaskErrorReport {
     pub python: Option<PythonException>,
     /// How the worker ended, for `worker_died`.
     pub worker_exit: Option<WorkerExit>,
-    /// Why, for `serialize`, `decode`, `no_workers`, `manager_lost`, `protocol`.
+    /// Why, for `serialize`, `decode`, `no_workers`, `manager_lost`, `protocol`,
+    /// `format_refused`.
     pub reason: Option<String>,
     /// The size in bytes, for `result_too_large` and `arguments_too_large`.
     pub size: Option<u64>,
@@ -546,6 +568,7 @@ impl TaskError {
             Kind::NoWorkers(_) => ErrorCode::NoWorkers,
             Kind::ManagerLost(_) => ErrorCode::ManagerLost,
             Kind::Protocol(_) => ErrorCode::Protocol,
+            Kind::FormatRefused(_) => ErrorCode::FormatRefused,
         }
     }
 
@@ -566,7 +589,8 @@ impl TaskError {
             | Kind::Decode(reason)
             | Kind::NoWorkers(reason)
             | Kind::ManagerLost(reason)
-            | Kind::Protocol(reason) => report.reason = Some(reason.clone()),
+            | Kind::Protocol(reason)
+            | Kind::FormatRefused(reason) => report.reason = Some(reason.clone()),
             Kind::ResultTooLarge { size, limit } | Kind::ArgumentsTooLarge { size, limit } => {
                 report.size = Some(*size);
                 report.limit = Some(*limit);
@@ -618,6 +642,7 @@ impl From<TaskErrorReport> for TaskError {
             ErrorCode::NoWorkers => Kind::NoWorkers(reason()),
             ErrorCode::ManagerLost => Kind::ManagerLost(reason()),
             ErrorCode::Protocol => Kind::Protocol(reason()),
+            ErrorCode::FormatRefused => Kind::FormatRefused(reason()),
         })
     }
 }

@@ -14,8 +14,29 @@ use crate::TaskError;
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Format {
-    /// Python's pickle format, any protocol Python reads.
+    /// Python's pickle format, any protocol Python reads. Loading a pickle can run any
+    /// code, so an endpoint may refuse it (see [`crate::ExecutorBuilder::allowed_formats`]).
     Pickle,
+    /// JSON text (UTF-8): numbers, strings, booleans, `null`, lists and objects. The worker
+    /// reads it with `json.loads`, which builds plain values and runs no code, and a task
+    /// whose arguments are JSON returns its result as JSON.
+    Json,
+}
+
+impl Format {
+    /// The format's name in configuration files and the HTTP API: `"pickle"` or `"json"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Pickle => "pickle",
+            Format::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The serialized bytes of one argument or one result.
@@ -73,6 +94,38 @@ impl Payload {
         }
     }
 
+    /// Encodes `value` as JSON, for an endpoint that refuses pickles or a caller in another
+    /// language.
+    ///
+    /// Python sees what `json.loads` makes of it: maps become `dict` (their keys must be
+    /// strings), sequences and tuples `list`, `None` and `()` `None`. A task whose arguments
+    /// are all JSON gets its result back as JSON, decoded with [`Payload::decode`] as usual.
+    ///
+    /// ```
+    /// use funcx_core::{Format, Payload};
+    ///
+    /// let payload = Payload::json(&(1, "two", [3.5])).unwrap();
+    /// assert_eq!(payload.format(), Format::Json);
+    /// assert_eq!(payload.as_bytes(), br#"[1,"two",[3.5]]"#);
+    /// ```
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Payload, TaskError> {
+        let bytes = serde_json::to_vec(value).map_err(TaskError::serialize)?;
+        Ok(Payload {
+            format: Format::Json,
+            bytes: Bytes::from(bytes),
+        })
+    }
+
+    /// A payload from bytes that are already JSON text (a worker's result, or a body received
+    /// over HTTP). The bytes are not checked here: the worker or [`Payload::decode`] reports
+    /// text that is not JSON.
+    pub fn from_json(bytes: impl Into<Bytes>) -> Payload {
+        Payload {
+            format: Format::Json,
+            bytes: bytes.into(),
+        }
+    }
+
     /// Decodes the payload into a Rust value.
     ///
     /// Fails with a [`TaskError::is_serialization`] error when the bytes hold something the
@@ -82,6 +135,7 @@ impl Payload {
         match self.format {
             Format::Pickle => serde_pickle::from_slice(&self.bytes, serde_pickle::DeOptions::new())
                 .map_err(TaskError::decode),
+            Format::Json => serde_json::from_slice(&self.bytes).map_err(TaskError::decode),
         }
     }
 
@@ -286,6 +340,44 @@ mod tests {
         let payload = Payload::pickle("text").unwrap();
         let err = payload.decode::<i64>().unwrap_err();
         assert!(err.is_serialization(), "{err}");
+    }
+
+    #[test]
+    fn json_round_trips_common_types() {
+        let value = (
+            1_i64,
+            2.5_f64,
+            "three".to_string(),
+            None::<i32>,
+            vec![true, false],
+        );
+        let payload = Payload::json(&value).unwrap();
+        assert_eq!(payload.format(), Format::Json);
+        let back: (i64, f64, String, Option<i32>, Vec<bool>) = payload.decode().unwrap();
+        assert_eq!(back, value);
+
+        let err = Payload::from_json(&b"{not json"[..])
+            .decode::<i64>()
+            .unwrap_err();
+        assert!(err.is_serialization(), "{err}");
+        // A map with non-string keys has no JSON form.
+        let mut map = BTreeMap::new();
+        map.insert(vec![1], 1);
+        assert!(Payload::json(&map).unwrap_err().is_serialization());
+    }
+
+    #[test]
+    fn formats_have_stable_names() {
+        for (format, name) in [(Format::Pickle, "pickle"), (Format::Json, "json")] {
+            assert_eq!(format.as_str(), name);
+            assert_eq!(
+                serde_json::to_string(&format).unwrap(),
+                format!("\"{name}\"")
+            );
+        }
+        // Stored payloads keep their meaning: the variants' postcard indexes never move.
+        assert_eq!(postcard::to_stdvec(&Format::Pickle).unwrap(), [0]);
+        assert_eq!(postcard::to_stdvec(&Format::Json).unwrap(), [1]);
     }
 
     #[test]

@@ -24,8 +24,11 @@
 //! ```
 //!
 //! `TASKS` (kind 2) is a count and that many tasks, run in order. Flag bit 0 is *isolate*;
-//! bit 1 marks a task whose arguments did not fit the protocol (it carries none and fails
-//! with an arguments error):
+//! bit 1 marks a task whose arguments did not fit the protocol or mix data formats (it
+//! carries none and fails with an arguments error); bit 2 marks a *JSON task*: its
+//! arguments are JSON text (read with `json.loads`, not `pickle.loads`) and its result comes
+//! back as JSON (status 8). A worker that predates bit 2 would try to unpickle JSON text and
+//! fail the task with an arguments error, never run it on wrong values:
 //!
 //! ```text
 //! +- count -+-- task --+-- task --+ ...
@@ -36,12 +39,12 @@
 //! +- task_id -+- key -+- flags -+- nargs -+- nkwargs -+
 //! |    u64    |  u32  |   u8    |   u16   |    u16    |
 //! +-----------+-------+---------+---------+-----------+
-//! then nargs times:   +- len -+-- pickle --+
-//!                     |  u32  | len bytes  |
-//!                     +-------+------------+
-//! then nkwargs times: +- name_len -+- name -+- len -+-- pickle --+
-//!                     |    u16     | utf-8  |  u32  | len bytes  |
-//!                     +------------+--------+-------+------------+
+//! then nargs times:   +- len -+-- pickle or JSON --+
+//!                     |  u32  |     len bytes      |
+//!                     +-------+--------------------+
+//! then nkwargs times: +- name_len -+- name -+- len -+-- pickle or JSON --+
+//!                     |    u16     | utf-8  |  u32  |     len bytes      |
+//!                     +------------+--------+-------+--------------------+
 //! ```
 //!
 //! `CANCEL` (kind 3) is `u32 count` and `count` task ids (`u64`). `SHUTDOWN` (kind 4) has
@@ -63,10 +66,11 @@
 //! +-----------+----------+---------------+-------+------------+
 //! ```
 //!
-//! Status 0 is success (the body is the pickled return value), 5 is a result over the size
+//! Status 0 is success (the body is the pickled return value), 8 success of a JSON task (the
+//! body is the return value as JSON text), 5 is a result over the size
 //! limit (the body is its `u64` size), 6 cancelled (empty body) and 7 unknown function
 //! (the body is the `u32` key). Statuses 1 (exception), 2 (load error), 3 (arguments would not unpickle) and 4
-//! (result would not pickle) carry a Python exception:
+//! (result would not pickle, or for a JSON task would not become JSON) carry a Python exception:
 //!
 //! ```text
 //! +- len -+- type_name -+- len -+- message -+- len -+- traceback -+- line -+
@@ -80,7 +84,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use funcx_core::worker::{ToWorker, WorkItem, WorkResult};
-use funcx_core::{FunctionBody, Payload, PythonException, TaskError, TaskId};
+use funcx_core::{Format, FunctionBody, Payload, PythonException, TaskError, TaskId};
 
 /// Bytes in a frame header: `u32 body_len | u8 kind`.
 pub const HEADER_LEN: usize = 5;
@@ -125,6 +129,8 @@ pub mod status {
     pub const CANCELLED: u8 = 6;
     /// The task named a function key the worker was never sent; the body is the `u32` key.
     pub const UNKNOWN_FUNCTION: u8 = 7;
+    /// A JSON task's return value, as JSON text.
+    pub const OK_JSON: u8 = 8;
 }
 
 const FORM_SOURCE: u8 = 0;
@@ -132,6 +138,7 @@ const FORM_PICKLED: u8 = 1;
 const FORM_REJECTED: u8 = 2;
 const FLAG_ISOLATE: u8 = 1;
 const FLAG_REJECTED: u8 = 2;
+const FLAG_JSON: u8 = 4;
 
 /// Payloads up to this size are copied into the frame buffer; bigger ones are written from
 /// their own memory, so a 1 GiB argument is never copied.
@@ -273,6 +280,7 @@ impl Decoder {
         let mut data = Reader::new(body.bytes(len, "result body")?);
         let outcome = match status {
             status::OK => Ok(Payload::from_pickled(data.rest())),
+            status::OK_JSON => Ok(Payload::from_json(data.rest())),
             status::EXCEPTION => Err(TaskError::python(read_exception(&mut data)?)),
             status::LOAD_ERROR => Err(TaskError::load(read_exception(&mut data)?)),
             status::ARGS_ERROR => Err(TaskError::arguments_unpickle(read_exception(&mut data)?)),
@@ -503,7 +511,7 @@ impl Encoder {
             let mut body_len = 4;
             let mut n = 0;
             for item in rest {
-                let size = task_len(item).unwrap_or(TASK_FIXED);
+                let size = encoded_len(item).unwrap_or(TASK_FIXED);
                 if n > 0 && body_len + size > TASKS_FRAME_TARGET {
                     break;
                 }
@@ -522,11 +530,11 @@ impl Encoder {
 
     fn task(&mut self, item: &WorkItem) {
         let isolate = if item.isolate { FLAG_ISOLATE } else { 0 };
-        let fits = task_len(item).is_some();
-        let flags = if fits {
-            isolate
-        } else {
-            isolate | FLAG_REJECTED
+        let fits = encoded_len(item).is_some();
+        let flags = match task_format(item) {
+            _ if !fits => isolate | FLAG_REJECTED,
+            Some(Format::Json) => isolate | FLAG_JSON,
+            _ => isolate,
         };
         self.put(&item.id.as_u64().to_le_bytes());
         self.put(&item.function.0.to_le_bytes());
@@ -550,6 +558,26 @@ impl Encoder {
             self.put_payload(payload.bytes());
         }
     }
+}
+
+/// The data format of all of a task's arguments (pickle when there are none), or `None`
+/// when they mix formats: the worker reads a whole task in one format and answers in it.
+fn task_format(item: &WorkItem) -> Option<Format> {
+    let mut formats = item
+        .args
+        .positional()
+        .iter()
+        .chain(item.args.keyword().iter().map(|(_, payload)| payload))
+        .map(Payload::format);
+    let first = formats.next().unwrap_or(Format::Pickle);
+    formats.all(|format| format == first).then_some(first)
+}
+
+/// The encoded size of a task sent with its arguments, or `None` when it is sent rejected
+/// (see [`task_len`] and [`task_format`]).
+fn encoded_len(item: &WorkItem) -> Option<usize> {
+    task_format(item)?;
+    task_len(item)
 }
 
 /// Bytes of a task with no arguments.
@@ -992,6 +1020,41 @@ mod tests {
         let bytes = body_of(&mut encoder);
         assert_eq!(bytes.len(), HEADER_LEN + 4 + TASK_FIXED);
         assert_eq!(bytes[HEADER_LEN + 4 + 12], FLAG_REJECTED);
+    }
+
+    fn task_frame(args: Args) -> Vec<u8> {
+        let mut encoder = Encoder::new();
+        encoder.encode(&ToWorker::Tasks(vec![WorkItem {
+            id: TaskId::from_u64(1),
+            function: FunctionKey(0),
+            isolate: false,
+            args,
+            timeout: None,
+            trace: None,
+        }]));
+        body_of(&mut encoder)
+    }
+
+    #[test]
+    fn json_tasks_are_flagged_and_mixed_formats_sent_rejected() {
+        let json = task_frame(Args::new().payload(Payload::from_json(&b"[1]"[..])));
+        assert_eq!(json[HEADER_LEN + 4 + 12], FLAG_JSON);
+        assert_eq!(json.len(), HEADER_LEN + 4 + TASK_FIXED + 4 + 3);
+        let pickle = task_frame(Args::new().payload(Payload::from_pickled(&b"N."[..])));
+        assert_eq!(pickle[HEADER_LEN + 4 + 12], 0);
+        // Mixed formats: the frame's length matches the argument-less task actually sent.
+        let mixed = task_frame(
+            Args::new()
+                .payload(Payload::from_json(&b"1"[..]))
+                .kwarg_payload("x", Payload::from_pickled(&b"N."[..])),
+        );
+        assert_eq!(mixed.len(), HEADER_LEN + 4 + TASK_FIXED);
+        assert_eq!(mixed[HEADER_LEN + 4 + 12], FLAG_REJECTED);
+
+        let ok = one_result(result(1, status::OK_JSON, b"[1,2]")).unwrap();
+        let payload = ok.outcome.unwrap();
+        assert_eq!(payload.format(), Format::Json);
+        assert_eq!(payload.decode::<Vec<i64>>().unwrap(), [1, 2]);
     }
 
     #[test]

@@ -35,10 +35,13 @@ S_RESULT_ERROR = 4
 S_TOO_LARGE = 5
 S_CANCELLED = 6
 S_UNKNOWN_FUNCTION = 7
+S_OK_JSON = 8
 
 # Task flags.
 F_ISOLATE = 1
 F_REJECTED = 2
+# The task's arguments are JSON text and its result goes back as JSON.
+F_JSON = 4
 
 # Function forms.
 FORM_SOURCE = 0
@@ -69,6 +72,34 @@ MIN_BUFFER = 1 << 20
 
 class ProtocolError(Exception):
     pass
+
+
+def json_codec():
+    """`(loads, dumps)` for JSON tasks. json is imported on first use: a worker that only
+    sees pickles never pays its import time."""
+    global JSON_CODEC
+    if JSON_CODEC is not None:
+        return JSON_CODEC
+    import json
+
+    decode = json.loads
+    encode = json.JSONEncoder(
+        ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    ).encode
+
+    def loads(view):
+        return decode(bytes(view))
+
+    def dumps(value, _protocol):
+        # NaN and infinities are refused (allow_nan=False): they are not JSON, and
+        # no other language could read them back.
+        return encode(value).encode("utf-8")
+
+    JSON_CODEC = (loads, dumps)
+    return JSON_CODEC
+
+
+JSON_CODEC = None
 
 
 def write_all(fd, data):
@@ -430,8 +461,8 @@ class Worker:
         task_hdr = TASK_HDR.unpack_from
         u32 = U32.unpack_from
         u16 = U16.unpack_from
-        loads = pickle.loads
-        dumps = pickle.dumps
+        pickle_loads = pickle.loads
+        pickle_dumps = pickle.dumps
         clock = perf_counter_ns
         result_hdr = RESULT_HDR.pack
         max_result = self.max_result
@@ -493,9 +524,15 @@ class Worker:
             elif flags & F_REJECTED:
                 status, body = S_ARGS_ERROR, error_body(
                     "funcx.ArgumentsRejected",
-                    "the arguments are too large or too many for the worker protocol",
+                    "the arguments are too large or too many for the worker protocol, "
+                "or mix data formats (pickle and JSON)",
                 )
             else:
+                if flags & F_JSON:
+                    loads, dumps = json_codec()
+                    ok = S_OK_JSON
+                else:
+                    loads, dumps, ok = pickle_loads, pickle_dumps, S_OK
                 try:
                     if args is None:
                         arg = loads(arg)
@@ -518,7 +555,7 @@ class Worker:
                         except BaseException as exc:
                             status, body = S_RESULT_ERROR, describe(exc, 0)
                         else:
-                            status = S_OK
+                            status = ok
                             if len(body) > max_result:
                                 status, body = S_TOO_LARGE, U64.pack(len(body))
                         result = None

@@ -54,6 +54,8 @@ pub(crate) struct DispatcherConfig {
     pub(crate) default_timeout: Option<Duration>,
     pub(crate) shutdown_grace: Duration,
     pub(crate) max_arguments_size: u64,
+    /// The data formats tasks may use; `None` allows every format.
+    pub(crate) allowed_formats: Option<Vec<crate::Format>>,
 }
 
 struct TaskRecord {
@@ -366,6 +368,11 @@ impl Dispatcher {
         }
         if let Err(error) = record.args.validate() {
             return record.finish(Err(error));
+        }
+        if let Some(allowed) = &self.config.allowed_formats {
+            if let Err(error) = check_formats(allowed, &function, &record.args) {
+                return record.finish(Err(error));
+            }
         }
         if record.bytes as u64 > self.config.max_arguments_size {
             let error =
@@ -959,4 +966,50 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// Refuses a task that uses a format outside `allowed`: an argument in another data format,
+/// or a pickled function when pickles are not allowed. Source-text functions are always
+/// allowed: compiling them runs only the function's own code, which the endpoint's function
+/// allow-list is for. Nothing here unpickles anything, so a refused pickle never runs.
+fn check_formats(
+    allowed: &[crate::Format],
+    function: &Function,
+    args: &Args,
+) -> Result<(), TaskError> {
+    let names = || {
+        allowed
+            .iter()
+            .map(|format| format.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if matches!(function.body(), crate::FunctionBody::Pickled(_))
+        && !allowed.contains(&crate::Format::Pickle)
+    {
+        return Err(TaskError::format_refused(format!(
+            "function '{}' is pickled; this endpoint allows only source-text functions and the data formats [{}]",
+            function.name(),
+            names()
+        )));
+    }
+    let positional = args
+        .positional()
+        .iter()
+        .enumerate()
+        .map(|(index, payload)| (format!("argument {index}"), payload));
+    let keyword = args
+        .keyword()
+        .iter()
+        .map(|(name, payload)| (format!("keyword argument '{name}'"), payload));
+    for (what, payload) in positional.chain(keyword) {
+        if !allowed.contains(&payload.format()) {
+            return Err(TaskError::format_refused(format!(
+                "{what} is {}; this endpoint allows only [{}]",
+                payload.format(),
+                names()
+            )));
+        }
+    }
+    Ok(())
 }

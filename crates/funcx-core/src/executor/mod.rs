@@ -91,6 +91,7 @@ impl Default for ExecutorBuilder {
                 default_timeout: None,
                 shutdown_grace: Duration::from_secs(10),
                 max_arguments_size: DEFAULT_MAX_ARGUMENTS_SIZE,
+                allowed_formats: None,
             },
         }
     }
@@ -124,6 +125,21 @@ impl ExecutorBuilder {
     /// under it travel in chunks over every link.
     pub fn max_arguments_size(mut self, bytes: u64) -> ExecutorBuilder {
         self.config.max_arguments_size = bytes;
+        self
+    }
+
+    /// The only data formats tasks may use (default: every format). A task with an argument
+    /// in another format, or with a pickled function when [`Format::Pickle`] is not in the
+    /// list, fails at once with a [`TaskError::is_format_refused`] error, before anything of
+    /// it reaches a worker; so `allowed_formats([Format::Json])` makes an endpoint that
+    /// never loads a pickle. Source-text functions are always allowed.
+    ///
+    /// [`Format::Pickle`]: crate::Format::Pickle
+    pub fn allowed_formats(
+        mut self,
+        formats: impl IntoIterator<Item = crate::Format>,
+    ) -> ExecutorBuilder {
+        self.config.allowed_formats = Some(formats.into_iter().collect());
         self
     }
 
