@@ -216,6 +216,11 @@ impl Driver {
                 {
                     self.flush().await;
                 }
+                // A resend answered in this flush asks for a read now: nothing else may
+                // ever wake the loop for its tasks.
+                if self.fetch_due && self.retry_at.is_none() {
+                    self.fetch_outstanding().await;
+                }
             }
             self.check_give_up();
         }
@@ -517,6 +522,7 @@ impl Driver {
 
         let path = format!("/v1/endpoints/{}/tasks", self.endpoint);
         loop {
+            let resent = self.in_doubt.is_some();
             let (key, chunk) = match self.in_doubt.take() {
                 Some(resend) => resend,
                 None if self.pending.is_empty() => break,
@@ -595,7 +601,13 @@ impl Driver {
                         }
                     }
                     self.cancel_at_gateway(remote_cancels);
-                    debug!(tasks = chunk.len(), "submitted to the gateway");
+                    debug!(tasks = chunk.len(), resent, "submitted to the gateway");
+                    if resent {
+                        // The first send may have been stored and its tasks run: results the
+                        // stream delivered before their ids were known here were dropped, and
+                        // the stream sends no result twice. They are read by id instead.
+                        self.fetch_due = true;
+                    }
                     self.healthy();
                 }
                 Ok(accepted) => {
