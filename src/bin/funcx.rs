@@ -661,6 +661,7 @@ async fn submit(
             args,
             kwargs: keywords,
             timeout_ms,
+            format: funcx::Format::Pickle,
         }],
     };
     let body = serde_json::to_value(&request)
@@ -828,7 +829,10 @@ async fn result(gateway: &Gateway, id: u64, wait: Option<f64>, json: bool) -> Re
         return Err(Failure(FAILED, message));
     }
     let payload = match &view.result {
-        Some(blob) => Payload::from_pickled(blob.0.clone()),
+        Some(blob) => match view.result_format {
+            Some(funcx::Format::Json) => Payload::from_json(blob.0.clone()),
+            _ => Payload::from_pickled(blob.0.clone()),
+        },
         None => {
             return Err(Failure(
                 FAILED,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use base64::Engine;
-use funcx_core::{ErrorCode, TaskError, TaskState, Timeline};
+use funcx_core::{ErrorCode, Format, TaskError, TaskState, Timeline};
 use funcx_transport::frame::FrameCodec;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
@@ -192,19 +192,132 @@ pub struct SubmitRequest {
 }
 
 /// One task of a submission.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// In JSON, `format` (default `"pickle"`) says what `args` and `kwargs` hold: base64 pickles,
+/// or with `"format": "json"` plain JSON values, which is what a curl user or a program in
+/// any language sends: `{"function_id": "…", "format": "json", "args": [1, "x", {"k": null}]}`.
+/// A task's arguments all share its format; its result comes back in it.
+#[derive(Debug, Clone)]
 pub struct SubmitTask {
     /// The function's id (64 hex digits).
     pub function_id: String,
-    /// Pickled positional arguments.
-    #[serde(default)]
+    /// Positional arguments, serialized in `format`.
     pub args: Vec<Blob>,
-    /// Pickled keyword arguments.
-    #[serde(default)]
+    /// Keyword arguments, serialized in `format`.
     pub kwargs: BTreeMap<String, Blob>,
     /// How long the task may run, in milliseconds.
-    #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// The data format of every argument.
+    pub format: Format,
+}
+
+/// [`SubmitTask`] in postcard: the fields in order, arguments as raw bytes.
+#[derive(Serialize, Deserialize)]
+struct SubmitTaskBinary {
+    function_id: String,
+    args: Vec<Blob>,
+    kwargs: BTreeMap<String, Blob>,
+    timeout_ms: Option<u64>,
+    format: Format,
+}
+
+/// [`SubmitTask`] in JSON: arguments are base64 strings or JSON values, as `format` says.
+#[derive(Serialize, Deserialize)]
+struct SubmitTaskText {
+    function_id: String,
+    #[serde(default)]
+    format: Option<Format>,
+    #[serde(default)]
+    args: Vec<serde_json::Value>,
+    #[serde(default)]
+    kwargs: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// An argument or result as JSON text shows it: a base64 string for a pickle, the value
+/// itself for JSON.
+fn to_text(format: Format, bytes: &[u8]) -> Result<serde_json::Value, String> {
+    match format {
+        Format::Json => serde_json::from_slice(bytes)
+            .map_err(|e| format!("a JSON payload is not valid JSON: {e}")),
+        _ => Ok(serde_json::Value::String(
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+        )),
+    }
+}
+
+/// The bytes of an argument or result shown as [`to_text`] does.
+fn from_text(format: Format, value: serde_json::Value) -> Result<Blob, String> {
+    match (format, value) {
+        (Format::Json, value) => serde_json::to_vec(&value)
+            .map(Blob)
+            .map_err(|e| e.to_string()),
+        (_, serde_json::Value::String(text)) => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(Blob)
+            .map_err(|e| format!("invalid base64: {e}")),
+        (format, _) => Err(format!(
+            "a {format} payload is base64 text; send plain JSON values with \"format\": \"json\""
+        )),
+    }
+}
+
+impl Serialize for SubmitTask {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if !serializer.is_human_readable() {
+            return SubmitTaskBinary {
+                function_id: self.function_id.clone(),
+                args: self.args.clone(),
+                kwargs: self.kwargs.clone(),
+                timeout_ms: self.timeout_ms,
+                format: self.format,
+            }
+            .serialize(serializer);
+        }
+        let text = |blob: &Blob| to_text(self.format, &blob.0).map_err(serde::ser::Error::custom);
+        SubmitTaskText {
+            function_id: self.function_id.clone(),
+            format: Some(self.format),
+            args: self.args.iter().map(text).collect::<Result<_, _>>()?,
+            kwargs: self
+                .kwargs
+                .iter()
+                .map(|(name, blob)| Ok((name.clone(), text(blob)?)))
+                .collect::<Result<_, S::Error>>()?,
+            timeout_ms: self.timeout_ms,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SubmitTask {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if !deserializer.is_human_readable() {
+            let task = SubmitTaskBinary::deserialize(deserializer)?;
+            return Ok(SubmitTask {
+                function_id: task.function_id,
+                args: task.args,
+                kwargs: task.kwargs,
+                timeout_ms: task.timeout_ms,
+                format: task.format,
+            });
+        }
+        let task = SubmitTaskText::deserialize(deserializer)?;
+        let format = task.format.unwrap_or(Format::Pickle);
+        let blob = |value| from_text(format, value).map_err(de::Error::custom);
+        Ok(SubmitTask {
+            function_id: task.function_id,
+            args: task.args.into_iter().map(blob).collect::<Result<_, _>>()?,
+            kwargs: task
+                .kwargs
+                .into_iter()
+                .map(|(name, value)| Ok((name, blob(value)?)))
+                .collect::<Result<_, D::Error>>()?,
+            timeout_ms: task.timeout_ms,
+            format,
+        })
+    }
 }
 
 /// The answer to a submission: one id per task, in order.
@@ -215,7 +328,10 @@ pub struct SubmitResponse {
 }
 
 /// A task as `GET /v1/tasks/{id}`, the batch route and the result events show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// In JSON, `result` is base64 text for a pickled result and the value itself for a JSON
+/// one (`"result_format": "json"`, the result of a task submitted with JSON arguments).
+#[derive(Debug, Clone)]
 pub struct TaskView {
     /// Its id.
     pub id: u64,
@@ -223,13 +339,105 @@ pub struct TaskView {
     pub state: TaskState,
     /// When it went through each state.
     pub timeline: Timeline,
-    /// The pickled result, once succeeded.
+    /// The serialized result, once succeeded.
     pub result: Option<Blob>,
     /// The error, once failed, in its stable form ([`funcx_core::TaskErrorReport`]: a `code`
     /// such as `"worker_died"`, the text, and the code's details).
     pub error: Option<TaskError>,
     /// The error as text, for people.
     pub error_message: Option<String>,
+    /// The format of `result`, when there is one.
+    pub result_format: Option<Format>,
+}
+
+/// [`TaskView`] in postcard: the fields in order, the result as raw bytes.
+#[derive(Serialize, Deserialize)]
+struct TaskViewBinary {
+    id: u64,
+    state: TaskState,
+    timeline: Timeline,
+    result: Option<Blob>,
+    error: Option<TaskError>,
+    error_message: Option<String>,
+    result_format: Option<Format>,
+}
+
+/// [`TaskView`] in JSON: the result as base64 text or a JSON value, as `result_format` says.
+#[derive(Serialize, Deserialize)]
+struct TaskViewText {
+    id: u64,
+    state: TaskState,
+    timeline: Timeline,
+    result: Option<serde_json::Value>,
+    error: Option<TaskError>,
+    error_message: Option<String>,
+    #[serde(default)]
+    result_format: Option<Format>,
+}
+
+impl Serialize for TaskView {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if !serializer.is_human_readable() {
+            return TaskViewBinary {
+                id: self.id,
+                state: self.state,
+                timeline: self.timeline,
+                result: self.result.clone(),
+                error: self.error.clone(),
+                error_message: self.error_message.clone(),
+                result_format: self.result_format,
+            }
+            .serialize(serializer);
+        }
+        let format = self.result_format.unwrap_or(Format::Pickle);
+        TaskViewText {
+            id: self.id,
+            state: self.state,
+            timeline: self.timeline,
+            result: self
+                .result
+                .as_ref()
+                .map(|blob| to_text(format, &blob.0))
+                .transpose()
+                .map_err(serde::ser::Error::custom)?,
+            error: self.error.clone(),
+            error_message: self.error_message.clone(),
+            result_format: self.result_format,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskView {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if !deserializer.is_human_readable() {
+            let view = TaskViewBinary::deserialize(deserializer)?;
+            return Ok(TaskView {
+                id: view.id,
+                state: view.state,
+                timeline: view.timeline,
+                result: view.result,
+                error: view.error,
+                error_message: view.error_message,
+                result_format: view.result_format,
+            });
+        }
+        let view = TaskViewText::deserialize(deserializer)?;
+        let format = view.result_format.unwrap_or(Format::Pickle);
+        Ok(TaskView {
+            id: view.id,
+            state: view.state,
+            timeline: view.timeline,
+            result: view
+                .result
+                .map(|value| from_text(format, value))
+                .transpose()
+                .map_err(de::Error::custom)?,
+            error: view.error,
+            error_message: view.error_message,
+            result_format: view.result_format,
+        })
+    }
 }
 
 /// One frame of the binary result stream (`GET /v1/results` with `Accept:
@@ -345,6 +553,7 @@ mod tests {
             result: None,
             error: Some(TaskError::cancelled()),
             error_message: Some("cancelled".into()),
+            result_format: None,
         };
         let back: TaskView = postcard::from_bytes(&postcard::to_stdvec(&view).unwrap()).unwrap();
         assert_eq!(back.id, 3);
@@ -353,5 +562,69 @@ mod tests {
         assert_eq!(json["state"], "failed");
         assert_eq!(json["error"]["code"], "cancelled");
         assert!(json["result"].is_null());
+    }
+
+    #[test]
+    fn json_submissions_carry_plain_values_and_pickles_stay_base64() {
+        let task: SubmitTask = serde_json::from_value(serde_json::json!({
+            "function_id": "f",
+            "format": "json",
+            "args": [1, "x", {"k": [null, 2.5]}],
+            "kwargs": {"n": true}
+        }))
+        .unwrap();
+        assert_eq!(task.format, Format::Json);
+        let args: Vec<String> = task
+            .args
+            .iter()
+            .map(|blob| String::from_utf8(blob.0.clone()).unwrap())
+            .collect();
+        assert_eq!(args, ["1", "\"x\"", r#"{"k":[null,2.5]}"#]);
+        assert_eq!(task.kwargs["n"].0, b"true");
+        // Back to the same JSON, and through postcard unchanged.
+        let json = serde_json::to_value(&task).unwrap();
+        assert_eq!(json["args"][2]["k"][1], 2.5);
+        let back: SubmitTask = postcard::from_bytes(&postcard::to_stdvec(&task).unwrap()).unwrap();
+        assert_eq!((back.format, back.args.len()), (Format::Json, 3));
+
+        // Without a format, arguments are base64 pickles, as before.
+        let task: SubmitTask =
+            serde_json::from_value(serde_json::json!({"function_id": "f", "args": ["AAH/"]}))
+                .unwrap();
+        assert_eq!(
+            (task.format, &task.args[0].0[..]),
+            (Format::Pickle, &[0, 1, 255][..])
+        );
+        let error = serde_json::from_value::<SubmitTask>(serde_json::json!({
+            "function_id": "f", "args": [1]
+        }))
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("\"format\": \"json\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn json_results_show_as_values() {
+        let view = TaskView {
+            id: 1,
+            state: TaskState::Succeeded,
+            timeline: Timeline::submitted_now(),
+            result: Some(Blob(br#"{"a":[1,null]}"#.to_vec())),
+            error: None,
+            error_message: None,
+            result_format: Some(Format::Json),
+        };
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["result"], serde_json::json!({"a": [1, null]}));
+        assert_eq!(json["result_format"], "json");
+        let back: TaskView = serde_json::from_value(json).unwrap();
+        assert_eq!(back.result, view.result);
+        let back: TaskView = postcard::from_bytes(&postcard::to_stdvec(&view).unwrap()).unwrap();
+        assert_eq!(
+            (back.result, back.result_format),
+            (view.result, view.result_format)
+        );
     }
 }

@@ -129,12 +129,29 @@ impl Args {
                 .sum::<usize>()
     }
 
-    /// Checks that every argument was serialized.
+    /// The data format every argument is in (pickle when there are none), or `None` when
+    /// they mix formats. A worker reads a task's arguments in one format and answers in it.
+    pub fn format(&self) -> Option<crate::Format> {
+        let mut formats = self
+            .positional()
+            .iter()
+            .chain(self.keyword().iter().map(|(_, payload)| payload))
+            .map(Payload::format);
+        let first = formats.next().unwrap_or(crate::Format::Pickle);
+        formats.all(|format| format == first).then_some(first)
+    }
+
+    /// Checks that every argument was serialized, all in one format.
     pub fn validate(&self) -> Result<(), TaskError> {
-        match &self.inner.error {
-            None => Ok(()),
-            Some(reason) => Err(TaskError::serialize(reason)),
+        if let Some(reason) = &self.inner.error {
+            return Err(TaskError::serialize(reason));
         }
+        if self.format().is_none() {
+            return Err(TaskError::serialize(
+                "the arguments mix data formats (pickle and JSON); a task's arguments share one format",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -121,6 +121,7 @@ async fn postcard_bodies_on_the_submit_and_result_routes() {
             )],
             kwargs: Default::default(),
             timeout_ms: Some(10_000),
+            format: funcx_core::Format::Pickle,
         }],
     };
     let response = gw

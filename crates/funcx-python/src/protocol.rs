@@ -531,7 +531,7 @@ impl Encoder {
     fn task(&mut self, item: &WorkItem) {
         let isolate = if item.isolate { FLAG_ISOLATE } else { 0 };
         let fits = encoded_len(item).is_some();
-        let flags = match task_format(item) {
+        let flags = match item.args.format() {
             _ if !fits => isolate | FLAG_REJECTED,
             Some(Format::Json) => isolate | FLAG_JSON,
             _ => isolate,
@@ -560,23 +560,10 @@ impl Encoder {
     }
 }
 
-/// The data format of all of a task's arguments (pickle when there are none), or `None`
-/// when they mix formats: the worker reads a whole task in one format and answers in it.
-fn task_format(item: &WorkItem) -> Option<Format> {
-    let mut formats = item
-        .args
-        .positional()
-        .iter()
-        .chain(item.args.keyword().iter().map(|(_, payload)| payload))
-        .map(Payload::format);
-    let first = formats.next().unwrap_or(Format::Pickle);
-    formats.all(|format| format == first).then_some(first)
-}
-
 /// The encoded size of a task sent with its arguments, or `None` when it is sent rejected
-/// (see [`task_len`] and [`task_format`]).
+/// (see [`task_len`] and [`funcx_core::Args::format`]).
 fn encoded_len(item: &WorkItem) -> Option<usize> {
-    task_format(item)?;
+    item.args.format()?;
     task_len(item)
 }
 

@@ -9,7 +9,7 @@ use funcx_core::ids::IdMap;
 use funcx_core::worker::{
     FunctionKey, ToWorker, WorkItem, WorkResult, Worker, WorkerEvent, WorkerEvents,
 };
-use funcx_core::{Executor, Function, FunctionBody, Payload, TaskError, TaskId};
+use funcx_core::{Executor, Format, Function, FunctionBody, Payload, TaskError, TaskId};
 use futures::StreamExt;
 use hyper::{Method, StatusCode};
 use tokio::sync::mpsc;
@@ -359,7 +359,10 @@ impl Driver {
     /// The result of a finished task of ours, which is then forgotten.
     fn finished(&mut self, view: TaskView) -> Option<WorkResult> {
         let outcome = match (view.result, view.error) {
-            (Some(Blob(bytes)), _) => Ok(Payload::from_pickled(bytes)),
+            (Some(Blob(bytes)), _) => Ok(match view.result_format {
+                Some(Format::Json) => Payload::from_json(bytes),
+                _ => Payload::from_pickled(bytes),
+            }),
             (None, Some(error)) => Err(error),
             (None, None) if view.state.is_finished() => {
                 Err(TaskError::protocol(view.error_message.unwrap_or_else(
@@ -571,6 +574,8 @@ impl Driver {
                         timeout_ms: item
                             .timeout
                             .map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+                        // Mixed formats never get here: the dispatcher refuses them.
+                        format: item.args.format().unwrap_or(Format::Pickle),
                     })
                     .collect(),
             };

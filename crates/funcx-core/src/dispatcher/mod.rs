@@ -366,13 +366,14 @@ impl Dispatcher {
         if self.stop.is_some() {
             return record.finish(Err(TaskError::shutdown()));
         }
-        if let Err(error) = record.args.validate() {
-            return record.finish(Err(error));
-        }
+        // Formats first: a refused pickle is refused as such, even among other arguments.
         if let Some(allowed) = &self.config.allowed_formats {
             if let Err(error) = check_formats(allowed, &function, &record.args) {
                 return record.finish(Err(error));
             }
+        }
+        if let Err(error) = record.args.validate() {
+            return record.finish(Err(error));
         }
         if record.bytes as u64 > self.config.max_arguments_size {
             let error =

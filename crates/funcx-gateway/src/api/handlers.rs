@@ -379,12 +379,16 @@ pub(crate) async fn submit(
                 "task {index}: endpoint {id} does not run function {function_id}"
             )));
         }
+        let payload = |bytes: Vec<u8>| match request.format {
+            funcx_core::Format::Json => Payload::from_json(bytes),
+            _ => Payload::from_pickled(bytes),
+        };
         let mut args = Args::new();
         for arg in request.args {
-            args = args.payload(Payload::from_pickled(arg.0));
+            args = args.payload(payload(arg.0));
         }
         for (name, value) in request.kwargs {
-            args = args.kwarg_payload(name, Payload::from_pickled(value.0));
+            args = args.kwarg_payload(name, payload(value.0));
         }
         let timeout = request.timeout_ms.map(Duration::from_millis);
         let options = match timeout {
@@ -506,10 +510,14 @@ pub(crate) fn view_of(
     state: TaskState,
     timeline: funcx_core::Timeline,
 ) -> TaskView {
-    let (result, error) = match record.result {
-        Some(Ok(payload)) => (Some(Blob(payload.as_bytes().to_vec())), None),
-        Some(Err(error)) => (None, Some(error)),
-        None => (None, None),
+    let (result, result_format, error) = match record.result {
+        Some(Ok(payload)) => (
+            Some(Blob(payload.as_bytes().to_vec())),
+            Some(payload.format()),
+            None,
+        ),
+        Some(Err(error)) => (None, None, Some(error)),
+        None => (None, None, None),
     };
     TaskView {
         id: record.id,
@@ -518,6 +526,7 @@ pub(crate) fn view_of(
         result,
         error_message: error.as_ref().map(ToString::to_string),
         error,
+        result_format,
     }
 }
 
@@ -787,14 +796,19 @@ struct ViewRef<'a> {
     result: Option<BlobRef<'a>>,
     error: Option<&'a TaskError>,
     error_message: Option<String>,
+    result_format: Option<funcx_core::Format>,
 }
 
 impl<'a> ViewRef<'a> {
     fn of(record: &'a TaskRecord) -> ViewRef<'a> {
-        let (result, error) = match &record.result {
-            Some(Ok(payload)) => (Some(BlobRef(payload.as_bytes())), None),
-            Some(Err(error)) => (None, Some(error)),
-            None => (None, None),
+        let (result, result_format, error) = match &record.result {
+            Some(Ok(payload)) => (
+                Some(BlobRef(payload.as_bytes())),
+                Some(payload.format()),
+                None,
+            ),
+            Some(Err(error)) => (None, None, Some(error)),
+            None => (None, None, None),
         };
         ViewRef {
             id: record.id,
@@ -803,6 +817,7 @@ impl<'a> ViewRef<'a> {
             result,
             error,
             error_message: error.map(ToString::to_string),
+            result_format,
         }
     }
 }

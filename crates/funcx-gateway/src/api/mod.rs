@@ -391,8 +391,13 @@ fn schemas() -> Value {
         "SubmitRequest": { "type": "object", "required": ["tasks"], "properties": { "tasks": {
             "type": "array", "items": { "type": "object", "required": ["function_id"], "properties": {
                 "function_id": hex_id,
-                "args": { "type": "array", "items": b64 },
-                "kwargs": { "type": "object", "additionalProperties": b64 },
+                "format": { "type": "string", "enum": ["pickle", "json"], "default": "pickle",
+                    "description": "what args and kwargs hold: base64 pickles, or with \"json\" plain JSON values (any type), read by the worker with json.loads; the result then comes back as JSON too. An endpoint may allow only some formats (allowed_formats); a refused one fails the task with code format_refused" },
+                "args": { "type": "array", "items": {},
+                    "description": "positional arguments: base64 pickles (format pickle) or JSON values (format json)",
+                    "example": [1, "x", { "k": [null, 2.5] }] },
+                "kwargs": { "type": "object", "additionalProperties": {},
+                    "description": "keyword arguments, in the task's format" },
                 "timeout_ms": { "type": "integer", "nullable": true } } } } } },
         "SubmitResponse": { "type": "object", "properties": {
             "task_ids": { "type": "array", "items": { "type": "integer" } } } },
@@ -401,8 +406,10 @@ fn schemas() -> Value {
             "state": { "type": "string", "enum": ["queued", "dispatched", "running", "succeeded", "failed"] },
             "timeline": { "type": "object", "properties": {
                 "submitted": time, "dispatched": time, "running": time, "finished": time } },
-            "result": { "type": "string", "format": "byte", "nullable": true,
-                "description": "the pickled result (base64)" },
+            "result": { "nullable": true,
+                "description": "the result: base64 text of a pickle, or for result_format json the JSON value itself" },
+            "result_format": { "type": "string", "enum": ["pickle", "json"], "nullable": true,
+                "description": "the format of result: json for a task submitted with format json" },
             "error": task_error,
             "error_message": { "type": "string", "nullable": true } } },
         "TaskList": task_list,
