@@ -794,8 +794,8 @@ async fn status_follows_a_task_through_its_states() {
     let sleep = func("sleep");
     let with_timeout = TaskOptions::new().timeout(LIMIT);
 
-    // Warm: `sleep` is short, so the next two are sent together; the timeout isolates them,
-    // so the first is reported running while the second waits on the worker.
+    // Warm: `sleep` is short, so the next two are usually sent together; the timeout isolates
+    // them, so the first is reported running while the second waits.
     warm(&executor, "sleep", 0, 20).await;
     let a = executor.submit_with(&sleep, (300,), with_timeout);
     let b = executor.submit_with(&sleep, (300,), with_timeout);
@@ -805,9 +805,12 @@ async fn status_follows_a_task_through_its_states() {
         state(s) == Some(TaskState::Running)
     })
     .await;
-    assert_eq!(
-        state(executor.status(b_id).await),
-        Some(TaskState::Dispatched)
+    // b waits while a runs: on the worker (Dispatched) when the warm-up measured `sleep` as
+    // short, in the queue when a loaded machine made the warm-up look long.
+    let waiting = state(executor.status(b_id).await);
+    assert!(
+        matches!(waiting, Some(TaskState::Dispatched | TaskState::Queued)),
+        "b while a runs on the only worker: {waiting:?}"
     );
     assert_eq!(within("a", a.result::<i64>()).await.unwrap(), 300);
     wait_status(&executor, b_id, "b to run", |s| {

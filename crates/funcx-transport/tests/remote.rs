@@ -72,6 +72,13 @@ async fn managers_in_memory_run_every_task_once() {
         )));
     }
     wait_for_managers(&executor, 2).await;
+    // The agent lists a manager just after the executor counts it: wait for both.
+    within("the agent to list both managers", async {
+        while agent.managers().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     assert_eq!(agent.managers().len(), 2);
     assert_eq!(executor.stats().await.workers, 16);
 
