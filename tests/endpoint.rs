@@ -172,15 +172,20 @@ async fn without_a_provider_it_says_so() {
 
 /// An endpoint configured for JSON only refuses a pickled argument and a pickled function as
 /// they enter it, with a typed error, and its real workers never load them; JSON tasks of
-/// source-text functions run there as usual.
+/// source-text functions run there as usual, and only the functions of its own allow-list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_only_endpoint_refuses_pickles_before_its_workers_see_them() {
     init_tracing();
+    let describe = Function::from_source(
+        "def describe(x):\n    return [x, type(x).__name__]\n",
+        "describe",
+    );
     let endpoint = Endpoint::builder()
         .name("json-only")
         .provider(LocalProvider::new())
         .manager_program(manager_binary())
         .allowed_formats([funcx::Format::Json])
+        .allowed_functions([describe.id()])
         .strategy(
             StrategyConfig::new()
                 .blocks(1, 0, 1)
@@ -189,10 +194,6 @@ async fn a_json_only_endpoint_refuses_pickles_before_its_workers_see_them() {
         .start()
         .await
         .expect("the endpoint starts");
-    let describe = Function::from_source(
-        "def describe(x):\n    return [x, type(x).__name__]\n",
-        "describe",
-    );
     let json = |value: serde_json::Value| funcx::Payload::json(&value).expect("json");
     let result = within(
         HANG,
@@ -260,5 +261,18 @@ async fn a_json_only_endpoint_refuses_pickles_before_its_workers_see_them() {
     assert_eq!(again.decode::<serde_json::Value>().expect("json")[0], "x");
     assert!(!std::path::Path::new(&argument_marker).exists());
     assert!(!std::path::Path::new(&function_marker).exists());
+
+    // Its own allow-list: a source-text function not on it is refused too.
+    let other = Function::from_source("def other(x):\n    return x\n", "other");
+    let error = within(
+        HANG,
+        endpoint.executor().submit(
+            &other,
+            funcx::Args::new().payload(json(serde_json::json!(1))),
+        ),
+    )
+    .await
+    .expect_err("not on the endpoint's allow-list");
+    assert!(error.is_function_refused(), "{error}");
     endpoint.stop().await;
 }

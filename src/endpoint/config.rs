@@ -53,6 +53,10 @@ pub struct EndpointConfig {
     /// (arguments and functions); absent, every format.
     #[serde(default)]
     pub allowed_formats: Option<Vec<funcx_core::Format>>,
+    /// The only functions the endpoint runs, by id (64 hexadecimal digits); absent, every
+    /// function.
+    #[serde(default)]
+    pub allowed_functions: Option<Vec<String>>,
     /// Where tasks come from.
     pub gateway: Option<GatewaySection>,
     /// The managers: where they dial, what they run.
@@ -505,6 +509,14 @@ impl EndpointConfig {
         if let Some(formats) = &self.allowed_formats {
             builder = builder.allowed_formats(formats.iter().copied());
         }
+        if let Some(functions) = &self.allowed_functions {
+            let ids = functions
+                .iter()
+                .map(|id| id.parse::<funcx_core::FunctionId>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ConfigError::new(path, format!("key `allowed_functions`: {e}")))?;
+            builder = builder.allowed_functions(ids);
+        }
         builder = match &self.managers.program {
             Some(program) => builder.manager_program(relative(program)),
             None => builder.manager_command(manager),
@@ -747,6 +759,8 @@ provider = "{provider}"
 # The only data formats tasks may use: ["json"] refuses every pickled argument and pickled
 # function before anything is unpickled (source-text functions always run). Default: all.
 # allowed_formats = ["json"]
+# The only functions tasks may call, by id; checked here whatever the gateway checked.
+# allowed_functions = ["<64 hex digits>"]
 
 "#
     );
@@ -934,5 +948,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("allowed_formats"), "{e}");
+
+        let id = funcx_core::Function::from_source("def f(): pass", "f").id();
+        let text = format!("provider = \"local\"\nallowed_functions = [\"{id}\"]\n");
+        let config = EndpointConfig::parse(&text, path).unwrap();
+        assert_eq!(config.allowed_functions, Some(vec![id.to_string()]));
+        let text = "provider = \"local\"\nallowed_functions = [\"abc\"]\n";
+        let config = EndpointConfig::parse(text, path).unwrap();
+        let manager = ManagerCommand::new("funcx-manager");
+        let e = config
+            .builder("e", Path::new("/tmp"), path, manager)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("allowed_functions") && e.contains("\"abc\""),
+            "{e}"
+        );
     }
 }

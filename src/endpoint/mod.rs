@@ -49,7 +49,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use funcx_core::{
-    BlockId, BlockRequest, Executor, Format, ManagerCommand, Provider, Strategy, StrategyConfig,
+    BlockId, BlockRequest, Executor, Format, FunctionId, ManagerCommand, Provider, Strategy,
+    StrategyConfig,
 };
 use funcx_python::PythonConfig;
 use funcx_transport::remote::{AgentConfig, EndpointAgent};
@@ -142,6 +143,7 @@ pub struct EndpointBuilder {
     gateway: Option<GatewayLink>,
     retries: u32,
     allowed_formats: Option<Vec<Format>>,
+    allowed_functions: Option<Vec<FunctionId>>,
     agent: AgentConfig,
     stop_timeout: Duration,
 }
@@ -175,6 +177,7 @@ impl Default for EndpointBuilder {
             gateway: None,
             retries: 2,
             allowed_formats: None,
+            allowed_functions: None,
             agent: AgentConfig::default(),
             stop_timeout: Duration::from_secs(120),
         }
@@ -306,6 +309,16 @@ impl EndpointBuilder {
         self
     }
 
+    /// The only functions this endpoint runs (default: every function). A task of another
+    /// function fails with a
+    /// [`TaskError::is_function_refused`](funcx_core::TaskError::is_function_refused) error as
+    /// it enters the endpoint: the endpoint's own allow-list, enforced where the code runs
+    /// even if the gateway in front is misconfigured or compromised.
+    pub fn allowed_functions(mut self, functions: impl IntoIterator<Item = FunctionId>) -> Self {
+        self.allowed_functions = Some(functions.into_iter().collect());
+        self
+    }
+
     /// How managers are watched (heartbeats).
     pub fn agent_config(mut self, agent: AgentConfig) -> Self {
         self.agent = agent;
@@ -336,6 +349,9 @@ impl EndpointBuilder {
         let mut executor = Executor::builder().retries_on_worker_death(self.retries);
         if let Some(formats) = &self.allowed_formats {
             executor = executor.allowed_formats(formats.iter().copied());
+        }
+        if let Some(functions) = &self.allowed_functions {
+            executor = executor.allowed_functions(functions.iter().copied());
         }
         let executor = executor.start_without_workers();
         let mut transport = TcpTransport::builder().token(&token);

@@ -43,6 +43,7 @@ enum Kind {
     Protocol(String),
     ArgumentsTooLarge { size: u64, limit: u64 },
     FormatRefused(String),
+    FunctionRefused(String),
 }
 
 /// A Python exception as it arrived from a worker: type, message and formatted traceback.
@@ -101,6 +102,12 @@ impl TaskError {
     /// the task was sent to a worker.
     pub fn format_refused(reason: impl fmt::Display) -> TaskError {
         TaskError::new(Kind::FormatRefused(reason.to_string()))
+    }
+
+    /// The endpoint does not run the task's function (it is not on the endpoint's own
+    /// allow-list); `reason` names it. Nothing of the task was sent to a worker.
+    pub fn function_refused(reason: impl fmt::Display) -> TaskError {
+        TaskError::new(Kind::FunctionRefused(reason.to_string()))
     }
 
     /// The function raised `exception`.
@@ -204,6 +211,11 @@ impl TaskError {
     /// The endpoint refused a format the task uses (see [`TaskError::format_refused`]).
     pub fn is_format_refused(&self) -> bool {
         matches!(self.inner.kind, Kind::FormatRefused(_))
+    }
+
+    /// The endpoint refused the task's function (see [`TaskError::function_refused`]).
+    pub fn is_function_refused(&self) -> bool {
+        matches!(self.inner.kind, Kind::FunctionRefused(_))
     }
 
     /// The result was larger than the configured limit.
@@ -348,7 +360,7 @@ impl fmt::Display for TaskError {
                     "arguments of {size} bytes are over the limit of {limit} bytes; the task was not sent"
                 )
             }
-            Kind::FormatRefused(reason) => {
+            Kind::FormatRefused(reason) | Kind::FunctionRefused(reason) => {
                 write!(f, "the endpoint refused the task: {reason}")
             }
         }
@@ -393,6 +405,7 @@ impl<'de> Deserialize<'de> for TaskError {
 /// | `manager_lost` | the manager holding the task was lost | `reason` |
 /// | `protocol` | a peer broke the protocol | `reason` |
 /// | `format_refused` | the endpoint does not allow a format the task uses (a pickle); nothing was run | `reason` |
+/// | `function_refused` | the endpoint's own allow-list does not have the task's function; nothing was run | `reason` |
 ///
 /// Codes are never renamed or reused; new ones may be added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -430,11 +443,13 @@ pub enum ErrorCode {
     Protocol,
     /// `format_refused`
     FormatRefused,
+    /// `function_refused`
+    FunctionRefused,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the table above.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::Python,
         ErrorCode::Load,
         ErrorCode::ArgumentsUnpickle,
@@ -451,6 +466,7 @@ impl ErrorCode {
         ErrorCode::ManagerLost,
         ErrorCode::Protocol,
         ErrorCode::FormatRefused,
+        ErrorCode::FunctionRefused,
     ];
 
     /// The code's string, e.g. `"worker_died"`.
@@ -472,6 +488,7 @@ impl ErrorCode {
             ErrorCode::ManagerLost => "manager_lost",
             ErrorCode::Protocol => "protocol",
             ErrorCode::FormatRefused => "format_refused",
+            ErrorCode::FunctionRefused => "function_refused",
         }
     }
 
@@ -539,7 +556,7 @@ pub struct TaskErrorReport {
     /// How the worker ended, for `worker_died`.
     pub worker_exit: Option<WorkerExit>,
     /// Why, for `serialize`, `decode`, `no_workers`, `manager_lost`, `protocol`,
-    /// `format_refused`.
+    /// `format_refused`, `function_refused`.
     pub reason: Option<String>,
     /// The size in bytes, for `result_too_large` and `arguments_too_large`.
     pub size: Option<u64>,
@@ -569,6 +586,7 @@ impl TaskError {
             Kind::ManagerLost(_) => ErrorCode::ManagerLost,
             Kind::Protocol(_) => ErrorCode::Protocol,
             Kind::FormatRefused(_) => ErrorCode::FormatRefused,
+            Kind::FunctionRefused(_) => ErrorCode::FunctionRefused,
         }
     }
 
@@ -590,7 +608,8 @@ impl TaskError {
             | Kind::NoWorkers(reason)
             | Kind::ManagerLost(reason)
             | Kind::Protocol(reason)
-            | Kind::FormatRefused(reason) => report.reason = Some(reason.clone()),
+            | Kind::FormatRefused(reason)
+            | Kind::FunctionRefused(reason) => report.reason = Some(reason.clone()),
             Kind::ResultTooLarge { size, limit } | Kind::ArgumentsTooLarge { size, limit } => {
                 report.size = Some(*size);
                 report.limit = Some(*limit);
@@ -643,6 +662,7 @@ impl From<TaskErrorReport> for TaskError {
             ErrorCode::ManagerLost => Kind::ManagerLost(reason()),
             ErrorCode::Protocol => Kind::Protocol(reason()),
             ErrorCode::FormatRefused => Kind::FormatRefused(reason()),
+            ErrorCode::FunctionRefused => Kind::FunctionRefused(reason()),
         })
     }
 }

@@ -162,6 +162,24 @@ impl FunctionId {
     }
 }
 
+/// Reads the 64 hexadecimal digits [`FunctionId`]'s `Display` writes (as configuration
+/// files and the HTTP API spell ids).
+impl std::str::FromStr for FunctionId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<FunctionId, String> {
+        let bad = || format!("{text:?} is not a function id (64 hexadecimal digits)");
+        if text.len() != 64 || !text.is_ascii() {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(FunctionId(bytes))
+    }
+}
+
 impl fmt::Display for FunctionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for byte in &self.0 {
@@ -184,6 +202,14 @@ impl fmt::Debug for FunctionId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_read_back_from_their_hex_text() {
+        let id = Function::from_source("def f(): pass", "f").id();
+        assert_eq!(id.to_string().parse::<FunctionId>(), Ok(id));
+        assert!("abc".parse::<FunctionId>().is_err());
+        assert!("zz".repeat(32).parse::<FunctionId>().is_err());
+    }
 
     #[test]
     fn id_depends_on_name_and_body() {

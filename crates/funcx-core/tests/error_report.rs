@@ -90,6 +90,10 @@ fn golden() -> Vec<(TaskError, &'static str)> {
             r#"{"code":"protocol","message":"protocol error: unexpected frame","python":null,"worker_exit":null,"reason":"unexpected frame","size":null,"limit":null,"timeout":null}"#,
         ),
         (
+            TaskError::function_refused("function 'f' is not on this endpoint's allow-list"),
+            r#"{"code":"function_refused","message":"the endpoint refused the task: function 'f' is not on this endpoint's allow-list","python":null,"worker_exit":null,"reason":"function 'f' is not on this endpoint's allow-list","size":null,"limit":null,"timeout":null}"#,
+        ),
+        (
             TaskError::format_refused("argument 0 is a pickle; this endpoint allows json"),
             r#"{"code":"format_refused","message":"the endpoint refused the task: argument 0 is a pickle; this endpoint allows json","python":null,"worker_exit":null,"reason":"argument 0 is a pickle; this endpoint allows json","size":null,"limit":null,"timeout":null}"#,
         ),

@@ -214,3 +214,36 @@ async fn a_json_only_executor_refuses_pickles_before_any_worker_sees_them() {
 fn executor_allowing_everything() -> Executor {
     executor(Some(vec![Format::Pickle, Format::Json]))
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_executor_with_an_allow_list_runs_only_its_functions() {
+    let describe = Function::from_source(DESCRIBE, "describe");
+    // Writes a file when run: the test sees whether a refused function ever ran.
+    let marker = marker("refused-function");
+    let other = Function::from_source(
+        format!(
+            "def other(x):\n    open({:?}, 'w').close()\n    return x\n",
+            marker.to_str().expect("a UTF-8 path")
+        ),
+        "other",
+    );
+    let executor = Executor::builder()
+        .workers(1)
+        .allowed_functions([describe.id()])
+        .start(PythonRuntime::new(PythonConfig::new()));
+    let error = run(&executor, &other, Args::new().arg(&1))
+        .await
+        .expect_err("not on the list");
+    assert!(error.is_function_refused(), "{error}");
+    assert_eq!(error.code(), funcx_core::ErrorCode::FunctionRefused);
+    assert!(
+        error.to_string().contains(&other.id().to_string()),
+        "{error}"
+    );
+    let ok = run(&executor, &describe, Args::new().arg(&1))
+        .await
+        .expect("on the list");
+    assert_eq!(ok.format(), Format::Pickle);
+    assert!(!marker.exists(), "the refused function ran");
+    executor.shutdown().await;
+}

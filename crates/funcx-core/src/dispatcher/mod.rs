@@ -56,6 +56,8 @@ pub(crate) struct DispatcherConfig {
     pub(crate) max_arguments_size: u64,
     /// The data formats tasks may use; `None` allows every format.
     pub(crate) allowed_formats: Option<Vec<crate::Format>>,
+    /// The only functions tasks may call; `None` allows every function.
+    pub(crate) allowed_functions: Option<std::collections::HashSet<FunctionId>>,
 }
 
 struct TaskRecord {
@@ -369,6 +371,16 @@ impl Dispatcher {
         // Formats first: a refused pickle is refused as such, even among other arguments.
         if let Some(allowed) = &self.config.allowed_formats {
             if let Err(error) = check_formats(allowed, &function, &record.args) {
+                return record.finish(Err(error));
+            }
+        }
+        if let Some(allowed) = &self.config.allowed_functions {
+            if !allowed.contains(&function.id()) {
+                let error = TaskError::function_refused(format!(
+                    "function '{}' ({}) is not on this endpoint's allow-list",
+                    function.name(),
+                    function.id()
+                ));
                 return record.finish(Err(error));
             }
         }

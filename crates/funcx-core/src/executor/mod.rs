@@ -92,6 +92,7 @@ impl Default for ExecutorBuilder {
                 shutdown_grace: Duration::from_secs(10),
                 max_arguments_size: DEFAULT_MAX_ARGUMENTS_SIZE,
                 allowed_formats: None,
+                allowed_functions: None,
             },
         }
     }
@@ -140,6 +141,18 @@ impl ExecutorBuilder {
         formats: impl IntoIterator<Item = crate::Format>,
     ) -> ExecutorBuilder {
         self.config.allowed_formats = Some(formats.into_iter().collect());
+        self
+    }
+
+    /// The only functions tasks may call (default: every function). A task of another
+    /// function fails at once with a [`TaskError::is_function_refused`] error, before its
+    /// function reaches a worker: the endpoint's own allow-list, checked where the code runs
+    /// whatever the gateway in front checked.
+    pub fn allowed_functions(
+        mut self,
+        functions: impl IntoIterator<Item = crate::FunctionId>,
+    ) -> ExecutorBuilder {
+        self.config.allowed_functions = Some(functions.into_iter().collect());
         self
     }
 
