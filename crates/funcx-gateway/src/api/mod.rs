@@ -293,7 +293,7 @@ pub(crate) fn openapi_document() -> &'static Value {
             "info": {
                 "title": "funcx gateway",
                 "version": "1",
-                "description": "Run Python functions on your endpoints. JSON bodies carry payloads (pickles) as base64; the submit and result routes also take and give application/x-postcard. Errors are {\"error\": {\"code\", \"message\"}}."
+                "description": "Run Python functions on your endpoints. JSON bodies carry payloads as base64 pickles, or as plain JSON values for a task submitted with \"format\": \"json\"; the submit and result routes also take and give application/x-postcard. Errors are {\"error\": {\"code\", \"message\"}}."
             },
             "paths": paths,
             "components": {

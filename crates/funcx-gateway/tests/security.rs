@@ -1,0 +1,192 @@
+//! Authentication over the whole API: every route the OpenAPI document marks as a user's
+//! refuses a missing or wrong token; an endpoint's token cannot act as a user, nor a user's
+//! token connect as an endpoint; and no token reaches the gateway's logs, even at `debug`.
+
+mod common;
+
+use common::process::{free_port, register_endpoint, temp_dir, write_config, GatewayProcess};
+use common::{config, start, ALICE, TIMEOUT};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// Every `(method, path, security scheme)` of the OpenAPI document, with path parameters
+/// filled in with values of the right shape.
+fn operations(document: &Value) -> Vec<(Method, String, String)> {
+    let mut out = Vec::new();
+    let paths = document["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("an operation map") {
+            let scheme = operation["security"]
+                .as_array()
+                .and_then(|schemes| schemes.first())
+                .and_then(|scheme| scheme.as_object())
+                .and_then(|scheme| scheme.keys().next().cloned())
+                .unwrap_or_default();
+            let path = path
+                .replace("{id}", &"ab".repeat(32))
+                .replace("{name}", "someone");
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
+            out.push((method, path, scheme));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_user_route_refuses_a_missing_or_wrong_token_and_an_endpoint_token() {
+    let gw = start(config()).await;
+    let (_endpoint, endpoint_token) = gw.register_endpoint(ALICE, json!({ "name": "e" })).await;
+    let (status, document) = gw.get("/v1/openapi.json", ALICE).await;
+    assert_eq!(status, StatusCode::OK);
+    let operations = operations(&document);
+    let user_routes: Vec<_> = operations.iter().filter(|(_, _, s)| s == "user").collect();
+    assert!(
+        user_routes.len() >= 15,
+        "the document lists the user routes: {operations:?}"
+    );
+    for (method, path, _) in user_routes {
+        for token in [None, Some("wrong-token-0123456789abcdef"), Some("")] {
+            let (status, body) = gw.call(method.clone(), path, token, None).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with token {token:?}: {body}"
+            );
+        }
+        // An endpoint's token is not a user's.
+        let (status, body) = gw
+            .call(method.clone(), path, Some(&endpoint_token), None)
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with an endpoint token: {body}"
+        );
+    }
+    // The endpoint routes refuse a user's token.
+    let endpoint_routes: Vec<_> = operations
+        .iter()
+        .filter(|(_, _, s)| s == "endpoint")
+        .collect();
+    for (method, path, _) in endpoint_routes {
+        let (status, body) = gw.call(method.clone(), path, Some(ALICE), None).await;
+        assert!(
+            status == StatusCode::UNAUTHORIZED
+                || status == StatusCode::FORBIDDEN
+                || status == StatusCode::NOT_FOUND,
+            "{method} {path} with a user token: {status} {body}"
+        );
+        assert!(!status.is_success(), "{method} {path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_reach_the_logs_even_at_debug() {
+    const TOKEN: &str = "alice-secret-token-never-logged-0123456789";
+    let dir = temp_dir("security-logs");
+    let address = free_port();
+    let config = write_config(&dir, address, "alice", TOKEN);
+    let log = dir.join("gateway.log");
+    let gateway = GatewayProcess::start_with(&["--log-level", "debug"], &config, address, &log);
+    let (endpoint, endpoint_token) = register_endpoint(address, TOKEN, "logged").await;
+    let client = reqwest::Client::new();
+    // Requests with good, wrong and endpoint tokens, on user routes: each is logged at debug.
+    for token in [TOKEN, "wrong-secret-token-0123456789", &endpoint_token] {
+        let _ = tokio::time::timeout(
+            TIMEOUT,
+            client
+                .get(format!("http://{address}/v1/endpoints/{endpoint}"))
+                .bearer_auth(token)
+                .send(),
+        )
+        .await
+        .expect("answered in time");
+    }
+    let text = gateway.log();
+    assert!(
+        text.lines().count() > 3,
+        "the gateway logged at debug: {text}"
+    );
+    for secret in [
+        TOKEN,
+        "wrong-secret-token-0123456789",
+        endpoint_token.as_str(),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "a token is in the gateway's log: {secret}\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenant_can_neither_read_nor_change_a_users_objects() {
+    use common::BOB;
+    let gw = start(config()).await;
+    let function = gw.echo_function(ALICE).await;
+    let (endpoint, endpoint_token) = gw.register_endpoint(ALICE, json!({ "name": "e" })).await;
+    let _connected = gw.connect(&endpoint, &endpoint_token);
+    let (status, answer) = gw.submit(ALICE, &endpoint, &function, &[7]).await;
+    assert!(status.is_success(), "{answer}");
+    let task = answer["task_ids"][0].as_u64().expect("a task id");
+    gw.wait(ALICE, task).await;
+
+    let attempts = [
+        (Method::GET, format!("/v1/functions/{function}"), None),
+        (Method::DELETE, format!("/v1/functions/{function}"), None),
+        (Method::GET, format!("/v1/endpoints/{endpoint}"), None),
+        (
+            Method::POST,
+            format!("/v1/endpoints/{endpoint}/tasks"),
+            Some(json!({ "tasks": [{ "function_id": function, "args": [] }] })),
+        ),
+        (Method::POST, format!("/v1/endpoints/{endpoint}/stop"), None),
+        (
+            Method::POST,
+            format!("/v1/endpoints/{endpoint}/token"),
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/endpoints/{endpoint}/token"),
+            None,
+        ),
+        (Method::DELETE, format!("/v1/endpoints/{endpoint}"), None),
+        (Method::GET, format!("/v1/tasks/{task}"), None),
+        (Method::POST, format!("/v1/tasks/{task}/cancel"), None),
+        (Method::DELETE, format!("/v1/tasks/{task}"), None),
+    ];
+    for (method, path, body) in attempts {
+        let (status, answer) = gw.call(method.clone(), &path, Some(BOB), body).await;
+        assert!(
+            status == StatusCode::NOT_FOUND || status == StatusCode::FORBIDDEN,
+            "bob: {method} {path}: {status} {answer}"
+        );
+    }
+    // Reads that list or batch show bob nothing of alice's.
+    let (status, batch) = gw
+        .post("/v1/tasks/batch", BOB, json!({ "ids": [task] }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{batch}");
+    assert_eq!(batch["tasks"], json!([]), "{batch}");
+    assert_eq!(batch["not_found"], json!([task]), "{batch}");
+    let (_, list) = gw.get("/v1/tasks", BOB).await;
+    assert_eq!(list["tasks"], json!([]), "{list}");
+    let (_, endpoints) = gw.get("/v1/endpoints", BOB).await;
+    assert!(
+        !endpoints.to_string().contains(&endpoint),
+        "bob sees alice's endpoint: {endpoints}"
+    );
+
+    // Alice's objects are untouched.
+    for path in [
+        format!("/v1/functions/{function}"),
+        format!("/v1/endpoints/{endpoint}"),
+        format!("/v1/tasks/{task}"),
+    ] {
+        let (status, answer) = gw.get(&path, ALICE).await;
+        assert_eq!(status, StatusCode::OK, "alice: {path}: {answer}");
+    }
+    let (_, view) = gw.get(&format!("/v1/tasks/{task}"), ALICE).await;
+    assert_eq!(view["state"], "succeeded", "{view}");
+}
