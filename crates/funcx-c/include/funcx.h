@@ -58,6 +58,11 @@ typedef enum FuncxErrorKind {
   FUNCX_ERROR_KIND_INTERNAL = 14,
   // The arguments were larger than a limit on the way (the gateway's body limit, say).
   FUNCX_ERROR_KIND_ARGUMENTS_TOO_LARGE = 15,
+  // The endpoint refused a data format the task uses (a pickle where only JSON is
+  // allowed); nothing ran.
+  FUNCX_ERROR_KIND_FORMAT_REFUSED = 16,
+  // The endpoint refused the task's function (not on its allow-list); nothing ran.
+  FUNCX_ERROR_KIND_FUNCTION_REFUSED = 17,
 } FuncxErrorKind;
 
 // An error: its kind and its message. Free it with `funcx_error_free`.

@@ -40,6 +40,11 @@ pub enum FuncxErrorKind {
     Internal = 14,
     /// The arguments were larger than a limit on the way (the gateway's body limit, say).
     ArgumentsTooLarge = 15,
+    /// The endpoint refused a data format the task uses (a pickle where only JSON is
+    /// allowed); nothing ran.
+    FormatRefused = 16,
+    /// The endpoint refused the task's function (not on its allow-list); nothing ran.
+    FunctionRefused = 17,
 }
 
 /// An error: its kind and its message. Free it with `funcx_error_free`.
@@ -75,6 +80,10 @@ impl From<TaskError> for FuncxError {
             K::ResultTooLarge
         } else if error.is_arguments_too_large() {
             K::ArgumentsTooLarge
+        } else if error.is_format_refused() {
+            K::FormatRefused
+        } else if error.is_function_refused() {
+            K::FunctionRefused
         } else if error.is_serialization() {
             K::Serialization
         } else if error.is_worker_died() {
