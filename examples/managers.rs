@@ -43,7 +43,9 @@ async fn endpoint() -> Result<(), Box<dyn Error>> {
         .workers_per_node(1)
         .strategy(
             StrategyConfig::new()
-                .blocks(1, 1, 1)
+                .init_blocks(1)
+                .min_blocks(1)
+                .max_blocks(1)
                 .period(Duration::from_millis(100)),
         )
         .start()

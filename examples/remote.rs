@@ -96,7 +96,9 @@ async fn remote() -> Result<(), Box<dyn Error>> {
         .workers_per_node(2)
         .strategy(
             StrategyConfig::new()
-                .blocks(1, 1, 1)
+                .init_blocks(1)
+                .min_blocks(1)
+                .max_blocks(1)
                 .period(Duration::from_millis(100)),
         )
         .walltime(Duration::from_secs(3600))

@@ -40,7 +40,8 @@ async fn endpoint() -> Result<(), Box<dyn Error>> {
         .workers_per_node(1)
         .strategy(
             StrategyConfig::new()
-                .blocks(1, 0, 2)
+                .init_blocks(1)
+                .max_blocks(2)
                 .period(Duration::from_millis(500))
                 .max_idle_time(Duration::from_secs(5))
                 .connect_timeout(Duration::from_secs(60)),

@@ -61,7 +61,8 @@ async fn local_blocks_run_tasks_and_stop_leaves_nothing_running() {
         .python(PythonConfig::new().env("FUNCX_ENDPOINT_TEST", "from-the-builder"))
         .strategy(
             StrategyConfig::new()
-                .blocks(1, 0, 1)
+                .init_blocks(1)
+                .max_blocks(1)
                 .period(Duration::from_millis(100)),
         )
         .walltime(Duration::from_secs(600))
@@ -149,7 +150,8 @@ async fn a_block_that_cannot_start_is_reported() {
         .manager_program("/nonexistent/funcx-manager")
         .strategy(
             StrategyConfig::new()
-                .blocks(1, 0, 1)
+                .init_blocks(1)
+                .max_blocks(1)
                 .period(Duration::from_millis(50)),
         )
         .start()
@@ -188,7 +190,8 @@ async fn a_json_only_endpoint_refuses_pickles_before_its_workers_see_them() {
         .allowed_functions([describe.id()])
         .strategy(
             StrategyConfig::new()
-                .blocks(1, 0, 1)
+                .init_blocks(1)
+                .max_blocks(1)
                 .period(Duration::from_millis(100)),
         )
         .start()

@@ -70,7 +70,8 @@ async fn gateway_tasks_run_on_blocks_and_a_stop_delivers_every_result() {
         .workers_per_node(2)
         .strategy(
             StrategyConfig::new()
-                .blocks(0, 0, 1)
+                .init_blocks(0)
+                .max_blocks(1)
                 .period(Duration::from_millis(100)),
         )
         .gateway(link.clone())
@@ -140,7 +141,8 @@ async fn gateway_tasks_run_on_blocks_and_a_stop_delivers_every_result() {
         .workers_per_node(2)
         .strategy(
             StrategyConfig::new()
-                .blocks(0, 0, 1)
+                .init_blocks(0)
+                .max_blocks(1)
                 .period(Duration::from_millis(100)),
         )
         .gateway(link)
@@ -165,7 +167,7 @@ async fn a_refused_token_is_the_last_error() {
     let endpoint = Endpoint::builder()
         .provider(LocalProvider::new())
         .manager_program(manager_binary())
-        .strategy(StrategyConfig::new().blocks(0, 0, 1))
+        .strategy(StrategyConfig::new().init_blocks(0).max_blocks(1))
         .gateway(GatewayLink {
             url,
             endpoint_id,

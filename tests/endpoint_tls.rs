@@ -84,7 +84,9 @@ async fn managers_dial_over_tls_and_neither_side_accepts_a_peer_without_it() {
         })
         .strategy(
             StrategyConfig::new()
-                .blocks(1, 1, 1)
+                .init_blocks(1)
+                .min_blocks(1)
+                .max_blocks(1)
                 .period(Duration::from_millis(100)),
         )
         .start()

@@ -490,7 +490,9 @@ impl EndpointConfig {
             .retries_on_manager_loss(self.managers.retries)
             .strategy(
                 StrategyConfig::new()
-                    .blocks(blocks.init, blocks.min, blocks.max)
+                    .init_blocks(blocks.init)
+                    .min_blocks(blocks.min)
+                    .max_blocks(blocks.max)
                     .parallelism(blocks.parallelism)
                     .max_idle_time(secs(blocks.max_idle_secs))
                     .period(secs(blocks.period_secs))

@@ -23,7 +23,7 @@
 //!     .manager_program("/opt/funcx/bin/funcx-manager")
 //!     .workers_per_node(8)
 //!     .python(PythonConfig::new().python("/opt/venv/bin/python").worker_init("module load cuda"))
-//!     .strategy(StrategyConfig::new().blocks(1, 0, 4))
+//!     .strategy(StrategyConfig::new().init_blocks(1).max_blocks(4))
 //!     .walltime(Duration::from_secs(3600))          // given once: jobs and the strategy
 //!     .listen("0.0.0.0:7070".parse()?)
 //!     .start()
@@ -379,7 +379,7 @@ impl EndpointBuilder {
                 .unwrap_or_else(|| (walltime / 10).min(Duration::from_secs(120)));
             strategy = strategy.walltime(walltime, margin);
         }
-        let capacity = strategy.max_blocks * slots_per_block;
+        let capacity = strategy.clone().normalized().max_blocks * slots_per_block;
         let strategy = Strategy::start(executor.clone(), provider.clone(), block, strategy);
         let (state, _) = watch::channel(EndpointState::Starting);
         let inner = Arc::new(Inner {

@@ -212,7 +212,7 @@ async fn a_backlog_scales_out_up_to_max_blocks() {
         executor.clone(),
         Arc::new(provider.clone()),
         request(),
-        fast().blocks(0, 0, 5).slots_per_block(10),
+        fast().init_blocks(0).max_blocks(5).slots_per_block(10),
     );
     until("five blocks are submitted", || {
         provider.submitted().len() == 5
@@ -240,7 +240,11 @@ async fn parallelism_asks_for_fewer_slots_than_tasks() {
         executor.clone(),
         Arc::new(provider.clone()),
         request(),
-        fast().blocks(0, 0, 20).slots_per_block(10).parallelism(0.3),
+        fast()
+            .init_blocks(0)
+            .max_blocks(20)
+            .slots_per_block(10)
+            .parallelism(0.3),
     );
     until("blocks are submitted", || !provider.submitted().is_empty()).await;
     for _ in 0..5 {
@@ -260,7 +264,10 @@ async fn rejected_and_failed_blocks_back_off_with_the_reason() {
         executor.clone(),
         Arc::new(provider.clone()),
         request(),
-        fast().blocks(0, 0, 1).max_backoff(Duration::from_secs(30)),
+        fast()
+            .init_blocks(0)
+            .max_blocks(1)
+            .max_backoff(Duration::from_secs(30)),
     );
     let status = loop {
         let status = strategy.changed().await;
@@ -281,7 +288,10 @@ async fn rejected_and_failed_blocks_back_off_with_the_reason() {
         executor.clone(),
         Arc::new(provider.clone()),
         request(),
-        fast().blocks(0, 0, 1).max_backoff(Duration::from_secs(30)),
+        fast()
+            .init_blocks(0)
+            .max_blocks(1)
+            .max_backoff(Duration::from_secs(30)),
     );
     strategy.stop(false).await;
     until("a block is submitted", || provider.submitted().len() == 1).await;
@@ -327,7 +337,8 @@ async fn blocks_that_never_start_or_never_call_home_are_cancelled_with_a_reason(
         Arc::new(provider.clone()),
         request(),
         fast()
-            .blocks(0, 0, 1)
+            .init_blocks(0)
+            .max_blocks(1)
             .pending_timeout(Duration::from_millis(100))
             .max_backoff(Duration::from_millis(50)),
     );
@@ -348,7 +359,8 @@ async fn blocks_that_never_start_or_never_call_home_are_cancelled_with_a_reason(
         Arc::new(provider.clone()),
         request(),
         fast()
-            .blocks(0, 0, 1)
+            .init_blocks(0)
+            .max_blocks(1)
             .connect_timeout(Duration::from_millis(100))
             .max_backoff(Duration::from_millis(50)),
     );
@@ -382,7 +394,8 @@ async fn only_idle_blocks_are_released_and_only_by_draining() {
         Arc::new(provider.clone()),
         request(),
         fast()
-            .blocks(2, 0, 2)
+            .init_blocks(2)
+            .max_blocks(2)
             .max_idle_time(Duration::from_millis(150)),
     );
     until("two blocks run", || provider.submitted().len() == 2).await;
@@ -430,7 +443,8 @@ async fn blocks_are_drained_before_their_walltime_and_their_end_costs_no_retry()
         Arc::new(provider.clone()),
         request(),
         fast()
-            .blocks(1, 0, 2)
+            .init_blocks(1)
+            .max_blocks(2)
             .max_idle_time(Duration::from_secs(60))
             .walltime(Duration::from_millis(400), Duration::from_millis(250)),
     );

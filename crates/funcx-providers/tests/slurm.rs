@@ -348,7 +348,8 @@ async fn the_strategy_grows_and_releases_slurm_blocks() {
         slurm,
         BlockRequest::new(manager).walltime(Duration::from_secs(600)),
         funcx_core::StrategyConfig::new()
-            .blocks(0, 0, 2)
+            .init_blocks(0)
+            .max_blocks(2)
             .slots_per_block(1)
             .period(Duration::from_millis(200))
             .max_idle_time(Duration::from_secs(1)),
@@ -403,7 +404,9 @@ async fn a_block_near_its_walltime_is_drained_and_replaced_with_no_task_lost() {
         slurm,
         BlockRequest::new(manager).walltime(walltime),
         funcx_core::StrategyConfig::new()
-            .blocks(1, 1, 2)
+            .init_blocks(1)
+            .min_blocks(1)
+            .max_blocks(2)
             .slots_per_block(1)
             .period(Duration::from_millis(200))
             .max_idle_time(Duration::from_secs(120))

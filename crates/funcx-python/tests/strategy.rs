@@ -62,7 +62,8 @@ async fn blocks_grow_with_the_backlog_and_idle_ones_are_released() {
         provider.clone(),
         block(address),
         StrategyConfig::new()
-            .blocks(0, 0, 3)
+            .init_blocks(0)
+            .max_blocks(3)
             .slots_per_block(1)
             .period(Duration::from_millis(100))
             .max_idle_time(Duration::from_millis(500)),
@@ -118,7 +119,9 @@ async fn blocks_are_replaced_before_their_walltime_and_no_task_fails() {
         provider.clone(),
         block(address).walltime(walltime),
         StrategyConfig::new()
-            .blocks(1, 1, 2)
+            .init_blocks(1)
+            .min_blocks(1)
+            .max_blocks(2)
             .slots_per_block(1)
             .period(Duration::from_millis(100))
             .max_idle_time(Duration::from_secs(60))

@@ -9,7 +9,9 @@ use std::time::Duration;
 /// use funcx_core::StrategyConfig;
 ///
 /// let config = StrategyConfig::new()
-///     .blocks(1, 0, 4)                       // init, min, max
+///     .init_blocks(1)
+///     .min_blocks(0)
+///     .max_blocks(4)
 ///     .parallelism(0.5)                      // one worker slot per two outstanding tasks
 ///     .max_idle_time(Duration::from_secs(120))
 ///     .walltime(Duration::from_secs(3600), Duration::from_secs(120));
@@ -72,11 +74,38 @@ impl StrategyConfig {
         StrategyConfig::default()
     }
 
-    /// Sets `init_blocks`, `min_blocks` and `max_blocks`.
-    pub fn blocks(mut self, init: usize, min: usize, max: usize) -> StrategyConfig {
-        self.max_blocks = max.max(min).max(1);
-        self.min_blocks = min;
-        self.init_blocks = init.clamp(min, self.max_blocks);
+    /// Sets how many blocks are submitted when the strategy starts (kept within
+    /// `min_blocks..=max_blocks`).
+    pub fn init_blocks(mut self, blocks: usize) -> StrategyConfig {
+        self.init_blocks = blocks;
+        self
+    }
+
+    /// Sets how many blocks are kept even when there is no work.
+    pub fn min_blocks(mut self, blocks: usize) -> StrategyConfig {
+        self.min_blocks = blocks;
+        self
+    }
+
+    /// Sets the most blocks at once (at least one, and at least `min_blocks`).
+    pub fn max_blocks(mut self, blocks: usize) -> StrategyConfig {
+        self.max_blocks = blocks;
+        self
+    }
+
+    /// The configuration a strategy runs with: `max_blocks` at least 1 and at least
+    /// `min_blocks`, `init_blocks` within `min_blocks..=max_blocks`. The fields are public,
+    /// so any combination can be written; this is what each one means then.
+    ///
+    /// ```
+    /// use funcx_core::StrategyConfig;
+    ///
+    /// let config = StrategyConfig::new().init_blocks(9).min_blocks(3).max_blocks(1).normalized();
+    /// assert_eq!((config.init_blocks, config.min_blocks, config.max_blocks), (3, 3, 3));
+    /// ```
+    pub fn normalized(mut self) -> StrategyConfig {
+        self.max_blocks = self.max_blocks.max(self.min_blocks).max(1);
+        self.init_blocks = self.init_blocks.clamp(self.min_blocks, self.max_blocks);
         self
     }
 

@@ -56,7 +56,8 @@ impl Strategy {
             executor,
             provider,
             request: block,
-            config,
+            // Blocks within bounds whatever the public fields say: `wanted` clamps by them.
+            config: config.normalized(),
             blocks: Vec::new(),
             ended: Vec::new(),
             failures: 0,
