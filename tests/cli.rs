@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::processes::{alive, configure_local as configure, run, text, ALICE};
+use common::proc::{alive, tree};
+use common::processes::{configure_local as configure, run, text, ALICE};
 use common::{init_tracing, wait_until, within, TempDir, HANG};
 use funcx::client::RemoteExecutor;
 use funcx::gateway::{Gateway, GatewayConfig, UserConfig};
@@ -17,47 +18,6 @@ fn json(home: &str, args: &[&str]) -> serde_json::Value {
     let output = run(home, args);
     assert!(output.status.success(), "{}", text(&output));
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&output)))
-}
-
-/// `(pid, ppid)` of every process.
-fn process_table() -> Vec<(u32, u32)> {
-    let mut table = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|ppid| ppid.parse::<u32>().ok());
-        if let Some(ppid) = ppid {
-            table.push((pid, ppid));
-        }
-    }
-    table
-}
-
-/// `root` and every process below it: an endpoint, its managers, their workers.
-fn tree(root: u32) -> Vec<u32> {
-    let table = process_table();
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            table
-                .iter()
-                .filter(|(_, ppid)| *ppid == parent)
-                .map(|(pid, _)| *pid),
-        );
-        i += 1;
-    }
-    found
 }
 
 /// Every live process whose environment has `FUNCX_HOME=home`: everything the tests'

@@ -7,44 +7,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::proc::{alive, children};
 use common::{init_tracing, manager_binary, wait_until, within, HANG};
 use funcx::endpoint::{Endpoint, EndpointState};
 use funcx::providers::LocalProvider;
 use funcx::{BlockState, Function, PythonConfig, StrategyConfig};
-
-/// The pids of the processes whose parent is `parent`.
-fn children(parent: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // `pid (comm) state ppid ...`; comm may hold spaces, so split after the last ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|ppid| ppid.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// Whether process `pid` exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
 
 const SLOW: &str =
     "import os, time\n\ndef slow(x):\n    time.sleep(0.3)\n    return (x * 2, os.getpid())\n";

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::processes::{alive, configure_local, run, text, GatewayProcess, ALICE};
+use common::proc::alive;
+use common::processes::{configure_local, run, text, GatewayProcess, ALICE};
 use common::{TempDir, HANG};
 use serde_json::Value;
 

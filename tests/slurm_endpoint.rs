@@ -14,7 +14,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::processes::{alive, run, text, GatewayProcess, ALICE};
+use common::proc::alive;
+use common::processes::{run, text, GatewayProcess, ALICE};
 use common::{init_tracing, within, TempDir, HANG};
 use funcx::client::RemoteExecutor;
 use funcx::Function;

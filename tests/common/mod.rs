@@ -12,6 +12,10 @@ use funcx::{Executor, ExecutorBuilder, PythonConfig, PythonRuntime, TaskId, Task
 /// The longest any single wait in these tests may take before the test fails as hung.
 pub const HANG: Duration = Duration::from_secs(30);
 
+/// What `/proc` tells about processes.
+#[cfg(unix)]
+pub mod proc;
+
 /// The programs as separate processes (the `funcx-endpoint` program needs feature `cli`).
 #[cfg(all(unix, feature = "cli"))]
 pub mod processes;

@@ -123,16 +123,6 @@ pub fn text(output: &Output) -> String {
     )
 }
 
-/// Whether process `pid` exists and is not a zombie.
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 /// `funcx-endpoint configure NAME` for a local provider and this gateway, then edited as a
 /// user would: two workers per manager, no block until there is work, quick scaling.
 pub fn configure_local(
