@@ -241,7 +241,13 @@ async fn map_yields_in_input_order_with_bounded_in_flight() {
 async fn task_that_kills_its_worker_fails_alone() {
     let sim = SimRuntime::new();
     let executor = started(2, &sim).await;
-    let before = executor.stats().await.workers_started;
+    // Counted once both initial workers are in: a loaded machine may report ready workers
+    // before the count of started ones catches up.
+    let before = wait_stats(&executor, "both workers counted", |s| {
+        s.workers_started >= 2
+    })
+    .await
+    .workers_started;
     let echo = func("echo");
 
     let mut around: Vec<TaskHandle> = (0..20).map(|i| executor.submit(&echo, (i,))).collect();
