@@ -28,6 +28,7 @@ pub mod memoize;
 mod payload;
 mod provider;
 mod retry;
+mod shell;
 mod status;
 mod strategy;
 mod task;
@@ -47,6 +48,9 @@ pub use provider::{
     BLOCK_ID_ENV, NODE_INDEX_ENV,
 };
 pub use retry::RetrySystemFailures;
+pub use shell::{
+    MpiFunction, ShellFunction, ShellResult, DEFAULT_MAX_LINE_BYTES, DEFAULT_SNIPPET_LINES,
+};
 pub use status::{BlockReport, EndpointStats, EndpointStatus, PoolStatus};
 pub use strategy::{Strategy, StrategyConfig};
 pub use task::{TaskId, TaskReport, TaskState, TaskStatus, Timeline};
