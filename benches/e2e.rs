@@ -258,7 +258,7 @@ impl Endpoint {
                 name: "bench".into(),
                 token: token.clone(),
             }],
-            store: store.clone(),
+            store: store.clone().map(funcx_gateway::StoreConfig::Redb),
             ..GatewayConfig::default()
         };
         let gateway = Gateway::start(config).await?;

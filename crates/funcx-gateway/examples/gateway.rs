@@ -66,7 +66,7 @@ fn main() -> ExitCode {
         let store = config
             .store
             .as_ref()
-            .map_or_else(|| "in memory".to_owned(), |path| path.display().to_string());
+            .map_or_else(|| "in memory".to_owned(), ToString::to_string);
         let users: Vec<String> = config.users.iter().map(|user| user.name.clone()).collect();
         let scheme = if config.tls.is_some() {
             "https"

@@ -37,9 +37,11 @@ pub use crate::globus::config::{ComputeClientConfig, GlobusComputeConfig};
 pub struct GatewayConfig {
     /// Where the HTTP API listens (default `127.0.0.1:8470`). Endpoints dial the same port.
     pub listen: SocketAddr,
-    /// The store's file ([`crate::store::RedbStore`]), or `None` (default) for a store in
-    /// memory that forgets everything at exit.
-    pub store: Option<PathBuf>,
+    /// Where the state is kept: `store = "/path/gateway.redb"` (or `[store] redb = "..."`)
+    /// for a file of this gateway's own ([`crate::store::RedbStore`]); `[store] postgres =
+    /// "postgres://..."` for a database several gateways share (`PgStore`, feature
+    /// `postgres`); `None` (default) for a store in memory that forgets everything at exit.
+    pub store: Option<StoreConfig>,
     /// The store's page cache, in MiB (default 64): the most memory the store file's pages
     /// take in the gateway, however large the file grows.
     pub store_cache_mib: usize,
@@ -88,6 +90,111 @@ impl Default for GatewayConfig {
             tls: None,
             globus_compute: None,
             admins: Vec::new(),
+        }
+    }
+}
+
+/// Which store the gateway keeps its state in (`store` in the TOML).
+///
+/// Parsed whether or not the crate was built with the `postgres` feature, so that a gateway
+/// built without it refuses a PostgreSQL URL with the reason, not an "unknown key" error.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "StoreSpec")]
+pub enum StoreConfig {
+    /// One file, one gateway ([`crate::store::RedbStore`]).
+    Redb(PathBuf),
+    /// A PostgreSQL database, shared by every gateway configured with it.
+    Postgres(PostgresConfig),
+}
+
+impl std::fmt::Display for StoreConfig {
+    /// The store for a log line: a PostgreSQL URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Redb(path) => write!(f, "{}", path.display()),
+            StoreConfig::Postgres(config) => write!(f, "{}", redacted(&config.url)),
+        }
+    }
+}
+
+/// `url` with the password of its user info replaced by `***`.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // A key/value connection string: say no more than that it is one.
+        return "PostgreSQL (key/value connection string)".into();
+    };
+    match rest.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// The `[store] postgres = ...` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// A libpq-style URL: `postgres://user:password@host:5432/database`.
+    pub url: String,
+    /// The schema the tables are in (`schema`; default the database's `public`).
+    pub schema: Option<String>,
+    /// The most connections this gateway opens (`pool_size`, default 16).
+    pub pool_size: usize,
+    /// How long a gateway's claim on a task lasts without being renewed (`lease_secs`,
+    /// default 10): the time before the tasks of a gateway that died are taken over.
+    pub lease_secs: u64,
+}
+
+/// What the TOML may say: a path, or a table naming one kind of store.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoreSpec {
+    Path(PathBuf),
+    Table(StoreTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreTable {
+    redb: Option<PathBuf>,
+    postgres: Option<String>,
+    schema: Option<String>,
+    pool_size: Option<usize>,
+    lease_secs: Option<u64>,
+}
+
+impl TryFrom<StoreSpec> for StoreConfig {
+    type Error = String;
+
+    fn try_from(spec: StoreSpec) -> Result<StoreConfig, String> {
+        let table = match spec {
+            StoreSpec::Path(path) => return Ok(StoreConfig::Redb(path)),
+            StoreSpec::Table(table) => table,
+        };
+        let postgres_only =
+            table.schema.is_some() || table.pool_size.is_some() || table.lease_secs.is_some();
+        match (table.redb, table.postgres) {
+            (Some(path), None) if !postgres_only => Ok(StoreConfig::Redb(path)),
+            (Some(_), None) => {
+                Err("[store]: schema, pool_size and lease_secs are for postgres".into())
+            }
+            (None, Some(url)) => {
+                let config = PostgresConfig {
+                    url,
+                    schema: table.schema,
+                    pool_size: table.pool_size.unwrap_or(16),
+                    lease_secs: table.lease_secs.unwrap_or(10),
+                };
+                if config.pool_size == 0 || config.lease_secs == 0 {
+                    return Err("[store]: pool_size and lease_secs must be at least 1".into());
+                }
+                Ok(StoreConfig::Postgres(config))
+            }
+            (Some(_), Some(_)) => Err("[store]: either redb or postgres, not both".into()),
+            (None, None) => Err("[store] needs redb = \"<file>\" or postgres = \"<url>\"".into()),
         }
     }
 }
@@ -174,6 +281,11 @@ impl GatewayConfig {
                 "store_cache_mib must be at least 1".into(),
             ));
         }
+        if matches!(self.store, Some(StoreConfig::Postgres(_))) && !cfg!(feature = "postgres") {
+            return Err(GatewayError::Config(
+                "[store] postgres is set, but this gateway was built without PostgreSQL support; rebuild with the `postgres` feature".into(),
+            ));
+        }
         if self.tls.is_some() && !cfg!(feature = "tls") {
             return Err(GatewayError::Config(
                 "[tls] is set, but this gateway was built without TLS support; rebuild with the `tls` feature".into(),
@@ -201,6 +313,51 @@ mod tests {
         assert!(GatewayConfig::from_toml("[[users]]\nname = \"a\"\ntoken = \"short\"").is_err());
         assert!(GatewayConfig::from_toml("[tls]\ncert = \"c.pem\"").is_err());
         assert!(GatewayConfig::from_toml("[tls]\ncert = \"c\"\nkey = \"k\"\nca = \"x\"").is_err());
+    }
+
+    #[test]
+    fn store_is_a_path_or_a_table() {
+        let path = GatewayConfig::from_toml("store = \"/var/lib/g.redb\"").unwrap();
+        assert_eq!(
+            path.store,
+            Some(StoreConfig::Redb(PathBuf::from("/var/lib/g.redb")))
+        );
+        let table = GatewayConfig::from_toml("[store]\nredb = \"g.redb\"").unwrap();
+        assert_eq!(
+            table.store,
+            Some(StoreConfig::Redb(PathBuf::from("g.redb")))
+        );
+        let postgres = GatewayConfig::from_toml(
+            "[store]\npostgres = \"postgres://u:p@127.0.0.1/db\"\nlease_secs = 3",
+        );
+        if cfg!(feature = "postgres") {
+            let Some(StoreConfig::Postgres(pg)) = postgres.unwrap().store else {
+                panic!("a postgres store")
+            };
+            assert_eq!(
+                (pg.url.as_str(), pg.schema, pg.pool_size, pg.lease_secs),
+                ("postgres://u:p@127.0.0.1/db", None, 16, 3)
+            );
+        } else {
+            let error = postgres.unwrap_err().to_string();
+            assert!(error.contains("`postgres` feature"), "{error}");
+        }
+        let shown = StoreConfig::Postgres(PostgresConfig {
+            url: "postgres://funcx:s3cret@db:5432/funcx".into(),
+            schema: None,
+            pool_size: 1,
+            lease_secs: 1,
+        });
+        assert_eq!(shown.to_string(), "postgres://funcx:***@db:5432/funcx");
+        for bad in [
+            "[store]",
+            "[store]\nredb = \"a\"\npostgres = \"b\"",
+            "[store]\nredb = \"a\"\nlease_secs = 3",
+            "[store]\npostgres = \"b\"\npool_size = 0",
+            "[store]\nmysql = \"b\"",
+        ] {
+            assert!(GatewayConfig::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

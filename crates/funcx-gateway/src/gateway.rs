@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::api::model::EndpointStatusView;
 use crate::auth::{Authenticator, RateLimiter, TokenAuthenticator};
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, PostgresConfig, StoreConfig};
 use crate::error::GatewayError;
 use crate::metrics::{EndpointGauges, Metrics};
 use crate::store::{
@@ -136,7 +136,8 @@ impl GatewayBuilder {
         let mut store_repaired = false;
         let store: Arc<dyn TaskStore> = match (self.store, &self.config.store) {
             (Some(store), _) => store,
-            (None, Some(path)) => {
+            (None, Some(StoreConfig::Postgres(config))) => open_postgres(config).await?,
+            (None, Some(StoreConfig::Redb(path))) => {
                 let store =
                     RedbStore::open_with_cache(path, self.config.store_cache_mib.max(1) << 20)?;
                 store_repaired = store.was_repaired();
@@ -203,6 +204,27 @@ impl GatewayBuilder {
         gateway.recover().await?;
         Ok(gateway)
     }
+}
+
+/// The shared store `[store] postgres` names, its schema migrated.
+#[cfg(feature = "postgres")]
+async fn open_postgres(config: &PostgresConfig) -> Result<Arc<dyn TaskStore>, GatewayError> {
+    let options = crate::store::PgOptions {
+        url: config.url.clone(),
+        schema: config.schema.clone(),
+        pool_size: config.pool_size,
+    };
+    let store = crate::store::PgStore::connect_with(options).await?;
+    info!(schema = ?config.schema, "the PostgreSQL store is open and migrated");
+    Ok(Arc::new(store))
+}
+
+/// Refused by [`GatewayConfig::validate`] before this is reached; kept for the types.
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_: &PostgresConfig) -> Result<Arc<dyn TaskStore>, GatewayError> {
+    Err(GatewayError::Config(
+        "[store] postgres needs a gateway built with the `postgres` feature".into(),
+    ))
 }
 
 impl Gateway {

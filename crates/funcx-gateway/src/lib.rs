@@ -62,7 +62,8 @@ pub mod tls;
 
 pub use auth::{new_token, Authenticator, RateLimiter, TokenAuthenticator, User};
 pub use config::{
-    ComputeClientConfig, GatewayConfig, GlobusComputeConfig, RateLimitConfig, TlsConfig, UserConfig,
+    ComputeClientConfig, GatewayConfig, GlobusComputeConfig, PostgresConfig, RateLimitConfig,
+    StoreConfig, TlsConfig, UserConfig,
 };
 pub use error::{ApiError, GatewayError};
 pub use gateway::{Gateway, GatewayBuilder};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use funcx_gateway::store::RedbStore;
-use funcx_gateway::{Gateway, GatewayConfig};
+use funcx_gateway::{Gateway, GatewayConfig, StoreConfig};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -35,7 +35,7 @@ fn store_path(name: &str) -> PathBuf {
 
 fn config_at(path: &Path) -> GatewayConfig {
     let mut config = config();
-    config.store = Some(path.to_path_buf());
+    config.store = Some(StoreConfig::Redb(path.to_path_buf()));
     config
 }
 

@@ -24,6 +24,8 @@
 //! [redb]: https://docs.rs/redb
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod pg;
 mod redb;
 
 use std::fmt;
@@ -34,6 +36,8 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use self::pg::{PgOptions, PgStore};
 pub use self::redb::RedbStore;
 
 /// The BLAKE3 hash of a secret token; only hashes are stored.
@@ -352,6 +356,16 @@ fn page(
         page.tasks.push(record);
     }
     Ok(page)
+}
+
+/// A value as the stores keep it in a column or table: postcard bytes.
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(value).map_err(StoreError::backend)
+}
+
+/// A value the stores kept with [`encode`]; bytes that do not decode are a corrupt record.
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(StoreError::corrupt)
 }
 
 /// A future the store returns.

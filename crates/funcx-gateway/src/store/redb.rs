@@ -6,13 +6,11 @@ use std::time::{Duration, SystemTime};
 
 use funcx_core::FunctionId;
 use redb::{Database, ReadableTable, TableDefinition};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::{
-    apply, expired, new_record, page, EndpointRecord, Finished, FunctionRecord, IdempotencyKey,
-    Insertion, KeyRecord, NewTask, StoreError, StoreFuture, TaskPage, TaskRecord, TaskStore,
-    TokenHash, UserRecord,
+    apply, decode, encode, expired, new_record, page, EndpointRecord, Finished, FunctionRecord,
+    IdempotencyKey, Insertion, KeyRecord, NewTask, StoreError, StoreFuture, TaskPage, TaskRecord,
+    TaskStore, TokenHash, UserRecord,
 };
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -75,14 +73,6 @@ impl std::fmt::Debug for RedbStore {
 
 fn backend(error: impl std::fmt::Display) -> StoreError {
     StoreError::backend(error)
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(value).map_err(backend)
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(StoreError::corrupt)
 }
 
 fn function_key(id: &FunctionId, owner: &str) -> String {

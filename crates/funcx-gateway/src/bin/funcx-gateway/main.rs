@@ -152,7 +152,7 @@ fn serve(path: PathBuf) -> ExitCode {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let store = config.store.clone();
         let gateway = Gateway::start(config).await?;
-        if let Some(path) = store {
+        if let Some(funcx_gateway::StoreConfig::Redb(path)) = store {
             let how = if gateway.store_was_repaired() {
                 "repaired: it was not closed cleanly"
             } else {
