@@ -115,6 +115,7 @@ fn worker_codec(c: &mut Criterion) {
             args: Args::new().arg(&(i as i64)),
             timeout: None,
             trace: None,
+            env: Vec::new(),
         })
         .collect();
     let frame = results_frame(batch as u32);

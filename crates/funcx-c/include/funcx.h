@@ -63,6 +63,9 @@ typedef enum FuncxErrorKind {
   FUNCX_ERROR_KIND_FORMAT_REFUSED = 16,
   // The endpoint refused the task's function (not on its allow-list); nothing ran.
   FUNCX_ERROR_KIND_FUNCTION_REFUSED = 17,
+  // The task asks for more cores, GPUs or memory than any worker of the endpoint has;
+  // nothing ran.
+  FUNCX_ERROR_KIND_UNSATISFIABLE = 18,
 } FuncxErrorKind;
 
 // An error: its kind and its message. Free it with `funcx_error_free`.

@@ -45,6 +45,9 @@ pub enum FuncxErrorKind {
     FormatRefused = 16,
     /// The endpoint refused the task's function (not on its allow-list); nothing ran.
     FunctionRefused = 17,
+    /// The task asks for more cores, GPUs or memory than any worker of the endpoint has;
+    /// nothing ran.
+    Unsatisfiable = 18,
 }
 
 /// An error: its kind and its message. Free it with `funcx_error_free`.
@@ -84,6 +87,8 @@ impl From<TaskError> for FuncxError {
             K::FormatRefused
         } else if error.is_function_refused() {
             K::FunctionRefused
+        } else if error.is_unsatisfiable() {
+            K::Unsatisfiable
         } else if error.is_serialization() {
             K::Serialization
         } else if error.is_worker_died() {

@@ -44,6 +44,7 @@ enum Kind {
     ArgumentsTooLarge { size: u64, limit: u64 },
     FormatRefused(String),
     FunctionRefused(String),
+    Unsatisfiable(String),
 }
 
 /// A Python exception as it arrived from a worker: type, message and formatted traceback.
@@ -108,6 +109,12 @@ impl TaskError {
     /// allow-list); `reason` names it. Nothing of the task was sent to a worker.
     pub fn function_refused(reason: impl fmt::Display) -> TaskError {
         TaskError::new(Kind::FunctionRefused(reason.to_string()))
+    }
+
+    /// The task asks for more resources (cores, GPUs, memory) than any worker that could
+    /// run it has, even idle; `reason` says what is missing. Nothing of it was run.
+    pub fn unsatisfiable(reason: impl fmt::Display) -> TaskError {
+        TaskError::new(Kind::Unsatisfiable(reason.to_string()))
     }
 
     /// The function raised `exception`.
@@ -216,6 +223,12 @@ impl TaskError {
     /// The endpoint refused the task's function (see [`TaskError::function_refused`]).
     pub fn is_function_refused(&self) -> bool {
         matches!(self.inner.kind, Kind::FunctionRefused(_))
+    }
+
+    /// The task asked for resources no worker of the endpoint has (see
+    /// [`crate::TaskOptions::cores`]); it was never run.
+    pub fn is_unsatisfiable(&self) -> bool {
+        matches!(self.inner.kind, Kind::Unsatisfiable(_))
     }
 
     /// The result was larger than the configured limit.
@@ -363,6 +376,7 @@ impl fmt::Display for TaskError {
             Kind::FormatRefused(reason) | Kind::FunctionRefused(reason) => {
                 write!(f, "the endpoint refused the task: {reason}")
             }
+            Kind::Unsatisfiable(reason) => write!(f, "the task cannot be placed: {reason}"),
         }
     }
 }
@@ -406,6 +420,7 @@ impl<'de> Deserialize<'de> for TaskError {
 /// | `protocol` | a peer broke the protocol | `reason` |
 /// | `format_refused` | the endpoint does not allow a format the task uses (a pickle); nothing was run | `reason` |
 /// | `function_refused` | the endpoint's own allow-list does not have the task's function; nothing was run | `reason` |
+/// | `unsatisfiable` | the task asks for more cores, GPUs or memory than any worker of the endpoint has; nothing was run | `reason` |
 ///
 /// Codes are never renamed or reused; new ones may be added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -445,11 +460,13 @@ pub enum ErrorCode {
     FormatRefused,
     /// `function_refused`
     FunctionRefused,
+    /// `unsatisfiable`
+    Unsatisfiable,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the table above.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::Python,
         ErrorCode::Load,
         ErrorCode::ArgumentsUnpickle,
@@ -467,6 +484,7 @@ impl ErrorCode {
         ErrorCode::Protocol,
         ErrorCode::FormatRefused,
         ErrorCode::FunctionRefused,
+        ErrorCode::Unsatisfiable,
     ];
 
     /// The code's string, e.g. `"worker_died"`.
@@ -489,6 +507,7 @@ impl ErrorCode {
             ErrorCode::Protocol => "protocol",
             ErrorCode::FormatRefused => "format_refused",
             ErrorCode::FunctionRefused => "function_refused",
+            ErrorCode::Unsatisfiable => "unsatisfiable",
         }
     }
 
@@ -556,7 +575,7 @@ pub struct TaskErrorReport {
     /// How the worker ended, for `worker_died`.
     pub worker_exit: Option<WorkerExit>,
     /// Why, for `serialize`, `decode`, `no_workers`, `manager_lost`, `protocol`,
-    /// `format_refused`, `function_refused`.
+    /// `format_refused`, `function_refused`, `unsatisfiable`.
     pub reason: Option<String>,
     /// The size in bytes, for `result_too_large` and `arguments_too_large`.
     pub size: Option<u64>,
@@ -587,6 +606,7 @@ impl TaskError {
             Kind::Protocol(_) => ErrorCode::Protocol,
             Kind::FormatRefused(_) => ErrorCode::FormatRefused,
             Kind::FunctionRefused(_) => ErrorCode::FunctionRefused,
+            Kind::Unsatisfiable(_) => ErrorCode::Unsatisfiable,
         }
     }
 
@@ -609,7 +629,8 @@ impl TaskError {
             | Kind::ManagerLost(reason)
             | Kind::Protocol(reason)
             | Kind::FormatRefused(reason)
-            | Kind::FunctionRefused(reason) => report.reason = Some(reason.clone()),
+            | Kind::FunctionRefused(reason)
+            | Kind::Unsatisfiable(reason) => report.reason = Some(reason.clone()),
             Kind::ResultTooLarge { size, limit } | Kind::ArgumentsTooLarge { size, limit } => {
                 report.size = Some(*size);
                 report.limit = Some(*limit);
@@ -663,6 +684,7 @@ impl From<TaskErrorReport> for TaskError {
             ErrorCode::Protocol => Kind::Protocol(reason()),
             ErrorCode::FormatRefused => Kind::FormatRefused(reason()),
             ErrorCode::FunctionRefused => Kind::FunctionRefused(reason()),
+            ErrorCode::Unsatisfiable => Kind::Unsatisfiable(reason()),
         })
     }
 }

@@ -27,6 +27,7 @@ pub mod ids;
 pub mod memoize;
 mod payload;
 mod provider;
+mod resources;
 mod retry;
 mod shell;
 mod status;
@@ -47,6 +48,7 @@ pub use provider::{
     BlockId, BlockRequest, BlockState, BlockStatus, ManagerCommand, Provider, ProviderError,
     BLOCK_ID_ENV, NODE_INDEX_ENV,
 };
+pub use resources::{Capacity, Resources, ACCELERATOR_VARIABLES};
 pub use retry::RetrySystemFailures;
 pub use shell::{
     MpiFunction, ShellFunction, ShellResult, DEFAULT_MAX_LINE_BYTES, DEFAULT_SNIPPET_LINES,

@@ -59,6 +59,9 @@ pub struct WorkItem {
     /// The id that follows the task across processes (client, gateway, endpoint, manager):
     /// the id the task was first given, logged in its span at every hop.
     pub trace: Option<u64>,
+    /// Environment variables the task runs with, on top of the worker's own: the devices of
+    /// a task granted GPUs. Empty for most tasks.
+    pub env: Vec<(String, String)>,
 }
 
 /// A message from the dispatcher to a worker.
@@ -172,4 +175,10 @@ pub trait WorkerRuntime: Send + Sync + 'static {
         index: usize,
         events: WorkerEvents,
     ) -> BoxFuture<'static, Result<Box<dyn Worker>, SpawnError>>;
+
+    /// The ids of the accelerators (GPUs) its workers' machine has, which the dispatcher
+    /// grants to tasks that ask for GPUs (see [`crate::TaskOptions::gpus`]). None by default.
+    fn accelerators(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

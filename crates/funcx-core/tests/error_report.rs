@@ -97,6 +97,10 @@ fn golden() -> Vec<(TaskError, &'static str)> {
             TaskError::format_refused("argument 0 is a pickle; this endpoint allows json"),
             r#"{"code":"format_refused","message":"the endpoint refused the task: argument 0 is a pickle; this endpoint allows json","python":null,"worker_exit":null,"reason":"argument 0 is a pickle; this endpoint allows json","size":null,"limit":null,"timeout":null}"#,
         ),
+        (
+            TaskError::unsatisfiable("the task asks for 5 cores (the node has 4)"),
+            r#"{"code":"unsatisfiable","message":"the task cannot be placed: the task asks for 5 cores (the node has 4)","python":null,"worker_exit":null,"reason":"the task asks for 5 cores (the node has 4)","size":null,"limit":null,"timeout":null}"#,
+        ),
     ]
 }
 

@@ -47,6 +47,7 @@ async fn main() {
         args: args.clone(),
         timeout: None,
         trace: None,
+        env: Vec::new(),
     };
     for worker in &mut handles {
         worker.send(ToWorker::Tasks(vec![item(0)]));

@@ -13,13 +13,9 @@ const FRAME_SLACK: usize = 1 << 20;
 /// The smallest frame limit allowed, so that exception reports always fit.
 const MIN_FRAME_SIZE: usize = 1 << 20;
 
-/// Environment variables that pin a worker to one accelerator: NVIDIA, AMD and Intel, as
-/// Parsl sets them.
-pub const ACCELERATOR_VARIABLES: [&str; 3] = [
-    "CUDA_VISIBLE_DEVICES",
-    "ROCR_VISIBLE_DEVICES",
-    "ZE_AFFINITY_MASK",
-];
+/// Environment variables that pin a worker to one accelerator (defined in `funcx-core`, which
+/// sets them for tasks granted GPUs too).
+pub use funcx_core::ACCELERATOR_VARIABLES;
 
 /// How to start Python workers: which interpreter, with what environment.
 ///

@@ -28,7 +28,9 @@
 //! carries none and fails with an arguments error); bit 2 marks a *JSON task*: its
 //! arguments are JSON text (read with `json.loads`, not `pickle.loads`) and its result comes
 //! back as JSON (status 8). A worker that predates bit 2 would try to unpickle JSON text and
-//! fail the task with an arguments error, never run it on wrong values:
+//! fail the task with an arguments error, never run it on wrong values. Bit 3 marks a task
+//! with an environment (a task granted GPUs): after its arguments come `u16 count` and that
+//! many `u16 len | name | u16 len | value` pairs, set in `os.environ` while it runs:
 //!
 //! ```text
 //! +- count -+-- task --+-- task --+ ...
@@ -139,6 +141,7 @@ const FORM_REJECTED: u8 = 2;
 const FLAG_ISOLATE: u8 = 1;
 const FLAG_REJECTED: u8 = 2;
 const FLAG_JSON: u8 = 4;
+const FLAG_ENV: u8 = 8;
 
 /// Payloads up to this size are copied into the frame buffer; bigger ones are written from
 /// their own memory, so a 1 GiB argument is never copied.
@@ -531,10 +534,11 @@ impl Encoder {
     fn task(&mut self, item: &WorkItem) {
         let isolate = if item.isolate { FLAG_ISOLATE } else { 0 };
         let fits = encoded_len(item).is_some();
+        let env = if item.env.is_empty() { 0 } else { FLAG_ENV };
         let flags = match item.args.format() {
             _ if !fits => isolate | FLAG_REJECTED,
-            Some(Format::Json) => isolate | FLAG_JSON,
-            _ => isolate,
+            Some(Format::Json) => isolate | FLAG_JSON | env,
+            _ => isolate | env,
         };
         self.put(&item.id.as_u64().to_le_bytes());
         self.put(&item.function.0.to_le_bytes());
@@ -556,6 +560,15 @@ impl Encoder {
             self.put(name.as_bytes());
             self.put(&(payload.len() as u32).to_le_bytes());
             self.put_payload(payload.bytes());
+        }
+        if !item.env.is_empty() {
+            self.put(&(item.env.len() as u16).to_le_bytes());
+            for (name, value) in &item.env {
+                for text in [name, value] {
+                    self.put(&(text.len() as u16).to_le_bytes());
+                    self.put(text.as_bytes());
+                }
+            }
         }
     }
 }
@@ -587,6 +600,18 @@ fn task_len(item: &WorkItem) -> Option<usize> {
             return None;
         }
         len = len.checked_add(2 + name.len() + 4 + payload.len())?;
+    }
+    if !item.env.is_empty() {
+        if item.env.len() > u16::MAX as usize {
+            return None;
+        }
+        len = len.checked_add(2)?;
+        for (name, value) in &item.env {
+            if name.len() > u16::MAX as usize || value.len() > u16::MAX as usize {
+                return None;
+            }
+            len = len.checked_add(4 + name.len() + value.len())?;
+        }
     }
     // Leaves room for the frame's own count.
     (len <= MAX_BODY - 4).then_some(len)
@@ -908,6 +933,7 @@ mod tests {
             args: args.clone(),
             timeout: None,
             trace: None,
+            env: Vec::new(),
         }]));
         encoder.encode(&ToWorker::Cancel(vec![id]));
         encoder.encode(&ToWorker::Shutdown);
@@ -949,6 +975,7 @@ mod tests {
             args: Args::new().payload(big.clone()).arg(&1),
             timeout: None,
             trace: None,
+            env: Vec::new(),
         }]));
         let small = Payload::pickle(&1).unwrap().len();
         let chunks = encoder.take();
@@ -972,6 +999,7 @@ mod tests {
                 args: Args::new().payload(payload.clone()),
                 timeout: None,
                 trace: None,
+                env: Vec::new(),
             })
             .collect();
         let mut encoder = Encoder::new();
@@ -1003,6 +1031,7 @@ mod tests {
             args,
             timeout: None,
             trace: None,
+            env: Vec::new(),
         }]));
         let bytes = body_of(&mut encoder);
         assert_eq!(bytes.len(), HEADER_LEN + 4 + TASK_FIXED);
@@ -1018,6 +1047,7 @@ mod tests {
             args,
             timeout: None,
             trace: None,
+            env: Vec::new(),
         }]));
         body_of(&mut encoder)
     }

@@ -125,6 +125,10 @@ impl Default for PythonRuntime {
 }
 
 impl WorkerRuntime for PythonRuntime {
+    fn accelerators(&self) -> Vec<String> {
+        self.config.accelerator_list().to_vec()
+    }
+
     fn spawn(
         &self,
         index: usize,

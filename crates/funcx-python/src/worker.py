@@ -42,6 +42,8 @@ F_ISOLATE = 1
 F_REJECTED = 2
 # The task's arguments are JSON text and its result goes back as JSON.
 F_JSON = 4
+# The task carries environment variables (its GPUs), set while it runs.
+F_ENV = 8
 
 # Function forms.
 FORM_SOURCE = 0
@@ -495,6 +497,19 @@ class Worker:
                     off += 4
                     kwargs.append((name, view[off : off + size]))
                     off += size
+            env = None
+            if flags & F_ENV:
+                (n,) = u16(view, off)
+                off += 2
+                env = []
+                for _ in range(n):
+                    pair = []
+                    for _ in range(2):
+                        (size,) = u16(view, off)
+                        off += 2
+                        pair.append(str(view[off : off + size], "utf-8", "replace"))
+                        off += size
+                    env.append(pair)
             if off > end:
                 raise ProtocolError("truncated TASKS frame")
 
@@ -542,6 +557,7 @@ class Worker:
                 except BaseException as exc:
                     status, body = S_ARGS_ERROR, describe(exc, 0)
                 else:
+                    saved = set_env(env) if env else None
                     try:
                         if args is None:
                             result = fn(arg)
@@ -559,6 +575,9 @@ class Worker:
                             if len(body) > max_result:
                                 status, body = S_TOO_LARGE, U64.pack(len(body))
                         result = None
+                    finally:
+                        if saved is not None:
+                            set_env(saved)
                 arg = args = kwargs = None
             now = clock()
             size = len(body)
@@ -575,6 +594,20 @@ class Worker:
             body = None
             if now - self.last_poll > POLL_NS:
                 self.look_ahead()
+
+
+def set_env(pairs):
+    """Sets `pairs` (name, value; value None unsets) in os.environ and returns what they
+    replaced, in the same form, to restore after the task."""
+    saved = []
+    environ = os.environ
+    for name, value in pairs:
+        saved.append((name, environ.get(name)))
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
+    return saved
 
 
 def main():

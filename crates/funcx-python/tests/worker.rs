@@ -87,6 +87,7 @@ impl Harness {
             args,
             timeout: None,
             trace: None,
+            env: Vec::new(),
         }]));
         id
     }
@@ -657,6 +658,7 @@ async fn many_small_tasks_in_batches() {
                     args: Args::new().arg(&i),
                     timeout: None,
                     trace: None,
+                    env: Vec::new(),
                 }
             })
             .collect();
@@ -701,6 +703,7 @@ async fn cancel_reaches_queued_tasks_behind_a_slow_one() {
         args: Args::new().arg(&x).arg(started.to_string_lossy().as_ref()),
         timeout: None,
         trace: None,
+        env: Vec::new(),
     };
     h.worker
         .send(ToWorker::Tasks(vec![item(slow, 1), item(queued, 2)]));

@@ -56,6 +56,8 @@ pub(crate) struct Submission {
     pub(crate) args: Args,
     pub(crate) timeout: Option<Duration>,
     pub(crate) trace: Option<u64>,
+    /// What the task asks for, when it is more than a plain task's one core.
+    pub(crate) resources: Option<crate::Resources>,
     pub(crate) reply: Reply,
 }
 

@@ -15,6 +15,7 @@
 
 mod command;
 mod estimate;
+mod node;
 mod placement;
 mod slot;
 
@@ -28,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::ids::IdMap;
 pub(crate) use command::{Command, Outcome, Reply, Submission};
 use estimate::Estimate;
+use node::Node;
 use slot::{KillReason, Phase, Running, Slot};
 
 use crate::worker::{
@@ -58,6 +60,8 @@ pub(crate) struct DispatcherConfig {
     pub(crate) allowed_formats: Option<Vec<crate::Format>>,
     /// The only functions tasks may call; `None` allows every function.
     pub(crate) allowed_functions: Option<std::collections::HashSet<FunctionId>>,
+    /// What the machine of the endpoint's own workers offers tasks that ask for resources.
+    pub(crate) capacity: crate::Capacity,
 }
 
 struct TaskRecord {
@@ -85,6 +89,9 @@ struct TaskRecord {
     span: tracing::Span,
     /// The id that follows it across processes (see `TaskOptions::trace`).
     trace: u64,
+    /// What it asks for beyond a plain task's one core; such a task runs only on the
+    /// endpoint's own workers, alone on its worker.
+    resources: Option<crate::Resources>,
 }
 
 impl TaskRecord {
@@ -138,7 +145,11 @@ pub(crate) struct Dispatcher {
     spawned_tx: mpsc::UnboundedSender<Spawned>,
     spawned: mpsc::UnboundedReceiver<Spawned>,
 
+    /// Slots `0..config.workers` are the endpoint's own workers, on this machine; pools
+    /// that attach come after them (and only pools are ever removed).
     slots: Vec<Slot>,
+    /// This machine, as tasks that ask for resources see it.
+    node: Node,
     slot_of: IdMap<WorkerId, usize>,
     next_worker: u64,
     workers_started: u64,
@@ -172,6 +183,7 @@ impl Dispatcher {
     ) -> Dispatcher {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (spawned_tx, spawned) = mpsc::unbounded_channel();
+        let node = Node::new(&config.capacity, config.workers, runtime.accelerators());
         Dispatcher {
             runtime,
             config,
@@ -182,6 +194,7 @@ impl Dispatcher {
             spawned_tx,
             spawned,
             slots: Vec::new(),
+            node,
             slot_of: IdMap::default(),
             next_worker: 0,
             workers_started: 0,
@@ -340,6 +353,7 @@ impl Dispatcher {
             args,
             timeout,
             trace,
+            resources,
             reply,
         } = submission;
         let trace = trace.unwrap_or(id.as_u64());
@@ -359,11 +373,14 @@ impl Dispatcher {
             attempts: 0,
             deaths: 0,
             disruptions: 0,
-            isolate: false,
+            // Alone on its worker anyway: its start is reported, so its timeout and a
+            // cancellation work as for any long task.
+            isolate: resources.is_some(),
             charged_ns: 0,
             stolen: false,
             span: tracing::debug_span!("task", %id, trace, function = function.name()),
             trace,
+            resources,
         };
         if self.stop.is_some() {
             return record.finish(Err(TaskError::shutdown()));
@@ -391,6 +408,19 @@ impl Dispatcher {
             let error =
                 TaskError::arguments_too_large(record.bytes as u64, self.config.max_arguments_size);
             return record.finish(Err(error));
+        }
+        if let Some(wanted) = &record.resources {
+            let reason = if self.config.workers == 0 {
+                Some(format!(
+                    "it asks for {wanted}, and such tasks run only on an endpoint's own \
+                     workers; this endpoint has none (its workers are remote managers' pools)"
+                ))
+            } else {
+                self.node.never_fits(wanted)
+            };
+            if let Some(reason) = reason {
+                return record.finish(Err(TaskError::unsatisfiable(reason)));
+            }
         }
         if let Some(reason) = self.unavailable() {
             return record.finish(Err(TaskError::no_workers(reason)));

@@ -32,6 +32,7 @@ impl Dispatcher {
     /// idle worker everywhere, then more to each by its estimated work. With the queue empty,
     /// moves prefetched tasks from busy workers to idle ones.
     pub(super) fn dispatch(&mut self) {
+        self.release_grants();
         if !self.queue.is_empty() {
             let count = self.slots.len();
             let now = SystemTime::now();
@@ -87,10 +88,23 @@ impl Dispatcher {
     /// Costs one pass over the slots, and only when the queue is empty.
     pub(super) fn balance(&mut self, now: Instant) {
         self.balance_at = None;
+        // An idle local worker with no core free for it cannot take stolen work: asking
+        // for it would only bounce tasks through the queue.
+        let local = self.config.workers.min(self.slots.len());
+        let plain_fits = self
+            .node
+            .grant(
+                None,
+                self.slots[..local]
+                    .iter()
+                    .filter_map(|slot| slot.grant.as_ref()),
+            )
+            .is_some();
         let mut idle: usize = self
             .slots
             .iter()
             .filter(|slot| slot.takes_work())
+            .filter(|slot| slot.pool.is_some() || slot.grant.is_some() || plain_fits)
             .map(|slot| slot.size().saturating_sub(slot.in_flight.len()))
             .sum();
         if idle == 0 {
@@ -179,15 +193,62 @@ impl Dispatcher {
         count
     }
 
+    /// Frees what the endpoint's own workers that hold no task any more had reserved of the
+    /// machine. Grants are taken in `fill` and let go of here, once per dispatch, so that no
+    /// path that empties a worker (results, death, cancellation, give-back) has to.
+    fn release_grants(&mut self) {
+        let local = self.config.workers.min(self.slots.len());
+        for slot in &mut self.slots[..local] {
+            if slot.grant.is_some() && slot.in_flight.is_empty() {
+                slot.grant = None;
+            }
+        }
+    }
+
+    /// Reserves what the first live task in the queue needs for the empty local slot
+    /// `index`, and returns the environment that task runs with; `None` (nothing reserved)
+    /// if it does not fit now.
+    fn take_grant(&mut self, index: usize) -> Option<Vec<(String, String)>> {
+        while let Some(id) = self.queue.front() {
+            if self.tasks.contains_key(id) {
+                break;
+            }
+            self.queue.pop_front(); // cancelled while queued
+        }
+        let wanted = self
+            .queue
+            .front()
+            .and_then(|id| self.tasks.get(id))
+            .and_then(|record| record.resources);
+        let local = self.config.workers.min(self.slots.len());
+        let held = self.slots[..local]
+            .iter()
+            .filter_map(|slot| slot.grant.as_ref());
+        let grant = self.node.grant(wanted.as_ref(), held)?;
+        let env = self.node.env(&grant);
+        self.slots[index].grant = Some(grant);
+        Some(env)
+    }
+
     /// Gives slot `index` up to `most` queued tasks, as many as its workers' capacity
     /// allows: one per idle worker always, more while their estimated work stays under
     /// [`TARGET_QUEUED_NS`] each.
     fn fill(&mut self, index: usize, now: SystemTime, most: usize) {
-        let slot = &mut self.slots[index];
         // A worker being killed would only hand its new tasks back.
-        if !slot.takes_work() || most == 0 {
+        if !self.slots[index].takes_work() || most == 0 {
             return;
         }
+        let local = self.slots[index].pool.is_none();
+        // The environment of the first task given to an idle local worker (its GPUs).
+        let mut env = Vec::new();
+        if local && self.slots[index].grant.is_none() {
+            match self.take_grant(index) {
+                Some(granted) => env = granted,
+                None => return, // The machine is full for the task at the head of the queue.
+            }
+        }
+        let slot = &mut self.slots[index];
+        let exclusive = slot.grant.as_ref().is_some_and(|grant| grant.exclusive);
         let size = slot.size();
         if slot.in_flight.is_empty() {
             slot.head_since = Instant::now();
@@ -202,6 +263,14 @@ impl Dispatcher {
                 self.queue.pop_front(); // cancelled while queued
                 continue;
             };
+            // A task that asked for resources runs alone on one of the endpoint's own
+            // workers, under the grant taken for it; nothing else shares that worker.
+            if record.resources.is_some() && (!local || !slot.in_flight.is_empty()) {
+                break;
+            }
+            if exclusive && !slot.in_flight.is_empty() {
+                break;
+            }
             let (function, estimate) = &self.function_table[record.key.0 as usize];
             let estimate = estimate.nanos();
             // Every worker of a pool gets at least one task; beyond that, each holds about
@@ -241,6 +310,7 @@ impl Dispatcher {
                 args: record.args.clone(),
                 timeout: record.timeout,
                 trace: Some(record.trace),
+                env: std::mem::take(&mut env),
             });
         }
         if let Some(worker) = slot.worker.as_mut().filter(|_| !batch.is_empty()) {

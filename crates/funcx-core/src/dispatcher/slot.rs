@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use crate::ids::IdSet;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::node::Grant;
 use crate::BlockId;
 
 use crate::worker::{FunctionKey, Worker, WorkerId};
@@ -133,6 +134,9 @@ pub(super) struct Slot {
     pub(super) kill: Option<KillReason>,
     /// Consecutive times a worker in this slot failed to start.
     pub(super) startup_failures: u32,
+    /// What this worker has reserved of the machine while it holds tasks (the endpoint's
+    /// own workers only; pools never hold one).
+    pub(super) grant: Option<Grant>,
 }
 
 impl Slot {
@@ -151,6 +155,7 @@ impl Slot {
             running: None,
             kill: None,
             startup_failures: 0,
+            grant: None,
         }
     }
 

@@ -16,7 +16,7 @@ pub use service::{ResponseFuture, Task};
 
 use crate::dispatcher::{Command, Dispatcher, DispatcherConfig, Reply, Submission};
 use crate::EndpointStats;
-use crate::{Function, IntoArgs, Payload, TaskError, TaskId, TaskStatus, WorkerRuntime};
+use crate::{Function, IntoArgs, Payload, Resources, TaskError, TaskId, TaskStatus, WorkerRuntime};
 
 /// Runs tasks on an endpoint's workers.
 ///
@@ -49,6 +49,7 @@ pub struct Executor {
 pub struct TaskOptions {
     timeout: Option<Duration>,
     trace: Option<u64>,
+    resources: Resources,
 }
 
 impl TaskOptions {
@@ -69,6 +70,45 @@ impl TaskOptions {
     /// gateway); a task submitted here is traced by its own id.
     pub fn trace(mut self, trace: u64) -> TaskOptions {
         self.trace = Some(trace);
+        self
+    }
+
+    /// What the task asks for, when it is more than a plain task's one core.
+    fn special_resources(&self) -> Option<Resources> {
+        self.resources.is_special().then_some(self.resources)
+    }
+
+    /// Reserves `cores` CPU cores (default 1) of the machine of the endpoint's own workers
+    /// while the task runs; see [`TaskOptions::resources`].
+    pub fn cores(mut self, cores: u32) -> TaskOptions {
+        self.resources.cores = cores.max(1);
+        self
+    }
+
+    /// Reserves `gpus` of the endpoint's GPUs ([`ExecutorBuilder::gpus`]) while the task
+    /// runs; the task sees only those, through `CUDA_VISIBLE_DEVICES` and its kin.
+    pub fn gpus(mut self, gpus: u32) -> TaskOptions {
+        self.resources.gpus = gpus;
+        self
+    }
+
+    /// Reserves `bytes` of memory of the endpoint's machine ([`ExecutorBuilder::memory`])
+    /// while the task runs.
+    pub fn memory(mut self, bytes: u64) -> TaskOptions {
+        self.resources.memory = bytes;
+        self
+    }
+
+    /// Asks for `resources` while the task runs. A task that asks for more than one core
+    /// (or for any GPU or memory) runs only on the endpoint's own workers (not on remote
+    /// managers' pools), alone on its worker, and only while what it asks for is free, so
+    /// tasks never oversubscribe the machine; it waits in the queue until then. One that
+    /// could never fit fails at once with a [`TaskError::is_unsatisfiable`] error.
+    pub fn resources(mut self, resources: Resources) -> TaskOptions {
+        self.resources = Resources {
+            cores: resources.cores.max(1),
+            ..resources
+        };
         self
     }
 }
@@ -93,6 +133,7 @@ impl Default for ExecutorBuilder {
                 max_arguments_size: DEFAULT_MAX_ARGUMENTS_SIZE,
                 allowed_formats: None,
                 allowed_functions: None,
+                capacity: crate::Capacity::default(),
             },
         }
     }
@@ -153,6 +194,28 @@ impl ExecutorBuilder {
         functions: impl IntoIterator<Item = crate::FunctionId>,
     ) -> ExecutorBuilder {
         self.config.allowed_functions = Some(functions.into_iter().collect());
+        self
+    }
+
+    /// The CPU cores tasks may reserve on this executor's own workers' machine (default: the
+    /// number of workers, so plain tasks are never held back). Tasks asking for more cores
+    /// than are free wait; see [`TaskOptions::cores`].
+    pub fn cores(mut self, cores: u32) -> ExecutorBuilder {
+        self.config.capacity.cores = Some(cores.max(1));
+        self
+    }
+
+    /// The bytes of memory tasks may reserve on this executor's own workers' machine
+    /// (default: unlimited); see [`TaskOptions::memory`].
+    pub fn memory(mut self, bytes: u64) -> ExecutorBuilder {
+        self.config.capacity.memory = Some(bytes);
+        self
+    }
+
+    /// The ids of the GPUs tasks may be granted (default: the accelerators the worker
+    /// runtime advertises, e.g. `PythonConfig::accelerators`); see [`TaskOptions::gpus`].
+    pub fn gpus<S: Into<String>>(mut self, ids: impl IntoIterator<Item = S>) -> ExecutorBuilder {
+        self.config.capacity.gpus = Some(ids.into_iter().map(Into::into).collect());
         self
     }
 
@@ -306,6 +369,7 @@ impl Executor {
                     args: task.args,
                     timeout: task.options.timeout,
                     trace: task.options.trace,
+                    resources: task.options.special_resources(),
                     reply: Reply::Stream {
                         tag,
                         id,
@@ -466,6 +530,7 @@ impl Executor {
             args: args.into_args(),
             timeout: options.timeout,
             trace: options.trace,
+            resources: options.special_resources(),
             reply: Reply::Handle(reply),
         };
         (
