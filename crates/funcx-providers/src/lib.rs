@@ -42,6 +42,8 @@
 pub mod command;
 #[cfg(feature = "ec2")]
 mod ec2;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod gridengine;
 #[cfg(unix)]
 mod local;

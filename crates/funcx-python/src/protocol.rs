@@ -629,11 +629,13 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// Builds the frames a worker sends; for tests of the decoder and of code that consumes it.
-#[cfg(test)]
-pub(crate) mod build {
+/// Builds the frames a worker sends; for tests of the decoder and of code that consumes it,
+/// and the seeds of the `worker-output` fuzz target (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod build {
     use super::*;
 
+    /// One frame: length, kind, body.
     pub fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
         let mut out = (body.len() as u32).to_le_bytes().to_vec();
         out.push(kind);
@@ -641,6 +643,7 @@ pub(crate) mod build {
         out
     }
 
+    /// One result record of a RESULTS frame.
     pub fn result(id: u64, status: u8, body: &[u8]) -> Vec<u8> {
         let mut out = id.to_le_bytes().to_vec();
         out.push(status);
@@ -650,6 +653,7 @@ pub(crate) mod build {
         out
     }
 
+    /// A RESULTS frame of `results` (from [`result`]).
     pub fn results(results: &[Vec<u8>]) -> Vec<u8> {
         let mut body = (results.len() as u32).to_le_bytes().to_vec();
         for r in results {
@@ -658,6 +662,7 @@ pub(crate) mod build {
         frame(from_worker::RESULTS, &body)
     }
 
+    /// The body of a failed result: the exception's type, message, traceback and line.
     pub fn exception(type_name: &str, message: &str, traceback: &str, line: i32) -> Vec<u8> {
         let mut out = Vec::new();
         for s in [type_name, message, traceback] {

@@ -65,6 +65,8 @@
 mod connection;
 mod error;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod handshake;
 pub mod memory;
 pub mod remote;

@@ -38,7 +38,7 @@ impl fmt::Debug for Api {
 
 /// How an API call failed.
 #[derive(Debug)]
-pub(super) enum ApiError {
+pub(crate) enum ApiError {
     /// No answer: the endpoint could not be reached, or did not answer in time.
     Unreachable { endpoint: String, error: io::Error },
     /// EC2 answered with an error.
@@ -55,7 +55,7 @@ pub(super) enum ApiError {
 impl ApiError {
     /// The error as the provider reports it for `action`; `launch` marks a `RunInstances`
     /// whose request errors reject the block.
-    pub(super) fn into_provider_error(self, action: &str, launch: bool) -> ProviderError {
+    pub(crate) fn into_provider_error(self, action: &str, launch: bool) -> ProviderError {
         match self {
             ApiError::Unreachable { endpoint, error } => ProviderError::io(
                 format!("could not reach the EC2 API at {endpoint} ({action})"),
@@ -284,7 +284,7 @@ pub(super) fn excerpt(text: &str) -> String {
 
 /// The error in an answer with HTTP status `status`:
 /// `<Response><Errors><Error><Code>..</Code><Message>..</Message></Error></Errors><RequestID>`.
-pub(super) fn parse_error(status: u16, text: &str) -> ApiError {
+pub(crate) fn parse_error(status: u16, text: &str) -> ApiError {
     let parsed = roxmltree::Document::parse(text).ok().and_then(|document| {
         let error = document
             .descendants()
@@ -314,7 +314,7 @@ pub(super) fn parse_error(status: u16, text: &str) -> ApiError {
 }
 
 /// The instance ids in a `RunInstances` answer.
-pub(super) fn instance_ids(text: &str) -> Result<Vec<String>, String> {
+pub(crate) fn instance_ids(text: &str) -> Result<Vec<String>, String> {
     let document = parse_xml(text)?;
     let root = document.root_element();
     let set = child(root, "instancesSet")
@@ -329,7 +329,7 @@ pub(super) fn instance_ids(text: &str) -> Result<Vec<String>, String> {
 }
 
 /// The instances in a `DescribeInstances` answer, and the token of the next page.
-pub(super) fn parse_instances(text: &str) -> Result<(Vec<Instance>, Option<String>), String> {
+pub(crate) fn parse_instances(text: &str) -> Result<(Vec<Instance>, Option<String>), String> {
     let document = parse_xml(text)?;
     let root = document.root_element();
     let mut instances = Vec::new();

@@ -51,7 +51,7 @@ use futures::future::BoxFuture;
 
 use crate::toolkit::StateClock;
 
-mod api;
+pub(crate) mod api;
 mod config;
 mod user_data;
 
@@ -485,7 +485,7 @@ fn is_block_id(id: &BlockId) -> bool {
 
 /// What status needs to know of one instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Instance {
+pub(crate) struct Instance {
     pub(super) id: String,
     pub(super) state: String,
     pub(super) reason_code: Option<String>,
@@ -503,7 +503,11 @@ impl Instance {
 }
 
 /// The state of block `id` from the states of its instances.
-fn block_state(id: &BlockId, instances: &[Instance], cancelled_here: bool) -> BlockState {
+pub(crate) fn block_state(
+    id: &BlockId,
+    instances: &[Instance],
+    cancelled_here: bool,
+) -> BlockState {
     if instances.is_empty() {
         return BlockState::Unknown(format!(
             "no EC2 instances tagged {BLOCK_TAG}={id}: never issued, or terminated long enough \

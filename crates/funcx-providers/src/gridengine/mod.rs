@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use crate::command::{CommandOutput, SchedulerCommand};
 use crate::toolkit::{batch_options, script, BatchOptions, StateClock};
 
-mod parse;
+pub(crate) mod parse;
 mod render;
 
 use parse::{

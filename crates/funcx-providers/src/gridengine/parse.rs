@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use funcx_core::BlockState;
 
 /// True for the ids Grid Engine issues: a job number.
-pub(super) fn is_job_id(id: &str) -> bool {
+pub(crate) fn is_job_id(id: &str) -> bool {
     !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The job id in what `qsub -terse` printed: the first line, without the task range an
 /// array job adds (`5.1-4:1` → `5`).
-pub(super) fn parse_job_id(stdout: &str) -> Option<String> {
+pub(crate) fn parse_job_id(stdout: &str) -> Option<String> {
     let line = stdout
         .lines()
         .map(str::trim)
@@ -23,7 +23,7 @@ pub(super) fn parse_job_id(stdout: &str) -> Option<String> {
 
 /// The state letters of each job `qstat -xml` lists, by job number. A job listed more than
 /// once (array tasks in several states) gets the letters of its most advanced entry.
-pub(super) fn parse_qstat(xml: &str) -> Result<HashMap<String, String>, String> {
+pub(crate) fn parse_qstat(xml: &str) -> Result<HashMap<String, String>, String> {
     let document = roxmltree::Document::parse(xml).map_err(|error| error.to_string())?;
     let mut jobs: HashMap<String, String> = HashMap::new();
     for entry in document
@@ -58,7 +58,7 @@ pub(super) fn parse_qstat(xml: &str) -> Result<HashMap<String, String>, String> 
 
 /// What a `qstat` state means for a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Listed {
+pub(crate) enum Listed {
     Pending,
     Running,
     Error,
@@ -67,7 +67,7 @@ pub(super) enum Listed {
 
 /// Classifies `qstat`'s state letters: `E` error, `r` running, `t` transferring, `R`
 /// restarted, `s`/`S`/`T` suspended, `d` deleting, `q` queued, `w` waiting, `h` held.
-pub(super) fn classify(letters: &str) -> Listed {
+pub(crate) fn classify(letters: &str) -> Listed {
     if letters.is_empty() || !letters.chars().all(|c| "EdhqwrtRsSTz".contains(c)) {
         return Listed::Other;
     }
@@ -86,7 +86,7 @@ pub(super) fn classify(letters: &str) -> Listed {
 }
 
 /// The `error reason` lines of `qstat -j`, joined.
-pub(super) fn parse_error_reason(text: &str) -> Option<String> {
+pub(crate) fn parse_error_reason(text: &str) -> Option<String> {
     let reasons: Vec<&str> = text
         .lines()
         .filter_map(|line| line.strip_prefix("error reason"))
@@ -106,7 +106,7 @@ pub(super) fn parse_error_reason(text: &str) -> Option<String> {
 
 /// How a job ended, from its `qacct -j` record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Accounting {
+pub(crate) struct Accounting {
     /// `failed`: 0, or Grid Engine's code and text (`37  : qmaster enforced h_rt ...`).
     pub(super) failed: (i64, String),
     /// `exit_status`: the job script's exit status (128 + signal when killed).
@@ -114,7 +114,7 @@ pub(super) struct Accounting {
 }
 
 impl Accounting {
-    pub(super) fn state(&self) -> BlockState {
+    pub(crate) fn state(&self) -> BlockState {
         let (code, text) = &self.failed;
         let exit = match self.exit_status {
             0 => None,
@@ -139,7 +139,7 @@ impl Accounting {
 }
 
 /// The last record in `qacct -j` output (a rescheduled job has one per run).
-pub(super) fn parse_qacct(text: &str) -> Option<Accounting> {
+pub(crate) fn parse_qacct(text: &str) -> Option<Accounting> {
     let mut last = None;
     for record in text.split("==========") {
         let mut failed = None;

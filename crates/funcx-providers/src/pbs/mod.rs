@@ -373,10 +373,13 @@ fn checked(
     }
 }
 
-/// Reads `HH:MM:SS` (or `MM:SS`, `SS`) back into seconds.
+/// Reads `HH:MM:SS` (or `MM:SS`, `SS`) back into seconds; `None` when it is not that, or
+/// too large to count (qstat's output is outside input: found by the `pbs` fuzz target).
 fn parse_hms(text: &str) -> Option<u64> {
     text.trim().split(':').try_fold(0_u64, |total, part| {
-        Some(total * 60 + part.parse::<u64>().ok()?)
+        total
+            .checked_mul(60)?
+            .checked_add(part.parse::<u64>().ok()?)
     })
 }
 
@@ -1079,5 +1082,7 @@ mod tests {
             "49:01:01"
         );
         assert_eq!(parse_hms("01:00:02"), Some(3602));
+        // Found by the `pbs` fuzz target: an hour count past u64 seconds overflowed.
+        assert_eq!(parse_hms("18446744073709551615:59"), None);
     }
 }

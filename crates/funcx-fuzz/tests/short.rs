@@ -1,0 +1,116 @@
+//! The short pass of every fuzz target that the test command runs: the corpus and 20,000
+//! mutated inputs each (a different seed every day, printed, so that CI explores over time
+//! and any finding is reproducible). The long campaigns are in FUZZING.md.
+
+#[global_allocator]
+static ALLOCATOR: funcx_fuzz::alloc::Counting = funcx_fuzz::alloc::Counting;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use funcx_fuzz::campaign::{run, Options};
+use funcx_fuzz::targets;
+
+fn seed() -> u64 {
+    match std::env::var("FUNCX_FUZZ_SEED") {
+        Ok(seed) => seed.parse().expect("FUNCX_FUZZ_SEED is a number"),
+        Err(_) => {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs())
+                / 86_400
+        }
+    }
+}
+
+fn short(name: &str) {
+    let target = targets::all()
+        .into_iter()
+        .find(|t| t.name == name)
+        .expect("a target of that name");
+    let options = Options {
+        inputs: 20_000,
+        seed: seed(),
+        hang_after: Duration::from_secs(30),
+        ..Options::default()
+    };
+    eprintln!("{name}: seed {} (FUNCX_FUZZ_SEED to repeat)", options.seed);
+    let report = run(&target, &options).unwrap_or_else(|finding| panic!("{finding}"));
+    assert_eq!(report.inputs, 20_000);
+    assert!(report.corpus > 0, "{name} has no corpus");
+    assert!(
+        funcx_fuzz::alloc::is_installed(),
+        "the counting allocator measures the campaign"
+    );
+}
+
+#[test]
+fn every_target_is_tested_here() {
+    let here = include_str!("short.rs");
+    for target in targets::all() {
+        assert!(
+            here.contains(&format!("short(\"{}\")", target.name)),
+            "tests/short.rs has no short pass of {}",
+            target.name
+        );
+    }
+}
+
+#[test]
+fn frames() {
+    short("frames");
+}
+
+#[test]
+fn handshake() {
+    short("handshake");
+}
+
+#[test]
+fn worker_output() {
+    short("worker-output");
+}
+
+#[test]
+fn result_stream() {
+    short("result-stream");
+}
+
+#[test]
+fn payload() {
+    short("payload");
+}
+
+#[test]
+fn gateway_http() {
+    short("gateway-http");
+}
+
+#[test]
+fn gateway_config() {
+    short("gateway-config");
+}
+
+#[test]
+fn endpoint_config() {
+    short("endpoint-config");
+}
+
+#[test]
+fn slurm() {
+    short("slurm");
+}
+
+#[test]
+fn pbs() {
+    short("pbs");
+}
+
+#[test]
+fn gridengine() {
+    short("gridengine");
+}
+
+#[test]
+fn ec2_xml() {
+    short("ec2-xml");
+}
