@@ -30,6 +30,8 @@ use crate::store::{
 const EVENT_BUFFER: usize = 4096;
 /// How many outcomes are stored in one transaction at most.
 const RESULT_BATCH: usize = 1024;
+/// How long a claim on a task lasts unrenewed, for a shared store given to the builder.
+const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// A running gateway: its store, its users, one executor per endpoint that endpoints'
 /// managers attach to, and the task that stores results as they arrive.
@@ -68,6 +70,9 @@ pub(crate) struct Shared {
     /// up by them.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
     store_repaired: bool,
+    /// Set when the store is shared with other gateways: tasks are claimed, not handed out
+    /// as they are stored ([`crate::fleet`]).
+    pub(crate) fleet: Option<crate::fleet::FleetState>,
     /// The Globus Compute routes' state, when `[globus_compute]` is configured.
     #[cfg(feature = "globus-compute")]
     pub(crate) globus: Option<Arc<crate::globus::GlobusCompute>>,
@@ -166,6 +171,13 @@ impl GatewayBuilder {
         let transport = TcpTransport::builder()
             .max_frame_size(self.config.max_body_bytes.max(64 * 1024 * 1024))
             .build();
+        let fleet = store.fleet().map(|_| {
+            let lease = match &self.config.store {
+                Some(StoreConfig::Postgres(config)) => Duration::from_secs(config.lease_secs),
+                _ => DEFAULT_LEASE,
+            };
+            crate::fleet::FleetState::new(lease)
+        });
         #[cfg(feature = "globus-compute")]
         let globus = self
             .config
@@ -191,6 +203,7 @@ impl GatewayBuilder {
                 kept: Mutex::new(std::collections::HashSet::new()),
                 closing: tokio::sync::watch::Sender::new(false),
                 store_repaired,
+                fleet,
                 #[cfg(feature = "globus-compute")]
                 globus,
             }),
@@ -201,7 +214,12 @@ impl GatewayBuilder {
         }
         tokio::spawn(store_results(Arc::downgrade(&gateway.inner), reports));
         tokio::spawn(expire_results(Arc::downgrade(&gateway.inner)));
-        gateway.recover().await?;
+        if gateway.inner.fleet.is_some() {
+            // Nothing to re-submit: unfinished tasks are claimed as their endpoints connect.
+            crate::fleet::start(&gateway);
+        } else {
+            gateway.recover().await?;
+        }
         Ok(gateway)
     }
 }
@@ -386,6 +404,9 @@ impl Gateway {
 
     /// The gateway side of endpoint `id`, created on first use.
     pub(crate) fn runtime(&self, id: &str) -> Arc<EndpointRuntime> {
+        if let Some(fleet) = &self.inner.fleet {
+            crate::fleet::start_claimer(self, fleet, id);
+        }
         let mut endpoints = match self.inner.endpoints.lock() {
             Ok(endpoints) => endpoints,
             Err(poisoned) => poisoned.into_inner(),
@@ -434,8 +455,24 @@ impl Gateway {
         }
     }
 
-    /// Hands stored tasks to their endpoint's executor.
+    /// Hands tasks just stored to their endpoint: to its executor here, or in a fleet to
+    /// whichever gateway claims them (this one's claimer first, if the endpoint is here).
     pub(crate) fn dispatch(&self, endpoint: &str, tasks: Vec<(u64, Task)>) {
+        match &self.inner.fleet {
+            Some(fleet) => fleet.wake(endpoint),
+            None => self.dispatch_local(endpoint, tasks),
+        }
+    }
+
+    /// An endpoint connection was admitted: in a fleet, its tasks can be claimed now.
+    pub(crate) fn endpoint_connected(&self, endpoint: &str) {
+        if let Some(fleet) = &self.inner.fleet {
+            fleet.wake(endpoint);
+        }
+    }
+
+    /// Hands stored tasks to their endpoint's executor here.
+    fn dispatch_local(&self, endpoint: &str, tasks: Vec<(u64, Task)>) {
         if tasks.is_empty() {
             return;
         }
@@ -478,9 +515,21 @@ impl Gateway {
             return Ok(());
         }
         let count = unfinished.len();
+        self.dispatch_records(unfinished).await;
+        self.inner.metrics.recovered(count);
+        info!(
+            tasks = count,
+            "re-submitted the unfinished tasks of the store"
+        );
+        Ok(())
+    }
+
+    /// Hands stored tasks (recovered, or claimed in a fleet) to their endpoints' executors
+    /// here; a task that cannot be rebuilt (its function was deleted) fails with the reason.
+    pub(crate) async fn dispatch_records(&self, records: Vec<TaskRecord>) {
         let mut by_endpoint: HashMap<String, Vec<(u64, Task)>> = HashMap::new();
         let mut failed = Vec::new();
-        for record in unfinished {
+        for record in records {
             match self.task_of(&record).await {
                 Ok(task) => by_endpoint
                     .entry(record.endpoint.clone())
@@ -494,24 +543,36 @@ impl Gateway {
             }
         }
         for (endpoint, tasks) in by_endpoint {
-            self.dispatch(&endpoint, tasks);
+            self.dispatch_local(&endpoint, tasks);
         }
         if !failed.is_empty() {
-            let finished = self.inner.store.finish(failed, SystemTime::now()).await?;
+            let finished = store_outcomes(&self.inner, failed).await;
             self.publish(finished);
         }
-        self.inner.metrics.recovered(count);
-        info!(
-            tasks = count,
-            "re-submitted the unfinished tasks of the store"
-        );
-        Ok(())
     }
 
     async fn task_of(&self, record: &TaskRecord) -> Result<Task, funcx_core::TaskError> {
         let args = record
             .decode_args()
             .map_err(|e| funcx_core::TaskError::protocol(e.to_string()))?;
+        let options = match record.timeout {
+            Some(timeout) => TaskOptions::new().timeout(timeout),
+            None => TaskOptions::new(),
+        };
+        // Claimed tasks come in thousands of one function: one lookup per process.
+        let cached = self
+            .inner
+            .functions
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&record.function).cloned());
+        if let Some(function) = cached {
+            return Ok(Task {
+                function,
+                args,
+                options,
+            });
+        }
         let functions = self
             .inner
             .store
@@ -524,10 +585,6 @@ impl Gateway {
                 "function {} was deleted before the task ran",
                 record.function
             )));
-        };
-        let options = match record.timeout {
-            Some(timeout) => TaskOptions::new().timeout(timeout),
-            None => TaskOptions::new(),
         };
         Ok(Task {
             function: self.function(function),

@@ -52,6 +52,7 @@ pub mod api;
 mod auth;
 mod config;
 mod error;
+mod fleet;
 mod gateway;
 mod globus;
 mod metrics;

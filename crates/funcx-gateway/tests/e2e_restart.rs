@@ -8,7 +8,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::process::{free_port, register_endpoint, temp_dir, write_config, GatewayProcess};
+use common::process::{
+    endpoint_status, free_port, register_endpoint, temp_dir, write_config, GatewayProcess,
+};
 
 use funcx_client::EndpointDial;
 use funcx_client::RemoteExecutor;
@@ -96,17 +98,9 @@ async fn gateway_killed_and_restarted_mid_run_loses_nothing() {
     assert_eq!(values, (0..first + 500).map(|i| i * 2).collect::<Vec<_>>());
 
     // Nothing is left pending at the gateway for this user.
-    let status: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://{address}/v1/endpoints/{id}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("endpoint status")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(status["status"]["queued"], 0, "{status}");
-    assert_eq!(status["status"]["in_flight"], 0, "{status}");
+    let status = endpoint_status(address, TOKEN, &id).await;
+    assert_eq!(status["queued"], 0, "{status}");
+    assert_eq!(status["in_flight"], 0, "{status}");
 
     executor.shutdown().await;
     endpoint.abort();

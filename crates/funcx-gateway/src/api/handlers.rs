@@ -290,6 +290,7 @@ pub(crate) async fn connect_endpoint(
     let on_upgrade = hyper::upgrade::on(&mut request);
     let runtime = gateway.runtime(&id);
     let transport = gateway.inner.transport.clone();
+    let admitted = gateway.clone();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -305,6 +306,7 @@ pub(crate) async fn connect_endpoint(
             Ok(connection) => {
                 info!(endpoint = %id, %peer, "endpoint connected");
                 runtime.agent.admit(connection).await;
+                admitted.endpoint_connected(&id);
             }
             Err(error) => warn!(endpoint = %id, %peer, %error, "endpoint handshake failed"),
         }

@@ -23,6 +23,7 @@
 //!
 //! [redb]: https://docs.rs/redb
 
+mod fleet;
 mod memory;
 #[cfg(feature = "postgres")]
 mod pg;
@@ -35,6 +36,7 @@ use funcx_core::{Args, FunctionBody, FunctionId, Payload, TaskError, TaskState, 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+pub use self::fleet::{Fleet, FleetEvent};
 pub use self::memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use self::pg::{PgOptions, PgStore};
@@ -449,6 +451,12 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Removes finished tasks whose outcome is older than `ttl` at `now`, and idempotency
     /// keys older than `ttl`; how many tasks.
     fn expire(&self, now: SystemTime, ttl: Duration) -> StoreFuture<'_, usize>;
+
+    /// The claims and notifications of a store that several gateways share; `None`
+    /// (the default) for a store of one gateway, which hands out every task itself.
+    fn fleet(&self) -> Option<&dyn Fleet> {
+        None
+    }
 
     /// Waits for the writes under way, then releases the store cleanly (a graceful stop of
     /// the gateway), so that the next start has nothing to repair. Calls after it fail.

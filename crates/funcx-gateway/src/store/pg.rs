@@ -3,10 +3,14 @@
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
+use std::sync::{Arc, Mutex};
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use funcx_core::{FunctionId, TaskState, Timeline};
-use tokio_postgres::{NoTls, Row};
+use tokio::sync::broadcast;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
 
+use super::fleet::{Fleet, FleetEvent};
 use super::{
     apply, decode, encode, new_record, page, EndpointRecord, Finished, FunctionRecord,
     IdempotencyKey, Insertion, NewTask, StoreError, StoreFuture, TaskPage, TaskRecord, TaskStore,
@@ -121,7 +125,7 @@ impl PgOptions {
 /// identifiers are taken, so none needs quoting.
 fn check_schema(schema: &str) -> Result<(), StoreError> {
     let plain = !schema.is_empty()
-        && schema.len() <= 63
+        && schema.len() <= 48
         && schema
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -130,7 +134,7 @@ fn check_schema(schema: &str) -> Result<(), StoreError> {
         Ok(())
     } else {
         Err(StoreError::backend(format!(
-            "schema {schema:?}: only lowercase letters, digits and '_' (not first), at most 63"
+            "schema {schema:?}: only lowercase letters, digits and '_' (not first), at most 48"
         )))
     }
 }
@@ -151,7 +155,25 @@ fn check_schema(schema: &str) -> Result<(), StoreError> {
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: Pool,
+    /// How the listener connects (the pool's configuration).
+    config: tokio_postgres::Config,
+    /// This store's name in claims and notifications: random, one per process.
+    member: String,
+    /// The notification channels, per schema: deployments sharing a database do not hear
+    /// each other (`funcx_tasks_<schema>`, `funcx_results_<schema>`).
+    channels: Channels,
+    /// The listener's channel, once somebody subscribed.
+    listener: Arc<Mutex<Option<broadcast::Sender<FleetEvent>>>>,
 }
+
+#[derive(Clone, Debug)]
+struct Channels {
+    tasks: String,
+    results: String,
+}
+
+/// How many task ids one result notification names: a payload is at most 8,000 bytes.
+const IDS_PER_NOTIFICATION: usize = 400;
 
 fn pg(error: tokio_postgres::Error) -> StoreError {
     // The server's own message (a constraint, a lost connection) says more than Display's
@@ -234,8 +256,14 @@ impl PgStore {
                 }
             }
         }
+        let schema = options.schema.as_deref().unwrap_or("public");
+        let channels = Channels {
+            tasks: format!("funcx_tasks_{schema}"),
+            results: format!("funcx_results_{schema}"),
+        };
+        let member = crate::auth::new_id()?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -245,9 +273,35 @@ impl PgStore {
             .max_size(options.pool_size.max(1))
             .build()
             .map_err(StoreError::backend)?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            config,
+            member,
+            channels,
+            listener: Arc::new(Mutex::new(None)),
+        };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Drops `options.schema` and everything in it (nothing if it does not exist): a
+    /// deployment taken down, or a test's schema emptied before it starts. Refuses to drop
+    /// the default schema (`options.schema` is `None`).
+    pub async fn drop_schema(options: &PgOptions) -> Result<(), StoreError> {
+        let Some(schema) = &options.schema else {
+            return Err(StoreError::backend(
+                "no schema named: the default one is not dropped",
+            ));
+        };
+        let config = options.config()?;
+        let (client, connection) = config.connect(NoTls).await.map_err(pg)?;
+        let driver = tokio::spawn(connection);
+        let dropped = client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await;
+        drop(client);
+        let _ = driver.await;
+        dropped.map_err(pg)
     }
 
     /// The schema versions applied, oldest first.
@@ -325,6 +379,7 @@ impl PgStore {
 /// handed out in ascending order, so a batch's ids increase as its tasks do.
 async fn insert(
     tx: &deadpool_postgres::Transaction<'_>,
+    channels: &Channels,
     tasks: Vec<NewTask>,
     now: SystemTime,
 ) -> Result<Vec<u64>, StoreError> {
@@ -378,6 +433,14 @@ async fn insert(
     )
     .await
     .map_err(pg)?;
+    // Delivered at commit, to every gateway listening: the one holding the endpoint claims.
+    endpoints.sort_unstable();
+    endpoints.dedup();
+    for endpoint in &endpoints {
+        tx.execute("SELECT pg_notify($1, $2)", &[&channels.tasks, endpoint])
+            .await
+            .map_err(pg)?;
+    }
     ids.into_iter().map(id_from_sql).collect()
 }
 
@@ -565,7 +628,7 @@ impl TaskStore for PgStore {
         self.run(async move {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(pg)?;
-            let ids = insert(&tx, tasks, now).await?;
+            let ids = insert(&tx, &self.channels, tasks, now).await?;
             tx.commit().await.map_err(pg)?;
             Ok(ids)
         })
@@ -606,7 +669,7 @@ impl TaskStore for PgStore {
                 let ids = ids.into_iter().map(id_from_sql).collect::<Result<_, _>>()?;
                 return Ok(Insertion::Replayed(ids));
             }
-            let ids = insert(&tx, tasks, now).await?;
+            let ids = insert(&tx, &self.channels, tasks, now).await?;
             let sql_ids: Vec<i64> = ids.iter().copied().map(id_to_sql).collect();
             tx.execute(
                 "UPDATE idempotency_keys SET ids = $3 WHERE owner = $1 AND key = $2",
@@ -733,6 +796,20 @@ impl TaskStore for PgStore {
             tx.execute(&update, &[&done_ids, &states, &timelines, &results, &now])
                 .await
                 .map_err(pg)?;
+            // Other gateways' result streams learn of these at commit.
+            for chunk in done_ids.chunks(IDS_PER_NOTIFICATION) {
+                let mut payload = self.member.clone();
+                for (i, id) in chunk.iter().enumerate() {
+                    payload.push(if i == 0 { ' ' } else { ',' });
+                    payload.push_str(&id.to_string());
+                }
+                tx.execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&self.channels.results, &payload],
+                )
+                .await
+                .map_err(pg)?;
+            }
             tx.commit().await.map_err(pg)?;
             Ok(done)
         })
@@ -788,12 +865,198 @@ impl TaskStore for PgStore {
         })
     }
 
+    fn fleet(&self) -> Option<&dyn Fleet> {
+        Some(self)
+    }
+
     fn close(&self) -> StoreFuture<'_, ()> {
         // Writes under way hold their connection until they finish; closing the pool stops
         // new ones and drops idle connections.
         self.pool.close();
         Box::pin(std::future::ready(Ok(())))
     }
+}
+
+impl Fleet for PgStore {
+    fn member(&self) -> &str {
+        &self.member
+    }
+
+    fn claim(
+        &self,
+        endpoint: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> StoreFuture<'_, Vec<TaskRecord>> {
+        let endpoint = endpoint.to_string();
+        self.run(async move {
+            let client = self.client().await?;
+            // SKIP LOCKED: a gateway claiming at the same moment takes other rows instead of
+            // waiting for these, and neither gets a row twice.
+            let statement = client
+                .prepare_cached(&format!(
+                    "UPDATE tasks SET claimed_by = $1,
+                            lease_until = now() + $3 * interval '1 millisecond'
+                     WHERE id IN (
+                         SELECT id FROM tasks
+                         WHERE endpoint = $2 AND finished IS NULL
+                           AND (claimed_by IS NULL OR lease_until < now())
+                         ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                     RETURNING {TASK_COLUMNS}"
+                ))
+                .await
+                .map_err(pg)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let lease = millis(lease) as f64;
+            let rows = client
+                .query(&statement, &[&self.member, &endpoint, &lease, &limit])
+                .await
+                .map_err(pg)?;
+            let mut records = rows
+                .iter()
+                .map(|row| task_of_row(row).map(|(record, _)| record))
+                .collect::<Result<Vec<_>, _>>()?;
+            records.sort_unstable_by_key(|record| record.id);
+            Ok(records)
+        })
+    }
+
+    fn renew(&self, endpoints: Vec<String>, lease: Duration) -> StoreFuture<'_, u64> {
+        self.run(async move {
+            if endpoints.is_empty() {
+                return Ok(0);
+            }
+            let client = self.client().await?;
+            client
+                .execute(
+                    "UPDATE tasks SET lease_until = now() + $3 * interval '1 millisecond'
+                     WHERE claimed_by = $1 AND finished IS NULL AND endpoint = ANY($2)",
+                    &[&self.member, &endpoints, &(millis(lease) as f64)],
+                )
+                .await
+                .map_err(pg)
+        })
+    }
+
+    fn tasks(&self, ids: Vec<u64>) -> StoreFuture<'_, Vec<TaskRecord>> {
+        self.run(async move {
+            let ids: Vec<i64> = ids.into_iter().map(id_to_sql).collect();
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(&format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1)"
+                ))
+                .await
+                .map_err(pg)?;
+            let rows = client.query(&statement, &[&ids]).await.map_err(pg)?;
+            rows.iter()
+                .map(|row| task_of_row(row).map(|(record, _)| record))
+                .collect()
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<FleetEvent> {
+        let mut listener = match self.listener.lock() {
+            Ok(listener) => listener,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(sender) = listener.as_ref() {
+            return sender.subscribe();
+        }
+        let (sender, receiver) = broadcast::channel(LISTENER_BUFFER);
+        *listener = Some(sender.clone());
+        tokio::spawn(listen(
+            self.config.clone(),
+            self.member.clone(),
+            self.channels.clone(),
+            sender,
+        ));
+        receiver
+    }
+}
+
+/// How many notifications wait for a slow subscriber before it is told to resync.
+const LISTENER_BUFFER: usize = 16 * 1024;
+
+/// Listens on one connection of its own and passes notifications on; re-connects with
+/// back-off when the connection is lost (the database restarted), and says
+/// [`FleetEvent::Resync`] each time it listens again. Ends when nobody subscribes any more.
+async fn listen(
+    config: tokio_postgres::Config,
+    member: String,
+    channels: Channels,
+    sender: broadcast::Sender<FleetEvent>,
+) {
+    use futures::StreamExt;
+    let mut pause = Duration::from_millis(100);
+    while sender.receiver_count() > 0 {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (notes, mut received) = tokio::sync::mpsc::unbounded_channel();
+                // poll_message drives the connection: the LISTEN below and the
+                // notifications after it.
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(AsyncMessage::Notification(note)) => {
+                                if notes.send(note).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(error) => {
+                                return tracing::warn!(%error, "the store's listening connection failed");
+                            }
+                        }
+                    }
+                });
+                let listening = client
+                    .batch_execute(&format!(
+                        "LISTEN {}; LISTEN {}",
+                        channels.tasks, channels.results
+                    ))
+                    .await;
+                if let Err(error) = listening {
+                    tracing::warn!(error = %pg(error), "could not LISTEN on the store");
+                    driver.abort();
+                } else {
+                    pause = Duration::from_millis(100);
+                    tracing::debug!("listening for the other gateways' tasks and results");
+                    let _ = sender.send(FleetEvent::Resync);
+                    while let Some(note) = received.recv().await {
+                        let event = if note.channel() == channels.tasks {
+                            Some(FleetEvent::NewTasks(note.payload().to_string()))
+                        } else {
+                            finished_elsewhere(note.payload(), &member)
+                        };
+                        if let Some(event) = event {
+                            if sender.send(event).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    drop(client);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %pg(error), ?pause, "the store's listener cannot connect; retrying")
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The ids of a result notification (`"<member> <id>,<id>,..."`), unless this store sent it.
+fn finished_elsewhere(payload: &str, member: &str) -> Option<FleetEvent> {
+    let (from, ids) = payload.split_once(' ')?;
+    if from == member {
+        return None;
+    }
+    let ids: Vec<u64> = ids.split(',').filter_map(|id| id.parse().ok()).collect();
+    Some(FleetEvent::Finished(ids))
 }
 
 #[cfg(test)]
@@ -808,18 +1071,12 @@ pub(crate) mod tests {
 
     /// A store in a schema of its own, so that tests run in parallel on one database.
     pub(crate) async fn fresh(name: &str) -> PgStore {
-        let schema = format!("test_{name}_{}", std::process::id());
-        let (client, connection) = tokio_postgres::connect(&test_url(), NoTls)
+        let options =
+            PgOptions::new(test_url()).schema(format!("test_{name}_{}", std::process::id()));
+        PgStore::drop_schema(&options)
             .await
             .expect("the test PostgreSQL (scripts/infra/postgres-up.sh) accepts connections");
-        let driver = tokio::spawn(connection);
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await
-            .expect("drop the test schema");
-        drop(client);
-        let _ = driver.await;
-        PgStore::connect_with(PgOptions::new(test_url()).schema(schema))
+        PgStore::connect_with(options)
             .await
             .expect("open the test store")
     }
@@ -896,6 +1153,122 @@ pub(crate) mod tests {
         assert_eq!(record.timeout, Some(Duration::from_millis(1500)));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_gateways_racing_claim_each_task_once_and_leases_expire() {
+        let first = fresh("race").await;
+        let options =
+            PgOptions::new(test_url()).schema(format!("test_race_{}", std::process::id()));
+        let second = PgStore::connect_with(options).await.unwrap();
+        assert_ne!(first.member(), second.member());
+        let mut notes = second.subscribe();
+        let resync = tokio::time::timeout(Duration::from_secs(10), notes.recv()).await;
+        assert_eq!(resync.unwrap().unwrap(), FleetEvent::Resync);
+
+        let task = |endpoint: &str| NewTask {
+            owner: "alice".into(),
+            endpoint: endpoint.into(),
+            function: funcx_core::Function::from_source("", "f").id(),
+            args: funcx_core::Args::new(),
+            timeout: None,
+        };
+        let now = SystemTime::now();
+        let ids = first
+            .insert_tasks((0..500).map(|_| task("e")).collect(), now)
+            .await
+            .unwrap();
+        first.insert_tasks(vec![task("other")], now).await.unwrap();
+        // The other gateway hears of the new tasks, per endpoint.
+        let mut heard = Vec::new();
+        while heard.len() < 2 {
+            let note = tokio::time::timeout(Duration::from_secs(10), notes.recv()).await;
+            heard.push(note.unwrap().unwrap());
+        }
+        assert_eq!(
+            heard,
+            vec![
+                FleetEvent::NewTasks("e".into()),
+                FleetEvent::NewTasks("other".into())
+            ]
+        );
+
+        // Both claim in small batches at once until nothing is left.
+        let lease = Duration::from_secs(60);
+        let drain = |store: PgStore| async move {
+            let mut got = Vec::new();
+            loop {
+                let claimed = store.claim("e", 7, lease).await.unwrap();
+                if claimed.is_empty() {
+                    return got;
+                }
+                got.extend(claimed.into_iter().map(|t| t.id));
+            }
+        };
+        let (a, b) = tokio::join!(drain(first.clone()), drain(second.clone()));
+        assert!(
+            !a.is_empty() && !b.is_empty(),
+            "both claimed: {} {}",
+            a.len(),
+            b.len()
+        );
+        let mut all: Vec<u64> = a.iter().chain(&b).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, ids, "every task claimed exactly once");
+
+        // A finished task is never claimed again, and its result is announced to the other.
+        let outcome = Finished {
+            id: a[0],
+            result: Ok(funcx_core::Payload::pickle(&1i64).unwrap()),
+            timeline: Timeline::submitted_now(),
+        };
+        assert_eq!(first.finish(vec![outcome], now).await.unwrap().len(), 1);
+        let note = tokio::time::timeout(Duration::from_secs(10), notes.recv()).await;
+        assert_eq!(note.unwrap().unwrap(), FleetEvent::Finished(vec![a[0]]));
+        let read = second.tasks(vec![a[0], 999_999]).await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert!(read[0].result.is_some());
+
+        // Renewed claims hold; a claim left to expire is taken over by the other gateway.
+        assert_eq!(
+            first.renew(vec!["e".into()], lease).await.unwrap(),
+            a.len() as u64 - 1
+        );
+        assert!(second.claim("e", 1000, lease).await.unwrap().is_empty());
+        let short = Duration::from_millis(200);
+        assert_eq!(
+            first.renew(vec!["e".into()], short).await.unwrap(),
+            a.len() as u64 - 1
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut taken = Vec::new();
+        while taken.len() < a.len() - 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the lapsed claims were not taken over"
+            );
+            taken.extend(
+                second
+                    .claim("e", 1000, lease)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|t| t.id),
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        taken.sort_unstable();
+        assert_eq!(taken, a[1..].to_vec());
+    }
+
+    #[test]
+    fn result_notifications_name_their_sender() {
+        assert_eq!(finished_elsewhere("me 1,2", "me"), None);
+        assert_eq!(
+            finished_elsewhere("you 1,2,3", "me"),
+            Some(FleetEvent::Finished(vec![1, 2, 3]))
+        );
+        assert_eq!(finished_elsewhere("garbage", "me"), None);
+    }
+
     #[test]
     fn schema_names_are_plain_identifiers() {
         assert!(check_schema("funcx_1").is_ok());
@@ -904,5 +1277,12 @@ pub(crate) mod tests {
         }
         let options = PgOptions::new("not a url ::");
         assert!(options.config().is_err());
+        let default = PgOptions::new(test_url());
+        let refused = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(PgStore::drop_schema(&default));
+        assert!(refused.is_err());
     }
 }

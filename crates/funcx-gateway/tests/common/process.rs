@@ -155,3 +155,22 @@ pub async fn register_endpoint(address: SocketAddr, token: &str, name: &str) -> 
     let field = |key: &str| answer[key].as_str().expect(key).to_owned();
     (field("endpoint_id"), field("endpoint_token"))
 }
+
+/// The live status (`status` of `GET /v1/endpoints/{id}`) of endpoint `endpoint` at the
+/// gateway on `address`, as the user of `token` sees it.
+pub async fn endpoint_status(
+    address: SocketAddr,
+    token: &str,
+    endpoint: &str,
+) -> serde_json::Value {
+    let view: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{address}/v1/endpoints/{endpoint}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("endpoint status")
+        .json()
+        .await
+        .expect("json");
+    view["status"].clone()
+}

@@ -1,0 +1,215 @@
+//! A gateway among several on one shared store ([`crate::store::Fleet`]): it hands out only
+//! the tasks it claimed, for the endpoints connected to it, and tells its result streams of
+//! the results other gateways stored.
+//!
+//! Three loops do it. Each connected endpoint has a *claimer*, woken when tasks for it may
+//! be waiting (a submission here, a notification from another gateway, the endpoint
+//! connecting, the periodic sweep), which claims them in batches and dispatches them to the
+//! endpoint's executor. The *listener* turns the store's notifications into wakes and into
+//! result events. The *keeper* renews this gateway's leases on the tasks of its connected
+//! endpoints and wakes their claimers now and then: a lease another gateway left to expire
+//! (it died) is taken over then — the only periodic work, and not on the path of a task
+//! whose gateways are alive.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, Notify};
+use tracing::{debug, warn};
+
+use crate::gateway::{Gateway, Shared};
+use crate::store::{FleetEvent, TaskRecord};
+
+/// How many tasks one claim takes at most.
+const CLAIM_BATCH: usize = 2048;
+
+/// The fleet side of a gateway's state.
+pub(crate) struct FleetState {
+    /// How long a claim lasts without renewal.
+    pub(crate) lease: Duration,
+    /// Each endpoint's claimer's wake-up.
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl FleetState {
+    pub(crate) fn new(lease: Duration) -> FleetState {
+        FleetState {
+            lease,
+            wakers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn wakers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        match self.wakers.lock() {
+            Ok(wakers) => wakers,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Wakes endpoint `endpoint`'s claimer, if it has one here. A wake while it works is
+    /// kept: it looks once more after its current claim.
+    pub(crate) fn wake(&self, endpoint: &str) {
+        if let Some(waker) = self.wakers().get(endpoint) {
+            waker.notify_one();
+        }
+    }
+
+    fn wake_all(&self) {
+        for waker in self.wakers().values() {
+            waker.notify_one();
+        }
+    }
+}
+
+/// Starts the listener and the keeper of `gateway`, which must be in a fleet.
+pub(crate) fn start(gateway: &Gateway) {
+    let Some(fleet) = gateway.inner.store.fleet() else {
+        return;
+    };
+    let events = fleet.subscribe();
+    tokio::spawn(listen(Arc::downgrade(&gateway.inner), events));
+    tokio::spawn(keep_leases(Arc::downgrade(&gateway.inner)));
+}
+
+/// Starts endpoint `endpoint`'s claimer (once per endpoint and process).
+pub(crate) fn start_claimer(gateway: &Gateway, state: &FleetState, endpoint: &str) {
+    let waker = Arc::new(Notify::new());
+    {
+        let mut wakers = state.wakers();
+        if wakers.contains_key(endpoint) {
+            return;
+        }
+        wakers.insert(endpoint.to_string(), waker.clone());
+    }
+    tokio::spawn(claim_loop(
+        Arc::downgrade(&gateway.inner),
+        endpoint.to_string(),
+        waker,
+    ));
+}
+
+/// Whether endpoint `endpoint` has a connection to this gateway now.
+async fn connected(gateway: &Gateway, endpoint: &str) -> bool {
+    match gateway.existing_runtime(endpoint) {
+        Some(runtime) => !runtime.executor.pools().await.is_empty(),
+        None => false,
+    }
+}
+
+async fn claim_loop(shared: Weak<Shared>, endpoint: String, waker: Arc<Notify>) {
+    loop {
+        waker.notified().await;
+        let Some(inner) = shared.upgrade() else {
+            return;
+        };
+        let gateway = Gateway { inner };
+        let Some(state) = gateway.inner.fleet.as_ref() else {
+            return;
+        };
+        if !connected(&gateway, &endpoint).await {
+            continue;
+        }
+        let Some(fleet) = gateway.inner.store.fleet() else {
+            return;
+        };
+        loop {
+            let claimed = match fleet.claim(&endpoint, CLAIM_BATCH, state.lease).await {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    // The next wake (at the latest the keeper's sweep) tries again.
+                    warn!(endpoint = %endpoint, %error, "could not claim tasks");
+                    break;
+                }
+            };
+            let full = claimed.len() == CLAIM_BATCH;
+            if !claimed.is_empty() {
+                debug!(endpoint = %endpoint, tasks = claimed.len(), "claimed tasks");
+                gateway.dispatch_records(claimed).await;
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
+/// Passes the store's notifications on: wakes for new tasks, result events for results.
+async fn listen(shared: Weak<Shared>, mut events: broadcast::Receiver<FleetEvent>) {
+    loop {
+        let event = events.recv().await;
+        let Some(inner) = shared.upgrade() else {
+            return;
+        };
+        let Some(state) = inner.fleet.as_ref() else {
+            return;
+        };
+        match event {
+            Ok(FleetEvent::NewTasks(endpoint)) => state.wake(&endpoint),
+            Ok(FleetEvent::Finished(ids)) => {
+                // Read only when some client streams results from this gateway.
+                if inner.events.receiver_count() == 0 {
+                    continue;
+                }
+                let Some(fleet) = inner.store.fleet() else {
+                    return;
+                };
+                match fleet.tasks(ids).await {
+                    Ok(records) => {
+                        for record in records.into_iter().filter(finished) {
+                            let _ = inner.events.send(Arc::new(record));
+                        }
+                    }
+                    Err(error) => {
+                        warn!(%error, "could not read the results another gateway stored")
+                    }
+                }
+            }
+            Ok(FleetEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                state.wake_all();
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn finished(record: &TaskRecord) -> bool {
+    record.result.is_some()
+}
+
+/// Renews this gateway's leases on its connected endpoints' tasks, and sweeps: wakes their
+/// claimers to take over leases that others left to expire.
+async fn keep_leases(shared: Weak<Shared>) {
+    loop {
+        let period = match shared
+            .upgrade()
+            .and_then(|inner| inner.fleet.as_ref().map(|f| f.lease))
+        {
+            Some(lease) => lease / 3,
+            None => return,
+        };
+        tokio::time::sleep(period).await;
+        let Some(inner) = shared.upgrade() else {
+            return;
+        };
+        let gateway = Gateway { inner };
+        let (Some(state), Some(fleet)) =
+            (gateway.inner.fleet.as_ref(), gateway.inner.store.fleet())
+        else {
+            return;
+        };
+        let endpoints: Vec<String> = state.wakers().keys().cloned().collect();
+        let mut held = Vec::new();
+        for endpoint in endpoints {
+            if connected(&gateway, &endpoint).await {
+                held.push(endpoint);
+            }
+        }
+        if let Err(error) = fleet.renew(held.clone(), state.lease).await {
+            warn!(%error, "could not renew this gateway's claims");
+        }
+        for endpoint in &held {
+            state.wake(endpoint);
+        }
+    }
+}
