@@ -3,6 +3,8 @@
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
+use crate::Container;
+
 /// The default [`PythonConfig::max_result_size`]: 1 GiB.
 pub const DEFAULT_MAX_RESULT_SIZE: u64 = 1 << 30;
 
@@ -43,6 +45,7 @@ pub struct PythonConfig {
     accelerators: Vec<String>,
     max_result_size: u64,
     max_frame_size: Option<usize>,
+    container: Option<Container>,
 }
 
 impl Default for PythonConfig {
@@ -63,6 +66,7 @@ impl PythonConfig {
             accelerators: Vec::new(),
             max_result_size: DEFAULT_MAX_RESULT_SIZE,
             max_frame_size: None,
+            container: None,
         }
     }
 
@@ -129,6 +133,24 @@ impl PythonConfig {
     pub fn max_frame_size(mut self, bytes: usize) -> PythonConfig {
         self.max_frame_size = Some(bytes.max(MIN_FRAME_SIZE));
         self
+    }
+
+    /// Starts every worker inside `container` (an image run by podman) instead of directly
+    /// on this machine; see [`Container`] for what is passed in. A missing engine or image
+    /// fails the worker's start with an error that names it.
+    pub fn container(mut self, container: Container) -> PythonConfig {
+        self.container = Some(container);
+        self
+    }
+
+    /// The container workers start in, if any.
+    pub fn container_config(&self) -> Option<&Container> {
+        self.container.as_ref()
+    }
+
+    /// The image of the container workers start in, if any.
+    pub fn container_image(&self) -> Option<&str> {
+        self.container.as_ref().map(Container::image)
     }
 
     /// The interpreter that is run.

@@ -27,9 +27,11 @@
 #![warn(missing_docs)]
 
 mod config;
+mod container;
 pub mod manager;
 pub mod protocol;
 mod runtime;
 
 pub use config::{PythonConfig, ACCELERATOR_VARIABLES, DEFAULT_MAX_RESULT_SIZE};
+pub use container::Container;
 pub use runtime::{PythonRuntime, PythonWorker};

@@ -1,7 +1,9 @@
 //! Python worker processes: starting them and talking to them over their pipes.
 
+use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::{PythonConfig, ACCELERATOR_VARIABLES};
 use crate::protocol::{Decoder, Encoder, FromWorker, ProtocolError};
+use crate::Container;
 
 /// The worker program, passed to `python -c` so that starting a worker touches no file.
 const WORKER_SOURCE: &str = include_str!("worker.py");
@@ -56,6 +59,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct PythonRuntime {
     config: Arc<PythonConfig>,
+    /// Set once the container engine has been seen to have the image: later workers skip
+    /// the check.
+    image_found: Arc<AtomicBool>,
 }
 
 impl PythonRuntime {
@@ -63,6 +69,7 @@ impl PythonRuntime {
     pub fn new(config: PythonConfig) -> PythonRuntime {
         PythonRuntime {
             config: Arc::new(config),
+            image_found: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -88,12 +95,18 @@ impl PythonRuntime {
         }
         let id = events.worker();
         let mut command = command(&self.config, index, id);
-        let mut child = command.spawn().map_err(|e| {
-            SpawnError::new(format!(
-                "could not start Python worker {:?}: {e}",
-                self.config.python_path()
-            ))
-        })?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| match self.config.container_config() {
+                Some(container) => SpawnError::new(format!(
+                    "could not start a Python worker in container image {:?}: {e}",
+                    container.image()
+                )),
+                None => SpawnError::new(format!(
+                    "could not start Python worker {:?}: {e}",
+                    self.config.python_path()
+                )),
+            })?;
         let pid = child.id();
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -111,7 +124,18 @@ impl PythonRuntime {
         );
         tokio::spawn(write_messages(stdin, rx, id));
         tokio::spawn(forward_output(stderr, id));
-        tokio::spawn(read_events(child, stdout, events, kill.clone(), decoder));
+        let container = self
+            .config
+            .container_config()
+            .map(|container| (container.clone(), Container::name(id)));
+        tokio::spawn(read_events(
+            child,
+            stdout,
+            events,
+            kill.clone(),
+            decoder,
+            container,
+        ));
         tracing::debug!(worker = %id, ?pid, index, "started Python worker");
         Ok(PythonWorker { id, pid, tx, kill })
     }
@@ -136,6 +160,12 @@ impl WorkerRuntime for PythonRuntime {
     ) -> BoxFuture<'static, Result<Box<dyn Worker>, SpawnError>> {
         let runtime = self.clone();
         Box::pin(async move {
+            if let Some(container) = runtime.config.container_config() {
+                if !runtime.image_found.load(Ordering::Relaxed) {
+                    container.check().await?;
+                    runtime.image_found.store(true, Ordering::Relaxed);
+                }
+            }
             let worker = runtime.spawn_worker(index, events)?;
             Ok(Box::new(worker) as Box<dyn Worker>)
         })
@@ -158,29 +188,54 @@ fn widen_pipe(pipe: &impl std::os::fd::AsFd) {
 }
 
 fn command(config: &PythonConfig, index: usize, id: WorkerId) -> Command {
-    let mut command = match config.init_snippet() {
-        Some(snippet) => {
-            // The snippet runs in the shell that then execs Python, so its exports and
-            // `source`d environments reach the worker. Its output is sent to stderr: stdout
-            // is the protocol pipe.
-            let mut command = Command::new("/bin/sh");
-            command
-                .arg("-c")
-                .arg(format!("{{\n{snippet}\n}} >&2\nexec \"$@\""))
-                .arg("sh")
-                .arg(config.python_path());
+    let mut argv: Vec<OsString> = Vec::new();
+    if let Some(snippet) = config.init_snippet() {
+        // The snippet runs in the shell that then execs Python, so its exports and
+        // `source`d environments reach the worker. Its output is sent to stderr: stdout is
+        // the protocol pipe.
+        argv.extend(["/bin/sh".into(), "-c".into()]);
+        argv.push(format!("{{\n{snippet}\n}} >&2\nexec \"$@\"").into());
+        argv.push("sh".into());
+    }
+    argv.push(config.python_path().to_owned());
+    argv.extend(["-u".into(), "-c".into(), WORKER_SOURCE.into()]);
+    argv.push(config.result_size_limit().to_string().into());
+
+    let mut env: Vec<(OsString, OsString)> = config.environment().to_vec();
+    env.push(("FUNCX_WORKER_INDEX".into(), index.to_string().into()));
+    env.push(("FUNCX_WORKER_ID".into(), id.0.to_string().into()));
+    let tunables_set = std::env::var_os("GLIBC_TUNABLES").is_some()
+        || config
+            .environment()
+            .iter()
+            .any(|(k, _)| k == "GLIBC_TUNABLES");
+    if !tunables_set {
+        env.push(("GLIBC_TUNABLES".into(), MALLOC_TUNABLES.into()));
+    }
+    if let Some(accelerator) = config.accelerator_for(index) {
+        for variable in ACCELERATOR_VARIABLES {
+            env.push((variable.into(), accelerator.into()));
+        }
+    }
+
+    let mut command = match config.container_config() {
+        // Inside a container, the environment and the directory are the container's.
+        Some(container) => container.command(
+            &Container::name(id),
+            env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())),
+            config.current_dir(),
+            argv,
+        ),
+        None => {
+            let mut command = Command::new(&argv[0]);
+            command.args(&argv[1..]).envs(env);
+            if let Some(dir) = config.current_dir() {
+                command.current_dir(dir);
+            }
             command
         }
-        None => Command::new(config.python_path()),
     };
     command
-        .arg("-u")
-        .arg("-c")
-        .arg(WORKER_SOURCE)
-        .arg(config.result_size_limit().to_string())
-        .envs(config.environment().iter().map(|(k, v)| (k, v)))
-        .env("FUNCX_WORKER_INDEX", index.to_string())
-        .env("FUNCX_WORKER_ID", id.0.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -189,22 +244,6 @@ fn command(config: &PythonConfig, index: usize, id: WorkerId) -> Command {
         // gone exits when its stdin closes.
         .process_group(0)
         .kill_on_drop(true);
-    let tunables_set = std::env::var_os("GLIBC_TUNABLES").is_some()
-        || config
-            .environment()
-            .iter()
-            .any(|(k, _)| k == "GLIBC_TUNABLES");
-    if !tunables_set {
-        command.env("GLIBC_TUNABLES", MALLOC_TUNABLES);
-    }
-    if let Some(accelerator) = config.accelerator_for(index) {
-        for variable in ACCELERATOR_VARIABLES {
-            command.env(variable, accelerator);
-        }
-    }
-    if let Some(dir) = config.current_dir() {
-        command.current_dir(dir);
-    }
     command
 }
 
@@ -322,8 +361,11 @@ async fn read_events(
     events: WorkerEvents,
     kill: Arc<Notify>,
     decoder: Decoder,
+    container: Option<(Container, String)>,
 ) {
     let id = events.worker();
+    // Whether the worker was killed rather than left to exit.
+    let mut killed = false;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut reading = true;
     // Set once the output is closed: a worker that closed it without exiting is hung.
@@ -332,6 +374,7 @@ async fn read_events(
         tokio::select! {
             biased;
             () = kill.notified() => {
+                killed = true;
                 let _ = child.start_kill();
             }
             read = read_some(&mut stdout, &mut buf, &decoder), if reading => {
@@ -342,11 +385,13 @@ async fn read_events(
                         exit_deadline = Some(tokio::time::Instant::now() + EXIT_GRACE);
                     }
                     Ok(Flow::Abandoned) => {
+                        killed = true;
                         let _ = child.start_kill();
                         reading = false;
                     }
                     Err(reason) => {
                         tracing::warn!(worker = %id, "killing worker: {reason}");
+                        killed = true;
                         let _ = child.start_kill();
                         reading = false;
                     }
@@ -354,6 +399,7 @@ async fn read_events(
             }
             () = sleep_until(exit_deadline) => {
                 tracing::warn!(worker = %id, "killing worker: it closed its output but did not exit");
+                killed = true;
                 let _ = child.start_kill();
                 exit_deadline = None;
             }
@@ -387,6 +433,12 @@ async fn read_events(
             WorkerExit::Unknown
         }
     };
+    if let Some((container, name)) = container.filter(|_| killed) {
+        // Killing `podman run` leaves the container running until the worker inside reads
+        // its closed input, which a running task delays: it goes before the exit is
+        // reported, so that a killed worker is gone, task and all.
+        container.remove(&name).await;
+    }
     tracing::debug!(worker = %id, "worker exited: {exit}");
     events.send(WorkerEvent::Exited(exit));
 }
