@@ -226,6 +226,7 @@ fn frame_seeds() -> Vec<Vec<u8>> {
         args: Args::new().arg(&21).kwarg("scale", &[1.5, 2.5]),
         timeout: Some(Duration::from_secs(3)),
         trace: Some(7),
+        env: Vec::new(),
     };
     vec![
         encode(
