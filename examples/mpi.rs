@@ -17,11 +17,13 @@ use std::time::Duration;
 use funcx::{Args, Executor, MpiFunction, PythonRuntime, ShellResult};
 
 const PROGRAM: &str = r#"
-import socket
+import os, socket
 from mpi4py import MPI
 comm = MPI.COMM_WORLD
 total = comm.allreduce(comm.Get_rank() + 1)
-print("rank %d of %d on %s: allreduce sum %d" % (comm.Get_rank(), comm.Get_size(), socket.gethostname(), total), flush=True)
+# One write per line: mpirun interleaves the ranks' output write by write.
+line = "rank %d of %d on %s: allreduce sum %d\n" % (comm.Get_rank(), comm.Get_size(), socket.gethostname(), total)
+os.write(1, line.encode())
 "#;
 
 #[tokio::main]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Function;
+use crate::{Function, TaskOptions};
 
 /// The Python that runs a command; [`ShellFunction::function`] puts the configuration in
 /// front of it.
@@ -251,6 +251,15 @@ impl MpiFunction {
     pub fn oversubscribe(mut self) -> MpiFunction {
         self.shell = self.shell.env("OMPI_MCA_rmaps_base_oversubscribe", "1");
         self
+    }
+
+    /// Task options that reserve a core per rank (see [`TaskOptions::cores`]): submitted with
+    /// them, an MPI task on the endpoint's own workers waits until its ranks have cores
+    /// instead of oversubscribing the machine, and fails at once if the machine has fewer
+    /// cores than ranks. A task whose `ranks` argument differs needs
+    /// `TaskOptions::new().cores(ranks)` instead.
+    pub fn options(&self) -> TaskOptions {
+        TaskOptions::new().cores(self.ranks)
     }
 
     /// Changes the shell options (walltime, output bounds, sandbox, environment).

@@ -371,3 +371,30 @@ async fn a_task_over_the_gateways_body_limit_fails_alone_typed() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shell_task_through_the_gateway_returns_a_typed_shell_result() {
+    let gateway = start_gateway().await;
+    let (id, token) = register_endpoint(gateway, TOKEN, "shell").await;
+    let _endpoint = start_endpoint(gateway, &id, &token, 1);
+    let executor = remote(gateway, &id).await;
+
+    let shell = funcx_core::ShellFunction::new("echo {word}; echo oops >&2; exit {code}")
+        .walltime(Duration::from_secs(30));
+    let result: funcx_core::ShellResult = tokio::time::timeout(
+        Duration::from_secs(60),
+        executor
+            .submit(
+                &shell.function(),
+                Args::new().kwarg("word", "a b; $(c)").kwarg("code", &3),
+            )
+            .result(),
+    )
+    .await
+    .expect("within a minute")
+    .expect("a non-zero status is a result");
+    assert_eq!(result.returncode, 3);
+    assert_eq!(result.stdout, "a b; $(c)\n");
+    assert_eq!(result.stderr, "oops\n");
+    assert!(!result.timed_out);
+}

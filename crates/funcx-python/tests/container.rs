@@ -23,6 +23,16 @@ fn executor(container: Container) -> Executor {
         .start(PythonRuntime::new(config))
 }
 
+/// `executor`, once its worker is ready.
+async fn ready(container: Container) -> Executor {
+    let executor = executor(container);
+    tokio::time::timeout(LIMIT, executor.ready())
+        .await
+        .expect("ready within the limit")
+        .expect("the container worker starts (is scripts/infra/podman-up.sh run?)");
+    executor
+}
+
 /// Names of this process's worker containers that podman still lists.
 fn our_containers() -> Vec<String> {
     let output = Command::new("podman")
@@ -47,11 +57,7 @@ def inside(x):
 
 #[tokio::test]
 async fn a_podman_worker_runs_a_function_and_its_result_comes_back() {
-    let executor = executor(Container::podman(image()));
-    tokio::time::timeout(LIMIT, executor.ready())
-        .await
-        .expect("ready within the limit")
-        .expect("the container worker starts (is scripts/infra/podman-up.sh run?)");
+    let executor = ready(Container::podman(image())).await;
     assert_eq!(our_containers().len(), 1, "one worker, one container");
     let inside = Function::from_source(INSIDE, "inside");
     let (value, sees_host_tree, env, _python): (i64, bool, Option<String>, String) =
@@ -82,11 +88,7 @@ async fn a_podman_worker_runs_a_function_and_its_result_comes_back() {
 
 #[tokio::test]
 async fn a_killed_worker_takes_its_container_and_task_with_it() {
-    let executor = executor(Container::podman(image()));
-    tokio::time::timeout(LIMIT, executor.ready())
-        .await
-        .expect("ready within the limit")
-        .expect("the container worker starts");
+    let executor = ready(Container::podman(image())).await;
     let first = our_containers();
     assert_eq!(first.len(), 1, "{first:?}");
     let hang = Function::from_source("import time\n\ndef hang():\n    time.sleep(600)\n", "hang");

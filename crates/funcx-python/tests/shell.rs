@@ -218,7 +218,9 @@ async fn mpi_ranks_see_each_other() {
     let program = "from mpi4py import MPI\n\
                    c = MPI.COMM_WORLD\n\
                    total = c.allreduce(c.Get_rank() + 1)\n\
-                   print('rank', c.Get_rank(), 'of', c.Get_size(), 'sum', total, flush=True)\n";
+                   # One write per line: Open MPI interleaves the ranks' output by write.\n\
+                   import os\n\
+                   os.write(1, ('rank %d of %d sum %d\\n' % (c.Get_rank(), c.Get_size(), total)).encode())\n";
     let mpi = MpiFunction::new("/usr/bin/python3 -c {program}")
         .ranks(2)
         .oversubscribe()
@@ -235,4 +237,40 @@ async fn mpi_ranks_see_each_other() {
             .collect();
         assert_eq!(lines, expected, "{result:?}");
     }
+}
+
+#[tokio::test]
+async fn mpi_tasks_reserve_a_core_per_rank() {
+    let executor = Executor::builder()
+        .workers(2)
+        .cores(2)
+        .start(PythonRuntime::new(PythonConfig::new()));
+    let mpi = MpiFunction::new("/usr/bin/python3 -c {program}").oversubscribe();
+    let program =
+        "import os\nfrom mpi4py import MPI\nos.write(1, b'%d\\n' % MPI.COMM_WORLD.Get_size())\n";
+    let too_many = mpi.clone().ranks(3);
+    let error = tokio::time::timeout(
+        LIMIT,
+        executor.submit_with(
+            &too_many.function(),
+            Args::new().kwarg("program", program),
+            too_many.options(),
+        ),
+    )
+    .await
+    .expect("refused at once")
+    .expect_err("3 ranks do not fit 2 cores");
+    assert!(error.is_unsatisfiable(), "{error}");
+
+    let fits = mpi.ranks(2);
+    let handle = executor.submit_with(
+        &fits.function(),
+        Args::new().kwarg("program", program),
+        fits.options(),
+    );
+    let result: ShellResult = tokio::time::timeout(LIMIT, handle.result())
+        .await
+        .expect("within the limit")
+        .expect("2 ranks fit 2 cores");
+    assert_eq!(result.stdout, "2\n2\n", "{result:?}");
 }
