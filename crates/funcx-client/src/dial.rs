@@ -52,13 +52,19 @@ const MAX_ERROR_BODY: usize = 1024;
 /// then TLS from its first byte, and the certificate must be valid for `host` and signed by
 /// a CA the dialler trusts: the Mozilla roots by default, or the CA file given to
 /// [`EndpointDial::ca_file`] (a self-signed gateway).
+///
+/// # Several gateways
+///
+/// Gateways sharing one store (PostgreSQL) can each take the endpoint: name the others with
+/// [`EndpointDial::failover`]. A dial tries the gateway that last answered first, then the
+/// others in turn, so an endpoint whose gateway died reconnects to the next one, resuming its
+/// session there (the gateway takes over the dead one's tasks when their claims lapse).
 #[derive(Clone)]
 pub struct EndpointDial {
-    /// `host:port`, for the TCP connection and the `Host` header.
-    authority: String,
-    /// A path prefix before `/v1/...` (a gateway behind a reverse proxy), without a final `/`.
-    prefix: String,
-    https: bool,
+    /// The gateways, in the order they are tried; at least one.
+    targets: Vec<Target>,
+    /// The index of the gateway that answered last, shared by clones (a manager's dials).
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     endpoint_id: String,
     token: String,
     transport: TcpTransport,
@@ -67,13 +73,41 @@ pub struct EndpointDial {
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
+/// One gateway to dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    /// `host:port`, for the TCP connection and the `Host` header.
+    authority: String,
+    /// A path prefix before `/v1/...` (a gateway behind a reverse proxy), without a final `/`.
+    prefix: String,
+    https: bool,
+}
+
+impl Target {
+    /// `host:port`, `http://host:port[/prefix]` or `https://host:port[/prefix]`.
+    fn parse(gateway: &str) -> Target {
+        let (https, rest) = if let Some(rest) = gateway.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            (false, gateway.strip_prefix("http://").unwrap_or(gateway))
+        };
+        let (authority, prefix) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        Target {
+            authority: authority.to_owned(),
+            prefix: prefix.to_owned(),
+            https,
+        }
+    }
+}
+
 impl std::fmt::Debug for EndpointDial {
     // By hand: the token must not end up in logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EndpointDial")
-            .field("authority", &self.authority)
-            .field("prefix", &self.prefix)
-            .field("https", &self.https)
+            .field("targets", &self.targets)
             .field("endpoint_id", &self.endpoint_id)
             .finish_non_exhaustive()
     }
@@ -89,26 +123,22 @@ impl EndpointDial {
         endpoint_id: impl Into<String>,
         token: impl Into<String>,
     ) -> EndpointDial {
-        let gateway = gateway.into();
-        let (https, rest) = if let Some(rest) = gateway.strip_prefix("https://") {
-            (true, rest)
-        } else {
-            (false, gateway.strip_prefix("http://").unwrap_or(&gateway))
-        };
-        let (authority, prefix) = match rest.find('/') {
-            Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
         EndpointDial {
-            authority: authority.to_owned(),
-            prefix: prefix.to_owned(),
-            https,
+            targets: vec![Target::parse(&gateway.into())],
+            current: Default::default(),
             endpoint_id: endpoint_id.into(),
             token: token.into(),
             transport: TcpTransport::new(),
             #[cfg(feature = "tls")]
             tls: None,
         }
+    }
+
+    /// Adds `gateway` (same forms as [`EndpointDial::new`]) to the gateways dialled when the
+    /// current one cannot be reached or refuses: another gateway on the same store.
+    pub fn failover(mut self, gateway: impl Into<String>) -> EndpointDial {
+        self.targets.push(Target::parse(&gateway.into()));
+        self
     }
 
     /// Uses `transport`'s frame limit and handshake timeout for the upgraded connection (its
@@ -140,9 +170,45 @@ impl EndpointDial {
         self
     }
 
+    /// Dials the gateway that answered last, then each other one in turn; the last
+    /// failure if none takes the endpoint.
     async fn connect(&self) -> Result<Connection<ToEndpoint, ToManager>, TransportError> {
+        use std::sync::atomic::Ordering;
+        let first = self.current.load(Ordering::Relaxed) % self.targets.len();
+        let mut failure = None;
+        for step in 0..self.targets.len() {
+            let index = (first + step) % self.targets.len();
+            let target = &self.targets[index];
+            match self.connect_to(target).await {
+                Ok(connection) => {
+                    if index != first {
+                        tracing::info!(gateway = %target.authority, "the endpoint moved to another gateway");
+                        self.current.store(index, Ordering::Relaxed);
+                    }
+                    return Ok(connection);
+                }
+                Err(error) => {
+                    if self.targets.len() > 1 {
+                        tracing::debug!(gateway = %target.authority, %error, "gateway not reached; trying the next");
+                    }
+                    failure = Some(error);
+                }
+            }
+        }
+        Err(failure.unwrap_or_else(|| {
+            TransportError::from(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no gateway to dial",
+            ))
+        }))
+    }
+
+    async fn connect_to(
+        &self,
+        target: &Target,
+    ) -> Result<Connection<ToEndpoint, ToManager>, TransportError> {
         let timeout = self.transport.handshake_timeout();
-        let opened = tokio::time::timeout(timeout, self.open())
+        let opened = tokio::time::timeout(timeout, self.open(target))
             .await
             .map_err(|_| {
                 io::Error::new(
@@ -158,27 +224,27 @@ impl EndpointDial {
     }
 
     /// Connects (TLS for `https`) and upgrades the HTTP connection.
-    async fn open(&self) -> io::Result<Opened> {
+    async fn open(&self, target: &Target) -> io::Result<Opened> {
         #[cfg(not(feature = "tls"))]
-        if self.https {
+        if target.https {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!(
                     "the gateway https://{} needs TLS, but this endpoint was built without TLS support; rebuild with the `tls` feature",
-                    self.authority
+                    target.authority
                 ),
             ));
         }
-        let mut stream = TcpStream::connect(&self.authority).await?;
+        let mut stream = TcpStream::connect(&target.authority).await?;
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
         #[cfg(feature = "tls")]
-        if self.https {
-            let mut stream = self.tls_handshake(stream).await?;
-            self.upgrade(&mut stream).await?;
+        if target.https {
+            let mut stream = self.tls_handshake(target, stream).await?;
+            self.upgrade(target, &mut stream).await?;
             return Ok(Opened::Tls(Box::new(stream), peer));
         }
-        self.upgrade(&mut stream).await?;
+        self.upgrade(target, &mut stream).await?;
         Ok(Opened::Plain(stream, peer))
     }
 
@@ -187,6 +253,7 @@ impl EndpointDial {
     #[cfg(feature = "tls")]
     async fn tls_handshake(
         &self,
+        target: &Target,
         stream: TcpStream,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let invalid = |e: TransportError| io::Error::new(io::ErrorKind::InvalidInput, e);
@@ -194,9 +261,9 @@ impl EndpointDial {
             Some(config) => config.clone(),
             None => crate::tls::client_config_with_public_roots().map_err(invalid)?,
         };
-        let host = match self.authority.rfind(':') {
-            Some(colon) if !self.authority[colon..].contains(']') => &self.authority[..colon],
-            _ => self.authority.as_str(),
+        let host = match target.authority.rfind(':') {
+            Some(colon) if !target.authority[colon..].contains(']') => &target.authority[..colon],
+            _ => target.authority.as_str(),
         };
         let name = crate::tls::server_name(host)?;
         tokio_rustls::TlsConnector::from(config)
@@ -207,7 +274,7 @@ impl EndpointDial {
                     e.kind(),
                     format!(
                         "the TLS handshake with the gateway {} failed: {e}",
-                        self.authority
+                        target.authority
                     ),
                 )
             })
@@ -215,15 +282,15 @@ impl EndpointDial {
 
     /// Sends the upgrade request on `stream` and reads the answer's head; on `101`, the
     /// funcx handshake follows on the same stream.
-    async fn upgrade<IO>(&self, stream: &mut IO) -> io::Result<()>
+    async fn upgrade<IO>(&self, target: &Target, stream: &mut IO) -> io::Result<()>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let request = format!(
             "GET {prefix}/v1/endpoints/{id}/connect HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: {UPGRADE_PROTOCOL}\r\n\r\n",
-            prefix = self.prefix,
+            prefix = target.prefix,
             id = self.endpoint_id,
-            host = self.authority,
+            host = target.authority,
             token = self.token,
         );
         stream.write_all(request.as_bytes()).await?;

@@ -11,13 +11,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::process::{free_port, register_endpoint, temp_dir, write_config, GatewayProcess};
+use common::process::{
+    free_port, python_endpoint, register_endpoint, temp_dir, write_config, GatewayProcess,
+};
 use funcx_client::EndpointDial;
 use funcx_client::RemoteExecutor;
-use funcx_core::{Executor, Function};
+use funcx_core::Function;
 use funcx_gateway::store::{RedbStore, TaskStore};
-use funcx_python::{PythonConfig, PythonRuntime};
-use funcx_transport::remote::{run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo};
 
 const TOKEN: &str = "alice-secret-token-0123456789";
 const SEED: u64 = 16;
@@ -57,23 +57,11 @@ async fn gateway_killed_around_submissions_stores_and_runs_each_task_once() {
     let mut gateway = Some(GatewayProcess::start(&config, address, &log));
 
     let (id, token) = register_endpoint(address, TOKEN, "chaos").await;
-    let local = Executor::builder()
-        .workers(2)
-        .start(PythonRuntime::new(PythonConfig::new()));
-    let mut manager = ManagerConfig::new(ManagerInfo {
-        id: ManagerId(u64::from(std::process::id()) << 16 | 11),
-        block: None,
-        host: "localhost".into(),
-        pid: std::process::id(),
-        slots: 2,
-        gpus: vec![],
-    });
-    manager.max_backoff = Duration::from_millis(100);
-    let endpoint = tokio::spawn(run_manager(
+    let endpoint = python_endpoint(
         EndpointDial::new(address.to_string(), id.clone(), token),
-        ExecutorRunner::new(local, 2),
-        manager,
-    ));
+        11,
+        Duration::from_millis(100),
+    );
     let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
         .backoff(Duration::from_millis(10), Duration::from_millis(100))
         .give_up_after(Duration::from_secs(60))

@@ -9,14 +9,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::process::{
-    endpoint_status, free_port, register_endpoint, temp_dir, write_config, GatewayProcess,
+    endpoint_status, free_port, python_endpoint, register_endpoint, results_within, temp_dir,
+    write_config, GatewayProcess,
 };
 
 use funcx_client::EndpointDial;
 use funcx_client::RemoteExecutor;
-use funcx_core::{Executor, Function};
-use funcx_python::{PythonConfig, PythonRuntime};
-use funcx_transport::remote::{run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo};
+use funcx_core::Function;
 
 const TOKEN: &str = "alice-secret-token-0123456789";
 
@@ -40,23 +39,11 @@ async fn gateway_killed_and_restarted_mid_run_loses_nothing() {
 
     // The endpoint: two Python workers behind a manager that dials the gateway and keeps
     // dialling while it is down.
-    let local = Executor::builder()
-        .workers(2)
-        .start(PythonRuntime::new(PythonConfig::new()));
-    let mut manager = ManagerConfig::new(ManagerInfo {
-        id: ManagerId(u64::from(std::process::id()) << 16 | 7),
-        block: None,
-        host: "localhost".into(),
-        pid: std::process::id(),
-        slots: 2,
-        gpus: vec![],
-    });
-    manager.max_backoff = Duration::from_millis(200);
-    let endpoint = tokio::spawn(run_manager(
+    let endpoint = python_endpoint(
         EndpointDial::new(address.to_string(), id.clone(), token),
-        ExecutorRunner::new(local, 2),
-        manager,
-    ));
+        7,
+        Duration::from_millis(200),
+    );
 
     let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
@@ -69,10 +56,12 @@ async fn gateway_killed_and_restarted_mid_run_loses_nothing() {
     let first = 4_000_i64;
     let mut handles = executor.submit_batch(&work, (0..first).map(|i| (i,)));
     // Wait until results flow, so that the kill lands mid-run.
-    let mut values = Vec::new();
-    for handle in handles.drain(..200) {
-        values.push(handle.result::<i64>().await.expect("work before the kill"));
-    }
+    let mut values = results_within(
+        handles.drain(..200),
+        Duration::from_secs(60),
+        "work before the kill",
+    )
+    .await;
 
     gateway.sigkill();
     // Submitted while the gateway is down: held by the client and sent once it is back.
@@ -81,20 +70,8 @@ async fn gateway_killed_and_restarted_mid_run_loses_nothing() {
     let gateway = GatewayProcess::start(&config, address, &log);
 
     handles.extend(during);
-    let rest = async {
-        for handle in handles {
-            values.push(
-                handle
-                    .result::<i64>()
-                    .await
-                    .expect("work across the restart"),
-            );
-        }
-        values
-    };
-    let values = tokio::time::timeout(Duration::from_secs(120), rest)
-        .await
-        .expect("every task finishes after the restart");
+    values
+        .extend(results_within(handles, Duration::from_secs(120), "work across the restart").await);
     assert_eq!(values, (0..first + 500).map(|i| i * 2).collect::<Vec<_>>());
 
     // Nothing is left pending at the gateway for this user.
@@ -198,23 +175,11 @@ async fn results_the_endpoint_holds_across_a_gateway_restart_are_handed_over_not
     let log = dir.join("gateway.log");
     let gateway = GatewayProcess::start(&config, address, &log);
     let (id, token) = register_endpoint(address, TOKEN, "handover").await;
-    let local = Executor::builder()
-        .workers(2)
-        .start(PythonRuntime::new(PythonConfig::new()));
-    let mut manager = ManagerConfig::new(ManagerInfo {
-        id: ManagerId(u64::from(std::process::id()) << 16 | 9),
-        block: None,
-        host: "localhost".into(),
-        pid: std::process::id(),
-        slots: 2,
-        gpus: vec![],
-    });
-    manager.max_backoff = Duration::from_millis(200);
-    let endpoint = tokio::spawn(run_manager(
+    let endpoint = python_endpoint(
         EndpointDial::new(address.to_string(), id.clone(), token),
-        ExecutorRunner::new(local, 2),
-        manager,
-    ));
+        9,
+        Duration::from_millis(200),
+    );
     let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
         .give_up_after(Duration::from_secs(60))

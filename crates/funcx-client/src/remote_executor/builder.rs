@@ -17,6 +17,8 @@ use crate::model::EndpointView;
 #[derive(Debug, Clone)]
 pub struct RemoteExecutorBuilder {
     url: String,
+    /// Other gateways of the same fleet, tried in turn when the current one is unreachable.
+    failover: Vec<String>,
     token: String,
     endpoint: String,
     executor: ExecutorBuilder,
@@ -42,6 +44,7 @@ impl RemoteExecutorBuilder {
     ) -> RemoteExecutorBuilder {
         RemoteExecutorBuilder {
             url: gateway_url.to_owned(),
+            failover: Vec::new(),
             token: user_token.to_owned(),
             endpoint: endpoint_id.to_owned(),
             executor: Executor::builder(),
@@ -55,6 +58,15 @@ impl RemoteExecutorBuilder {
             #[cfg(feature = "tls")]
             tls: None,
         }
+    }
+
+    /// Adds `url`, another gateway on the same store (PostgreSQL), to move to when the
+    /// current gateway cannot be reached: its tasks are resent there under the same
+    /// idempotency keys (a gateway that stored them answers with their ids, creating nothing)
+    /// and its results read there. Call once per gateway; they are tried in that order.
+    pub fn failover(mut self, url: &str) -> RemoteExecutorBuilder {
+        self.failover.push(url.to_owned());
+        self
     }
 
     /// The local executor's options: a default task timeout, the shutdown grace. (Its
@@ -144,31 +156,41 @@ impl RemoteExecutorBuilder {
     pub async fn start(self) -> Result<Executor, RemoteError> {
         let http = Http::new(
             &self.url,
+            &self.failover,
             &self.token,
             self.request_timeout,
             self.client_tls()?,
         )?;
         let path = format!("/v1/endpoints/{}", self.endpoint);
-        let view: EndpointView = http
-            .call(Method::GET, &path, None)
-            .await
-            .and_then(|response| response.decode())
-            .map_err(|error| match error {
-                HttpError::Unreachable(reason) => RemoteError::Unreachable {
-                    url: self.url.clone(),
-                    reason,
-                },
-                HttpError::Tls(reason) => RemoteError::Tls {
-                    url: self.url.clone(),
-                    reason,
-                },
-                HttpError::Refused {
-                    status, message, ..
-                } => RemoteError::Refused {
-                    status: status.as_u16(),
-                    message,
-                },
-            })?;
+        // Each gateway once, at most: an unreachable one moves `http` to the next.
+        let mut checked = http.call(Method::GET, &path, None).await;
+        for _ in 0..self.failover.len() {
+            match &checked {
+                Err(HttpError::Unreachable(_) | HttpError::Tls(_)) => {
+                    checked = http.call(Method::GET, &path, None).await;
+                }
+                _ => break,
+            }
+        }
+        let view: EndpointView =
+            checked
+                .and_then(|response| response.decode())
+                .map_err(|error| match error {
+                    HttpError::Unreachable(reason) => RemoteError::Unreachable {
+                        url: self.url.clone(),
+                        reason,
+                    },
+                    HttpError::Tls(reason) => RemoteError::Tls {
+                        url: self.url.clone(),
+                        reason,
+                    },
+                    HttpError::Refused {
+                        status, message, ..
+                    } => RemoteError::Refused {
+                        status: status.as_u16(),
+                        message,
+                    },
+                })?;
         info!(
             endpoint = %view.endpoint_id,
             name = %view.name,

@@ -2,7 +2,7 @@
 //! JSON, failures sorted into those worth trying again and those not.
 
 use std::fmt;
-#[cfg(feature = "tls")]
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,10 +26,17 @@ use crate::model::{IDEMPOTENCY_KEY, POSTCARD};
 /// hyper through axum and dials its endpoint connections with hyper, so the client adds no
 /// second HTTP stack, and a keep-alive pool keeps one submission from paying a TCP
 /// handshake.
+///
+/// It may know several gateways of one fleet (sharing a store): requests go to the current
+/// one, and a request that cannot reach it moves the client to the next, so that the
+/// driver's retry (idempotent resends, the result stream's reconnection) lands there.
 #[derive(Clone)]
 pub(super) struct Http {
     client: Client<Connector, Full<Bytes>>,
-    base: String,
+    /// The gateways' base URLs, without a final `/`; at least one.
+    bases: Arc<[String]>,
+    /// The index in `bases` of the gateway requests go to now, shared by clones.
+    current: Arc<AtomicUsize>,
     authorization: HeaderValue,
     timeout: Duration,
 }
@@ -131,38 +138,19 @@ pub(super) type ClientTls = Option<Arc<rustls::ClientConfig>>;
 pub(super) type ClientTls = ();
 
 impl Http {
+    /// A client of the gateway at `url`, moving to the gateways of `failover` in turn when
+    /// one cannot be reached.
     pub(super) fn new(
         url: &str,
+        failover: &[String],
         token: &str,
         timeout: Duration,
         tls: ClientTls,
     ) -> Result<Http, RemoteError> {
-        let invalid = |reason: &str| RemoteError::InvalidUrl {
-            url: url.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let uri: hyper::Uri = url
-            .parse()
-            .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            #[cfg(feature = "tls")]
-            Some("https") => {}
-            #[cfg(not(feature = "tls"))]
-            Some("https") => {
-                return Err(invalid(
-                    "this client was built without TLS support; rebuild with the `tls` feature",
-                ))
-            }
-            _ => return Err(invalid("it must start with http:// or https://")),
-        }
-        if uri.host().is_none() {
-            return Err(invalid("it has no host"));
-        }
-        if uri.query().is_some() {
-            return Err(invalid("it must not have a query"));
-        }
-        let base = url.trim_end_matches('/').to_owned();
+        let bases = std::iter::once(url)
+            .chain(failover.iter().map(String::as_str))
+            .map(base_of)
+            .collect::<Result<Vec<_>, _>>()?;
         let authorization = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| RemoteError::InvalidToken)?;
         let mut connector = HttpConnector::new();
@@ -195,14 +183,38 @@ impl Http {
             .build(connector);
         Ok(Http {
             client,
-            base,
+            bases: bases.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             authorization,
             timeout,
         })
     }
 
+    /// The gateway requests go to now: its index and base URL.
+    fn base(&self) -> (usize, &str) {
+        let index = self.current.load(Ordering::Relaxed) % self.bases.len();
+        (index, &self.bases[index])
+    }
+
+    /// The gateway at `index` could not be reached: the next requests go to the next one
+    /// (unless a concurrent failure moved on already).
+    fn failed(&self, index: usize, error: &HttpError) {
+        if self.bases.len() < 2 {
+            return;
+        }
+        let next = (index + 1) % self.bases.len();
+        if self
+            .current
+            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(from = %self.bases[index], to = %self.bases[next], %error, "gateway unreachable; moving to the next");
+        }
+    }
+
     fn request(
         &self,
+        base: &str,
         method: Method,
         path: &str,
         body: Option<Body>,
@@ -211,7 +223,7 @@ impl Http {
     ) -> Result<Request<Full<Bytes>>, HttpError> {
         let mut builder = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base))
+            .uri(format!("{base}{path}"))
             .header(header::AUTHORIZATION, self.authorization.clone())
             .header(header::ACCEPT, accept);
         if let Some(key) = idempotency_key {
@@ -247,7 +259,9 @@ impl Http {
         body: Option<Body>,
         idempotency_key: Option<&str>,
     ) -> Result<Answer, HttpError> {
+        let (index, base) = self.base();
         let request = self.request(
+            base,
             method,
             path,
             body,
@@ -282,22 +296,28 @@ impl Http {
                     || retry_after,
             })
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        let answer = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(HttpError::Unreachable(format!(
                 "no answer within {:?}",
                 self.timeout
             ))),
+        };
+        if let Err(error @ (HttpError::Unreachable(_) | HttpError::Tls(_))) = &answer {
+            self.failed(index, error);
         }
+        answer
     }
 
     /// Opens the binary result stream (the connect and the headers within the timeout).
     pub(super) async fn open_result_stream(&self) -> Result<Response<Incoming>, HttpError> {
-        let request = self.request(Method::GET, "/v1/results", None, POSTCARD, None)?;
+        let (index, base) = self.base();
+        let request = self.request(base, Method::GET, "/v1/results", None, POSTCARD, None)?;
         let response = tokio::time::timeout(self.timeout, self.client.request(request))
             .await
-            .map_err(|_| HttpError::Unreachable(format!("no answer within {:?}", self.timeout)))?
-            .map_err(|e| client_error(&e))?;
+            .map_err(|_| HttpError::Unreachable(format!("no answer within {:?}", self.timeout)))
+            .and_then(|response| response.map_err(|e| client_error(&e)))
+            .inspect_err(|error| self.failed(index, error))?;
         let status = response.status();
         if status.is_success() {
             if is_postcard(&response) {
@@ -321,6 +341,36 @@ impl Http {
             transient: true,
         })
     }
+}
+
+/// `url` checked and without its final `/`: `http://host:port[/prefix]`, or `https://`.
+fn base_of(url: &str) -> Result<String, RemoteError> {
+    let invalid = |reason: &str| RemoteError::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        #[cfg(feature = "tls")]
+        Some("https") => {}
+        #[cfg(not(feature = "tls"))]
+        Some("https") => {
+            return Err(invalid(
+                "this client was built without TLS support; rebuild with the `tls` feature",
+            ))
+        }
+        _ => return Err(invalid("it must start with http:// or https://")),
+    }
+    if uri.host().is_none() {
+        return Err(invalid("it has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(invalid("it must not have a query"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
 }
 
 fn is_postcard<B>(response: &Response<B>) -> bool {
@@ -381,7 +431,7 @@ mod tests {
             let tls = None;
             #[cfg(not(feature = "tls"))]
             let tls = ();
-            Http::new(url, token, timeout, tls)
+            Http::new(url, &[], token, timeout, tls)
         };
         assert!(new("ftp://x", "t").is_err());
         // https needs the feature, and says so without it.
@@ -396,7 +446,35 @@ mod tests {
         assert!(new("127.0.0.1:80", "t").is_err());
         assert!(new("http://127.0.0.1:80", "bad\ntoken").is_err());
         let http = new("http://127.0.0.1:80/", "t").unwrap();
-        assert_eq!(http.base, "http://127.0.0.1:80");
+        assert_eq!(http.base(), (0, "http://127.0.0.1:80"));
+    }
+
+    /// The trust configuration of a plain-HTTP test, with or without the `tls` feature.
+    #[allow(clippy::unused_unit)]
+    fn no_tls() -> ClientTls {
+        #[cfg(feature = "tls")]
+        return None;
+        #[cfg(not(feature = "tls"))]
+        ()
+    }
+
+    #[test]
+    #[cfg_attr(not(feature = "tls"), allow(clippy::unit_arg))]
+    fn an_unreachable_gateway_moves_the_client_to_the_next() {
+        let others = ["http://b:2/".to_owned(), "http://c:3".to_owned()];
+        let http = Http::new("http://a:1", &others, "t", Duration::from_secs(1), no_tls()).unwrap();
+        let down = HttpError::Unreachable("refused".into());
+        assert_eq!(http.base(), (0, "http://a:1"));
+        http.failed(0, &down);
+        assert_eq!(http.base(), (1, "http://b:2"));
+        // A second failure seen on the gateway already left changes nothing.
+        http.failed(0, &down);
+        assert_eq!(http.base(), (1, "http://b:2"));
+        http.failed(1, &down);
+        http.failed(2, &down);
+        assert_eq!(http.base(), (0, "http://a:1"), "round and round");
+        let bad = ["ftp://x".to_owned()];
+        assert!(Http::new("http://a:1", &bad, "t", Duration::from_secs(1), no_tls()).is_err());
     }
 
     #[test]

@@ -174,3 +174,53 @@ pub async fn endpoint_status(
         .expect("json");
     view["status"].clone()
 }
+
+/// An endpoint of two Python workers behind one manager that connects through `dial` and
+/// keeps dialling, with back-off up to `max_backoff`, while no gateway answers. `tag` sets
+/// the manager's id apart from other tests' (one process runs one test under nextest).
+pub fn python_endpoint(
+    dial: funcx_client::EndpointDial,
+    tag: u64,
+    max_backoff: Duration,
+) -> tokio::task::JoinHandle<funcx_transport::remote::ManagerExit> {
+    use funcx_python::{PythonConfig, PythonRuntime};
+    use funcx_transport::remote::{
+        run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo,
+    };
+    let local = funcx_core::Executor::builder()
+        .workers(2)
+        .start(PythonRuntime::new(PythonConfig::new()));
+    let mut manager = ManagerConfig::new(ManagerInfo {
+        id: ManagerId(u64::from(std::process::id()) << 16 | tag),
+        block: None,
+        host: "localhost".into(),
+        pid: std::process::id(),
+        slots: 2,
+        gpus: vec![],
+    });
+    manager.max_backoff = max_backoff;
+    tokio::spawn(run_manager(dial, ExecutorRunner::new(local, 2), manager))
+}
+
+/// The `i64` results of `handles`, in order, within `bound` for all of them: a task that
+/// fails, or a result late past the bound, fails the test with `what`.
+pub async fn results_within(
+    handles: impl IntoIterator<Item = funcx_core::TaskHandle>,
+    bound: Duration,
+    what: &str,
+) -> Vec<i64> {
+    let all = async {
+        let mut values = Vec::new();
+        for handle in handles {
+            match handle.result::<i64>().await {
+                Ok(value) => values.push(value),
+                Err(error) => panic!("{what}: a task failed: {error}"),
+            }
+        }
+        values
+    };
+    match tokio::time::timeout(bound, all).await {
+        Ok(values) => values,
+        Err(_) => panic!("{what}: not every result within {bound:?}"),
+    }
+}
