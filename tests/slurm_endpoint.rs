@@ -154,6 +154,37 @@ async fn a_slurm_endpoint_configured_started_stopped_and_revoked() {
             jobs.push(job);
         }
     }
+    // An MPI task: mpirun starts 2 ranks inside the block's Slurm job (it takes the
+    // allocation from Slurm), and the ranks see each other.
+    let mpi = funcx::MpiFunction::new("/usr/bin/python3 -c {program}")
+        .ranks(2)
+        .oversubscribe();
+    let program = "import os\nfrom mpi4py import MPI\nc = MPI.COMM_WORLD\n\
+                   os.write(1, b'%d %d %s\\n' % (c.Get_rank(), c.allreduce(1), \
+                   os.environ.get('SLURM_JOB_ID', '').encode()))\n";
+    let handle = client.submit(
+        &mpi.function(),
+        funcx::Args::new().kwarg("program", program),
+    );
+    let result: funcx::ShellResult = within(SLURM, handle.result())
+        .await
+        .expect("the MPI task runs (scripts/infra/mpi-up.sh installs Open MPI and mpi4py)");
+    let mut lines: Vec<&str> = result.stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines.len(), 2, "{result:?}");
+    for (rank, line) in lines.iter().enumerate() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(
+            fields[..2],
+            [rank.to_string(), "2".to_string()],
+            "{result:?}"
+        );
+        assert!(
+            jobs.iter().any(|job| job == fields[2]),
+            "rank outside the block: {result:?}"
+        );
+    }
+
     wait_status(&home, "cluster", "showing its Slurm block", |s| {
         s["report"]["blocks"].as_array().is_some_and(|blocks| {
             blocks
