@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench e2e -- WORKLOAD... [--workers N] [--n N] [--managers M] [--slots S]
-//!     [--store FILE] [--kills K]
+//!     [--store FILE] [--pg URL] [--kills K]
 //! ```
 //!
 //! WORKLOAD is one of `startup`, `W1`, `W2`, `W3`, `W4`, `W1-tcp`, `W2-tcp`, `W3-tcp`,
@@ -60,8 +60,12 @@
 //!   user and one registered endpoint. The endpoint side runs in this process too: a local
 //!   executor of `--workers` (default 2) Python workers behind [`run_manager`] with an [`EndpointDial`] and an
 //!   [`ExecutorRunner`], dialling the gateway over loopback TCP. The gateway's store is in
-//!   memory unless `--store FILE` names a redb file (created; removed afterwards). These run
-//!   only when named, not with `all`.
+//!   memory unless `--store FILE` names a redb file (created; removed afterwards), or
+//!   `--pg URL` a PostgreSQL database (feature `postgres`; a schema of its own, emptied
+//!   first). These run only when named, not with `all`.
+//! - `W1-gw-pg2`, `failover-pg`: several gateways on one PostgreSQL (feature `postgres`,
+//!   `--pg URL`, by default the test database of `scripts/infra/postgres-up.sh`); see
+//!   `e2e_pg.rs`. Run only when named.
 //! - `W5`: scheduling quality on `--workers` (default 2) local Python workers. Four mixes of
 //!   tasks that sleep for given durations, each on a function of its own (so that nothing
 //!   learned in one mix helps the next), all of a mix submitted at once:
@@ -164,11 +168,23 @@ struct Options {
     store: Option<PathBuf>,
     /// How often `gw-restart` kills the gateway.
     kills: usize,
+    /// `--pg URL`: the `-gw` workloads on a PostgreSQL store (feature `postgres`).
+    pg: Option<String>,
 }
 
 const ALL: [&str; 8] = [
     "startup", "W1", "W2", "W3", "W4", "W1-tcp", "W2-tcp", "W3-tcp",
 ];
+
+impl Options {
+    /// The database of the PostgreSQL workloads: `--pg`, else the test database of
+    /// `scripts/infra/postgres-up.sh`.
+    fn pg_url(&self) -> &str {
+        self.pg
+            .as_deref()
+            .unwrap_or("postgres://funcx:funcx@127.0.0.1:5432/funcx")
+    }
+}
 
 fn parse_options() -> BoxResult<Options> {
     let mut options = Options {
@@ -179,6 +195,7 @@ fn parse_options() -> BoxResult<Options> {
         slots: 256,
         store: None,
         kills: 10,
+        pg: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -200,6 +217,7 @@ fn parse_options() -> BoxResult<Options> {
             "--managers" => options.managers = value("--managers")?,
             "--slots" => options.slots = value("--slots")?,
             "--kills" => options.kills = value("--kills")?,
+            "--pg" => options.pg = Some(args.next().ok_or("--pg needs a URL")?),
             "--store" => {
                 options.store = Some(args.next().ok_or("--store needs a file")?.into());
             }
@@ -246,19 +264,28 @@ impl Endpoint {
     }
 
     /// A [`RemoteExecutor`] on a gateway serving on a loopback port, with one endpoint of
-    /// `workers` local Python workers attached to it through one manager connection.
-    async fn gateway(workers: usize, store: Option<PathBuf>) -> BoxResult<Endpoint> {
+    /// `workers` local Python workers attached to it through one manager connection. The
+    /// store: PostgreSQL with `--pg`, else the redb file `store`, else memory.
+    async fn gateway(
+        workers: usize,
+        store: Option<PathBuf>,
+        pg: Option<&str>,
+    ) -> BoxResult<Endpoint> {
         let token = funcx_gateway::new_token()?;
         if let Some(path) = &store {
             // A fresh store: nothing to recover from an earlier run.
             let _ = std::fs::remove_file(path);
         }
+        let store_config = match pg {
+            Some(url) => Some(postgres_store(url, "bench_gw").await?),
+            None => store.clone().map(funcx_gateway::StoreConfig::Redb),
+        };
         let config = GatewayConfig {
             users: vec![UserConfig {
                 name: "bench".into(),
                 token: token.clone(),
             }],
-            store: store.clone().map(funcx_gateway::StoreConfig::Redb),
+            store: store_config,
             ..GatewayConfig::default()
         };
         let gateway = Gateway::start(config).await?;
@@ -1040,6 +1067,47 @@ fn run_gateway_process(path: &str) -> BoxResult<()> {
     })
 }
 
+/// The store `[store] postgres` of a benchmark's gateways: `url`, in a schema of
+/// `name` and this process's id, emptied first.
+#[cfg(feature = "postgres")]
+async fn postgres_store(url: &str, name: &str) -> BoxResult<funcx_gateway::StoreConfig> {
+    let schema = format!("{name}_{}", std::process::id());
+    let options = funcx_gateway::store::PgOptions::new(url).schema(schema.clone());
+    funcx_gateway::store::PgStore::drop_schema(&options).await?;
+    Ok(funcx_gateway::StoreConfig::Postgres(
+        funcx_gateway::PostgresConfig {
+            url: url.to_owned(),
+            schema: Some(schema),
+            pool_size: 16,
+            lease_secs: 2,
+        },
+    ))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres_store(_: &str, _: &str) -> BoxResult<funcx_gateway::StoreConfig> {
+    Err("the PostgreSQL workloads need `--features postgres` (cargo bench -p funcx-benches --features postgres --bench e2e -- ...)".into())
+}
+
+/// The PostgreSQL workloads (`W1-gw-pg2`, `failover-pg`).
+#[cfg(feature = "postgres")]
+#[path = "e2e_pg.rs"]
+mod pg;
+
+/// Without the `postgres` feature, the PostgreSQL workloads say how to build them.
+#[cfg(not(feature = "postgres"))]
+mod pg {
+    use super::{postgres_store, BoxResult, Line};
+
+    pub(super) async fn w1_pg2(_: usize, url: &str, _: usize) -> BoxResult<Line> {
+        postgres_store(url, "").await.map(|_| Line::default())
+    }
+
+    pub(super) async fn failover(_: usize, url: &str, _: usize) -> BoxResult<Line> {
+        postgres_store(url, "").await.map(|_| Line::default())
+    }
+}
+
 /// A gateway process started from this executable, killed when dropped.
 struct GatewayChild(std::process::Child);
 
@@ -1316,23 +1384,30 @@ fn main() -> BoxResult<()> {
                     .await?
                 }
                 "gw-restart" => gw_restart(workers, n.unwrap_or(2_000), options.kills).await?,
+                "W1-gw-pg2" => pg::w1_pg2(workers, options.pg_url(), n.unwrap_or(20_000)).await?,
+                "failover-pg" => {
+                    pg::failover(workers, options.pg_url(), n.unwrap_or(10_000)).await?
+                }
                 "W1-gw" => {
                     on(
-                        Endpoint::gateway(workers, options.store.clone()).await,
+                        Endpoint::gateway(workers, options.store.clone(), options.pg.as_deref())
+                            .await,
                         |e| async move { w1(&e, "W1-gw", n.unwrap_or(20_000)).await },
                     )
                     .await?
                 }
                 "W2-gw" => {
                     on(
-                        Endpoint::gateway(workers, options.store.clone()).await,
+                        Endpoint::gateway(workers, options.store.clone(), options.pg.as_deref())
+                            .await,
                         |e| async move { w2(&e, "W2-gw", n.unwrap_or(2_000)).await },
                     )
                     .await?
                 }
                 "W3-gw" => {
                     on(
-                        Endpoint::gateway(workers, options.store.clone()).await,
+                        Endpoint::gateway(workers, options.store.clone(), options.pg.as_deref())
+                            .await,
                         |e| async move { w3(&e, "W3-gw", n.unwrap_or(2_000)).await },
                     )
                     .await?
