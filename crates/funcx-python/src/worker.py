@@ -70,6 +70,8 @@ POLL_NS = 5_000_000
 # Keeps a pathological exception message from filling a frame.
 MAX_TEXT = 256 * 1024
 MIN_BUFFER = 1 << 20
+# How far the input buffer may grow ahead of the bytes it holds.
+GROW_AHEAD = 64 << 20
 
 
 class ProtocolError(Exception):
@@ -330,7 +332,10 @@ class Worker:
         need = have + 65536
         if have >= 5:
             body_len, _ = FRAME_HDR.unpack_from(self.view, pos)
-            need = max(need, 5 + body_len)
+            # Room for the whole frame, but never more than GROW_AHEAD past what has
+            # arrived: a length alone (a frame cut short, a corrupted header) must not
+            # cost gigabytes of zeroed memory before its bytes exist.
+            need = max(need, min(5 + body_len, max(have, size) + GROW_AHEAD))
         if pos + need <= size:
             return
         if need <= size:
