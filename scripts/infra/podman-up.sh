@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # podman-up.sh - podman for container workers (PythonConfig::container), no registry needed:
-#   * installs podman + runc (+ uidmap for rootless),
+#   * installs podman + runc (+ uidmap for rootless), and bubblewrap,
 #   * drop-in /etc/containers/containers.conf.d/50-infra.conf:
 #       runtime = runc   (Debian's crun 1.8.1 fails here: "crun: cgroups in
 #                         hybrid mode not supported, drop all controllers from
@@ -30,7 +30,8 @@ T0=$(date +%s.%N)
 IMAGE="${PODMAN_IMAGE:-localhost/funcx-python:latest}"
 MODE="${PODMAN_ROOTFS:-host}"
 
-apt_install podman runc uidmap
+# bubblewrap: the light sandbox of Container::bubblewrap (no image, no daemon).
+apt_install podman runc uidmap bubblewrap
 [ "$MODE" = debootstrap ] && apt_install debootstrap
 
 DROPIN=/etc/containers/containers.conf.d/50-infra.conf

@@ -135,9 +135,9 @@ impl PythonConfig {
         self
     }
 
-    /// Starts every worker inside `container` (an image run by podman) instead of directly
-    /// on this machine; see [`Container`] for what is passed in. A missing engine or image
-    /// fails the worker's start with an error that names it.
+    /// Starts every worker inside `container` (an image run by podman, or a bubblewrap
+    /// sandbox) instead of directly on this machine; see [`Container`] for what is passed
+    /// in. A missing engine or image fails the worker's start with an error that names it.
     pub fn container(mut self, container: Container) -> PythonConfig {
         self.container = Some(container);
         self
@@ -150,7 +150,7 @@ impl PythonConfig {
 
     /// The image of the container workers start in, if any.
     pub fn container_image(&self) -> Option<&str> {
-        self.container.as_ref().map(Container::image)
+        self.container.as_ref().and_then(Container::image)
     }
 
     /// The interpreter that is run.

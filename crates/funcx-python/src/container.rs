@@ -1,7 +1,8 @@
-//! Workers inside a container: the worker command wrapped in `podman run`.
+//! Workers inside a container: the worker command wrapped in `podman run`, or in
+//! bubblewrap as a light sandbox.
 //!
-//! The worker speaks its protocol on stdin and stdout, and `podman run -i` passes both
-//! through, so a containerized worker is the same process as any other behind one more
+//! The worker speaks its protocol on stdin and stdout, and `podman run -i` and `bwrap` pass
+//! both through, so a containerized worker is the same process as any other behind one more
 //! program. Its start cost (a few hundred milliseconds) is paid when the worker starts; warm
 //! workers then serve every task of the endpoint in that image.
 
@@ -28,40 +29,80 @@ use tokio::process::Command;
 /// let config = PythonConfig::new()
 ///     .container(Container::podman("localhost/funcx-python:latest").option("--memory=2g"));
 /// assert_eq!(config.container_image(), Some("localhost/funcx-python:latest"));
+/// let sandboxed = PythonConfig::new().container(Container::bubblewrap());
+/// assert_eq!(sandboxed.container_image(), None);
 /// ```
+///
+/// [`Container::bubblewrap`] is the light sandbox instead: no image, this machine's file tree
+/// read-only, a private `/tmp`, no network, and the worker dies with its parent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Container {
+    engine: Engine,
     program: OsString,
-    image: String,
     options: Vec<OsString>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Engine {
+    /// `podman run` of this image.
+    Podman { image: String },
+    /// `bwrap` over this machine's own file tree.
+    Bubblewrap,
 }
 
 impl Container {
     /// Workers in `image`, started by `podman` from `PATH`.
     pub fn podman(image: impl Into<String>) -> Container {
         Container {
+            engine: Engine::Podman {
+                image: image.into(),
+            },
             program: "podman".into(),
-            image: image.into(),
             options: Vec::new(),
         }
     }
 
-    /// Runs this podman binary instead of `podman` from `PATH`.
+    /// Workers in a bubblewrap sandbox (`bwrap` from `PATH`): `--ro-bind / / --dev /dev
+    /// --proc /proc --tmpfs /tmp --unshare-all --die-with-parent --new-session`, so a worker
+    /// reads this machine's files but writes none outside its own `/tmp`, has no network, and
+    /// cannot outlive its parent. [`Container::option`] adds to that (`--bind DIR DIR` for a
+    /// writable directory, `--share-net`). The environment is this process's plus
+    /// [`crate::PythonConfig::env`]; the working directory is set with `--chdir`.
+    pub fn bubblewrap() -> Container {
+        Container {
+            engine: Engine::Bubblewrap,
+            program: "bwrap".into(),
+            options: Vec::new(),
+        }
+    }
+
+    /// Runs this engine binary (podman or bwrap) instead of the one on `PATH`.
     pub fn program(mut self, program: impl Into<OsString>) -> Container {
         self.program = program.into();
         self
     }
 
-    /// Adds an option to `podman run`, before the image name (later options override
-    /// earlier ones, the defaults included).
+    /// Adds an option to `podman run` (before the image name) or to `bwrap` (before the
+    /// command); later options override earlier ones, the defaults included.
     pub fn option(mut self, option: impl Into<OsString>) -> Container {
         self.options.push(option.into());
         self
     }
 
-    /// The image workers run in.
-    pub fn image(&self) -> &str {
-        &self.image
+    /// The image workers run in; `None` for bubblewrap, which runs this machine's files.
+    pub fn image(&self) -> Option<&str> {
+        match &self.engine {
+            Engine::Podman { image } => Some(image),
+            Engine::Bubblewrap => None,
+        }
+    }
+
+    /// What workers run in, for messages: the image, or bubblewrap.
+    pub(crate) fn describe(&self) -> String {
+        match &self.engine {
+            Engine::Podman { image } => format!("container image {image:?}"),
+            Engine::Bubblewrap => format!("bubblewrap sandbox ({:?})", self.program),
+        }
     }
 
     /// The container name of worker `id`: unique per process and worker, so a worker can be
@@ -80,19 +121,46 @@ impl Container {
         inner: impl IntoIterator<Item = OsString>,
     ) -> Command {
         let mut command = Command::new(&self.program);
-        command.args(["run", "--rm", "-i", "--network", "none", "--pull", "never"]);
-        command.arg("--name").arg(name);
-        for (key, value) in env {
-            let mut pair = OsString::from(key);
-            pair.push("=");
-            pair.push(value);
-            command.arg("-e").arg(pair);
+        match &self.engine {
+            Engine::Podman { image } => {
+                command.args(["run", "--rm", "-i", "--network", "none", "--pull", "never"]);
+                command.arg("--name").arg(name);
+                for (key, value) in env {
+                    let mut pair = OsString::from(key);
+                    pair.push("=");
+                    pair.push(value);
+                    command.arg("-e").arg(pair);
+                }
+                if let Some(dir) = workdir {
+                    command.arg("-w").arg(dir);
+                }
+                command.args(&self.options);
+                command.arg(image);
+            }
+            Engine::Bubblewrap => {
+                command.args([
+                    "--ro-bind",
+                    "/",
+                    "/",
+                    "--dev",
+                    "/dev",
+                    "--proc",
+                    "/proc",
+                    "--tmpfs",
+                    "/tmp",
+                    "--unshare-all",
+                    "--die-with-parent",
+                    "--new-session",
+                ]);
+                // bwrap passes its own environment on.
+                command.envs(env);
+                if let Some(dir) = workdir {
+                    command.arg("--chdir").arg(dir);
+                }
+                command.args(&self.options);
+                command.arg("--");
+            }
         }
-        if let Some(dir) = workdir {
-            command.arg("-w").arg(dir);
-        }
-        command.args(&self.options);
-        command.arg(&self.image);
         command.args(inner);
         command
     }
@@ -100,29 +168,33 @@ impl Container {
     /// Checks that the engine runs and has the image, so that a missing one is named in the
     /// error instead of showing up as a worker that exited before it was ready.
     pub(crate) async fn check(&self) -> Result<(), SpawnError> {
+        let args: Vec<&str> = match &self.engine {
+            Engine::Podman { image } => vec!["image", "exists", image],
+            Engine::Bubblewrap => vec!["--version"],
+        };
         let output = Command::new(&self.program)
-            .args(["image", "exists", &self.image])
+            .args(&args)
             .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| {
                 SpawnError::new(format!(
-                    "could not run the container engine {:?}: {e} (is podman installed? \
-                     scripts/infra/podman-up.sh sets it up)",
+                    "could not run the container engine {:?}: {e} (is it installed? \
+                     scripts/infra/podman-up.sh sets up podman and bubblewrap)",
                     self.program
                 ))
             })?;
-        match output.status.code() {
-            Some(0) => Ok(()),
-            Some(1) => Err(SpawnError::new(format!(
-                "container image {:?} is not on this machine ({:?} image exists said no); \
-                 build or load it first: workers never pull from a registry",
-                self.image, self.program
+        match (&self.engine, output.status.code()) {
+            (_, Some(0)) => Ok(()),
+            (Engine::Podman { image }, Some(1)) => Err(SpawnError::new(format!(
+                "container image {image:?} is not on this machine ({:?} image exists said \
+                 no); build or load it first: workers never pull from a registry",
+                self.program
             ))),
             _ => Err(SpawnError::new(format!(
-                "{:?} image exists {:?} failed ({}): {}",
+                "{:?} {} failed ({}): {}",
                 self.program,
-                self.image,
+                args.join(" "),
                 output.status,
                 String::from_utf8_lossy(&output.stderr).trim()
             ))),
@@ -133,6 +205,9 @@ impl Container {
     /// task would otherwise finish the task inside the container, unseen, before it noticed
     /// its input was gone.
     pub(crate) async fn remove(&self, name: &str) {
+        if self.engine == Engine::Bubblewrap {
+            return; // --die-with-parent: the sandbox went with bwrap.
+        }
         let result = Command::new(&self.program)
             .args(["rm", "--force", "--ignore", "--time", "0", name])
             .kill_on_drop(true)

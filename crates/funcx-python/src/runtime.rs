@@ -99,8 +99,8 @@ impl PythonRuntime {
             .spawn()
             .map_err(|e| match self.config.container_config() {
                 Some(container) => SpawnError::new(format!(
-                    "could not start a Python worker in container image {:?}: {e}",
-                    container.image()
+                    "could not start a Python worker in {}: {e}",
+                    container.describe()
                 )),
                 None => SpawnError::new(format!(
                     "could not start Python worker {:?}: {e}",

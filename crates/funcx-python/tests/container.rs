@@ -145,3 +145,44 @@ async fn a_missing_container_engine_is_a_clear_error() {
         "{text}"
     );
 }
+
+const SANDBOXED: &str = r#"
+import os
+
+def probe(path):
+    # This machine's files are there, read-only; /tmp is the sandbox's own.
+    try:
+        open(path, "w").close()
+        wrote = True
+    except OSError:
+        wrote = False
+    open("/tmp/funcx-bwrap-probe", "w").write("x")
+    return [os.path.exists("/usr/bin"), wrote, os.environ.get("FUNCX_TEST_VALUE")]
+"#;
+
+#[tokio::test]
+async fn a_bubblewrap_worker_reads_the_machine_but_writes_only_its_own_tmp() {
+    let executor = ready(Container::bubblewrap()).await;
+    // A file in this build's own directory (not /tmp, which is the sandbox's), which the
+    // sandbox must not be able to create.
+    let outside = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("funcx-bwrap-{}", std::process::id()));
+    let _ = std::fs::remove_file(&outside);
+    let probe = Function::from_source(SANDBOXED, "probe");
+    let (usr_bin, wrote, env): (bool, bool, Option<String>) = tokio::time::timeout(
+        LIMIT,
+        executor
+            .submit(&probe, (outside.to_string_lossy().into_owned(),))
+            .result(),
+    )
+    .await
+    .expect("within the limit")
+    .expect("the sandboxed worker runs the task");
+    assert!(usr_bin, "the machine's files are visible");
+    assert!(!wrote && !outside.exists(), "the sandbox wrote {outside:?}");
+    assert_eq!(env.as_deref(), Some("passed in"));
+    assert!(
+        !std::path::Path::new("/tmp/funcx-bwrap-probe").exists(),
+        "the sandbox's /tmp is not this machine's"
+    );
+}
