@@ -52,6 +52,29 @@ def _kill_group(pgid):
         pass
 
 
+def _die_with_worker():
+    """A preexec_fn that has the kernel kill the shell when the worker dies (a worker killed
+    for a task's timeout or a cancellation cannot clean up after itself). The setting
+    survives exec, so a command the shell execs (dash execs the last simple command) dies
+    too; what the command starts in the background does not. None where prctl is missing."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    worker = _os.getpid()
+
+    def die_with_worker():
+        prctl(1, _signal.SIGKILL)  # PR_SET_PDEATHSIG
+        # The worker may already have died between fork and prctl.
+        if _os.getppid() != worker:
+            _os._exit(137)
+
+    return die_with_worker
+
+
 def run_shell(*args, **kwargs):
     config = _CONFIG
     ranks = None
@@ -98,6 +121,7 @@ def run_shell(*args, **kwargs):
         # Its own session and process group: the walltime kills everything the command
         # started, and a signal meant for the command never reaches the worker.
         start_new_session=True,
+        preexec_fn=_die_with_worker(),
     )
     outputs = ({}, {})
     readers = [

@@ -274,3 +274,34 @@ async fn mpi_tasks_reserve_a_core_per_rank() {
         .expect("2 ranks fit 2 cores");
     assert_eq!(result.stdout, "2\n2\n", "{result:?}");
 }
+
+#[tokio::test]
+async fn a_worker_killed_for_a_timeout_takes_the_command_with_it() {
+    let executor = executor(1);
+    let root = scratch("timeout");
+    let pidfile = root.join("pid");
+    // The shell writes its pid, then execs the long command (which keeps that pid).
+    let shell = ShellFunction::new("echo $$ > {0}; exec sleep 300");
+    let error = tokio::time::timeout(
+        LIMIT,
+        executor.submit_with(
+            &shell.function(),
+            (pidfile.to_string_lossy().into_owned(),),
+            funcx_core::TaskOptions::new().timeout(Duration::from_millis(500)),
+        ),
+    )
+    .await
+    .expect("the timeout fires within the limit")
+    .expect_err("the task times out");
+    assert!(error.is_timeout(), "{error}");
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .expect("the command wrote its pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(
+        gone_within(pid, Duration::from_secs(10)).await,
+        "the command {pid} outlived its killed worker"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
