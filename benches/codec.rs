@@ -116,6 +116,7 @@ fn worker_codec(c: &mut Criterion) {
             timeout: None,
             trace: None,
             env: Vec::new(),
+            resources: None,
         })
         .collect();
     let frame = results_frame(batch as u32);

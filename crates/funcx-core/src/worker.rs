@@ -62,6 +62,10 @@ pub struct WorkItem {
     /// Environment variables the task runs with, on top of the worker's own: the devices of
     /// a task granted GPUs. Empty for most tasks.
     pub env: Vec<(String, String)>,
+    /// What the task asks for, for a pool (a remote manager) to place it on its own
+    /// workers by; `None` for a plain task, and for a worker of this endpoint, which was
+    /// placed here already.
+    pub resources: Option<crate::Resources>,
 }
 
 /// A message from the dispatcher to a worker.

@@ -48,6 +48,7 @@ async fn main() {
         timeout: None,
         trace: None,
         env: Vec::new(),
+        resources: None,
     };
     for worker in &mut handles {
         worker.send(ToWorker::Tasks(vec![item(0)]));

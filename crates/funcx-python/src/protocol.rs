@@ -939,6 +939,7 @@ mod tests {
             timeout: None,
             trace: None,
             env: Vec::new(),
+            resources: None,
         }]));
         encoder.encode(&ToWorker::Cancel(vec![id]));
         encoder.encode(&ToWorker::Shutdown);
@@ -981,6 +982,7 @@ mod tests {
             timeout: None,
             trace: None,
             env: Vec::new(),
+            resources: None,
         }]));
         let small = Payload::pickle(&1).unwrap().len();
         let chunks = encoder.take();
@@ -1005,6 +1007,7 @@ mod tests {
                 timeout: None,
                 trace: None,
                 env: Vec::new(),
+                resources: None,
             })
             .collect();
         let mut encoder = Encoder::new();
@@ -1037,6 +1040,7 @@ mod tests {
             timeout: None,
             trace: None,
             env: Vec::new(),
+            resources: None,
         }]));
         let bytes = body_of(&mut encoder);
         assert_eq!(bytes.len(), HEADER_LEN + 4 + TASK_FIXED);
@@ -1053,6 +1057,7 @@ mod tests {
             timeout: None,
             trace: None,
             env: Vec::new(),
+            resources: None,
         }]));
         body_of(&mut encoder)
     }

@@ -11,6 +11,10 @@ use funcx_core::{
 };
 use funcx_python::{PythonConfig, PythonRuntime};
 
+mod common;
+
+use common::Manager;
+
 /// How long a whole batch of tasks may take before the test fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -190,12 +194,58 @@ async fn a_task_that_fits_nowhere_fails_at_once() {
     // What fits still runs, after the refusals.
     let fits = run_all(&executor, &[TaskOptions::new().cores(4).gpus(1)], 0.0).await;
     assert_eq!(fits[0].2[0].as_deref(), Some("0"));
+}
 
-    // An endpoint whose workers are all remote pools runs no task that asks for resources.
-    let pools_only = Executor::builder().start_without_workers();
-    let error = refused(&pools_only, TaskOptions::new().cores(2)).await;
+#[tokio::test]
+async fn a_manager_places_resource_tasks_on_its_own_gpus() {
+    let endpoint = common::endpoint(0, Duration::from_secs(10)).await;
+    let executor = endpoint.executor.clone();
+    let hold = Function::from_source(HOLD, "hold");
+    // Submitted before any manager attached: they wait for one rather than fail...
+    let early = executor.submit_with(&hold, (0.0,), TaskOptions::new().gpus(1));
+    let too_big = executor.submit_with(&hold, (0.0,), TaskOptions::new().gpus(4));
+    let _manager = Manager::start_with(endpoint.address, 2, &["--gpus", "m0,m1,m2"]);
+    common::managers(&executor, 1).await;
+    // ...and once it has, what fits it runs on its GPUs, what does not fails.
+    let error = tokio::time::timeout(LIMIT, too_big)
+        .await
+        .expect("answered within the limit")
+        .expect_err("4 GPUs do not fit a manager with 3");
     assert!(
-        error.is_unsatisfiable() && error.to_string().contains("pools"),
+        error.is_unsatisfiable() && error.to_string().contains("4 GPUs"),
+        "{error}"
+    );
+    let (_, _, devices): Record = tokio::time::timeout(LIMIT, early.result())
+        .await
+        .expect("within the limit")
+        .expect("runs on the manager");
+    assert!(
+        matches!(devices[0].as_deref(), Some("m0" | "m1" | "m2")),
+        "{devices:?}"
+    );
+
+    let records = run_all(&executor, &[TaskOptions::new().gpus(1); 4], 0.2).await;
+    for (i, (start, _, devices)) in records.iter().enumerate() {
+        assert!(
+            matches!(devices[0].as_deref(), Some("m0" | "m1" | "m2")),
+            "{devices:?}"
+        );
+        for (j, (s, e, other)) in records.iter().enumerate() {
+            if i != j && s <= start && start < e {
+                assert_ne!(
+                    devices, other,
+                    "two running tasks shared a GPU: {records:?}"
+                );
+            }
+        }
+    }
+    // Two GPUs for one task: the manager granted them (its workers are pinned to one each).
+    let two = run_all(&executor, &[TaskOptions::new().gpus(2)], 0.0).await;
+    let devices = two[0].2[0].clone().unwrap_or_default();
+    assert_eq!(devices.split(',').count(), 2, "{devices}");
+    let error = refused(&executor, TaskOptions::new().cores(3)).await;
+    assert!(
+        error.is_unsatisfiable() && error.to_string().contains("3 cores"),
         "{error}"
     );
 }

@@ -88,6 +88,7 @@ impl Harness {
             timeout: None,
             trace: None,
             env: Vec::new(),
+            resources: None,
         }]));
         id
     }
@@ -659,6 +660,7 @@ async fn many_small_tasks_in_batches() {
                     timeout: None,
                     trace: None,
                     env: Vec::new(),
+                    resources: None,
                 }
             })
             .collect();
@@ -704,6 +706,7 @@ async fn cancel_reaches_queued_tasks_behind_a_slow_one() {
         timeout: None,
         trace: None,
         env: Vec::new(),
+        resources: None,
     };
     h.worker
         .send(ToWorker::Tasks(vec![item(slow, 1), item(queued, 2)]));

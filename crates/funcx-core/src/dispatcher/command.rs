@@ -74,6 +74,9 @@ pub(crate) enum Command {
         worker: Box<dyn Worker>,
         size: usize,
         block: Option<BlockId>,
+        /// The GPUs of the pool's machine, when it says what it has (see
+        /// `Executor::attach_with_gpus`).
+        gpus: Option<Vec<String>>,
         reply: oneshot::Sender<Result<WorkerEvents, TaskError>>,
     },
     Shutdown {

@@ -328,8 +328,9 @@ impl Dispatcher {
                 worker,
                 size,
                 block,
+                gpus,
                 reply,
-            } => self.attach(worker, size, block, reply),
+            } => self.attach(worker, size, block, gpus, reply),
             Command::Pools(reply) => {
                 let _ = reply.send(self.pools());
             }
@@ -410,15 +411,7 @@ impl Dispatcher {
             return record.finish(Err(error));
         }
         if let Some(wanted) = &record.resources {
-            let reason = if self.config.workers == 0 {
-                Some(format!(
-                    "it asks for {wanted}, and such tasks run only on an endpoint's own \
-                     workers; this endpoint has none (its workers are remote managers' pools)"
-                ))
-            } else {
-                self.node.never_fits(wanted)
-            };
-            if let Some(reason) = reason {
+            if let Some(reason) = self.unplaceable(wanted) {
                 return record.finish(Err(TaskError::unsatisfiable(reason)));
             }
         }
@@ -475,6 +468,7 @@ impl Dispatcher {
         worker: Box<dyn Worker>,
         size: usize,
         block: Option<BlockId>,
+        gpus: Option<Vec<String>>,
         reply: oneshot::Sender<Result<WorkerEvents, TaskError>>,
     ) {
         if matches!(self.stop, Some(Stop::Now)) || (self.stop.is_some() && self.tasks.is_empty()) {
@@ -484,11 +478,75 @@ impl Dispatcher {
         }
         let id = self.new_worker_id();
         let index = self.slots.len();
-        self.slots.push(Slot::pool(index, id, worker, size, block));
+        let node = gpus.map(|gpus| {
+            let capacity = crate::Capacity {
+                cores: Some(u32::try_from(size).unwrap_or(u32::MAX)),
+                memory: None,
+                gpus: Some(gpus),
+            };
+            Node::new(&capacity, size, Vec::new())
+        });
+        self.slots
+            .push(Slot::pool(index, id, worker, size, block, node));
         self.slot_of.insert(id, index);
         self.broken = None;
         info!(worker = %id, size, "pool of workers attached");
         let _ = reply.send(Ok(WorkerEvents::new(id, self.events_tx.clone())));
+        self.fail_unplaceable();
+    }
+
+    /// Why a task asking for `wanted` can run nowhere: not on the endpoint's own workers,
+    /// nor on any pool attached now. `None` while it can run somewhere, or may once a pool
+    /// attaches (an endpoint of pools alone, none attached yet).
+    fn unplaceable(&self, wanted: &crate::Resources) -> Option<String> {
+        let mut reasons = Vec::new();
+        if self.config.workers > 0 {
+            match self.node.never_fits(wanted) {
+                None => return None,
+                Some(reason) => reasons.push(reason),
+            }
+        }
+        let mut pools = 0;
+        for pool in self.slots.iter().filter_map(|slot| slot.pool.as_ref()) {
+            pools += 1;
+            match &pool.node {
+                Some(node) => match node.never_fits(wanted) {
+                    None => return None,
+                    Some(reason) => reasons.push(format!("on a pool: {reason}")),
+                },
+                None => reasons.push(
+                    "a pool that does not say what its machine has takes no task that asks \
+                     for resources"
+                        .to_owned(),
+                ),
+            }
+        }
+        if self.config.workers == 0 && pools == 0 {
+            return None; // Its pools have yet to attach.
+        }
+        reasons.dedup();
+        Some(format!("it asks for {wanted}; {}", reasons.join("; ")))
+    }
+
+    /// Fails the queued tasks that ask for resources no worker or pool has, now that a pool
+    /// attached: on an endpoint of pools alone they waited for one.
+    fn fail_unplaceable(&mut self) {
+        if self.config.workers > 0 {
+            return; // Checked when they were submitted.
+        }
+        let doomed: Vec<(TaskId, String)> = self
+            .queue
+            .iter()
+            .filter_map(|id| {
+                let wanted = self.tasks.get(id)?.resources?;
+                Some((*id, self.unplaceable(&wanted)?))
+            })
+            .collect();
+        for (id, reason) in doomed {
+            if let Some(mut record) = self.tasks.remove(&id) {
+                record.finish(Err(TaskError::unsatisfiable(reason)));
+            }
+        }
     }
 
     /// A pool (a remote manager) is gone: the tasks it held go back to the queue, or fail

@@ -264,9 +264,20 @@ impl Dispatcher {
                 continue;
             };
             // A task that asked for resources runs alone on one of the endpoint's own
-            // workers, under the grant taken for it; nothing else shares that worker.
-            if record.resources.is_some() && (!local || !slot.in_flight.is_empty()) {
-                break;
+            // workers, under the grant taken for it; nothing else shares that worker. A pool
+            // takes it only if it said what its machine has and that is enough: its manager
+            // then places it on its own workers by the same rules.
+            if let Some(wanted) = &record.resources {
+                let fits = match &slot.pool {
+                    None => slot.in_flight.is_empty(),
+                    Some(pool) => pool
+                        .node
+                        .as_ref()
+                        .is_some_and(|node| node.never_fits(wanted).is_none()),
+                };
+                if !fits {
+                    break;
+                }
             }
             if exclusive && !slot.in_flight.is_empty() {
                 break;
@@ -311,6 +322,7 @@ impl Dispatcher {
                 timeout: record.timeout,
                 trace: Some(record.trace),
                 env: std::mem::take(&mut env),
+                resources: if local { None } else { record.resources },
             });
         }
         if let Some(worker) = slot.worker.as_mut().filter(|_| !batch.is_empty()) {

@@ -46,6 +46,9 @@ pub(super) struct Pool {
     /// Draining because its block is about to end: if it is lost now, the loss is the
     /// block's walltime, not the tasks' fault, and is not charged to their retries.
     pub(super) expiring: bool,
+    /// What its machine offers tasks that ask for resources, if it said (a manager: its
+    /// workers as cores, and its GPUs); a pool without one takes no such task.
+    pub(super) node: Option<super::node::Node>,
 }
 
 /// The isolated task a worker reported as started.
@@ -166,6 +169,7 @@ impl Slot {
         worker: Box<dyn Worker>,
         size: usize,
         block: Option<BlockId>,
+        node: Option<super::node::Node>,
     ) -> Slot {
         let mut slot = Slot::new(index, id);
         slot.phase = Phase::Ready;
@@ -175,6 +179,7 @@ impl Slot {
             block,
             idle_since: Some(SystemTime::now()),
             expiring: false,
+            node,
         });
         slot.in_flight = Held::Unordered(IdSet::default());
         slot

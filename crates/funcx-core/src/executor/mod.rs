@@ -100,10 +100,13 @@ impl TaskOptions {
     }
 
     /// Asks for `resources` while the task runs. A task that asks for more than one core
-    /// (or for any GPU or memory) runs only on the endpoint's own workers (not on remote
-    /// managers' pools), alone on its worker, and only while what it asks for is free, so
-    /// tasks never oversubscribe the machine; it waits in the queue until then. One that
-    /// could never fit fails at once with a [`TaskError::is_unsatisfiable`] error.
+    /// (or for any GPU or memory) runs alone on one of the endpoint's own workers, or on a
+    /// remote manager whose machine has enough ([`Executor::attach_with_gpus`]; the manager
+    /// places it on its workers by the same rules), and only while what it asks for is free,
+    /// so tasks never oversubscribe a machine; it waits in the queue until then. One that
+    /// could never fit fails at once with a [`TaskError::is_unsatisfiable`] error (on an
+    /// endpoint of managers alone, once the first manager has attached). Through a gateway
+    /// (`RemoteExecutor`) such tasks are not supported yet: they fail as unsatisfiable.
     pub fn resources(mut self, resources: Resources) -> TaskOptions {
         self.resources = Resources {
             cores: resources.cores.max(1),
@@ -464,11 +467,37 @@ impl Executor {
         size: usize,
         block: Option<crate::BlockId>,
     ) -> Result<crate::worker::WorkerEvents, TaskError> {
+        self.attach_pool(worker, size, block, None).await
+    }
+
+    /// As [`Executor::attach`], for a pool that says what its machine has: `size` workers
+    /// (one core each) and `gpus`. Tasks that ask for resources
+    /// ([`TaskOptions::resources`]) are sent to it when they fit there, carrying what they
+    /// ask for, and the pool places them on its own workers (a remote manager's executor
+    /// does, by the same rules). A pool attached with [`Executor::attach`] takes none.
+    pub async fn attach_with_gpus(
+        &self,
+        worker: Box<dyn crate::worker::Worker>,
+        size: usize,
+        block: Option<crate::BlockId>,
+        gpus: Vec<String>,
+    ) -> Result<crate::worker::WorkerEvents, TaskError> {
+        self.attach_pool(worker, size, block, Some(gpus)).await
+    }
+
+    async fn attach_pool(
+        &self,
+        worker: Box<dyn crate::worker::Worker>,
+        size: usize,
+        block: Option<crate::BlockId>,
+        gpus: Option<Vec<String>>,
+    ) -> Result<crate::worker::WorkerEvents, TaskError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Attach {
             worker,
             size,
             block,
+            gpus,
             reply,
         });
         answer.await.unwrap_or_else(|_| Err(TaskError::shutdown()))

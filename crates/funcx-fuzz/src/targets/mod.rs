@@ -227,6 +227,7 @@ fn frame_seeds() -> Vec<Vec<u8>> {
         timeout: Some(Duration::from_secs(3)),
         trace: Some(7),
         env: Vec::new(),
+        resources: None,
     };
     vec![
         encode(

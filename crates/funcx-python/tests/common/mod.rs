@@ -93,6 +93,11 @@ pub struct Manager(pub Child);
 
 impl Manager {
     pub fn start(address: SocketAddr, workers: usize) -> Manager {
+        Manager::start_with(address, workers, &[])
+    }
+
+    /// `start`, with `extra` arguments (`--gpus A,B`, say).
+    pub fn start_with(address: SocketAddr, workers: usize, extra: &[&str]) -> Manager {
         let child = Command::new(env!("CARGO_BIN_EXE_funcx-manager"))
             .args([
                 "--endpoint",
@@ -100,6 +105,7 @@ impl Manager {
                 "--workers",
                 &workers.to_string(),
             ])
+            .args(extra)
             .args(["--give-up-after", "20"])
             .env("FUNCX_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")

@@ -268,10 +268,11 @@ impl EndpointAgent {
         let events = match self
             .inner
             .executor
-            .attach(
+            .attach_with_gpus(
                 worker,
                 info.slots as usize,
                 info.block.clone().map(funcx_core::BlockId::new),
+                info.gpus.clone(),
             )
             .await
         {

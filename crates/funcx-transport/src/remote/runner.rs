@@ -110,6 +110,9 @@ impl Runner for ExecutorRunner {
             if let Some(timeout) = item.timeout {
                 options = options.timeout(timeout);
             }
+            if let Some(resources) = item.resources {
+                options = options.resources(resources);
+            }
             remote.push(item.id);
             let task = Task {
                 function: function.clone(),
