@@ -72,6 +72,14 @@ pub struct GatewayConfig {
     /// Users who may manage users (`/v1/admin/users`): create them, rotate their tokens,
     /// delete them, while the gateway runs. Users made this way live in the store.
     pub admins: Vec<String>,
+    /// The most HTTP connections served at once (default 4096): clients and result streams
+    /// (an endpoint's connection counts until it is upgraded to the manager protocol). Past it the gateway stops accepting until one closes, so a flood
+    /// of connections costs bounded memory and file descriptors instead of failing accept.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, in seconds (default 30); a
+    /// slower one (a slow-loris attack, a stalled client) is disconnected. Also bounds how
+    /// long an idle keep-alive connection is held.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -90,6 +98,8 @@ impl Default for GatewayConfig {
             tls: None,
             globus_compute: None,
             admins: Vec::new(),
+            max_connections: 4096,
+            header_read_timeout_secs: 30,
         }
     }
 }
@@ -275,6 +285,11 @@ impl GatewayConfig {
                     user.name
                 )));
             }
+        }
+        if self.max_connections == 0 || self.header_read_timeout_secs == 0 {
+            return Err(GatewayError::Config(
+                "max_connections and header_read_timeout_secs must be at least 1".into(),
+            ));
         }
         if self.store_cache_mib == 0 {
             return Err(GatewayError::Config(

@@ -2,7 +2,6 @@
 //! tasks and results between them and the store.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -304,20 +303,17 @@ impl Gateway {
         listener: tokio::net::TcpListener,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
         use axum::serve::ListenerExt;
+        let limits = crate::serve::Limits {
+            max_connections: self.inner.config.max_connections,
+            header_read_timeout: Duration::from_secs(self.inner.config.header_read_timeout_secs),
+        };
         #[cfg(feature = "tls")]
         if let Some(config) = &self.inner.tls {
-            // The TLS listener sets TCP_NODELAY itself, before the handshake. The empty
-            // `tap_io` is there for its type: axum provides the peer address for
-            // `ConnectInfo` on `TapIo<L, _>` for any listener `L`, but on a bare listener only
-            // for its own `TcpListener`, and the orphan rule keeps us from adding that.
-            let listener = crate::tls::TlsListener::new(listener, config.clone()).tap_io(|_| {});
-            return axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await;
+            // The TLS listener sets TCP_NODELAY itself, before the handshake.
+            let listener = crate::tls::TlsListener::new(listener, config.clone());
+            crate::serve::serve(listener, self.router(), limits, stop).await;
+            return Ok(());
         }
         // Without TCP_NODELAY, Nagle's algorithm meets the client's delayed ACK and a lone
         // small response waits ~40 ms: a single round trip cost 41 ms before this.
@@ -326,9 +322,8 @@ impl Gateway {
                 tracing::warn!(%error, "could not set TCP_NODELAY on a gateway connection");
             }
         });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
+        crate::serve::serve(listener, self.router(), limits, stop).await;
+        Ok(())
     }
 
     /// Serves like [`Gateway::serve`] until `stop` resolves, then stops gracefully: no new

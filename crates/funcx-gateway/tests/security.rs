@@ -6,6 +6,7 @@ mod common;
 
 use common::process::{free_port, register_endpoint, temp_dir, write_config, GatewayProcess};
 use common::{config, start, ALICE, TIMEOUT};
+use funcx_gateway::GatewayConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -232,4 +233,111 @@ async fn oversized_headers_are_refused_and_the_gateway_keeps_serving() {
     );
     let (status, _) = gw.get("/v1/endpoints", ALICE).await;
     assert_eq!(status, StatusCode::OK, "the gateway still serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_clients_are_disconnected_and_others_are_served_meanwhile() {
+    use tokio::io::AsyncWriteExt;
+    let gw = start(GatewayConfig {
+        header_read_timeout_secs: 1,
+        ..config()
+    })
+    .await;
+    // Fifty clients that start a request and then trickle its headers, a byte at a time,
+    // never finishing them.
+    let mut loris = Vec::new();
+    for _ in 0..50 {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET /v1/endpoints HTTP/1.1\r\nhost: gw\r\n")
+            .await
+            .expect("the request line goes out");
+        loris.push(stream);
+    }
+    let trickle = tokio::spawn(async move {
+        let mut open = loris.len();
+        let started = tokio::time::Instant::now();
+        // Each round sends one more header byte on every connection still open; a write
+        // or a read that shows the peer gone counts that connection as closed.
+        while open > 0 && started.elapsed() < TIMEOUT {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            open = 0;
+            for stream in &mut loris {
+                let alive = stream.write_all(b"x").await.is_ok() && {
+                    let mut probe = [0u8; 1];
+                    !matches!(stream.try_read(&mut probe), Ok(0) | Ok(1))
+                };
+                if alive {
+                    open += 1;
+                }
+            }
+        }
+        open
+    });
+    // Meanwhile the gateway answers everybody else.
+    for _ in 0..5 {
+        let (status, _) = gw.get("/v1/endpoints", ALICE).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let still_open = tokio::time::timeout(TIMEOUT + TIMEOUT, trickle)
+        .await
+        .expect("the trickle ends")
+        .expect("the trickle task");
+    assert_eq!(
+        still_open, 0,
+        "every slow client is disconnected once its headers take over header_read_timeout_secs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_wait_for_one_to_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = start(GatewayConfig {
+        max_connections: 4,
+        ..config()
+    })
+    .await;
+    let request =
+        format!("GET /v1/endpoints HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {ALICE}\r\n\r\n");
+    // Four keep-alive connections, each answered once and then held open.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut buf = [0u8; 12];
+        tokio::time::timeout(TIMEOUT, stream.read_exact(&mut buf))
+            .await
+            .expect("answered in time")
+            .expect("an answer");
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(stream);
+    }
+    // A fifth is accepted by the kernel's backlog but not served while the four are open.
+    let mut fifth = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    fifth.write_all(request.as_bytes()).await.expect("send");
+    let mut buf = [0u8; 12];
+    // A negative: nothing may arrive within this window (the gateway is idle otherwise, so
+    // two seconds is ample for an answer it would give).
+    let early = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        fifth.read_exact(&mut buf),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "the fifth connection was served while four were open"
+    );
+    // One of the four closes: the fifth is served.
+    drop(held.pop());
+    tokio::time::timeout(TIMEOUT, fifth.read_exact(&mut buf))
+        .await
+        .expect("the fifth connection is served once one closes")
+        .expect("an answer");
+    assert_eq!(&buf, b"HTTP/1.1 200");
 }

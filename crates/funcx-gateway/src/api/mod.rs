@@ -321,7 +321,7 @@ fn schemas() -> Value {
                     "code": { "type": "string", "enum": ["python", "load", "arguments_unpickle",
                         "result_pickle", "serialize", "decode", "result_too_large",
                         "arguments_too_large", "worker_died", "timeout", "cancelled", "shutdown",
-                        "no_workers", "manager_lost", "protocol", "format_refused", "function_refused"] },
+                        "no_workers", "manager_lost", "protocol", "format_refused", "function_refused", "unsatisfiable"] },
                     "message": { "type": "string" },
                     "python": { "type": "object", "nullable": true, "properties": {
                         "type_name": { "type": "string" }, "message": { "type": "string" },
