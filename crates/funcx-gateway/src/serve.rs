@@ -78,7 +78,6 @@ pub(crate) async fn serve<L>(
         );
         let mut stopping = stopping_rx.clone();
         let closed = closed_rx.clone();
-        let limits = limits;
         tokio::spawn(async move {
             let _permit = permit;
             let _closed = closed;
