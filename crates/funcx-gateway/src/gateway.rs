@@ -453,6 +453,9 @@ impl Gateway {
     /// Hands tasks just stored to their endpoint: to its executor here, or in a fleet to
     /// whichever gateway claims them (this one's claimer first, if the endpoint is here).
     pub(crate) fn dispatch(&self, endpoint: &str, tasks: Vec<(u64, Task)>) {
+        // In a fleet the claimer hands them out: its wakes coalesce, so that a burst of
+        // submissions is claimed in a few large batches (claiming each submission's tasks
+        // by id as it came cut W1-gw on PostgreSQL from 20,000 to 5,000 tasks/s).
         match &self.inner.fleet {
             Some(fleet) => fleet.wake(endpoint),
             None => self.dispatch_local(endpoint, tasks),

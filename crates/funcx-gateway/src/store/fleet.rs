@@ -16,7 +16,7 @@ use super::{StoreFuture, TaskRecord};
 /// A notification from the store about another gateway's work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FleetEvent {
-    /// Tasks for endpoint `.0` were stored: whoever holds it claims them.
+    /// Another gateway stored tasks for endpoint `.0`: whoever holds it claims them.
     NewTasks(String),
     /// Another gateway stored the results of these tasks.
     Finished(Vec<u64>),

@@ -19,9 +19,10 @@ use super::{
 
 /// The schema, one version at a time. A version is applied once, in one transaction with
 /// its row in `schema_migrations`; versions are never edited once released, only added.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE users (
         name text PRIMARY KEY,
         token_hash bytea NOT NULL UNIQUE
@@ -66,7 +67,18 @@ const MIGRATIONS: &[(i32, &str)] = &[(
     );
     CREATE INDEX keys_by_time ON idempotency_keys (created);
     "#,
-)];
+    ),
+    (
+        2,
+        // What a claim reads: an endpoint's unfinished tasks whose lease is absent or over,
+        // without stepping over the ones held (a gateway holds thousands while they run).
+        r#"
+    CREATE INDEX tasks_claimable ON tasks
+        (endpoint, (COALESCE(lease_until, '-infinity'::timestamptz)))
+        WHERE finished IS NULL;
+    "#,
+    ),
+];
 
 /// The advisory lock that serializes migrations: gateways starting together on an empty
 /// database do not both create the tables.
@@ -379,6 +391,7 @@ impl PgStore {
 /// handed out in ascending order, so a batch's ids increase as its tasks do.
 async fn insert(
     tx: &deadpool_postgres::Transaction<'_>,
+    member: &str,
     channels: &Channels,
     tasks: Vec<NewTask>,
     now: SystemTime,
@@ -437,7 +450,8 @@ async fn insert(
     endpoints.sort_unstable();
     endpoints.dedup();
     for endpoint in &endpoints {
-        tx.execute("SELECT pg_notify($1, $2)", &[&channels.tasks, endpoint])
+        let payload = format!("{member} {endpoint}");
+        tx.execute("SELECT pg_notify($1, $2)", &[&channels.tasks, &payload])
             .await
             .map_err(pg)?;
     }
@@ -628,7 +642,7 @@ impl TaskStore for PgStore {
         self.run(async move {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(pg)?;
-            let ids = insert(&tx, &self.channels, tasks, now).await?;
+            let ids = insert(&tx, &self.member, &self.channels, tasks, now).await?;
             tx.commit().await.map_err(pg)?;
             Ok(ids)
         })
@@ -669,7 +683,7 @@ impl TaskStore for PgStore {
                 let ids = ids.into_iter().map(id_from_sql).collect::<Result<_, _>>()?;
                 return Ok(Insertion::Replayed(ids));
             }
-            let ids = insert(&tx, &self.channels, tasks, now).await?;
+            let ids = insert(&tx, &self.member, &self.channels, tasks, now).await?;
             let sql_ids: Vec<i64> = ids.iter().copied().map(id_to_sql).collect();
             tx.execute(
                 "UPDATE idempotency_keys SET ids = $3 WHERE owner = $1 AND key = $2",
@@ -890,17 +904,18 @@ impl Fleet for PgStore {
     ) -> StoreFuture<'_, Vec<TaskRecord>> {
         let endpoint = endpoint.to_string();
         self.run(async move {
-            let client = self.client().await?;
+            let mut client = self.client().await?;
+            let tx = lax(&mut client).await?;
             // SKIP LOCKED: a gateway claiming at the same moment takes other rows instead of
             // waiting for these, and neither gets a row twice.
-            let statement = client
+            let statement = tx
                 .prepare_cached(&format!(
                     "UPDATE tasks SET claimed_by = $1,
                             lease_until = now() + $3 * interval '1 millisecond'
                      WHERE id IN (
                          SELECT id FROM tasks
                          WHERE endpoint = $2 AND finished IS NULL
-                           AND (claimed_by IS NULL OR lease_until < now())
+                           AND COALESCE(lease_until, '-infinity'::timestamptz) < now()
                          ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
                      RETURNING {TASK_COLUMNS}"
                 ))
@@ -908,10 +923,11 @@ impl Fleet for PgStore {
                 .map_err(pg)?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let lease = millis(lease) as f64;
-            let rows = client
+            let rows = tx
                 .query(&statement, &[&self.member, &endpoint, &lease, &limit])
                 .await
                 .map_err(pg)?;
+            tx.commit().await.map_err(pg)?;
             let mut records = rows
                 .iter()
                 .map(|row| task_of_row(row).map(|(record, _)| record))
@@ -926,15 +942,18 @@ impl Fleet for PgStore {
             if endpoints.is_empty() {
                 return Ok(0);
             }
-            let client = self.client().await?;
-            client
+            let mut client = self.client().await?;
+            let tx = lax(&mut client).await?;
+            let renewed = tx
                 .execute(
                     "UPDATE tasks SET lease_until = now() + $3 * interval '1 millisecond'
                      WHERE claimed_by = $1 AND finished IS NULL AND endpoint = ANY($2)",
                     &[&self.member, &endpoints, &(millis(lease) as f64)],
                 )
                 .await
-                .map_err(pg)
+                .map_err(pg)?;
+            tx.commit().await.map_err(pg)?;
+            Ok(renewed)
         })
     }
 
@@ -973,6 +992,19 @@ impl Fleet for PgStore {
         ));
         receiver
     }
+}
+
+/// A transaction whose commit does not wait for its WAL flush: for claims and leases only,
+/// which a crash of the database may lose without harm (a lost claim is a task claimed
+/// again, by lease expiry at worst), never for tasks or results.
+async fn lax(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+        .await
+        .map_err(pg)?;
+    Ok(tx)
 }
 
 /// How many notifications wait for a slow subscriber before it is told to resync.
@@ -1027,7 +1059,7 @@ async fn listen(
                     let _ = sender.send(FleetEvent::Resync);
                     while let Some(note) = received.recv().await {
                         let event = if note.channel() == channels.tasks {
-                            Some(FleetEvent::NewTasks(note.payload().to_string()))
+                            stored_elsewhere(note.payload(), &member)
                         } else {
                             finished_elsewhere(note.payload(), &member)
                         };
@@ -1047,6 +1079,13 @@ async fn listen(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
     }
+}
+
+/// The endpoint of a task notification (`"<member> <endpoint>"`), unless this store sent
+/// it: its own gateway hands out what it stores itself.
+fn stored_elsewhere(payload: &str, member: &str) -> Option<FleetEvent> {
+    let (from, endpoint) = payload.split_once(' ')?;
+    (from != member).then(|| FleetEvent::NewTasks(endpoint.to_string()))
 }
 
 /// The ids of a result notification (`"<member> <id>,<id>,..."`), unless this store sent it.
@@ -1085,7 +1124,7 @@ pub(crate) mod tests {
     async fn keeps_the_store_contract() {
         let store = fresh("contract").await;
         super::super::tests::contract(&store).await;
-        assert_eq!(store.schema_versions().await.unwrap(), vec![1]);
+        assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1102,7 +1141,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let again = PgStore::connect_with(options.clone()).await.unwrap();
-        assert_eq!(again.schema_versions().await.unwrap(), vec![1]);
+        assert_eq!(again.schema_versions().await.unwrap(), vec![1, 2]);
         assert_eq!(again.users().await.unwrap().len(), 1);
         // A database migrated by a newer gateway is not written by this one.
         let client = again.client().await.unwrap();
@@ -1176,7 +1215,7 @@ pub(crate) mod tests {
             .insert_tasks((0..500).map(|_| task("e")).collect(), now)
             .await
             .unwrap();
-        first.insert_tasks(vec![task("other")], now).await.unwrap();
+        let other = first.insert_tasks(vec![task("other")], now).await.unwrap();
         // The other gateway hears of the new tasks, per endpoint.
         let mut heard = Vec::new();
         while heard.len() < 2 {
@@ -1213,6 +1252,12 @@ pub(crate) mod tests {
         let mut all: Vec<u64> = a.iter().chain(&b).copied().collect();
         all.sort_unstable();
         assert_eq!(all, ids, "every task claimed exactly once");
+
+        // The other endpoint's task is not claimed with these.
+        assert_eq!(
+            first.claim("other", 10, lease).await.unwrap()[0].id,
+            other[0]
+        );
 
         // A finished task is never claimed again, and its result is announced to the other.
         let outcome = Finished {
@@ -1267,6 +1312,11 @@ pub(crate) mod tests {
             Some(FleetEvent::Finished(vec![1, 2, 3]))
         );
         assert_eq!(finished_elsewhere("garbage", "me"), None);
+        assert_eq!(stored_elsewhere("me e1", "me"), None);
+        assert_eq!(
+            stored_elsewhere("you e1", "me"),
+            Some(FleetEvent::NewTasks("e1".into()))
+        );
     }
 
     #[test]
