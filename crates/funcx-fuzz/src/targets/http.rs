@@ -58,7 +58,7 @@ const CONTENT_TYPES: [Option<&str>; 6] = [
     Some("application/x-postcard"),
     None,
     Some("application/x-www-form-urlencoded"),
-    Some("text/plain; charset=\u{0}"),
+    Some("text/plain; charset=latin-1"),
     Some("application/json; charset=utf-8"),
 ];
 
@@ -97,8 +97,9 @@ pub(super) fn runner() -> Runner {
     })
 }
 
-/// The request `data` describes, or `None` when its bytes make no valid URI or header (the
-/// HTTP parser in front of the router refuses those before any of our code runs).
+/// The request `data` describes. Every input of three bytes or more makes one: the path
+/// parameter is percent-encoded and header values keep their visible ASCII, as they would
+/// have to be to get past the HTTP parser in front of the router.
 fn request(data: &[u8]) -> Option<Request<Body>> {
     let [method, route, kind, rest @ ..] = data else {
         return None;
@@ -107,11 +108,20 @@ fn request(data: &[u8]) -> Option<Request<Body>> {
         Some(at) => (&rest[..at], &rest[at + 1..]),
         None => (rest, &[][..]),
     };
-    let param = String::from_utf8_lossy(param);
     let path = match route & 0x1f {
         31 => STREAM.to_string(),
-        n => ROUTES[usize::from(n) % ROUTES.len()].replace("{}", &param),
+        n => {
+            let template = ROUTES[usize::from(n) % ROUTES.len()];
+            // A query keeps its `=` and `&`; a bare path its `/`.
+            let keep: &[u8] = if template.contains('?') { b"=&" } else { b"/" };
+            template.replace("{}", &percent_encode(param, keep))
+        }
     };
+    let header_text: String = param
+        .iter()
+        .filter(|b| (0x20..0x7f).contains(*b))
+        .map(|&b| char::from(b))
+        .collect();
     let mut builder = Request::builder()
         .method(METHODS[usize::from(*method) % METHODS.len()].clone())
         .uri(path);
@@ -120,11 +130,11 @@ fn request(data: &[u8]) -> Option<Request<Body>> {
         1 | 5 => Some(format!("Bearer {ALICE}")),
         2 => Some(format!("Bearer {BOB}")),
         3 => Some(format!("Bearer {ROOT}")),
-        4 => Some(format!("Bearer {param}")),
-        _ => Some(format!("Basic {param}")),
+        4 => Some(format!("Bearer {header_text}")),
+        _ => Some(format!("Basic {header_text}")),
     };
     if let Some(token) = token {
-        builder = builder.header(header::AUTHORIZATION, token);
+        builder = builder.header(header::AUTHORIZATION, token.trim_end());
     }
     if let Some(content_type) = CONTENT_TYPES[usize::from(kind & 7) % CONTENT_TYPES.len()] {
         builder = builder.header(header::CONTENT_TYPE, content_type);
@@ -133,9 +143,22 @@ fn request(data: &[u8]) -> Option<Request<Body>> {
         builder = builder.header(header::ACCEPT, "application/x-postcard");
     }
     if kind & 0x10 != 0 {
-        builder = builder.header("idempotency-key", param.as_ref());
+        builder = builder.header("idempotency-key", header_text.trim());
     }
     builder.body(Body::from(body.to_vec())).ok()
+}
+
+/// `bytes` with everything but unreserved characters and `keep` percent-encoded.
+fn percent_encode(bytes: &[u8], keep: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 pub(super) fn seeds() -> Vec<Vec<u8>> {
@@ -207,4 +230,21 @@ pub(super) fn seeds() -> Vec<Vec<u8>> {
         seed(get, alice | 31, accept_postcard, "", b""),
         seed(get, 4 << 5, as_json, "not-a-token", b""),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn every_input_of_three_bytes_makes_a_request() {
+        let corpus = seeds();
+        for index in 0..20_000 {
+            let input = crate::mutate::mutate(&mut Rng::for_input(5, index), &corpus, 512);
+            if input.len() >= 3 {
+                assert!(request(&input).is_some(), "no request from {input:02x?}");
+            }
+        }
+    }
 }
