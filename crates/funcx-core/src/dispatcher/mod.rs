@@ -173,6 +173,9 @@ pub(crate) struct Dispatcher {
     stop: Option<Stop>,
     stop_deadline: Option<Instant>,
     stopped_waiters: Vec<oneshot::Sender<()>>,
+    /// Whether a task that asks for resources was ever accepted: until one is, a pool's
+    /// attach has no queue to scan for tasks it made unplaceable.
+    saw_resources: bool,
 }
 
 impl Dispatcher {
@@ -209,6 +212,7 @@ impl Dispatcher {
             stop: None,
             stop_deadline: None,
             stopped_waiters: Vec::new(),
+            saw_resources: false,
         }
     }
 
@@ -411,6 +415,7 @@ impl Dispatcher {
             return record.finish(Err(error));
         }
         if let Some(wanted) = &record.resources {
+            self.saw_resources = true;
             if let Some(reason) = self.unplaceable(wanted) {
                 return record.finish(Err(TaskError::unsatisfiable(reason)));
             }
@@ -531,8 +536,8 @@ impl Dispatcher {
     /// Fails the queued tasks that ask for resources no worker or pool has, now that a pool
     /// attached: on an endpoint of pools alone they waited for one.
     fn fail_unplaceable(&mut self) {
-        if self.config.workers > 0 {
-            return; // Checked when they were submitted.
+        if self.config.workers > 0 || !self.saw_resources {
+            return; // Checked when they were submitted, or there are none.
         }
         let doomed: Vec<(TaskId, String)> = self
             .queue
