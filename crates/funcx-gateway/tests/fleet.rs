@@ -96,8 +96,15 @@ def work(i):
 
 /// Every task of `user` in the shared store, counted by id: (tasks, distinct ids, finished).
 async fn stored(schema: &str, user: &str) -> (usize, usize, usize) {
+    stored_at(&database(), Some(schema), user).await
+}
+
+/// [`stored`] in the database `url`, in `schema` or the default one.
+async fn stored_at(url: &str, schema: Option<&str>, user: &str) -> (usize, usize, usize) {
     use funcx_gateway::store::TaskStore;
-    let store = PgStore::connect_with(PgOptions::new(database()).schema(schema))
+    let mut options = PgOptions::new(url);
+    options.schema = schema.map(str::to_owned);
+    let store = PgStore::connect_with(options)
         .await
         .expect("open the shared store");
     let mut records = Vec::new();
@@ -185,5 +192,160 @@ async fn a_gateway_killed_mid_run_its_endpoint_and_client_move_on_and_every_resu
     executor.shutdown().await;
     manager.abort();
     drop((gateway_b, gateway_c));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A PostgreSQL server of one test's own (Debian's binaries, `initdb` into a temporary
+/// directory, on a free loopback port), so that restarting it disturbs no other test.
+/// Stopped when dropped.
+struct PrivateDatabase {
+    bin: std::path::PathBuf,
+    data: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivateDatabase {
+    fn start(dir: &Path) -> PrivateDatabase {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's binaries (scripts/infra/postgres-up.sh installs them)")
+            .flatten()
+            .map(|entry| entry.path().join("bin"))
+            .filter(|bin| bin.join("pg_ctl").exists())
+            .max()
+            .expect("a PostgreSQL version under /usr/lib/postgresql");
+        let data = dir.join("pgdata");
+        let port = free_port().port();
+        let database = PrivateDatabase { bin, data, port };
+        // PostgreSQL refuses to run as root: as root, the directory and the server are the
+        // postgres user's.
+        if is_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir)
+                .status()
+                .expect("run chown");
+            assert!(status.success(), "chown the database directory");
+        }
+        database.run("initdb", &["-A", "trust", "-U", "funcx", "-D"], true);
+        database.pg_ctl("start");
+        database
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://funcx@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            self.port,
+            self.data
+                .parent()
+                .map_or(String::new(), |d| d.display().to_string())
+        );
+        // `-l`: the server's output goes to a file, not to pipes that would outlive pg_ctl.
+        let log = self.data.with_file_name("postgres.log");
+        let log = log.display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-w", "-t", "60", "-l", &log, "-m", "fast", "-o", &options, action, "-D",
+            ],
+            true,
+        );
+    }
+
+    /// Runs `program args... <data dir>` (as postgres when root).
+    fn run(&self, program: &str, args: &[&str], must: bool) {
+        let path = self.bin.join(program);
+        let mut command = if is_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&path);
+            command
+        } else {
+            std::process::Command::new(&path)
+        };
+        let status = command
+            .args(args)
+            .arg(&self.data)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run a PostgreSQL program");
+        if must {
+            assert!(status.success(), "{program} {args:?}: {status}");
+        }
+    }
+}
+
+impl Drop for PrivateDatabase {
+    fn drop(&mut self) {
+        self.run("pg_ctl", &["-w", "-m", "immediate", "stop", "-D"], false);
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_restart_mid_run_loses_no_accepted_task() {
+    let dir = temp_dir("fleet-pg-restart");
+    let database = PrivateDatabase::start(&dir);
+    let address = free_port();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{address}\"\n\n[store]\npostgres = \"{}\"\nlease_secs = 2\n\n[[users]]\nname = \"alice\"\ntoken = \"{ALICE}\"\n",
+            database.url()
+        ),
+    )
+    .expect("write config");
+    let gateway = GatewayProcess::start(&config, address, &dir.join("gateway.log"));
+    let (endpoint, endpoint_token) = register_endpoint(address, ALICE, "steady").await;
+    let manager = common::connect(address, &endpoint, &endpoint_token);
+    let executor = RemoteExecutor::builder(&format!("http://{address}"), ALICE, &endpoint)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .give_up_after(Duration::from_secs(60))
+        .start()
+        .await
+        .expect("the client connects");
+    let echo = Function::from_source("def echo(x):\n    return x\n", "echo");
+
+    // Accepted for an endpoint that is not connected yet: they wait in the database.
+    let (late, late_token) = register_endpoint(address, ALICE, "late").await;
+    let waiting_executor = RemoteExecutor::builder(&format!("http://{address}"), ALICE, &late)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .give_up_after(Duration::from_secs(60))
+        .start()
+        .await
+        .expect("the client connects");
+    let waiting = waiting_executor.submit_batch(&echo, (1000..1100_i64).map(|i| (i,)));
+
+    let before = executor.submit_batch(&echo, (0..300_i64).map(|i| (i,)));
+    let mut values = results_within(before, Duration::from_secs(60), "before the restart").await;
+    database.pg_ctl("restart");
+    // Submitted right after the restart: the gateway's connections were cut under it.
+    let after = executor.submit_batch(&echo, (300..600_i64).map(|i| (i,)));
+    values.extend(results_within(after, Duration::from_secs(90), "after the restart").await);
+    assert_eq!(values, (0..600).collect::<Vec<_>>());
+    // The tasks accepted before the restart run once their endpoint comes.
+    let late_manager = common::connect(address, &late, &late_token);
+    let late_values = results_within(waiting, Duration::from_secs(90), "accepted before").await;
+    assert_eq!(late_values, (1000..1100).collect::<Vec<_>>());
+    let (records, distinct, finished) = stored_at(&database.url(), None, "alice").await;
+    assert_eq!((records, distinct, finished), (700, 700, 700));
+
+    executor.shutdown().await;
+    waiting_executor.shutdown().await;
+    late_manager.abort();
+    manager.abort();
+    drop(gateway);
+    drop(database);
     let _ = std::fs::remove_dir_all(&dir);
 }
