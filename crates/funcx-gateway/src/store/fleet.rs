@@ -48,7 +48,8 @@ pub trait Fleet: Send + Sync {
     /// when another reports results.
     fn tasks(&self, ids: Vec<u64>) -> StoreFuture<'_, Vec<TaskRecord>>;
 
-    /// Notifications from now on (starting the store's listener on first use). The first
-    /// is a [`FleetEvent::Resync`], sent once the listener listens.
+    /// Notifications from now on (starting the store's listener on first use, so it must
+    /// be called within a Tokio runtime). The first is a [`FleetEvent::Resync`], sent once
+    /// the listener listens.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<FleetEvent>;
 }
