@@ -19,15 +19,46 @@
 //! ```
 //!
 //! The crates behind this facade:
-//! - [`funcx_core`] (re-exported at the root): functions, payloads, errors, the executor,
-//!   its dispatcher and its tower layers;
+//! - `funcx-core`, whose public API is listed at the root: functions, payloads, errors, the
+//!   executor and its tower layers, shell and MPI tasks, the seams for worker runtimes
+//!   ([`worker`]) and providers ([`Provider`]);
 //! - [`python`] (feature `python`, on by default): the Python worker runtime;
 //! - [`transport`] and [`providers`] (features of the same names): the network transport and
 //!   the providers of remote workers.
 //!
 //! [`blocking`] is the same API for programs that are not async.
 
-pub use funcx_core::*;
+// The core API, listed by hand (as tokio's lib.rs does): each item has this one path, and
+// what the root offers is a decision, not whatever funcx-core happens to make public.
+
+// Functions, their arguments and results.
+pub use funcx_core::{Args, Format, Function, FunctionBody, FunctionId, IntoArgs, Payload};
+// Running tasks.
+pub use funcx_core::{
+    Executor, ExecutorBuilder, ResponseFuture, Task, TaskHandle, TaskOptions,
+    DEFAULT_MAX_ARGUMENTS_SIZE,
+};
+// What tasks report: states, timelines, and the reports an executor streams.
+pub use funcx_core::{
+    report_stream, ReportSink, ReportStream, TaskId, TaskReport, TaskState, TaskStatus, Timeline,
+};
+// Errors.
+pub use funcx_core::{ErrorCode, PythonException, TaskError, TaskErrorReport, WorkerExit};
+// Tower layers.
+pub use funcx_core::{memoize, Memoize, MemoizeLayer, RetrySystemFailures};
+// Per-task resources, and shell and MPI tasks.
+pub use funcx_core::{
+    Capacity, MpiFunction, Resources, ShellFunction, ShellResult, ACCELERATOR_VARIABLES,
+    DEFAULT_MAX_LINE_BYTES, DEFAULT_SNIPPET_LINES,
+};
+// Worker runtimes: the seam a runtime implements, and the messages it exchanges.
+pub use funcx_core::{worker, SpawnError, WorkerRuntime};
+// Providers of blocks of workers, and how an endpoint scales and reports them.
+pub use funcx_core::{
+    BlockId, BlockReport, BlockRequest, BlockState, BlockStatus, EndpointStats, EndpointStatus,
+    ManagerCommand, PoolStatus, Provider, ProviderError, Strategy, StrategyConfig, BLOCK_ID_ENV,
+    NODE_INDEX_ENV,
+};
 
 pub mod blocking;
 
