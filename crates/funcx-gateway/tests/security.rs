@@ -341,3 +341,91 @@ async fn connections_past_max_connections_wait_for_one_to_close() {
         .expect("an answer");
     assert_eq!(&buf, b"HTTP/1.1 200");
 }
+
+/// The ids of the result events in `buffer`'s complete server-sent events (drained from it).
+fn result_ids(buffer: &mut String) -> Vec<u64> {
+    let mut ids = Vec::new();
+    while let Some(end) = buffer.find("\n\n") {
+        let event: String = buffer.drain(..end + 2).collect();
+        if !event.contains("event: result") {
+            continue;
+        }
+        let data = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .expect("a data line");
+        let view: Value = serde_json::from_str(data).expect("a task view");
+        ids.push(view["id"].as_u64().expect("a task id"));
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_stream_carries_only_its_users_results() {
+    use common::BOB;
+    let gw = start(config()).await;
+    // Bob listens first, then Alice's twenty tasks run and finish.
+    let mut bob_stream = gw
+        .http
+        .get(gw.url("/v1/results"))
+        .bearer_auth(BOB)
+        .send()
+        .await
+        .expect("bob's stream");
+    assert_eq!(bob_stream.status(), StatusCode::OK);
+    let mut alice_stream = gw
+        .http
+        .get(gw.url("/v1/results"))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .expect("alice's stream");
+    let function = gw.echo_function(ALICE).await;
+    let (endpoint, endpoint_token) = gw.register_endpoint(ALICE, json!({ "name": "a" })).await;
+    let _alice_endpoint = gw.connect(&endpoint, &endpoint_token);
+    let values: Vec<i64> = (0..20).collect();
+    let (status, answer) = gw.submit(ALICE, &endpoint, &function, &values).await;
+    assert!(status.is_success(), "{answer}");
+    let alice_tasks: Vec<u64> = answer["task_ids"]
+        .as_array()
+        .expect("task ids")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    // Alice's own stream gets all twenty (the control: results are being published).
+    let mut buffer = String::new();
+    let mut seen = Vec::new();
+    while seen.len() < alice_tasks.len() {
+        let chunk = tokio::time::timeout(TIMEOUT, alice_stream.chunk())
+            .await
+            .expect("alice's results in time")
+            .expect("alice's stream")
+            .expect("the stream stays open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        seen.extend(result_ids(&mut buffer));
+    }
+    // Then Bob's own task runs. Results are published in the order they finish, so by the
+    // time Bob's stream shows his, any of Alice's it was (wrongly) sent would be ahead of it.
+    let bob_function = gw.echo_function(BOB).await;
+    let (bob_endpoint, bob_token) = gw.register_endpoint(BOB, json!({ "name": "b" })).await;
+    let _bob_endpoint = gw.connect(&bob_endpoint, &bob_token);
+    let (status, answer) = gw.submit(BOB, &bob_endpoint, &bob_function, &[99]).await;
+    assert!(status.is_success(), "{answer}");
+    let bob_task = answer["task_ids"][0].as_u64().expect("bob's task id");
+    let mut buffer = String::new();
+    let mut bob_seen = Vec::new();
+    while !bob_seen.contains(&bob_task) {
+        let chunk = tokio::time::timeout(TIMEOUT, bob_stream.chunk())
+            .await
+            .expect("bob's result in time")
+            .expect("bob's stream")
+            .expect("the stream stays open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        bob_seen.extend(result_ids(&mut buffer));
+    }
+    assert_eq!(
+        bob_seen,
+        vec![bob_task],
+        "bob's stream carried another user's results"
+    );
+}
