@@ -559,10 +559,12 @@ class Worker:
                     else:
                         args = [loads(a) for a in args]
                         kwargs = {name: loads(a) for name, a in kwargs}
+                    # An environment the OS refuses (a NUL byte in a name or value) fails
+                    # this task, not the worker.
+                    saved = set_env(env) if env else None
                 except BaseException as exc:
                     status, body = S_ARGS_ERROR, describe(exc, 0)
                 else:
-                    saved = set_env(env) if env else None
                     try:
                         if args is None:
                             result = fn(arg)
@@ -603,15 +605,22 @@ class Worker:
 
 def set_env(pairs):
     """Sets `pairs` (name, value; value None unsets) in os.environ and returns what they
-    replaced, in the same form, to restore after the task."""
+    replaced, in the same form, to restore after the task. On failure (the OS refuses a
+    name or value), restores what it had set and raises."""
     saved = []
     environ = os.environ
-    for name, value in pairs:
-        saved.append((name, environ.get(name)))
-        if value is None:
-            environ.pop(name, None)
-        else:
-            environ[name] = value
+    try:
+        for name, value in pairs:
+            previous = environ.get(name)
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
+            saved.append((name, previous))
+    except BaseException:
+        # Nothing half-set outlives a refused environment.
+        set_env(reversed(saved))
+        raise
     return saved
 
 

@@ -249,3 +249,35 @@ async fn a_manager_places_resource_tasks_on_its_own_gpus() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_name_the_os_refuses_fails_the_task_not_the_worker() {
+    // A NUL byte cannot be in an environment variable; found by the worker-input fuzz target,
+    // where it killed the worker with a ValueError.
+    let executor = start(Executor::builder().workers(1).gpus(["g\0bad"]));
+    let echo = Function::from_source("def echo(x):\n    return x\n", "echo");
+    let refused = executor.submit_with(&echo, (1,), TaskOptions::new().gpus(1));
+    let error = tokio::time::timeout(LIMIT, refused.result::<i64>())
+        .await
+        .expect("within the limit")
+        .expect_err("the task cannot get that environment");
+    assert_eq!(error.code(), ErrorCode::ArgumentsUnpickle, "{error}");
+    assert!(error.to_string().contains("null"), "{error}");
+    // The same worker goes on: a plain task runs, and the environment was restored.
+    let check = Function::from_source(
+        "import os\ndef check(x):\n    return x, os.environ.get('CUDA_VISIBLE_DEVICES')\n",
+        "check",
+    );
+    let (value, devices): (i64, Option<String>) =
+        tokio::time::timeout(LIMIT, executor.submit(&check, (7,)).result())
+            .await
+            .expect("within the limit")
+            .expect("the worker still runs tasks");
+    assert_eq!(value, 7);
+    assert_eq!(devices, None);
+    assert_eq!(
+        executor.stats().await.workers_started,
+        1,
+        "the worker did not die"
+    );
+}
