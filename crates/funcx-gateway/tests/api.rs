@@ -79,16 +79,7 @@ async fn tasks_run_on_a_connected_endpoint_and_results_come_back_three_ways() {
             .unwrap()
             .expect("the stream stays open");
         buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let event: String = buffer.drain(..end + 2).collect();
-            if !event.contains("event: result") {
-                continue;
-            }
-            let data = event
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .expect("data line");
-            let view: Value = serde_json::from_str(data).unwrap();
+        for view in result_events(&mut buffer) {
             assert_eq!(view["state"], "succeeded");
             seen.insert(view["id"].as_u64().unwrap());
         }

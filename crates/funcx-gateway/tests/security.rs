@@ -5,7 +5,7 @@
 mod common;
 
 use common::process::{free_port, register_endpoint, temp_dir, write_config, GatewayProcess};
-use common::{config, start, ALICE, TIMEOUT};
+use common::{config, result_events, start, ALICE, TIMEOUT};
 use funcx_gateway::GatewayConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -342,24 +342,6 @@ async fn connections_past_max_connections_wait_for_one_to_close() {
     assert_eq!(&buf, b"HTTP/1.1 200");
 }
 
-/// The ids of the result events in `buffer`'s complete server-sent events (drained from it).
-fn result_ids(buffer: &mut String) -> Vec<u64> {
-    let mut ids = Vec::new();
-    while let Some(end) = buffer.find("\n\n") {
-        let event: String = buffer.drain(..end + 2).collect();
-        if !event.contains("event: result") {
-            continue;
-        }
-        let data = event
-            .lines()
-            .find_map(|l| l.strip_prefix("data: "))
-            .expect("a data line");
-        let view: Value = serde_json::from_str(data).expect("a task view");
-        ids.push(view["id"].as_u64().expect("a task id"));
-    }
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_stream_carries_only_its_users_results() {
     use common::BOB;
@@ -402,7 +384,11 @@ async fn a_result_stream_carries_only_its_users_results() {
             .expect("alice's stream")
             .expect("the stream stays open");
         buffer.push_str(&String::from_utf8_lossy(&chunk));
-        seen.extend(result_ids(&mut buffer));
+        seen.extend(
+            result_events(&mut buffer)
+                .iter()
+                .filter_map(|v| v["id"].as_u64()),
+        );
     }
     // Then Bob's own task runs. Results are published in the order they finish, so by the
     // time Bob's stream shows his, any of Alice's it was (wrongly) sent would be ahead of it.
@@ -421,7 +407,11 @@ async fn a_result_stream_carries_only_its_users_results() {
             .expect("bob's stream")
             .expect("the stream stays open");
         buffer.push_str(&String::from_utf8_lossy(&chunk));
-        bob_seen.extend(result_ids(&mut buffer));
+        bob_seen.extend(
+            result_events(&mut buffer)
+                .iter()
+                .filter_map(|v| v["id"].as_u64()),
+        );
     }
     assert_eq!(
         bob_seen,

@@ -233,3 +233,21 @@ pub fn ids(value: &Value) -> Vec<u64> {
         .map(|v| v.as_u64().unwrap())
         .collect()
 }
+
+/// The task views of the `result` events complete in `buffer`, the text read so far from a
+/// `GET /v1/results` stream of server-sent events; what they took is drained from it.
+pub fn result_events(buffer: &mut String) -> Vec<Value> {
+    let mut views = Vec::new();
+    while let Some(end) = buffer.find("\n\n") {
+        let event: String = buffer.drain(..end + 2).collect();
+        if !event.contains("event: result") {
+            continue;
+        }
+        let data = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .expect("a result event has a data line");
+        views.push(serde_json::from_str(data).expect("a result event's data is a task view"));
+    }
+    views
+}
