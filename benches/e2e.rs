@@ -4,12 +4,13 @@
 //!
 //! ```text
 //! cargo bench --bench e2e -- WORKLOAD... [--workers N] [--n N] [--managers M] [--slots S]
-//!     [--store FILE] [--pg URL] [--kills K]
+//!     [--store FILE] [--pg URL] [--kills K] [--seed S]
+//!     [--pace-ms MS]
 //! ```
 //!
 //! WORKLOAD is one of `startup`, `W1`, `W2`, `W3`, `W4`, `W1-tcp`, `W2-tcp`, `W3-tcp`,
-//! `W1-gw`, `W2-gw`, `W3-gw`, `gw-restart`, `W5`, `W6-tcp`, `scale` or `all` (everything but
-//! `scale`, `W5`, `W6-tcp` and the gateway workloads, which run only when asked). Each prints one
+//! `W1-gw`, `W2-gw`, `W3-gw`, `gw-restart`, `chaos`, `W5`, `W6-tcp`, `scale` or `all` (everything
+//! but `scale`, `W5`, `W6-tcp`, `chaos` and the gateway workloads, which run only when asked). Each prints one
 //! JSON line: `{"peer":"funcx","workload":..,"n":..,"seconds":..,"tasks_per_s":..,
 //! "p50_ms":..,"p99_ms":..,"mib_per_s_both_ways":..,"efficiency":..}` (null where a field
 //! does not apply; `scale` adds fields of its own). Every result is checked; a wrong one
@@ -96,8 +97,21 @@
 //!   `"tasks"`, `"gateway_kills"`, `"executions_over_1"` (tasks that ran more than once),
 //!   `"stored_twice"` (tasks with more than one record), `"lost"` (tasks without their
 //!   result). Target: 0, 0, 0. Run only when named.
+//! - `chaos`: the chaos soak of `chaos.rs`: n (default 100,000) tasks of mixed duration and
+//!   size through a gateway process, an endpoint process and `--managers` (default 3)
+//!   manager processes of `--workers` (default 2) Python workers, while a schedule seeded
+//!   by `--seed` (the first six actions are one of each kind) kills workers, managers, the endpoint and the gateway, freezes managers and
+//!   cuts the endpoint's connection at a relay. Fields `"tasks"`, `"lost"`, `"duplicated"`,
+//!   `"hung"`, `"wrong"`, `"failed_typed"`, `"seed"`, `"actions"`, `"errors"`,
+//!   `"gateway_peak_mib"`, `"endpoint_peak_mib"`. Target: lost, duplicated, hung and wrong
+//!   all 0; the bench exits with an error otherwise. Run only when named.
 
 use std::error::Error;
+
+/// The chaos soak (`chaos`), and the child processes it shares with `gw-restart`.
+mod chaos;
+
+use chaos::{GatewayChild, Xorshift, ENDPOINT_PROCESS, GATEWAY_PROCESS};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -162,7 +176,8 @@ struct Options {
     workloads: Vec<String>,
     workers: usize,
     n: Option<usize>,
-    managers: usize,
+    /// `--managers`: for `scale` (default 1,024) and `chaos` (default 3).
+    managers: Option<usize>,
     slots: usize,
     /// The gateway's redb file for the `-gw` workloads; `None` for a store in memory.
     store: Option<PathBuf>,
@@ -170,6 +185,10 @@ struct Options {
     kills: usize,
     /// `--pg URL`: the `-gw` workloads on a PostgreSQL store (feature `postgres`).
     pg: Option<String>,
+    /// `--seed`: the schedule of `chaos`.
+    seed: u64,
+    /// `--pace-ms`: the pause of `chaos` after each batch of submissions.
+    pace_ms: u64,
 }
 
 const ALL: [&str; 8] = [
@@ -191,11 +210,13 @@ fn parse_options() -> BoxResult<Options> {
         workloads: Vec::new(),
         workers: 2,
         n: None,
-        managers: 1024,
+        managers: None,
         slots: 256,
         store: None,
         kills: 10,
         pg: None,
+        seed: 0x6368_616f_735f_3031,
+        pace_ms: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -214,9 +235,11 @@ fn parse_options() -> BoxResult<Options> {
             "--bench" => {}
             "--workers" => options.workers = value("--workers")?,
             "--n" => options.n = Some(value("--n")?),
-            "--managers" => options.managers = value("--managers")?,
+            "--managers" => options.managers = Some(value("--managers")?),
             "--slots" => options.slots = value("--slots")?,
             "--kills" => options.kills = value("--kills")?,
+            "--seed" => options.seed = value("--seed")? as u64,
+            "--pace-ms" => options.pace_ms = value("--pace-ms")? as u64,
             "--pg" => options.pg = Some(args.next().ok_or("--pg needs a URL")?),
             "--store" => {
                 options.store = Some(args.next().ok_or("--store needs a file")?.into());
@@ -1049,24 +1072,6 @@ async fn w6_tcp(n: usize) -> BoxResult<Line> {
 
 // ---- gw-restart --------------------------------------------------------------------------
 
-/// The environment variable that makes this executable a gateway process (for `gw-restart`,
-/// which kills it): the value is the gateway's config file.
-const GATEWAY_PROCESS: &str = "FUNCX_BENCH_GATEWAY";
-
-/// Runs this executable as a gateway on the config file `path` until it is stopped.
-fn run_gateway_process(path: &str) -> BoxResult<()> {
-    let config = GatewayConfig::load(path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        let gateway = Gateway::start(config).await?;
-        gateway.serve_until_signalled(listener).await?;
-        Ok(())
-    })
-}
-
 /// The store `[store] postgres` of a benchmark's gateways: `url`, in a schema of
 /// `name` and this process's id, emptied first.
 #[cfg(feature = "postgres")]
@@ -1105,51 +1110,6 @@ mod pg {
 
     pub(super) async fn failover(_: usize, url: &str, _: usize) -> BoxResult<Line> {
         postgres_store(url, "").await.map(|_| Line::default())
-    }
-}
-
-/// A gateway process started from this executable, killed when dropped.
-struct GatewayChild(std::process::Child);
-
-impl GatewayChild {
-    fn start(config: &std::path::Path, address: SocketAddr) -> BoxResult<GatewayChild> {
-        let child = std::process::Command::new(std::env::current_exe()?)
-            .env(GATEWAY_PROCESS, config)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        let mut child = GatewayChild(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(address).is_err() {
-            if let Some(status) = child.0.try_wait()? {
-                return Err(format!("the gateway process exited at start: {status}").into());
-            }
-            if Instant::now() > deadline {
-                return Err("the gateway process did not start listening".into());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(child)
-    }
-}
-
-impl Drop for GatewayChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// xorshift64*: the seeded kill moments of `gw-restart`.
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
     }
 }
 
@@ -1272,10 +1232,10 @@ async fn gw_restart(workers: usize, n: usize, kills: usize) -> BoxResult<Line> {
     // Records, read back from the store once the last gateway stopped.
     if let Some(mut child) = gateway.take() {
         std::process::Command::new("kill")
-            .args(["-TERM", &child.0.id().to_string()])
+            .args(["-TERM", &child.0 .0.id().to_string()])
             .status()?;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while child.0.try_wait()?.is_none() && Instant::now() < deadline {
+        while child.0 .0.try_wait()?.is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -1321,7 +1281,11 @@ where
 fn main() -> BoxResult<()> {
     // gw-restart starts this executable again as its gateway process.
     if let Ok(config) = std::env::var(GATEWAY_PROCESS) {
-        return run_gateway_process(&config);
+        return chaos::run_gateway_process(&config);
+    }
+    // chaos starts this executable again as its endpoint process.
+    if let Ok(spec) = std::env::var(ENDPOINT_PROCESS) {
+        return chaos::run_endpoint_process(&spec);
     }
     // W6-tcp starts this executable again as its manager process.
     if let Some(status) = manager::run_if_manager() {
@@ -1383,6 +1347,31 @@ fn main() -> BoxResult<()> {
                     })
                     .await?
                 }
+                "chaos" => {
+                    let report = chaos::chaos(chaos::ChaosOptions {
+                        n: n.unwrap_or(100_000),
+                        seed: options.seed,
+                        managers: options.managers.unwrap_or(3),
+                        workers,
+                        pace: Duration::from_millis(options.pace_ms),
+                        grace: Duration::from_secs(120),
+                    })
+                    .await
+                    ?;
+                    let line = Line {
+                        workload: "chaos",
+                        n: report.tasks,
+                        seconds: report.seconds,
+                        tasks_per_s: Some(report.tasks as f64 / report.seconds),
+                        extra: report.fields(),
+                        ..Line::default()
+                    };
+                    line.print();
+                    if !report.clean() {
+                        return Err("chaos: tasks lost, duplicated, hung or wrong".into());
+                    }
+                    continue;
+                }
                 "gw-restart" => gw_restart(workers, n.unwrap_or(2_000), options.kills).await?,
                 "W1-gw-pg2" => pg::w1_pg2(workers, options.pg_url(), n.unwrap_or(20_000)).await?,
                 "failover-pg" => {
@@ -1426,11 +1415,13 @@ fn main() -> BoxResult<()> {
                     }
                     continue;
                 }
-                "scale" => scale(options.managers, options.slots, n.unwrap_or(1_000_000)).await?,
+                "scale" => scale(
+                    options.managers.unwrap_or(1024),
+                    options.slots, n.unwrap_or(1_000_000)).await?,
                 other => {
                     return Err(format!(
                         "unknown workload {other}; expected startup, W1, W2, W3, W4, W1-tcp, \
-                         W2-tcp, W3-tcp, W1-gw, W2-gw, W3-gw, W5, W6-tcp, scale or all"
+                         W2-tcp, W3-tcp, W1-gw, W2-gw, W3-gw, gw-restart, chaos, W5, W6-tcp, scale or all"
                     )
                     .into())
                 }
