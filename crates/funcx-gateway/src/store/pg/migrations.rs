@@ -1,0 +1,68 @@
+//! The PostgreSQL schema, as numbered migrations.
+
+/// The schema, one version at a time. A version is applied once, in one transaction with
+/// its row in `schema_migrations`; versions are never edited once released, only added.
+pub(super) const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
+    CREATE TABLE users (
+        name text PRIMARY KEY,
+        token_hash bytea NOT NULL UNIQUE
+    );
+    CREATE TABLE functions (
+        id bytea NOT NULL,
+        owner text NOT NULL,
+        record bytea NOT NULL,
+        PRIMARY KEY (id, owner)
+    );
+    CREATE TABLE endpoints (
+        id text PRIMARY KEY,
+        owner text NOT NULL,
+        record bytea NOT NULL
+    );
+    CREATE SEQUENCE task_ids;
+    CREATE TABLE tasks (
+        id bigint PRIMARY KEY,
+        owner text NOT NULL,
+        endpoint text NOT NULL,
+        function bytea NOT NULL,
+        args bytea NOT NULL,
+        timeout_ms bigint,
+        state bytea NOT NULL,
+        timeline bytea NOT NULL,
+        result bytea,
+        created timestamptz NOT NULL,
+        finished timestamptz,
+        claimed_by text,
+        lease_until timestamptz
+    );
+    CREATE INDEX tasks_by_owner ON tasks (owner, id);
+    CREATE INDEX tasks_unfinished ON tasks (endpoint, id) WHERE finished IS NULL;
+    CREATE INDEX tasks_by_finish ON tasks (finished) WHERE finished IS NOT NULL;
+    CREATE TABLE idempotency_keys (
+        owner text NOT NULL,
+        key text NOT NULL,
+        fingerprint bytea NOT NULL,
+        ids bigint[] NOT NULL,
+        created timestamptz NOT NULL,
+        PRIMARY KEY (owner, key)
+    );
+    CREATE INDEX keys_by_time ON idempotency_keys (created);
+    "#,
+    ),
+    (
+        2,
+        // What a claim reads: an endpoint's unfinished tasks whose lease is absent or over,
+        // without stepping over the ones held (a gateway holds thousands while they run).
+        r#"
+    CREATE INDEX tasks_claimable ON tasks
+        (endpoint, (COALESCE(lease_until, '-infinity'::timestamptz)))
+        WHERE finished IS NULL;
+    "#,
+    ),
+];
+
+/// The advisory lock that serializes migrations: gateways starting together on an empty
+/// database do not both create the tables.
+pub(super) const MIGRATION_LOCK: i64 = 0x6675_6e63_785f_6d69;

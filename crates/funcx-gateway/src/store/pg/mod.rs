@@ -1,0 +1,567 @@
+//! [`PgStore`]: the gateway's state in PostgreSQL, shared by several gateways.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use std::sync::{Arc, Mutex};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use funcx_core::{FunctionId, TaskState, Timeline};
+use tokio::sync::broadcast;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+
+mod fleet;
+mod listen;
+mod migrations;
+mod tasks;
+
+use self::migrations::{MIGRATIONS, MIGRATION_LOCK};
+use super::fleet::{Fleet, FleetEvent};
+use super::{
+    apply, decode, encode, new_record, page, EndpointRecord, Finished, FunctionRecord,
+    IdempotencyKey, Insertion, NewTask, StoreError, StoreFuture, TaskPage, TaskRecord, TaskStore,
+    TokenHash, UserRecord,
+};
+
+/// The columns of a task row, in the order [`task_of_row`] reads them.
+const TASK_COLUMNS: &str =
+    "id, owner, endpoint, function, args, timeout_ms, state, timeline, result, created, finished";
+
+/// How a [`PgStore`] connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgOptions {
+    /// A libpq-style URL or key/value string (`postgres://user:pass@host:5432/db`).
+    pub url: String,
+    /// The schema the tables live in (created if missing); `None` for the database's
+    /// default (`public`). Several deployments, or tests running in parallel, can share one
+    /// database this way.
+    pub schema: Option<String>,
+    /// The most connections the pool opens (default 16).
+    pub pool_size: usize,
+}
+
+impl PgOptions {
+    /// Options for `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> PgOptions {
+        PgOptions {
+            url: url.into(),
+            schema: None,
+            pool_size: 16,
+        }
+    }
+
+    /// Puts the tables in `schema`.
+    pub fn schema(mut self, schema: impl Into<String>) -> PgOptions {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// The parsed connection configuration, with the schema as the search path.
+    fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(&self.url)
+            .map_err(|e| StoreError::backend(format!("the PostgreSQL URL does not parse: {e}")))?;
+        if let Some(schema) = &self.schema {
+            check_schema(schema)?;
+            config.options(format!("-c search_path={schema}"));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("funcx-gateway");
+        }
+        config.connect_timeout(Duration::from_secs(10));
+        Ok(config)
+    }
+}
+
+/// Schema names are put into SQL text (`CREATE SCHEMA`, `search_path`): only plain
+/// identifiers are taken, so none needs quoting.
+fn check_schema(schema: &str) -> Result<(), StoreError> {
+    let plain = !schema.is_empty()
+        && schema.len() <= 48
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.as_bytes()[0].is_ascii_digit();
+    if plain {
+        Ok(())
+    } else {
+        Err(StoreError::backend(format!(
+            "schema {schema:?}: only lowercase letters, digits and '_' (not first), at most 48"
+        )))
+    }
+}
+
+/// A store in PostgreSQL, through a pool of [tokio-postgres] connections.
+///
+/// Every write is one transaction committed before its future resolves (PostgreSQL's
+/// commit waits for its WAL flush with the default `synchronous_commit`), so what the
+/// gateway acknowledged survives the gateway, and the database server, being killed.
+/// Several gateways can share one database: task ids come from a sequence, a finished
+/// task's result is written only if it has none (`UPDATE … WHERE result IS NULL`), and
+/// idempotency keys are a primary key, so two gateways never both create for one key.
+///
+/// The schema is created and migrated when the store is opened ([`PgStore::connect`]):
+/// table `schema_migrations` records the versions applied.
+///
+/// [tokio-postgres]: https://docs.rs/tokio-postgres
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: Pool,
+    /// How the listener connects (the pool's configuration).
+    config: tokio_postgres::Config,
+    /// This store's name in claims and notifications: random, one per process.
+    member: String,
+    /// The notification channels, per schema: deployments sharing a database do not hear
+    /// each other (`funcx_tasks_<schema>`, `funcx_results_<schema>`).
+    channels: Channels,
+    /// The listener's channel, once somebody subscribed.
+    listener: Arc<Mutex<Option<broadcast::Sender<FleetEvent>>>>,
+}
+
+#[derive(Clone, Debug)]
+struct Channels {
+    tasks: String,
+    results: String,
+}
+
+/// How many task ids one result notification names: a payload is at most 8,000 bytes.
+const IDS_PER_NOTIFICATION: usize = 400;
+
+fn pg(error: tokio_postgres::Error) -> StoreError {
+    // The server's own message (a constraint, a lost connection) says more than Display's
+    // "db error".
+    match error.as_db_error() {
+        Some(db) => StoreError::backend(format!("PostgreSQL: {db}")),
+        None => match std::error::Error::source(&error) {
+            Some(source) => StoreError::backend(format!("PostgreSQL: {error}: {source}")),
+            None => StoreError::backend(format!("PostgreSQL: {error}")),
+        },
+    }
+}
+
+/// Task ids are `u64` in the API and `bigint` in the table; the sequence starts at 1.
+fn id_to_sql(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+fn id_from_sql(id: i64) -> Result<u64, StoreError> {
+    u64::try_from(id).map_err(|_| StoreError::corrupt(format!("negative task id {id}")))
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn task_of_row(row: &Row) -> Result<(TaskRecord, usize), StoreError> {
+    let id: i64 = row.try_get(0).map_err(pg)?;
+    let id = id_from_sql(id)?;
+    let function: Vec<u8> = row.try_get(3).map_err(pg)?;
+    let function: [u8; 32] = function
+        .try_into()
+        .map_err(|_| StoreError::corrupt(format!("task {id}: a function id is 32 bytes")))?;
+    let args: Vec<u8> = row.try_get(4).map_err(pg)?;
+    let timeout: Option<i64> = row.try_get(5).map_err(pg)?;
+    let state: Vec<u8> = row.try_get(6).map_err(pg)?;
+    let timeline: Vec<u8> = row.try_get(7).map_err(pg)?;
+    let result: Option<Vec<u8>> = row.try_get(8).map_err(pg)?;
+    let size = args.len() + result.as_ref().map_or(0, Vec::len);
+    let record = TaskRecord {
+        id,
+        owner: row.try_get(1).map_err(pg)?,
+        endpoint: row.try_get(2).map_err(pg)?,
+        function: FunctionId::from_bytes(function),
+        args,
+        timeout: timeout.map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
+        state: decode::<TaskState>(&state)?,
+        timeline: decode::<Timeline>(&timeline)?,
+        result: result.as_deref().map(decode).transpose()?,
+        created: row.try_get(9).map_err(pg)?,
+        finished: row.try_get(10).map_err(pg)?,
+    };
+    Ok((record, size))
+}
+
+impl PgStore {
+    /// Connects to the database `url` names (with the default [`PgOptions`]) and brings its
+    /// schema up to date.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::connect_with(PgOptions::new(url)).await
+    }
+
+    /// Connects as `options` say and brings the schema up to date.
+    pub async fn connect_with(options: PgOptions) -> Result<PgStore, StoreError> {
+        let config = options.config()?;
+        if let Some(schema) = &options.schema {
+            // The pool's connections look in the schema; it must exist before they do.
+            let (client, connection) = config.connect(NoTls).await.map_err(pg)?;
+            let driver = tokio::spawn(connection);
+            let created = client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await;
+            drop(client);
+            let _ = driver.await;
+            if let Err(error) = created {
+                // Two stores creating one schema at once: the loser's unique violation
+                // means it exists, which is what was asked.
+                if error.code() != Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                    return Err(pg(error));
+                }
+            }
+        }
+        let schema = options.schema.as_deref().unwrap_or("public");
+        let channels = Channels {
+            tasks: format!("funcx_tasks_{schema}"),
+            results: format!("funcx_results_{schema}"),
+        };
+        let member = crate::auth::new_id()?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .build()
+            .map_err(StoreError::backend)?;
+        let store = PgStore {
+            pool,
+            config,
+            member,
+            channels,
+            listener: Arc::new(Mutex::new(None)),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Drops `options.schema` and everything in it (nothing if it does not exist): a
+    /// deployment taken down, or a test's schema emptied before it starts. Refuses to drop
+    /// the default schema (`options.schema` is `None`).
+    pub async fn drop_schema(options: &PgOptions) -> Result<(), StoreError> {
+        let Some(schema) = &options.schema else {
+            return Err(StoreError::backend(
+                "no schema named: the default one is not dropped",
+            ));
+        };
+        let config = options.config()?;
+        let (client, connection) = config.connect(NoTls).await.map_err(pg)?;
+        let driver = tokio::spawn(connection);
+        let dropped = client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await;
+        drop(client);
+        let _ = driver.await;
+        dropped.map_err(pg)
+    }
+
+    /// The schema versions applied, oldest first.
+    pub async fn schema_versions(&self) -> Result<Vec<i32>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT version FROM schema_migrations ORDER BY version",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(|row| row.try_get(0).map_err(pg)).collect()
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::backend(format!("no PostgreSQL connection: {e}")))
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY,
+                applied timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(pg)?;
+        let applied: Vec<i32> = tx
+            .query("SELECT version FROM schema_migrations", &[])
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|row| row.try_get(0).map_err(pg))
+            .collect::<Result<_, _>>()?;
+        let newest = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+        if let Some(unknown) = applied.iter().find(|v| **v > newest) {
+            return Err(StoreError::backend(format!(
+                "the database's schema is version {unknown}, newer than this gateway's {newest}: upgrade the gateway"
+            )));
+        }
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            tx.batch_execute(sql).await.map_err(pg)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await
+            .map_err(pg)?;
+            tracing::info!(version, "applied a schema migration");
+        }
+        tx.commit().await.map_err(pg)
+    }
+
+    fn run<'a, T: Send + 'a>(
+        &'a self,
+        f: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        Box::pin(f)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::listen::{finished_elsewhere, stored_elsewhere};
+    use super::*;
+
+    /// The test database (`scripts/infra/postgres-up.sh`), or `FUNCX_TEST_PG`.
+    pub(crate) fn test_url() -> String {
+        std::env::var("FUNCX_TEST_PG")
+            .unwrap_or_else(|_| "postgres://funcx:funcx@127.0.0.1:5432/funcx".into())
+    }
+
+    /// A store in a schema of its own, so that tests run in parallel on one database.
+    pub(crate) async fn fresh(name: &str) -> PgStore {
+        let options =
+            PgOptions::new(test_url()).schema(format!("test_{name}_{}", std::process::id()));
+        PgStore::drop_schema(&options)
+            .await
+            .expect("the test PostgreSQL (scripts/infra/postgres-up.sh) accepts connections");
+        PgStore::connect_with(options)
+            .await
+            .expect("open the test store")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keeps_the_store_contract() {
+        let store = fresh("contract").await;
+        super::super::tests::contract(&store).await;
+        assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migrations_run_once_and_a_newer_schema_is_refused() {
+        let store = fresh("migrations").await;
+        let options =
+            PgOptions::new(test_url()).schema(format!("test_migrations_{}", std::process::id()));
+        // Opened again (another gateway): nothing applied twice, the data is there.
+        store
+            .put_user(UserRecord {
+                name: "alice".into(),
+                token_hash: super::super::hash_token("a"),
+            })
+            .await
+            .unwrap();
+        let again = PgStore::connect_with(options.clone()).await.unwrap();
+        assert_eq!(again.schema_versions().await.unwrap(), vec![1, 2]);
+        assert_eq!(again.users().await.unwrap().len(), 1);
+        // A database migrated by a newer gateway is not written by this one.
+        let client = again.client().await.unwrap();
+        client
+            .execute("INSERT INTO schema_migrations (version) VALUES (999)", &[])
+            .await
+            .unwrap();
+        drop(client);
+        let error = PgStore::connect_with(options).await.unwrap_err();
+        assert!(error.to_string().contains("upgrade the gateway"), "{error}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_key_sent_twice_at_once_creates_once() {
+        let store = fresh("racing_keys").await;
+        let task = NewTask {
+            owner: "alice".into(),
+            endpoint: "e".into(),
+            function: funcx_core::Function::from_source("", "f").id(),
+            args: funcx_core::Args::new(),
+            timeout: Some(Duration::from_millis(1500)),
+        };
+        let tasks = vec![task.clone(), task];
+        let key = IdempotencyKey {
+            owner: "alice".into(),
+            key: "k".into(),
+            fingerprint: super::super::fingerprint(&tasks).unwrap(),
+        };
+        let now = SystemTime::now();
+        let sends = (0..8).map(|_| store.insert_tasks_once(key.clone(), tasks.clone(), now));
+        let answers = futures::future::join_all(sends).await;
+        let created: Vec<_> = answers
+            .iter()
+            .filter(|a| matches!(a, Ok(Insertion::Created(_))))
+            .collect();
+        assert_eq!(created.len(), 1, "{answers:?}");
+        let Ok(Insertion::Created(ids)) = created[0] else {
+            unreachable!()
+        };
+        for answer in &answers {
+            match answer {
+                Ok(Insertion::Created(got) | Insertion::Replayed(got)) => assert_eq!(got, ids),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(store.unfinished_tasks().await.unwrap().len(), 2);
+        let record = store.task(ids[0]).await.unwrap().unwrap();
+        assert_eq!(record.timeout, Some(Duration::from_millis(1500)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_gateways_racing_claim_each_task_once_and_leases_expire() {
+        let first = fresh("race").await;
+        let options =
+            PgOptions::new(test_url()).schema(format!("test_race_{}", std::process::id()));
+        let second = PgStore::connect_with(options).await.unwrap();
+        assert_ne!(first.member(), second.member());
+        let mut notes = second.subscribe();
+        let resync = tokio::time::timeout(Duration::from_secs(10), notes.recv()).await;
+        assert_eq!(resync.unwrap().unwrap(), FleetEvent::Resync);
+
+        let task = |endpoint: &str| NewTask {
+            owner: "alice".into(),
+            endpoint: endpoint.into(),
+            function: funcx_core::Function::from_source("", "f").id(),
+            args: funcx_core::Args::new(),
+            timeout: None,
+        };
+        let now = SystemTime::now();
+        let ids = first
+            .insert_tasks((0..500).map(|_| task("e")).collect(), now)
+            .await
+            .unwrap();
+        let other = first.insert_tasks(vec![task("other")], now).await.unwrap();
+        // The other gateway hears of the new tasks, per endpoint.
+        let mut heard = Vec::new();
+        while heard.len() < 2 {
+            let note = tokio::time::timeout(Duration::from_secs(10), notes.recv()).await;
+            heard.push(note.unwrap().unwrap());
+        }
+        assert_eq!(
+            heard,
+            vec![
+                FleetEvent::NewTasks("e".into()),
+                FleetEvent::NewTasks("other".into())
+            ]
+        );
+
+        // Both claim in small batches at once until nothing is left.
+        let lease = Duration::from_secs(60);
+        let drain = |store: PgStore| async move {
+            let mut got = Vec::new();
+            loop {
+                let claimed = store.claim("e", 7, lease).await.unwrap();
+                if claimed.is_empty() {
+                    return got;
+                }
+                got.extend(claimed.into_iter().map(|t| t.id));
+            }
+        };
+        let (a, b) = tokio::join!(drain(first.clone()), drain(second.clone()));
+        assert!(
+            !a.is_empty() && !b.is_empty(),
+            "both claimed: {} {}",
+            a.len(),
+            b.len()
+        );
+        let mut all: Vec<u64> = a.iter().chain(&b).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, ids, "every task claimed exactly once");
+
+        // The other endpoint's task is not claimed with these.
+        assert_eq!(
+            first.claim("other", 10, lease).await.unwrap()[0].id,
+            other[0]
+        );
+
+        // A finished task is never claimed again, and its result is announced to the other.
+        let outcome = Finished {
+            id: a[0],
+            result: Ok(funcx_core::Payload::pickle(&1i64).unwrap()),
+            timeline: Timeline::submitted_now(),
+        };
+        assert_eq!(first.finish(vec![outcome], now).await.unwrap().len(), 1);
+        let note = tokio::time::timeout(Duration::from_secs(10), notes.recv()).await;
+        assert_eq!(note.unwrap().unwrap(), FleetEvent::Finished(vec![a[0]]));
+        let read = second.tasks(vec![a[0], 999_999]).await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert!(read[0].result.is_some());
+
+        // Renewed claims hold; a claim left to expire is taken over by the other gateway.
+        assert_eq!(
+            first.renew(vec!["e".into()], lease).await.unwrap(),
+            a.len() as u64 - 1
+        );
+        assert!(second.claim("e", 1000, lease).await.unwrap().is_empty());
+        let short = Duration::from_millis(200);
+        assert_eq!(
+            first.renew(vec!["e".into()], short).await.unwrap(),
+            a.len() as u64 - 1
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut taken = Vec::new();
+        while taken.len() < a.len() - 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the lapsed claims were not taken over"
+            );
+            taken.extend(
+                second
+                    .claim("e", 1000, lease)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|t| t.id),
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        taken.sort_unstable();
+        assert_eq!(taken, a[1..].to_vec());
+    }
+
+    #[test]
+    fn result_notifications_name_their_sender() {
+        assert_eq!(finished_elsewhere("me 1,2", "me"), None);
+        assert_eq!(
+            finished_elsewhere("you 1,2,3", "me"),
+            Some(FleetEvent::Finished(vec![1, 2, 3]))
+        );
+        assert_eq!(finished_elsewhere("garbage", "me"), None);
+        assert_eq!(stored_elsewhere("me e1", "me"), None);
+        assert_eq!(
+            stored_elsewhere("you e1", "me"),
+            Some(FleetEvent::NewTasks("e1".into()))
+        );
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(check_schema("funcx_1").is_ok());
+        for bad in ["", "1a", "a;drop", "A", "a b", &"x".repeat(64)] {
+            assert!(check_schema(bad).is_err(), "{bad:?}");
+        }
+        let options = PgOptions::new("not a url ::");
+        assert!(options.config().is_err());
+        let default = PgOptions::new(test_url());
+        let refused = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(PgStore::drop_schema(&default));
+        assert!(refused.is_err());
+    }
+}
