@@ -68,7 +68,9 @@ pub struct EndpointStats {
     pub queued: usize,
     /// Tasks sent to workers and not finished.
     pub in_flight: usize,
-    /// Workers started since the endpoint started, replacements included.
+    /// Workers started since the endpoint started, replacements included. A worker counts
+    /// from its spawn's completion or its readiness, whichever comes first, so every worker
+    /// that [`crate::Executor::ready`] waited for is in it.
     pub workers_started: u64,
     /// Pools of workers attached from outside (remote managers).
     pub managers: usize,

@@ -100,6 +100,20 @@ async fn pid(executor: &Executor) -> u64 {
         .expect("pid() succeeds")
 }
 
+/// Kills a worker with a task that exits, then waits until its replacement is ready; the
+/// stats from then. The task's failure comes with its worker's exit, when the dispatcher
+/// has already begun the replacement, so `ready()` waits for it.
+async fn replace_a_worker(executor: &Executor) -> EndpointStats {
+    let error = within("exit(1)", executor.submit(&func("exit"), (1,)))
+        .await
+        .expect_err("exit(1) kills its worker");
+    assert!(error.is_worker_died(), "{error}");
+    within("the replacement", executor.ready())
+        .await
+        .expect("the replacement is ready");
+    executor.stats().await
+}
+
 async fn all_ok(handles: Vec<TaskHandle>) -> Vec<i64> {
     let mut values = Vec::with_capacity(handles.len());
     for handle in handles {
@@ -241,13 +255,11 @@ async fn map_yields_in_input_order_with_bounded_in_flight() {
 async fn task_that_kills_its_worker_fails_alone() {
     let sim = SimRuntime::new();
     let executor = started(2, &sim).await;
-    // Counted once both initial workers are in: a loaded machine may report ready workers
-    // before the count of started ones catches up.
-    let before = wait_stats(&executor, "both workers counted", |s| {
-        s.workers_started >= 2
-    })
-    .await
-    .workers_started;
+    let before = executor.stats().await.workers_started;
+    assert_eq!(
+        before, 2,
+        "both ready workers are counted once ready() returns"
+    );
     let echo = func("echo");
 
     let mut around: Vec<TaskHandle> = (0..20).map(|i| executor.submit(&echo, (i,))).collect();
@@ -267,11 +279,13 @@ async fn task_that_kills_its_worker_fails_alone() {
     let values = all_ok(around).await;
     assert!(values.iter().copied().eq(0..40));
 
-    // The pool keeps working on a replacement.
-    let stats = wait_stats(&executor, "a replacement worker", |s| {
-        s.ready_workers == 2 && s.workers_started > before
-    })
-    .await;
+    // The pool keeps working on a replacement, counted once (the killer's failure came
+    // with its worker's exit, so `ready()` waits for the replacement).
+    within("a replacement worker", executor.ready())
+        .await
+        .expect("the replacement starts");
+    let stats = executor.stats().await;
+    assert_eq!(stats.ready_workers, 2, "{stats:?}");
     assert_eq!(stats.workers_started, before + 1, "{stats:?}");
     let values = all_ok((0..50).map(|i| executor.submit(&echo, (i,))).collect()).await;
     assert!(values.iter().copied().eq(0..50));
@@ -387,6 +401,7 @@ async fn timeout_kills_and_replaces_the_worker() {
     let executor = started(1, &sim).await;
     let first_pid = pid(&executor).await;
     let before = executor.stats().await.workers_started;
+    assert_eq!(before, 1);
 
     let begun = Instant::now();
     let report = within(
@@ -410,7 +425,7 @@ async fn timeout_kills_and_replaces_the_worker() {
 
     let second_pid = pid(&executor).await;
     assert_ne!(first_pid, second_pid, "a fresh worker runs the next task");
-    assert!(executor.stats().await.workers_started > before);
+    assert_eq!(executor.stats().await.workers_started, before + 1);
     let values = all_ok(
         (0..10)
             .map(|i| executor.submit(&func("echo"), (i,)))
@@ -477,10 +492,18 @@ async fn cancel_queued_and_running_tasks() {
         .expect_err("cancelled");
     assert!(error.is_cancelled(), "{error}");
     assert!(begun.elapsed() < Duration::from_secs(5));
-    wait_stats(&executor, "a replacement worker", |s| {
-        s.ready_workers == 1 && s.workers_started > before
+    // Its handle hears of the cancel at once; the dispatcher forgets the task when the
+    // killed worker's exit comes in, and replaces the worker then.
+    wait_status(&executor, long_id, "the killed worker's exit", |s| {
+        s.is_none()
     })
     .await;
+    within("the replacement", executor.ready())
+        .await
+        .expect("the replacement starts");
+    let stats = executor.stats().await;
+    assert_eq!(stats.ready_workers, 1, "{stats:?}");
+    assert_eq!(stats.workers_started, before + 1, "{stats:?}");
 
     let values = all_ok(
         (0..10)
@@ -994,6 +1017,7 @@ async fn ready_reported_before_the_spawn_resolves_is_not_lost() {
         ..SimConfig::default()
     });
     let executor = started(3, &sim).await;
+    assert_eq!(executor.stats().await.workers_started, 3);
     let values = all_ok(
         (0..30)
             .map(|i| executor.submit(&func("echo"), (i,)))
@@ -1002,15 +1026,49 @@ async fn ready_reported_before_the_spawn_resolves_is_not_lost() {
     .await;
     assert!(values.iter().copied().eq(0..30));
     // Replacements go through the same path.
-    let error = within("exit", executor.submit(&func("exit"), (1,)))
-        .await
-        .expect_err("dies");
-    assert!(error.is_worker_died(), "{error}");
-    wait_stats(&executor, "the replacement", |s| {
-        s.ready_workers == 3 && s.workers_started == 4
-    })
-    .await;
-    within("ready", executor.ready()).await.expect("ready");
+    let stats = replace_a_worker(&executor).await;
+    assert_eq!(
+        (stats.ready_workers, stats.workers_started),
+        (3, 4),
+        "{stats:?}"
+    );
+    within("shutdown", executor.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_ready_before_its_spawn_resolves_is_counted_once() {
+    // Every spawn reports Ready and then waits for a permit: the dispatcher hears of the
+    // Ready first, and of the spawn's completion only when the test lets it.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let sim = SimRuntime::with_config(SimConfig {
+        ready_in_spawn: true,
+        spawn_release: Some(Arc::clone(&release)),
+        ..SimConfig::default()
+    });
+    let executor = started(1, &sim).await;
+    let stats = executor.stats().await;
+    assert_eq!(sim.spawned(), 1);
+    assert_eq!(
+        (stats.ready_workers, stats.workers_started),
+        (1, 1),
+        "counted at its Ready, its spawn still held: {stats:?}"
+    );
+
+    // The spawn completes: the worker gets tasks (it needs its handle for that), and is
+    // not counted again.
+    release.add_permits(1);
+    assert_eq!(pid(&executor).await, 1);
+    assert_eq!(executor.stats().await.workers_started, 1);
+
+    // A replacement goes the same way, and is counted once too.
+    let stats = replace_a_worker(&executor).await;
+    assert_eq!(sim.spawned(), 2);
+    assert_eq!(stats.workers_started, 2, "{stats:?}");
+    release.add_permits(1);
+    assert_eq!(pid(&executor).await, 2);
+    assert_eq!(executor.stats().await.workers_started, 2);
+
+    release.close();
     within("shutdown", executor.shutdown()).await;
 }
 

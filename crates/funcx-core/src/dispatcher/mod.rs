@@ -719,7 +719,9 @@ impl Dispatcher {
         };
         match result {
             Ok(worker) => {
-                self.workers_started += 1;
+                if slot.count_started() {
+                    self.workers_started += 1;
+                }
                 slot.worker = Some(worker);
                 // The worker may have reported Ready already: its events channel is not
                 // ordered with the spawn's completion.
@@ -767,6 +769,11 @@ impl Dispatcher {
                 let slot = &mut self.slots[index];
                 // Spawning: Ready overtook the spawn's completion (see `on_spawned`).
                 if matches!(slot.phase, Phase::Starting | Phase::Spawning) {
+                    // Counted before the ready waiters hear of it: whoever `ready()` let go
+                    // sees this worker in the stats, even while its spawn is still resolving.
+                    if slot.count_started() {
+                        self.workers_started += 1;
+                    }
                     slot.phase = Phase::Ready;
                     slot.startup_failures = 0;
                     self.broken = None;

@@ -140,6 +140,10 @@ pub(super) struct Slot {
     /// What this worker has reserved of the machine while it holds tasks (the endpoint's
     /// own workers only; pools never hold one).
     pub(super) grant: Option<Grant>,
+    /// Whether this slot's current worker is in the count of workers started. Its spawn's
+    /// completion and its `Ready` arrive on separate channels in either order; the first
+    /// counts it, so a worker that is ready is always counted, and only once.
+    counted: bool,
 }
 
 impl Slot {
@@ -159,6 +163,7 @@ impl Slot {
             kill: None,
             startup_failures: 0,
             grant: None,
+            counted: false,
         }
     }
 
@@ -200,6 +205,12 @@ impl Slot {
         let failures = self.startup_failures;
         *self = Slot::new(self.index, id);
         self.startup_failures = failures;
+    }
+
+    /// Marks the current worker as started; true the first time for this worker (a
+    /// replacement, through [`Slot::renew`], starts uncounted).
+    pub(super) fn count_started(&mut self) -> bool {
+        !std::mem::replace(&mut self.counted, true)
     }
 
     /// Marks `key` as sent to this worker; true if it was not known before.

@@ -35,7 +35,7 @@ use funcx_core::{
     Function, Payload, PythonException, SpawnError, TaskError, TaskId, WorkerExit, WorkerRuntime,
 };
 use futures::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 /// A function the simulated workers understand (its body is irrelevant).
@@ -57,6 +57,10 @@ pub struct SimConfig {
     /// Workers report `Ready` from inside `spawn`, before the spawn future resolves (a
     /// runtime whose spawn waits for a handshake does this).
     pub ready_in_spawn: bool,
+    /// Each successful spawn takes a permit from this semaphore before it resolves (after
+    /// its `Ready`, with `ready_in_spawn`), so a test decides when the dispatcher learns
+    /// that a spawn completed.
+    pub spawn_release: Option<Arc<Semaphore>>,
     /// Workers ignore `ToWorker::Shutdown` (a worker stuck in user code), so only the
     /// shutdown grace period's kill ends them.
     pub ignore_shutdown: bool,
@@ -177,6 +181,12 @@ impl WorkerRuntime for SimRuntime {
             });
             let announced = shared.config.ready_in_spawn && gate.send(WorkerEvent::Ready);
             let task = tokio::spawn(run_worker(Arc::clone(&gate), rx, announced));
+            if let Some(release) = &shared.config.spawn_release {
+                // A closed semaphore releases every spawn: nothing is held back any more.
+                if let Ok(permit) = release.acquire().await {
+                    permit.forget();
+                }
+            }
             Ok(Box::new(SimWorker { tx, gate, task }) as Box<dyn Worker>)
         })
     }
