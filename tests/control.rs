@@ -144,6 +144,20 @@ async fn cancelling_a_running_task_kills_its_worker() {
     executor.cancel(id);
     let err = within(Duration::from_secs(10), handle).await.unwrap_err();
     assert!(err.is_cancelled(), "{err}");
+    // Forgotten once its killed worker's exit is in, when the replacement is on its way.
+    common::wait_until(HANG, "the second cancelled task forgotten", || async {
+        executor.status(id).await.is_none()
+    })
+    .await;
+    within(HANG, executor.ready())
+        .await
+        .expect("both slots ready again");
+    let stats = executor.stats().await;
+    assert_eq!(stats.ready_workers, 2, "{stats:?}");
+    assert_eq!(
+        stats.workers_started, 4,
+        "two at the start, one replacement per cancelled running task: {stats:?}"
+    );
 
     // Cancelling a finished task changes nothing.
     let done = executor.submit(&echo(), (5,));
@@ -154,7 +168,10 @@ async fn cancelling_a_running_task_kills_its_worker() {
 
     assert_pool_works(&executor, 100).await;
     let stats = executor.stats().await;
-    assert!(stats.workers_started >= 4, "{stats:?}");
+    assert_eq!(
+        stats.workers_started, 4,
+        "no worker killed since: {stats:?}"
+    );
     executor.shutdown().await;
 }
 
