@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,10 +98,14 @@ pub struct ChaosReport {
     pub actions: Vec<(&'static str, usize)>,
     /// Error codes of the tasks counted in `lost` and `failed_typed`.
     pub errors: Vec<(String, usize)>,
+    /// Tasks with more than one record in the gateway's store, read back after the run.
+    pub stored_twice: usize,
     /// Peak VmHWM of any gateway process, in MiB.
     pub gateway_peak_mib: f64,
     /// Peak VmHWM of any endpoint process, in MiB.
     pub endpoint_peak_mib: f64,
+    /// VmRSS of the last gateway process at the end of the run, in MiB.
+    pub gateway_rss_end_mib: f64,
     /// Wall time of the whole run.
     pub seconds: f64,
 }
@@ -134,7 +138,12 @@ impl ChaosReport {
                 ),
             ),
             ("errors", object(self.errors.clone())),
+            ("stored_twice", self.stored_twice.to_string()),
             ("gateway_peak_mib", format!("{:.1}", self.gateway_peak_mib)),
+            (
+                "gateway_rss_end_mib",
+                format!("{:.1}", self.gateway_rss_end_mib),
+            ),
             (
                 "endpoint_peak_mib",
                 format!("{:.1}", self.endpoint_peak_mib),
@@ -144,7 +153,11 @@ impl ChaosReport {
 
     /// True when nothing was lost, duplicated, hung or wrong.
     pub fn clean(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.hung == 0 && self.wrong == 0
+        self.lost == 0
+            && self.duplicated == 0
+            && self.hung == 0
+            && self.wrong == 0
+            && self.stored_twice == 0
     }
 }
 
@@ -215,6 +228,33 @@ impl GatewayChild {
         }
         Ok(GatewayChild(child))
     }
+
+    /// Stops it with `SIGTERM`, waiting up to `bound` for it to exit (then it is killed).
+    pub fn stop(mut self, bound: Duration) {
+        signal(self.0.pid(), "TERM");
+        let deadline = Instant::now() + bound;
+        while matches!(self.0 .0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// How many task records the redb store at `path` holds for each first argument (an
+/// `i64`): more than one is a task stored twice. Read once its gateway has stopped.
+pub async fn stored_per_task(path: &Path) -> Result<HashMap<i64, usize>, BoxError> {
+    let store = funcx_gateway::store::RedbStore::open(path)?;
+    let mut stored = HashMap::<i64, usize>::new();
+    let mut task = 1;
+    while let Some(record) = funcx_gateway::store::TaskStore::task(&store, task).await? {
+        let args = record.decode_args()?;
+        let first = args
+            .positional()
+            .first()
+            .ok_or(format!("task {task} was stored without arguments"))?;
+        *stored.entry(first.decode::<i64>()?).or_default() += 1;
+        task += 1;
+    }
+    Ok(stored)
 }
 
 /// Runs this executable as a gateway on the config file `path` until it is stopped.
@@ -347,13 +387,13 @@ fn children(parent: u32) -> Vec<u32> {
         .collect()
 }
 
-/// VmHWM of `pid` in KiB, 0 when it cannot be read.
-fn hwm_kib(pid: u32) -> f64 {
+/// The field `label` (`VmHWM:`, `VmRSS:`) of `pid`'s status in KiB, 0 when it cannot be read.
+fn status_kib(pid: u32, label: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-            line["VmHWM:".len()..]
+            let line = status.lines().find(|l| l.starts_with(label))?;
+            line[label.len()..]
                 .trim()
                 .trim_end_matches("kB")
                 .trim()
@@ -453,10 +493,10 @@ impl Cluster {
 
     fn sample_memory(&mut self) {
         if let Some(gateway) = &self.gateway {
-            self.gateway_peak = self.gateway_peak.max(hwm_kib(gateway.0.pid()));
+            self.gateway_peak = self.gateway_peak.max(status_kib(gateway.0.pid(), "VmHWM:"));
         }
         if let Some(endpoint) = &self.endpoint {
-            self.endpoint_peak = self.endpoint_peak.max(hwm_kib(endpoint.pid()));
+            self.endpoint_peak = self.endpoint_peak.max(status_kib(endpoint.pid(), "VmHWM:"));
         }
     }
 
@@ -579,15 +619,17 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
         ..Tally::default()
     }));
     let (give_up, giving_up) = watch::channel(false);
-    let resolved = Arc::new(AtomicU64::new(0));
+    // Set once the last task was submitted: the chaos stops there, and the grace period
+    // bounds the wait for what is left, so that a hung task cannot keep the chaos going.
+    let submitted = Arc::new(AtomicBool::new(false));
     // Submit in batches, with a bounded number outstanding, each batch's results consumed
     // by a task of its own.
     let submitter = {
         let executor = executor.clone();
         let tally = tally.clone();
-        let resolved = resolved.clone();
         let n = options.n;
         let pace = options.pace;
+        let submitted = submitted.clone();
         let mut shapes = Xorshift(options.seed ^ 0x5eed_5eed_5eed_5eed);
         tokio::spawn(async move {
             let mut consumers = tokio::task::JoinSet::new();
@@ -602,7 +644,6 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
                     .collect();
                 let handles = executor.submit_batch(&function, args.clone());
                 let tally = tally.clone();
-                let resolved = resolved.clone();
                 let mut giving_up = giving_up.clone();
                 consumers.spawn(async move {
                     for ((i, size, _), handle) in args.into_iter().zip(handles) {
@@ -610,7 +651,6 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
                             outcome = handle.result::<(i64, ByteBuf)>() => outcome,
                             _ = giving_up.wait_for(|over| *over) => return,
                         };
-                        resolved.fetch_add(1, Ordering::Relaxed);
                         let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
                         let index = i as usize;
                         tally.resolutions[index] = tally.resolutions[index].saturating_add(1);
@@ -648,6 +688,7 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
                     let _ = consumers.join_next().await;
                 }
             }
+            submitted.store(true, Ordering::Relaxed);
             while consumers.join_next().await.is_some() {}
         })
     };
@@ -660,9 +701,9 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
     }
     let mut counts = [0usize; ACTIONS.len()];
     let mut step = 0;
-    while !submitter.is_finished() {
+    while !submitted.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(2_500))).await;
-        if submitter.is_finished() {
+        if submitted.load(Ordering::Relaxed) {
             break;
         }
         let (action, target, millis) = pick(&mut rng, step, &first, options.managers);
@@ -692,7 +733,19 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
     let seconds = started.elapsed().as_secs_f64();
     let gateway_peak_mib = cluster.gateway_peak / 1024.0;
     let endpoint_peak_mib = cluster.endpoint_peak / 1024.0;
+    let gateway_rss_end_mib = cluster
+        .gateway
+        .as_ref()
+        .map_or(0.0, |g| status_kib(g.0.pid(), "VmRSS:") / 1024.0);
+    if let Some(gateway) = cluster.gateway.take() {
+        gateway.stop(Duration::from_secs(20));
+    }
     drop(cluster);
+    let stored_twice = stored_per_task(&dir.join("gateway.redb"))
+        .await?
+        .values()
+        .filter(|count| **count > 1)
+        .count();
     let _ = std::fs::remove_dir_all(&dir);
 
     let tally = tally.lock().unwrap_or_else(|p| p.into_inner());
@@ -708,7 +761,9 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
         seed: options.seed,
         actions: ACTIONS.iter().copied().zip(counts).collect(),
         errors,
+        stored_twice,
         gateway_peak_mib,
+        gateway_rss_end_mib,
         endpoint_peak_mib,
         seconds,
     })

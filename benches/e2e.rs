@@ -103,8 +103,9 @@
 //!   by `--seed` (the first six actions are one of each kind) kills workers, managers, the endpoint and the gateway, freezes managers and
 //!   cuts the endpoint's connection at a relay. Fields `"tasks"`, `"lost"`, `"duplicated"`,
 //!   `"hung"`, `"wrong"`, `"failed_typed"`, `"seed"`, `"actions"`, `"errors"`,
-//!   `"gateway_peak_mib"`, `"endpoint_peak_mib"`. Target: lost, duplicated, hung and wrong
-//!   all 0; the bench exits with an error otherwise. Run only when named.
+//!   `"stored_twice"` (the gateway's store read back), `"gateway_peak_mib"`,
+//!   `"gateway_rss_end_mib"`, `"endpoint_peak_mib"`. Target: lost, duplicated, hung, wrong
+//!   and stored_twice all 0; the bench exits with an error otherwise. Run only when named.
 
 use std::error::Error;
 
@@ -1230,25 +1231,11 @@ async fn gw_restart(workers: usize, n: usize, kills: usize) -> BoxResult<Line> {
         }
     }
     // Records, read back from the store once the last gateway stopped.
-    if let Some(mut child) = gateway.take() {
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.0 .0.id().to_string()])
-            .status()?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while child.0 .0.try_wait()?.is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    if let Some(child) = gateway.take() {
+        child.stop(Duration::from_secs(20));
     }
-    let store = funcx_gateway::store::RedbStore::open(dir.join("gateway.redb"))?;
-    let mut stored = std::collections::HashMap::<i64, usize>::new();
-    let mut task = 1;
-    while let Some(record) = funcx_gateway::store::TaskStore::task(&store, task).await? {
-        let arg: i64 = record.decode_args()?.positional()[0].decode()?;
-        *stored.entry(arg).or_default() += 1;
-        task += 1;
-    }
+    let stored = chaos::stored_per_task(&dir.join("gateway.redb")).await?;
     let stored_twice = stored.values().filter(|count| **count > 1).count();
-    drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Line {
         workload: "gw-restart",
