@@ -55,7 +55,7 @@ pub(crate) struct Shared {
     /// The TLS configuration from `[tls]`, loaded at start so that a bad certificate or key
     /// stops the gateway there rather than at its first connection.
     #[cfg(feature = "tls")]
-    tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     endpoints: Mutex<HashMap<String, Arc<EndpointRuntime>>>,
     /// Gateway task id → the endpoint and the executor-side id of its current run.
     running: Mutex<HashMap<u64, (String, TaskId)>>,
@@ -287,114 +287,6 @@ impl Gateway {
             None => router,
         };
         router
-    }
-
-    /// Serves the API (and the endpoints' connections) on `listener` until the future is
-    /// dropped or the listener fails: HTTPS when the configuration has a `[tls]` table,
-    /// plain HTTP otherwise.
-    pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        self.serve_with(listener, std::future::pending()).await
-    }
-
-    /// Serves until `stop` resolves, then stops accepting and waits for the connections
-    /// under way (result streams end when the gateway is closing).
-    async fn serve_with(
-        &self,
-        listener: tokio::net::TcpListener,
-        stop: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
-        let limits = crate::serve::Limits {
-            max_connections: self.inner.config.max_connections,
-            header_read_timeout: Duration::from_secs(self.inner.config.header_read_timeout_secs),
-        };
-        #[cfg(feature = "tls")]
-        if let Some(config) = &self.inner.tls {
-            // The TLS listener sets TCP_NODELAY itself, before the handshake.
-            let listener = crate::tls::TlsListener::new(listener, config.clone());
-            crate::serve::serve(listener, self.router(), limits, stop).await;
-            return Ok(());
-        }
-        // Without TCP_NODELAY, Nagle's algorithm meets the client's delayed ACK and a lone
-        // small response waits ~40 ms: a single round trip cost 41 ms before this.
-        let listener = listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::warn!(%error, "could not set TCP_NODELAY on a gateway connection");
-            }
-        });
-        crate::serve::serve(listener, self.router(), limits, stop).await;
-        Ok(())
-    }
-
-    /// Serves like [`Gateway::serve`] until `stop` resolves, then stops gracefully: no new
-    /// connections, requests under way finish (a submission being stored is answered),
-    /// result streams end (clients reconnect with back-off, to this gateway's successor),
-    /// and the store is closed cleanly ([`Gateway::close`]). Endpoint connections close with
-    /// the process; endpoints reconnect and resume their sessions with the next run.
-    ///
-    /// It does not bound the time itself: the `funcx-gateway` binary gives up after
-    /// [`GatewayConfig::shutdown_grace`].
-    pub async fn serve_until(
-        &self,
-        listener: tokio::net::TcpListener,
-        stop: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), GatewayError> {
-        let closing = self.inner.closing.clone();
-        let stop = async move {
-            stop.await;
-            info!("stopping: no new connections; closing result streams");
-            closing.send_replace(true);
-        };
-        self.serve_with(listener, stop).await?;
-        self.close().await
-    }
-
-    /// Serves until the process gets `SIGTERM` or `SIGINT` (Ctrl-C), then stops gracefully
-    /// ([`Gateway::serve_until`]) within [`GatewayConfig::shutdown_grace`]; a second
-    /// signal ends the process at once (exit status 130). For a program's `main`: the
-    /// `funcx-gateway` binary and `examples/gateway.rs` are this.
-    pub async fn serve_until_signalled(
-        &self,
-        listener: tokio::net::TcpListener,
-    ) -> Result<(), GatewayError> {
-        let grace = self.inner.config.shutdown_grace();
-        let (signalled, stopping) = tokio::sync::oneshot::channel();
-        let stop = async move {
-            crate::signal::stop_signal().await;
-            let _ = signalled.send(());
-        };
-        let serving = self.serve_until(listener, stop);
-        tokio::pin!(serving);
-        tokio::select! {
-            served = &mut serving => return served,
-            Ok(()) = stopping => {}
-        }
-        tokio::time::timeout(grace, serving)
-            .await
-            .map_err(|_| GatewayError::StopTimedOut(grace))?
-    }
-
-    /// Stops the gateway's own work and closes the store cleanly: result streams end, and
-    /// the store waits for the writes under way. Every result already acknowledged to an
-    /// endpoint is in the store; others stay with their endpoint until the next run.
-    pub async fn close(&self) -> Result<(), GatewayError> {
-        self.inner.closing.send_replace(true);
-        self.inner.store.close().await?;
-        info!("the store is closed");
-        Ok(())
-    }
-
-    /// Whether [`Gateway::serve`] serves HTTPS (the configuration has a `[tls]` table).
-    pub fn is_tls(&self) -> bool {
-        self.inner.config.tls.is_some()
-    }
-
-    /// Binds the configured address and serves the API on it; see [`Gateway::serve`].
-    pub async fn bind_and_serve(&self) -> Result<(), GatewayError> {
-        let listener = tokio::net::TcpListener::bind(self.inner.config.listen).await?;
-        let scheme = if self.is_tls() { "https" } else { "http" };
-        info!(address = %listener.local_addr()?, scheme, "gateway listening");
-        Ok(self.serve(listener).await?)
     }
 
     /// The gateway side of endpoint `id`, created on first use.
