@@ -156,7 +156,7 @@ impl Gateway {
     /// the process; endpoints reconnect and resume their sessions with the next run.
     ///
     /// It does not bound the time itself: the `funcx-gateway` binary gives up after
-    /// [`GatewayConfig::shutdown_grace`].
+    /// [`GatewayConfig::shutdown_grace`](crate::GatewayConfig::shutdown_grace).
     pub async fn serve_until(
         &self,
         listener: tokio::net::TcpListener,
@@ -173,7 +173,7 @@ impl Gateway {
     }
 
     /// Serves until the process gets `SIGTERM` or `SIGINT` (Ctrl-C), then stops gracefully
-    /// ([`Gateway::serve_until`]) within [`GatewayConfig::shutdown_grace`]; a second
+    /// ([`Gateway::serve_until`]) within [`GatewayConfig::shutdown_grace`](crate::GatewayConfig::shutdown_grace); a second
     /// signal ends the process at once (exit status 130). For a program's `main`: the
     /// `funcx-gateway` binary and `examples/gateway.rs` are this.
     pub async fn serve_until_signalled(
