@@ -1,25 +1,21 @@
 //! The short pass of every fuzz target that the test command runs: the corpus and 20,000
-//! mutated inputs each (a different seed every day, printed, so that CI explores over time
-//! and any finding is reproducible). The long campaigns are in FUZZING.md.
+//! mutated inputs each, from a fixed seed (`FUNCX_FUZZ_SEED` picks another). The long
+//! campaigns are in FUZZING.md.
 
 #[global_allocator]
 static ALLOCATOR: funcx_fuzz::alloc::Counting = funcx_fuzz::alloc::Counting;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use funcx_fuzz::campaign::{run, Options};
 use funcx_fuzz::targets;
 
 fn seed() -> u64 {
-    match std::env::var("FUNCX_FUZZ_SEED") {
-        Ok(seed) => seed.parse().expect("FUNCX_FUZZ_SEED is a number"),
-        Err(_) => {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(1, |d| d.as_secs())
-                / 86_400
-        }
-    }
+    // Fixed, so that the test command gives the same verdict on every run; set
+    // FUNCX_FUZZ_SEED to explore other inputs (the long campaigns are in FUZZING.md).
+    std::env::var("FUNCX_FUZZ_SEED")
+        .map(|seed| seed.parse().expect("FUNCX_FUZZ_SEED is a number"))
+        .unwrap_or(20_261_202)
 }
 
 fn short(name: &str) {
