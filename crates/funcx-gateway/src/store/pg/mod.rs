@@ -459,19 +459,21 @@ pub(crate) mod tests {
             ]
         );
 
-        // Both claim in small batches at once until nothing is left.
+        // Both claim in small batches at once, round after round, until nothing is left:
+        // each round's two claims are in flight together, so they race for the same rows.
         let lease = Duration::from_secs(60);
-        let drain = |store: PgStore| async move {
-            let mut got = Vec::new();
-            loop {
-                let claimed = store.claim("e", 7, lease).await.unwrap();
-                if claimed.is_empty() {
-                    return got;
-                }
-                got.extend(claimed.into_iter().map(|t| t.id));
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        loop {
+            let (ca, cb) = tokio::join!(first.claim("e", 7, lease), second.claim("e", 7, lease));
+            let (ca, cb) = (ca.unwrap(), cb.unwrap());
+            if ca.is_empty() && cb.is_empty() {
+                break;
             }
-        };
-        let (a, b) = tokio::join!(drain(first.clone()), drain(second.clone()));
+            a.extend(ca.into_iter().map(|t| t.id));
+            b.extend(cb.into_iter().map(|t| t.id));
+        }
+        // With 500 tasks and 7 a claim, each side's first claim finds tasks left whatever the
+        // order the two commit in.
         assert!(
             !a.is_empty() && !b.is_empty(),
             "both claimed: {} {}",
