@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::proc::{alive, tree};
+use common::proc::{alive, pids, tree};
 use common::processes::{configure_local as configure, run, text, ALICE};
 use common::{init_tracing, wait_until, within, TempDir, HANG};
 use funcx::client::RemoteExecutor;
@@ -25,15 +25,8 @@ fn json(home: &str, args: &[&str]) -> serde_json::Value {
 fn processes_of_home(home: &str) -> Vec<u32> {
     let needle = format!("FUNCX_HOME={home}");
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+    for (pid, dir) in pids() {
+        let environ = std::fs::read(dir.join("environ")).unwrap_or_default();
         if environ
             .split(|&b| b == 0)
             .any(|var| var == needle.as_bytes())

@@ -1,17 +1,22 @@
 //! What `/proc` tells about processes: whether one still runs, and who its children are.
 
+/// Every process's pid, with its directory under `/proc`.
+pub fn pids() -> impl Iterator<Item = (u32, std::path::PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((pid, entry.path()))
+        })
+}
+
 /// `(pid, ppid)` of every process.
 pub fn process_table() -> Vec<(u32, u32)> {
     let mut table = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+    for (pid, dir) in pids() {
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
         // `pid (comm) state ppid ...`; comm may hold spaces, so split after the last ')'.
         let ppid = stat
             .rsplit_once(')')
