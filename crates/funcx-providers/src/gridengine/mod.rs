@@ -308,6 +308,15 @@ impl GridEngineProvider {
                      a job of this cluster)"
                 )));
             }
+            // A cluster's first job ends before Grid Engine has created the accounting file.
+            if said.contains("No such file or directory") {
+                return Ok(BlockState::Unknown(format!(
+                    "Grid Engine job {id} is not queued or running, and `qacct` has no \
+                     accounting file to look in (yet: Grid Engine creates it when the first job's \
+                     record is written; or never: accounting is off on this cluster): {}",
+                    said.trim()
+                )));
+            }
             return Err(output.failure(&command));
         }
         match parse_qacct(&output.stdout) {
@@ -631,6 +640,30 @@ mod tests {
         };
         assert!(reason.contains("no record"), "{reason}");
         assert_eq!(state_of(&provider, "999"), BlockState::Completed);
+    }
+
+    #[test]
+    fn an_accounting_file_not_yet_created_is_unknown_not_an_error() {
+        let mut runner = MockRunner::new();
+        expect(&mut runner, "qstat", &["-xml"], ok(QSTAT_EMPTY));
+        expect(
+            &mut runner,
+            "qacct",
+            &["-j", "1"],
+            failed(
+                1,
+                "",
+                "/var/lib/gridengine/default/common/accounting: No such file or directory\n",
+            ),
+        );
+        expect(&mut runner, "qstat", &["-xml"], ok(QSTAT_EMPTY));
+        expect(&mut runner, "qacct", &["-j", "1"], ok(QACCT_EXIT3));
+        let provider = provider(runner);
+        let BlockState::Unknown(reason) = state_of(&provider, "1") else {
+            panic!("not unknown");
+        };
+        assert!(reason.contains("no accounting file"), "{reason}");
+        assert!(matches!(state_of(&provider, "1"), BlockState::Failed(_)));
     }
 
     #[test]
