@@ -4,9 +4,10 @@
 //! cargo run --release -p funcx-transport --example tcp_throughput
 //! ```
 
+use std::error::Error;
 use std::time::{Duration, Instant};
 
-use funcx_transport::{Connection, TcpTransport, TransportError};
+use funcx_transport::{Connection, TcpTransport};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -15,8 +16,11 @@ enum Msg {
     Blob(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
-async fn connect() -> Result<(Connection<Msg, Msg>, Connection<Msg, Msg>), TransportError> {
-    let transport = TcpTransport::builder().token("bench").build();
+async fn connect() -> Result<(Connection<Msg, Msg>, Connection<Msg, Msg>), Box<dyn Error>> {
+    // A random token even on loopback: people copy examples, and a fixed one is guessable.
+    let transport = TcpTransport::builder()
+        .token(funcx_transport::new_token()?)
+        .build();
     let mut acceptor = transport.listen::<Msg, Msg>("127.0.0.1:0").await?;
     let manager = transport.dial::<Msg, Msg>(acceptor.local_addr()).await?;
     let endpoint = acceptor.accept().await?;
