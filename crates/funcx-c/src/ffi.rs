@@ -471,8 +471,10 @@ pub unsafe extern "C" fn funcx_task_free(task: *mut FuncxTask) {
 /// `error` is NULL or a live error from this API.
 #[no_mangle]
 pub unsafe extern "C" fn funcx_error_kind(error: *const FuncxError) -> FuncxErrorKind {
+    let mut kind = FuncxErrorKind::Internal;
     // SAFETY: the caller's promise about `error`.
-    unsafe { object(error, "error") }.map_or(FuncxErrorKind::Internal, |e| e.kind)
+    quietly(|| kind = unsafe { object(error, "error") }.map_or(kind, |e| e.kind));
+    kind
 }
 
 /// The message of `error`, NUL-terminated, owned by the error: valid until
@@ -483,8 +485,12 @@ pub unsafe extern "C" fn funcx_error_kind(error: *const FuncxError) -> FuncxErro
 /// `error` is NULL or a live error from this API.
 #[no_mangle]
 pub unsafe extern "C" fn funcx_error_message(error: *const FuncxError) -> *const c_char {
+    let mut message = std::ptr::null();
     // SAFETY: the caller's promise about `error`.
-    unsafe { object(error, "error") }.map_or(std::ptr::null(), |e| e.message.as_ptr())
+    quietly(|| {
+        message = unsafe { object(error, "error") }.map_or(message, |e| e.message.as_ptr());
+    });
+    message
 }
 
 /// Frees an error. NULL is ignored.
@@ -519,5 +525,97 @@ pub unsafe extern "C" fn funcx_bytes_free(data: *mut u8, len: usize) {
         // SAFETY: made from a `Box<[u8]>` of `len` bytes in `funcx_task_wait_pickle`, freed
         // once (the caller's promise).
         quietly(|| drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(data, len)) }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message of an error from this API, as C reads it.
+    fn message_of(error: *const FuncxError) -> String {
+        // SAFETY: `error` is a live error from this API; its message is NUL-terminated and
+        // lives as long as the error.
+        unsafe { CStr::from_ptr(funcx_error_message(error)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// An entry point shaped like the exported ones (`guard` around the body, `finish` to
+    /// hand the error to C) whose body panics, as a bug in funcx would. Without the guard the
+    /// panic would reach the `extern "C"` boundary, where Rust aborts the whole process (the
+    /// test binary included).
+    unsafe extern "C" fn panicking_entry_point(
+        payload: u32,
+        error: *mut *mut FuncxError,
+    ) -> *mut FuncxTask {
+        let outcome = guard(|| -> Result<*mut FuncxTask, FuncxError> {
+            match payload {
+                0 => panic!("a static message"),
+                1 => panic!("a formatted message: {payload}"),
+                _ => std::panic::panic_any(payload),
+            }
+        });
+        // SAFETY: `error` is NULL or writable (this function's callers, below).
+        unsafe { finish(outcome, error, std::ptr::null_mut()) }
+    }
+
+    #[test]
+    fn a_panic_in_an_entry_point_becomes_an_internal_error_and_the_process_goes_on() {
+        // Each payload a panic can carry: a `&str`, a `String`, anything else.
+        let expected = [
+            "funcx bug (please report): a static message",
+            "funcx bug (please report): a formatted message: 1",
+            "funcx bug (please report): a panic",
+        ];
+        for (payload, expected) in (0u32..).zip(expected) {
+            let mut error: *mut FuncxError = std::ptr::null_mut();
+            // SAFETY: `error` is a writable pointer.
+            let task = unsafe { panicking_entry_point(payload, &mut error) };
+            assert!(task.is_null(), "a failed call returns NULL");
+            assert!(!error.is_null(), "a failed call sets the error");
+            // SAFETY: a live error from this API, freed once, here.
+            unsafe {
+                assert_eq!(funcx_error_kind(error), FuncxErrorKind::Internal);
+                assert_eq!(message_of(error), expected);
+                funcx_error_free(error);
+            }
+        }
+        // Without an error out-parameter the panic is still caught: NULL, nothing written.
+        // SAFETY: NULL is allowed for `error`.
+        assert!(unsafe { panicking_entry_point(0, std::ptr::null_mut()) }.is_null());
+    }
+
+    #[test]
+    fn guard_passes_values_and_errors_through() {
+        assert_eq!(guard(|| Ok(7)).ok(), Some(7));
+        let error = guard(|| -> Result<(), _> { Err(FuncxError::invalid("bad")) })
+            .expect_err("the body's error");
+        assert_eq!(error.kind, FuncxErrorKind::InvalidArgument);
+        assert_eq!(error.message.to_str(), Ok("bad"));
+    }
+
+    #[test]
+    fn quietly_swallows_a_panic_and_the_caller_goes_on() {
+        let mut reached = false;
+        quietly(|| {
+            reached = true;
+            panic!("in a free function");
+        });
+        // The panic stopped at `quietly`: the caller runs on, and the body's effects before
+        // the panic stand.
+        assert!(reached);
+        let mut after = 0;
+        quietly(|| after = 1);
+        assert_eq!(after, 1);
+    }
+
+    #[test]
+    fn errors_of_null_are_internal_with_no_message() {
+        // SAFETY: NULL is allowed for both.
+        unsafe {
+            assert_eq!(funcx_error_kind(std::ptr::null()), FuncxErrorKind::Internal);
+            assert!(funcx_error_message(std::ptr::null()).is_null());
+        }
     }
 }
