@@ -107,6 +107,7 @@ async fn remote() -> Result<(), Box<dyn Error>> {
             endpoint_id: endpoint_id.to_string(),
             token: endpoint_token.to_string(),
             ca_file: None,
+            failover: Vec::new(),
         })
         .start()
         .await?;

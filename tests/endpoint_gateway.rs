@@ -62,6 +62,7 @@ async fn gateway_tasks_run_on_blocks_and_a_stop_delivers_every_result() {
         endpoint_id: endpoint_id.clone(),
         token: endpoint_token,
         ca_file: None,
+        failover: Vec::new(),
     };
     let endpoint = Endpoint::builder()
         .name("relay")
@@ -173,6 +174,7 @@ async fn a_refused_token_is_the_last_error() {
             endpoint_id,
             token: "not-the-endpoint-token".into(),
             ca_file: None,
+            failover: Vec::new(),
         })
         .start()
         .await
@@ -191,4 +193,44 @@ async fn a_refused_token_is_the_last_error() {
     assert_eq!(status.state, EndpointState::Starting);
     within(HANG, endpoint.stop()).await;
     assert_eq!(endpoint.state(), EndpointState::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_whose_first_gateway_is_down_dials_the_next_of_its_failover_list() {
+    init_tracing();
+    let (url, _server) = gateway().await;
+    let (endpoint_id, endpoint_token) = register(&url).await;
+    // Nobody listens at the first address: the endpoint must move on to the second.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let endpoint = Endpoint::builder()
+        .provider(LocalProvider::new())
+        .manager_program(manager_binary())
+        .workers_per_node(1)
+        .strategy(StrategyConfig::new().init_blocks(0).max_blocks(1))
+        .gateway(GatewayLink {
+            url: format!("http://{down}"),
+            endpoint_id: endpoint_id.clone(),
+            token: endpoint_token,
+            ca_file: None,
+            failover: vec![url.clone()],
+        })
+        .start()
+        .await
+        .expect("the endpoint starts");
+    wait_until(HANG, "connected to the failover gateway", || async {
+        endpoint.status().connected == Some(true)
+    })
+    .await;
+    let client = RemoteExecutor::connect(&url, ALICE, &endpoint_id)
+        .await
+        .expect("client");
+    let double = Function::from_source("def double(x):\n    return 2 * x\n", "double");
+    let value: i64 = within(HANG, client.submit(&double, (21,)).result())
+        .await
+        .expect("a task runs through the failover gateway");
+    assert_eq!(value, 42);
+    within(HANG, endpoint.stop()).await;
+    client.shutdown().await;
 }

@@ -44,6 +44,10 @@ pub struct GatewayLink {
     pub token: String,
     /// A CA file to trust for an `https` gateway, instead of the Mozilla roots.
     pub ca_file: Option<PathBuf>,
+    /// Other gateways of the same fleet (sharing one database), dialled in this order when
+    /// the one before cannot be reached; what was in flight resumes there. Empty for a
+    /// single gateway.
+    pub failover: Vec<String>,
 }
 
 impl std::fmt::Debug for GatewayLink {
@@ -53,6 +57,7 @@ impl std::fmt::Debug for GatewayLink {
             .field("url", &self.url)
             .field("endpoint_id", &self.endpoint_id)
             .field("ca_file", &self.ca_file)
+            .field("failover", &self.failover)
             .finish_non_exhaustive()
     }
 }

@@ -99,6 +99,9 @@ pub(super) fn start(
     capacity: usize,
 ) -> Result<(), EndpointError> {
     let mut dial = EndpointDial::new(&link.url, &link.endpoint_id, &link.token);
+    for url in &link.failover {
+        dial = dial.failover(url);
+    }
     if let Some(ca) = &link.ca_file {
         dial = with_ca(dial, ca)?;
     }

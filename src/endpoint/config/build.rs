@@ -98,6 +98,7 @@ impl EndpointConfig {
                 endpoint_id: gateway.endpoint_id.clone(),
                 token: token.trim().to_string(),
                 ca_file: gateway.ca_file.as_deref().map(relative),
+                failover: gateway.failover.clone(),
             });
         }
 

@@ -98,10 +98,16 @@ impl EndpointConfig {
             );
         }
         if let Some(gateway) = &self.gateway {
-            if !(gateway.url.starts_with("http://") || gateway.url.starts_with("https://")) {
+            let is_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+            if !is_url(&gateway.url) {
                 return bad(format!(
                     "key `gateway.url`: {:?} is not an http:// or https:// URL",
                     gateway.url
+                ));
+            }
+            if let Some(url) = gateway.failover.iter().find(|url| !is_url(url)) {
+                return bad(format!(
+                    "key `gateway.failover`: {url:?} is not an http:// or https:// URL"
                 ));
             }
             if gateway.endpoint_id.trim().is_empty() {

@@ -102,6 +102,10 @@ pub struct GatewaySection {
     pub token_file: PathBuf,
     /// A CA file to trust for an `https` gateway.
     pub ca_file: Option<PathBuf>,
+    /// Other gateways of the same fleet (one shared database), dialled in this order when
+    /// the one before cannot be reached.
+    #[serde(default)]
+    pub failover: Vec<String>,
 }
 
 fn default_token_file() -> PathBuf {

@@ -28,6 +28,8 @@ endpoint_id = "{endpoint_id}"
 token_file = "token"
 # A CA certificate (PEM) to trust for an https:// gateway with a private CA.
 # ca_file = "/etc/funcx/gateway-ca.pem"
+# Other gateways on the same database, dialled in order when the one before is down.
+# failover = ["https://gateway-2.example.org:8470"]
 
 "#
         )),
@@ -38,6 +40,7 @@ token_file = "token"
 # endpoint_id = "the id POST /v1/endpoints answered"
 # token_file = "token"          # the endpoint's token, mode 0600, relative to this folder
 # ca_file = "/etc/funcx/gateway-ca.pem"
+# failover = ["https://gateway-2.example.org:8470"]  # same database, tried in order
 
 "#,
         ),

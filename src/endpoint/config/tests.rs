@@ -37,6 +37,21 @@ fn errors_name_the_file_and_the_key() {
     assert!(e.contains("key `slurm.launcher`"), "{e}");
     let e = error("provider = \"local\"\n[gateway]\nurl = \"gw:1\"\nendpoint_id = \"e\"\n");
     assert!(e.contains("key `gateway.url`"), "{e}");
+    let e = error(
+        "provider = \"local\"\n[gateway]\nurl = \"http://gw:1\"\nendpoint_id = \"e\"\nfailover = [\"gw:2\"]\n",
+    );
+    assert!(
+        e.contains("key `gateway.failover`") && e.contains("\"gw:2\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_gateway_failover_list_is_read_in_order() {
+    let text = "provider = \"local\"\n[gateway]\nurl = \"http://a:1\"\nendpoint_id = \"e\"\nfailover = [\"http://b:1\", \"https://c:1\"]\n";
+    let config = EndpointConfig::parse(text, Path::new("c.toml")).expect("parses");
+    let failover = config.gateway.map(|g| g.failover).unwrap_or_default();
+    assert_eq!(failover, ["http://b:1", "https://c:1"]);
 }
 
 #[test]
