@@ -154,7 +154,7 @@ async fn a_gateway_killed_mid_run_its_endpoint_and_client_move_on_and_every_resu
         .expect("the client connects to A");
     let work = Function::from_source(WORK, "work");
 
-    let n = 2_000_i64;
+    let n = 10_000_i64;
     let mut handles = executor.submit_batch(&work, (0..n).map(|i| (i,)));
     // Results flow through A before it dies, so that the kill lands mid-run.
     let mut values = results_within(
@@ -347,5 +347,127 @@ async fn a_database_restart_mid_run_loses_no_accepted_task() {
     manager.abort();
     drop(gateway);
     drop(database);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sleeps for ten minutes once it has marked that it started.
+const STUCK: &str = r#"
+import time
+
+def stuck(marker):
+    open(marker, "w").close()
+    time.sleep(600)
+    return 0
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_cancelled_at_one_gateway_stops_running_through_another() {
+    let dir = temp_dir("fleet-cancel");
+    let schema = fresh_schema("cancel").await;
+    let (a, b) = (free_port(), free_port());
+    let gateway_a = gateway(&dir, "a", a, &schema);
+    let gateway_b = gateway(&dir, "b", b, &schema);
+    let (endpoint, endpoint_token) = register_endpoint(b, ALICE, "cancel-at-b").await;
+    // Two Python workers, both about to be taken by a task that would hold them for ten
+    // minutes.
+    let dial = funcx_client::EndpointDial::new(a.to_string(), endpoint.clone(), endpoint_token);
+    let manager = python_endpoint(dial, 12, Duration::from_millis(200));
+    let executor = RemoteExecutor::builder(&format!("http://{b}"), ALICE, &endpoint)
+        .give_up_after(Duration::from_secs(60))
+        .start()
+        .await
+        .expect("the client connects to B");
+
+    let stuck = Function::from_source(STUCK, "stuck");
+    let markers: Vec<String> = (0..2)
+        .map(|i| dir.join(format!("started-{i}")).display().to_string())
+        .collect();
+    let handles = executor.submit_batch(&stuck, markers.iter().map(|m| (m.clone(),)));
+    let started = async {
+        while !markers.iter().all(|m| Path::new(m).exists()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), started)
+        .await
+        .expect("both tasks start on the endpoint behind A within 60 s");
+
+    // Cancelled at B, which holds neither: B settles them, A must stop them.
+    for handle in &handles {
+        handle.cancel();
+    }
+    for handle in handles {
+        let outcome = tokio::time::timeout(Duration::from_secs(30), handle.result::<i64>())
+            .await
+            .expect("a cancelled task resolves within 30 s");
+        assert!(
+            outcome.as_ref().is_err_and(|e| e.is_cancelled()),
+            "{outcome:?}"
+        );
+    }
+    // The workers are free again only if A cancelled what they ran: otherwise this task
+    // waits ten minutes for one.
+    let echo = Function::from_source("def echo(x):\n    return x\n", "echo");
+    let after = executor.submit(&echo, (7_i64,));
+    let value = tokio::time::timeout(Duration::from_secs(60), after.result::<i64>())
+        .await
+        .expect("a worker is free within 60 s of the cancel: A stopped the cancelled tasks")
+        .expect("the task after the cancel runs");
+    assert_eq!(value, 7);
+
+    executor.shutdown().await;
+    manager.abort();
+    drop((gateway_a, gateway_b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_killed_and_restarted_on_the_database_takes_its_endpoint_back_and_loses_nothing()
+{
+    use funcx_client::EndpointDial;
+
+    let dir = temp_dir("fleet-restart");
+    let schema = fresh_schema("restart").await;
+    let (a, b) = (free_port(), free_port());
+    let gateway_a = gateway(&dir, "a", a, &schema);
+    let gateway_b = gateway(&dir, "b", b, &schema);
+    let (endpoint, endpoint_token) = register_endpoint(a, ALICE, "comes-back").await;
+    // The endpoint knows only A: its tasks wait in the database while A is down, and run
+    // once A is back. The client streams from B, which stays up.
+    let dial = EndpointDial::new(a.to_string(), endpoint.clone(), endpoint_token);
+    let manager = python_endpoint(dial, 13, Duration::from_millis(200));
+    let executor = RemoteExecutor::builder(&format!("http://{b}"), ALICE, &endpoint)
+        .give_up_after(Duration::from_secs(60))
+        .start()
+        .await
+        .expect("the client connects to B");
+    let work = Function::from_source(WORK, "work");
+
+    let n = 5_000_i64;
+    let mut handles = executor.submit_batch(&work, (0..n).map(|i| (i,)));
+    let mut values = results_within(
+        handles.drain(..200),
+        Duration::from_secs(60),
+        "before the kill",
+    )
+    .await;
+    gateway_a.sigkill();
+    let gateway_a = gateway(&dir, "a", a, &schema);
+    values.extend(results_within(handles, Duration::from_secs(120), "after A restarts").await);
+    assert_eq!(values, (0..n).map(|i| i * 2).collect::<Vec<_>>());
+
+    let (records, distinct, finished) = stored(&schema, "alice").await;
+    assert_eq!(
+        (records, distinct, finished),
+        (n as usize, n as usize, n as usize)
+    );
+    assert_eq!(
+        endpoint_status(a, ALICE, &endpoint).await["connected"],
+        true
+    );
+
+    executor.shutdown().await;
+    manager.abort();
+    drop((gateway_a, gateway_b));
     let _ = std::fs::remove_dir_all(&dir);
 }
