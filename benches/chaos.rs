@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,13 @@ pub struct ChaosOptions {
     /// How long unresolved tasks are waited for once everything was submitted and the
     /// chaos stopped.
     pub grace: Duration,
+    /// The gateway program (the real `funcx-gateway` binary, started as `PROGRAM CONFIG`)
+    /// instead of this executable: the soak then measures the memory of what a site runs,
+    /// with its allocator.
+    pub gateway_program: Option<PathBuf>,
+    /// Actions of [`ACTIONS`] left out of the schedule (for instance `kill_gateway`, to
+    /// watch one gateway process's memory over the whole run).
+    pub without: Vec<String>,
 }
 
 /// The outcome of one soak, as its JSON line's fields.
@@ -106,6 +113,11 @@ pub struct ChaosReport {
     pub endpoint_peak_mib: f64,
     /// VmRSS of the last gateway process at the end of the run, in MiB.
     pub gateway_rss_end_mib: f64,
+    /// VmRSS of the gateway process when 10 %, 20 %, ... 100 % of the tasks had resolved,
+    /// in MiB: flat when memory is bounded, rising with the task count when it is not.
+    pub gateway_rss_by_decile_mib: Vec<f64>,
+    /// Peak VmHWM of any manager process, in MiB.
+    pub manager_peak_mib: f64,
     /// Wall time of the whole run.
     pub seconds: f64,
 }
@@ -148,6 +160,18 @@ impl ChaosReport {
                 "endpoint_peak_mib",
                 format!("{:.1}", self.endpoint_peak_mib),
             ),
+            ("manager_peak_mib", format!("{:.1}", self.manager_peak_mib)),
+            (
+                "gateway_rss_by_decile_mib",
+                format!(
+                    "[{}]",
+                    self.gateway_rss_by_decile_mib
+                        .iter()
+                        .map(|m| format!("{m:.1}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            ),
         ]
     }
 
@@ -181,7 +205,16 @@ impl Child {
     /// Starts this executable with `args` and `env`, its output discarded unless
     /// `RUST_LOG` is set.
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Result<Child, BoxError> {
-        let mut command = std::process::Command::new(std::env::current_exe()?);
+        Child::spawn_program(&std::env::current_exe()?, args, env)
+    }
+
+    /// Starts `program` as [`Child::spawn`] starts this executable.
+    fn spawn_program(
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Child, BoxError> {
+        let mut command = std::process::Command::new(program);
         command.args(args).stdin(std::process::Stdio::null());
         for (key, value) in env {
             command.env(key, value);
@@ -212,10 +245,18 @@ impl Drop for Child {
 pub struct GatewayChild(pub Child);
 
 impl GatewayChild {
-    /// Starts it on `config` and waits until it accepts connections on `address`.
-    pub fn start(config: &Path, address: SocketAddr) -> Result<GatewayChild, BoxError> {
+    /// Starts `program CONFIG` (a `funcx-gateway` binary), or this executable when
+    /// `program` is `None`, and waits until it accepts connections on `address`.
+    pub fn start(
+        program: Option<&Path>,
+        config: &Path,
+        address: SocketAddr,
+    ) -> Result<GatewayChild, BoxError> {
         let config = config.display().to_string();
-        let mut child = Child::spawn(&[], &[(GATEWAY_PROCESS, &config)])?;
+        let mut child = match program {
+            Some(program) => Child::spawn_program(program, &[&config], &[])?,
+            None => Child::spawn(&[], &[(GATEWAY_PROCESS, &config)])?,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(address).is_err() {
             if let Some(status) = child.0.try_wait()? {
@@ -414,18 +455,32 @@ const ACTIONS: [&str; 6] = [
 ];
 
 /// Action `step` of the schedule: its index in [`ACTIONS`], a target (a manager) and a
-/// duration in ms (freeze, cut). The first [`ACTIONS`]`.len()` steps are every action once,
-/// in an order of the seed's, so that even a short run meets each.
-fn pick(rng: &mut Xorshift, step: usize, first: &[usize], managers: usize) -> (usize, usize, u64) {
-    let roll = rng.below(100);
-    let action = match roll {
-        _ if step < first.len() => first[step],
-        0..=29 => 0,
-        30..=49 => 1,
-        50..=64 => 2,
-        65..=76 => 3,
-        77..=88 => 4,
-        _ => 5,
+/// duration in ms (freeze, cut). The first `first.len()` steps are every allowed action
+/// once, in an order of the seed's, so that even a short run meets each; after them, an
+/// action that is not `allowed` is rolled again.
+fn pick(
+    rng: &mut Xorshift,
+    step: usize,
+    first: &[usize],
+    allowed: &[bool; ACTIONS.len()],
+    managers: usize,
+) -> (usize, usize, u64) {
+    let action = if step < first.len() {
+        first[step]
+    } else {
+        loop {
+            let action = match rng.below(100) {
+                0..=29 => 0,
+                30..=49 => 1,
+                50..=64 => 2,
+                65..=76 => 3,
+                77..=88 => 4,
+                _ => 5,
+            };
+            if allowed[action] {
+                break action;
+            }
+        }
     };
     let target = rng.below(managers as u64) as usize;
     let millis = 1_000 + rng.below(2_000);
@@ -458,8 +513,12 @@ struct Cluster {
     endpoint_spec: String,
     managers: Vec<Option<Child>>,
     workers: usize,
+    gateway_program: Option<PathBuf>,
     gateway_peak: f64,
     endpoint_peak: f64,
+    manager_peak: f64,
+    /// The gateway's VmRSS in KiB at each tenth of the tasks resolved, as they are reached.
+    gateway_rss_by_decile: Vec<f64>,
 }
 
 impl Cluster {
@@ -491,18 +550,36 @@ impl Cluster {
         Ok(())
     }
 
-    fn sample_memory(&mut self) {
+    fn start_gateway(&mut self) -> Result<(), BoxError> {
+        self.gateway = Some(GatewayChild::start(
+            self.gateway_program.as_deref(),
+            &self.config(),
+            self.gateway_address,
+        )?);
+        Ok(())
+    }
+
+    /// Takes the peaks of every process, and the gateway's RSS for each tenth of the `n`
+    /// tasks that `resolved` has passed since the last sample.
+    fn sample_memory(&mut self, resolved: usize, n: usize) {
         if let Some(gateway) = &self.gateway {
-            self.gateway_peak = self.gateway_peak.max(status_kib(gateway.0.pid(), "VmHWM:"));
+            let pid = gateway.0.pid();
+            self.gateway_peak = self.gateway_peak.max(status_kib(pid, "VmHWM:"));
+            let reached = (resolved * 10) / n.max(1);
+            while self.gateway_rss_by_decile.len() < reached.min(10) {
+                self.gateway_rss_by_decile.push(status_kib(pid, "VmRSS:"));
+            }
         }
         if let Some(endpoint) = &self.endpoint {
             self.endpoint_peak = self.endpoint_peak.max(status_kib(endpoint.pid(), "VmHWM:"));
+        }
+        for manager in self.managers.iter().flatten() {
+            self.manager_peak = self.manager_peak.max(status_kib(manager.pid(), "VmHWM:"));
         }
     }
 
     /// Takes action `action` of [`ACTIONS`] on manager `target` for `millis`.
     async fn act(&mut self, action: usize, target: usize, millis: u64) -> Result<(), BoxError> {
-        self.sample_memory();
         let pause = Duration::from_millis(millis);
         match action {
             0 => {
@@ -530,7 +607,7 @@ impl Cluster {
             }
             4 => {
                 drop(self.gateway.take());
-                self.gateway = Some(GatewayChild::start(&self.config(), self.gateway_address)?);
+                self.start_gateway()?;
             }
             _ => {
                 self.relay.cut();
@@ -555,6 +632,17 @@ struct Tally {
 /// Runs the soak.
 pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
     let started = Instant::now();
+    let mut allowed = [true; ACTIONS.len()];
+    for name in &options.without {
+        let index = ACTIONS
+            .iter()
+            .position(|action| action == name)
+            .ok_or_else(|| format!("no chaos action is called {name:?}; they are {ACTIONS:?}"))?;
+        allowed[index] = false;
+    }
+    if !allowed.contains(&true) {
+        return Err("every chaos action was left out".into());
+    }
     let dir = std::env::temp_dir().join(format!("funcx-bench-chaos-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -567,7 +655,11 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
             dir.join("gateway.redb").display()
         ),
     )?;
-    let gateway = GatewayChild::start(&dir.join("gateway.toml"), gateway_address)?;
+    let gateway = GatewayChild::start(
+        options.gateway_program.as_deref(),
+        &dir.join("gateway.toml"),
+        gateway_address,
+    )?;
     let registered: serde_json::Value = reqwest::Client::new()
         .post(format!("http://{gateway_address}/v1/endpoints"))
         .bearer_auth(USER_TOKEN)
@@ -600,8 +692,11 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
         endpoint: None,
         managers: (0..options.managers).map(|_| None).collect(),
         workers: options.workers,
+        gateway_program: options.gateway_program.clone(),
         gateway_peak: 0.0,
         endpoint_peak: 0.0,
+        manager_peak: 0.0,
+        gateway_rss_by_decile: Vec::with_capacity(10),
     };
     cluster.start_endpoint()?;
     for index in 0..options.managers {
@@ -618,6 +713,8 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
         resolutions: vec![0; options.n],
         ..Tally::default()
     }));
+    // Tasks resolved so far, however: the memory samples are taken at each tenth.
+    let resolved = Arc::new(AtomicUsize::new(0));
     let (give_up, giving_up) = watch::channel(false);
     // Set once the last task was submitted: the chaos stops there, and the grace period
     // bounds the wait for what is left, so that a hung task cannot keep the chaos going.
@@ -627,6 +724,7 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
     let submitter = {
         let executor = executor.clone();
         let tally = tally.clone();
+        let resolved = resolved.clone();
         let n = options.n;
         let pace = options.pace;
         let submitted = submitted.clone();
@@ -644,6 +742,7 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
                     .collect();
                 let handles = executor.submit_batch(&function, args.clone());
                 let tally = tally.clone();
+                let resolved = resolved.clone();
                 let mut giving_up = giving_up.clone();
                 consumers.spawn(async move {
                     for ((i, size, _), handle) in args.into_iter().zip(handles) {
@@ -654,6 +753,7 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
                         let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
                         let index = i as usize;
                         tally.resolutions[index] = tally.resolutions[index].saturating_add(1);
+                        resolved.fetch_add(1, Ordering::Relaxed);
                         match outcome {
                             Ok((value, payload)) => {
                                 let byte = (i % 251) as u8;
@@ -699,24 +799,36 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
     for i in (1..first.len()).rev() {
         first.swap(i, rng.below(i as u64 + 1) as usize);
     }
+    first.retain(|action| allowed[*action]);
     let mut counts = [0usize; ACTIONS.len()];
     let mut step = 0;
+    let n = options.n;
+    let mut sampling = tokio::time::interval(Duration::from_millis(500));
+    let mut next_action =
+        tokio::time::Instant::now() + Duration::from_millis(500 + rng.below(2_500));
     while !submitted.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(500 + rng.below(2_500))).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_action) => {}
+            _ = sampling.tick() => {
+                cluster.sample_memory(resolved.load(Ordering::Relaxed), n);
+                continue;
+            }
+        }
         if submitted.load(Ordering::Relaxed) {
             break;
         }
-        let (action, target, millis) = pick(&mut rng, step, &first, options.managers);
+        let (action, target, millis) = pick(&mut rng, step, &first, &allowed, options.managers);
         step += 1;
         tracing::info!(action = ACTIONS[action], target, millis, "chaos");
+        cluster.sample_memory(resolved.load(Ordering::Relaxed), n);
         cluster.act(action, target, millis).await?;
         counts[action] += 1;
+        next_action = tokio::time::Instant::now() + Duration::from_millis(500 + rng.below(2_500));
     }
     // Once submitted: no more chaos, and the grace period for what is left.
     let grace = tokio::time::sleep(options.grace);
     tokio::pin!(grace);
     let mut submitter = submitter;
-    let mut sampling = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = &mut submitter => break,
@@ -725,14 +837,20 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
                 let _ = submitter.await;
                 break;
             }
-            _ = sampling.tick() => cluster.sample_memory(),
+            _ = sampling.tick() => cluster.sample_memory(resolved.load(Ordering::Relaxed), n),
         }
     }
-    cluster.sample_memory();
+    cluster.sample_memory(resolved.load(Ordering::Relaxed), n);
     executor.shutdown_now().await;
     let seconds = started.elapsed().as_secs_f64();
     let gateway_peak_mib = cluster.gateway_peak / 1024.0;
     let endpoint_peak_mib = cluster.endpoint_peak / 1024.0;
+    let manager_peak_mib = cluster.manager_peak / 1024.0;
+    let gateway_rss_by_decile_mib = cluster
+        .gateway_rss_by_decile
+        .iter()
+        .map(|kib| kib / 1024.0)
+        .collect();
     let gateway_rss_end_mib = cluster
         .gateway
         .as_ref()
@@ -764,7 +882,9 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
         stored_twice,
         gateway_peak_mib,
         gateway_rss_end_mib,
+        gateway_rss_by_decile_mib,
         endpoint_peak_mib,
+        manager_peak_mib,
         seconds,
     })
 }

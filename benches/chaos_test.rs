@@ -69,6 +69,8 @@ fn soak() -> Result<(), chaos::BoxError> {
         // 10 batches 1.5 s apart: about 15 s of chaos, enough for the six kinds of action.
         pace: Duration::from_millis(1_500),
         grace: Duration::from_secs(60),
+        gateway_program: None,
+        without: Vec::new(),
     };
     // The whole soak is bounded: a hang fails the test instead of stalling the run.
     let report = runtime

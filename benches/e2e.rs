@@ -104,8 +104,13 @@
 //!   cuts the endpoint's connection at a relay. Fields `"tasks"`, `"lost"`, `"duplicated"`,
 //!   `"hung"`, `"wrong"`, `"failed_typed"`, `"seed"`, `"actions"`, `"errors"`,
 //!   `"stored_twice"` (the gateway's store read back), `"gateway_peak_mib"`,
-//!   `"gateway_rss_end_mib"`, `"endpoint_peak_mib"`. Target: lost, duplicated, hung, wrong
-//!   and stored_twice all 0; the bench exits with an error otherwise. Run only when named.
+//!   `"gateway_rss_end_mib"`, `"gateway_rss_by_decile_mib"` (the gateway's RSS as each tenth
+//!   of the tasks resolved), `"endpoint_peak_mib"`, `"manager_peak_mib"`. Target: lost,
+//!   duplicated, hung, wrong and stored_twice all 0; the bench exits with an error otherwise.
+//!   `--gateway-bin target/release/funcx-gateway` runs the real gateway binary (its
+//!   allocator, its defaults) instead of this executable; `--without kill_gateway` (any of
+//!   the actions, comma-separated) leaves actions out, to watch one gateway process's memory
+//!   over the whole run. Run only when named.
 
 use std::error::Error;
 
@@ -190,6 +195,10 @@ struct Options {
     seed: u64,
     /// `--pace-ms`: the pause of `chaos` after each batch of submissions.
     pace_ms: u64,
+    /// `--gateway-bin PATH`: `chaos` runs this `funcx-gateway` binary as its gateway.
+    gateway_bin: Option<PathBuf>,
+    /// `--without ACTION[,ACTION]`: actions left out of `chaos`'s schedule.
+    without: Vec<String>,
 }
 
 const ALL: [&str; 8] = [
@@ -218,6 +227,8 @@ fn parse_options() -> BoxResult<Options> {
         pg: None,
         seed: 0x6368_616f_735f_3031,
         pace_ms: 0,
+        gateway_bin: None,
+        without: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -242,6 +253,13 @@ fn parse_options() -> BoxResult<Options> {
             "--seed" => options.seed = value("--seed")? as u64,
             "--pace-ms" => options.pace_ms = value("--pace-ms")? as u64,
             "--pg" => options.pg = Some(args.next().ok_or("--pg needs a URL")?),
+            "--gateway-bin" => {
+                options.gateway_bin = Some(args.next().ok_or("--gateway-bin needs a file")?.into());
+            }
+            "--without" => {
+                let actions = args.next().ok_or("--without needs a list of actions")?;
+                options.without.extend(actions.split(',').map(String::from));
+            }
             "--store" => {
                 options.store = Some(args.next().ok_or("--store needs a file")?.into());
             }
@@ -1140,7 +1158,7 @@ async fn gw_restart(workers: usize, n: usize, kills: usize) -> BoxResult<Line> {
         ),
     )?;
     let token = format!("{TOKEN}-0123456789");
-    let mut gateway = Some(GatewayChild::start(&config, address)?);
+    let mut gateway = Some(GatewayChild::start(None, &config, address)?);
     let registered: serde_json::Value = reqwest::Client::new()
         .post(format!("http://{address}/v1/endpoints"))
         .bearer_auth(&token)
@@ -1208,7 +1226,7 @@ async fn gw_restart(workers: usize, n: usize, kills: usize) -> BoxResult<Line> {
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(100 + rng.below(400))).await;
         drop(gateway.take());
-        gateway = Some(GatewayChild::start(&config, address)?);
+        gateway = Some(GatewayChild::start(None, &config, address)?);
     }
     let handles = submitter.await?;
     let mut lost = 0usize;
@@ -1342,6 +1360,8 @@ fn main() -> BoxResult<()> {
                         workers,
                         pace: Duration::from_millis(options.pace_ms),
                         grace: Duration::from_secs(120),
+                        gateway_program: options.gateway_bin.clone(),
+                        without: options.without.clone(),
                     })
                     .await
                     ?;

@@ -170,7 +170,7 @@ pub(super) async fn failover(workers: usize, url: &str, n: usize) -> BoxResult<L
                 "listen = \"{address}\"\n\n[store]\npostgres = \"{url}\"\nschema = \"{schema}\"\nlease_secs = 2\n\n[[users]]\nname = \"bench\"\ntoken = \"{token}\"\n"
             ),
         )?;
-        gateways.push(Some(GatewayChild::start(&config, address)?));
+        gateways.push(Some(GatewayChild::start(None, &config, address)?));
         addresses.push(address);
     }
     let urls: Vec<String> = addresses.iter().map(|a| format!("http://{a}")).collect();
