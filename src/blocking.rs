@@ -48,7 +48,7 @@ use serde::de::DeserializeOwned;
 use tokio::runtime::{Handle, Runtime};
 
 use crate::{
-    EndpointStats, ExecutorBuilder, Function, IntoArgs, Payload, TaskError, TaskId, TaskOptions,
+    ExecutorBuilder, ExecutorStats, Function, IntoArgs, Payload, TaskError, TaskId, TaskOptions,
     TaskStatus, WorkerRuntime,
 };
 
@@ -213,7 +213,7 @@ impl Executor {
     }
 
     /// Counts of workers and tasks.
-    pub fn stats(&self) -> EndpointStats {
+    pub fn stats(&self) -> ExecutorStats {
         self.block_on(self.inner.executor.stats())
     }
 

@@ -326,7 +326,7 @@ impl EndpointBuilder {
             agent,
             provider,
             strategy: Mutex::new(Some(strategy)),
-            last_strategy: Mutex::new(funcx_core::EndpointStatus::default()),
+            last_strategy: Mutex::new(funcx_core::StrategyStatus::default()),
             state,
             link: Mutex::new(None),
             serving,

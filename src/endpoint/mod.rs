@@ -117,7 +117,7 @@ struct Inner {
     provider: Arc<dyn Provider>,
     strategy: Mutex<Option<Strategy>>,
     /// The strategy's last report, kept for the status once it is stopped.
-    last_strategy: Mutex<funcx_core::EndpointStatus>,
+    last_strategy: Mutex<funcx_core::StrategyStatus>,
     state: watch::Sender<EndpointState>,
     link: Mutex<Option<link::Link>>,
     serving: tokio::task::JoinHandle<()>,
@@ -172,7 +172,7 @@ impl Endpoint {
                     .map(|last| last.clone())
                     .unwrap_or_default(),
             },
-            Err(_) => funcx_core::EndpointStatus::default(),
+            Err(_) => funcx_core::StrategyStatus::default(),
         };
         let (gateway, connected) = match self.inner.link.lock().ok().as_deref() {
             Some(Some(link)) => {

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use funcx_core::EndpointStatus;
+use funcx_core::StrategyStatus;
 use serde::{Deserialize, Serialize};
 
 /// Where an endpoint is in its life.
@@ -58,5 +58,5 @@ pub struct EndpointReport {
     /// strategy. Its `last_error` is the gateway link's while the link is failing (a refused
     /// token, an unreachable gateway), else the last problem with blocks.
     #[serde(flatten)]
-    pub strategy: EndpointStatus,
+    pub strategy: StrategyStatus,
 }

@@ -53,7 +53,7 @@ pub use retry::RetrySystemFailures;
 pub use shell::{
     MpiFunction, ShellFunction, ShellResult, DEFAULT_MAX_LINE_BYTES, DEFAULT_SNIPPET_LINES,
 };
-pub use status::{BlockReport, EndpointStats, EndpointStatus, PoolStatus};
+pub use status::{BlockReport, ExecutorStats, PoolStatus, StrategyStatus};
 pub use strategy::{Strategy, StrategyConfig};
 pub use task::{TaskId, TaskReport, TaskState, TaskStatus, Timeline};
 pub use worker::{SpawnError, WorkerRuntime};

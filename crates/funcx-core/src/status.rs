@@ -1,11 +1,13 @@
 //! What an endpoint reports about itself: blocks, managers, workers, tasks.
 //!
-//! Two views at two levels: [`EndpointStats`] and [`PoolStatus`] are the executor's own
-//! counts (its queue, its workers, the pools attached to it), read with
-//! [`Executor::stats`](crate::Executor::stats) and [`Executor::pools`](crate::Executor::pools);
-//! [`EndpointStatus`] and [`BlockReport`] are the whole endpoint as its
-//! [`Strategy`](crate::Strategy) sees it, blocks at the provider included, for a status page
-//! or a gateway.
+//! Two views at two levels:
+//!
+//! - [`ExecutorStats`] and [`PoolStatus`] are one executor's own counts (its queue, its
+//!   workers, the pools attached to it), read with [`Executor::stats`](crate::Executor::stats)
+//!   and [`Executor::pools`](crate::Executor::pools). They know nothing of providers or blocks.
+//! - [`StrategyStatus`] and [`BlockReport`] are the whole endpoint as its scaling
+//!   [`Strategy`](crate::Strategy) sees it: blocks at the provider, managers registered, the
+//!   last error and the back-off, for a status page or a gateway.
 
 use std::time::SystemTime;
 
@@ -33,9 +35,15 @@ pub struct BlockReport {
     pub reason: Option<String>,
 }
 
-/// A snapshot of an endpoint: what a status page or a gateway shows.
+/// The scaling strategy's view of an endpoint: its blocks at the provider, the managers
+/// and workers they brought, the last problem with blocks and the back-off after failures.
+///
+/// Published by [`Strategy::status`](crate::Strategy::status) and
+/// [`Strategy::changed`](crate::Strategy::changed); it is what a status page or a gateway
+/// shows. Unlike [`ExecutorStats`], which counts one executor's workers and tasks and knows
+/// nothing of providers, it includes blocks that have not started or have ended, and why.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct EndpointStatus {
+pub struct StrategyStatus {
     /// Blocks alive now, and the last few that ended.
     pub blocks: Vec<BlockReport>,
     /// Managers registered.
@@ -57,9 +65,14 @@ pub struct EndpointStatus {
     pub backing_off_until: Option<SystemTime>,
 }
 
-/// Counts that describe an endpoint at one moment.
+/// Counts of one executor's workers and tasks at one moment, as
+/// [`Executor::stats`](crate::Executor::stats) returns them.
+///
+/// For tests and benchmarks that wait for workers, and for load reporting. Unlike
+/// [`StrategyStatus`], the scaling strategy's view with blocks, errors and back-off, it
+/// knows only what the executor itself holds: its worker slots, its queue, attached pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct EndpointStats {
+pub struct ExecutorStats {
     /// Worker slots configured.
     pub workers: usize,
     /// Workers started and ready for tasks.
@@ -68,7 +81,7 @@ pub struct EndpointStats {
     pub queued: usize,
     /// Tasks sent to workers and not finished.
     pub in_flight: usize,
-    /// Workers started since the endpoint started, replacements included. A worker counts
+    /// Workers started since the executor started, replacements included. A worker counts
     /// from its spawn's completion or its readiness, whichever comes first, so every worker
     /// that [`crate::Executor::ready`] waited for is in it.
     pub workers_started: u64,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use funcx_core::{
-    EndpointStats, Executor, MemoizeLayer, RetrySystemFailures, Task, TaskHandle, TaskId,
+    Executor, ExecutorStats, MemoizeLayer, RetrySystemFailures, Task, TaskHandle, TaskId,
     TaskOptions, TaskState, TaskStatus, WorkerExit,
 };
 use futures::StreamExt;
@@ -34,8 +34,8 @@ async fn within<F: Future>(what: &str, future: F) -> F::Output {
 async fn wait_stats(
     executor: &Executor,
     what: &str,
-    condition: impl Fn(&EndpointStats) -> bool,
-) -> EndpointStats {
+    condition: impl Fn(&ExecutorStats) -> bool,
+) -> ExecutorStats {
     within(what, async {
         loop {
             let stats = executor.stats().await;
@@ -103,7 +103,7 @@ async fn pid(executor: &Executor) -> u64 {
 /// Kills a worker with a task that exits, then waits until its replacement is ready; the
 /// stats from then. The task's failure comes with its worker's exit, when the dispatcher
 /// has already begun the replacement, so `ready()` waits for it.
-async fn replace_a_worker(executor: &Executor) -> EndpointStats {
+async fn replace_a_worker(executor: &Executor) -> ExecutorStats {
     let error = within("exit(1)", executor.submit(&func("exit"), (1,)))
         .await
         .expect_err("exit(1) kills its worker");

@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::worker::{Worker, WorkerEvents, WorkerId};
 use crate::{
-    Args, BlockId, EndpointStats, Function, Payload, PoolStatus, TaskError, TaskId, TaskReport,
+    Args, BlockId, ExecutorStats, Function, Payload, PoolStatus, TaskError, TaskId, TaskReport,
     TaskStatus,
 };
 
@@ -68,7 +68,7 @@ pub(crate) enum Command {
     Cancel(TaskId),
     Withdraw(Vec<TaskId>),
     Status(TaskId, oneshot::Sender<Option<TaskStatus>>),
-    Stats(oneshot::Sender<EndpointStats>),
+    Stats(oneshot::Sender<ExecutorStats>),
     Ready(oneshot::Sender<Result<(), TaskError>>),
     Attach {
         worker: Box<dyn Worker>,

@@ -49,7 +49,7 @@ use crate::worker::{
     FunctionKey, SpawnError, ToWorker, Worker, WorkerEvent, WorkerId, WorkerRuntime,
 };
 use crate::{
-    Args, EndpointStats, Function, FunctionId, TaskError, TaskId, TaskState, TaskStatus, Timeline,
+    Args, ExecutorStats, Function, FunctionId, TaskError, TaskId, TaskState, TaskStatus, Timeline,
 };
 
 /// Messages handled per wake-up before dispatching, so results keep flowing under a flood of
@@ -433,8 +433,8 @@ impl Dispatcher {
         }
     }
 
-    fn stats(&self) -> EndpointStats {
-        EndpointStats {
+    fn stats(&self) -> ExecutorStats {
+        ExecutorStats {
             workers: self.slots.iter().map(Slot::size).sum(),
             ready_workers: self
                 .slots

@@ -15,7 +15,7 @@ pub use reports::{report_stream, ReportSink, ReportStream};
 pub use service::{ResponseFuture, Task};
 
 use crate::dispatcher::{Command, Dispatcher, DispatcherConfig, Reply, Submission};
-use crate::EndpointStats;
+use crate::ExecutorStats;
 use crate::{Function, IntoArgs, Payload, Resources, TaskError, TaskId, TaskStatus, WorkerRuntime};
 
 /// Runs tasks on an endpoint's workers.
@@ -434,7 +434,7 @@ impl Executor {
     }
 
     /// Counts of workers and tasks.
-    pub async fn stats(&self) -> EndpointStats {
+    pub async fn stats(&self) -> ExecutorStats {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Stats(reply));
         answer.await.unwrap_or_default()

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 pub use config::StrategyConfig;
 
 use crate::{
-    BlockId, BlockReport, BlockRequest, BlockState, EndpointStatus, Executor, PoolStatus, Provider,
+    BlockId, BlockReport, BlockRequest, BlockState, Executor, PoolStatus, Provider, StrategyStatus,
 };
 
 /// How many ended blocks the status keeps showing.
@@ -35,7 +35,7 @@ const ENDED_SHOWN: usize = 16;
 /// [`Strategy::stop`]).
 #[derive(Debug)]
 pub struct Strategy {
-    status: watch::Receiver<EndpointStatus>,
+    status: watch::Receiver<StrategyStatus>,
     stop: Option<oneshot::Sender<bool>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -50,7 +50,7 @@ impl Strategy {
         block: BlockRequest,
         config: StrategyConfig,
     ) -> Strategy {
-        let (publish, status) = watch::channel(EndpointStatus::default());
+        let (publish, status) = watch::channel(StrategyStatus::default());
         let (stop, stopped) = oneshot::channel();
         let scaler = Scaler {
             executor,
@@ -74,12 +74,12 @@ impl Strategy {
     }
 
     /// The latest snapshot of the endpoint.
-    pub fn status(&self) -> EndpointStatus {
+    pub fn status(&self) -> StrategyStatus {
         self.status.borrow().clone()
     }
 
     /// Waits for the next snapshot.
-    pub async fn changed(&mut self) -> EndpointStatus {
+    pub async fn changed(&mut self) -> StrategyStatus {
         let _ = self.status.changed().await;
         self.status.borrow_and_update().clone()
     }
@@ -123,7 +123,7 @@ struct Scaler {
     failures: u32,
     backoff_until: Option<Instant>,
     last_error: Option<String>,
-    publish: watch::Sender<EndpointStatus>,
+    publish: watch::Sender<StrategyStatus>,
 }
 
 /// Load on the managers of one block.
@@ -432,7 +432,7 @@ impl Scaler {
             .backoff_until
             .filter(|until| Instant::now() < *until)
             .map(|until| SystemTime::now() + until.saturating_duration_since(Instant::now()));
-        let status = EndpointStatus {
+        let status = StrategyStatus {
             blocks,
             managers: pools.len(),
             workers,
