@@ -26,7 +26,7 @@ use funcx::transport::remote::{
 };
 use funcx::transport::TcpTransport;
 use funcx::{Executor, Function};
-use funcx_client::{EndpointDial, RemoteExecutor};
+use funcx_client::{EndpointDial, RemoteConfig};
 use funcx_gateway::{Gateway, GatewayConfig};
 use serde_bytes::ByteBuf;
 use tokio::net::{TcpListener, TcpStream};
@@ -702,10 +702,10 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
     for index in 0..options.managers {
         cluster.start_manager(index)?;
     }
-    let executor = RemoteExecutor::builder(&format!("http://{gateway_address}"), USER_TOKEN, id)
+    let executor = RemoteConfig::new(&format!("http://{gateway_address}"), USER_TOKEN, id)
         .backoff(Duration::from_millis(10), Duration::from_millis(200))
         .give_up_after(Duration::from_secs(3600))
-        .start()
+        .connect()
         .await?;
     let function = Function::from_source(TASK, "f");
 

@@ -56,7 +56,7 @@
 //!   it first (`ulimit -n 8192`). It checks the limit before starting and says so when it
 //!   is too low.
 //! - `W1-gw`, `W2-gw`, `W3-gw`: the same work as W1, W2 and W3, submitted through a
-//!   [`RemoteExecutor`] (postcard submissions, results pushed over a binary stream of postcard
+//!   the remote executor ([`funcx_client::connect`]; postcard submissions, results pushed over a binary stream of postcard
 //!   frames) to a funcx gateway serving on 127.0.0.1 (random port) in this process, with one
 //!   user and one registered endpoint. The endpoint side runs in this process too: a local
 //!   executor of `--workers` (default 2) Python workers behind [`run_manager`] with an [`EndpointDial`] and an
@@ -90,7 +90,7 @@
 //! - `gw-restart`: n (default 2,000) tasks through a funcx gateway *process* (this
 //!   executable again, with a redb store) that is killed with `SIGKILL` `--kills` times
 //!   (default 10) at seeded random moments 100–500 ms apart and started again on the same
-//!   port and store at once, while a [`RemoteExecutor`] submits batches of 100 every 20 ms
+//!   port and store at once, while a remote executor ([`funcx_client::connect`]) submits batches of 100 every 20 ms
 //!   and an endpoint of `--workers` (default 2) Python workers in this process runs them.
 //!   Each task appends a byte to a file of its own (`mark(i)`, 2 ms), so executions are
 //!   counted by the function; after the last gateway stops, the store is read back. Fields
@@ -129,7 +129,7 @@ use funcx::transport::remote::{
 };
 use funcx::transport::TcpTransport;
 use funcx::{Args, Executor, Function, Payload, PythonConfig, PythonRuntime};
-use funcx_client::{EndpointDial, RemoteExecutor};
+use funcx_client::{EndpointDial, RemoteConfig};
 use funcx_gateway::{Gateway, GatewayConfig, UserConfig};
 use serde_bytes::ByteBuf;
 use tokio::task::{JoinHandle, JoinSet};
@@ -283,7 +283,7 @@ struct Endpoint {
 }
 
 /// An in-process gateway and the in-process endpoint (local Python workers behind one
-/// manager dialling the gateway) that a [`RemoteExecutor`] is measured against.
+/// manager dialling the gateway) that a remote executor ([`funcx_client::connect`]) is measured against.
 struct Behind {
     server: JoinHandle<std::io::Result<()>>,
     manager: JoinHandle<ManagerExit>,
@@ -305,7 +305,7 @@ impl Endpoint {
         })
     }
 
-    /// A [`RemoteExecutor`] on a gateway serving on a loopback port, with one endpoint of
+    /// A remote executor ([`funcx_client::connect`]) on a gateway serving on a loopback port, with one endpoint of
     /// `workers` local Python workers attached to it through one manager connection. The
     /// store: PostgreSQL with `--pg`, else the redb file `store`, else memory.
     async fn gateway(
@@ -369,7 +369,7 @@ impl Endpoint {
             ExecutorRunner::new(local.clone(), workers),
             ManagerConfig::new(info),
         ));
-        let executor = RemoteExecutor::connect(&url, &token, endpoint_id).await?;
+        let executor = funcx_client::connect(&url, &token, endpoint_id).await?;
         Ok(Endpoint {
             executor,
             managers: Vec::new(),
@@ -1193,10 +1193,10 @@ async fn gw_restart(workers: usize, n: usize, kills: usize) -> BoxResult<Line> {
         ExecutorRunner::new(local.clone(), workers),
         manager_config,
     ));
-    let executor = RemoteExecutor::builder(&format!("http://{address}"), &token, &id)
+    let executor = RemoteConfig::new(&format!("http://{address}"), &token, &id)
         .backoff(Duration::from_millis(10), Duration::from_millis(100))
         .give_up_after(Duration::from_secs(120))
-        .start()
+        .connect()
         .await?;
     let mark = Function::from_source(MARK, "mark");
     let directory = marks.display().to_string();

@@ -1,7 +1,7 @@
 //! The PostgreSQL workloads of `e2e` (feature `postgres`): several gateways on one database.
 //!
 //! - `W1-gw-pg2`: W1 (n = 20,000 no-ops) through two gateways in this process sharing one
-//!   PostgreSQL schema: half submitted at each by a [`RemoteExecutor`] of its own, all run by
+//!   PostgreSQL schema: half submitted at each by a remote executor ([`funcx_client::connect`]) of its own, all run by
 //!   one endpoint of `--workers` Python workers connected to the first gateway, so that the
 //!   second gateway's tasks are claimed by the first and their results routed back to it
 //!   through LISTEN/NOTIFY. Every result is checked.
@@ -23,7 +23,7 @@ use funcx::transport::remote::{
     run_manager, ExecutorRunner, ManagerConfig, ManagerExit, ManagerId, ManagerInfo,
 };
 use funcx::{Args, Executor, Function, PythonConfig, PythonRuntime};
-use funcx_client::{EndpointDial, RemoteExecutor};
+use funcx_client::{EndpointDial, RemoteConfig};
 use funcx_gateway::store::{PgOptions, PgStore, TaskStore};
 use funcx_gateway::{Gateway, GatewayConfig, StoreConfig, UserConfig};
 use tokio::task::JoinHandle;
@@ -103,7 +103,7 @@ pub(super) async fn w1_pg2(workers: usize, url: &str, n: usize) -> BoxResult<Lin
     let noop = Function::from_source(NOOP, "noop");
     let mut executors = Vec::new();
     for url in &urls {
-        let executor = RemoteExecutor::connect(url, &token, &id).await?;
+        let executor = funcx_client::connect(url, &token, &id).await?;
         warm(&executor, &noop, |i| Args::new().arg(&i)).await?;
         executors.push(executor);
     }
@@ -179,12 +179,12 @@ pub(super) async fn failover(workers: usize, url: &str, n: usize) -> BoxResult<L
         .failover(addresses[1].to_string())
         .failover(addresses[2].to_string());
     let (local, manager) = endpoint(workers, dial).await?;
-    let executor = RemoteExecutor::builder(&urls[0], &token, &id)
+    let executor = RemoteConfig::new(&urls[0], &token, &id)
         .failover(&urls[1])
         .failover(&urls[2])
         .backoff(Duration::from_millis(10), Duration::from_millis(100))
         .give_up_after(Duration::from_secs(120))
-        .start()
+        .connect()
         .await?;
     let mark = Function::from_source(MARK, "mark");
     let directory = marks.display().to_string();

@@ -12,7 +12,7 @@
 //!    gateway, so the machine running it needs no open port, and runs a block of managers
 //!    with two warm Python workers (here a local process; on a cluster a Slurm or PBS job;
 //!    the `funcx-endpoint` program builds the same from a configuration file);
-//! 3. the **user's program**: `RemoteExecutor::connect` gives an ordinary `Executor`, and the
+//! 3. the **user's program**: `funcx::client::connect` gives an ordinary `Executor`, and the
 //!    code that submits is the quickstart's, unchanged.
 //!
 //! The example is also the endpoint's manager program (`remote manager --endpoint ...`), so
@@ -22,7 +22,6 @@ use std::error::Error;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use funcx::client::RemoteExecutor;
 use funcx::endpoint::{Endpoint, GatewayLink};
 use funcx::gateway::{Gateway, GatewayConfig, UserConfig};
 use funcx::providers::LocalProvider;
@@ -126,7 +125,7 @@ async fn remote() -> Result<(), Box<dyn Error>> {
     );
 
     // 3. The user's program. The one line that differs from the quickstart:
-    let executor = RemoteExecutor::connect(&url, &token, endpoint_id).await?;
+    let executor = funcx::client::connect(&url, &token, endpoint_id).await?;
 
     let analyze = Function::from_source(SOURCE, "analyze");
     let started = Instant::now();

@@ -118,7 +118,7 @@ impl Executor {
 
     /// Runs `connect` on a new runtime of its own and wraps the async executor it makes: for
     /// executors that are not started by an [`ExecutorBuilder`], such as
-    /// `funcx_client::RemoteExecutor::connect(url, token, endpoint)`.
+    /// `funcx_client::connect(url, token, endpoint)`.
     ///
     /// The future runs to completion on that runtime before this returns; the runtime is
     /// then kept running for the executor.

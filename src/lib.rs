@@ -76,7 +76,7 @@ pub use funcx_transport as transport;
 #[cfg(feature = "providers")]
 pub use funcx_providers as providers;
 
-/// What talks to a gateway: `RemoteExecutor`, `EndpointDial`, the API's bodies
+/// What talks to a gateway: `connect` and `RemoteConfig` (a remote executor), `EndpointDial`, the API's bodies
 /// (`funcx-client`, feature `client`; it compiles none of the gateway).
 #[cfg(feature = "client")]
 pub use funcx_client as client;

@@ -9,7 +9,6 @@ mod common;
 use common::proc::{alive, pids, tree};
 use common::processes::{configure_local as configure, run, text, ALICE};
 use common::{init_tracing, wait_until, within, TempDir, HANG};
-use funcx::client::RemoteExecutor;
 use funcx::gateway::{Gateway, GatewayConfig, UserConfig};
 use funcx::Function;
 use std::path::Path;
@@ -245,7 +244,7 @@ async fn two_detached_endpoints_run_tasks_side_by_side_and_stop_drains_them() {
     );
     let mut handles = Vec::new();
     for (_, id) in &endpoints {
-        let client = RemoteExecutor::connect(&gateway.url, ALICE, id)
+        let client = funcx::client::connect(&gateway.url, ALICE, id)
             .await
             .unwrap();
         handles.push((client.submit_batch(&slow, (0..6).map(|i| (i,))), client));

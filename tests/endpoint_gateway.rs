@@ -1,6 +1,6 @@
 //! `funcx::Endpoint` taking its tasks from a gateway it dials out to: a real gateway on
 //! loopback, real `funcx-manager` processes from a local provider, real Python workers, and
-//! a `RemoteExecutor` submitting over HTTP.
+//! a remote executor (`funcx_client::connect`) submitting over HTTP.
 #![cfg(all(unix, feature = "cli", feature = "gateway"))]
 
 mod common;
@@ -8,7 +8,6 @@ mod common;
 use std::time::Duration;
 
 use common::{init_tracing, manager_binary, wait_until, within, HANG};
-use funcx::client::RemoteExecutor;
 use funcx::endpoint::{Endpoint, EndpointState, GatewayLink};
 use funcx::gateway::{Gateway, GatewayConfig, UserConfig};
 use funcx::providers::LocalProvider;
@@ -87,7 +86,7 @@ async fn gateway_tasks_run_on_blocks_and_a_stop_delivers_every_result() {
     // No block yet: init 0, and no work.
     assert!(endpoint.status().strategy.blocks.is_empty());
 
-    let client = RemoteExecutor::connect(&url, ALICE, &endpoint_id)
+    let client = funcx::client::connect(&url, ALICE, &endpoint_id)
         .await
         .expect("client");
     let slow = Function::from_source(
@@ -223,7 +222,7 @@ async fn an_endpoint_whose_first_gateway_is_down_dials_the_next_of_its_failover_
         endpoint.status().connected == Some(true)
     })
     .await;
-    let client = RemoteExecutor::connect(&url, ALICE, &endpoint_id)
+    let client = funcx::client::connect(&url, ALICE, &endpoint_id)
         .await
         .expect("client");
     let double = Function::from_source("def double(x):\n    return 2 * x\n", "double");

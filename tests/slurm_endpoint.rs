@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use common::proc::alive;
 use common::processes::{run, text, GatewayProcess, ALICE};
 use common::{init_tracing, within, TempDir, HANG};
-use funcx::client::RemoteExecutor;
 use funcx::Function;
 
 /// Slurm starts a job within seconds here; this bounds a broken cluster, not a slow one.
@@ -138,7 +137,7 @@ async fn a_slurm_endpoint_configured_started_stopped_and_revoked() {
 
     let output = run(&home, &["start", "cluster", "--detach"]);
     assert!(output.status.success(), "{}", text(&output));
-    let client = RemoteExecutor::connect(&gateway.url, ALICE, &id)
+    let client = funcx::client::connect(&gateway.url, ALICE, &id)
         .await
         .expect("client");
     let where_ = Function::from_source(WHERE, "where");

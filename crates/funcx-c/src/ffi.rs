@@ -205,7 +205,7 @@ pub unsafe extern "C" fn funcx_executor_new_remote(
             )
         };
         let executor = blocking::Executor::connect(async {
-            funcx::client::RemoteExecutor::connect(url, token, endpoint_id)
+            funcx::client::connect(url, token, endpoint_id)
                 .await
                 .map_err(FuncxError::from)
         })?;

@@ -1,7 +1,7 @@
 //! What talks to a funcx gateway, without the gateway.
 //!
-//! - [`RemoteExecutor`]: an ordinary [`funcx_core::Executor`] whose tasks run on an endpoint
-//!   behind a gateway (submissions over HTTP, results pushed over one binary stream);
+//! - [`connect`] and [`RemoteConfig`]: an ordinary [`funcx_core::Executor`] whose tasks run on
+//!   an endpoint behind a gateway (submissions over HTTP, results pushed over one binary stream);
 //! - [`EndpointDial`]: how an endpoint process dials *out* to its gateway and becomes a
 //!   manager of its queue there;
 //! - [`model`]: the bodies of the gateway's HTTP API and the names its requests use, the
@@ -9,11 +9,10 @@
 //! - [`tls`] (feature `tls`): whom an `https://` gateway must be certified by.
 //!
 //! ```no_run
-//! use funcx_client::RemoteExecutor;
 //! use funcx_core::Function;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let executor = RemoteExecutor::connect("http://127.0.0.1:8470", "alice's token", "3f9c0e...").await?;
+//! let executor = funcx_client::connect("http://127.0.0.1:8470", "alice's token", "3f9c0e...").await?;
 //! let add = Function::from_source("def add(a, b):\n    return a + b\n", "add");
 //! let sum: i64 = executor.submit(&add, (2, 3)).result().await?;
 //! # Ok(()) }
@@ -40,4 +39,4 @@ mod remote_executor;
 pub mod tls;
 
 pub use dial::EndpointDial;
-pub use remote_executor::{RemoteError, RemoteExecutor, RemoteExecutorBuilder};
+pub use remote_executor::{connect, RemoteConfig, RemoteError};

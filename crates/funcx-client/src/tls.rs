@@ -1,6 +1,6 @@
 //! Whom an `https://` gateway must be certified by (feature `tls`).
 //!
-//! [`EndpointDial`](crate::EndpointDial) and [`RemoteExecutor`](crate::RemoteExecutor) trust
+//! [`EndpointDial`](crate::EndpointDial) and [`RemoteConfig`](crate::RemoteConfig) trust
 //! either the CA file they are given (a self-signed gateway, or its private CA) or the
 //! Mozilla roots (a gateway with a certificate from a public CA). PEM files are read and
 //! rustls configurations built by `funcx_transport::tls`, as for manager connections.

@@ -15,7 +15,7 @@
 //!
 //! gives an endpoint id and token for the endpoint process
 //! (`funcx_client::EndpointDial`), and
-//! `RemoteExecutor::connect("http://127.0.0.1:8470", TOKEN, ENDPOINT_ID)` an `Executor` that
+//! `funcx_client::connect("http://127.0.0.1:8470", TOKEN, ENDPOINT_ID)` an `Executor` that
 //! runs on it. `examples/remote.rs` at the repository's root does all of that in one program,
 //! with an endpoint from `funcx::Endpoint::builder()`.
 //!

@@ -34,7 +34,7 @@
 //! - [`Authenticator`]: who is calling ([`TokenAuthenticator`] checks the store's hashed
 //!   tokens; plug in OIDC or JWT validation instead).
 //!
-//! What talks to a gateway (`RemoteExecutor`, `EndpointDial`) and the API's bodies are the
+//! What talks to a gateway (`connect` and `RemoteConfig` (a remote executor), `EndpointDial`) and the API's bodies are the
 //! `funcx-client` crate, which compiles none of the server; the gateway serves its types.
 //!
 //! With the `tls` feature, the gateway serves HTTPS when its configuration has a `[tls]`

@@ -15,7 +15,7 @@ use common::process::{
     free_port, python_endpoint, register_endpoint, temp_dir, write_config, GatewayProcess,
 };
 use funcx_client::EndpointDial;
-use funcx_client::RemoteExecutor;
+use funcx_client::RemoteConfig;
 use funcx_core::Function;
 use funcx_gateway::store::{RedbStore, TaskStore};
 
@@ -62,10 +62,10 @@ async fn gateway_killed_around_submissions_stores_and_runs_each_task_once() {
         11,
         Duration::from_millis(100),
     );
-    let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
+    let executor = RemoteConfig::new(&format!("http://{address}"), TOKEN, &id)
         .backoff(Duration::from_millis(10), Duration::from_millis(100))
         .give_up_after(Duration::from_secs(60))
-        .start()
+        .connect()
         .await
         .expect("remote executor connects");
     let mark = Function::from_source(MARKING, "mark");

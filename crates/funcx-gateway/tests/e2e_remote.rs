@@ -1,4 +1,4 @@
-//! End to end through a gateway on loopback: a `RemoteExecutor` submits, the gateway stores
+//! End to end through a gateway on loopback: a remote executor (`funcx_client::connect`) submits, the gateway stores
 //! and relays, an endpoint (a manager of real Python workers) dials out to the gateway and
 //! runs the tasks.
 
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::process::register_endpoint;
-use funcx_client::{EndpointDial, RemoteExecutor};
+use funcx_client::{EndpointDial, RemoteConfig};
 use funcx_core::{Args, Executor, Function, TaskOptions};
 use funcx_gateway::{Gateway, GatewayConfig};
 use funcx_python::{PythonConfig, PythonRuntime};
@@ -110,9 +110,9 @@ fn fastrand_id() -> u64 {
 }
 
 async fn remote(gateway: SocketAddr, endpoint: &str) -> Executor {
-    RemoteExecutor::builder(&format!("http://{gateway}"), TOKEN, endpoint)
+    RemoteConfig::new(&format!("http://{gateway}"), TOKEN, endpoint)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .start()
+        .connect()
         .await
         .expect("remote executor connects")
 }
@@ -191,11 +191,11 @@ async fn round_trip_errors_map_cancel_timeout() {
 
     // A wrong endpoint or token is refused at connect time, with the reason.
     let refused =
-        RemoteExecutor::connect(&format!("http://{gateway}"), "wrong-token-wrong-token", &id)
+        funcx_client::connect(&format!("http://{gateway}"), "wrong-token-wrong-token", &id)
             .await
             .expect_err("bad token");
     assert!(refused.to_string().contains("401"), "{refused}");
-    let unknown = RemoteExecutor::connect(&format!("http://{gateway}"), TOKEN, "no-such-endpoint")
+    let unknown = funcx_client::connect(&format!("http://{gateway}"), TOKEN, "no-such-endpoint")
         .await
         .expect_err("unknown endpoint");
     assert!(unknown.to_string().contains("404"), "{unknown}");

@@ -1,6 +1,6 @@
 //! The gateway is a separate process with a store on disk; it is killed with `SIGKILL` in the
 //! middle of a run and started again on the same port and store. Every task the
-//! `RemoteExecutor` submitted, before or during the outage, delivers its result exactly once;
+//! remote executor (`funcx_client::connect`) submitted, before or during the outage, delivers its result exactly once;
 //! and work the endpoint did while the gateway was down is handed over, not done again.
 
 mod common;
@@ -14,7 +14,7 @@ use common::process::{
 };
 
 use funcx_client::EndpointDial;
-use funcx_client::RemoteExecutor;
+use funcx_client::RemoteConfig;
 use funcx_core::Function;
 
 const TOKEN: &str = "alice-secret-token-0123456789";
@@ -45,10 +45,10 @@ async fn gateway_killed_and_restarted_mid_run_loses_nothing() {
         Duration::from_millis(200),
     );
 
-    let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
+    let executor = RemoteConfig::new(&format!("http://{address}"), TOKEN, &id)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
         .give_up_after(Duration::from_secs(60))
-        .start()
+        .connect()
         .await
         .expect("remote executor connects");
     let work = Function::from_source(SOURCE, "work");
@@ -97,10 +97,10 @@ async fn gateway_gone_for_good_fails_tasks_with_the_cause_instead_of_hanging() {
     .expect("write config");
     let gateway = GatewayProcess::start(&config, address, &dir.join("gateway.log"));
     let (id, _) = register_endpoint(address, TOKEN, "never connects").await;
-    let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
+    let executor = RemoteConfig::new(&format!("http://{address}"), TOKEN, &id)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
         .give_up_after(Duration::from_secs(2))
-        .start()
+        .connect()
         .await
         .expect("remote executor connects");
     let work = Function::from_source(SOURCE, "work");
@@ -180,10 +180,10 @@ async fn results_the_endpoint_holds_across_a_gateway_restart_are_handed_over_not
         9,
         Duration::from_millis(200),
     );
-    let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
+    let executor = RemoteConfig::new(&format!("http://{address}"), TOKEN, &id)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
         .give_up_after(Duration::from_secs(60))
-        .start()
+        .connect()
         .await
         .expect("remote executor connects");
     let mark = Function::from_source(MARKING, "mark");

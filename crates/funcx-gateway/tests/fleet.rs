@@ -15,7 +15,7 @@ use common::process::{
     GatewayProcess,
 };
 use common::ALICE;
-use funcx_client::RemoteExecutor;
+use funcx_client::RemoteConfig;
 use funcx_core::Function;
 use funcx_gateway::store::{PgOptions, PgStore};
 
@@ -59,9 +59,9 @@ async fn a_task_submitted_at_one_gateway_runs_through_another_and_its_result_com
     let (endpoint, endpoint_token) = register_endpoint(b, ALICE, "at-a").await;
     let manager = common::connect(a, &endpoint, &endpoint_token);
 
-    let executor = RemoteExecutor::builder(&format!("http://{b}"), ALICE, &endpoint)
+    let executor = RemoteConfig::new(&format!("http://{b}"), ALICE, &endpoint)
         .give_up_after(Duration::from_secs(30))
-        .start()
+        .connect()
         .await
         .expect("the client connects to B");
     let echo = Function::from_source("def echo(x):\n    return x\n", "echo");
@@ -144,12 +144,12 @@ async fn a_gateway_killed_mid_run_its_endpoint_and_client_move_on_and_every_resu
         .failover(b.to_string())
         .failover(c.to_string());
     let manager = python_endpoint(dial, 11, Duration::from_millis(200));
-    let executor = RemoteExecutor::builder(&format!("http://{a}"), ALICE, &endpoint)
+    let executor = RemoteConfig::new(&format!("http://{a}"), ALICE, &endpoint)
         .failover(&format!("http://{b}"))
         .failover(&format!("http://{c}"))
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
         .give_up_after(Duration::from_secs(60))
-        .start()
+        .connect()
         .await
         .expect("the client connects to A");
     let work = Function::from_source(WORK, "work");
@@ -309,20 +309,20 @@ async fn a_database_restart_mid_run_loses_no_accepted_task() {
     let gateway = GatewayProcess::start(&config, address, &dir.join("gateway.log"));
     let (endpoint, endpoint_token) = register_endpoint(address, ALICE, "steady").await;
     let manager = common::connect(address, &endpoint, &endpoint_token);
-    let executor = RemoteExecutor::builder(&format!("http://{address}"), ALICE, &endpoint)
+    let executor = RemoteConfig::new(&format!("http://{address}"), ALICE, &endpoint)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
         .give_up_after(Duration::from_secs(60))
-        .start()
+        .connect()
         .await
         .expect("the client connects");
     let echo = Function::from_source("def echo(x):\n    return x\n", "echo");
 
     // Accepted for an endpoint that is not connected yet: they wait in the database.
     let (late, late_token) = register_endpoint(address, ALICE, "late").await;
-    let waiting_executor = RemoteExecutor::builder(&format!("http://{address}"), ALICE, &late)
+    let waiting_executor = RemoteConfig::new(&format!("http://{address}"), ALICE, &late)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
         .give_up_after(Duration::from_secs(60))
-        .start()
+        .connect()
         .await
         .expect("the client connects");
     let waiting = waiting_executor.submit_batch(&echo, (1000..1100_i64).map(|i| (i,)));
@@ -372,9 +372,9 @@ async fn a_task_cancelled_at_one_gateway_stops_running_through_another() {
     // minutes.
     let dial = funcx_client::EndpointDial::new(a.to_string(), endpoint.clone(), endpoint_token);
     let manager = python_endpoint(dial, 12, Duration::from_millis(200));
-    let executor = RemoteExecutor::builder(&format!("http://{b}"), ALICE, &endpoint)
+    let executor = RemoteConfig::new(&format!("http://{b}"), ALICE, &endpoint)
         .give_up_after(Duration::from_secs(60))
-        .start()
+        .connect()
         .await
         .expect("the client connects to B");
 
@@ -436,9 +436,9 @@ async fn a_gateway_killed_and_restarted_on_the_database_takes_its_endpoint_back_
     // once A is back. The client streams from B, which stays up.
     let dial = EndpointDial::new(a.to_string(), endpoint.clone(), endpoint_token);
     let manager = python_endpoint(dial, 13, Duration::from_millis(200));
-    let executor = RemoteExecutor::builder(&format!("http://{b}"), ALICE, &endpoint)
+    let executor = RemoteConfig::new(&format!("http://{b}"), ALICE, &endpoint)
         .give_up_after(Duration::from_secs(60))
-        .start()
+        .connect()
         .await
         .expect("the client connects to B");
     let work = Function::from_source(WORK, "work");

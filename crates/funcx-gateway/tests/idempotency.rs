@@ -1,4 +1,4 @@
-//! `RemoteExecutor` names every submission with an `Idempotency-Key` and resends it
+//! A remote executor (`funcx_client::connect`) names every submission with an `Idempotency-Key` and resends it
 //! unchanged when the answer is lost: the gateway stores the batch once, and each task runs
 //! once.
 //!
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use funcx_client::RemoteExecutor;
+use funcx_client::RemoteConfig;
 use funcx_core::Function;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -106,9 +106,9 @@ async fn a_submission_whose_answer_was_lost_is_stored_once() {
     let (_cut, cut) = watch::channel(true);
     let (proxy, submissions) = lossy_proxy(gw.addr, cut).await;
 
-    let executor = RemoteExecutor::builder(&format!("http://{proxy}"), ALICE, &endpoint)
+    let executor = RemoteConfig::new(&format!("http://{proxy}"), ALICE, &endpoint)
         .backoff(Duration::from_millis(20), Duration::from_millis(100))
-        .start()
+        .connect()
         .await
         .expect("the executor connects through the proxy");
     let echo = Function::from_source("def echo(x):\n    return x\n", "echo");
@@ -151,9 +151,9 @@ async fn results_that_come_before_the_resend_is_answered_are_delivered() {
 
     // A pause before the resend long enough that the results on the stream surely come
     // first.
-    let executor = RemoteExecutor::builder(&format!("http://{proxy}"), ALICE, &endpoint)
+    let executor = RemoteConfig::new(&format!("http://{proxy}"), ALICE, &endpoint)
         .backoff(Duration::from_secs(1), Duration::from_secs(1))
-        .start()
+        .connect()
         .await
         .expect("the executor connects through the proxy");
     let echo = Function::from_source("def echo(x):\n    return x\n", "echo");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::process::{free_port, register_endpoint, temp_dir, write_config, GatewayProcess};
 use common::TIMEOUT;
-use funcx_client::RemoteExecutor;
+use funcx_client::RemoteConfig;
 use funcx_core::Function;
 
 const TOKEN: &str = "alice-secret-token-0123456789";
@@ -44,9 +44,9 @@ async fn sigterm_stops_the_gateway_cleanly_and_the_next_start_has_nothing_to_rec
 
     let (id, token) = register_endpoint(address, TOKEN, "lifecycle").await;
     let _endpoint = common::connect(address, &id, &token);
-    let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
+    let executor = RemoteConfig::new(&format!("http://{address}"), TOKEN, &id)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .start()
+        .connect()
         .await
         .expect("the executor connects");
     let echo = Function::from_source("def echo(x):\n    return x\n", "echo");

@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::process::{free_port, register_endpoint, temp_dir, write_config, GatewayProcess};
-use funcx_client::RemoteExecutor;
+use funcx_client::RemoteConfig;
 use funcx_core::{Args, Function, Payload, Timeline};
 use funcx_gateway::store::{Finished, NewTask, RedbStore, TaskStore};
 
@@ -131,8 +131,8 @@ async fn a_gateway_gives_memory_back_after_bursts() {
     let gateway = GatewayProcess::start(&config, address, &dir.join("gateway.log"));
     let (id, endpoint_token) = register_endpoint(address, TOKEN, "bursts").await;
     let endpoint = common::connect(address, &id, &endpoint_token);
-    let executor = RemoteExecutor::builder(&format!("http://{address}"), TOKEN, &id)
-        .start()
+    let executor = RemoteConfig::new(&format!("http://{address}"), TOKEN, &id)
+        .connect()
         .await
         .expect("remote executor connects");
     let echo = Function::from_source("def echo(x):\n    return x\n", "echo");

@@ -1,5 +1,5 @@
 //! The gateway over HTTPS on loopback, with a self-signed certificate made for the test:
-//! the API, an endpoint dialling in through the upgrade route, a `RemoteExecutor`, and the
+//! the API, an endpoint dialling in through the upgrade route, a remote executor (`funcx_client::connect`), and the
 //! ways a client gets TLS wrong.
 #![cfg(feature = "tls")]
 
@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use funcx_client::{EndpointDial, RemoteError, RemoteExecutor};
+use funcx_client::{EndpointDial, RemoteConfig, RemoteError};
 use funcx_core::Function;
 use funcx_gateway::{Gateway, GatewayConfig, TlsConfig, UserConfig};
 use funcx_transport::remote::{
@@ -207,10 +207,10 @@ async fn endpoint_and_remote_executor_over_tls() {
             .expect("the CA file is usable");
         let endpoint = tokio::spawn(run_manager(dial, EchoRunner::new(4), manager_config()));
 
-        let executor = RemoteExecutor::builder(&url, ALICE, &id)
+        let executor = RemoteConfig::new(&url, ALICE, &id)
             .ca_file(&ca)
             .backoff(Duration::from_millis(20), Duration::from_millis(200))
-            .start()
+            .connect()
             .await
             .expect("the remote executor connects over TLS");
         let function = Function::from_source("def echo(x):\n    return x\n", "echo");
@@ -235,9 +235,9 @@ async fn a_client_with_the_wrong_ca_gets_a_tls_error() {
     let other = certs("other-ca");
     let url = format!("https://localhost:{}", gateway.addr.port());
     tokio::time::timeout(TIMEOUT, async {
-        let error = RemoteExecutor::builder(&url, ALICE, "any-endpoint")
+        let error = RemoteConfig::new(&url, ALICE, "any-endpoint")
             .ca_file(&other.cert)
-            .start()
+            .connect()
             .await
             .expect_err("an untrusted certificate is refused");
         assert!(matches!(error, RemoteError::Tls { .. }), "{error:?}");
@@ -248,8 +248,8 @@ async fn a_client_with_the_wrong_ca_gets_a_tls_error() {
         );
 
         // Trusting nothing but the Mozilla roots fails the same way for a self-signed gateway.
-        let error = RemoteExecutor::builder(&url, ALICE, "any-endpoint")
-            .start()
+        let error = RemoteConfig::new(&url, ALICE, "any-endpoint")
+            .connect()
             .await
             .expect_err("a self-signed certificate is not publicly trusted");
         assert!(matches!(error, RemoteError::Tls { .. }), "{error:?}");
@@ -269,9 +269,9 @@ async fn a_client_with_the_wrong_ca_gets_a_tls_error() {
         assert!(EndpointDial::new(url.clone(), "e", "t")
             .ca_file(&not_pem)
             .is_err());
-        let error = RemoteExecutor::builder(&url, ALICE, "e")
+        let error = RemoteConfig::new(&url, ALICE, "e")
             .ca_file(&not_pem)
-            .start()
+            .connect()
             .await
             .expect_err("a bad CA file is refused");
         assert!(matches!(error, RemoteError::Tls { .. }), "{error:?}");

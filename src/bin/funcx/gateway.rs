@@ -136,7 +136,7 @@ impl Gateway {
 }
 
 /// The gateway crate's rustls configuration (the given CA file, else the public roots), so
-/// that `funcx` checks a gateway's certificate exactly as `RemoteExecutor` does.
+/// that `funcx` checks a gateway's certificate exactly as the remote executor (`funcx_client::connect`) does.
 #[cfg(feature = "tls")]
 pub(crate) fn with_tls(
     builder: reqwest::ClientBuilder,

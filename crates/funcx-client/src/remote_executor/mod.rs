@@ -1,16 +1,16 @@
-//! [`RemoteExecutor`]: the ordinary [`Executor`] API, with the tasks running on an endpoint
-//! behind a gateway.
+//! [`connect`] and [`RemoteConfig`]: a remote executor is an [`Executor`] like any other, whose
+//! workers are behind a gateway, so connecting one returns an `Executor` (as
+//! `tokio_postgres::connect` and its `Config` return a client).
 //!
 //! Switching a program from local workers to a remote endpoint is one line:
 //!
 //! ```no_run
 //! use funcx_core::{Executor, Function};
-//! use funcx_client::RemoteExecutor;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! // let executor = Executor::builder().workers(2).start(PythonRuntime::default());
 //! let executor: Executor =
-//!     RemoteExecutor::connect("http://127.0.0.1:8470", "alice's token", "3f9c0e...").await?;
+//!     funcx_client::connect("http://127.0.0.1:8470", "alice's token", "3f9c0e...").await?;
 //! let add = Function::from_source("def add(a, b):\n    return a + b\n", "add");
 //! let sum: i64 = executor.submit(&add, (2, 3)).result().await?;
 //! # Ok(()) }
@@ -25,7 +25,7 @@
 //! 1. The dispatcher hands the pool everything queued in one `ToWorker::Tasks` batch; the
 //!    pool's driver task coalesces what else is already waiting and sends it in **one**
 //!    `POST /v1/endpoints/{id}/tasks` with a postcard body (arguments as raw pickle bytes, no
-//!    base64), split only past [`RemoteExecutorBuilder::max_request_bytes`]. Each function is
+//!    base64), split only past [`RemoteConfig::max_request_bytes`]. Each function is
 //!    registered once (`POST /v1/functions`) before its first task.
 //! 2. The gateway stores the batch (one durable write), answers with the gateway task ids,
 //!    and relays the tasks to the endpoint over its manager connection, where warm Python
@@ -51,51 +51,37 @@
 //! published while the stream was down is not missed; a result that arrives both ways is
 //! delivered once. Submissions that fail because the gateway cannot be reached are retried
 //! with back-off. A gateway that stays unreachable for
-//! [`RemoteExecutorBuilder::give_up_after`] (default 60 s) fails the outstanding tasks with a
+//! [`RemoteConfig::give_up_after`] (default 60 s) fails the outstanding tasks with a
 //! [`TaskError::is_manager_lost`] error naming the gateway and the last failure; tasks
 //! submitted while it is still down fail the same way at once instead of hanging, and the
 //! executor works again as soon as the gateway is back.
 
-mod builder;
+mod config;
 mod driver;
 mod http;
 mod stream;
 
 use funcx_core::Executor;
 
-pub use builder::{RemoteError, RemoteExecutorBuilder};
+pub use config::{RemoteConfig, RemoteError};
 
-/// Connects [`Executor`]s to an endpoint through a funcx gateway.
+/// An [`Executor`] whose tasks run on endpoint `endpoint_id` of the gateway at `gateway_url`
+/// (`http://host:port`, or `https://host:port` with the `tls` feature), on behalf of the user
+/// whose bearer token is `user_token`, with the default options; [`RemoteConfig`] sets others.
 ///
-/// [`RemoteExecutor::connect`] with defaults, or [`RemoteExecutor::builder`] to set the
-/// executor's options and how patient the connection is.
-#[derive(Debug, Clone, Copy)]
-pub struct RemoteExecutor;
-
-impl RemoteExecutor {
-    /// An [`Executor`] whose tasks run on endpoint `endpoint_id` of the gateway at
-    /// `gateway_url` (`http://host:port`, or `https://host:port` with the `tls` feature), on behalf of the user whose bearer token is
-    /// `user_token`.
-    ///
-    /// Checks first that the gateway answers and that the user sees the endpoint, so a
-    /// wrong address, token or endpoint fails here with the reason rather than task by task.
-    /// The endpoint itself need not be connected yet: tasks wait in the gateway for it.
-    pub async fn connect(
-        gateway_url: &str,
-        user_token: &str,
-        endpoint_id: &str,
-    ) -> Result<Executor, RemoteError> {
-        RemoteExecutor::builder(gateway_url, user_token, endpoint_id)
-            .start()
-            .await
-    }
-
-    /// A builder for a remote executor, to set options before [`RemoteExecutorBuilder::start`].
-    pub fn builder(
-        gateway_url: &str,
-        user_token: &str,
-        endpoint_id: &str,
-    ) -> RemoteExecutorBuilder {
-        RemoteExecutorBuilder::new(gateway_url, user_token, endpoint_id)
-    }
+/// Checks first that the gateway answers and that the user sees the endpoint, so a wrong
+/// address, token or endpoint fails here with the reason rather than task by task. The
+/// endpoint itself need not be connected yet: tasks wait in the gateway for it.
+///
+/// # Panics
+///
+/// Outside a Tokio runtime.
+pub async fn connect(
+    gateway_url: &str,
+    user_token: &str,
+    endpoint_id: &str,
+) -> Result<Executor, RemoteError> {
+    RemoteConfig::new(gateway_url, user_token, endpoint_id)
+        .connect()
+        .await
 }

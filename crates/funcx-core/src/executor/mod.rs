@@ -106,7 +106,7 @@ impl TaskOptions {
     /// so tasks never oversubscribe a machine; it waits in the queue until then. One that
     /// could never fit fails at once with a [`TaskError::is_unsatisfiable`] error (on an
     /// endpoint of managers alone, once the first manager has attached). Through a gateway
-    /// (`RemoteExecutor`) such tasks are not supported yet: they fail as unsatisfiable.
+    /// (`funcx_client::connect`) such tasks are not supported yet: they fail as unsatisfiable.
     pub fn resources(mut self, resources: Resources) -> TaskOptions {
         self.resources = Resources {
             cores: resources.cores.max(1),

@@ -115,7 +115,7 @@ pub fn all() -> Vec<Target> {
         },
         Target {
             name: "result-stream",
-            reads: "the gateway's binary result stream, as RemoteExecutor reads it",
+            reads: "the gateway's binary result stream, as the remote executor reads it",
             max_len: 4096,
             make: || Box::new(result_stream),
             seeds: result_stream_seeds,

@@ -28,7 +28,7 @@ use super::stream::{result_stream, Feed};
 /// endpoint has its own queue and knows its own capacity).
 const POOL_SIZE: usize = 1_000_000;
 
-/// How patient the driver is with the gateway, from [`RemoteExecutorBuilder`](super::RemoteExecutorBuilder).
+/// How patient the driver is with the gateway, from [`RemoteConfig`](super::RemoteConfig).
 pub(super) struct Patience {
     pub(super) give_up_after: Duration,
     pub(super) min_backoff: Duration,

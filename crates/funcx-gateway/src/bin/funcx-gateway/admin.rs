@@ -214,7 +214,7 @@ fn print_json(value: &Value) -> Result<(), Failure> {
     Ok(())
 }
 
-/// hyper-rustls over the same HTTP connector, as `RemoteExecutor` does: one client for
+/// hyper-rustls over the same HTTP connector, as the remote executor (`funcx_client::connect`) does: one client for
 /// `http://` and `https://` gateways.
 #[cfg(feature = "tls")]
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;

@@ -1,5 +1,5 @@
-//! [`RemoteExecutorBuilder`], the options of a remote executor, and [`RemoteError`], why one
-//! could not start.
+//! [`RemoteConfig`], the options of a remote executor, and [`RemoteError`], why one could
+//! not connect.
 
 #[cfg(feature = "tls")]
 use std::sync::Arc;
@@ -13,9 +13,13 @@ use super::driver::{self, Patience};
 use super::http::{ClientTls, Http, HttpError};
 use crate::model::EndpointView;
 
-/// Options of a [`RemoteExecutor`](super::RemoteExecutor).
+/// How to connect an [`Executor`] to an endpoint behind a gateway: the gateway, the user's
+/// token, the endpoint, and how patient to be with the gateway.
+///
+/// [`connect`](crate::connect) takes the defaults; build one with [`RemoteConfig::new`] to
+/// change them, then [`connect`](RemoteConfig::connect).
 #[derive(Debug, Clone)]
-pub struct RemoteExecutorBuilder {
+pub struct RemoteConfig {
     url: String,
     /// Other gateways of the same fleet, tried in turn when the current one is unreachable.
     failover: Vec<String>,
@@ -35,14 +39,12 @@ pub struct RemoteExecutorBuilder {
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-impl RemoteExecutorBuilder {
-    /// The defaults: see each setter.
-    pub(super) fn new(
-        gateway_url: &str,
-        user_token: &str,
-        endpoint_id: &str,
-    ) -> RemoteExecutorBuilder {
-        RemoteExecutorBuilder {
+impl RemoteConfig {
+    /// Endpoint `endpoint_id` of the gateway at `gateway_url` (`http://host:port`, or
+    /// `https://host:port` with the `tls` feature), on behalf of the user whose bearer token
+    /// is `user_token`; every other option at its default (see each setter).
+    pub fn new(gateway_url: &str, user_token: &str, endpoint_id: &str) -> RemoteConfig {
+        RemoteConfig {
             url: gateway_url.to_owned(),
             failover: Vec::new(),
             token: user_token.to_owned(),
@@ -64,14 +66,14 @@ impl RemoteExecutorBuilder {
     /// current gateway cannot be reached: its tasks are resent there under the same
     /// idempotency keys (a gateway that stored them answers with their ids, creating nothing)
     /// and its results read there. Call once per gateway; they are tried in that order.
-    pub fn failover(mut self, url: &str) -> RemoteExecutorBuilder {
+    pub fn failover(mut self, url: &str) -> RemoteConfig {
         self.failover.push(url.to_owned());
         self
     }
 
     /// The local executor's options: a default task timeout, the shutdown grace. (Its
     /// worker count does not apply: its only worker is the gateway.)
-    pub fn executor(mut self, builder: ExecutorBuilder) -> RemoteExecutorBuilder {
+    pub fn executor(mut self, builder: ExecutorBuilder) -> RemoteConfig {
         self.executor = builder;
         self
     }
@@ -79,20 +81,20 @@ impl RemoteExecutorBuilder {
     /// How long the gateway may stay unreachable before outstanding tasks fail with a
     /// [`TaskError::is_manager_lost`] error (default 60 s). A gateway restart that takes
     /// less loses nothing.
-    pub fn give_up_after(mut self, after: Duration) -> RemoteExecutorBuilder {
+    pub fn give_up_after(mut self, after: Duration) -> RemoteConfig {
         self.give_up_after = after;
         self
     }
 
     /// How long one HTTP request may take before it counts as a failure (default 30 s).
-    pub fn request_timeout(mut self, timeout: Duration) -> RemoteExecutorBuilder {
+    pub fn request_timeout(mut self, timeout: Duration) -> RemoteConfig {
         self.request_timeout = timeout;
         self
     }
 
     /// The first pause after a failed request or a dropped event stream (default 50 ms); it
     /// doubles up to `max` (default 2 s).
-    pub fn backoff(mut self, min: Duration, max: Duration) -> RemoteExecutorBuilder {
+    pub fn backoff(mut self, min: Duration, max: Duration) -> RemoteConfig {
         self.min_backoff = min;
         self.max_backoff = max.max(min);
         self
@@ -100,17 +102,17 @@ impl RemoteExecutorBuilder {
 
     /// The largest submission body to send (default 8 MiB); larger batches are split. A
     /// gateway that answers 413 makes the client halve it.
-    pub fn max_request_bytes(mut self, bytes: usize) -> RemoteExecutorBuilder {
+    pub fn max_request_bytes(mut self, bytes: usize) -> RemoteConfig {
         self.max_request_bytes = bytes.max(1);
         self
     }
 
     /// Trusts the CA certificates in the PEM file `path` for an `https://` gateway, instead
     /// of the Mozilla roots: the certificate of a self-signed gateway, or its private CA.
-    /// The file is read by [`start`](Self::start), which fails with [`RemoteError::Tls`] if
+    /// The file is read by [`connect`](Self::connect), which fails with [`RemoteError::Tls`] if
     /// it cannot be used.
     #[cfg(feature = "tls")]
-    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> RemoteExecutorBuilder {
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> RemoteConfig {
         self.ca_file = Some(path.into());
         self
     }
@@ -119,7 +121,7 @@ impl RemoteExecutorBuilder {
     /// certificates, custom verification); it takes precedence over
     /// [`ca_file`](Self::ca_file).
     #[cfg(feature = "tls")]
-    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> RemoteExecutorBuilder {
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> RemoteConfig {
         self.tls = Some(config);
         self
     }
@@ -148,12 +150,16 @@ impl RemoteExecutorBuilder {
         Ok(())
     }
 
-    /// Checks the gateway, the token and the endpoint, then starts the executor.
+    /// An [`Executor`] whose tasks run on the endpoint.
+    ///
+    /// Checks first that the gateway answers and that the user sees the endpoint, so a
+    /// wrong address, token or endpoint fails here with the reason rather than task by task.
+    /// The endpoint itself need not be connected yet: tasks wait in the gateway for it.
     ///
     /// # Panics
     ///
     /// Outside a Tokio runtime.
-    pub async fn start(self) -> Result<Executor, RemoteError> {
+    pub async fn connect(self) -> Result<Executor, RemoteError> {
         let http = Http::new(
             &self.url,
             &self.failover,
@@ -215,7 +221,7 @@ impl RemoteExecutorBuilder {
     }
 }
 
-/// Why a [`RemoteExecutor`](super::RemoteExecutor) could not connect.
+/// Why [`connect`](crate::connect) or [`RemoteConfig::connect`] could not connect.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RemoteError {
