@@ -804,8 +804,9 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
     let mut step = 0;
     let n = options.n;
     let mut sampling = tokio::time::interval(Duration::from_millis(500));
-    let mut next_action =
-        tokio::time::Instant::now() + Duration::from_millis(500 + rng.below(2_500));
+    // The pause before each action: 0.5–3 s, from the seed.
+    let gap = |rng: &mut Xorshift| Duration::from_millis(500 + rng.below(2_500));
+    let mut next_action = tokio::time::Instant::now() + gap(&mut rng);
     while !submitted.load(Ordering::Relaxed) {
         tokio::select! {
             _ = tokio::time::sleep_until(next_action) => {}
@@ -823,7 +824,7 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, BoxError> {
         cluster.sample_memory(resolved.load(Ordering::Relaxed), n);
         cluster.act(action, target, millis).await?;
         counts[action] += 1;
-        next_action = tokio::time::Instant::now() + Duration::from_millis(500 + rng.below(2_500));
+        next_action = tokio::time::Instant::now() + gap(&mut rng);
     }
     // Once submitted: no more chaos, and the grace period for what is left.
     let grace = tokio::time::sleep(options.grace);

@@ -150,15 +150,10 @@ async fn listen(shared: Weak<Shared>, mut events: broadcast::Receiver<FleetEvent
                 // A task settled by another gateway (cancelled there, or taken over after
                 // this one's lease lapsed) that still runs through this one is stopped: its
                 // outcome is stored, so running on only wastes a worker.
-                let gateway = Gateway {
+                Gateway {
                     inner: inner.clone(),
-                };
-                for id in &ids {
-                    if let Some((runtime, local)) = gateway.running(*id) {
-                        debug!(task = id, "settled at another gateway; cancelled here");
-                        runtime.executor.cancel(local);
-                    }
                 }
+                .cancel_running(&ids);
                 // Read only when some client streams results from this gateway.
                 if inner.events.receiver_count() == 0 {
                     continue;

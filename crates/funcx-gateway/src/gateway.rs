@@ -13,7 +13,7 @@ use funcx_core::{
 use funcx_transport::remote::{AgentConfig, EndpointAgent, ResultKeeper};
 use funcx_transport::TcpTransport;
 use tokio::sync::broadcast;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::model::EndpointStatusView;
 use crate::auth::{Authenticator, RateLimiter, TokenAuthenticator};
@@ -390,6 +390,24 @@ impl Gateway {
     pub(crate) fn running(&self, id: u64) -> Option<(Arc<EndpointRuntime>, TaskId)> {
         let (endpoint, local) = self.inner.running.lock().ok()?.get(&id).cloned()?;
         Some((self.existing_runtime(&endpoint)?, local))
+    }
+
+    /// Cancels, where they run through this gateway, those of `ids` that do: one look at
+    /// the running table for the whole batch, since most ids of a batch are not there.
+    pub(crate) fn cancel_running(&self, ids: &[u64]) {
+        let found: Vec<(u64, String, TaskId)> = match self.inner.running.lock() {
+            Ok(running) => ids
+                .iter()
+                .filter_map(|id| running.get(id).map(|(e, local)| (*id, e.clone(), *local)))
+                .collect(),
+            Err(_) => return,
+        };
+        for (id, endpoint, local) in found {
+            if let Some(runtime) = self.existing_runtime(&endpoint) {
+                debug!(task = id, "cancelled where it runs");
+                runtime.executor.cancel(local);
+            }
+        }
     }
 
     pub(crate) fn forget(&self, id: u64) {
