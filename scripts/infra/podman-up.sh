@@ -17,6 +17,10 @@
 #       PODMAN_ROOTFS=debootstrap: a minbase Debian bookworm + python3-minimal
 #           from the configured apt mirror (~235 MB, ~40 s).
 #   * runs python3 -c 'print(1)' in it with --network none.
+#   * builds two small images FROM it, localhost/funcx-image-a:latest and
+#     localhost/funcx-image-b:latest, each with /etc/funcx-image holding its own
+#     name (a or b): the per-function image tests (Function::in_image) check
+#     that each task ran in its function's image.
 # Env: PODMAN_IMAGE (default localhost/funcx-python:latest)
 # Nothing listens on any port. Use --network none (the default bridge network
 # works as root but creates a cni-podman0 bridge; rootless needs /dev/net/tun,
@@ -83,4 +87,22 @@ out="$(podman run --rm --network none "$IMAGE" python3 -c 'print(1)' 2>&1)" \
   || die "podman run failed: $out"
 [ "$out" = 1 ] || die "podman run printed '$out', expected 1"
 log "podman run --rm --network none $IMAGE python3 -c 'print(1)' -> $out"
+
+# Marked images for the per-function image tests: COPY only, nothing runs at build time.
+for mark in a b; do
+  MARKED="localhost/funcx-image-$mark:latest"
+  if podman image exists "$MARKED"; then
+    log "image $MARKED already present"
+    continue
+  fi
+  C="$(mktemp -d /tmp/podman-marked.XXXXXX)"
+  printf '%s\n' "$mark" > "$C/funcx-image"
+  printf 'FROM %s\nCOPY funcx-image /etc/funcx-image\n' "$IMAGE" > "$C/Containerfile"
+  podman build -q --pull=never -t "$MARKED" "$C" >/dev/null || { rm -rf "$C"; die "podman build of $MARKED failed"; }
+  rm -rf "$C"
+  got="$(podman run --rm --network none "$MARKED" python3 -c 'print(open("/etc/funcx-image").read().strip())' 2>&1)" \
+    || die "podman run of $MARKED failed: $got"
+  [ "$got" = "$mark" ] || die "$MARKED says '$got', expected '$mark'"
+  log "built $MARKED (/etc/funcx-image: $got)"
+done
 log "elapsed $(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 /// looks inside. Its [`FunctionId`] is a hash of its content, so registering the same
 /// function twice is free and a worker compiles it once, however many tasks call it.
 ///
+/// A function may name the container image it runs in ([`Function::in_image`]); the image is
+/// part of its identity, so the same body in two images is two functions, each run only by
+/// workers started in its image.
+///
 /// Cloning is cheap: the body is shared.
 ///
 /// ```
@@ -32,6 +36,7 @@ struct Inner {
     id: FunctionId,
     name: String,
     body: FunctionBody,
+    image: Option<String>,
 }
 
 /// What a [`Function`] is made of, as the worker receives it.
@@ -63,10 +68,45 @@ impl Function {
         Function::new(name.into(), FunctionBody::Pickled(bytes.into()))
     }
 
+    /// This function, run in container image `image` (for example
+    /// `"localhost/analysis:1"`): its tasks run only on workers started in that image, which
+    /// are kept warm while the image has work. How the image is started (podman, Apptainer)
+    /// is the worker runtime's choice; a runtime that cannot start it fails the function's
+    /// tasks with a [`crate::TaskError::is_no_workers`] error naming the image.
+    ///
+    /// The image is part of the function's identity:
+    ///
+    /// ```
+    /// use funcx_core::Function;
+    ///
+    /// let plain = Function::from_source("def f():\n    return 1\n", "f");
+    /// let boxed = plain.clone().in_image("localhost/analysis:1");
+    /// assert_ne!(plain.id(), boxed.id());
+    /// assert_eq!(boxed.image(), Some("localhost/analysis:1"));
+    /// assert_eq!(plain.image(), None);
+    /// ```
+    pub fn in_image(self, image: impl Into<String>) -> Function {
+        let image = Some(image.into());
+        let (name, body) = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => (inner.name, inner.body),
+            Err(shared) => (shared.name.clone(), shared.body.clone()),
+        };
+        Function::with_image(name, body, image)
+    }
+
     fn new(name: String, body: FunctionBody) -> Function {
-        let id = FunctionId::of(&name, &body);
+        Function::with_image(name, body, None)
+    }
+
+    fn with_image(name: String, body: FunctionBody, image: Option<String>) -> Function {
+        let id = FunctionId::of(&name, &body, image.as_deref());
         Function {
-            inner: Arc::new(Inner { id, name, body }),
+            inner: Arc::new(Inner {
+                id,
+                name,
+                body,
+                image,
+            }),
         }
     }
 
@@ -84,6 +124,12 @@ impl Function {
     pub fn body(&self) -> &FunctionBody {
         &self.inner.body
     }
+
+    /// The container image its tasks run in (see [`Function::in_image`]); `None` for a
+    /// function that runs on the endpoint's default workers.
+    pub fn image(&self) -> Option<&str> {
+        self.inner.image.as_deref()
+    }
 }
 
 impl fmt::Debug for Function {
@@ -91,22 +137,24 @@ impl fmt::Debug for Function {
         f.debug_struct("Function")
             .field("name", &self.inner.name)
             .field("id", &self.inner.id)
+            .field("image", &self.inner.image)
             .finish_non_exhaustive()
     }
 }
 
-/// A function travels as its name and body; its id is recomputed on arrival, never trusted
-/// from the wire.
+/// A function travels as its name, body and image; its id is recomputed on arrival, never
+/// trusted from the wire.
 impl Serialize for Function {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (&self.inner.name, &self.inner.body).serialize(serializer)
+        (&self.inner.name, &self.inner.body, &self.inner.image).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Function {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (name, body) = <(String, FunctionBody)>::deserialize(deserializer)?;
-        Ok(Function::new(name, body))
+        let (name, body, image) =
+            <(String, FunctionBody, Option<String>)>::deserialize(deserializer)?;
+        Ok(Function::with_image(name, body, image))
     }
 }
 
@@ -124,7 +172,7 @@ impl std::hash::Hash for Function {
     }
 }
 
-/// The identity of a [`Function`]: a BLAKE3 hash of its name and body.
+/// The identity of a [`Function`]: a BLAKE3 hash of its name, body and image.
 ///
 /// Two functions with the same id are the same function; the id is stable across processes
 /// and machines, so it can be stored and sent over the network.
@@ -132,7 +180,7 @@ impl std::hash::Hash for Function {
 pub struct FunctionId([u8; 32]);
 
 impl FunctionId {
-    fn of(name: &str, body: &FunctionBody) -> FunctionId {
+    fn of(name: &str, body: &FunctionBody, image: Option<&str>) -> FunctionId {
         let mut hasher = blake3::Hasher::new();
         // Domain separation and length prefixes keep (name, body) pairs from colliding.
         hasher.update(b"funcx-function-v1");
@@ -147,6 +195,13 @@ impl FunctionId {
                 hasher.update(b"P");
                 hasher.update(bytes);
             }
+        }
+        // Hashed only when named, after the body, so a function without an image keeps the
+        // id it had before functions could name one (stored ids, allow-lists).
+        if let Some(image) = image {
+            hasher.update(b"I");
+            hasher.update(&(image.len() as u64).to_le_bytes());
+            hasher.update(image.as_bytes());
         }
         FunctionId(*hasher.finalize().as_bytes())
     }
@@ -221,6 +276,20 @@ mod tests {
         assert_ne!(a.id(), c.id());
         assert_ne!(a.id(), d.id());
         assert_eq!(a.id(), Function::from_source("def f(): pass", "f").id());
+    }
+
+    #[test]
+    fn the_image_is_part_of_the_identity_and_travels() {
+        let plain = Function::from_source("def f(): pass", "f");
+        let a = plain.clone().in_image("localhost/a:1");
+        let b = plain.clone().in_image("localhost/b:1");
+        assert_ne!(plain.id(), a.id());
+        assert_ne!(a.id(), b.id());
+        assert_eq!(a.id(), plain.clone().in_image("localhost/a:1").id());
+        let json = serde_json::to_string(&a).expect("serializes");
+        let back: Function = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back.id(), a.id());
+        assert_eq!(back.image(), Some("localhost/a:1"));
     }
 
     #[test]

@@ -180,6 +180,26 @@ pub trait WorkerRuntime: Send + Sync + 'static {
         events: WorkerEvents,
     ) -> BoxFuture<'static, Result<Box<dyn Worker>, SpawnError>>;
 
+    /// Starts worker `index` inside container image `image`, for the tasks of functions
+    /// that name it ([`crate::Function::in_image`]); otherwise as [`WorkerRuntime::spawn`].
+    /// The dispatcher keeps such a worker while its image has work, so the container's start
+    /// cost is paid once per worker, not per task.
+    ///
+    /// By default a runtime cannot: the spawn fails with an error naming the image, and the
+    /// function's tasks fail with a [`crate::TaskError::is_no_workers`] error.
+    fn spawn_in_image(
+        &self,
+        index: usize,
+        image: &str,
+        events: WorkerEvents,
+    ) -> BoxFuture<'static, Result<Box<dyn Worker>, SpawnError>> {
+        let _ = (index, events);
+        let error = SpawnError::new(format!(
+            "this endpoint's worker runtime cannot start workers in container image {image:?}"
+        ));
+        Box::pin(std::future::ready(Err(error)))
+    }
+
     /// The ids of the accelerators (GPUs) its workers' machine has, which the dispatcher
     /// grants to tasks that ask for GPUs (see [`crate::TaskOptions::gpus`]). None by default.
     fn accelerators(&self) -> Vec<String> {

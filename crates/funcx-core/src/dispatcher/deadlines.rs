@@ -23,7 +23,7 @@ impl Dispatcher {
         let now = Instant::now();
         if self.balance_at.is_some_and(|at| at <= now) {
             self.balance_at = None;
-            if self.queue.is_empty() {
+            if self.queues.is_empty() {
                 self.balance(now);
             }
         }

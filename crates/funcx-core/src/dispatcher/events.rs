@@ -33,6 +33,8 @@ impl Dispatcher {
                     }
                     slot.phase = Phase::Ready;
                     slot.startup_failures = 0;
+                    let took = slot.spawned_at.elapsed();
+                    self.queues.started(slot.lane, took);
                     self.broken = None;
                     info!(worker = %worker, slot = index, "worker ready");
                     self.answer_ready_waiters();
@@ -95,8 +97,8 @@ impl Dispatcher {
                 record.state = TaskState::Queued;
                 record.charged_ns = 0;
                 record.attempts = record.attempts.saturating_sub(1);
+                self.queues.get_mut(record.lane).push_front(result.id);
                 self.tasks.insert(result.id, record);
-                self.queue.push_front(result.id);
                 continue;
             }
             let measured = match &result.outcome {
@@ -139,7 +141,7 @@ impl Dispatcher {
         match kill {
             Some(KillReason::Shutdown) => {}
             Some(reason) => debug!(worker = %worker, ?reason, "killed worker exited"),
-            None if stopping && slot.phase == Phase::Stopping => {}
+            None if slot.phase == Phase::Stopping && (stopping || slot.switch_to.is_some()) => {}
             None => warn!(worker = %worker, %exit, in_flight = in_flight.len(), "worker died"),
         }
 
@@ -193,13 +195,18 @@ impl Dispatcher {
                     record.state = TaskState::Queued;
                     record.charged_ns = 0;
                     record.stolen = false;
-                    self.queue.push_front(*id);
+                    self.queues.get_mut(record.lane).push_front(*id);
                 }
             }
         }
 
         if !self.keeps_worker(index) {
             self.slots[index].phase = Phase::Dead;
+        } else if let Some(lane) = self.slots[index].switch_to.take() {
+            // Retired for another image: the slot's next worker starts in it.
+            self.slots[index].lane = lane;
+            self.slots[index].startup_failures = 0;
+            self.respawn(index);
         } else if was_ready {
             self.respawn(index);
         } else {

@@ -18,12 +18,15 @@
 //!   forever;
 //! - `pools`: pools of workers that attach from elsewhere, and their loss;
 //! - `placement`: which worker gets which queued task;
+//! - `lanes`: the queue of each container image's tasks, and moving the endpoint's workers
+//!   between images;
 //! - `shutdown`: stopping, at once or draining.
 
 mod command;
 mod deadlines;
 mod estimate;
 mod events;
+mod lanes;
 mod node;
 mod placement;
 mod pools;
@@ -31,7 +34,6 @@ mod shutdown;
 mod slot;
 mod workers;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,6 +43,7 @@ use tracing::debug;
 use crate::ids::IdMap;
 pub(crate) use command::{Command, Outcome, Reply, Submission};
 use estimate::Estimate;
+use lanes::{Lane, Queues};
 use node::Node;
 use shutdown::Stop;
 use slot::{KillReason, Phase, Slot};
@@ -100,6 +103,8 @@ struct TaskRecord {
     /// What it asks for beyond a plain task's one core; such a task runs only on the
     /// endpoint's own workers, alone on its worker.
     resources: Option<crate::Resources>,
+    /// The workers it may run on: the default ones, or those of its function's image.
+    lane: Lane,
 }
 
 impl TaskRecord {
@@ -164,7 +169,8 @@ pub(crate) struct Dispatcher {
     /// Boxed: a record is a few hundred bytes, and a million in flight would make every
     /// insert, removal and rehash move them.
     tasks: IdMap<TaskId, Box<TaskRecord>>,
-    queue: VecDeque<TaskId>,
+    /// Queued tasks, one queue per lane (the default workers', each image's).
+    queues: Queues,
 
     /// When to look again for work to move to an idle worker: when a busy worker's task
     /// will have overrun its estimate.
@@ -208,7 +214,7 @@ impl Dispatcher {
             functions: IdMap::default(),
             function_table: Vec::new(),
             tasks: IdMap::default(),
-            queue: VecDeque::new(),
+            queues: Queues::new(),
             balance_at: None,
             broken: None,
             ready_waiters: Vec::new(),
@@ -351,6 +357,7 @@ impl Dispatcher {
             span: tracing::debug_span!("task", %id, trace, function = function.name()),
             trace,
             resources,
+            lane: self.queues.lane_of(function.image()),
         };
         if self.stop.is_some() {
             return record.finish(Err(TaskError::shutdown()));
@@ -388,9 +395,16 @@ impl Dispatcher {
         if let Some(reason) = self.unavailable() {
             return record.finish(Err(TaskError::no_workers(reason)));
         }
+        if record.lane != Lane::DEFAULT {
+            if let Some(reason) = self.queues.broken(record.lane, std::time::Instant::now()) {
+                let error = TaskError::no_workers(reason);
+                return record.finish(Err(error));
+            }
+        }
+        let lane = record.lane;
         record.key = self.key_of(&function);
         self.tasks.insert(id, Box::new(record));
-        self.queue.push_back(id);
+        self.queues.get_mut(lane).push_back(id);
     }
 
     fn key_of(&mut self, function: &Function) -> FunctionKey {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::debug;
 
 use super::estimate::{ISOLATE_AT_NS, TARGET_QUEUED_NS};
+use super::lanes::Lane;
 use super::slot::{Held, Slot};
 use super::Dispatcher;
 use crate::worker::{ToWorker, WorkItem};
@@ -33,7 +34,7 @@ impl Dispatcher {
     /// moves prefetched tasks from busy workers to idle ones.
     pub(super) fn dispatch(&mut self) {
         self.release_grants();
-        if !self.queue.is_empty() {
+        if !self.queues.is_empty() {
             let count = self.slots.len();
             let now = SystemTime::now();
             // One task for each idle worker first, wherever it is.
@@ -42,7 +43,7 @@ impl Dispatcher {
                 let slot = &self.slots[index];
                 let idle = slot.size().saturating_sub(slot.in_flight.len());
                 self.fill(index, now, idle);
-                if self.queue.is_empty() {
+                if self.queues.is_empty() {
                     break;
                 }
             }
@@ -55,7 +56,7 @@ impl Dispatcher {
                     .filter(|slot| slot.takes_work())
                     .map(Slot::size)
                     .sum();
-                let before = self.queue.len();
+                let before = self.queues.len();
                 if takers == 0 || before == 0 {
                     break;
                 }
@@ -64,17 +65,18 @@ impl Dispatcher {
                     let index = (self.round_robin + offset) % count;
                     let most = share.saturating_mul(self.slots[index].size());
                     self.fill(index, now, most);
-                    if self.queue.is_empty() {
+                    if self.queues.is_empty() {
                         break;
                     }
                 }
-                if self.queue.len() == before {
+                if self.queues.len() == before {
                     break; // Every worker holds all its estimate allows.
                 }
             }
             self.round_robin = self.round_robin.wrapping_add(1);
+            self.assign_lanes();
         }
-        if self.queue.is_empty() {
+        if self.queues.is_empty() {
             self.balance(Instant::now());
         }
     }
@@ -100,19 +102,40 @@ impl Dispatcher {
                     .filter_map(|slot| slot.grant.as_ref()),
             )
             .is_some();
-        let mut idle: usize = self
-            .slots
-            .iter()
-            .filter(|slot| slot.takes_work())
-            .filter(|slot| slot.pool.is_some() || slot.grant.is_some() || plain_fits)
-            .map(|slot| slot.size().saturating_sub(slot.in_flight.len()))
-            .sum();
+        // Idle capacity by lane for the endpoint's own workers (which take only their own
+        // lane's tasks), and in pools (which take every lane's).
+        let mut idle_local = vec![0usize; self.queues.lanes()];
+        let mut idle_pools = 0usize;
+        for slot in &self.slots {
+            if !slot.takes_work() || !(slot.pool.is_some() || slot.grant.is_some() || plain_fits) {
+                continue;
+            }
+            let free = slot.size().saturating_sub(slot.in_flight.len());
+            match slot.pool {
+                Some(_) => idle_pools += free,
+                None => idle_local[slot.lane.0] += free,
+            }
+        }
+        let mut idle = idle_pools + idle_local.iter().sum::<usize>();
         if idle == 0 {
             return;
         }
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
-            if slot.worker.is_none() || slot.kill.is_some() || slot.in_flight.len() <= slot.size() {
+            if slot.worker.is_none()
+                || slot.kill.is_some()
+                || slot.switch_to.is_some()
+                || slot.in_flight.len() <= slot.size()
+            {
+                continue;
+            }
+            // What can take this worker's tasks: a local worker's go to its lane or a pool.
+            let lane = slot.lane.0;
+            let takers = match slot.pool {
+                Some(_) => idle,
+                None => idle_local[lane] + idle_pools,
+            };
+            if takers == 0 {
                 continue;
             }
             let head = match &slot.in_flight {
@@ -147,8 +170,13 @@ impl Dispatcher {
                 self.balance_at = Some(self.balance_at.map_or(at, |old| old.min(at)));
                 continue;
             }
-            let taken = self.steal_from(index, idle);
+            let taken = self.steal_from(index, takers);
             idle = idle.saturating_sub(taken);
+            if self.slots[index].pool.is_none() {
+                let local = taken.min(idle_local[lane]);
+                idle_local[lane] -= local;
+                idle_pools = idle_pools.saturating_sub(taken - local);
+            }
             if idle == 0 {
                 break;
             }
@@ -205,18 +233,18 @@ impl Dispatcher {
         }
     }
 
-    /// Reserves what the first live task in the queue needs for the empty local slot
+    /// Reserves what the first live task in its lane's queue needs for the empty local slot
     /// `index`, and returns the environment that task runs with; `None` (nothing reserved)
     /// if it does not fit now.
     fn take_grant(&mut self, index: usize) -> Option<Vec<(String, String)>> {
-        while let Some(id) = self.queue.front() {
+        let queue = self.queues.get_mut(self.slots[index].lane);
+        while let Some(id) = queue.front() {
             if self.tasks.contains_key(id) {
                 break;
             }
-            self.queue.pop_front(); // cancelled while queued
+            queue.pop_front(); // cancelled while queued
         }
-        let wanted = self
-            .queue
+        let wanted = queue
             .front()
             .and_then(|id| self.tasks.get(id))
             .and_then(|record| record.resources);
@@ -232,19 +260,36 @@ impl Dispatcher {
 
     /// Gives slot `index` up to `most` queued tasks, as many as its workers' capacity
     /// allows: one per idle worker always, more while their estimated work stays under
-    /// [`TARGET_QUEUED_NS`] each.
+    /// [`TARGET_QUEUED_NS`] each. One of the endpoint's own workers takes only tasks of its
+    /// lane (its image's, or the default workers'); a pool takes every lane's, as its
+    /// manager starts the images' workers itself.
     fn fill(&mut self, index: usize, now: SystemTime, most: usize) {
         // A worker being killed would only hand its new tasks back.
         if !self.slots[index].takes_work() || most == 0 {
             return;
         }
+        if self.slots[index].pool.is_none() {
+            self.fill_from(index, self.slots[index].lane, now, most);
+            return;
+        }
+        let mut given = 0;
+        for lane in (0..self.queues.lanes()).map(Lane) {
+            if given >= most {
+                break;
+            }
+            given += self.fill_from(index, lane, now, most - given);
+        }
+    }
+
+    /// [`Dispatcher::fill`] from the queue of `lane`; returns how many tasks it gave.
+    fn fill_from(&mut self, index: usize, lane: Lane, now: SystemTime, most: usize) -> usize {
         let local = self.slots[index].pool.is_none();
         // The environment of the first task given to an idle local worker (its GPUs).
         let mut env = Vec::new();
         if local && self.slots[index].grant.is_none() {
             match self.take_grant(index) {
                 Some(granted) => env = granted,
-                None => return, // The machine is full for the task at the head of the queue.
+                None => return 0, // The machine is full for the task at the head of the queue.
             }
         }
         let slot = &mut self.slots[index];
@@ -255,12 +300,13 @@ impl Dispatcher {
         }
         let mut functions = Vec::new();
         let mut batch = Vec::new();
-        while let Some(&id) = self.queue.front() {
+        let queue = self.queues.get_mut(lane);
+        while let Some(&id) = queue.front() {
             if batch.len() == most {
                 break;
             }
             let Some(record) = self.tasks.get_mut(&id) else {
-                self.queue.pop_front(); // cancelled while queued
+                queue.pop_front(); // cancelled while queued
                 continue;
             };
             // A task that asked for resources runs alone on one of the endpoint's own
@@ -293,7 +339,7 @@ impl Dispatcher {
             {
                 break;
             }
-            self.queue.pop_front();
+            queue.pop_front();
             if slot.learn(record.key) {
                 functions.push(ToWorker::Function {
                     key: record.key,
@@ -325,12 +371,14 @@ impl Dispatcher {
                 resources: if local { None } else { record.resources },
             });
         }
+        let given = batch.len();
         if let Some(worker) = slot.worker.as_mut().filter(|_| !batch.is_empty()) {
             for message in functions {
                 worker.send(message);
             }
             worker.send(ToWorker::Tasks(batch));
         }
+        given
     }
 
     /// Takes back the tasks among `ids` that have not started (see [`crate::Executor::withdraw`]):

@@ -85,7 +85,7 @@ impl Dispatcher {
             return; // Checked when they were submitted, or there are none.
         }
         let doomed: Vec<(TaskId, String)> = self
-            .queue
+            .queues
             .iter()
             .filter_map(|id| {
                 let wanted = self.tasks.get(id)?.resources?;
@@ -143,7 +143,7 @@ impl Dispatcher {
                     record.state = TaskState::Queued;
                     record.charged_ns = 0;
                     record.stolen = false;
-                    self.queue.push_front(id);
+                    self.queues.get_mut(record.lane).push_front(id);
                 }
             }
         }

@@ -19,7 +19,7 @@ pub(super) enum Stop {
 impl Dispatcher {
     pub(super) fn begin_stop(&mut self, how: Stop) {
         if matches!(how, Stop::Now) {
-            for id in std::mem::take(&mut self.queue) {
+            for id in self.queues.take_all() {
                 if let Some(mut record) = self.tasks.remove(&id) {
                     record.finish(Err(TaskError::cancelled()));
                 }
@@ -47,7 +47,11 @@ impl Dispatcher {
             None => true,
             Some(Stop::Now) => false,
             Some(Stop::Drain) => {
-                !self.tasks.is_empty() && self.slots[index].phase != Phase::Stopping
+                let slot = &self.slots[index];
+                // A worker retired to start one in another image is replaced: that image's
+                // tasks need it.
+                !self.tasks.is_empty()
+                    && (slot.phase != Phase::Stopping || slot.switch_to.is_some())
             }
         }
     }
@@ -69,7 +73,7 @@ impl Dispatcher {
             return false; // Still draining.
         }
         // Nothing left to run, or nothing left to run it on.
-        for id in std::mem::take(&mut self.queue) {
+        for id in self.queues.take_all() {
             if let Some(mut record) = self.tasks.remove(&id) {
                 record.finish(Err(TaskError::shutdown()));
             }

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use crate::ids::IdSet;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::lanes::Lane;
 use super::node::Grant;
 use crate::BlockId;
 
@@ -140,6 +141,13 @@ pub(super) struct Slot {
     /// What this worker has reserved of the machine while it holds tasks (the endpoint's
     /// own workers only; pools never hold one).
     pub(super) grant: Option<Grant>,
+    /// The workers this slot's worker runs tasks of: the default ones or one image's (the
+    /// endpoint's own workers only; a pool runs every lane's tasks).
+    pub(super) lane: Lane,
+    /// The lane its next worker starts in, once this one (told to stop) has exited.
+    pub(super) switch_to: Option<Lane>,
+    /// When its worker's spawn began, to measure what a start costs in its lane.
+    pub(super) spawned_at: Instant,
     /// Whether this slot's current worker is in the count of workers started. Its spawn's
     /// completion and its `Ready` arrive on separate channels in either order; the first
     /// counts it, so a worker that is ready is always counted, and only once.
@@ -163,6 +171,9 @@ impl Slot {
             kill: None,
             startup_failures: 0,
             grant: None,
+            lane: Lane::DEFAULT,
+            switch_to: None,
+            spawned_at: Instant::now(),
             counted: false,
         }
     }
@@ -200,11 +211,13 @@ impl Slot {
         self.pool.as_ref().map_or(1, |pool| pool.size)
     }
 
-    /// Resets the slot for a new worker with id `id`.
+    /// Resets the slot for a new worker with id `id`, in the same lane.
     pub(super) fn renew(&mut self, id: WorkerId) {
         let failures = self.startup_failures;
+        let lane = self.lane;
         *self = Slot::new(self.index, id);
         self.startup_failures = failures;
+        self.lane = lane;
     }
 
     /// Marks the current worker as started; true the first time for this worker (a

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use super::lanes::Lane;
 use super::slot::{KillReason, Phase};
 use super::Dispatcher;
 use crate::worker::{SpawnError, Worker, WorkerEvents, WorkerId};
@@ -23,7 +24,9 @@ impl Dispatcher {
     pub(super) fn spawn(&mut self, index: usize, delay: Duration) {
         let slot = &mut self.slots[index];
         slot.phase = Phase::Spawning;
+        slot.spawned_at = std::time::Instant::now() + delay;
         let id = slot.id;
+        let image = self.queues.image(slot.lane).cloned();
         let events = WorkerEvents::new(id, self.events_tx.clone());
         let runtime = Arc::clone(&self.runtime);
         let done = self.spawned_tx.clone();
@@ -31,7 +34,10 @@ impl Dispatcher {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            let result = runtime.spawn(index, events).await;
+            let result = match image {
+                None => runtime.spawn(index, events).await,
+                Some(image) => runtime.spawn_in_image(index, &image, events).await,
+            };
             // If the dispatcher is gone the worker is dropped here, which stops it.
             let _ = done.send((index, id, result));
         });
@@ -87,11 +93,15 @@ impl Dispatcher {
     }
 
     pub(super) fn startup_failed(&mut self, index: usize, reason: String) {
+        if self.slots[index].lane != Lane::DEFAULT {
+            // The image's fault, not the endpoint's: its tasks fail, the slot goes back.
+            return self.lane_failed(index, &reason);
+        }
         self.slots[index].startup_failures += 1;
         self.broken = Some(reason);
         if let Some(reason) = self.unavailable().map(str::to_owned) {
             // No worker can run anything: fail what waits rather than hang.
-            for id in std::mem::take(&mut self.queue) {
+            for id in self.queues.take_all() {
                 if let Some(mut record) = self.tasks.remove(&id) {
                     record.finish(Err(TaskError::no_workers(&reason)));
                 }

@@ -17,6 +17,7 @@
 //! | `pid()`      | returns the worker's id number (unique per worker, replacements too) |
 //! | `flaky(t)`   | dies with `Code(1)` the first time token `t` runs, then returns `t`   |
 //! | `poison(x)`  | `x >= 0`: returns `x`; `x < 0`: the worker dies with `Code(-x)`      |
+//! | `image()`    | returns the image the worker was started in (`""` for a default one)  |
 //!
 //! Every execution is counted (by task id, by function name, by `flaky` token) so tests can
 //! assert that something ran exactly once, or never.
@@ -64,6 +65,9 @@ pub struct SimConfig {
     /// Workers ignore `ToWorker::Shutdown` (a worker stuck in user code), so only the
     /// shutdown grace period's kill ends them.
     pub ignore_shutdown: bool,
+    /// The container images workers can be started in (`WorkerRuntime::spawn_in_image`);
+    /// a spawn in any other fails as a missing image would.
+    pub images: Vec<String>,
 }
 
 #[derive(Default)]
@@ -81,6 +85,8 @@ struct Shared {
     /// Tasks received by live workers and not yet reported.
     held: AtomicUsize,
     max_held: AtomicUsize,
+    /// Spawns attempted per image (`""`: default workers).
+    attempts_in: Mutex<HashMap<String, usize>>,
 }
 
 /// A [`WorkerRuntime`] whose workers are tokio tasks. Clone it to keep a handle for
@@ -112,6 +118,7 @@ impl SimRuntime {
                 counters: Mutex::new(Counters::default()),
                 held: AtomicUsize::new(0),
                 max_held: AtomicUsize::new(0),
+                attempts_in: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -139,6 +146,12 @@ impl SimRuntime {
         self.shared.spawn_attempts.load(Ordering::SeqCst)
     }
 
+    /// Spawns attempted in `image` (`""`: default workers), failed ones included.
+    pub fn attempts_in(&self, image: &str) -> usize {
+        let attempts = self.shared.attempts_in.lock().unwrap();
+        attempts.get(image).copied().unwrap_or(0)
+    }
+
     /// Workers successfully spawned.
     pub fn spawned(&self) -> usize {
         self.shared.spawned.load(Ordering::SeqCst)
@@ -161,8 +174,38 @@ impl WorkerRuntime for SimRuntime {
         _index: usize,
         events: WorkerEvents,
     ) -> BoxFuture<'static, Result<Box<dyn Worker>, SpawnError>> {
+        self.start(None, events)
+    }
+
+    fn spawn_in_image(
+        &self,
+        _index: usize,
+        image: &str,
+        events: WorkerEvents,
+    ) -> BoxFuture<'static, Result<Box<dyn Worker>, SpawnError>> {
+        self.start(Some(image.to_owned()), events)
+    }
+}
+
+impl SimRuntime {
+    fn start(
+        &self,
+        image: Option<String>,
+        events: WorkerEvents,
+    ) -> BoxFuture<'static, Result<Box<dyn Worker>, SpawnError>> {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
+            *shared
+                .attempts_in
+                .lock()
+                .unwrap()
+                .entry(image.clone().unwrap_or_default())
+                .or_default() += 1;
+            if let Some(image) = image.as_ref().filter(|i| !shared.config.images.contains(i)) {
+                return Err(SpawnError::new(format!(
+                    "image {image:?} is not on this machine"
+                )));
+            }
             let attempt = shared.spawn_attempts.fetch_add(1, Ordering::SeqCst);
             if let Some(reason) = &shared.config.fail_always {
                 return Err(SpawnError::new(reason));
@@ -176,6 +219,7 @@ impl WorkerRuntime for SimRuntime {
             let (tx, rx) = mpsc::unbounded_channel();
             let gate = Arc::new(Gate {
                 events,
+                image: image.unwrap_or_default(),
                 shared: Arc::clone(&shared),
                 state: Mutex::new(GateState::default()),
             });
@@ -203,6 +247,8 @@ struct GateState {
 /// tasks stays exact.
 struct Gate {
     events: WorkerEvents,
+    /// The image it was started in; empty for a default worker.
+    image: String,
     shared: Arc<Shared>,
     state: Mutex<GateState>,
 }
@@ -325,6 +371,7 @@ async fn execute(gate: &Gate, name: &str, item: &WorkItem) -> Ran {
         },
         "raise" => done(Err(python_error("ValueError", "raised on purpose"))),
         "pid" => done(Payload::pickle(&gate.events.worker().0)),
+        "image" => done(Payload::pickle(&gate.image)),
         "flaky" => match int_arg(item) {
             Ok(token) => {
                 let runs = {
