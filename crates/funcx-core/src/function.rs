@@ -290,6 +290,19 @@ mod tests {
         let back: Function = serde_json::from_str(&json).expect("deserializes");
         assert_eq!(back.id(), a.id());
         assert_eq!(back.image(), Some("localhost/a:1"));
+        // As a remote manager receives it: the image must not be lost on the way.
+        let message = crate::worker::ToWorker::Function {
+            key: crate::worker::FunctionKey(3),
+            function: a.clone(),
+        };
+        let bytes = postcard::to_allocvec(&message).expect("encodes");
+        match postcard::from_bytes(&bytes).expect("decodes") {
+            crate::worker::ToWorker::Function { function, .. } => {
+                assert_eq!(function.id(), a.id());
+                assert_eq!(function.image(), Some("localhost/a:1"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Python worker processes: starting them and talking to them over their pipes.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -62,6 +63,9 @@ pub struct PythonRuntime {
     /// Set once the container engine has been seen to have the image: later workers skip
     /// the check.
     image_found: Arc<AtomicBool>,
+    /// The images of functions ([`funcx_core::Function::in_image`]) the engine has been seen
+    /// to have, likewise.
+    images_found: Arc<Mutex<HashSet<String>>>,
 }
 
 impl PythonRuntime {
@@ -70,6 +74,17 @@ impl PythonRuntime {
         PythonRuntime {
             config: Arc::new(config),
             image_found: Arc::new(AtomicBool::new(false)),
+            images_found: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// How workers for functions in container image `image` are started: with the engine,
+    /// program and options of [`PythonConfig::container`] when it runs an image (podman or
+    /// Apptainer), otherwise with podman from `PATH` and its defaults.
+    pub fn container_for(&self, image: &str) -> Container {
+        match self.config.container_config() {
+            Some(container) if container.image().is_some() => container.with_image(image),
+            _ => Container::podman(image),
         }
     }
 
@@ -88,25 +103,33 @@ impl PythonRuntime {
         index: usize,
         events: WorkerEvents,
     ) -> Result<PythonWorker, SpawnError> {
+        self.spawn_in(self.config.container_config(), index, events)
+    }
+
+    /// Starts worker slot `index` in `container` (or on this machine for `None`).
+    fn spawn_in(
+        &self,
+        container: Option<&Container>,
+        index: usize,
+        events: WorkerEvents,
+    ) -> Result<PythonWorker, SpawnError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(SpawnError::new(
                 "Python workers must be started within a Tokio runtime",
             ));
         }
         let id = events.worker();
-        let mut command = command(&self.config, index, id);
-        let mut child = command
-            .spawn()
-            .map_err(|e| match self.config.container_config() {
-                Some(container) => SpawnError::new(format!(
-                    "could not start a Python worker in {}: {e}",
-                    container.describe()
-                )),
-                None => SpawnError::new(format!(
-                    "could not start Python worker {:?}: {e}",
-                    self.config.python_path()
-                )),
-            })?;
+        let mut command = command(&self.config, container, index, id);
+        let mut child = command.spawn().map_err(|e| match container {
+            Some(container) => SpawnError::new(format!(
+                "could not start a Python worker in {}: {e}",
+                container.describe()
+            )),
+            None => SpawnError::new(format!(
+                "could not start Python worker {:?}: {e}",
+                self.config.python_path()
+            )),
+        })?;
         let pid = child.id();
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -124,10 +147,7 @@ impl PythonRuntime {
         );
         tokio::spawn(write_messages(stdin, rx, id));
         tokio::spawn(forward_output(stderr, id));
-        let container = self
-            .config
-            .container_config()
-            .map(|container| (container.clone(), Container::name(id)));
+        let container = container.map(|container| (container.clone(), Container::name(id)));
         tokio::spawn(read_events(
             child,
             stdout,
@@ -170,6 +190,34 @@ impl WorkerRuntime for PythonRuntime {
             Ok(Box::new(worker) as Box<dyn Worker>)
         })
     }
+
+    /// Starts the worker in `image` with [`PythonRuntime::container_for`]; the engine is
+    /// asked once per image whether it has it, so a missing image or engine is named in
+    /// the error that fails the function's tasks.
+    fn spawn_in_image(
+        &self,
+        index: usize,
+        image: &str,
+        events: WorkerEvents,
+    ) -> BoxFuture<'static, Result<Box<dyn Worker>, SpawnError>> {
+        let runtime = self.clone();
+        let image = image.to_owned();
+        Box::pin(async move {
+            let container = runtime.container_for(&image);
+            let found = |runtime: &PythonRuntime| match runtime.images_found.lock() {
+                Ok(found) => found.contains(&image),
+                Err(_) => false, // A panicked holder: check again, it is only slower.
+            };
+            if !found(&runtime) {
+                container.check().await?;
+                if let Ok(mut found) = runtime.images_found.lock() {
+                    found.insert(image.clone());
+                }
+            }
+            let worker = runtime.spawn_in(Some(&container), index, events)?;
+            Ok(Box::new(worker) as Box<dyn Worker>)
+        })
+    }
 }
 
 /// The pipe size asked for a worker's stdin and stdout: a 16 MiB payload then crosses in 16
@@ -187,7 +235,12 @@ fn widen_pipe(pipe: &impl std::os::fd::AsFd) {
     let _ = pipe;
 }
 
-fn command(config: &PythonConfig, index: usize, id: WorkerId) -> Command {
+fn command(
+    config: &PythonConfig,
+    container: Option<&Container>,
+    index: usize,
+    id: WorkerId,
+) -> Command {
     let mut argv: Vec<OsString> = Vec::new();
     if let Some(snippet) = config.init_snippet() {
         // The snippet runs in the shell that then execs Python, so its exports and
@@ -218,7 +271,7 @@ fn command(config: &PythonConfig, index: usize, id: WorkerId) -> Command {
         }
     }
 
-    let mut command = match config.container_config() {
+    let mut command = match container {
         // Inside a container, the environment and the directory are the container's.
         Some(container) => container.command(
             &Container::name(id),
