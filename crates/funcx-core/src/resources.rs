@@ -5,6 +5,8 @@
 //! worker. A task that asks for more runs only on one of the endpoint's own workers, and only
 //! while what it asks for is free on their machine, so concurrent tasks never oversubscribe
 //! it; a task that could never fit fails at once with [`crate::TaskError::is_unsatisfiable`].
+//! A pool that relays to another endpoint ([`crate::Executor::attach_relay`], a gateway)
+//! carries what a task asks for there, and that endpoint decides by the same rules.
 
 use serde::{Deserialize, Serialize};
 

@@ -74,9 +74,9 @@ pub(crate) enum Command {
         worker: Box<dyn Worker>,
         size: usize,
         block: Option<BlockId>,
-        /// The GPUs of the pool's machine, when it says what it has (see
-        /// `Executor::attach_with_gpus`).
-        gpus: Option<Vec<String>>,
+        /// What the pool says of its machine (see `Executor::attach_with_gpus` and
+        /// `Executor::attach_relay`).
+        machine: super::Machine,
         reply: oneshot::Sender<Result<WorkerEvents, TaskError>>,
     },
     Shutdown {

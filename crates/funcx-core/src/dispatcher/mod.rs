@@ -46,6 +46,7 @@ use estimate::Estimate;
 use lanes::{Lane, Queues};
 use node::Node;
 use shutdown::Stop;
+pub(crate) use slot::Machine;
 use slot::{KillReason, Phase, Slot};
 
 use crate::worker::{
@@ -303,9 +304,9 @@ impl Dispatcher {
                 worker,
                 size,
                 block,
-                gpus,
+                machine,
                 reply,
-            } => self.attach(worker, size, block, gpus, reply),
+            } => self.attach(worker, size, block, machine, reply),
             Command::Pools(reply) => {
                 let _ = reply.send(self.pools());
             }

@@ -10,7 +10,7 @@ use crate::{Capacity, Resources, ACCELERATOR_VARIABLES};
 
 /// What the node offers.
 #[derive(Debug, Clone)]
-pub(super) struct Node {
+pub(crate) struct Node {
     cores: u64,
     memory: u64,
     gpus: Vec<String>,

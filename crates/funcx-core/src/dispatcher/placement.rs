@@ -316,10 +316,7 @@ impl Dispatcher {
             if let Some(wanted) = &record.resources {
                 let fits = match &slot.pool {
                     None => slot.in_flight.is_empty(),
-                    Some(pool) => pool
-                        .node
-                        .as_ref()
-                        .is_some_and(|node| node.never_fits(wanted).is_none()),
+                    Some(pool) => pool.machine.takes(wanted),
                 };
                 if !fits {
                     break;

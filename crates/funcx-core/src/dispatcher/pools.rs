@@ -5,9 +5,8 @@
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::node::Node;
 use super::shutdown::Stop;
-use super::slot::{KillReason, Phase, Slot};
+use super::slot::{KillReason, Machine, Phase, Slot};
 use super::Dispatcher;
 use crate::worker::{ToWorker, Worker, WorkerEvents, WorkerId};
 use crate::{BlockId, PoolStatus, TaskError, TaskId, TaskState};
@@ -18,7 +17,7 @@ impl Dispatcher {
         worker: Box<dyn Worker>,
         size: usize,
         block: Option<BlockId>,
-        gpus: Option<Vec<String>>,
+        machine: Machine,
         reply: oneshot::Sender<Result<WorkerEvents, TaskError>>,
     ) {
         if matches!(self.stop, Some(Stop::Now)) || (self.stop.is_some() && self.tasks.is_empty()) {
@@ -28,16 +27,8 @@ impl Dispatcher {
         }
         let id = self.new_worker_id();
         let index = self.slots.len();
-        let node = gpus.map(|gpus| {
-            let capacity = crate::Capacity {
-                cores: Some(u32::try_from(size).unwrap_or(u32::MAX)),
-                memory: None,
-                gpus: Some(gpus),
-            };
-            Node::new(&capacity, size, Vec::new())
-        });
         self.slots
-            .push(Slot::pool(index, id, worker, size, block, node));
+            .push(Slot::pool(index, id, worker, size, block, machine));
         self.slot_of.insert(id, index);
         self.broken = None;
         info!(worker = %id, size, "pool of workers attached");
@@ -47,7 +38,8 @@ impl Dispatcher {
 
     /// Why a task asking for `wanted` can run nowhere: not on the endpoint's own workers,
     /// nor on any pool attached now. `None` while it can run somewhere, or may once a pool
-    /// attaches (an endpoint of pools alone, none attached yet).
+    /// attaches (an endpoint of pools alone, none attached yet), or while a relay pool is
+    /// attached (the endpoint behind it decides).
     pub(super) fn unplaceable(&self, wanted: &crate::Resources) -> Option<String> {
         let mut reasons = Vec::new();
         if self.config.workers > 0 {
@@ -59,16 +51,18 @@ impl Dispatcher {
         let mut pools = 0;
         for pool in self.slots.iter().filter_map(|slot| slot.pool.as_ref()) {
             pools += 1;
-            match &pool.node {
-                Some(node) => match node.never_fits(wanted) {
+            match &pool.machine {
+                Machine::Node(node) => match node.never_fits(wanted) {
                     None => return None,
                     Some(reason) => reasons.push(format!("on a pool: {reason}")),
                 },
-                None => reasons.push(
+                Machine::Unknown => reasons.push(
                     "a pool that does not say what its machine has takes no task that asks \
                      for resources"
                         .to_owned(),
                 ),
+                // Another endpoint decides, and fails the task there if it never fits.
+                Machine::Relay => return None,
             }
         }
         if self.config.workers == 0 && pools == 0 {

@@ -47,9 +47,43 @@ pub(super) struct Pool {
     /// Draining because its block is about to end: if it is lost now, the loss is the
     /// block's walltime, not the tasks' fault, and is not charged to their retries.
     pub(super) expiring: bool,
-    /// What its machine offers tasks that ask for resources, if it said (a manager: its
-    /// workers as cores, and its GPUs); a pool without one takes no such task.
-    pub(super) node: Option<super::node::Node>,
+    /// What it says of its machine, which decides the tasks asking for resources it takes.
+    pub(super) machine: Machine,
+}
+
+/// What a pool says of the machine its tasks run on, for tasks that ask for resources
+/// ([`crate::TaskOptions::resources`]).
+#[derive(Debug)]
+pub(crate) enum Machine {
+    /// It said nothing: it takes no task that asks for resources.
+    Unknown,
+    /// Its machine (a manager: its workers as cores, and its GPUs). It takes a task that
+    /// could fit there, and places it on its own workers by the same rules.
+    Node(super::node::Node),
+    /// It stands for another endpoint whose own dispatcher places tasks and fails those that
+    /// can never fit (a gateway): it takes every task, and the verdict is that endpoint's.
+    Relay,
+}
+
+impl Machine {
+    /// The machine of a pool of `size` workers, one core each, with `gpus`.
+    pub(crate) fn with_gpus(size: usize, gpus: Vec<String>) -> Machine {
+        let capacity = crate::Capacity {
+            cores: Some(u32::try_from(size).unwrap_or(u32::MAX)),
+            memory: None,
+            gpus: Some(gpus),
+        };
+        Machine::Node(super::node::Node::new(&capacity, size, Vec::new()))
+    }
+
+    /// Whether a task asking for `wanted` may be sent to this pool.
+    pub(super) fn takes(&self, wanted: &crate::Resources) -> bool {
+        match self {
+            Machine::Unknown => false,
+            Machine::Node(node) => node.never_fits(wanted).is_none(),
+            Machine::Relay => true,
+        }
+    }
 }
 
 /// The isolated task a worker reported as started.
@@ -185,7 +219,7 @@ impl Slot {
         worker: Box<dyn Worker>,
         size: usize,
         block: Option<BlockId>,
-        node: Option<super::node::Node>,
+        machine: Machine,
     ) -> Slot {
         let mut slot = Slot::new(index, id);
         slot.phase = Phase::Ready;
@@ -195,7 +229,7 @@ impl Slot {
             block,
             idle_since: Some(SystemTime::now()),
             expiring: false,
-            node,
+            machine,
         });
         slot.in_flight = Held::Unordered(IdSet::default());
         slot

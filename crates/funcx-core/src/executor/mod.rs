@@ -14,7 +14,7 @@ pub use handle::TaskHandle;
 pub use reports::{report_stream, ReportSink, ReportStream};
 pub use service::{ResponseFuture, Task};
 
-use crate::dispatcher::{Command, Dispatcher, DispatcherConfig, Reply, Submission};
+use crate::dispatcher::{Command, Dispatcher, DispatcherConfig, Machine, Reply, Submission};
 use crate::ExecutorStats;
 use crate::{Function, IntoArgs, Payload, Resources, TaskError, TaskId, TaskStatus, WorkerRuntime};
 
@@ -106,7 +106,9 @@ impl TaskOptions {
     /// so tasks never oversubscribe a machine; it waits in the queue until then. One that
     /// could never fit fails at once with a [`TaskError::is_unsatisfiable`] error (on an
     /// endpoint of managers alone, once the first manager has attached). Through a gateway
-    /// (`funcx_client::connect`) such tasks are not supported yet: they fail as unsatisfiable.
+    /// (`funcx_client::connect`, a pool attached with [`Executor::attach_relay`]) the task
+    /// carries what it asks for to the gateway's endpoint, which places it, or fails it as
+    /// unsatisfiable, by these same rules.
     pub fn resources(mut self, resources: Resources) -> TaskOptions {
         self.resources = Resources {
             cores: resources.cores.max(1),
@@ -467,7 +469,8 @@ impl Executor {
         size: usize,
         block: Option<crate::BlockId>,
     ) -> Result<crate::worker::WorkerEvents, TaskError> {
-        self.attach_pool(worker, size, block, None).await
+        self.attach_pool(worker, size, block, Machine::Unknown)
+            .await
     }
 
     /// As [`Executor::attach`], for a pool that says what its machine has: `size` workers
@@ -482,7 +485,22 @@ impl Executor {
         block: Option<crate::BlockId>,
         gpus: Vec<String>,
     ) -> Result<crate::worker::WorkerEvents, TaskError> {
-        self.attach_pool(worker, size, block, Some(gpus)).await
+        self.attach_pool(worker, size, block, Machine::with_gpus(size, gpus))
+            .await
+    }
+
+    /// As [`Executor::attach`], for a pool that relays tasks to another endpoint whose own
+    /// dispatcher places them and fails those that can never fit there (a gateway, as
+    /// `funcx_client::connect` attaches it). Every task that asks for resources
+    /// ([`TaskOptions::resources`]) is sent to it, carrying what it asks for
+    /// ([`crate::worker::WorkItem::resources`]), and none is refused here while it is
+    /// attached: the endpoint behind it gives the verdict.
+    pub async fn attach_relay(
+        &self,
+        worker: Box<dyn crate::worker::Worker>,
+        size: usize,
+    ) -> Result<crate::worker::WorkerEvents, TaskError> {
+        self.attach_pool(worker, size, None, Machine::Relay).await
     }
 
     async fn attach_pool(
@@ -490,14 +508,14 @@ impl Executor {
         worker: Box<dyn crate::worker::Worker>,
         size: usize,
         block: Option<crate::BlockId>,
-        gpus: Option<Vec<String>>,
+        machine: Machine,
     ) -> Result<crate::worker::WorkerEvents, TaskError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Attach {
             worker,
             size,
             block,
-            gpus,
+            machine,
             reply,
         });
         answer.await.unwrap_or_else(|_| Err(TaskError::shutdown()))
