@@ -338,7 +338,12 @@ impl EndpointBuilder {
                 inner.state.send_replace(EndpointState::Running);
             }
             #[cfg(feature = "client")]
-            Some(link) => link::start(&inner, link, capacity)?,
+            Some(link) => link::start(
+                &inner,
+                link,
+                capacity,
+                self.python.accelerator_list().to_vec(),
+            )?,
             #[cfg(not(feature = "client"))]
             Some(_) => {
                 let _ = capacity;

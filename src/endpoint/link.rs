@@ -93,10 +93,14 @@ impl Dial for Watched {
     }
 }
 
+/// Dials the gateway as one manager of `capacity` slots whose machine has `gpus` (those its
+/// managers' workers are pinned to), so that the gateway sends it the tasks that ask for
+/// GPUs and fit there.
 pub(super) fn start(
     inner: &Arc<Inner>,
     link: &GatewayLink,
     capacity: usize,
+    gpus: Vec<String>,
 ) -> Result<(), EndpointError> {
     let mut dial = EndpointDial::new(&link.url, &link.endpoint_id, &link.token);
     for url in &link.failover {
@@ -120,7 +124,7 @@ pub(super) fn start(
         host: hostname(),
         pid: std::process::id(),
         slots: u32::try_from(capacity.max(1)).unwrap_or(u32::MAX),
-        gpus: Vec::new(),
+        gpus,
     };
     let mut config = ManagerConfig::new(info).leave_on(leave_rx.clone());
     // An endpoint keeps dialling its gateway for as long as it runs; a stop ends it.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use base64::Engine;
-use funcx_core::{ErrorCode, Format, TaskError, TaskState, Timeline};
+use funcx_core::{ErrorCode, Format, Resources, TaskError, TaskState, Timeline};
 use funcx_transport::frame::FrameCodec;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
@@ -197,6 +197,11 @@ pub struct SubmitRequest {
 /// or with `"format": "json"` plain JSON values, which is what a curl user or a program in
 /// any language sends: `{"function_id": "…", "format": "json", "args": [1, "x", {"k": null}]}`.
 /// A task's arguments all share its format; its result comes back in it.
+///
+/// `"resources": {"cores": 4, "gpus": 1, "memory": 1073741824}` (each field optional, cores
+/// default 1, memory in bytes) asks for part of the endpoint's machine while the task runs
+/// ([`funcx_core::TaskOptions::resources`]); without it, or asking for no more than one
+/// core, the task is a plain one.
 #[derive(Debug, Clone)]
 pub struct SubmitTask {
     /// The function's id (64 hex digits).
@@ -209,6 +214,9 @@ pub struct SubmitTask {
     pub timeout_ms: Option<u64>,
     /// The data format of every argument.
     pub format: Format,
+    /// What the task asks for of the endpoint's machine; `None` for a plain task (one
+    /// core), which is also what a request asking for no more than that is read as.
+    pub resources: Option<Resources>,
 }
 
 /// [`SubmitTask`] in postcard: the fields in order, arguments as raw bytes.
@@ -219,6 +227,39 @@ struct SubmitTaskBinary {
     kwargs: BTreeMap<String, Blob>,
     timeout_ms: Option<u64>,
     format: Format,
+    resources: Option<Resources>,
+}
+
+/// [`Resources`] in JSON: every field optional, as a curl user writes only what matters.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourcesText {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cores: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    memory: Option<u64>,
+}
+
+impl ResourcesText {
+    fn of(resources: &Resources) -> ResourcesText {
+        ResourcesText {
+            cores: Some(resources.cores),
+            gpus: (resources.gpus > 0).then_some(resources.gpus),
+            memory: (resources.memory > 0).then_some(resources.memory),
+        }
+    }
+}
+
+/// What a task asks for as a submission carries it: `None` unless it asks for more than a
+/// plain task, so that plain tasks stay plain however they were written.
+fn special(resources: Resources) -> Option<Resources> {
+    let resources = Resources {
+        cores: resources.cores.max(1),
+        ..resources
+    };
+    resources.is_special().then_some(resources)
 }
 
 /// [`SubmitTask`] in JSON: arguments are base64 strings or JSON values, as `format` says.
@@ -233,6 +274,8 @@ struct SubmitTaskText {
     kwargs: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resources: Option<ResourcesText>,
 }
 
 /// An argument or result as JSON text shows it: a base64 string for a pickle, the value
@@ -272,6 +315,7 @@ impl Serialize for SubmitTask {
                 kwargs: self.kwargs.clone(),
                 timeout_ms: self.timeout_ms,
                 format: self.format,
+                resources: self.resources.and_then(special),
             }
             .serialize(serializer);
         }
@@ -286,6 +330,11 @@ impl Serialize for SubmitTask {
                 .map(|(name, blob)| Ok((name.clone(), text(blob)?)))
                 .collect::<Result<_, S::Error>>()?,
             timeout_ms: self.timeout_ms,
+            resources: self
+                .resources
+                .and_then(special)
+                .as_ref()
+                .map(ResourcesText::of),
         }
         .serialize(serializer)
     }
@@ -301,6 +350,7 @@ impl<'de> Deserialize<'de> for SubmitTask {
                 kwargs: task.kwargs,
                 timeout_ms: task.timeout_ms,
                 format: task.format,
+                resources: task.resources.and_then(special),
             });
         }
         let task = SubmitTaskText::deserialize(deserializer)?;
@@ -316,6 +366,13 @@ impl<'de> Deserialize<'de> for SubmitTask {
                 .collect::<Result<_, D::Error>>()?,
             timeout_ms: task.timeout_ms,
             format,
+            resources: task.resources.and_then(|text| {
+                special(Resources {
+                    cores: text.cores.unwrap_or(1),
+                    gpus: text.gpus.unwrap_or(0),
+                    memory: text.memory.unwrap_or(0),
+                })
+            }),
         })
     }
 }
@@ -528,103 +585,4 @@ pub struct BatchResponse {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn blobs_are_base64_in_json_and_bytes_in_postcard() {
-        let blob = Blob(vec![0, 1, 255]);
-        assert_eq!(serde_json::to_string(&blob).unwrap(), "\"AAH/\"");
-        let back: Blob = serde_json::from_str("\"AAH/\"").unwrap();
-        assert_eq!(back, blob);
-        let err = serde_json::from_str::<Blob>("\"not base64!\"").unwrap_err();
-        assert!(err.to_string().contains("invalid base64"), "{err}");
-        let bytes = postcard::to_stdvec(&blob).unwrap();
-        assert_eq!(bytes, [3, 0, 1, 255]);
-        assert_eq!(postcard::from_bytes::<Blob>(&bytes).unwrap(), blob);
-    }
-
-    #[test]
-    fn task_views_round_trip_through_postcard() {
-        let view = TaskView {
-            id: 3,
-            state: TaskState::Failed,
-            timeline: Timeline::submitted_now(),
-            result: None,
-            error: Some(TaskError::cancelled()),
-            error_message: Some("cancelled".into()),
-            result_format: None,
-        };
-        let back: TaskView = postcard::from_bytes(&postcard::to_stdvec(&view).unwrap()).unwrap();
-        assert_eq!(back.id, 3);
-        assert!(back.error.unwrap().is_cancelled());
-        let json = serde_json::to_value(&view).unwrap();
-        assert_eq!(json["state"], "failed");
-        assert_eq!(json["error"]["code"], "cancelled");
-        assert!(json["result"].is_null());
-    }
-
-    #[test]
-    fn json_submissions_carry_plain_values_and_pickles_stay_base64() {
-        let task: SubmitTask = serde_json::from_value(serde_json::json!({
-            "function_id": "f",
-            "format": "json",
-            "args": [1, "x", {"k": [null, 2.5]}],
-            "kwargs": {"n": true}
-        }))
-        .unwrap();
-        assert_eq!(task.format, Format::Json);
-        let args: Vec<String> = task
-            .args
-            .iter()
-            .map(|blob| String::from_utf8(blob.0.clone()).unwrap())
-            .collect();
-        assert_eq!(args, ["1", "\"x\"", r#"{"k":[null,2.5]}"#]);
-        assert_eq!(task.kwargs["n"].0, b"true");
-        // Back to the same JSON, and through postcard unchanged.
-        let json = serde_json::to_value(&task).unwrap();
-        assert_eq!(json["args"][2]["k"][1], 2.5);
-        let back: SubmitTask = postcard::from_bytes(&postcard::to_stdvec(&task).unwrap()).unwrap();
-        assert_eq!((back.format, back.args.len()), (Format::Json, 3));
-
-        // Without a format, arguments are base64 pickles, as before.
-        let task: SubmitTask =
-            serde_json::from_value(serde_json::json!({"function_id": "f", "args": ["AAH/"]}))
-                .unwrap();
-        assert_eq!(
-            (task.format, &task.args[0].0[..]),
-            (Format::Pickle, &[0, 1, 255][..])
-        );
-        let error = serde_json::from_value::<SubmitTask>(serde_json::json!({
-            "function_id": "f", "args": [1]
-        }))
-        .unwrap_err();
-        assert!(
-            error.to_string().contains("\"format\": \"json\""),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn json_results_show_as_values() {
-        let view = TaskView {
-            id: 1,
-            state: TaskState::Succeeded,
-            timeline: Timeline::submitted_now(),
-            result: Some(Blob(br#"{"a":[1,null]}"#.to_vec())),
-            error: None,
-            error_message: None,
-            result_format: Some(Format::Json),
-        };
-        let json = serde_json::to_value(&view).unwrap();
-        assert_eq!(json["result"], serde_json::json!({"a": [1, null]}));
-        assert_eq!(json["result_format"], "json");
-        let back: TaskView = serde_json::from_value(json).unwrap();
-        assert_eq!(back.result, view.result);
-        let back: TaskView = postcard::from_bytes(&postcard::to_stdvec(&view).unwrap()).unwrap();
-        assert_eq!(
-            (back.result, back.result_format),
-            (view.result, view.result_format)
-        );
-    }
-}
+mod tests;

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use funcx_core::worker::WorkResult;
 use funcx_core::{
     report_stream, Executor, Function, FunctionId, ReportSink, ReportStream, Task, TaskId,
-    TaskOptions, TaskReport,
+    TaskReport,
 };
 use funcx_transport::remote::{AgentConfig, EndpointAgent, ResultKeeper};
 use funcx_transport::TcpTransport;
@@ -463,10 +463,7 @@ impl Gateway {
         let args = record
             .decode_args()
             .map_err(|e| funcx_core::TaskError::protocol(e.to_string()))?;
-        let options = match record.timeout {
-            Some(timeout) => TaskOptions::new().timeout(timeout),
-            None => TaskOptions::new(),
-        };
+        let options = crate::api::task_options(record.timeout, record.resources);
         // Claimed tasks come in thousands of one function: one lookup per process.
         let cached = self
             .inner

@@ -113,6 +113,7 @@ async fn postcard_bodies_on_the_submit_and_result_routes() {
             kwargs: Default::default(),
             timeout_ms: Some(10_000),
             format: funcx_core::Format::Pickle,
+            resources: None,
         }],
     };
     let response = gw

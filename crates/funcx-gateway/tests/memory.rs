@@ -55,6 +55,7 @@ async fn a_gateway_on_a_large_store_stays_within_its_memory_bound() {
                     function,
                     args: Args::new().arg(&(done + i)),
                     timeout: None,
+                    resources: None,
                 })
                 .collect();
             let now = SystemTime::now();

@@ -134,6 +134,7 @@ pub(crate) async fn submit(
             kwargs: keywords,
             timeout_ms,
             format: funcx::Format::Pickle,
+            resources: None,
         }],
     };
     let body = serde_json::to_value(&request)

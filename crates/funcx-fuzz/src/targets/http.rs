@@ -186,6 +186,7 @@ pub(super) fn seeds() -> Vec<Vec<u8>> {
             kwargs: [("scale".to_string(), Blob(pickled))].into(),
             timeout_ms: Some(1000),
             format: Format::Pickle,
+            resources: None,
         }],
     };
     fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {

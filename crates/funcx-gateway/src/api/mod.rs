@@ -24,6 +24,7 @@ use serde_json::{json, Map, Value};
 
 #[cfg(feature = "globus-compute")]
 pub(crate) use handlers::bearer;
+pub(crate) use handlers::task_options;
 
 use crate::error::ApiError;
 use crate::Gateway;

@@ -8,9 +8,9 @@ use funcx_core::FunctionId;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{
-    apply, decode, encode, expired, new_record, page, EndpointRecord, Finished, FunctionRecord,
-    IdempotencyKey, Insertion, KeyRecord, NewTask, StoreError, StoreFuture, TaskPage, TaskRecord,
-    TaskStore, TokenHash, UserRecord,
+    apply, decode, decode_task, encode, encode_task, expired, new_record, page, EndpointRecord,
+    Finished, FunctionRecord, IdempotencyKey, Insertion, KeyRecord, NewTask, StoreError,
+    StoreFuture, TaskPage, TaskRecord, TaskStore, TokenHash, UserRecord,
 };
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -168,7 +168,7 @@ fn index_times(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     let mut finished = tx.open_table(FINISHED).map_err(backend)?;
     for entry in tasks.iter().map_err(backend)? {
         let (id, value) = entry.map_err(backend)?;
-        if let Ok(record) = decode::<TaskRecord>(value.value()) {
+        if let Ok(record) = decode_task(value.value()) {
             if let Some(at) = record.finished {
                 finished
                     .insert((secs(at), id.value()), ())
@@ -195,7 +195,7 @@ fn index_owners(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     let mut owners = tx.open_table(OWNER_TASKS).map_err(backend)?;
     for entry in tasks.iter().map_err(backend)? {
         let (id, value) = entry.map_err(backend)?;
-        if let Ok(record) = decode::<TaskRecord>(value.value()) {
+        if let Ok(record) = decode_task(value.value()) {
             owners
                 .insert((record.owner.as_str(), id.value()), ())
                 .map_err(backend)?;
@@ -223,7 +223,7 @@ fn insert(
         next += 1;
         let record = new_record(next, task, now)?;
         table
-            .insert(next, encode(&record)?.as_slice())
+            .insert(next, encode_task(&record)?.as_slice())
             .map_err(backend)?;
         unfinished.insert(next, ()).map_err(backend)?;
         owners
@@ -459,7 +459,7 @@ impl TaskStore for RedbStore {
             let tx = db.begin_read().map_err(backend)?;
             let table = tx.open_table(TASKS).map_err(backend)?;
             let value = table.get(id).map_err(backend)?;
-            value.map(|v| decode(v.value())).transpose()
+            value.map(|v| decode_task(v.value())).transpose()
         })
     }
 
@@ -486,7 +486,7 @@ impl TaskStore for RedbStore {
                 match table.get(id) {
                     Ok(Some(value)) => {
                         let bytes = value.value();
-                        match decode::<TaskRecord>(bytes) {
+                        match decode_task(bytes) {
                             Ok(record) => Some(Ok((record, bytes.len()))),
                             // One bad record does not hide the others; expiry leaves it too.
                             Err(error) => {
@@ -517,12 +517,12 @@ impl TaskStore for RedbStore {
                     let existing = table
                         .get(id)
                         .map_err(backend)?
-                        .map(|v| decode::<TaskRecord>(v.value()))
+                        .map(|v| decode_task(v.value()))
                         .transpose()?;
                     let Some(mut record) = existing else { continue };
                     if apply(&mut record, outcome, now) {
                         table
-                            .insert(id, encode(&record)?.as_slice())
+                            .insert(id, encode_task(&record)?.as_slice())
                             .map_err(backend)?;
                         unfinished.remove(id).map_err(backend)?;
                         by_time.insert((secs(now), id), ()).map_err(backend)?;
@@ -552,7 +552,7 @@ impl TaskStore for RedbStore {
                 let removed = table.remove(id).map_err(backend)?;
                 let owner = removed
                     .as_ref()
-                    .and_then(|value| decode::<TaskRecord>(value.value()).ok())
+                    .and_then(|value| decode_task(value.value()).ok())
                     .map(|record| record.owner);
                 if let Some(owner) = owner {
                     owners.remove((owner.as_str(), id)).map_err(backend)?;
@@ -573,7 +573,7 @@ impl TaskStore for RedbStore {
             for entry in unfinished.iter().map_err(backend)? {
                 let (id, _) = entry.map_err(backend)?;
                 if let Some(value) = table.get(id.value()).map_err(backend)? {
-                    records.push(decode(value.value())?);
+                    records.push(decode_task(value.value())?);
                 }
             }
             Ok(records)
@@ -600,7 +600,7 @@ impl TaskStore for RedbStore {
                     let record = table
                         .get(id)
                         .map_err(backend)?
-                        .map(|value| decode::<TaskRecord>(value.value()));
+                        .map(|value| decode_task(value.value()));
                     match record {
                         // A record that does not decode is left for someone to look at.
                         Some(Err(_)) => continue,
@@ -714,12 +714,13 @@ mod tests {
                     function: funcx_core::Function::from_source("", "f").id(),
                     args: funcx_core::Args::new(),
                     timeout: None,
+                    resources: None,
                 }],
                 SystemTime::now(),
             )
             .await
             .unwrap();
-        assert_eq!(ids, vec![10]);
+        assert_eq!(ids, vec![12]);
         assert_eq!(store.unfinished_tasks().await.unwrap().len(), 3);
 
         // Closed: every later call fails with the reason, and the file reopens cleanly.

@@ -47,7 +47,9 @@ pub(super) async fn attach(
 ) -> Result<(), TaskError> {
     let (input, inputs) = mpsc::unbounded_channel();
     let pool = GatewayPool { input };
-    let events = executor.attach(Box::new(pool), POOL_SIZE, None).await?;
+    // A relay: the gateway's endpoint places tasks that ask for resources, and fails
+    // there those that can never fit.
+    let events = executor.attach_relay(Box::new(pool), POOL_SIZE).await?;
     let (feed_tx, feed) = mpsc::unbounded_channel();
     tokio::spawn(result_stream(
         http.clone(),

@@ -160,6 +160,8 @@ impl Driver {
                             .map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
                         // Mixed formats never get here: the dispatcher refuses them.
                         format: item.args.format().unwrap_or(Format::Pickle),
+                        // Only a task that asks for more than a plain one carries any.
+                        resources: item.resources,
                     })
                     .collect(),
             };

@@ -24,6 +24,25 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> 
     Ok(Some(key.to_owned()))
 }
 
+/// The most memory a task may ask for: what every store can keep (a signed 64-bit column).
+const MAX_MEMORY: u64 = i64::MAX as u64;
+
+/// The options a task runs with at its endpoint: its timeout and what it asks for. A plain
+/// task's (`resources` is `None`) are the default's.
+pub(crate) fn task_options(
+    timeout: Option<Duration>,
+    resources: Option<funcx_core::Resources>,
+) -> TaskOptions {
+    let mut options = TaskOptions::new();
+    if let Some(timeout) = timeout {
+        options = options.timeout(timeout);
+    }
+    if let Some(resources) = resources {
+        options = options.resources(resources);
+    }
+    options
+}
+
 pub(crate) async fn submit(
     State(gateway): State<Gateway>,
     Extension(user): Extension<User>,
@@ -74,16 +93,20 @@ pub(crate) async fn submit(
             args = args.kwarg_payload(name, payload(value.0));
         }
         let timeout = request.timeout_ms.map(Duration::from_millis);
-        let options = match timeout {
-            Some(timeout) => TaskOptions::new().timeout(timeout),
-            None => TaskOptions::new(),
-        };
+        let resources = request.resources;
+        if resources.is_some_and(|asked| asked.memory > MAX_MEMORY) {
+            return Err(ApiError::bad_request(format!(
+                "task {index}: resources.memory is at most {MAX_MEMORY} bytes"
+            )));
+        }
+        let options = task_options(timeout, resources);
         new.push(NewTask {
             owner: user.name().to_string(),
             endpoint: endpoint.id.clone(),
             function: function_id,
             args: args.clone(),
             timeout,
+            resources,
         });
         tasks.push(Task {
             function,

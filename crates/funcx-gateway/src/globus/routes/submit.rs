@@ -115,6 +115,7 @@ pub(super) async fn submit(
                 function: shim_id,
                 args: args.clone(),
                 timeout: None,
+                resources: None,
             });
             tasks.push(Task {
                 function: service.shim.clone(),

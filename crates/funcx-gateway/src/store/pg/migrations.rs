@@ -61,6 +61,17 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
         WHERE finished IS NULL;
     "#,
     ),
+    (
+        3,
+        // What a task asks for of the endpoint's machine (`TaskOptions::resources`): NULL
+        // for a plain task, which is nearly every one.
+        r#"
+    ALTER TABLE tasks
+        ADD COLUMN cores bigint,
+        ADD COLUMN gpus bigint,
+        ADD COLUMN memory bigint;
+    "#,
+    ),
 ];
 
 /// The advisory lock that serializes migrations: gateways starting together on an empty

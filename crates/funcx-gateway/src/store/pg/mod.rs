@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use funcx_core::{FunctionId, TaskState, Timeline};
+use funcx_core::{FunctionId, Resources, TaskState, Timeline};
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
@@ -24,8 +24,8 @@ use super::{
 };
 
 /// The columns of a task row, in the order [`task_of_row`] reads them.
-const TASK_COLUMNS: &str =
-    "id, owner, endpoint, function, args, timeout_ms, state, timeline, result, created, finished";
+const TASK_COLUMNS: &str = "id, owner, endpoint, function, args, timeout_ms, state, timeline, \
+     result, created, finished, cores, gpus, memory";
 
 /// How a [`PgStore`] connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,8 +176,55 @@ fn task_of_row(row: &Row) -> Result<(TaskRecord, usize), StoreError> {
         result: result.as_deref().map(decode).transpose()?,
         created: row.try_get(9).map_err(pg)?,
         finished: row.try_get(10).map_err(pg)?,
+        resources: resources_of_row(row, id)?,
     };
     Ok((record, size))
+}
+
+/// What a task row asks for: `None` (all three columns NULL) for a plain task.
+fn resources_of_row(row: &Row, id: u64) -> Result<Option<Resources>, StoreError> {
+    let cores: Option<i64> = row.try_get(11).map_err(pg)?;
+    let gpus: Option<i64> = row.try_get(12).map_err(pg)?;
+    let memory: Option<i64> = row.try_get(13).map_err(pg)?;
+    if cores.is_none() && gpus.is_none() && memory.is_none() {
+        return Ok(None);
+    }
+    let bad = |what: &str, value: i64| {
+        StoreError::corrupt(format!("task {id}: {value} is not a number of {what}"))
+    };
+    let count = |what: &str, value: Option<i64>, default: u32| match value {
+        None => Ok(default),
+        Some(value) => u32::try_from(value).map_err(|_| bad(what, value)),
+    };
+    Ok(Some(Resources {
+        cores: count("cores", cores, 1)?,
+        gpus: count("GPUs", gpus, 0)?,
+        memory: match memory {
+            None => 0,
+            Some(value) => u64::try_from(value).map_err(|_| bad("bytes", value))?,
+        },
+    }))
+}
+
+/// What a task asks for as its row's columns (`cores`, `gpus`, `memory`): NULLs for a
+/// plain task.
+fn resources_to_row(
+    resources: Option<&Resources>,
+) -> Result<(Option<i64>, Option<i64>, Option<i64>), StoreError> {
+    let Some(resources) = resources else {
+        return Ok((None, None, None));
+    };
+    let memory = i64::try_from(resources.memory).map_err(|_| {
+        StoreError::backend(format!(
+            "{} bytes of memory is more than the store can keep",
+            resources.memory
+        ))
+    })?;
+    Ok((
+        Some(i64::from(resources.cores)),
+        Some(i64::from(resources.gpus)),
+        Some(memory),
+    ))
 }
 
 impl PgStore {
@@ -353,7 +400,7 @@ pub(crate) mod tests {
     async fn keeps_the_store_contract() {
         let store = fresh("contract").await;
         super::super::tests::contract(&store).await;
-        assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2]);
+        assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2, 3]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,7 +417,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let again = PgStore::connect_with(options.clone()).await.unwrap();
-        assert_eq!(again.schema_versions().await.unwrap(), vec![1, 2]);
+        assert_eq!(again.schema_versions().await.unwrap(), vec![1, 2, 3]);
         assert_eq!(again.users().await.unwrap().len(), 1);
         // A database migrated by a newer gateway is not written by this one.
         let client = again.client().await.unwrap();
@@ -392,6 +439,7 @@ pub(crate) mod tests {
             function: funcx_core::Function::from_source("", "f").id(),
             args: funcx_core::Args::new(),
             timeout: Some(Duration::from_millis(1500)),
+            resources: None,
         };
         let tasks = vec![task.clone(), task];
         let key = IdempotencyKey {
@@ -438,6 +486,7 @@ pub(crate) mod tests {
             function: funcx_core::Function::from_source("", "f").id(),
             args: funcx_core::Args::new(),
             timeout: None,
+            resources: None,
         };
         let now = SystemTime::now();
         let ids = first

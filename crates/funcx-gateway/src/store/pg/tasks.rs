@@ -33,8 +33,19 @@ async fn insert(
     let mut timeouts = Vec::with_capacity(tasks.len());
     let mut states = Vec::with_capacity(tasks.len());
     let mut timelines = Vec::with_capacity(tasks.len());
+    // Plain tasks (nearly all) are inserted as before, without three columns of NULLs.
+    let special = tasks.iter().any(|task| task.resources.is_some());
+    let mut cores = Vec::new();
+    let mut gpus = Vec::new();
+    let mut memory = Vec::new();
     for (task, id) in tasks.into_iter().zip(&ids) {
         let record = new_record(id_from_sql(*id)?, task, now)?;
+        if special {
+            let (c, g, m) = resources_to_row(record.resources.as_ref())?;
+            cores.push(c);
+            gpus.push(g);
+            memory.push(m);
+        }
         states.push(encode(&record.state)?);
         timelines.push(encode(&record.timeline)?);
         timeouts.push(record.timeout.map(millis));
@@ -43,24 +54,50 @@ async fn insert(
         endpoints.push(record.endpoint);
         args.push(record.args);
     }
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO tasks (id, owner, endpoint, function, args, timeout_ms, state, timeline, created)
-             SELECT id, owner, endpoint, function, args, timeout_ms, state, timeline, $9
-             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
-                         $6::bigint[], $7::bytea[], $8::bytea[])
-                  AS t(id, owner, endpoint, function, args, timeout_ms, state, timeline)",
+    if special {
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO tasks (id, owner, endpoint, function, args, timeout_ms, state, timeline,
+                                    created, cores, gpus, memory)
+                 SELECT id, owner, endpoint, function, args, timeout_ms, state, timeline, $9,
+                        cores, gpus, memory
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
+                             $6::bigint[], $7::bytea[], $8::bytea[], $10::bigint[],
+                             $11::bigint[], $12::bigint[])
+                      AS t(id, owner, endpoint, function, args, timeout_ms, state, timeline,
+                           cores, gpus, memory)",
+            )
+            .await
+            .map_err(pg)?;
+        tx.execute(
+            &statement,
+            &[
+                &ids, &owners, &endpoints, &functions, &args, &timeouts, &states, &timelines, &now,
+                &cores, &gpus, &memory,
+            ],
         )
         .await
         .map_err(pg)?;
-    tx.execute(
-        &statement,
-        &[
-            &ids, &owners, &endpoints, &functions, &args, &timeouts, &states, &timelines, &now,
-        ],
-    )
-    .await
-    .map_err(pg)?;
+    } else {
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO tasks (id, owner, endpoint, function, args, timeout_ms, state, timeline, created)
+                 SELECT id, owner, endpoint, function, args, timeout_ms, state, timeline, $9
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
+                             $6::bigint[], $7::bytea[], $8::bytea[])
+                      AS t(id, owner, endpoint, function, args, timeout_ms, state, timeline)",
+            )
+            .await
+            .map_err(pg)?;
+        tx.execute(
+            &statement,
+            &[
+                &ids, &owners, &endpoints, &functions, &args, &timeouts, &states, &timelines, &now,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    }
     // Delivered at commit, to every gateway listening: the one holding the endpoint claims.
     endpoints.sort_unstable();
     endpoints.dedup();

@@ -1,0 +1,134 @@
+//! The API's bodies in both encodings, JSON and postcard.
+
+use super::*;
+
+#[test]
+fn blobs_are_base64_in_json_and_bytes_in_postcard() {
+    let blob = Blob(vec![0, 1, 255]);
+    assert_eq!(serde_json::to_string(&blob).unwrap(), "\"AAH/\"");
+    let back: Blob = serde_json::from_str("\"AAH/\"").unwrap();
+    assert_eq!(back, blob);
+    let err = serde_json::from_str::<Blob>("\"not base64!\"").unwrap_err();
+    assert!(err.to_string().contains("invalid base64"), "{err}");
+    let bytes = postcard::to_stdvec(&blob).unwrap();
+    assert_eq!(bytes, [3, 0, 1, 255]);
+    assert_eq!(postcard::from_bytes::<Blob>(&bytes).unwrap(), blob);
+}
+
+#[test]
+fn task_views_round_trip_through_postcard() {
+    let view = TaskView {
+        id: 3,
+        state: TaskState::Failed,
+        timeline: Timeline::submitted_now(),
+        result: None,
+        error: Some(TaskError::cancelled()),
+        error_message: Some("cancelled".into()),
+        result_format: None,
+    };
+    let back: TaskView = postcard::from_bytes(&postcard::to_stdvec(&view).unwrap()).unwrap();
+    assert_eq!(back.id, 3);
+    assert!(back.error.unwrap().is_cancelled());
+    let json = serde_json::to_value(&view).unwrap();
+    assert_eq!(json["state"], "failed");
+    assert_eq!(json["error"]["code"], "cancelled");
+    assert!(json["result"].is_null());
+}
+
+#[test]
+fn json_submissions_carry_plain_values_and_pickles_stay_base64() {
+    let task: SubmitTask = serde_json::from_value(serde_json::json!({
+        "function_id": "f",
+        "format": "json",
+        "args": [1, "x", {"k": [null, 2.5]}],
+        "kwargs": {"n": true}
+    }))
+    .unwrap();
+    assert_eq!(task.format, Format::Json);
+    let args: Vec<String> = task
+        .args
+        .iter()
+        .map(|blob| String::from_utf8(blob.0.clone()).unwrap())
+        .collect();
+    assert_eq!(args, ["1", "\"x\"", r#"{"k":[null,2.5]}"#]);
+    assert_eq!(task.kwargs["n"].0, b"true");
+    // Back to the same JSON, and through postcard unchanged.
+    let json = serde_json::to_value(&task).unwrap();
+    assert_eq!(json["args"][2]["k"][1], 2.5);
+    let back: SubmitTask = postcard::from_bytes(&postcard::to_stdvec(&task).unwrap()).unwrap();
+    assert_eq!((back.format, back.args.len()), (Format::Json, 3));
+
+    // Without a format, arguments are base64 pickles, as before.
+    let task: SubmitTask =
+        serde_json::from_value(serde_json::json!({"function_id": "f", "args": ["AAH/"]})).unwrap();
+    assert_eq!(
+        (task.format, &task.args[0].0[..]),
+        (Format::Pickle, &[0, 1, 255][..])
+    );
+    let error = serde_json::from_value::<SubmitTask>(serde_json::json!({
+        "function_id": "f", "args": [1]
+    }))
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("\"format\": \"json\""),
+        "{error}"
+    );
+}
+
+#[test]
+fn resources_travel_only_when_a_task_asks_for_more_than_a_plain_one() {
+    let parse = |resources| {
+        serde_json::from_value::<SubmitTask>(serde_json::json!({
+            "function_id": "f", "resources": resources
+        }))
+    };
+    let task = parse(serde_json::json!({"gpus": 1})).unwrap();
+    let one_gpu = Resources {
+        gpus: 1,
+        ..Resources::default()
+    };
+    assert_eq!(task.resources, Some(one_gpu), "cores default to 1");
+    let json = serde_json::to_value(&task).unwrap();
+    assert_eq!(
+        json["resources"],
+        serde_json::json!({"cores": 1, "gpus": 1})
+    );
+    let back: SubmitTask = postcard::from_bytes(&postcard::to_stdvec(&task).unwrap()).unwrap();
+    assert_eq!(back.resources, Some(one_gpu));
+    // Asking for one core or nothing is a plain task, and says nothing.
+    for plain in [serde_json::json!({}), serde_json::json!({"cores": 1})] {
+        let task = parse(plain).unwrap();
+        assert_eq!(task.resources, None);
+        assert!(serde_json::to_value(&task)
+            .unwrap()
+            .get("resources")
+            .is_none());
+    }
+    assert!(
+        parse(serde_json::json!({"gpu": 1})).is_err(),
+        "a typo is refused"
+    );
+}
+
+#[test]
+fn json_results_show_as_values() {
+    let view = TaskView {
+        id: 1,
+        state: TaskState::Succeeded,
+        timeline: Timeline::submitted_now(),
+        result: Some(Blob(br#"{"a":[1,null]}"#.to_vec())),
+        error: None,
+        error_message: None,
+        result_format: Some(Format::Json),
+    };
+    let json = serde_json::to_value(&view).unwrap();
+    assert_eq!(json["result"], serde_json::json!({"a": [1, null]}));
+    assert_eq!(json["result_format"], "json");
+    let back: TaskView = serde_json::from_value(json).unwrap();
+    assert_eq!(back.result, view.result);
+    let back: TaskView = postcard::from_bytes(&postcard::to_stdvec(&view).unwrap()).unwrap();
+    assert_eq!(
+        (back.result, back.result_format),
+        (view.result, view.result_format)
+    );
+}
