@@ -266,7 +266,7 @@ pub struct TaskRecord {
     pub finished: Option<SystemTime>,
     /// What it asks for of the endpoint's machine; `None` for a plain task. Not in the
     /// derived encoding, which records written before tasks had resources lack: stores that
-    /// keep records encoded append it ([`encode_task`]).
+    /// keep records encoded append it (`encode_task`).
     #[serde(skip)]
     pub resources: Option<Resources>,
 }

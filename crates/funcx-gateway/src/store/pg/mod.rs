@@ -208,11 +208,9 @@ fn resources_of_row(row: &Row, id: u64) -> Result<Option<Resources>, StoreError>
 
 /// What a task asks for as its row's columns (`cores`, `gpus`, `memory`): NULLs for a
 /// plain task.
-fn resources_to_row(
-    resources: Option<&Resources>,
-) -> Result<(Option<i64>, Option<i64>, Option<i64>), StoreError> {
+fn resources_to_row(resources: Option<&Resources>) -> Result<[Option<i64>; 3], StoreError> {
     let Some(resources) = resources else {
-        return Ok((None, None, None));
+        return Ok([None; 3]);
     };
     let memory = i64::try_from(resources.memory).map_err(|_| {
         StoreError::backend(format!(
@@ -220,11 +218,11 @@ fn resources_to_row(
             resources.memory
         ))
     })?;
-    Ok((
+    Ok([
         Some(i64::from(resources.cores)),
         Some(i64::from(resources.gpus)),
         Some(memory),
-    ))
+    ])
 }
 
 impl PgStore {

@@ -41,7 +41,7 @@ async fn insert(
     for (task, id) in tasks.into_iter().zip(&ids) {
         let record = new_record(id_from_sql(*id)?, task, now)?;
         if special {
-            let (c, g, m) = resources_to_row(record.resources.as_ref())?;
+            let [c, g, m] = resources_to_row(record.resources.as_ref())?;
             cores.push(c);
             gpus.push(g);
             memory.push(m);
