@@ -4,8 +4,11 @@
 //! The endpoint's default workers run on this machine; each function's tasks run in its
 //! image, on workers started there once and kept warm.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{endpoint, managers, Manager};
 use funcx_core::{Executor, Function};
 use funcx_python::{Container, PythonConfig, PythonRuntime};
 
@@ -110,6 +113,27 @@ async fn a_missing_image_fails_its_tasks_clearly_while_others_run() {
     // The others still run after the failure.
     interleaved(&executor, &[(&a, "a"), (&plain, "none")], 10).await;
     executor.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_manager_runs_a_function_in_its_image() {
+    // The image travels with the function over the manager protocol; the funcx-manager
+    // process starts the image's worker with podman from PATH.
+    let endpoint = endpoint(0, Duration::from_secs(10)).await;
+    let _manager = Manager::start(endpoint.address, 2);
+    managers(&endpoint.executor, 1).await;
+    let a = where_in(Some("localhost/funcx-image-a:latest"));
+    let b = where_in(Some("localhost/funcx-image-b:latest"));
+    let plain = where_in(None);
+    interleaved(
+        &endpoint.executor,
+        &[(&a, "a"), (&b, "b"), (&plain, "none")],
+        30,
+    )
+    .await;
+    tokio::time::timeout(LIMIT, endpoint.executor.shutdown())
+        .await
+        .expect("shut down within the limit");
 }
 
 #[tokio::test]

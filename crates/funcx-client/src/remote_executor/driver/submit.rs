@@ -52,6 +52,19 @@ impl Driver {
             let Some(known) = self.functions.get(&key) else {
                 continue;
             };
+            if let Some(image) = known.function.image() {
+                // The gateway's register body has no image yet: registering the function
+                // without it would run its tasks outside the image, under another id.
+                let error = TaskError::function_refused(format!(
+                    "function `{}` names container image {image:?}, and a gateway cannot \
+                     carry a function's image yet; run it on an executor whose workers or \
+                     managers are local to it",
+                    known.function.name()
+                ));
+                let failed = self.take_pending(|item| item.function == key);
+                self.fail(failed, &error);
+                continue;
+            }
             let body = match known.function.body() {
                 FunctionBody::Source(source) => RegisterFunction {
                     name: known.function.name().to_owned(),
