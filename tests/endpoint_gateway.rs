@@ -11,7 +11,7 @@ use common::{init_tracing, manager_binary, wait_until, within, HANG};
 use funcx::endpoint::{Endpoint, EndpointState, GatewayLink};
 use funcx::gateway::{Gateway, GatewayConfig, UserConfig};
 use funcx::providers::LocalProvider;
-use funcx::{Function, StrategyConfig};
+use funcx::{Function, PythonConfig, StrategyConfig, TaskOptions};
 
 const ALICE: &str = "alice-token-0123456789abcdef";
 
@@ -230,6 +230,78 @@ async fn an_endpoint_whose_first_gateway_is_down_dials_the_next_of_its_failover_
         .await
         .expect("a task runs through the failover gateway");
     assert_eq!(value, 42);
+    within(HANG, endpoint.stop()).await;
+    client.shutdown().await;
+}
+
+/// An endpoint tells its gateway its slots (as cores) and its managers' GPUs, so tasks that
+/// ask for them travel through the gateway to a real `funcx-manager`, which gives each its
+/// own device; what could never fit on the endpoint fails at once at the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_asking_for_gpus_through_the_gateway_get_the_endpoints_gpus() {
+    init_tracing();
+    let (url, _server) = gateway().await;
+    let (endpoint_id, endpoint_token) = register(&url).await;
+    let endpoint = Endpoint::builder()
+        .name("gpus")
+        .provider(LocalProvider::new())
+        .manager_program(manager_binary())
+        .workers_per_node(2)
+        .python(PythonConfig::new().accelerators(vec!["0".into(), "1".into()]))
+        .strategy(
+            StrategyConfig::new()
+                .init_blocks(1)
+                .max_blocks(1)
+                .period(Duration::from_millis(100)),
+        )
+        .gateway(GatewayLink {
+            url: url.clone(),
+            endpoint_id: endpoint_id.clone(),
+            token: endpoint_token,
+            ca_file: None,
+            failover: Vec::new(),
+        })
+        .start()
+        .await
+        .expect("the endpoint starts");
+    wait_until(HANG, "connected to the gateway", || async {
+        endpoint.status().connected == Some(true)
+    })
+    .await;
+    let client = funcx::client::connect(&url, ALICE, &endpoint_id)
+        .await
+        .expect("client");
+    let device = Function::from_source(
+        "import os, time\n\ndef device(pause):\n    time.sleep(pause)\n    return os.environ.get('CUDA_VISIBLE_DEVICES', '')\n",
+        "device",
+    );
+    let one = TaskOptions::new().gpus(1);
+    let handles: Vec<_> = (0..4)
+        .map(|_| client.submit_with(&device, (0.2,), one))
+        .collect();
+    for handle in handles {
+        let seen: String = within(HANG, handle.result())
+            .await
+            .expect("a GPU task runs on the endpoint's manager");
+        assert!(seen == "0" || seen == "1", "it saw {seen:?}");
+    }
+    let both: String = within(
+        HANG,
+        client
+            .submit_with(&device, (0.0,), TaskOptions::new().gpus(2))
+            .result(),
+    )
+    .await
+    .expect("a task asking for both GPUs runs");
+    assert_eq!(both, "0,1");
+    // Three GPUs on an endpoint of two: refused at the gateway, without waiting.
+    let error = within(
+        Duration::from_secs(10),
+        client.submit_with(&device, (0.0,), TaskOptions::new().gpus(3)),
+    )
+    .await
+    .expect_err("more GPUs than the endpoint has");
+    assert!(error.is_unsatisfiable(), "{error}");
     within(HANG, endpoint.stop()).await;
     client.shutdown().await;
 }
