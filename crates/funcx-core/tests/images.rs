@@ -206,3 +206,25 @@ async fn a_runtime_that_cannot_start_images_says_so() {
     assert_eq!(ran_in, "");
     executor.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_draining_shutdown_finishes_the_tasks_of_every_image() {
+    let sim = runtime(&["a", "b"]);
+    let executor = Executor::builder().workers(2).start(sim.clone());
+    let (a, b, plain) = (in_image("a"), in_image("b"), func("image"));
+    // Submitted before any worker is ready, so the workers move between images while the
+    // endpoint drains.
+    let handles: Vec<_> = (0..90)
+        .map(|i| {
+            let (function, expected) = [(&a, "a"), (&b, "b"), (&plain, "")][i % 3];
+            (expected, executor.submit(function, ()))
+        })
+        .collect();
+    within("the draining shutdown", executor.shutdown()).await;
+    for (expected, handle) in handles {
+        let ran_in: String = within("a result", handle.result())
+            .await
+            .expect("accepted tasks finish before the endpoint stops");
+        assert_eq!(ran_in, expected);
+    }
+}
