@@ -58,7 +58,10 @@ impl fmt::Display for Format {
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Payload {
     format: Format,
-    #[serde(deserialize_with = "shared_or_copied")]
+    #[serde(
+        serialize_with = "lent_or_written",
+        deserialize_with = "shared_or_copied"
+    )]
     bytes: Bytes,
 }
 
@@ -68,6 +71,9 @@ const SHARE_MIN: usize = 64 * 1024;
 thread_local! {
     /// The buffer being decoded by [`Payload::with_shared_source`] on this thread.
     static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+    /// Within [`Payload::with_lent_payloads`] on this thread: `Some`, holding the large
+    /// payload being serialized, if any.
+    static LENT: RefCell<Option<Option<Bytes>>> = const { RefCell::new(None) };
 }
 
 impl Payload {
@@ -195,6 +201,95 @@ impl Payload {
     }
 }
 
+impl Payload {
+    /// Runs `encode`, a serialization, so that its output can refer to large payloads
+    /// instead of holding copies of them: within it, [`Payload::lent`] hands back the bytes
+    /// of the payload being serialized when the serializer is about to copy them.
+    ///
+    /// The mirror of [`Payload::with_shared_source`] for writing: a connection encodes a
+    /// message into its write buffer, and without this every large argument or result is
+    /// copied into that buffer on its way out. A serializer's output (postcard's, say) that
+    /// meets a slice [`Payload::lent`] recognises can keep the returned [`Bytes`] in its place
+    /// and write it from its own memory. Payloads of at least 64 KiB are lent; the bytes
+    /// serialized are the same either way.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use funcx_core::Payload;
+    ///
+    /// /// Postcard output that keeps large payloads by reference.
+    /// #[derive(Default)]
+    /// struct Parts {
+    ///     bytes: Vec<u8>,
+    ///     lent: Vec<Bytes>,
+    /// }
+    ///
+    /// impl postcard::ser_flavors::Flavor for Parts {
+    ///     type Output = Parts;
+    ///     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+    ///         self.bytes.push(byte);
+    ///         Ok(())
+    ///     }
+    ///     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+    ///         match Payload::lent(data) {
+    ///             Some(shared) => self.lent.push(shared),
+    ///             None => self.bytes.extend_from_slice(data),
+    ///         }
+    ///         Ok(())
+    ///     }
+    ///     fn finalize(self) -> postcard::Result<Parts> {
+    ///         Ok(self)
+    ///     }
+    /// }
+    ///
+    /// let payload = Payload::from_pickled(vec![7_u8; 1 << 20]);
+    /// let parts = Payload::with_lent_payloads(|| {
+    ///     postcard::serialize_with_flavor(&payload, Parts::default())
+    /// })
+    /// .unwrap();
+    /// assert_eq!(parts.bytes.len(), 4, "the format and the length, not the 1 MiB");
+    /// assert_eq!(parts.lent, [payload.bytes().clone()]);
+    /// ```
+    pub fn with_lent_payloads<R>(encode: impl FnOnce() -> R) -> R {
+        let outer = LENT.with(|cell| cell.replace(Some(None)));
+        let encoded = encode();
+        LENT.with(|cell| *cell.borrow_mut() = outer);
+        encoded
+    }
+
+    /// Within [`Payload::with_lent_payloads`]: when `slice` is exactly the bytes of the
+    /// large payload being serialized, those bytes, shared (once: a second call for the same
+    /// slice returns `None`). `None` for anything else, and outside it.
+    pub fn lent(slice: &[u8]) -> Option<Bytes> {
+        if slice.len() < SHARE_MIN {
+            return None;
+        }
+        LENT.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let current = cell.as_mut()?;
+            match current {
+                Some(bytes) if bytes.as_ptr() == slice.as_ptr() && bytes.len() == slice.len() => {
+                    current.take()
+                }
+                _ => None,
+            }
+        })
+    }
+}
+
+/// A payload's bytes, written by the serializer; within [`Payload::with_lent_payloads`], a
+/// large one is first offered to [`Payload::lent`].
+fn lent_or_written<S: serde::Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+    if bytes.len() >= SHARE_MIN {
+        LENT.with(|cell| {
+            if let Some(current) = cell.borrow_mut().as_mut() {
+                *current = Some(bytes.clone());
+            }
+        });
+    }
+    serializer.serialize_bytes(bytes)
+}
+
 /// A payload's bytes: a slice of the buffer being decoded (see
 /// [`Payload::with_shared_source`]) when that is worth it, a copy otherwise.
 fn shared_or_copied<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
@@ -310,6 +405,70 @@ mod tests {
             Payload::with_shared_source(&other, |_| postcard::from_bytes(&frame)).unwrap();
         assert_eq!(back, large);
         assert!(!points_into(&frame, &back));
+    }
+
+    /// Postcard output that notes which slices [`Payload::lent`] recognised.
+    #[derive(Default)]
+    struct Noting {
+        bytes: Vec<u8>,
+        lent: Vec<Bytes>,
+    }
+
+    impl postcard::ser_flavors::Flavor for Noting {
+        type Output = Noting;
+        fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+            self.bytes.push(byte);
+            Ok(())
+        }
+        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+            match Payload::lent(data) {
+                Some(shared) => self.lent.push(shared),
+                None => self.bytes.extend_from_slice(data),
+            }
+            Ok(())
+        }
+        fn finalize(self) -> postcard::Result<Noting> {
+            Ok(self)
+        }
+    }
+
+    #[test]
+    fn large_payloads_are_lent_only_while_serialized_within_the_scope() {
+        let large = Payload::from_pickled(vec![4_u8; 1 << 20]);
+        let small = Payload::from_pickled(vec![5_u8; 1024]);
+        let both = (small.clone(), large.clone(), "tail".to_string());
+        let noted = Payload::with_lent_payloads(|| {
+            postcard::serialize_with_flavor(&both, Noting::default())
+        })
+        .unwrap();
+        assert_eq!(noted.lent.len(), 1, "the large payload, not the small one");
+        assert!(std::ptr::eq(
+            noted.lent[0].as_ptr(),
+            large.as_bytes().as_ptr()
+        ));
+        // Splicing the lent bytes back in gives exactly the usual encoding.
+        let plain = postcard::to_stdvec(&both).unwrap();
+        let at = plain.len() - large.len() - 5; // "tail": a length byte and 4 bytes
+        let mut spliced = noted.bytes[..at].to_vec();
+        spliced.extend_from_slice(&noted.lent[0]);
+        spliced.extend_from_slice(&noted.bytes[at..]);
+        assert_eq!(spliced, plain);
+
+        // Outside the scope nothing is lent, and inside it only the payload being
+        // serialized is, once.
+        let outside = postcard::serialize_with_flavor(&large, Noting::default()).unwrap();
+        assert!(outside.lent.is_empty());
+        assert!(Payload::with_lent_payloads(|| Payload::lent(large.as_bytes())).is_none());
+        let copy = large.as_bytes().to_vec();
+        Payload::with_lent_payloads(|| {
+            let _ = postcard::to_stdvec(&large).unwrap();
+            assert!(
+                Payload::lent(&copy).is_none(),
+                "equal bytes elsewhere are not lent"
+            );
+            assert!(Payload::lent(large.as_bytes()).is_some());
+            assert!(Payload::lent(large.as_bytes()).is_none(), "lent once");
+        });
     }
 
     #[test]
