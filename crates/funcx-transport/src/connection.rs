@@ -8,8 +8,9 @@
 //! ```
 //!
 //! The writer takes everything that is queued (up to a byte budget), encodes it into one
-//! buffer and writes it with one call, then flushes once the queue is empty: many small
-//! messages cost one system call, and a message sent to an idle connection leaves at once.
+//! buffer, large payloads left where they are ([`Outgoing`]), and writes it with one
+//! vectored call, then flushes once the queue is empty: many small messages cost one system
+//! call, and a message sent to an idle connection leaves at once.
 //! The reader decodes frames as they arrive and hands them over; the bounded queue between it
 //! and [`Receiver::recv`] makes a slow receiver slow the peer down (through TCP) instead of
 //! buffering without end.
@@ -31,11 +32,14 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use crate::frame::{self, FrameCodec, Limits};
+use crate::outgoing::Outgoing;
 use crate::TransportError;
 
-/// How many bytes of encoded messages the writer gathers before it writes them.
+/// How many bytes of encoded messages (payloads included) the writer gathers before it
+/// writes them.
 const WRITE_BUDGET: usize = 4 * 1024 * 1024;
-/// The writer's buffer is given back to the allocator when a large message grew it past this.
+/// The writer's buffer is given back to the allocator when a large message grew it past this
+/// (large payloads are not copied into it; see [`Outgoing`]).
 const WRITE_BUFFER_KEEP: usize = 2 * WRITE_BUDGET;
 /// How much room the reader makes in its buffer before each read.
 const READ_CHUNK: usize = 64 * 1024;
@@ -398,42 +402,26 @@ where
 {
     let cancel = &shared.cancel;
     let codec = FrameCodec::<S>::with_limits(limits);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = Outgoing::with_capacity(READ_CHUNK);
     let mut open = true;
     let mut failed = None;
-    // A message too large for one frame, written in fragments after what precedes it.
-    let mut oversized = None;
     loop {
         // Gather everything queued, up to the budget.
-        while open && failed.is_none() && oversized.is_none() && buf.len() < WRITE_BUDGET {
+        while open && failed.is_none() && out.len() < WRITE_BUDGET {
             match queue.try_recv() {
-                Ok(msg) => match codec.encode_frame(&msg, &mut buf) {
-                    Ok(None) => {}
-                    Ok(Some(body)) => oversized = Some(body),
-                    Err(e) => failed = Some(e),
-                },
+                Ok(msg) => failed = out.push(&codec, &msg).err(),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
         }
-        if !buf.is_empty() {
+        if !out.is_empty() {
+            // Small messages and large payloads leave in one vectored write.
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
-                written = wr.write_all(&buf) => written?,
+                written = wr.write_all_buf(&mut out) => written?,
             }
-            buf.clear();
-            if buf.capacity() > WRITE_BUFFER_KEEP {
-                buf = BytesMut::with_capacity(READ_CHUNK);
-            }
-        }
-        if let Some(body) = oversized.take() {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Ok(()),
-                written = write_fragments(&mut wr, &codec, &body) => written?,
-            }
-            continue;
+            out.reclaim(READ_CHUNK, WRITE_BUFFER_KEEP);
         }
         if let Some(e) = failed {
             // What was queued before the bad message has been written.
@@ -460,29 +448,11 @@ where
             biased;
             _ = cancel.cancelled() => return Ok(()),
             msg = queue.recv() => match msg {
-                Some(msg) => match codec.encode_frame(&msg, &mut buf) {
-                    Ok(None) => {}
-                    Ok(Some(body)) => oversized = Some(body),
-                    Err(e) => failed = Some(e),
-                },
+                Some(msg) => failed = out.push(&codec, &msg).err(),
                 None => open = false,
             },
         }
     }
-}
-
-/// Writes one large message as fragments of at most the maximum frame size, straight from
-/// its encoding (no copy into the write buffer).
-async fn write_fragments<S, Wr: AsyncWrite + Unpin>(
-    wr: &mut Wr,
-    codec: &FrameCodec<S>,
-    body: &[u8],
-) -> std::io::Result<()> {
-    for (header, part) in codec.fragments(body) {
-        wr.write_all(&header).await?;
-        wr.write_all(part).await?;
-    }
-    Ok(())
 }
 
 async fn read_loop<R, Rd>(

@@ -36,8 +36,8 @@ const MAX_UNFRAGMENTED_LIMIT: usize = u32::MAX as usize;
 /// The header bit that says more fragments of the same message follow.
 const MORE: u32 = 1 << 31;
 
-/// The most a reader reserves at once while a large frame arrives, so that a peer that
-/// announces a large frame and then sends nothing costs little memory.
+/// The most a reader reserves for a large frame before this much of it has arrived, so that
+/// a peer that announces a large frame and then sends nothing costs little memory.
 const RESERVE_STEP: usize = 1024 * 1024;
 
 /// How large frames and messages may be on one connection.
@@ -154,7 +154,7 @@ impl<T> FrameCodec<T> {
     }
 
     /// The largest frame body, within what the header can describe.
-    fn frame_size(&self) -> usize {
+    pub(crate) fn frame_size(&self) -> usize {
         let limit = if self.fragments {
             MAX_FRAME_SIZE_LIMIT
         } else {
@@ -164,7 +164,7 @@ impl<T> FrameCodec<T> {
     }
 
     /// The largest message this codec takes: without fragments, one frame.
-    fn message_limit(&self) -> usize {
+    pub(crate) fn message_limit(&self) -> usize {
         if self.fragments {
             self.max_message_size
         } else {
@@ -221,9 +221,7 @@ impl<T> FrameCodec<T> {
         let mut parts = body.chunks(self.frame_size()).peekable();
         std::iter::from_fn(move || {
             let part = parts.next()?;
-            let flag = if parts.peek().is_some() { MORE } else { 0 };
-            // A part is at most the frame size, itself at most 31 bits with fragments.
-            Some(((part.len() as u32 | flag).to_be_bytes(), part))
+            Some((fragment_header(part.len(), parts.peek().is_some()), part))
         })
     }
 
@@ -257,7 +255,15 @@ impl<T> FrameCodec<T> {
         let needed = HEADER_LEN + len;
         if src.len() < needed {
             let missing = needed - src.len();
-            src.reserve(missing.min(RESERVE_STEP));
+            // Once a step's worth of the frame is in, the peer is sending it: room for the
+            // rest at once, so that the frame is read into one allocation instead of one
+            // that doubles, copying what it holds each time.
+            let room = if src.len() >= RESERVE_STEP {
+                missing
+            } else {
+                missing.min(RESERVE_STEP)
+            };
+            src.reserve(room);
             return Ok(None);
         }
         src.advance(HEADER_LEN);
@@ -363,6 +369,14 @@ impl<T, S: Serialize + ?Sized> Encoder<&S> for FrameCodec<T> {
         }
         Ok(())
     }
+}
+
+/// The header of a fragment of `len` bytes (at most the frame size of a codec with
+/// fragments), after which more fragments of the same message follow or not.
+pub(crate) fn fragment_header(len: usize, more: bool) -> [u8; HEADER_LEN] {
+    let flag = if more { MORE } else { 0 };
+    // A part is at most the frame size, itself at most 31 bits with fragments.
+    (len as u32 | flag).to_be_bytes()
 }
 
 /// Decodes one message from a frame body: exactly one message, nothing after it.

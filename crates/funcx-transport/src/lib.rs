@@ -69,6 +69,7 @@ pub mod frame;
 pub mod fuzzing;
 mod handshake;
 pub mod memory;
+mod outgoing;
 pub mod remote;
 mod tcp;
 #[cfg(feature = "tls")]
