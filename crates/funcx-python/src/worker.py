@@ -70,12 +70,22 @@ POLL_NS = 5_000_000
 # Keeps a pathological exception message from filling a frame.
 MAX_TEXT = 256 * 1024
 MIN_BUFFER = 1 << 20
+# A buffer up to this size is kept after its frame is handled: the next large frame is read
+# into it instead of into freshly zeroed memory.
+KEEP_BUFFER = 32 << 20
 # How far the input buffer may grow ahead of the bytes it holds.
 GROW_AHEAD = 64 << 20
 
 
 class ProtocolError(Exception):
     pass
+
+
+class Parts(list):
+    """A pickle as the pieces a Pickler wrote into it: a large bytes object in the value
+    comes through as itself instead of being copied into one output buffer."""
+
+    write = list.append
 
 
 def json_codec():
@@ -281,7 +291,12 @@ class Worker:
         self.count = 0
 
     def add_result(self, task_id, status, duration, body):
-        size = len(body)
+        if type(body) is Parts:
+            size = 0
+            for part in body:
+                size += len(part)
+        else:
+            size = len(body)
         if size > INLINE_RESULT:
             # A big result goes out on its own, header and body in one writev,
             # without being copied into the batch.
@@ -289,8 +304,13 @@ class Worker:
             head = RESULTS_HDR.pack(4 + RESULT_HDR.size + size, K_RESULTS, 1) + RESULT_HDR.pack(
                 task_id, status, duration, size
             )
-            writev_all(self.fd_out, [head, body])
+            if type(body) is Parts:
+                writev_all(self.fd_out, [head] + body)
+            else:
+                writev_all(self.fd_out, [head, body])
             return
+        if type(body) is Parts:
+            body = b"".join(body)
         self.out += RESULT_HDR.pack(task_id, status, duration, size)
         self.out += body
         self.count += 1
@@ -323,7 +343,7 @@ class Worker:
         size = len(self.buf)
         if have == 0:
             self.pos = self.end = self.scan = 0
-            if size > 16 * MIN_BUFFER:
+            if size > KEEP_BUFFER:
                 # Give back the memory of a huge frame that has been handled.
                 self.view.release()
                 self.buf = bytearray(MIN_BUFFER)
@@ -470,12 +490,14 @@ class Worker:
         u16 = U16.unpack_from
         pickle_loads = pickle.loads
         pickle_dumps = pickle.dumps
+        Pickler = pickle.Pickler
         clock = perf_counter_ns
         result_hdr = RESULT_HDR.pack
         max_result = self.max_result
         # flush() empties this bytearray in place, so the alias stays valid.
         out = self.out
         for _ in range(count):
+            task_off = off
             task_id, key, flags, nargs, nkwargs = task_hdr(view, off)
             off += 17
             if nargs == 1 and not nkwargs:
@@ -574,13 +596,25 @@ class Worker:
                         status, body = S_EXCEPTION, describe(exc, 1)
                     else:
                         try:
-                            body = dumps(result, 4)
+                            if ok == S_OK and off - task_off > INLINE_RESULT:
+                                # Large arguments, likely a large result: pickled into
+                                # parts, so that a large bytes object in it is written
+                                # from its own memory (a Pickler costs a few µs more than
+                                # dumps, which small tasks do not pay).
+                                body = Parts()
+                                Pickler(body, 4).dump(result)
+                                size = 0
+                                for part in body:
+                                    size += len(part)
+                            else:
+                                body = dumps(result, 4)
+                                size = len(body)
                         except BaseException as exc:
                             status, body = S_RESULT_ERROR, describe(exc, 0)
                         else:
                             status = ok
-                            if len(body) > max_result:
-                                status, body = S_TOO_LARGE, U64.pack(len(body))
+                            if size > max_result:
+                                status, body = S_TOO_LARGE, U64.pack(size)
                         result = None
                     finally:
                         if saved is not None:
@@ -588,7 +622,7 @@ class Worker:
                 arg = args = kwargs = None
             now = clock()
             size = len(body)
-            if size <= INLINE_RESULT and not isolate:
+            if size <= INLINE_RESULT and not isolate and type(body) is not Parts:
                 out += result_hdr(task_id, status, now - start, size)
                 out += body
                 self.count += 1

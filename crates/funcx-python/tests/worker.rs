@@ -466,6 +466,43 @@ async fn large_arguments_and_results_round_trip() {
     }
 }
 
+/// Tasks with large arguments pickle their results into parts (see worker.py); small,
+/// failing and over-the-limit results of such tasks come back as from any other task.
+#[tokio::test]
+async fn tasks_with_large_arguments_report_every_kind_of_result() {
+    let mut h = Harness::with(PythonConfig::new().max_result_size(1 << 20), 0).await;
+    let data = ByteBuf::from(vec![7_u8; 200 * 1024]);
+    let key = h.define(
+        "def f(b, n):\n    if n < 0:\n        raise ValueError('negative')\n    return (len(b), b[:n])\n",
+        "f",
+    );
+    let small = h.submit(key, Args::new().arg(&data).arg(&3), false);
+    let large = h.submit(key, Args::new().arg(&data).arg(&(150 * 1024)), false);
+    let raised = h.submit(key, Args::new().arg(&data).arg(&-1), false);
+    let huge = ByteBuf::from(vec![8_u8; 2 << 20]);
+    let over = h.submit(key, Args::new().arg(&huge).arg(&(2 << 20)), false);
+    let after = h.submit(
+        key,
+        Args::new().arg(&ByteBuf::from(vec![1, 2])).arg(&1),
+        false,
+    );
+    let results = h.results(5).await;
+    let ids: Vec<_> = results.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [small, large, raised, over, after]);
+    let decode =
+        |i: usize| -> (usize, ByteBuf) { results[i].outcome.as_ref().unwrap().decode().unwrap() };
+    assert_eq!(decode(0), (200 * 1024, ByteBuf::from(vec![7_u8; 3])));
+    assert_eq!(
+        decode(1),
+        (200 * 1024, ByteBuf::from(vec![7_u8; 150 * 1024]))
+    );
+    let error = results[2].outcome.as_ref().unwrap_err();
+    assert!(error.to_string().contains("negative"), "{error}");
+    let error = results[3].outcome.as_ref().unwrap_err();
+    assert!(error.is_result_too_large(), "{error}");
+    assert_eq!(decode(4), (2, ByteBuf::from(vec![1_u8])));
+}
+
 #[tokio::test]
 async fn os_exit_is_reported_after_earlier_results() {
     let mut h = Harness::start().await;
