@@ -597,10 +597,8 @@ class Worker:
                     else:
                         try:
                             if ok == S_OK and off - task_off > INLINE_RESULT:
-                                # Large arguments, likely a large result: pickled into
-                                # parts, so that a large bytes object in it is written
-                                # from its own memory (a Pickler costs a few µs more than
-                                # dumps, which small tasks do not pay).
+                                # Large arguments, likely a large result: its large bytes
+                                # are written from their own memory (a Pickler costs µs).
                                 body = Parts()
                                 Pickler(body, 4).dump(result)
                                 size = 0
