@@ -41,7 +41,9 @@ pub trait Fleet: Send + Sync {
     ) -> StoreFuture<'_, Vec<TaskRecord>>;
 
     /// Extends to `lease` from now this gateway's claims on the unfinished tasks of
-    /// `endpoints` (those connected to it); how many.
+    /// `endpoints` (those connected to it); returns how many endpoints' claims it renewed.
+    /// A store keeps one lease per gateway and endpoint, so this costs the same however
+    /// many tasks the gateway holds.
     fn renew(&self, endpoints: Vec<String>, lease: Duration) -> StoreFuture<'_, u64>;
 
     /// The records of tasks `ids` that exist, in no particular order: what a gateway reads

@@ -18,27 +18,79 @@ impl Fleet for PgStore {
         self.run(async move {
             let mut client = self.client().await?;
             let tx = lax(&mut client).await?;
-            // SKIP LOCKED: a gateway claiming at the same moment takes other rows instead of
-            // waiting for these, and neither gets a row twice.
-            let statement = tx
-                .prepare_cached(&format!(
-                    "UPDATE tasks SET claimed_by = $1,
-                            lease_until = now() + $3 * interval '1 millisecond'
-                     WHERE id IN (
-                         SELECT id FROM tasks
-                         WHERE endpoint = $2 AND finished IS NULL
-                           AND COALESCE(lease_until, '-infinity'::timestamptz) < now()
-                         ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
-                     RETURNING {TASK_COLUMNS}"
-                ))
-                .await
-                .map_err(pg)?;
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let lease = millis(lease) as f64;
-            let rows = tx
-                .query(&statement, &[&self.member, &endpoint, &lease, &limit])
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            // The tasks of gateways whose lease on this endpoint lapsed (they died, or the
+            // endpoint left them) first: they are the oldest.
+            let lapsed = tx
+                .prepare_cached(
+                    "SELECT member FROM leases
+                     WHERE endpoint = $1 AND until < now() AND member <> $2",
+                )
                 .await
                 .map_err(pg)?;
+            let lapsed: Vec<String> = tx
+                .query(&lapsed, &[&endpoint, &self.member])
+                .await
+                .map_err(pg)?
+                .iter()
+                .map(|row| row.try_get(0).map_err(pg))
+                .collect::<Result<_, _>>()?;
+            let mut rows = Vec::new();
+            if !lapsed.is_empty() {
+                let take_over = tx
+                    .prepare_cached(&format!(
+                        "UPDATE tasks SET claimed_by = $1
+                         WHERE id IN (
+                             SELECT id FROM tasks
+                             WHERE endpoint = $2 AND finished IS NULL AND claimed_by = ANY($3)
+                             ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                         RETURNING {TASK_COLUMNS}"
+                    ))
+                    .await
+                    .map_err(pg)?;
+                rows = tx
+                    .query(&take_over, &[&self.member, &endpoint, &lapsed, &limit])
+                    .await
+                    .map_err(pg)?;
+                // A lapsed lease that covers nothing any more is gone for good; one whose
+                // gateway renewed it meanwhile is not lapsed (the row is re-checked).
+                tx.execute(
+                    "DELETE FROM leases l
+                     WHERE l.endpoint = $1 AND l.member = ANY($2) AND l.until < now()
+                       AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.endpoint = $1
+                                       AND t.claimed_by = l.member AND t.finished IS NULL)",
+                    &[&endpoint, &lapsed],
+                )
+                .await
+                .map_err(pg)?;
+            }
+            let left = limit - i64::try_from(rows.len()).unwrap_or(i64::MAX);
+            if left > 0 {
+                // The lease is written with the claim, so a task is never held without one.
+                // SKIP LOCKED: a gateway claiming at the same moment takes other rows instead
+                // of waiting for these, and neither gets a row twice.
+                let claim = tx
+                    .prepare_cached(&format!(
+                        "WITH lease AS (
+                             INSERT INTO leases (endpoint, member, until)
+                             VALUES ($2, $1, now() + $3 * interval '1 millisecond')
+                             ON CONFLICT (endpoint, member) DO UPDATE SET until = EXCLUDED.until)
+                         UPDATE tasks SET claimed_by = $1
+                         WHERE id IN (
+                             SELECT id FROM tasks
+                             WHERE endpoint = $2 AND finished IS NULL AND claimed_by IS NULL
+                             ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                         RETURNING {TASK_COLUMNS}"
+                    ))
+                    .await
+                    .map_err(pg)?;
+                rows.extend(
+                    tx.query(&claim, &[&self.member, &endpoint, &lease, &left])
+                        .await
+                        .map_err(pg)?,
+                );
+            }
             tx.commit().await.map_err(pg)?;
             let mut records = rows
                 .iter()
@@ -56,10 +108,13 @@ impl Fleet for PgStore {
             }
             let mut client = self.client().await?;
             let tx = lax(&mut client).await?;
+            // One row per endpoint, however many tasks the claims cover.
             let renewed = tx
                 .execute(
-                    "UPDATE tasks SET lease_until = now() + $3 * interval '1 millisecond'
-                     WHERE claimed_by = $1 AND finished IS NULL AND endpoint = ANY($2)",
+                    "INSERT INTO leases (endpoint, member, until)
+                     SELECT endpoint, $1, now() + $3 * interval '1 millisecond'
+                     FROM unnest($2::text[]) AS e(endpoint)
+                     ON CONFLICT (endpoint, member) DO UPDATE SET until = EXCLUDED.until",
                     &[&self.member, &endpoints, &(millis(lease) as f64)],
                 )
                 .await

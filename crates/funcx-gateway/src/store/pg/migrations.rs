@@ -72,6 +72,27 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
         ADD COLUMN memory bigint;
     "#,
     ),
+    (
+        4,
+        // A claim's lease is one row per gateway and endpoint instead of a time on each task
+        // row: renewing it no longer rewrites (and locks) every task a gateway holds, which
+        // made renewals and result writes wait on each other. A task is held while the lease
+        // of its claimant for its endpoint runs; claims made before this version, which have
+        // no lease row, are released here and claimed again.
+        r#"
+    CREATE TABLE leases (
+        endpoint text NOT NULL,
+        member text NOT NULL,
+        until timestamptz NOT NULL,
+        PRIMARY KEY (endpoint, member)
+    );
+    UPDATE tasks SET claimed_by = NULL WHERE finished IS NULL AND claimed_by IS NOT NULL;
+    DROP INDEX tasks_claimable;
+    DROP INDEX tasks_unfinished;
+    ALTER TABLE tasks DROP COLUMN lease_until;
+    CREATE INDEX tasks_held ON tasks (endpoint, claimed_by, id) WHERE finished IS NULL;
+    "#,
+    ),
 ];
 
 /// The advisory lock that serializes migrations: gateways starting together on an empty

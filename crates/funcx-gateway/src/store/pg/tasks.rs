@@ -452,7 +452,7 @@ impl TaskStore for PgStore {
             let update = tx
                 .prepare_cached(
                     "UPDATE tasks SET state = u.state, timeline = u.timeline, result = u.result,
-                            finished = $5, claimed_by = NULL, lease_until = NULL
+                            finished = $5, claimed_by = NULL
                      FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[])
                           AS u(id, state, timeline, result)
                      WHERE tasks.id = u.id",
