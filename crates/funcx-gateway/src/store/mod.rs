@@ -485,16 +485,11 @@ fn apply(record: &mut TaskRecord, outcome: Finished, now: SystemTime) -> bool {
     if record.result.is_some() {
         return false;
     }
-    record.state = if outcome.result.is_ok() {
-        TaskState::Succeeded
-    } else {
-        TaskState::Failed
-    };
-    let mut timeline = outcome.timeline;
+    let (state, mut timeline) = settled(&outcome, now);
     // The submission time is the gateway's, not the endpoint executor's (which may be a
     // re-submission after a restart).
     timeline.submitted = record.timeline.submitted;
-    timeline.finished = timeline.finished.or(Some(now));
+    record.state = state;
     record.timeline = timeline;
     record.result = Some(outcome.result);
     record.finished = Some(now);
@@ -520,6 +515,19 @@ fn decode_task(bytes: &[u8]) -> Result<TaskRecord, StoreError> {
         record.resources = Some(decode(rest)?);
     }
     Ok(record)
+}
+
+/// The state and timeline of a task settled by `outcome` at `now`, but for the submission
+/// time, which stays the gateway's.
+fn settled(outcome: &Finished, now: SystemTime) -> (TaskState, Timeline) {
+    let state = if outcome.result.is_ok() {
+        TaskState::Succeeded
+    } else {
+        TaskState::Failed
+    };
+    let mut timeline = outcome.timeline;
+    timeline.finished = timeline.finished.or(Some(now));
+    (state, timeline)
 }
 
 fn new_record(id: u64, task: NewTask, now: SystemTime) -> Result<TaskRecord, StoreError> {

@@ -38,7 +38,11 @@ fn a_page_stops_at_its_count_or_its_bytes() {
 }
 
 pub(crate) async fn contract(store: &dyn TaskStore) {
-    let now = SystemTime::now();
+    // Whole microseconds: what PostgreSQL keeps of a time.
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    let now = SystemTime::UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64);
     let alice = UserRecord {
         name: "alice".into(),
         token_hash: hash_token("a"),

@@ -18,7 +18,7 @@ mod tasks;
 use self::migrations::{MIGRATIONS, MIGRATION_LOCK};
 use super::fleet::{Fleet, FleetEvent};
 use super::{
-    apply, decode, encode, new_record, page, EndpointRecord, Finished, FunctionRecord,
+    decode, encode, new_record, page, settled, EndpointRecord, Finished, FunctionRecord,
     IdempotencyKey, Insertion, NewTask, StoreError, StoreFuture, TaskPage, TaskRecord, TaskStore,
     TokenHash, UserRecord,
 };
@@ -147,6 +147,15 @@ fn id_from_sql(id: i64) -> Result<u64, StoreError> {
     u64::try_from(id).map_err(|_| StoreError::corrupt(format!("negative task id {id}")))
 }
 
+/// `time` to the whole microsecond below: the precision of a PostgreSQL `timestamptz`, in
+/// which a task's acceptance time is kept.
+fn to_micros(time: SystemTime) -> SystemTime {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => SystemTime::UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64),
+        Err(_) => time,
+    }
+}
+
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -163,6 +172,13 @@ fn task_of_row(row: &Row) -> Result<(TaskRecord, usize), StoreError> {
     let state: Vec<u8> = row.try_get(6).map_err(pg)?;
     let timeline: Vec<u8> = row.try_get(7).map_err(pg)?;
     let result: Option<Vec<u8>> = row.try_get(8).map_err(pg)?;
+    let created: SystemTime = row.try_get(9).map_err(pg)?;
+    // Always the gateway's acceptance: a finish stores the endpoint executor's timeline as
+    // it came (see `finish`), whose own submission time is later.
+    let timeline = Timeline {
+        submitted: created,
+        ..decode::<Timeline>(&timeline)?
+    };
     let size = args.len() + result.as_ref().map_or(0, Vec::len);
     let record = TaskRecord {
         id,
@@ -172,9 +188,9 @@ fn task_of_row(row: &Row) -> Result<(TaskRecord, usize), StoreError> {
         args,
         timeout: timeout.map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
         state: decode::<TaskState>(&state)?,
-        timeline: decode::<Timeline>(&timeline)?,
+        timeline,
         result: result.as_deref().map(decode).transpose()?,
-        created: row.try_get(9).map_err(pg)?,
+        created,
         finished: row.try_get(10).map_err(pg)?,
         resources: resources_of_row(row, id)?,
     };

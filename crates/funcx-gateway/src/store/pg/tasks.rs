@@ -14,6 +14,9 @@ async fn insert(
     if tasks.is_empty() {
         return Ok(Vec::new());
     }
+    // The timeline's submission time is read back from `created` (see `finish`): the same
+    // time, to the column's microsecond.
+    let now = to_micros(now);
     let count = i64::try_from(tasks.len()).map_err(StoreError::backend)?;
     let mut ids: Vec<i64> = tx
         .query(
@@ -404,64 +407,54 @@ impl TaskStore for PgStore {
             if outcomes.is_empty() {
                 return Ok(Vec::new());
             }
+            // One statement, no read first: `result IS NULL` is checked again on the row's
+            // newest version when a concurrent finish of the same task committed first, so
+            // that one's result stands and this one's is dropped (and not returned). The
+            // stored timeline's submission time is not the gateway's (the endpoint executor
+            // saw a later one); `task_of_row` reads it from `created`.
+            let mut seen = std::collections::HashSet::with_capacity(outcomes.len());
+            let mut ids = Vec::with_capacity(outcomes.len());
+            let mut states = Vec::with_capacity(outcomes.len());
+            let mut timelines = Vec::with_capacity(outcomes.len());
+            let mut results = Vec::with_capacity(outcomes.len());
+            for outcome in outcomes {
+                if !seen.insert(outcome.id) {
+                    continue; // The first outcome of a task wins, as in every store.
+                }
+                let (state, timeline) = settled(&outcome, now);
+                ids.push(id_to_sql(outcome.id));
+                states.push(encode(&state)?);
+                timelines.push(encode(&timeline)?);
+                // The inner value, as `task_of_row` decodes it (NULL is the `None`).
+                results.push(encode(&outcome.result)?);
+            }
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(pg)?;
-            let ids: Vec<i64> = outcomes.iter().map(|o| id_to_sql(o.id)).collect();
-            // Locked, so that two gateways finishing one task at once cannot both find it
-            // unfinished: the second waits, then sees the first's result.
-            let select = tx
+            let update = tx
                 .prepare_cached(&format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1) AND result IS NULL
-                     ORDER BY id FOR UPDATE"
+                    "UPDATE tasks SET state = u.new_state, timeline = u.new_timeline,
+                            result = u.new_result, finished = $5, claimed_by = NULL
+                     FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[])
+                          AS u(task, new_state, new_timeline, new_result)
+                     WHERE tasks.id = u.task AND tasks.result IS NULL
+                     RETURNING {TASK_COLUMNS}"
                 ))
                 .await
                 .map_err(pg)?;
-            let rows = tx.query(&select, &[&ids]).await.map_err(pg)?;
-            let mut open = std::collections::HashMap::with_capacity(rows.len());
-            for row in &rows {
-                let (record, _) = task_of_row(row)?;
-                open.insert(record.id, record);
-            }
-            let mut done = Vec::with_capacity(open.len());
-            for outcome in outcomes {
-                let Some(mut record) = open.remove(&outcome.id) else {
-                    continue;
-                };
-                if apply(&mut record, outcome, now) {
-                    done.push(record);
-                }
-            }
-            if done.is_empty() {
+            let rows = tx
+                .query(&update, &[&ids, &states, &timelines, &results, &now])
+                .await
+                .map_err(pg)?;
+            if rows.is_empty() {
                 tx.rollback().await.map_err(pg)?;
-                return Ok(done);
+                return Ok(Vec::new());
             }
-            let mut done_ids = Vec::with_capacity(done.len());
-            let mut states = Vec::with_capacity(done.len());
-            let mut timelines = Vec::with_capacity(done.len());
-            let mut results = Vec::with_capacity(done.len());
-            for record in &done {
-                let Some(result) = &record.result else {
-                    return Err(StoreError::backend("a finished task without a result"));
-                };
-                done_ids.push(id_to_sql(record.id));
-                states.push(encode(&record.state)?);
-                timelines.push(encode(&record.timeline)?);
-                // The inner value, as `task_of_row` decodes it (NULL is the `None`).
-                results.push(encode(result)?);
-            }
-            let update = tx
-                .prepare_cached(
-                    "UPDATE tasks SET state = u.state, timeline = u.timeline, result = u.result,
-                            finished = $5, claimed_by = NULL
-                     FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[])
-                          AS u(id, state, timeline, result)
-                     WHERE tasks.id = u.id",
-                )
-                .await
-                .map_err(pg)?;
-            tx.execute(&update, &[&done_ids, &states, &timelines, &results, &now])
-                .await
-                .map_err(pg)?;
+            let mut done = rows
+                .iter()
+                .map(|row| task_of_row(row).map(|(record, _)| record))
+                .collect::<Result<Vec<_>, _>>()?;
+            done.sort_unstable_by_key(|record| record.id);
+            let done_ids: Vec<i64> = done.iter().map(|record| id_to_sql(record.id)).collect();
             // Other gateways' result streams learn of these at commit.
             for chunk in done_ids.chunks(IDS_PER_NOTIFICATION) {
                 let mut payload = self.member.clone();
