@@ -6,9 +6,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::process::{free_port, register_endpoint, temp_dir, write_config, GatewayProcess};
+use common::process::{
+    free_port, register_endpoint, task_when_finished, temp_dir, write_config, GatewayProcess,
+};
 use funcx_client::EndpointDial;
 use funcx_core::{Executor, Format};
 use funcx_python::{PythonConfig, PythonRuntime};
@@ -30,27 +32,6 @@ async fn post(address: SocketAddr, path: &str, body: Value) -> Value {
     let answer: Value = response.json().await.expect("a JSON answer");
     assert!(status.is_success(), "POST {path}: {status} {answer}");
     answer
-}
-
-/// The task once finished, polled with a bound.
-async fn finished(address: SocketAddr, id: u64) -> Value {
-    let deadline = Instant::now() + HANG;
-    loop {
-        let view: Value = reqwest::Client::new()
-            .get(format!("http://{address}/v1/tasks/{id}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("the gateway answers")
-            .json()
-            .await
-            .expect("a JSON task");
-        if view["state"] == "succeeded" || view["state"] == "failed" {
-            return view;
-        }
-        assert!(Instant::now() < deadline, "task {id} unfinished: {view}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn submit(address: SocketAddr, endpoint: &str, task: Value) -> u64 {
@@ -116,7 +97,7 @@ async fn json_arguments_and_results_travel_as_plain_json_and_pickles_are_refused
             json!({ "function_id": function, "format": "json", "args": [value], "kwargs": {"scale": 3} }),
         )
         .await;
-        let view = finished(address, id).await;
+        let view = task_when_finished(address, TOKEN, id, HANG).await;
         assert_eq!(view["state"], "succeeded", "{view}");
         assert_eq!(view["result_format"], "json", "{view}");
         assert_eq!(
@@ -144,7 +125,7 @@ async fn json_arguments_and_results_travel_as_plain_json_and_pickles_are_refused
         json!({ "function_id": function, "args": [trap] }),
     )
     .await;
-    let view = finished(address, id).await;
+    let view = task_when_finished(address, TOKEN, id, HANG).await;
     assert_eq!(view["state"], "failed", "{view}");
     assert_eq!(view["error"]["code"], "format_refused", "{view}");
     // A JSON task after it ran on the same worker: had the pickle reached it, it was loaded.
@@ -154,7 +135,10 @@ async fn json_arguments_and_results_travel_as_plain_json_and_pickles_are_refused
         json!({ "function_id": function, "format": "json", "args": ["after"] }),
     )
     .await;
-    assert_eq!(finished(address, id).await["result"]["x"], "after");
+    assert_eq!(
+        task_when_finished(address, TOKEN, id, HANG).await["result"]["x"],
+        "after"
+    );
     assert!(
         !marker.exists(),
         "the endpoint's worker loaded the refused pickle"

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::process::{free_port, register_endpoint, temp_dir, write_config, GatewayProcess};
+use common::process::{
+    free_port, register_endpoint, task_when_finished, temp_dir, write_config, GatewayProcess,
+};
 use funcx_client::{EndpointDial, RemoteConfig};
 use funcx_core::{Executor, Function, TaskError, TaskOptions};
 use funcx_python::{PythonConfig, PythonRuntime};
@@ -197,30 +199,6 @@ async fn post(address: SocketAddr, path: &str, body: Value) -> (reqwest::StatusC
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-/// The task once finished, polled with a bound.
-async fn finished(address: SocketAddr, id: u64) -> Value {
-    let deadline = tokio::time::Instant::now() + HANG;
-    loop {
-        let view: Value = reqwest::Client::new()
-            .get(format!("http://{address}/v1/tasks/{id}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("the gateway answers")
-            .json()
-            .await
-            .expect("a JSON task");
-        if view["state"] == "succeeded" || view["state"] == "failed" {
-            return view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "task {id} unfinished: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_json_api_takes_resources() {
     let setup = setup("resources-json", 22).await;
@@ -246,9 +224,11 @@ async fn the_json_api_takes_resources() {
     // A GPU asked for in JSON is given: the task sees it.
     let (status, answer) = submit(json!({ "gpus": 1, "memory": 1024 })).await;
     assert!(status.is_success(), "{status} {answer}");
-    let view = finished(
+    let view = task_when_finished(
         setup.address,
+        TOKEN,
         answer["task_ids"][0].as_u64().expect("an id"),
+        HANG,
     )
     .await;
     assert_eq!(view["state"], "succeeded", "{view}");
@@ -258,9 +238,11 @@ async fn the_json_api_takes_resources() {
     // More cores than the endpoint has: the task fails, with its stable code.
     let (status, answer) = submit(json!({ "cores": 64 })).await;
     assert!(status.is_success(), "{status} {answer}");
-    let view = finished(
+    let view = task_when_finished(
         setup.address,
+        TOKEN,
         answer["task_ids"][0].as_u64().expect("an id"),
+        HANG,
     )
     .await;
     assert_eq!(view["state"], "failed", "{view}");

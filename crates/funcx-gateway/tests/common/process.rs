@@ -175,6 +175,33 @@ pub async fn endpoint_status(
     view["status"].clone()
 }
 
+/// Task `id` (`GET /v1/tasks/{id}` as the user of `token`) once it has succeeded or failed;
+/// panics if it has not within `hang`.
+pub async fn task_when_finished(
+    address: SocketAddr,
+    token: &str,
+    id: u64,
+    hang: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + hang;
+    loop {
+        let view: serde_json::Value = reqwest::Client::new()
+            .get(format!("http://{address}/v1/tasks/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("the gateway answers")
+            .json()
+            .await
+            .expect("a JSON task");
+        if view["state"] == "succeeded" || view["state"] == "failed" {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "task {id} unfinished: {view}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// An endpoint of two Python workers behind one manager that connects through `dial` and
 /// keeps dialling, with back-off up to `max_backoff`, while no gateway answers. `tag` sets
 /// the manager's id apart from other tests' (one process runs one test under nextest).
