@@ -45,6 +45,9 @@ def make_safe(ns):
     class SafePickle:
         loads = staticmethod(safe_loads)
         dumps = staticmethod(pickle.dumps)
+        # Results of tasks with large arguments are pickled in parts (worker.py); writing a
+        # pickle is safe, only reading one is replaced.
+        Pickler = pickle.Pickler
         UnpicklingError = pickle.UnpicklingError
 
     ns["pickle"] = SafePickle
