@@ -79,8 +79,12 @@ impl<'de> Deserialize<'de> for Blob {
     }
 }
 
-/// `POST /v1/functions`: register a function by source or by pickle.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /v1/functions`: register a function by source or by pickle, optionally in a
+/// container image.
+///
+/// In JSON, `"image"` is written only when there is one, so that a gateway from before
+/// functions had images (which refuses fields it does not know) still registers plain ones.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterFunction {
     /// The entry point (source) or a name for logs (pickle).
@@ -97,6 +101,30 @@ pub struct RegisterFunction {
     /// Users who may use it besides its owner.
     #[serde(default)]
     pub shared_with: Vec<String>,
+    /// The container image its tasks run in ([`funcx_core::Function::in_image`]), part of its
+    /// id; `None` for the endpoint's default workers.
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+impl Serialize for RegisterFunction {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        // Postcard has no field names: there every field is written, in order.
+        let skip_image = self.image.is_none() && serializer.is_human_readable();
+        let mut body = serializer.serialize_struct("RegisterFunction", 6)?;
+        body.serialize_field("name", &self.name)?;
+        body.serialize_field("source", &self.source)?;
+        body.serialize_field("pickle", &self.pickle)?;
+        body.serialize_field("public", &self.public)?;
+        body.serialize_field("shared_with", &self.shared_with)?;
+        if skip_image {
+            body.skip_field("image")?;
+        } else {
+            body.serialize_field("image", &self.image)?;
+        }
+        body.end()
+    }
 }
 
 /// The answer to `POST /v1/functions`.
@@ -123,6 +151,10 @@ pub struct FunctionView {
     pub source: Option<String>,
     /// Its pickle, for a pickled function.
     pub pickle: Option<Blob>,
+    /// The container image its tasks run in, if it names one (absent from the answers of
+    /// gateways from before functions had images).
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// `POST /v1/endpoints`.

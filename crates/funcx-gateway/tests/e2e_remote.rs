@@ -398,31 +398,3 @@ async fn a_shell_task_through_the_gateway_returns_a_typed_shell_result() {
     assert_eq!(result.stderr, "oops\n");
     assert!(!result.timed_out);
 }
-
-/// A function that names a container image cannot go through a gateway yet (its register
-/// body has no image): its tasks fail at once, refused and saying why, instead of running
-/// outside the image; plain functions submitted with them run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_function_in_an_image_is_refused_by_the_client_not_run_outside_it() {
-    let gateway = start_gateway().await;
-    let (id, token) = register_endpoint(gateway, TOKEN, "images").await;
-    let _endpoint = start_endpoint(gateway, &id, &token, 1);
-    let executor = remote(gateway, &id).await;
-    let boxed = function("echo").in_image("localhost/funcx-image-a:latest");
-    let refused = executor.submit(&boxed, (1,));
-    let plain = executor.submit(&function("echo"), (2,));
-    let error = tokio::time::timeout(Duration::from_secs(60), refused.result::<i64>())
-        .await
-        .expect("an answer")
-        .expect_err("refused");
-    assert!(error.is_function_refused(), "{error}");
-    assert!(
-        error.to_string().contains("funcx-image-a") && error.to_string().contains("gateway"),
-        "{error}"
-    );
-    let two: i64 = tokio::time::timeout(Duration::from_secs(60), plain.result())
-        .await
-        .expect("an answer")
-        .expect("plain tasks run");
-    assert_eq!(two, 2);
-}

@@ -21,15 +21,7 @@ const TOKEN: &str = "alice-secret-token-0123456789";
 const HANG: Duration = Duration::from_secs(60);
 
 async fn post(address: SocketAddr, path: &str, body: Value) -> Value {
-    let response = reqwest::Client::new()
-        .post(format!("http://{address}{path}"))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .expect("the gateway answers");
-    let status = response.status();
-    let answer: Value = response.json().await.expect("a JSON answer");
+    let (status, answer) = common::post_json(address, TOKEN, path, body).await;
     assert!(status.is_success(), "POST {path}: {status} {answer}");
     answer
 }

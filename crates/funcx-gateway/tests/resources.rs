@@ -7,20 +7,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::process::{
-    free_port, register_endpoint, task_when_finished, temp_dir, write_config, GatewayProcess,
-};
-use funcx_client::{EndpointDial, RemoteConfig};
+use common::process::{task_when_finished, GatewayWithEndpoint};
+use funcx_client::RemoteConfig;
 use funcx_core::{Executor, Function, TaskError, TaskOptions};
 use funcx_python::{PythonConfig, PythonRuntime};
-use funcx_transport::remote::{
-    run_manager, ExecutorRunner, ManagerConfig, ManagerExit, ManagerId, ManagerInfo,
-};
+use funcx_transport::remote::{run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo};
 use serde_json::{json, Value};
-use tokio::task::JoinHandle;
 
 const TOKEN: &str = "alice-secret-token-0123456789";
 /// How long a batch of tasks may take before the test fails instead of hanging.
@@ -43,46 +37,29 @@ def hold(seconds):
 
 type Record = (f64, f64, Option<String>);
 
-/// A gateway process, and an endpoint connected to it.
-struct Setup {
-    address: SocketAddr,
-    endpoint: String,
-    _gateway: GatewayProcess,
-    _manager: JoinHandle<ManagerExit>,
-    _dir: PathBuf,
-}
-
-async fn setup(name: &str, tag: u64) -> Setup {
-    let dir = temp_dir(name);
-    let address = free_port();
-    let config = write_config(&dir, address, "alice", TOKEN);
-    let gateway = GatewayProcess::start(&config, address, &dir.join("gateway.log"));
-    let (endpoint, endpoint_token) = register_endpoint(address, TOKEN, name).await;
-    let local = Executor::builder()
-        .workers(WORKERS)
-        .gpus(GPUS)
-        .start(PythonRuntime::new(PythonConfig::new()));
-    let mut config = ManagerConfig::new(ManagerInfo {
-        id: ManagerId(u64::from(std::process::id()) << 16 | tag),
-        block: None,
-        host: "localhost".into(),
-        pid: std::process::id(),
-        slots: WORKERS as u32,
-        gpus: GPUS.iter().map(|gpu| (*gpu).to_owned()).collect(),
-    });
-    config.max_backoff = Duration::from_millis(200);
-    let manager = tokio::spawn(run_manager(
-        EndpointDial::new(address.to_string(), endpoint.clone(), endpoint_token),
-        ExecutorRunner::new(local, WORKERS),
-        config,
-    ));
-    Setup {
-        address,
-        endpoint,
-        _gateway: gateway,
-        _manager: manager,
-        _dir: dir,
-    }
+/// A gateway process, and an endpoint of [`WORKERS`] workers and [`GPUS`] connected to it.
+async fn setup(name: &str, tag: u64) -> GatewayWithEndpoint {
+    GatewayWithEndpoint::start(name, TOKEN, |dial| {
+        let local = Executor::builder()
+            .workers(WORKERS)
+            .gpus(GPUS)
+            .start(PythonRuntime::new(PythonConfig::new()));
+        let mut config = ManagerConfig::new(ManagerInfo {
+            id: ManagerId(u64::from(std::process::id()) << 16 | tag),
+            block: None,
+            host: "localhost".into(),
+            pid: std::process::id(),
+            slots: WORKERS as u32,
+            gpus: GPUS.iter().map(|gpu| (*gpu).to_owned()).collect(),
+        });
+        config.max_backoff = Duration::from_millis(200);
+        tokio::spawn(run_manager(
+            dial,
+            ExecutorRunner::new(local, WORKERS),
+            config,
+        ))
+    })
+    .await
 }
 
 /// Runs one `hold` task per option set, all submitted at once; returns what each recorded.
@@ -188,15 +165,7 @@ async fn resources_travel_through_the_gateway_and_the_endpoint_places_them() {
 }
 
 async fn post(address: SocketAddr, path: &str, body: Value) -> (reqwest::StatusCode, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{address}{path}"))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .expect("the gateway answers");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    common::post_json(address, TOKEN, path, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,9 +158,13 @@ impl Container {
     }
 
     /// The container name of worker `id`: unique per process and worker, so a worker can be
-    /// removed by name when it is killed.
+    /// removed by name when it is killed. Worker ids are numbered per executor, so a
+    /// process-wide sequence sets apart the workers of two executors in one process (two
+    /// endpoints, or tests run together), whose names podman would otherwise refuse as taken.
     pub(crate) fn name(id: WorkerId) -> String {
-        format!("funcx-worker-{}-{}", std::process::id(), id.0)
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let sequence = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("funcx-worker-{}-{}-{sequence}", std::process::id(), id.0)
     }
 
     /// The command that starts `inner` (the interpreter and its arguments) in the container,

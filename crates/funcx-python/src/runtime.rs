@@ -119,9 +119,10 @@ impl PythonRuntime {
             ));
         }
         let id = events.worker();
-        let mut command = command(&self.config, container, index, id);
-        let mut child = command.spawn().map_err(|e| match container {
-            Some(container) => SpawnError::new(format!(
+        let container = container.map(|container| (container, Container::name(id)));
+        let mut command = command(&self.config, container.as_ref(), index, id);
+        let mut child = command.spawn().map_err(|e| match &container {
+            Some((container, _)) => SpawnError::new(format!(
                 "could not start a Python worker in {}: {e}",
                 container.describe()
             )),
@@ -147,7 +148,7 @@ impl PythonRuntime {
         );
         tokio::spawn(write_messages(stdin, rx, id));
         tokio::spawn(forward_output(stderr, id));
-        let container = container.map(|container| (container.clone(), Container::name(id)));
+        let container = container.map(|(container, name)| (container.clone(), name));
         tokio::spawn(read_events(
             child,
             stdout,
@@ -235,9 +236,11 @@ fn widen_pipe(pipe: &impl std::os::fd::AsFd) {
     let _ = pipe;
 }
 
+/// The command that starts worker `id` in slot `index`: on this machine, or in `container`
+/// under the container name given with it.
 fn command(
     config: &PythonConfig,
-    container: Option<&Container>,
+    container: Option<&(&Container, String)>,
     index: usize,
     id: WorkerId,
 ) -> Command {
@@ -273,8 +276,8 @@ fn command(
 
     let mut command = match container {
         // Inside a container, the environment and the directory are the container's.
-        Some(container) => container.command(
-            &Container::name(id),
+        Some((container, name)) => container.command(
+            name,
             env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())),
             config.current_dir(),
             argv,

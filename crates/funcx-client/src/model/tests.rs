@@ -132,3 +132,31 @@ fn json_results_show_as_values() {
         (view.result, view.result_format)
     );
 }
+
+#[test]
+fn a_registration_names_its_image_in_json_only_when_it_has_one() {
+    let plain = RegisterFunction {
+        name: "f".into(),
+        source: Some("def f():\n    pass\n".into()),
+        pickle: None,
+        public: false,
+        shared_with: vec![],
+        image: None,
+    };
+    // A gateway from before images refuses fields it does not know.
+    assert!(serde_json::to_value(&plain).unwrap().get("image").is_none());
+    let boxed = RegisterFunction {
+        image: Some("localhost/funcx-image-a:latest".into()),
+        ..plain.clone()
+    };
+    let json = serde_json::to_value(&boxed).unwrap();
+    assert_eq!(json["image"], "localhost/funcx-image-a:latest");
+    let back: RegisterFunction = serde_json::from_value(json).unwrap();
+    assert_eq!(back.image, boxed.image);
+    // Postcard writes every field, so both decode.
+    for body in [plain, boxed] {
+        let back: RegisterFunction =
+            postcard::from_bytes(&postcard::to_stdvec(&body).unwrap()).unwrap();
+        assert_eq!(back.image, body.image);
+    }
+}

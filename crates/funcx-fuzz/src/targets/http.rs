@@ -175,6 +175,7 @@ pub(super) fn seeds() -> Vec<Vec<u8>> {
         pickle: None,
         public: false,
         shared_with: vec!["bob".into()],
+        image: None,
     };
     let pickled = Payload::pickle(&[1, 2])
         .map(|p| p.as_bytes().to_vec())

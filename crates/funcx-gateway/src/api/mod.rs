@@ -358,13 +358,16 @@ fn schemas() -> Value {
         "RegisterFunction": { "type": "object", "required": ["name"], "properties": {
             "name": { "type": "string" }, "source": { "type": "string" }, "pickle": b64,
             "public": { "type": "boolean" },
-            "shared_with": { "type": "array", "items": { "type": "string" } } } },
+            "shared_with": { "type": "array", "items": { "type": "string" } },
+            "image": { "type": "string",
+                "description": "the container image its tasks run in (part of its id)" } } },
         "FunctionRegistered": { "type": "object", "properties": { "function_id": hex_id } },
         "FunctionView": { "type": "object", "properties": {
             "function_id": hex_id, "name": { "type": "string" }, "owner": { "type": "string" },
             "public": { "type": "boolean" },
             "shared_with": { "type": "array", "items": { "type": "string" } },
-            "source": { "type": "string", "nullable": true }, "pickle": b64 } },
+            "source": { "type": "string", "nullable": true }, "pickle": b64,
+            "image": { "type": "string", "nullable": true } } },
         "RegisterEndpoint": { "type": "object", "required": ["name"], "properties": {
             "name": { "type": "string" },
             "allowed_functions": { "type": "array", "items": hex_id, "nullable": true },

@@ -84,6 +84,12 @@ pub struct FunctionRecord {
     pub public: bool,
     /// Users who may use it besides the owner.
     pub shared_with: Vec<String>,
+    /// The container image its tasks run in ([`funcx_core::Function::in_image`]); `None`
+    /// for a function that runs on the endpoint's default workers. Part of the id. Not in
+    /// the derived encoding, which records written before functions had images lack: stores
+    /// that keep records encoded append it (`encode_function`).
+    #[serde(skip)]
+    pub image: Option<String>,
 }
 
 impl FunctionRecord {
@@ -92,15 +98,20 @@ impl FunctionRecord {
         self.owner == user || self.public || self.shared_with.iter().any(|u| u == user)
     }
 
-    /// The function itself, as executors take it.
+    /// The function itself, as executors take it: the same id as the record's, image and
+    /// all.
     pub fn function(&self) -> funcx_core::Function {
-        match &self.body {
+        let function = match &self.body {
             FunctionBody::Source(source) => {
                 funcx_core::Function::from_source(source.clone(), self.name.clone())
             }
             FunctionBody::Pickled(bytes) => {
                 funcx_core::Function::from_pickle(bytes.clone(), self.name.clone())
             }
+        };
+        match &self.image {
+            Some(image) => function.in_image(image.clone()),
+            None => function,
         }
     }
 }
@@ -496,24 +507,59 @@ fn apply(record: &mut TaskRecord, outcome: Finished, now: SystemTime) -> bool {
     true
 }
 
-/// A task record as a store keeps it encoded: the record, and after it what it asks for,
-/// when it asks for anything. A plain task's bytes are what they were before tasks had
-/// resources, so records of either age decode ([`decode_task`]).
-fn encode_task(record: &TaskRecord) -> Result<Vec<u8>, StoreError> {
+/// A record as a store keeps it encoded: the record's derived encoding, then `appended`
+/// when there is one (a field added after records were first stored, which the derived
+/// encoding skips). A record without it has the bytes it had before the field existed, so
+/// records of either age decode ([`decode_appended`]).
+fn encode_appended<R: Serialize, T: Serialize>(
+    record: &R,
+    appended: Option<&T>,
+) -> Result<Vec<u8>, StoreError> {
     let mut bytes = encode(record)?;
-    if let Some(resources) = &record.resources {
-        bytes.extend(encode(resources)?);
+    if let Some(appended) = appended {
+        bytes.extend(encode(appended)?);
     }
     Ok(bytes)
 }
 
+/// A record [`encode_appended`] wrote, and what was appended to it, if anything.
+fn decode_appended<R, T>(bytes: &[u8]) -> Result<(R, Option<T>), StoreError>
+where
+    R: serde::de::DeserializeOwned,
+    T: serde::de::DeserializeOwned,
+{
+    let (record, rest) = postcard::take_from_bytes::<R>(bytes).map_err(StoreError::corrupt)?;
+    let appended = if rest.is_empty() {
+        None
+    } else {
+        Some(decode(rest)?)
+    };
+    Ok((record, appended))
+}
+
+/// A task record as a store keeps it encoded: what it asks for is appended, when it asks
+/// for anything, so a plain task's bytes are what they were before tasks had resources.
+fn encode_task(record: &TaskRecord) -> Result<Vec<u8>, StoreError> {
+    encode_appended(record, record.resources.as_ref())
+}
+
 /// A task record [`encode_task`] wrote.
 fn decode_task(bytes: &[u8]) -> Result<TaskRecord, StoreError> {
-    let (mut record, rest) =
-        postcard::take_from_bytes::<TaskRecord>(bytes).map_err(StoreError::corrupt)?;
-    if !rest.is_empty() {
-        record.resources = Some(decode(rest)?);
-    }
+    let (mut record, resources) = decode_appended::<TaskRecord, _>(bytes)?;
+    record.resources = resources;
+    Ok(record)
+}
+
+/// A function record as a store keeps it encoded: its image is appended, when it names
+/// one, so a plain function's bytes are what they were before functions had images.
+fn encode_function(record: &FunctionRecord) -> Result<Vec<u8>, StoreError> {
+    encode_appended(record, record.image.as_ref())
+}
+
+/// A function record [`encode_function`] wrote.
+fn decode_function(bytes: &[u8]) -> Result<FunctionRecord, StoreError> {
+    let (mut record, image) = decode_appended::<FunctionRecord, _>(bytes)?;
+    record.image = image;
     Ok(record)
 }
 

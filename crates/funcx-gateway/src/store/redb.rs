@@ -8,9 +8,10 @@ use funcx_core::FunctionId;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{
-    apply, decode, decode_task, encode, encode_task, expired, new_record, page, EndpointRecord,
-    Finished, FunctionRecord, IdempotencyKey, Insertion, KeyRecord, NewTask, StoreError,
-    StoreFuture, TaskPage, TaskRecord, TaskStore, TokenHash, UserRecord,
+    apply, decode, decode_function, decode_task, encode, encode_function, encode_task, expired,
+    new_record, page, EndpointRecord, Finished, FunctionRecord, IdempotencyKey, Insertion,
+    KeyRecord, NewTask, StoreError, StoreFuture, TaskPage, TaskRecord, TaskStore, TokenHash,
+    UserRecord,
 };
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -281,7 +282,7 @@ impl TaskStore for RedbStore {
                 let mut table = tx.open_table(FUNCTIONS).map_err(backend)?;
                 let key = function_key(&function.id, &function.owner);
                 table
-                    .insert(key.as_str(), encode(&function)?.as_slice())
+                    .insert(key.as_str(), encode_function(&function)?.as_slice())
                     .map_err(backend)?;
             }
             tx.commit().map_err(backend)
@@ -297,7 +298,7 @@ impl TaskStore for RedbStore {
             let mut records = Vec::new();
             for entry in table.range(start.as_str()..end.as_str()).map_err(backend)? {
                 let (_, value) = entry.map_err(backend)?;
-                records.push(decode(value.value())?);
+                records.push(decode_function(value.value())?);
             }
             Ok(records)
         })

@@ -37,6 +37,33 @@ fn a_page_stops_at_its_count_or_its_bytes() {
     assert_eq!((ids(&huge), huge.next), (vec![4], Some(4)));
 }
 
+#[test]
+fn function_records_from_before_images_decode_and_plain_ones_keep_their_bytes() {
+    let f = funcx_core::Function::from_source("def f(x):\n    return x\n", "f");
+    let plain = FunctionRecord {
+        id: f.id(),
+        owner: "alice".into(),
+        name: "f".into(),
+        body: f.body().clone(),
+        public: true,
+        shared_with: vec!["bob".into()],
+        image: None,
+    };
+    // The derived encoding is what a store wrote before functions had images.
+    let older = encode(&plain).unwrap();
+    assert_eq!(encode_function(&plain).unwrap(), older);
+    assert_eq!(decode_function(&older).unwrap(), plain);
+    let boxed = f.in_image("localhost/funcx-image-a:latest");
+    let record = FunctionRecord {
+        id: boxed.id(),
+        image: boxed.image().map(str::to_owned),
+        ..plain
+    };
+    let back = decode_function(&encode_function(&record).unwrap()).unwrap();
+    assert_eq!(back, record);
+    assert_eq!(back.function().id(), boxed.id());
+}
+
 pub(crate) async fn contract(store: &dyn TaskStore) {
     // Whole microseconds: what PostgreSQL keeps of a time.
     let since = SystemTime::now()
@@ -82,11 +109,36 @@ pub(crate) async fn contract(store: &dyn TaskStore) {
                 body: f.body().clone(),
                 public: false,
                 shared_with: vec![],
+                image: None,
             })
             .await
             .unwrap();
     }
     assert_eq!(store.function(f.id()).await.unwrap().len(), 2);
+    // A function in an image: its record keeps the image, and rebuilds the same function.
+    let boxed = f.clone().in_image("localhost/funcx-image-a:latest");
+    store
+        .put_function(FunctionRecord {
+            id: boxed.id(),
+            owner: "alice".into(),
+            name: "f".into(),
+            body: boxed.body().clone(),
+            public: false,
+            shared_with: vec![],
+            image: Some("localhost/funcx-image-a:latest".into()),
+        })
+        .await
+        .unwrap();
+    let stored = store.function(boxed.id()).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].image.as_deref(),
+        Some("localhost/funcx-image-a:latest")
+    );
+    let rebuilt = stored[0].function();
+    assert_eq!(rebuilt.id(), boxed.id());
+    assert_eq!(rebuilt.image(), Some("localhost/funcx-image-a:latest"));
+    assert_eq!(store.function(f.id()).await.unwrap()[0].image, None);
     assert!(store.delete_function(f.id(), "bob").await.unwrap());
     assert!(!store.delete_function(f.id(), "bob").await.unwrap());
     let left = store.function(f.id()).await.unwrap();

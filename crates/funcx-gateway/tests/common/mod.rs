@@ -91,25 +91,7 @@ impl TestGateway {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, self.url(path));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = tokio::time::timeout(TIMEOUT, request.send())
-            .await
-            .expect("answered in time")
-            .expect("the request went through");
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, value)
+        call(&self.http, self.addr, method, path, token, body).await
     }
 
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
@@ -212,6 +194,68 @@ fn fastrand_u64() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(1);
     hasher.finish()
+}
+
+/// A JSON request through `http` to the gateway at `address`, answered within [`TIMEOUT`];
+/// returns the status and the JSON body (`Null` if none).
+pub async fn call(
+    http: &reqwest::Client,
+    address: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = http.request(method, format!("http://{address}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = tokio::time::timeout(TIMEOUT, request.send())
+        .await
+        .expect("answered in time")
+        .expect("the request went through");
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, value)
+}
+
+/// `POST path` with a JSON `body` as the user of `token`, to the gateway at `address`.
+pub async fn post_json(
+    address: SocketAddr,
+    token: &str,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    call(
+        &reqwest::Client::new(),
+        address,
+        Method::POST,
+        path,
+        Some(token),
+        Some(body),
+    )
+    .await
+}
+
+/// `GET path` as the user of `token`, from the gateway at `address`.
+pub async fn get_json(address: SocketAddr, token: &str, path: &str) -> (StatusCode, Value) {
+    call(
+        &reqwest::Client::new(),
+        address,
+        Method::GET,
+        path,
+        Some(token),
+        None,
+    )
+    .await
 }
 
 pub fn pickled(value: i64) -> String {

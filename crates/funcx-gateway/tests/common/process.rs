@@ -156,6 +156,57 @@ pub async fn register_endpoint(address: SocketAddr, token: &str, name: &str) -> 
     (field("endpoint_id"), field("endpoint_token"))
 }
 
+/// A `funcx-gateway` process (a redb store, one user `alice`) and one endpoint of hers,
+/// whose manager dials the gateway; both stop when it is dropped.
+pub struct GatewayWithEndpoint {
+    /// Where the gateway listens.
+    pub address: SocketAddr,
+    /// The endpoint's id.
+    pub endpoint: String,
+    /// The gateway process.
+    pub gateway: GatewayProcess,
+    /// The endpoint's manager, aborted when dropped.
+    pub manager: tokio::task::JoinHandle<funcx_transport::remote::ManagerExit>,
+    /// The gateway's files.
+    pub dir: PathBuf,
+}
+
+impl GatewayWithEndpoint {
+    /// Starts a gateway for `alice` with `token`, registers endpoint `name`, and has
+    /// `connect` start its manager on the dial to it.
+    pub async fn start(
+        name: &str,
+        token: &str,
+        connect: impl FnOnce(
+            funcx_client::EndpointDial,
+        ) -> tokio::task::JoinHandle<funcx_transport::remote::ManagerExit>,
+    ) -> GatewayWithEndpoint {
+        let dir = temp_dir(name);
+        let address = free_port();
+        let config = write_config(&dir, address, "alice", token);
+        let gateway = GatewayProcess::start(&config, address, &dir.join("gateway.log"));
+        let (endpoint, endpoint_token) = register_endpoint(address, token, name).await;
+        let manager = connect(funcx_client::EndpointDial::new(
+            address.to_string(),
+            endpoint.clone(),
+            endpoint_token,
+        ));
+        GatewayWithEndpoint {
+            address,
+            endpoint,
+            gateway,
+            manager,
+            dir,
+        }
+    }
+}
+
+impl Drop for GatewayWithEndpoint {
+    fn drop(&mut self) {
+        self.manager.abort();
+    }
+}
+
 /// The live status (`status` of `GET /v1/endpoints/{id}`) of endpoint `endpoint` at the
 /// gateway on `address`, as the user of `token` sees it.
 pub async fn endpoint_status(

@@ -52,34 +52,17 @@ impl Driver {
             let Some(known) = self.functions.get(&key) else {
                 continue;
             };
-            if let Some(image) = known.function.image() {
-                // The gateway's register body has no image yet: registering the function
-                // without it would run its tasks outside the image, under another id.
-                let error = TaskError::function_refused(format!(
-                    "function `{}` names container image {image:?}, and a gateway cannot \
-                     carry a function's image yet; run it on an executor whose workers or \
-                     managers are local to it",
-                    known.function.name()
-                ));
-                let failed = self.take_pending(|item| item.function == key);
-                self.fail(failed, &error);
-                continue;
-            }
-            let body = match known.function.body() {
-                FunctionBody::Source(source) => RegisterFunction {
-                    name: known.function.name().to_owned(),
-                    source: Some(source.clone()),
-                    pickle: None,
-                    public: false,
-                    shared_with: Vec::new(),
-                },
-                FunctionBody::Pickled(bytes) => RegisterFunction {
-                    name: known.function.name().to_owned(),
-                    source: None,
-                    pickle: Some(Blob(bytes.to_vec())),
-                    public: false,
-                    shared_with: Vec::new(),
-                },
+            let (source, pickle) = match known.function.body() {
+                FunctionBody::Source(source) => (Some(source.clone()), None),
+                FunctionBody::Pickled(bytes) => (None, Some(Blob(bytes.to_vec()))),
+            };
+            let body = RegisterFunction {
+                name: known.function.name().to_owned(),
+                source,
+                pickle,
+                public: false,
+                shared_with: Vec::new(),
+                image: known.function.image().map(str::to_owned),
             };
             let expected = known.function.id().to_string();
             let name = known.function.name().to_owned();

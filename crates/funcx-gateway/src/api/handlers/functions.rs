@@ -20,6 +20,15 @@ pub(crate) async fn register_function(
             ))
         }
     };
+    let function = match request.image {
+        Some(image) if image.trim().is_empty() || image.chars().any(char::is_control) => {
+            return Err(ApiError::bad_request(format!(
+                "{image:?} is not a container image name"
+            )))
+        }
+        Some(image) => function.in_image(image),
+        None => function,
+    };
     let record = FunctionRecord {
         id: function.id(),
         owner: user.name().to_string(),
@@ -27,6 +36,7 @@ pub(crate) async fn register_function(
         body: function.body().clone(),
         public: request.public,
         shared_with: request.shared_with,
+        image: function.image().map(str::to_owned),
     };
     gateway.store().put_function(record).await?;
     Ok(Reply::json(FunctionRegistered {
@@ -69,6 +79,7 @@ pub(crate) async fn get_function(
         shared_with: if mine { record.shared_with } else { Vec::new() },
         source,
         pickle,
+        image: record.image,
     }))
 }
 

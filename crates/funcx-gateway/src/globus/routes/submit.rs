@@ -183,6 +183,7 @@ async fn register_shim(
             body: service.shim.body().clone(),
             public: false,
             shared_with: Vec::new(),
+            image: None,
         })
         .await?;
     lock(&service.shim_owners).insert(user.name().to_owned());

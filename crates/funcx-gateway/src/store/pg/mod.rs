@@ -18,9 +18,9 @@ mod tasks;
 use self::migrations::{MIGRATIONS, MIGRATION_LOCK};
 use super::fleet::{Fleet, FleetEvent};
 use super::{
-    decode, encode, new_record, page, settled, EndpointRecord, Finished, FunctionRecord,
-    IdempotencyKey, Insertion, NewTask, StoreError, StoreFuture, TaskPage, TaskRecord, TaskStore,
-    TokenHash, UserRecord,
+    decode, decode_function, encode, encode_function, new_record, page, settled, EndpointRecord,
+    Finished, FunctionRecord, IdempotencyKey, Insertion, NewTask, StoreError, StoreFuture,
+    TaskPage, TaskRecord, TaskStore, TokenHash, UserRecord,
 };
 
 /// The columns of a task row, in the order [`task_of_row`] reads them.

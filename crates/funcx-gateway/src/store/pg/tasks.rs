@@ -192,7 +192,7 @@ impl TaskStore for PgStore {
 
     fn put_function(&self, function: FunctionRecord) -> StoreFuture<'_, ()> {
         self.run(async move {
-            let record = encode(&function)?;
+            let record = encode_function(&function)?;
             let client = self.client().await?;
             client
                 .execute(
@@ -218,7 +218,7 @@ impl TaskStore for PgStore {
                 .await
                 .map_err(pg)?;
             rows.iter()
-                .map(|row| decode(row.try_get::<_, &[u8]>(0).map_err(pg)?))
+                .map(|row| decode_function(row.try_get::<_, &[u8]>(0).map_err(pg)?))
                 .collect()
         })
     }
