@@ -344,6 +344,8 @@ pub fn run_endpoint_process(spec: &str) -> Result<(), BoxError> {
             pid: std::process::id(),
             slots: u32::try_from(slots).unwrap_or(u32::MAX),
             gpus: vec![],
+            cores: None,
+            memory: None,
         });
         config.max_backoff = Duration::from_millis(200);
         config.give_up_after = Duration::from_secs(3600);

@@ -363,6 +363,8 @@ impl Endpoint {
             pid: std::process::id(),
             slots: u32::try_from(workers).unwrap_or(u32::MAX),
             gpus: Vec::new(),
+            cores: None,
+            memory: None,
         };
         let manager = tokio::spawn(run_manager(
             EndpointDial::new(address.to_string(), endpoint_id, endpoint_token),
@@ -392,6 +394,7 @@ impl Endpoint {
                     endpoint: address,
                     token: TOKEN.into(),
                     workers: 1,
+                    memory: None,
                     python: PythonConfig::new(),
                     block: None,
                     simulate: None,
@@ -799,6 +802,8 @@ async fn scale(managers: usize, slots: usize, n: usize) -> BoxResult<Line> {
                 pid: std::process::id(),
                 slots: u32::try_from(slots).unwrap_or(u32::MAX),
                 gpus: Vec::new(),
+                cores: None,
+                memory: None,
             });
             config.give_up_after = Duration::from_secs(60);
             tokio::spawn(run_manager(
@@ -1186,6 +1191,8 @@ async fn gw_restart(workers: usize, n: usize, kills: usize) -> BoxResult<Line> {
         pid: std::process::id(),
         slots: workers as u32,
         gpus: vec![],
+        cores: None,
+        memory: None,
     });
     manager_config.max_backoff = Duration::from_millis(100);
     let manager = tokio::spawn(run_manager(

@@ -66,6 +66,8 @@ async fn endpoint(
         pid: std::process::id(),
         slots: u32::try_from(workers).unwrap_or(u32::MAX),
         gpus: vec![],
+        cores: None,
+        memory: None,
     });
     config.max_backoff = Duration::from_millis(100);
     let manager = tokio::spawn(run_manager(

@@ -8,10 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::{init_tracing, manager_binary, wait_until, within, HANG};
-use funcx::endpoint::{Endpoint, EndpointState, GatewayLink};
+use funcx::endpoint::{Endpoint, EndpointBuilder, EndpointState, GatewayLink};
 use funcx::gateway::{Gateway, GatewayConfig, UserConfig};
 use funcx::providers::LocalProvider;
-use funcx::{Function, PythonConfig, StrategyConfig, TaskOptions};
+use funcx::{Executor, Function, PythonConfig, StrategyConfig, TaskOptions};
 
 const ALICE: &str = "alice-token-0123456789abcdef";
 
@@ -49,6 +49,33 @@ async fn register(url: &str) -> (String, String) {
         answer["endpoint_id"].as_str().unwrap().to_string(),
         answer["endpoint_token"].as_str().unwrap().to_string(),
     )
+}
+
+/// `builder` (blocks of real managers from a local provider) started as a new endpoint of
+/// the gateway at `url`, once it is connected there, and a client submitting to it.
+async fn behind_gateway(url: &str, builder: EndpointBuilder) -> (Endpoint, Executor) {
+    let (endpoint_id, endpoint_token) = register(url).await;
+    let endpoint = builder
+        .provider(LocalProvider::new())
+        .manager_program(manager_binary())
+        .gateway(GatewayLink {
+            url: url.to_owned(),
+            endpoint_id: endpoint_id.clone(),
+            token: endpoint_token,
+            ca_file: None,
+            failover: Vec::new(),
+        })
+        .start()
+        .await
+        .expect("the endpoint starts");
+    wait_until(HANG, "connected to the gateway", || async {
+        endpoint.status().connected == Some(true)
+    })
+    .await;
+    let client = funcx::client::connect(url, ALICE, &endpoint_id)
+        .await
+        .expect("client");
+    (endpoint, client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,36 +268,20 @@ async fn an_endpoint_whose_first_gateway_is_down_dials_the_next_of_its_failover_
 async fn tasks_asking_for_gpus_through_the_gateway_get_the_endpoints_gpus() {
     init_tracing();
     let (url, _server) = gateway().await;
-    let (endpoint_id, endpoint_token) = register(&url).await;
-    let endpoint = Endpoint::builder()
-        .name("gpus")
-        .provider(LocalProvider::new())
-        .manager_program(manager_binary())
-        .workers_per_node(2)
-        .python(PythonConfig::new().accelerators(vec!["0".into(), "1".into()]))
-        .strategy(
-            StrategyConfig::new()
-                .init_blocks(1)
-                .max_blocks(1)
-                .period(Duration::from_millis(100)),
-        )
-        .gateway(GatewayLink {
-            url: url.clone(),
-            endpoint_id: endpoint_id.clone(),
-            token: endpoint_token,
-            ca_file: None,
-            failover: Vec::new(),
-        })
-        .start()
-        .await
-        .expect("the endpoint starts");
-    wait_until(HANG, "connected to the gateway", || async {
-        endpoint.status().connected == Some(true)
-    })
+    let (endpoint, client) = behind_gateway(
+        &url,
+        Endpoint::builder()
+            .name("gpus")
+            .workers_per_node(2)
+            .python(PythonConfig::new().accelerators(vec!["0".into(), "1".into()]))
+            .strategy(
+                StrategyConfig::new()
+                    .init_blocks(1)
+                    .max_blocks(1)
+                    .period(Duration::from_millis(100)),
+            ),
+    )
     .await;
-    let client = funcx::client::connect(&url, ALICE, &endpoint_id)
-        .await
-        .expect("client");
     let device = Function::from_source(
         "import os, time\n\ndef device(pause):\n    time.sleep(pause)\n    return os.environ.get('CUDA_VISIBLE_DEVICES', '')\n",
         "device",
@@ -302,6 +313,65 @@ async fn tasks_asking_for_gpus_through_the_gateway_get_the_endpoints_gpus() {
     .await
     .expect_err("more GPUs than the endpoint has");
     assert!(error.is_unsatisfiable(), "{error}");
+    within(HANG, endpoint.stop()).await;
+    client.shutdown().await;
+}
+
+/// An endpoint of blocks of one node, two workers and 1 GiB each, up to two blocks: four
+/// slots, but no task can have more than one node. It tells its gateway its largest node, so
+/// a task asking for three cores (within the four slots) or 2 GiB fails at the gateway at
+/// once, typed, without reaching the endpoint (no block is started for it); one that fits a
+/// node runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_larger_than_any_node_fails_at_the_gateway_at_once() {
+    init_tracing();
+    const GIB: u64 = 1 << 30;
+    let (url, _server) = gateway().await;
+    let (endpoint, client) = behind_gateway(
+        &url,
+        Endpoint::builder()
+            .name("nodes")
+            .workers_per_node(2)
+            .memory_per_node(GIB)
+            .strategy(
+                StrategyConfig::new()
+                    .init_blocks(0)
+                    .max_blocks(2)
+                    .period(Duration::from_millis(100)),
+            ),
+    )
+    .await;
+    let echo = Function::from_source("def echo(x):\n    return x\n", "echo");
+    for (options, named) in [
+        (
+            TaskOptions::new().cores(3),
+            "3 cores (the node has 2)".to_owned(),
+        ),
+        (
+            TaskOptions::new().memory(2 * GIB),
+            format!("{} bytes of memory (the node has {GIB})", 2 * GIB),
+        ),
+    ] {
+        let error = within(
+            Duration::from_secs(10),
+            client.submit_with(&echo, (1,), options),
+        )
+        .await
+        .expect_err("larger than any node");
+        assert!(error.is_unsatisfiable(), "{error}");
+        assert!(error.to_string().contains(&named), "{error}");
+    }
+    assert!(
+        endpoint.status().strategy.blocks.is_empty(),
+        "no block was started for tasks that never fit: {:?}",
+        endpoint.status()
+    );
+    // What fits one node runs there.
+    let fits = TaskOptions::new().cores(2).memory(GIB);
+    let value: i64 = within(HANG, client.submit_with(&echo, (7,), fits).result())
+        .await
+        .expect("a task of one whole node runs");
+    assert_eq!(value, 7);
     within(HANG, endpoint.stop()).await;
     client.shutdown().await;
 }

@@ -69,6 +69,7 @@ pub struct EndpointBuilder {
     manager: Option<ManagerCommand>,
     nodes_per_block: usize,
     workers_per_node: usize,
+    memory_per_node: Option<u64>,
     python: PythonConfig,
     strategy: StrategyConfig,
     walltime: Option<Duration>,
@@ -103,6 +104,7 @@ impl Default for EndpointBuilder {
             manager: None,
             nodes_per_block: 1,
             workers_per_node: 1,
+            memory_per_node: None,
             python: PythonConfig::new(),
             strategy: StrategyConfig::new(),
             walltime: None,
@@ -165,6 +167,14 @@ impl EndpointBuilder {
     /// Python workers per manager (default 1).
     pub fn workers_per_node(mut self, workers: usize) -> Self {
         self.workers_per_node = workers;
+        self
+    }
+
+    /// Bytes of memory tasks may reserve on each node (its managers' `--memory`; default:
+    /// what each node's manager finds on its machine). Set, the endpoint also tells its
+    /// gateway, which then fails at once a task asking for more than one node has.
+    pub fn memory_per_node(mut self, bytes: u64) -> Self {
+        self.memory_per_node = Some(bytes);
         self
     }
 
@@ -338,12 +348,7 @@ impl EndpointBuilder {
                 inner.state.send_replace(EndpointState::Running);
             }
             #[cfg(feature = "client")]
-            Some(link) => link::start(
-                &inner,
-                link,
-                capacity,
-                self.python.accelerator_list().to_vec(),
-            )?,
+            Some(link) => link::start(&inner, link, capacity, self.largest_node())?,
             #[cfg(not(feature = "client"))]
             Some(_) => {
                 let _ = capacity;
@@ -354,6 +359,19 @@ impl EndpointBuilder {
         }
         info!(endpoint = %self.name, %address, provider = inner.provider.name(), "endpoint started");
         Ok(Endpoint { inner })
+    }
+
+    /// What one task can be given on the largest node of this endpoint: every node is a
+    /// manager it starts with the same `--workers`, `--gpus` and `--memory`, so the shape of
+    /// one is the shape of all. (A manager started by hand with more is not seen here: the
+    /// gateway judges by this.)
+    #[cfg(feature = "client")]
+    fn largest_node(&self) -> funcx_core::Capacity {
+        funcx_core::Capacity {
+            cores: Some(u32::try_from(self.workers_per_node).unwrap_or(u32::MAX)),
+            memory: self.memory_per_node,
+            gpus: Some(self.python.accelerator_list().to_vec()),
+        }
     }
 
     fn block_request(
@@ -379,6 +397,9 @@ impl EndpointBuilder {
         let gpus = self.python.accelerator_list();
         if !gpus.is_empty() {
             command = command.args(["--gpus", &gpus.join(",")]);
+        }
+        if let Some(memory) = self.memory_per_node {
+            command = command.args(["--memory", &memory.to_string()]);
         }
         if let Some(tls) = &self.manager_tls {
             command = command.arg("--tls-ca").arg(&tls.ca);

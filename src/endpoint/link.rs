@@ -93,14 +93,15 @@ impl Dial for Watched {
     }
 }
 
-/// Dials the gateway as one manager of `capacity` slots whose machine has `gpus` (those its
-/// managers' workers are pinned to), so that the gateway sends it the tasks that ask for
-/// GPUs and fit there.
+/// Dials the gateway as one manager of `capacity` slots whose machine is `node`: what one
+/// task can be given on the largest of its nodes (cores, GPUs, memory), so that the gateway
+/// sends it the tasks that could fit there and fails the others at once. Its slots are
+/// spread over many nodes: they are not one machine's cores.
 pub(super) fn start(
     inner: &Arc<Inner>,
     link: &GatewayLink,
     capacity: usize,
-    gpus: Vec<String>,
+    node: funcx_core::Capacity,
 ) -> Result<(), EndpointError> {
     let mut dial = EndpointDial::new(&link.url, &link.endpoint_id, &link.token);
     for url in &link.failover {
@@ -124,7 +125,9 @@ pub(super) fn start(
         host: hostname(),
         pid: std::process::id(),
         slots: u32::try_from(capacity.max(1)).unwrap_or(u32::MAX),
-        gpus,
+        gpus: node.gpus.unwrap_or_default(),
+        cores: node.cores,
+        memory: node.memory,
     };
     let mut config = ManagerConfig::new(info).leave_on(leave_rx.clone());
     // An endpoint keeps dialling its gateway for as long as it runs; a stop ends it.

@@ -55,6 +55,8 @@ fn gateway() -> (tokio::runtime::Runtime, String, String, String) {
             pid: std::process::id(),
             slots: 2,
             gpus: vec![],
+            cores: None,
+            memory: None,
         };
         tokio::spawn(run_manager(
             EndpointDial::new(address.to_string(), &endpoint, &endpoint_token),

@@ -39,6 +39,8 @@ const MAX_ERROR_BODY: usize = 1024;
 ///     pid: std::process::id(),
 ///     slots: 4,
 ///     gpus: vec![],
+///     cores: None,
+///     memory: None,
 /// };
 /// // EchoRunner stands in for real workers; use ExecutorRunner over a local Executor.
 /// let exit = run_manager(dial, EchoRunner::new(4), ManagerConfig::new(info)).await;

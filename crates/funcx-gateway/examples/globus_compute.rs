@@ -116,6 +116,8 @@ async fn endpoint(
         pid: std::process::id(),
         slots: options.workers as u32,
         gpus: vec![],
+        cores: None,
+        memory: None,
     };
     let dial = EndpointDial::new(gateway, id, token);
     let runner = ExecutorRunner::new(local, options.workers);

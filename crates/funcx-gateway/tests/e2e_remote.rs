@@ -91,6 +91,8 @@ fn start_endpoint(
         pid: std::process::id(),
         slots: workers as u32,
         gpus: vec![],
+        cores: None,
+        memory: None,
     };
     let mut config = ManagerConfig::new(info);
     config.max_backoff = Duration::from_millis(200);

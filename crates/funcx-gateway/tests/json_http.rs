@@ -56,6 +56,8 @@ async fn json_arguments_and_results_travel_as_plain_json_and_pickles_are_refused
         pid: std::process::id(),
         slots: 1,
         gpus: vec![],
+        cores: None,
+        memory: None,
     });
     let _endpoint = tokio::spawn(run_manager(
         EndpointDial::new(address.to_string(), endpoint.clone(), endpoint_token),

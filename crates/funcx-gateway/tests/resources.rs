@@ -51,6 +51,8 @@ async fn setup(name: &str, tag: u64) -> GatewayWithEndpoint {
             pid: std::process::id(),
             slots: WORKERS as u32,
             gpus: GPUS.iter().map(|gpu| (*gpu).to_owned()).collect(),
+            cores: None,
+            memory: None,
         });
         config.max_backoff = Duration::from_millis(200);
         tokio::spawn(run_manager(

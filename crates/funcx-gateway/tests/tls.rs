@@ -143,6 +143,8 @@ fn manager_config() -> ManagerConfig {
         pid: std::process::id(),
         slots: 4,
         gpus: vec![],
+        cores: None,
+        memory: None,
     };
     let mut config = ManagerConfig::new(info);
     config.give_up_after = Duration::from_secs(30);

@@ -72,6 +72,8 @@ async fn the_gateway_task_id_is_the_trace_at_the_endpoint() {
         pid: std::process::id(),
         slots: 4,
         gpus: vec![],
+        cores: None,
+        memory: None,
     };
     let mut manager = ManagerConfig::new(info);
     manager.give_up_after = Duration::from_secs(30);

@@ -29,9 +29,11 @@
 mod config;
 mod container;
 pub mod manager;
+mod memory;
 pub mod protocol;
 mod runtime;
 
 pub use config::{PythonConfig, ACCELERATOR_VARIABLES, DEFAULT_MAX_RESULT_SIZE};
 pub use container::Container;
+pub use memory::machine_memory;
 pub use runtime::{PythonRuntime, PythonWorker};

@@ -34,6 +34,10 @@ pub struct ManagerOptions {
     pub token: String,
     /// How many Python workers to run (default: one per CPU).
     pub workers: usize,
+    /// Bytes of memory tasks here may reserve, advertised to the endpoint so that tasks
+    /// asking for memory are placed where it is free (default: the machine's, see
+    /// [`crate::machine_memory`]; `None`: unlimited).
+    pub memory: Option<u64>,
     /// How to start them.
     pub python: PythonConfig,
     /// The block this manager belongs to (default: `$FUNCX_BLOCK_ID`).
@@ -70,6 +74,8 @@ options:
   --token TOKEN          the endpoint's token (or $FUNCX_TOKEN, or --token-file)
   --token-file PATH      read the token from a file
   --workers N            Python workers to run (default: one per CPU)
+  --memory BYTES         memory tasks here may reserve (default: the machine's MemTotal,
+                         or its cgroup's memory.max when lower)
   --python PATH          the Python interpreter (default: python3)
   --block ID             the block this manager belongs to (default: $FUNCX_BLOCK_ID)
   --gpus A,B,...         pin worker i to device i mod n (CUDA_VISIBLE_DEVICES, ...)
@@ -93,6 +99,7 @@ impl ManagerOptions {
             endpoint: SocketAddr::from(([127, 0, 0, 1], 0)),
             token: String::new(),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory: crate::machine_memory(),
             python: PythonConfig::new(),
             block: std::env::var("FUNCX_BLOCK_ID").ok(),
             simulate: None,
@@ -129,6 +136,13 @@ impl ManagerOptions {
                     token = Some(text.trim().to_string());
                 }
                 "--workers" => options.workers = number(&flag, &value()?)?.max(1),
+                "--memory" => {
+                    let text = value()?;
+                    let bytes = text.parse::<u64>().map_err(|_| {
+                        UsageError(format!("--memory takes a number of bytes, not {text:?}"))
+                    })?;
+                    options.memory = Some(bytes);
+                }
                 "--python" => options.python = options.python.python(value()?),
                 "--block" => options.block = Some(value()?),
                 "--gpus" => {
@@ -202,6 +216,8 @@ pub async fn run(options: ManagerOptions) -> ManagerExit {
         pid: std::process::id(),
         slots: u32::try_from(slots).unwrap_or(u32::MAX),
         gpus: options.python.accelerator_list().to_vec(),
+        cores: None,
+        memory: options.memory,
     };
     info!(manager = %info.id, endpoint = %options.endpoint, slots, block = ?info.block, "manager starting");
     let mut config = ManagerConfig::new(info);
@@ -217,9 +233,11 @@ pub async fn run(options: ManagerOptions) -> ManagerExit {
     let exit = match options.simulate {
         Some(slots) => run_manager(dial, EchoRunner::new(slots), config).await,
         None => {
-            let executor = Executor::builder()
-                .workers(options.workers)
-                .start(PythonRuntime::new(options.python.clone()));
+            let mut builder = Executor::builder().workers(options.workers);
+            if let Some(memory) = options.memory {
+                builder = builder.memory(memory);
+            }
+            let executor = builder.start(PythonRuntime::new(options.python.clone()));
             // Offer the workers to the endpoint only once they can take tasks: a manager that
             // registers early is handed work it sits on while Python starts, and one whose
             // Python cannot start at all should say so here, not look like a silent node.

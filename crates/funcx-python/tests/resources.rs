@@ -250,6 +250,30 @@ async fn a_manager_places_resource_tasks_on_its_own_gpus() {
     );
 }
 
+#[tokio::test]
+async fn a_manager_advertises_its_memory_and_places_memory_tasks_by_it() {
+    let endpoint = common::endpoint(0, Duration::from_secs(10)).await;
+    let executor = endpoint.executor.clone();
+    const GIB: u64 = 1 << 30;
+    let _manager = Manager::start_with(endpoint.address, 2, &["--memory", &(3 * GIB).to_string()]);
+    common::managers(&executor, 1).await;
+    // Two tasks of two GiB on a node of three: each fits, never both at once.
+    let records = run_all(&executor, &[TaskOptions::new().memory(2 * GIB); 2], 0.5).await;
+    let (first, second) = (&records[0], &records[1]);
+    assert!(
+        first.1 <= second.0 || second.1 <= first.0,
+        "two 2 GiB tasks ran at once on 3 GiB: {records:?}"
+    );
+    let error = refused(&executor, TaskOptions::new().memory(4 * GIB)).await;
+    assert!(error.is_unsatisfiable(), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("{} bytes of memory", 4 * GIB)),
+        "the error names what was asked: {error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_name_the_os_refuses_fails_the_task_not_the_worker() {
     // A NUL byte cannot be in an environment variable; found by the worker-input fuzz target,

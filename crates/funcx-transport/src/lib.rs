@@ -85,5 +85,7 @@ pub use tcp::{TcpAcceptor, TcpTransport, TcpTransportBuilder, DEFAULT_HANDSHAKE_
 /// The version of the funcx wire protocol that this crate speaks.
 ///
 /// Peers with a different version refuse each other at the handshake instead of
-/// misreading frames later. Version 2 added fragmented messages (see [`frame`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// misreading frames later. Version 2 added fragmented messages (see [`frame`]); version 3
+/// added what a manager's machine offers tasks to its registration (`ManagerInfo::cores`
+/// and `memory`).
+pub const PROTOCOL_VERSION: u16 = 3;

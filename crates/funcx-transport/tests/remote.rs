@@ -19,6 +19,8 @@ fn info(id: u64, slots: u32) -> ManagerInfo {
         pid: std::process::id(),
         slots,
         gpus: Vec::new(),
+        cores: None,
+        memory: None,
     }
 }
 

@@ -74,7 +74,7 @@ pub(crate) enum Command {
         worker: Box<dyn Worker>,
         size: usize,
         block: Option<BlockId>,
-        /// What the pool says of its machine (see `Executor::attach_with_gpus` and
+        /// What the pool says of its machine (see `Executor::attach_with_capacity` and
         /// `Executor::attach_relay`).
         machine: super::Machine,
         reply: oneshot::Sender<Result<WorkerEvents, TaskError>>,

@@ -66,14 +66,10 @@ pub(crate) enum Machine {
 }
 
 impl Machine {
-    /// The machine of a pool of `size` workers, one core each, with `gpus`.
-    pub(crate) fn with_gpus(size: usize, gpus: Vec<String>) -> Machine {
-        let capacity = crate::Capacity {
-            cores: Some(u32::try_from(size).unwrap_or(u32::MAX)),
-            memory: None,
-            gpus: Some(gpus),
-        };
-        Machine::Node(super::node::Node::new(&capacity, size, Vec::new()))
+    /// The machine of a pool of `size` workers with `capacity` (a core per worker unless
+    /// it says otherwise).
+    pub(crate) fn of(size: usize, capacity: &crate::Capacity) -> Machine {
+        Machine::Node(super::node::Node::new(capacity, size, Vec::new()))
     }
 
     /// Whether a task asking for `wanted` may be sent to this pool.

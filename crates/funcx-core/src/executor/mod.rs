@@ -101,7 +101,7 @@ impl TaskOptions {
 
     /// Asks for `resources` while the task runs. A task that asks for more than one core
     /// (or for any GPU or memory) runs alone on one of the endpoint's own workers, or on a
-    /// remote manager whose machine has enough ([`Executor::attach_with_gpus`]; the manager
+    /// remote manager whose machine has enough ([`Executor::attach_with_capacity`]; the manager
     /// places it on its workers by the same rules), and only while what it asks for is free,
     /// so tasks never oversubscribe a machine; it waits in the queue until then. One that
     /// could never fit fails at once with a [`TaskError::is_unsatisfiable`] error (on an
@@ -473,19 +473,20 @@ impl Executor {
             .await
     }
 
-    /// As [`Executor::attach`], for a pool that says what its machine has: `size` workers
-    /// (one core each) and `gpus`. Tasks that ask for resources
-    /// ([`TaskOptions::resources`]) are sent to it when they fit there, carrying what they
-    /// ask for, and the pool places them on its own workers (a remote manager's executor
-    /// does, by the same rules). A pool attached with [`Executor::attach`] takes none.
-    pub async fn attach_with_gpus(
+    /// As [`Executor::attach`], for a pool that says what its machine has: `size` workers,
+    /// and `capacity` (its cores, one per worker unless said; its memory and GPUs). Tasks
+    /// that ask for resources ([`TaskOptions::resources`]) are sent to it when they could
+    /// fit there, carrying what they ask for, and the pool places them on its own workers (a
+    /// remote manager's executor does, by the same rules). A pool attached with
+    /// [`Executor::attach`] takes none.
+    pub async fn attach_with_capacity(
         &self,
         worker: Box<dyn crate::worker::Worker>,
         size: usize,
         block: Option<crate::BlockId>,
-        gpus: Vec<String>,
+        capacity: crate::Capacity,
     ) -> Result<crate::worker::WorkerEvents, TaskError> {
-        self.attach_pool(worker, size, block, Machine::with_gpus(size, gpus))
+        self.attach_pool(worker, size, block, Machine::of(size, &capacity))
             .await
     }
 

@@ -263,6 +263,8 @@ fn frame_seeds() -> Vec<Vec<u8>> {
                     pid: 4242,
                     slots: 8,
                     gpus: vec!["0".into(), "1".into()],
+                    cores: None,
+                    memory: None,
                 },
                 session: Some(42),
                 held: vec![TaskId::from_u64(7)],

@@ -183,6 +183,8 @@ pub fn connect(
         pid: std::process::id(),
         slots: 4,
         gpus: vec![],
+        cores: None,
+        memory: None,
     };
     let mut config = ManagerConfig::new(info);
     config.give_up_after = Duration::from_secs(30);

@@ -275,6 +275,8 @@ pub fn python_endpoint(
         pid: std::process::id(),
         slots: 2,
         gpus: vec![],
+        cores: None,
+        memory: None,
     });
     manager.max_backoff = max_backoff;
     tokio::spawn(run_manager(dial, ExecutorRunner::new(local, 2), manager))

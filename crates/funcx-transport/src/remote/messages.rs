@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use funcx_core::worker::{ToWorker, WorkResult};
-use funcx_core::TaskId;
+use funcx_core::{Capacity, TaskId};
 use serde::{Deserialize, Serialize};
 
 /// The identity a manager chooses at start (random), kept across its reconnections.
@@ -48,6 +48,25 @@ pub struct ManagerInfo {
     pub slots: u32,
     /// Accelerators it pins its workers to.
     pub gpus: Vec<String>,
+    /// CPU cores one task may reserve here; `None`: one per slot. An endpoint that dials its
+    /// gateway as one manager says its largest node's, so that the gateway does not take
+    /// its slots, spread over many nodes, for one machine's cores (protocol 3).
+    pub cores: Option<u32>,
+    /// Bytes of memory tasks may reserve here (its largest node's, for an endpoint);
+    /// `None`: not said, so not limited here (protocol 3).
+    pub memory: Option<u64>,
+}
+
+impl ManagerInfo {
+    /// What its machine offers tasks that ask for resources: its cores (a core per slot
+    /// unless said), its memory and its GPUs.
+    pub fn capacity(&self) -> Capacity {
+        Capacity {
+            cores: self.cores,
+            memory: self.memory,
+            gpus: Some(self.gpus.clone()),
+        }
+    }
 }
 
 /// Manager → endpoint.

@@ -268,11 +268,11 @@ impl EndpointAgent {
         let events = match self
             .inner
             .executor
-            .attach_with_gpus(
+            .attach_with_capacity(
                 worker,
                 info.slots as usize,
                 info.block.clone().map(funcx_core::BlockId::new),
-                info.gpus.clone(),
+                info.capacity(),
             )
             .await
         {
