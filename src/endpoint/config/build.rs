@@ -47,6 +47,7 @@ impl EndpointConfig {
                 EndpointBuilder::drain_margin,
             )
             .maybe(managers.advertise.as_ref(), EndpointBuilder::advertise)
+            .maybe(managers.memory_per_node, EndpointBuilder::memory_per_node)
             .maybe(self.allowed_formats.as_ref(), |builder, formats| {
                 builder.allowed_formats(formats.iter().copied())
             });

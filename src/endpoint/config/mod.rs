@@ -126,6 +126,9 @@ pub struct ManagersSection {
     pub nodes_per_block: usize,
     /// Workers per manager.
     pub workers_per_node: usize,
+    /// Bytes of memory tasks may reserve on each node (the managers' `--memory`, and what
+    /// the endpoint tells its gateway); default: what each manager finds on its machine.
+    pub memory_per_node: Option<u64>,
     /// Re-runs of a task whose manager was lost.
     pub retries: u32,
     /// The endpoint's TLS certificate for managers.
@@ -146,6 +149,7 @@ impl Default for ManagersSection {
             program: None,
             nodes_per_block: 1,
             workers_per_node: 1,
+            memory_per_node: None,
             retries: 2,
             tls_cert: None,
             tls_key: None,

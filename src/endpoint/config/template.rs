@@ -55,6 +55,9 @@ listen = "127.0.0.1:0"
 # program = "/usr/local/bin/funcx-manager"
 nodes_per_block = 1
 workers_per_node = 1
+# Bytes of memory tasks may reserve on each node; default: each node's MemTotal (or its
+# cgroup's memory.max when lower). Set, the gateway fails at once a task asking for more.
+# memory_per_node = 68719476736
 # How often a task whose manager was lost is re-run before it fails.
 # retries = 2
 # TLS between managers and the endpoint (all three, or none).

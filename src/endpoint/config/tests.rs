@@ -55,6 +55,20 @@ fn the_gateway_failover_list_is_read_in_order() {
 }
 
 #[test]
+fn memory_per_node_is_bytes_and_unset_by_default() {
+    let parse = |text: &str| EndpointConfig::parse(text, Path::new("c.toml"));
+    let config = parse("provider = \"local\"\n[managers]\nmemory_per_node = 1073741824\n");
+    assert_eq!(
+        config.expect("parses").managers.memory_per_node,
+        Some(1 << 30)
+    );
+    let config = parse("provider = \"local\"\n").expect("parses");
+    assert_eq!(config.managers.memory_per_node, None);
+    let error = parse("provider = \"local\"\n[managers]\nmemory_per_node = \"1G\"\n");
+    assert!(error.is_err(), "bytes, as a number");
+}
+
+#[test]
 fn allowed_formats_are_named_formats() {
     let path = Path::new("c.toml");
     let config =
