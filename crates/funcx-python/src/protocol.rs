@@ -239,8 +239,17 @@ impl Decoder {
         if buf.len() < len {
             return Ok(None);
         }
-        let kind = buf[4];
-        let mut frame = buf.split_to(len).freeze();
+        self.decode_frame(buf.split_to(len).freeze()).map(Some)
+    }
+
+    /// Decodes one whole frame, header included, whose length [`frame_len`](Self::frame_len)
+    /// gave (a reader that read a large frame into a buffer of its own). Result payloads
+    /// share the memory of `frame`.
+    pub fn decode_frame(&self, mut frame: Bytes) -> Result<FromWorker, ProtocolError> {
+        if frame.len() < HEADER_LEN {
+            return Err(ProtocolError::Truncated("frame header"));
+        }
+        let kind = frame[4];
         frame.advance(HEADER_LEN);
         let mut body = Reader::new(frame);
         let message = match kind {
@@ -272,7 +281,7 @@ impl Decoder {
             }
             other => return Err(ProtocolError::UnknownKind(other)),
         };
-        Ok(Some(message))
+        Ok(message)
     }
 
     fn result(&self, body: &mut Reader) -> Result<WorkResult, ProtocolError> {

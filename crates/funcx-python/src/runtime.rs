@@ -13,6 +13,7 @@ use funcx_core::worker::{
     SpawnError, ToWorker, Worker, WorkerEvent, WorkerEvents, WorkerId, WorkerRuntime,
 };
 use funcx_core::WorkerExit;
+use funcx_transport::pool::{BufferPool, PooledFrame, POOLED_FRAME_MIN};
 use futures::future::BoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
@@ -39,6 +40,9 @@ const WRITE_BATCH: usize = 4 * 1024 * 1024;
 
 /// Reads from the worker's stdout are at least this big.
 const READ_CHUNK: usize = 64 * 1024;
+/// The most a runtime keeps of the buffers its workers' large results were read into: three
+/// results of 16 MiB, which come back one after another from a busy node.
+const RECEIVE_POOL_KEEP: usize = 64 * 1024 * 1024;
 
 /// Lines of worker output longer than this are logged in pieces.
 const MAX_LOG_LINE: usize = 16 * 1024;
@@ -66,6 +70,9 @@ pub struct PythonRuntime {
     /// The images of functions ([`funcx_core::Function::in_image`]) the engine has been seen
     /// to have, likewise.
     images_found: Arc<Mutex<HashSet<String>>>,
+    /// The buffers large frames from the workers (results) are read into, shared by all
+    /// of them.
+    receive_pool: BufferPool,
 }
 
 impl PythonRuntime {
@@ -75,6 +82,7 @@ impl PythonRuntime {
             config: Arc::new(config),
             image_found: Arc::new(AtomicBool::new(false)),
             images_found: Arc::new(Mutex::new(HashSet::new())),
+            receive_pool: BufferPool::new(RECEIVE_POOL_KEEP),
         }
     }
 
@@ -154,7 +162,7 @@ impl PythonRuntime {
             stdout,
             events,
             kill.clone(),
-            decoder,
+            Output::new(decoder, self.receive_pool.clone()),
             container,
         ));
         tracing::debug!(worker = %id, ?pid, index, "started Python worker");
@@ -416,13 +424,12 @@ async fn read_events(
     mut stdout: ChildStdout,
     events: WorkerEvents,
     kill: Arc<Notify>,
-    decoder: Decoder,
+    mut output: Output,
     container: Option<(Container, String)>,
 ) {
     let id = events.worker();
     // Whether the worker was killed rather than left to exit.
     let mut killed = false;
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut reading = true;
     // Set once the output is closed: a worker that closed it without exiting is hung.
     let mut exit_deadline: Option<tokio::time::Instant> = None;
@@ -433,8 +440,8 @@ async fn read_events(
                 killed = true;
                 let _ = child.start_kill();
             }
-            read = read_some(&mut stdout, &mut buf, &decoder), if reading => {
-                match read.and_then(|n| handle(n, &decoder, &mut buf, &events)) {
+            read = output.read_from(&mut stdout), if reading => {
+                match read.and_then(|n| handle(n, &mut output, &events)) {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Eof) => {
                         reading = false;
@@ -467,8 +474,8 @@ async fn read_events(
         // the pipe, so that every result the worker sent is reported before Exited.
         let drain = async {
             loop {
-                let read = read_some(&mut stdout, &mut buf, &decoder).await;
-                match read.and_then(|n| handle(n, &decoder, &mut buf, &events)) {
+                let read = output.read_from(&mut stdout).await;
+                match read.and_then(|n| handle(n, &mut output, &events)) {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Eof | Flow::Abandoned) => break,
                     Err(reason) => {
@@ -525,29 +532,67 @@ enum ReadError {
     Io(#[from] std::io::Error),
 }
 
-async fn read_some(
-    stdout: &mut ChildStdout,
-    buf: &mut BytesMut,
-    decoder: &Decoder,
-) -> Result<usize, ReadError> {
-    // Room for the whole frame that has started arriving, so a big result is read into
-    // one allocation and handed out without a copy.
-    let want = decoder
-        .frame_len(buf)?
-        .unwrap_or(0)
-        .max(buf.len() + READ_CHUNK);
-    buf.reserve(want - buf.len());
-    Ok(stdout.read_buf(buf).await?)
+/// What has been read of a worker's output and not handled yet.
+struct Output {
+    decoder: Decoder,
+    /// Small frames, and the start of large ones.
+    buf: BytesMut,
+    /// A large frame (a large result) being read into a buffer of the pool.
+    large: Option<PooledFrame>,
+    pool: BufferPool,
 }
 
-fn handle(
-    n: usize,
-    decoder: &Decoder,
-    buf: &mut BytesMut,
-    events: &WorkerEvents,
-) -> Result<Flow, ReadError> {
+impl Output {
+    fn new(decoder: Decoder, pool: BufferPool) -> Output {
+        Output {
+            decoder,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            large: None,
+            pool,
+        }
+    }
+
+    /// Reads more of the worker's output. Cancel safe: what a read got is kept.
+    async fn read_from(&mut self, stdout: &mut ChildStdout) -> Result<usize, ReadError> {
+        let frame_len = self.decoder.frame_len(&self.buf)?.unwrap_or(0);
+        if self.large.is_none() && frame_len >= POOLED_FRAME_MIN && self.buf.len() < frame_len {
+            // Into a buffer of the pool, whose pages are already there, instead of fresh
+            // memory; handed out without a copy either way.
+            self.large = Some(PooledFrame::start(&self.pool, &mut self.buf, frame_len));
+        }
+        if let Some(large) = &mut self.large {
+            return Ok(large.read_from(stdout).await?);
+        }
+        // Room for the whole frame that has started arriving.
+        let want = frame_len.max(self.buf.len() + READ_CHUNK);
+        self.buf.reserve(want - self.buf.len());
+        Ok(stdout.read_buf(&mut self.buf).await?)
+    }
+
+    /// The next whole frame read, decoded.
+    fn next(&mut self) -> Result<Option<FromWorker>, ProtocolError> {
+        match self.large.take() {
+            Some(large) if large.is_complete() => self
+                .decoder
+                .decode_frame(large.finish(&self.pool))
+                .map(Some),
+            Some(large) => {
+                self.large = Some(large);
+                Ok(None)
+            }
+            None => self.decoder.decode(&mut self.buf),
+        }
+    }
+
+    /// Whether part of a frame has been read.
+    fn is_inside_a_frame(&self) -> bool {
+        !self.buf.is_empty() || self.large.is_some()
+    }
+}
+
+fn handle(n: usize, output: &mut Output, events: &WorkerEvents) -> Result<Flow, ReadError> {
     if n == 0 {
-        if !buf.is_empty() {
+        if output.is_inside_a_frame() {
             return Err(ProtocolError::Truncated("frame at the end of the output").into());
         }
         return Ok(Flow::Eof);
@@ -556,7 +601,7 @@ fn handle(
     let mut alive = true;
     // Results of consecutive frames go out as one event; anything else goes out in order.
     let outcome = loop {
-        match decoder.decode(buf) {
+        match output.next() {
             Ok(None) => break Ok(()),
             Ok(Some(FromWorker::Results(batch))) => {
                 if results.is_empty() {

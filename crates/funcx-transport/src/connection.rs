@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frame::{self, FrameCodec, Limits};
 use crate::outgoing::Outgoing;
+use crate::pool::{BufferPool, PooledFrame, POOLED_FRAME_MIN};
 use crate::TransportError;
 
 /// How many bytes of encoded messages (payloads included) the writer gathers before it
@@ -328,6 +329,9 @@ struct Shared {
     writer_done_at: OnceLock<Instant>,
     writer_done: CancellationToken,
     peer: Peer,
+    /// Where the reader takes buffers for large frames (shared with the transport's other
+    /// connections).
+    pool: BufferPool,
 }
 
 /// Starts the reader and writer tasks of a connection over a byte stream whose handshake is
@@ -337,6 +341,7 @@ pub(crate) fn spawn_stream<S, R, Rd, Wr>(
     wr: Wr,
     peer: Peer,
     limits: Limits,
+    pool: BufferPool,
 ) -> Connection<S, R>
 where
     S: Serialize + Send + 'static,
@@ -352,6 +357,7 @@ where
         writer_done_at: OnceLock::new(),
         writer_done: CancellationToken::new(),
         peer,
+        pool,
     });
     tokio::spawn(write_loop(out_rx, wr, limits, shared.clone()));
     tokio::spawn(read_loop(rd, in_tx, limits, shared));
@@ -466,17 +472,27 @@ async fn read_loop<R, Rd>(
 {
     let cancel = &shared.cancel;
     let peer = &shared.peer;
+    let pool = &shared.pool;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut codec = FrameCodec::<R>::with_limits(limits);
+    // A large frame being read into a buffer of the pool, then once it is all in.
+    let mut large: Option<PooledFrame> = None;
+    let mut complete: Option<Bytes> = None;
     // Once the receiver is gone, what arrives is read and thrown away (see LINGER).
     let mut discarding = false;
     loop {
         if discarding {
             buf.clear();
+            large = None;
+            complete = None;
         }
         // Hand over every complete frame that is buffered.
-        while !discarding {
-            let decoded = match codec.decode(&mut buf) {
+        while !discarding && large.is_none() {
+            let decoded = match complete.take() {
+                Some(frame) => codec.decode_frame(&frame).map(Some),
+                None => codec.decode(&mut buf),
+            };
+            let decoded = match decoded {
                 Ok(Some(msg)) => Ok(msg),
                 Ok(None) => break,
                 Err(e) => Err(e),
@@ -495,6 +511,12 @@ async fn read_loop<R, Rd>(
                 Err(e) => return fail(&tx, &shared, e, "received a bad frame").await,
             }
         }
+        if large.is_none() && !discarding {
+            // A large frame goes into a buffer of the pool, whose pages are already there.
+            if let Some(len) = codec.unfinished_frame(&buf, POOLED_FRAME_MIN) {
+                large = Some(PooledFrame::start(pool, &mut buf, len));
+            }
+        }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
@@ -503,9 +525,17 @@ async fn read_loop<R, Rd>(
             _ = cancel.cancelled() => return deliver_writer_error(&tx, &shared).await,
             _ = tx.closed(), if !discarding => discarding = true,
             _ = linger(&shared), if discarding => return,
-            read = rd.read_buf(&mut buf) => match read {
+            read = read_more(&mut rd, &mut buf, large.as_mut()) => match read {
                 // Discarding: the peer closed or broke, nobody is told.
                 Ok(0) | Err(_) if discarding => return,
+                Ok(0) if large.is_some() => {
+                    let received = large.as_ref().map_or(0, PooledFrame::received);
+                    let e = TransportError::decode(format!(
+                        "the stream ended in the middle of a frame ({received} bytes of it received)"
+                    ));
+                    fail(&tx, &shared, e, "the stream ended inside a frame").await;
+                    return;
+                }
                 Ok(0) if codec.is_partial() => {
                     let e = TransportError::decode("the stream ended between the fragments of a message");
                     fail(&tx, &shared, e, "the stream ended inside a message").await;
@@ -518,10 +548,26 @@ async fn read_loop<R, Rd>(
                     }
                     return;
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    if large.as_ref().is_some_and(PooledFrame::is_complete) {
+                        complete = large.take().map(|frame| frame.finish(pool));
+                    }
+                }
                 Err(e) => return fail(&tx, &shared, TransportError::io(e), "receiving failed").await,
             }
         }
+    }
+}
+
+/// Reads more of the large frame being read, or else into the buffer.
+async fn read_more<Rd: AsyncRead + Unpin>(
+    rd: &mut Rd,
+    buf: &mut BytesMut,
+    large: Option<&mut PooledFrame>,
+) -> std::io::Result<usize> {
+    match large {
+        Some(frame) => frame.read_from(rd).await,
+        None => rd.read_buf(buf).await,
     }
 }
 
@@ -622,8 +668,9 @@ mod tests {
             },
             peer,
             TEST_LIMITS,
+            BufferPool::new(TEST_LIMITS.max_message_size),
         );
-        let b = spawn_stream(b_rd, b_wr, peer, TEST_LIMITS);
+        let b = spawn_stream(b_rd, b_wr, peer, TEST_LIMITS, BufferPool::new(0));
         (a, b)
     }
 
@@ -664,6 +711,57 @@ mod tests {
         assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Ping(1));
         assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Text(big));
         assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Ping(2));
+    }
+
+    #[tokio::test]
+    async fn large_frames_are_read_into_one_pooled_buffer_used_again() {
+        let limits = Limits {
+            max_frame_size: 8 << 20,
+            max_message_size: 8 << 20,
+        };
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (a_rd, a_wr) = tokio::io::split(a);
+        let (b_rd, b_wr) = tokio::io::split(b);
+        let pool = BufferPool::new(64 << 20);
+        let peer = Peer::next_memory();
+        let a = spawn_stream::<Msg, Msg, _, _>(a_rd, a_wr, peer, limits, BufferPool::new(0));
+        let mut b = spawn_stream::<Msg, Msg, _, _>(b_rd, b_wr, peer, limits, pool.clone());
+        let big = "pooled ".repeat(500_000); // 3.5 MB: one frame
+        for i in 0..3 {
+            a.send(Msg::Ping(i)).unwrap();
+            a.send(Msg::Text(big.clone())).unwrap();
+        }
+        a.send(Msg::Ping(3)).unwrap();
+        for i in 0..3 {
+            assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Ping(i));
+            assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Text(big.clone()));
+        }
+        assert_eq!(b.recv().await.unwrap().unwrap(), Msg::Ping(3));
+        // Each frame's buffer was given back once the message was decoded (a `String` is
+        // copied out), and the next frame was read into it: one buffer for three frames.
+        assert_eq!(pool.kept(), 4 << 20);
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_inside_a_large_frame_is_a_decode_error() {
+        let limits = Limits {
+            max_frame_size: 8 << 20,
+            max_message_size: 8 << 20,
+        };
+        let (mut raw, b) = tokio::io::duplex(1 << 20);
+        let (b_rd, b_wr) = tokio::io::split(b);
+        let pool = BufferPool::new(64 << 20);
+        let mut b = spawn_stream::<Msg, Msg, _, _>(b_rd, b_wr, Peer::next_memory(), limits, pool);
+        raw.write_all(&(2_000_000u32).to_be_bytes()).await.unwrap();
+        raw.write_all(&[0; 1_500_000]).await.unwrap();
+        drop(raw);
+        let err = b.recv().await.unwrap().unwrap_err();
+        assert!(err.is_decode(), "{err}");
+        assert!(
+            err.to_string().contains("1500004 bytes of it received"),
+            "{err}"
+        );
+        assert!(b.recv().await.is_none());
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use funcx_core::Payload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -237,16 +237,8 @@ impl<T> FrameCodec<T> {
     /// `src` for (a bounded part of) the rest of the frame. Refuses an oversized frame from
     /// its header alone.
     fn take_frame(&self, src: &mut BytesMut) -> Result<Option<(bool, BytesMut)>, TransportError> {
-        let Some(header) = src.get(..HEADER_LEN) else {
+        let Some((more, len)) = self.header(src) else {
             return Ok(None);
-        };
-        let mut word = [0u8; HEADER_LEN];
-        word.copy_from_slice(header);
-        let word = u32::from_be_bytes(word);
-        let (more, len) = if self.fragments {
-            (word & MORE != 0, (word & !MORE) as usize)
-        } else {
-            (false, word as usize)
         };
         let max_frame_size = self.frame_size();
         if len > max_frame_size {
@@ -268,6 +260,47 @@ impl<T> FrameCodec<T> {
         }
         src.advance(HEADER_LEN);
         Ok(Some((more, src.split_to(len))))
+    }
+
+    /// The header at the start of `src`, if it is all there: whether more fragments follow,
+    /// and the length of the body.
+    fn header(&self, src: &[u8]) -> Option<(bool, usize)> {
+        let mut word = [0u8; HEADER_LEN];
+        word.copy_from_slice(src.get(..HEADER_LEN)?);
+        let word = u32::from_be_bytes(word);
+        Some(if self.fragments {
+            (word & MORE != 0, (word & !MORE) as usize)
+        } else {
+            (false, word as usize)
+        })
+    }
+
+    /// The length, header included, of the frame that has started arriving at the front of
+    /// `src`, when it is at least `min` bytes, within the limits, not all there yet, and a
+    /// whole message (not a fragment). A reader may then read the rest of it into a buffer
+    /// of its own (see [`BufferPool`](crate::pool::BufferPool)) and decode it with
+    /// [`decode_frame`](Self::decode_frame), instead of growing `src` to hold it.
+    pub fn unfinished_frame(&self, src: &[u8], min: usize) -> Option<usize> {
+        let (more, len) = self.header(src)?;
+        let whole = HEADER_LEN + len;
+        let wanted = !more
+            && !self.is_partial()
+            && len <= self.frame_size()
+            && len <= self.message_limit()
+            && whole >= min
+            && src.len() < whole;
+        wanted.then_some(whole)
+    }
+
+    /// Decodes the message of one whole frame, header included, that
+    /// [`unfinished_frame`](Self::unfinished_frame) announced: its large payloads share
+    /// `frame`'s memory.
+    pub fn decode_frame(&self, frame: &Bytes) -> Result<T, TransportError>
+    where
+        T: DeserializeOwned,
+    {
+        let body = frame.slice(HEADER_LEN.min(frame.len())..);
+        Payload::with_shared_source(&body, decode_body)
     }
 
     /// Takes in one frame; returns the whole message once its last fragment is in. Refuses a

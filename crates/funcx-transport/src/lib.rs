@@ -70,6 +70,7 @@ pub mod fuzzing;
 mod handshake;
 pub mod memory;
 mod outgoing;
+pub mod pool;
 pub mod remote;
 mod tcp;
 #[cfg(feature = "tls")]

@@ -16,6 +16,7 @@ use crate::connection::{spawn_stream, Peer};
 use crate::frame::{
     Limits, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, MAX_FRAME_SIZE_LIMIT,
 };
+use crate::pool::BufferPool;
 use crate::{handshake, Connection, TransportError, PROTOCOL_VERSION};
 
 #[cfg(feature = "tls")]
@@ -27,6 +28,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many accepted connections may be in their handshake at once; more wait in the kernel's
 /// backlog.
 const MAX_PENDING_HANDSHAKES: usize = 256;
+/// The most a transport keeps of the buffers its connections read large frames into: three
+/// frames of a 16 MiB payload, the common case of large arguments and results in a row.
+const RECEIVE_POOL_KEEP: usize = 64 * 1024 * 1024;
 /// How many finished connections wait for [`TcpAcceptor::accept`].
 const ACCEPT_QUEUE: usize = 64;
 /// The pause after the listening socket itself fails (out of file descriptors...).
@@ -63,6 +67,9 @@ pub struct TcpTransport {
     max_message_size: usize,
     handshake_timeout: Duration,
     nodelay: bool,
+    /// The buffers large frames are read into, shared by every connection made with this
+    /// transport (and its clones), so that what it keeps is bounded per transport.
+    receive_pool: BufferPool,
     #[cfg(feature = "tls")]
     tls_client: Option<TlsClientConfig>,
     #[cfg(feature = "tls")]
@@ -77,6 +84,7 @@ impl Default for TcpTransport {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             nodelay: true,
+            receive_pool: BufferPool::new(RECEIVE_POOL_KEEP),
             #[cfg(feature = "tls")]
             tls_client: None,
             #[cfg(feature = "tls")]
@@ -130,6 +138,18 @@ impl TcpTransport {
             max_frame_size: self.max_frame_size,
             max_message_size: self.max_message_size.max(self.max_frame_size),
         }
+    }
+
+    /// Starts a connection over a stream whose handshake is done, with this transport's
+    /// limits and receive buffers.
+    fn connection<S, R, Rd, Wr>(&self, rd: Rd, wr: Wr, peer: Peer) -> Connection<S, R>
+    where
+        S: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+        Rd: AsyncRead + Unpin + Send + 'static,
+        Wr: AsyncWrite + Unpin + Send + 'static,
+    {
+        spawn_stream(rd, wr, peer, self.limits(), self.receive_pool.clone())
     }
 
     /// How long a peer has to complete the handshake.
@@ -233,7 +253,7 @@ impl TcpTransport {
             let mut stream = stream;
             handshake::client(&mut stream, PROTOCOL_VERSION, &self.token).await?;
             let (rd, wr) = tokio::io::split(stream);
-            Ok(spawn_stream(rd, wr, Peer::tcp(peer), self.limits()))
+            Ok(self.connection(rd, wr, Peer::tcp(peer)))
         };
         self.with_timeout(handshake)
             .await
@@ -257,7 +277,7 @@ impl TcpTransport {
             let mut stream = stream;
             handshake::server(&mut stream, PROTOCOL_VERSION, &self.token).await?;
             let (rd, wr) = tokio::io::split(stream);
-            Ok(spawn_stream(rd, wr, Peer::tcp(peer), self.limits()))
+            Ok(self.connection(rd, wr, Peer::tcp(peer)))
         };
         self.with_timeout(handshake)
             .await
@@ -280,12 +300,12 @@ impl TcpTransport {
                 let mut stream = tls.connect(stream).await?;
                 handshake::client(&mut stream, PROTOCOL_VERSION, &self.token).await?;
                 let (rd, wr) = tokio::io::split(stream);
-                return Ok(spawn_stream(rd, wr, Peer::tls(addr), self.limits()));
+                return Ok(self.connection(rd, wr, Peer::tls(addr)));
             }
             let mut stream = stream;
             handshake::client(&mut stream, PROTOCOL_VERSION, &self.token).await?;
             let (rd, wr) = stream.into_split();
-            Ok(spawn_stream(rd, wr, Peer::tcp(addr), self.limits()))
+            Ok(self.connection(rd, wr, Peer::tcp(addr)))
         };
         self.with_timeout(handshake)
             .await
@@ -308,12 +328,12 @@ impl TcpTransport {
                 let mut stream = tls.accept(stream).await?;
                 handshake::server(&mut stream, PROTOCOL_VERSION, &self.token).await?;
                 let (rd, wr) = tokio::io::split(stream);
-                return Ok(spawn_stream(rd, wr, Peer::tls(addr), self.limits()));
+                return Ok(self.connection(rd, wr, Peer::tls(addr)));
             }
             let mut stream = stream;
             handshake::server(&mut stream, PROTOCOL_VERSION, &self.token).await?;
             let (rd, wr) = stream.into_split();
-            Ok(spawn_stream(rd, wr, Peer::tcp(addr), self.limits()))
+            Ok(self.connection(rd, wr, Peer::tcp(addr)))
         };
         self.with_timeout(handshake)
             .await
