@@ -40,9 +40,10 @@ const WRITE_BATCH: usize = 4 * 1024 * 1024;
 
 /// Reads from the worker's stdout are at least this big.
 const READ_CHUNK: usize = 64 * 1024;
-/// The most a runtime keeps of the buffers its workers' large results were read into: three
-/// results of 16 MiB, which come back one after another from a busy node.
-const RECEIVE_POOL_KEEP: usize = 64 * 1024 * 1024;
+/// The most a runtime keeps of the buffers its workers' large results were read into: seven
+/// results of 16 MiB. A result's buffer is in use until the endpoint has acknowledged it,
+/// so several are at once when the workers of a node finish together.
+const RECEIVE_POOL_KEEP: usize = 128 * 1024 * 1024;
 
 /// Lines of worker output longer than this are logged in pieces.
 const MAX_LOG_LINE: usize = 16 * 1024;

@@ -11,9 +11,10 @@
 //! buffer, large payloads left where they are ([`Outgoing`]), and writes it with one
 //! vectored call, then flushes once the queue is empty: many small messages cost one system
 //! call, and a message sent to an idle connection leaves at once.
-//! The reader decodes frames as they arrive and hands them over; the bounded queue between it
-//! and [`Receiver::recv`] makes a slow receiver slow the peer down (through TCP) instead of
-//! buffering without end.
+//! The reader decodes frames as they arrive and hands them over (a frame of 1 MiB or more is
+//! read into a buffer of the transport's [`BufferPool`], used again once the payloads decoded
+//! from it are dropped); the bounded queue between it and [`Receiver::recv`] makes a slow
+//! receiver slow the peer down (through TCP) instead of buffering without end.
 
 use std::fmt;
 use std::net::SocketAddr;
