@@ -123,6 +123,16 @@ fn register_submit_status_result_and_lists_through_a_gateway_process() {
         "a content hash: the same id"
     );
     assert_eq!(again["name"], "scale");
+    // In a container image: another function, whose id is the one the Rust API computes.
+    let image = "localhost/funcx-image-a:latest";
+    let boxed = call(&["register", scale_py.to_str().unwrap(), "--image", image]);
+    assert_eq!(
+        boxed.trim(),
+        funcx::Function::from_source(SCALE, "scale")
+            .in_image(image)
+            .id()
+            .to_string()
+    );
     let tools_py = dir.0.join("tools.py");
     std::fs::write(&tools_py, TOOLS).unwrap();
     let (_, said) = call_fails(&["register", tools_py.to_str().unwrap()], 64);

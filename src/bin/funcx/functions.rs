@@ -45,6 +45,7 @@ pub(crate) async fn register(
     file: &Path,
     name: Option<String>,
     public: bool,
+    image: Option<String>,
     json: bool,
 ) -> Result<()> {
     let source = std::fs::read_to_string(file)
@@ -53,12 +54,12 @@ pub(crate) async fn register(
         Some(name) => name,
         None => entry_point(file, &source)?,
     };
-    let answer = gateway
-        .post(
-            "/v1/functions",
-            &json!({ "name": name, "source": source, "public": public }),
-        )
-        .await?;
+    let mut body = json!({ "name": name, "source": source, "public": public });
+    if let Some(image) = image {
+        // Only when set: a gateway from before images refuses fields it does not know.
+        body["image"] = Value::String(image);
+    }
+    let answer = gateway.post("/v1/functions", &body).await?;
     let function_id = answer["function_id"].as_str().ok_or_else(|| {
         Failure(
             FAILED,

@@ -86,6 +86,9 @@ enum Command {
         /// Let every user of the gateway call it.
         #[arg(long)]
         public: bool,
+        /// The container image its tasks run in (`localhost/analysis:1`); part of its id.
+        #[arg(long)]
+        image: Option<String>,
     },
     /// Submits one call of a function to an endpoint; prints the task's id.
     Submit {
@@ -201,9 +204,12 @@ async fn run(cli: Cli) -> Result<()> {
     let gateway = Gateway::new(Settings::resolve(&cli)?)?;
     let json = cli.json;
     match cli.command {
-        Command::Register { file, name, public } => {
-            register(&gateway, &file, name, public, json).await
-        }
+        Command::Register {
+            file,
+            name,
+            public,
+            image,
+        } => register(&gateway, &file, name, public, image, json).await,
         Command::Submit {
             function_id,
             endpoint,
