@@ -55,6 +55,14 @@ impl FleetState {
         }
     }
 
+    /// How long this gateway's lease on an endpoint must still run for a submission to be
+    /// claimed as it is stored ([`crate::store::Fleet::insert_claimed`]): the keeper renews
+    /// every third of a lease, so a lease it keeps has two thirds left or more; one with
+    /// less than a third is late, and may lapse before the submission's tasks are done.
+    pub(crate) fn claim_at_insert_margin(&self) -> Duration {
+        self.lease / 3
+    }
+
     fn wake_all(&self) {
         for waker in self.wakers().values() {
             waker.notify_one();
@@ -90,7 +98,7 @@ pub(crate) fn start_claimer(gateway: &Gateway, state: &FleetState, endpoint: &st
 }
 
 /// Whether endpoint `endpoint` has a connection to this gateway now.
-async fn connected(gateway: &Gateway, endpoint: &str) -> bool {
+pub(crate) async fn connected(gateway: &Gateway, endpoint: &str) -> bool {
     match gateway.existing_runtime(endpoint) {
         Some(runtime) => !runtime.executor.pools().await.is_empty(),
         None => false,
@@ -134,8 +142,16 @@ async fn claim_loop(shared: Weak<Shared>, endpoint: String, waker: Arc<Notify>) 
     }
 }
 
+/// How many results of other gateways the listener gathers for one read of the store: a
+/// quarter of the result streams' buffer, so that publishing one read does not make them
+/// lag (a read may take one notification's worth more).
+const READ_BATCH: usize = 1024;
+
 /// Passes the store's notifications on: wakes for new tasks, result events for results.
+/// Results announced together (several notifications already received) are read in one
+/// query, not one per notification.
 async fn listen(shared: Weak<Shared>, mut events: broadcast::Receiver<FleetEvent>) {
+    let mut ids = Vec::new();
     loop {
         let event = events.recv().await;
         let Some(inner) = shared.upgrade() else {
@@ -144,39 +160,57 @@ async fn listen(shared: Weak<Shared>, mut events: broadcast::Receiver<FleetEvent
         let Some(state) = inner.fleet.as_ref() else {
             return;
         };
-        match event {
-            Ok(FleetEvent::NewTasks(endpoint)) => state.wake(&endpoint),
-            Ok(FleetEvent::Finished(ids)) => {
-                // A task settled by another gateway (cancelled there, or taken over after
-                // this one's lease lapsed) that still runs through this one is stopped: its
-                // outcome is stored, so running on only wastes a worker.
-                Gateway {
-                    inner: inner.clone(),
+        let mut next = Some(event);
+        while let Some(event) = next.take() {
+            match event {
+                Ok(FleetEvent::NewTasks(endpoint)) => state.wake(&endpoint),
+                Ok(FleetEvent::Finished(finished)) => ids.extend(finished),
+                Ok(FleetEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    state.wake_all();
                 }
-                .cancel_running(&ids);
-                // Read only when some client streams results from this gateway.
-                if inner.events.receiver_count() == 0 {
-                    continue;
-                }
-                let Some(fleet) = inner.store.fleet() else {
-                    return;
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+            if ids.len() < READ_BATCH {
+                next = match events.try_recv() {
+                    Ok(event) => Some(Ok(event)),
+                    Err(broadcast::error::TryRecvError::Empty) => None,
+                    Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                        Some(Err(broadcast::error::RecvError::Lagged(missed)))
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        Some(Err(broadcast::error::RecvError::Closed))
+                    }
                 };
-                match fleet.tasks(ids).await {
-                    Ok(records) => {
-                        for record in records.into_iter().filter(finished) {
-                            let _ = inner.events.send(Arc::new(record));
-                        }
-                    }
-                    Err(error) => {
-                        warn!(%error, "could not read the results another gateway stored")
-                    }
-                }
             }
-            Ok(FleetEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                state.wake_all();
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
         }
+        if !ids.is_empty() {
+            finished_elsewhere(&inner, std::mem::take(&mut ids)).await;
+        }
+    }
+}
+
+/// Tasks `ids` were settled by another gateway: a task that still runs through this one
+/// (cancelled there, or taken over after this one's lease lapsed) is stopped, since its
+/// outcome is stored and running on only wastes a worker; and their results go to this
+/// gateway's result streams, read from the store only when some client streams here.
+async fn finished_elsewhere(inner: &Arc<Shared>, ids: Vec<u64>) {
+    Gateway {
+        inner: inner.clone(),
+    }
+    .cancel_running(&ids);
+    if inner.events.receiver_count() == 0 {
+        return;
+    }
+    let Some(fleet) = inner.store.fleet() else {
+        return;
+    };
+    match fleet.tasks(ids).await {
+        Ok(records) => {
+            for record in records.into_iter().filter(finished) {
+                let _ = inner.events.send(Arc::new(record));
+            }
+        }
+        Err(error) => warn!(%error, "could not read the results another gateway stored"),
     }
 }
 

@@ -21,7 +21,8 @@ use crate::config::{GatewayConfig, PostgresConfig, StoreConfig};
 use crate::error::GatewayError;
 use crate::metrics::{EndpointGauges, Metrics};
 use crate::store::{
-    hash_token, Finished, MemoryStore, RedbStore, TaskRecord, TaskStore, UserRecord,
+    hash_token, Finished, IdempotencyKey, Insertion, MemoryStore, NewTask, RedbStore, StoreError,
+    TaskRecord, TaskStore, UserRecord,
 };
 
 /// How many finished tasks may wait for a slow result-stream subscriber before it misses
@@ -342,15 +343,45 @@ impl Gateway {
         }
     }
 
+    /// Stores a submission of tasks for `endpoint`, under the client's idempotency `key` if
+    /// it sent one. In a fleet, when the endpoint is connected here, the store claims the
+    /// tasks for this gateway as it stores them (if this gateway's lease on the endpoint is
+    /// sound), so that [`Gateway::dispatch`] hands them out at once.
+    pub(crate) async fn store_submission(
+        &self,
+        endpoint: &str,
+        key: Option<IdempotencyKey>,
+        tasks: Vec<NewTask>,
+        now: SystemTime,
+    ) -> Result<Stored, StoreError> {
+        if let (Some(state), Some(fleet)) = (&self.inner.fleet, self.inner.store.fleet()) {
+            if crate::fleet::connected(self, endpoint).await {
+                let (insertion, claimed) = fleet
+                    .insert_claimed(key, tasks, now, state.claim_at_insert_margin())
+                    .await?;
+                return Ok(Stored { insertion, claimed });
+            }
+        }
+        let insertion = match key {
+            None => Insertion::Created(self.inner.store.insert_tasks(tasks, now).await?),
+            Some(key) => self.inner.store.insert_tasks_once(key, tasks, now).await?,
+        };
+        Ok(Stored {
+            insertion,
+            claimed: false,
+        })
+    }
+
     /// Hands tasks just stored to their endpoint: to its executor here, or in a fleet to
-    /// whichever gateway claims them (this one's claimer first, if the endpoint is here).
-    pub(crate) fn dispatch(&self, endpoint: &str, tasks: Vec<(u64, Task)>) {
+    /// whichever gateway claims them (this one's claimer first, if the endpoint is here),
+    /// unless this gateway `claimed` them as they were stored.
+    pub(crate) fn dispatch(&self, endpoint: &str, tasks: Vec<(u64, Task)>, claimed: bool) {
         // In a fleet the claimer hands them out: its wakes coalesce, so that a burst of
         // submissions is claimed in a few large batches (claiming each submission's tasks
         // by id as it came cut W1-gw on PostgreSQL from 20,000 to 5,000 tasks/s).
         match &self.inner.fleet {
-            Some(fleet) => fleet.wake(endpoint),
-            None => self.dispatch_local(endpoint, tasks),
+            Some(fleet) if !claimed => fleet.wake(endpoint),
+            _ => self.dispatch_local(endpoint, tasks),
         }
     }
 
@@ -611,26 +642,42 @@ impl ResultKeeper for Keeper {
             if outcomes.is_empty() {
                 return;
             }
-            // Marked before the write, so that `store_results` cannot store the executor's
-            // report of one of them in between; unmarked after, if this write did not
-            // finish it (it was finished already), so that report is handled as usual.
-            let ids: Vec<u64> = outcomes.iter().map(|outcome| outcome.id).collect();
-            if let Ok(mut kept) = shared.kept.lock() {
-                kept.extend(ids.iter().copied());
-            }
-            let finished = store_outcomes(&shared, outcomes).await;
-            if finished.len() < ids.len() {
-                let done: std::collections::HashSet<u64> =
-                    finished.iter().map(|record| record.id).collect();
+            // The connection hands over every result that queued up while the last write
+            // ran (thousands at once): written and published a batch at a time, so that
+            // result streams get the first ones sooner and their buffer
+            // (`EVENT_BUFFER`) is not outrun, which would make them lag.
+            for outcomes in outcomes.chunks(RESULT_BATCH) {
+                // Marked before the write, so that `store_results` cannot store the
+                // executor's report of one of them in between; unmarked after, if this write
+                // did not finish it (it was finished already), so that report is handled as
+                // usual.
+                let ids: Vec<u64> = outcomes.iter().map(|outcome| outcome.id).collect();
                 if let Ok(mut kept) = shared.kept.lock() {
-                    for id in ids.iter().filter(|id| !done.contains(id)) {
-                        kept.remove(id);
+                    kept.extend(ids.iter().copied());
+                }
+                let finished = store_outcomes(&shared, outcomes.to_vec()).await;
+                if finished.len() < ids.len() {
+                    let done: std::collections::HashSet<u64> =
+                        finished.iter().map(|record| record.id).collect();
+                    if let Ok(mut kept) = shared.kept.lock() {
+                        for id in ids.iter().filter(|id| !done.contains(id)) {
+                            kept.remove(id);
+                        }
                     }
                 }
+                publish(&shared, finished);
             }
-            publish(&shared, finished);
         })
     }
+}
+
+/// A submission as the store took it ([`Gateway::store_submission`]).
+pub(crate) struct Stored {
+    /// What the store did with it.
+    pub(crate) insertion: Insertion,
+    /// Whether this gateway claimed its tasks as they were stored (in a fleet): then they
+    /// are handed out here, at once, not by the claimer.
+    pub(crate) claimed: bool,
 }
 
 /// Stores outcomes; a result is never dropped for a store hiccup: retried until written.

@@ -9,9 +9,9 @@
 //! Gateways hear of each other's new tasks and results through the store's notifications
 //! ([`FleetEvent`]), so that neither claiming nor a client's result stream polls.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use super::{StoreFuture, TaskRecord};
+use super::{IdempotencyKey, Insertion, NewTask, StoreFuture, TaskRecord};
 
 /// A notification from the store about another gateway's work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +39,21 @@ pub trait Fleet: Send + Sync {
         limit: usize,
         lease: Duration,
     ) -> StoreFuture<'_, Vec<TaskRecord>>;
+
+    /// Stores a submission as [`super::TaskStore::insert_tasks_once`] does under `key` (as
+    /// [`super::TaskStore::insert_tasks`] does without one), and in the same write claims
+    /// its tasks for this gateway if they are all for one endpoint and this gateway's lease
+    /// on it runs for at least `margin` more: the gateway hands them to the endpoint
+    /// connected to it at once, with no claim to wait for and no second write of each task.
+    /// Returns what was stored and whether it was claimed; tasks stored unclaimed are
+    /// announced to the fleet ([`FleetEvent::NewTasks`]) as any others.
+    fn insert_claimed(
+        &self,
+        key: Option<IdempotencyKey>,
+        tasks: Vec<NewTask>,
+        now: SystemTime,
+        margin: Duration,
+    ) -> StoreFuture<'_, (Insertion, bool)>;
 
     /// Extends to `lease` from now this gateway's claims on the unfinished tasks of
     /// `endpoints` (those connected to it); returns how many endpoints' claims it renewed.

@@ -117,36 +117,42 @@ pub(crate) async fn submit(
     // Stored (durably) before anything runs or is acknowledged; with a key, in the same
     // write as the key, so a resend after a lost answer finds them.
     let now = SystemTime::now();
-    let ids = match key {
-        None => gateway.store().insert_tasks(new, now).await?,
-        Some(key) => {
-            let key = IdempotencyKey {
-                owner: user.name().to_string(),
-                fingerprint: fingerprint(&new)?,
-                key,
-            };
-            let name = key.key.clone();
-            match gateway.store().insert_tasks_once(key, new, now).await? {
-                Insertion::Created(ids) => ids,
-                Insertion::Replayed(ids) => {
-                    debug!(key = %name, tasks = ids.len(), "a resent submission: answered with its first ids");
-                    let mut response =
-                        Reply::ok(SubmitResponse { task_ids: ids }, input.format).into_response();
-                    response
-                        .headers_mut()
-                        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-                    return Ok(response);
-                }
-                Insertion::Conflict => {
-                    return Err(ApiError::conflict(format!(
-                        "Idempotency-Key {name:?} was used for a different submission; use a new key for new tasks"
-                    )))
-                }
-            }
+    let key = match key {
+        None => None,
+        Some(key) => Some(IdempotencyKey {
+            owner: user.name().to_string(),
+            fingerprint: fingerprint(&new)?,
+            key,
+        }),
+    };
+    // Replays and conflicts name the key (only a submission with one has either).
+    let name = key.as_ref().map(|key| key.key.clone()).unwrap_or_default();
+    let stored = gateway
+        .store_submission(&endpoint.id, key, new, now)
+        .await?;
+    let ids = match stored.insertion {
+        Insertion::Created(ids) => ids,
+        Insertion::Replayed(ids) => {
+            debug!(key = %name, tasks = ids.len(), "a resent submission: answered with its first ids");
+            let mut response =
+                Reply::ok(SubmitResponse { task_ids: ids }, input.format).into_response();
+            response
+                .headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+        Insertion::Conflict => {
+            return Err(ApiError::conflict(format!(
+                "Idempotency-Key {name:?} was used for a different submission; use a new key for new tasks"
+            )))
         }
     };
     gateway.inner.metrics.submitted(ids.len());
-    gateway.dispatch(&endpoint.id, ids.iter().copied().zip(tasks).collect());
+    gateway.dispatch(
+        &endpoint.id,
+        ids.iter().copied().zip(tasks).collect(),
+        stored.claimed,
+    );
     Ok(Reply::ok(SubmitResponse { task_ids: ids }, input.format).into_response())
 }
 

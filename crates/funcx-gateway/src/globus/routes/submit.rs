@@ -16,7 +16,7 @@ use crate::api::body::Input;
 use crate::auth::User;
 use crate::globus::service::{lock, ComputeFunction, GlobusCompute, Group};
 use crate::globus::{shim, uuid};
-use crate::store::{FunctionRecord, NewTask};
+use crate::store::{FunctionRecord, Insertion, NewTask, StoreError};
 use crate::Gateway;
 
 #[derive(Deserialize)]
@@ -125,7 +125,12 @@ pub(super) async fn submit(
         }
     }
     // Stored (durably) before anything runs or is acknowledged.
-    let ids = gateway.store().insert_tasks(new, SystemTime::now()).await?;
+    let stored = gateway
+        .store_submission(&endpoint.id, None, new, SystemTime::now())
+        .await?;
+    let Insertion::Created(ids) = stored.insertion else {
+        return Err(StoreError::backend("tasks stored without a key were not created").into());
+    };
     {
         let mut groups = lock(&service.groups);
         let group: &mut Group = groups
@@ -144,7 +149,11 @@ pub(super) async fn submit(
         }
     }
     gateway.inner.metrics.submitted(ids.len());
-    gateway.dispatch(&endpoint.id, ids.iter().copied().zip(tasks).collect());
+    gateway.dispatch(
+        &endpoint.id,
+        ids.iter().copied().zip(tasks).collect(),
+        stored.claimed,
+    );
 
     let mut answer = Map::new();
     let mut next = ids.iter();

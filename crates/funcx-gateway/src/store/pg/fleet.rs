@@ -53,14 +53,18 @@ impl Fleet for PgStore {
                     .query(&take_over, &[&self.member, &endpoint, &lapsed, &limit])
                     .await
                     .map_err(pg)?;
-                // A lapsed lease that covers nothing any more is gone for good; one whose
-                // gateway renewed it meanwhile is not lapsed (the row is re-checked).
+                // A lease lapsed long ago that covers nothing any more is gone for good; one
+                // whose gateway renewed it meanwhile is not lapsed (the row is re-checked).
+                // Not at once: a submission claimed at insert (`insert_claimed`) checked the
+                // lease without locking it, and tasks it has yet to commit are not seen here;
+                // deleting the row under them would leave them held by nobody's lease.
                 tx.execute(
                     "DELETE FROM leases l
-                     WHERE l.endpoint = $1 AND l.member = ANY($2) AND l.until < now()
+                     WHERE l.endpoint = $1 AND l.member = ANY($2)
+                       AND l.until < now() - $3 * interval '1 millisecond'
                        AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.endpoint = $1
                                        AND t.claimed_by = l.member AND t.finished IS NULL)",
-                    &[&endpoint, &lapsed],
+                    &[&endpoint, &lapsed, &(millis(LAPSED_LEASE_KEPT) as f64)],
                 )
                 .await
                 .map_err(pg)?;
@@ -99,6 +103,16 @@ impl Fleet for PgStore {
             records.sort_unstable_by_key(|record| record.id);
             Ok(records)
         })
+    }
+
+    fn insert_claimed(
+        &self,
+        key: Option<IdempotencyKey>,
+        tasks: Vec<NewTask>,
+        now: SystemTime,
+        margin: Duration,
+    ) -> StoreFuture<'_, (Insertion, bool)> {
+        self.run(self.store_tasks(key, tasks, now, Some(margin)))
     }
 
     fn renew(&self, endpoints: Vec<String>, lease: Duration) -> StoreFuture<'_, u64> {
@@ -158,6 +172,38 @@ impl Fleet for PgStore {
             sender,
         ));
         receiver
+    }
+}
+
+/// How long a lapsed lease's row is kept once it covers no unfinished task: far longer than
+/// a submission's transaction takes from checking the lease to committing
+/// ([`PgStore::holds_lease`]).
+const LAPSED_LEASE_KEPT: Duration = Duration::from_secs(60);
+
+impl PgStore {
+    /// Whether this gateway's lease on `endpoint` runs for at least `margin` more, by the
+    /// database's clock at the start of `tx`.
+    pub(super) async fn holds_lease(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        endpoint: &str,
+        margin: Duration,
+    ) -> Result<bool, StoreError> {
+        let statement = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM leases WHERE endpoint = $1 AND member = $2
+                                AND until > now() + $3 * interval '1 millisecond')",
+            )
+            .await
+            .map_err(pg)?;
+        let row = tx
+            .query_one(
+                &statement,
+                &[&endpoint, &self.member, &(millis(margin) as f64)],
+            )
+            .await
+            .map_err(pg)?;
+        row.try_get(0).map_err(pg)
     }
 }
 

@@ -571,25 +571,137 @@ pub(crate) mod tests {
         assert!(second.claim("e", 1000, lease).await.unwrap().is_empty());
         let short = Duration::from_millis(200);
         assert_eq!(first.renew(vec!["e".into()], short).await.unwrap(), 1);
+        let taken = take_over(&second, "e", a.len() - 1).await;
+        assert_eq!(taken, a[1..].to_vec());
+    }
+
+    /// The ids of the tasks of `endpoint` that `store` claims now (for a minute), in order.
+    async fn claim_ids(store: &PgStore, endpoint: &str) -> Vec<u64> {
+        let claimed = store
+            .claim(endpoint, 1000, Duration::from_secs(60))
+            .await
+            .unwrap();
+        claimed.into_iter().map(|t| t.id).collect()
+    }
+
+    /// The ids of `count` tasks of `endpoint` that `store` claims once another gateway's
+    /// lease on them lapsed, in order: claimed again and again, for 10 s at most.
+    async fn take_over(store: &PgStore, endpoint: &str, count: usize) -> Vec<u64> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut taken = Vec::new();
-        while taken.len() < a.len() - 1 {
+        while taken.len() < count {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the lapsed claims were not taken over"
             );
-            taken.extend(
-                second
-                    .claim("e", 1000, lease)
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(|t| t.id),
-            );
+            taken.extend(claim_ids(store, endpoint).await);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         taken.sort_unstable();
-        assert_eq!(taken, a[1..].to_vec());
+        taken
+    }
+
+    /// The next notification, within 10 s.
+    async fn next_note(notes: &mut broadcast::Receiver<FleetEvent>) -> FleetEvent {
+        let note = tokio::time::timeout(Duration::from_secs(10), notes.recv()).await;
+        note.expect("a notification within 10 s")
+            .expect("the listener runs")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submission_is_claimed_as_it_is_stored_only_under_a_sound_lease() {
+        let first = fresh("claim_at_insert").await;
+        let options = PgOptions::new(test_url())
+            .schema(format!("test_claim_at_insert_{}", std::process::id()));
+        let second = PgStore::connect_with(options).await.unwrap();
+        let mut notes = second.subscribe();
+        assert_eq!(next_note(&mut notes).await, FleetEvent::Resync);
+        let tasks = |endpoint: &str, n: usize| -> Vec<NewTask> {
+            (0..n)
+                .map(|_| NewTask {
+                    owner: "alice".into(),
+                    endpoint: endpoint.into(),
+                    function: funcx_core::Function::from_source("", "f").id(),
+                    args: funcx_core::Args::new(),
+                    timeout: None,
+                    resources: None,
+                })
+                .collect()
+        };
+        let now = SystemTime::now();
+        let margin = Duration::from_secs(20);
+
+        // No lease on the endpoint yet: stored unclaimed, announced, claimable by any.
+        let (stored, claimed) = first
+            .insert_claimed(None, tasks("e", 3), now, margin)
+            .await
+            .unwrap();
+        assert!(!claimed);
+        let Insertion::Created(unclaimed) = stored else {
+            panic!("{stored:?}")
+        };
+        assert_eq!(
+            next_note(&mut notes).await,
+            FleetEvent::NewTasks("e".into())
+        );
+        assert_eq!(claim_ids(&first, "e").await, unclaimed);
+
+        // Its claim left a lease of 60 s: the next submission is claimed as it is stored,
+        // under an idempotency key too, and not announced (the next note is another's).
+        let key = IdempotencyKey {
+            owner: "alice".into(),
+            key: "k".into(),
+            fingerprint: super::super::fingerprint(&tasks("e", 4)).unwrap(),
+        };
+        let (stored, claimed) = first
+            .insert_claimed(Some(key.clone()), tasks("e", 4), now, margin)
+            .await
+            .unwrap();
+        assert!(claimed);
+        let Insertion::Created(held) = stored else {
+            panic!("{stored:?}")
+        };
+        let (replayed, claimed) = first
+            .insert_claimed(Some(key), tasks("e", 4), now, margin)
+            .await
+            .unwrap();
+        assert_eq!(
+            (replayed, claimed),
+            (Insertion::Replayed(held.clone()), false)
+        );
+        first.insert_tasks(tasks("other", 1), now).await.unwrap();
+        assert_eq!(
+            next_note(&mut notes).await,
+            FleetEvent::NewTasks("other".into())
+        );
+        assert!(claim_ids(&second, "e").await.is_empty());
+        assert!(claim_ids(&first, "e").await.is_empty());
+
+        // A lease with less than the margin left: stored unclaimed.
+        assert_eq!(first.renew(vec!["e".into()], margin / 2).await.unwrap(), 1);
+        let (stored, claimed) = first
+            .insert_claimed(None, tasks("e", 2), now, margin)
+            .await
+            .unwrap();
+        assert!(!claimed);
+        let Insertion::Created(late) = stored else {
+            panic!("{stored:?}")
+        };
+        assert_eq!(claim_ids(&second, "e").await, late);
+
+        // Tasks claimed at insert are held by the lease like claimed ones: when it lapses,
+        // the other gateway takes them over.
+        assert_eq!(
+            first
+                .renew(vec!["e".into()], Duration::from_millis(100))
+                .await
+                .unwrap(),
+            1
+        );
+        let taken = take_over(&second, "e", unclaimed.len() + held.len()).await;
+        let mut expected: Vec<u64> = unclaimed.iter().chain(&held).copied().collect();
+        expected.sort_unstable();
+        assert_eq!(taken, expected);
     }
 
     #[test]

@@ -3,13 +3,16 @@
 use super::*;
 
 /// Numbers `tasks` and stores them in `tx`: ids are taken from the sequence first and
-/// handed out in ascending order, so a batch's ids increase as its tasks do.
+/// handed out in ascending order, so a batch's ids increase as its tasks do. With a
+/// `claimant`, the tasks are stored claimed by it (the caller checked its lease) and no
+/// other gateway is told of them; without, every gateway listening hears of them.
 async fn insert(
     tx: &deadpool_postgres::Transaction<'_>,
     member: &str,
     channels: &Channels,
     tasks: Vec<NewTask>,
     now: SystemTime,
+    claimant: Option<&str>,
 ) -> Result<Vec<u64>, StoreError> {
     if tasks.is_empty() {
         return Ok(Vec::new());
@@ -61,9 +64,9 @@ async fn insert(
         let statement = tx
             .prepare_cached(
                 "INSERT INTO tasks (id, owner, endpoint, function, args, timeout_ms, state, timeline,
-                                    created, cores, gpus, memory)
+                                    created, claimed_by, cores, gpus, memory)
                  SELECT id, owner, endpoint, function, args, timeout_ms, state, timeline, $9,
-                        cores, gpus, memory
+                        $13, cores, gpus, memory
                  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
                              $6::bigint[], $7::bytea[], $8::bytea[], $10::bigint[],
                              $11::bigint[], $12::bigint[])
@@ -76,7 +79,7 @@ async fn insert(
             &statement,
             &[
                 &ids, &owners, &endpoints, &functions, &args, &timeouts, &states, &timelines, &now,
-                &cores, &gpus, &memory,
+                &cores, &gpus, &memory, &claimant,
             ],
         )
         .await
@@ -84,8 +87,9 @@ async fn insert(
     } else {
         let statement = tx
             .prepare_cached(
-                "INSERT INTO tasks (id, owner, endpoint, function, args, timeout_ms, state, timeline, created)
-                 SELECT id, owner, endpoint, function, args, timeout_ms, state, timeline, $9
+                "INSERT INTO tasks (id, owner, endpoint, function, args, timeout_ms, state, timeline,
+                                    created, claimed_by)
+                 SELECT id, owner, endpoint, function, args, timeout_ms, state, timeline, $9, $10
                  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
                              $6::bigint[], $7::bytea[], $8::bytea[])
                       AS t(id, owner, endpoint, function, args, timeout_ms, state, timeline)",
@@ -96,6 +100,7 @@ async fn insert(
             &statement,
             &[
                 &ids, &owners, &endpoints, &functions, &args, &timeouts, &states, &timelines, &now,
+                &claimant,
             ],
         )
         .await
@@ -104,6 +109,9 @@ async fn insert(
     // Delivered at commit, to every gateway listening: the one holding the endpoint claims.
     endpoints.sort_unstable();
     endpoints.dedup();
+    if claimant.is_some() {
+        endpoints.clear();
+    }
     for endpoint in &endpoints {
         let payload = format!("{member} {endpoint}");
         tx.execute("SELECT pg_notify($1, $2)", &[&channels.tasks, &payload])
@@ -111,6 +119,80 @@ async fn insert(
             .map_err(pg)?;
     }
     ids.into_iter().map(id_from_sql).collect()
+}
+
+impl PgStore {
+    /// Stores a submission of `tasks`, under `key` if it has one (as
+    /// [`TaskStore::insert_tasks_once`] does), in one transaction. With `claim`, the tasks are
+    /// stored claimed by this gateway if they are all for one endpoint and this gateway's
+    /// lease on it runs for at least `claim` more (see [`Fleet::insert_claimed`]); returns
+    /// what was stored and whether it was claimed so.
+    pub(super) async fn store_tasks(
+        &self,
+        key: Option<IdempotencyKey>,
+        tasks: Vec<NewTask>,
+        now: SystemTime,
+        claim: Option<Duration>,
+    ) -> Result<(Insertion, bool), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        if let Some(key) = &key {
+            // The key's row first: a concurrent insert of the same key waits on the primary
+            // key until this transaction ends, then sees it and creates nothing.
+            let new_key = tx
+                .execute(
+                    "INSERT INTO idempotency_keys (owner, key, fingerprint, ids, created)
+                     VALUES ($1, $2, $3, '{}', $4) ON CONFLICT DO NOTHING",
+                    &[&key.owner, &key.key, &key.fingerprint.as_slice(), &now],
+                )
+                .await
+                .map_err(pg)?;
+            if new_key == 0 {
+                let row = tx
+                    .query_one(
+                        "SELECT fingerprint, ids FROM idempotency_keys WHERE owner = $1 AND key = $2",
+                        &[&key.owner, &key.key],
+                    )
+                    .await
+                    .map_err(pg)?;
+                let fingerprint: &[u8] = row.try_get(0).map_err(pg)?;
+                if fingerprint != key.fingerprint.as_slice() {
+                    return Ok((Insertion::Conflict, false));
+                }
+                let ids: Vec<i64> = row.try_get(1).map_err(pg)?;
+                let ids = ids.into_iter().map(id_from_sql).collect::<Result<_, _>>()?;
+                return Ok((Insertion::Replayed(ids), false));
+            }
+        }
+        let claimant = match (claim, one_endpoint(&tasks)) {
+            (Some(margin), Some(endpoint)) => self
+                .holds_lease(&tx, endpoint, margin)
+                .await?
+                .then_some(self.member.as_str()),
+            _ => None,
+        };
+        let ids = insert(&tx, &self.member, &self.channels, tasks, now, claimant).await?;
+        if let Some(key) = &key {
+            let sql_ids: Vec<i64> = ids.iter().copied().map(id_to_sql).collect();
+            tx.execute(
+                "UPDATE idempotency_keys SET ids = $3 WHERE owner = $1 AND key = $2",
+                &[&key.owner, &key.key, &sql_ids],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok((Insertion::Created(ids), claimant.is_some()))
+    }
+}
+
+/// The endpoint of `tasks` if they are all for one (as a submission's are).
+fn one_endpoint(tasks: &[NewTask]) -> Option<&str> {
+    let first = tasks.first()?;
+    tasks
+        .iter()
+        .all(|task| task.endpoint == first.endpoint)
+        .then_some(first.endpoint.as_str())
 }
 
 impl TaskStore for PgStore {
@@ -295,11 +377,12 @@ impl TaskStore for PgStore {
 
     fn insert_tasks(&self, tasks: Vec<NewTask>, now: SystemTime) -> StoreFuture<'_, Vec<u64>> {
         self.run(async move {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
-            let ids = insert(&tx, &self.member, &self.channels, tasks, now).await?;
-            tx.commit().await.map_err(pg)?;
-            Ok(ids)
+            match self.store_tasks(None, tasks, now, None).await? {
+                (Insertion::Created(ids), _) => Ok(ids),
+                (other, _) => Err(StoreError::backend(format!(
+                    "tasks stored without a key were not created: {other:?}"
+                ))),
+            }
         })
     }
 
@@ -310,44 +393,8 @@ impl TaskStore for PgStore {
         now: SystemTime,
     ) -> StoreFuture<'_, Insertion> {
         self.run(async move {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
-            // The key's row first: a concurrent insert of the same key waits on the primary
-            // key until this transaction ends, then sees it and creates nothing.
-            let claimed = tx
-                .execute(
-                    "INSERT INTO idempotency_keys (owner, key, fingerprint, ids, created)
-                     VALUES ($1, $2, $3, '{}', $4) ON CONFLICT DO NOTHING",
-                    &[&key.owner, &key.key, &key.fingerprint.as_slice(), &now],
-                )
-                .await
-                .map_err(pg)?;
-            if claimed == 0 {
-                let row = tx
-                    .query_one(
-                        "SELECT fingerprint, ids FROM idempotency_keys WHERE owner = $1 AND key = $2",
-                        &[&key.owner, &key.key],
-                    )
-                    .await
-                    .map_err(pg)?;
-                let fingerprint: &[u8] = row.try_get(0).map_err(pg)?;
-                if fingerprint != key.fingerprint.as_slice() {
-                    return Ok(Insertion::Conflict);
-                }
-                let ids: Vec<i64> = row.try_get(1).map_err(pg)?;
-                let ids = ids.into_iter().map(id_from_sql).collect::<Result<_, _>>()?;
-                return Ok(Insertion::Replayed(ids));
-            }
-            let ids = insert(&tx, &self.member, &self.channels, tasks, now).await?;
-            let sql_ids: Vec<i64> = ids.iter().copied().map(id_to_sql).collect();
-            tx.execute(
-                "UPDATE idempotency_keys SET ids = $3 WHERE owner = $1 AND key = $2",
-                &[&key.owner, &key.key, &sql_ids],
-            )
-            .await
-            .map_err(pg)?;
-            tx.commit().await.map_err(pg)?;
-            Ok(Insertion::Created(ids))
+            let (insertion, _) = self.store_tasks(Some(key), tasks, now, None).await?;
+            Ok(insertion)
         })
     }
 
@@ -455,20 +502,25 @@ impl TaskStore for PgStore {
                 .collect::<Result<Vec<_>, _>>()?;
             done.sort_unstable_by_key(|record| record.id);
             let done_ids: Vec<i64> = done.iter().map(|record| id_to_sql(record.id)).collect();
-            // Other gateways' result streams learn of these at commit.
-            for chunk in done_ids.chunks(IDS_PER_NOTIFICATION) {
-                let mut payload = self.member.clone();
-                for (i, id) in chunk.iter().enumerate() {
-                    payload.push(if i == 0 { ' ' } else { ',' });
-                    payload.push_str(&id.to_string());
-                }
-                tx.execute(
-                    "SELECT pg_notify($1, $2)",
-                    &[&self.channels.results, &payload],
-                )
-                .await
-                .map_err(pg)?;
-            }
+            // Other gateways' result streams learn of these at commit: every notification
+            // in one statement, not a round trip each.
+            let payloads: Vec<String> = done_ids
+                .chunks(IDS_PER_NOTIFICATION)
+                .map(|chunk| {
+                    let mut payload = self.member.clone();
+                    for (i, id) in chunk.iter().enumerate() {
+                        payload.push(if i == 0 { ' ' } else { ',' });
+                        payload.push_str(&id.to_string());
+                    }
+                    payload
+                })
+                .collect();
+            tx.execute(
+                "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p(payload)",
+                &[&self.channels.results, &payloads],
+            )
+            .await
+            .map_err(pg)?;
             tx.commit().await.map_err(pg)?;
             Ok(done)
         })
