@@ -346,6 +346,7 @@ pub fn run_endpoint_process(spec: &str) -> Result<(), BoxError> {
             gpus: vec![],
             cores: None,
             memory: None,
+            nodes: Vec::new(),
         });
         config.max_backoff = Duration::from_millis(200);
         config.give_up_after = Duration::from_secs(3600);

@@ -365,6 +365,7 @@ impl Endpoint {
             gpus: Vec::new(),
             cores: None,
             memory: None,
+            nodes: Vec::new(),
         };
         let manager = tokio::spawn(run_manager(
             EndpointDial::new(address.to_string(), endpoint_id, endpoint_token),
@@ -401,6 +402,7 @@ impl Endpoint {
                     give_up_after: Duration::from_secs(10),
                     tls_ca: None,
                     tls_name: None,
+                    block_nodes: None,
                 }))
             })
             .collect::<Vec<_>>();
@@ -804,6 +806,7 @@ async fn scale(managers: usize, slots: usize, n: usize) -> BoxResult<Line> {
                 gpus: Vec::new(),
                 cores: None,
                 memory: None,
+                nodes: Vec::new(),
             });
             config.give_up_after = Duration::from_secs(60);
             tokio::spawn(run_manager(
@@ -1193,6 +1196,7 @@ async fn gw_restart(workers: usize, n: usize, kills: usize) -> BoxResult<Line> {
         gpus: vec![],
         cores: None,
         memory: None,
+        nodes: Vec::new(),
     });
     manager_config.max_backoff = Duration::from_millis(100);
     let manager = tokio::spawn(run_manager(

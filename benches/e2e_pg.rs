@@ -68,6 +68,7 @@ async fn endpoint(
         gpus: vec![],
         cores: None,
         memory: None,
+        nodes: Vec::new(),
     });
     config.max_backoff = Duration::from_millis(100);
     let manager = tokio::spawn(run_manager(

@@ -17,7 +17,7 @@ use tracing::info;
 
 #[cfg(feature = "client")]
 use super::link;
-use super::{hostname, Endpoint, EndpointError, EndpointState, Inner};
+use super::{Endpoint, EndpointError, EndpointState, Inner};
 
 /// The TLS settings of the managers' link (feature `tls`).
 #[derive(Debug, Clone)]
@@ -371,6 +371,7 @@ impl EndpointBuilder {
             cores: Some(u32::try_from(self.workers_per_node).unwrap_or(u32::MAX)),
             memory: self.memory_per_node,
             gpus: Some(self.python.accelerator_list().to_vec()),
+            nodes: None,
         }
     }
 
@@ -455,7 +456,7 @@ fn with_server_tls(
 /// host's name when bound to every interface.
 fn advertised(address: SocketAddr) -> String {
     if address.ip().is_unspecified() {
-        format!("{}:{}", hostname(), address.port())
+        format!("{}:{}", funcx_core::hostname(), address.port())
     } else {
         address.to_string()
     }

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{hostname, EndpointError, EndpointState, GatewayLink, Inner};
+use super::{EndpointError, EndpointState, GatewayLink, Inner};
 
 /// The link's health, as its dial attempts saw it.
 #[derive(Debug, Clone, Default)]
@@ -122,12 +122,13 @@ pub(super) fn start(
         id: ManagerId(u64::from(std::process::id()) << 32 | u64::from(inner.address.port())),
         // Its own block name at the gateway, so the gateway can tell it from others.
         block: Some(format!("endpoint:{}", inner.name)),
-        host: hostname(),
+        host: funcx_core::hostname(),
         pid: std::process::id(),
         slots: u32::try_from(capacity.max(1)).unwrap_or(u32::MAX),
         gpus: node.gpus.unwrap_or_default(),
         cores: node.cores,
         memory: node.memory,
+        nodes: Vec::new(),
     };
     let mut config = ManagerConfig::new(info).leave_on(leave_rx.clone());
     // An endpoint keeps dialling its gateway for as long as it runs; a stop ends it.

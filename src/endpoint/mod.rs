@@ -84,16 +84,6 @@ pub enum EndpointError {
     Manager(std::io::Error),
 }
 
-/// This machine's host name, `localhost` when it has none to read.
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|name| name.trim().to_string())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// A running endpoint. Cheap to clone; clones share it.
 #[derive(Clone)]
 pub struct Endpoint {

@@ -57,6 +57,7 @@ fn gateway() -> (tokio::runtime::Runtime, String, String, String) {
             gpus: vec![],
             cores: None,
             memory: None,
+            nodes: Vec::new(),
         };
         tokio::spawn(run_manager(
             EndpointDial::new(address.to_string(), &endpoint, &endpoint_token),

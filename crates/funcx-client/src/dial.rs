@@ -41,6 +41,7 @@ const MAX_ERROR_BODY: usize = 1024;
 ///     gpus: vec![],
 ///     cores: None,
 ///     memory: None,
+///     nodes: Vec::new(),
 /// };
 /// // EchoRunner stands in for real workers; use ExecutorRunner over a local Executor.
 /// let exit = run_manager(dial, EchoRunner::new(4), ManagerConfig::new(info)).await;

@@ -403,6 +403,7 @@ impl<'de> Deserialize<'de> for SubmitTask {
                     cores: text.cores.unwrap_or(1),
                     gpus: text.gpus.unwrap_or(0),
                     memory: text.memory.unwrap_or(0),
+                    nodes: 0,
                 })
             }),
         })

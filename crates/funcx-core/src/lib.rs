@@ -50,7 +50,9 @@ pub use provider::{
     BlockId, BlockRequest, BlockState, BlockStatus, ManagerCommand, Provider, ProviderError,
     BLOCK_ID_ENV, NODE_INDEX_ENV,
 };
-pub use resources::{Capacity, Resources, ACCELERATOR_VARIABLES};
+pub use resources::{
+    hostname, Capacity, Resources, ACCELERATOR_VARIABLES, HOSTS_VARIABLE, NODES_VARIABLE,
+};
 pub use retry::RetrySystemFailures;
 pub use shell::{
     MpiFunction, ShellFunction, ShellResult, DEFAULT_MAX_LINE_BYTES, DEFAULT_SNIPPET_LINES,

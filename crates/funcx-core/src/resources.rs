@@ -1,5 +1,5 @@
-//! What a task needs of the machine that runs it (cores, GPUs, memory), and what an
-//! endpoint's own workers' machine offers.
+//! What a task needs of the machine that runs it (cores, GPUs, memory, whole nodes of a
+//! block), and what an endpoint's own workers' machine offers.
 //!
 //! A task that asks for nothing ([`Resources::default`]: one core) runs as before, on any
 //! worker. A task that asks for more runs only on one of the endpoint's own workers, and only
@@ -11,7 +11,8 @@
 use serde::{Deserialize, Serialize};
 
 /// What one task needs while it runs: set with [`crate::TaskOptions::cores`],
-/// [`crate::TaskOptions::gpus`] and [`crate::TaskOptions::memory`].
+/// [`crate::TaskOptions::gpus`], [`crate::TaskOptions::memory`] and
+/// [`crate::TaskOptions::nodes`].
 ///
 /// These are reservations the dispatcher accounts for, not limits it enforces: a task that
 /// asked for one core and starts eight threads gets eight. GPU tasks see only the devices
@@ -24,6 +25,15 @@ pub struct Resources {
     pub gpus: u32,
     /// Bytes of memory; 0 asks for none in particular.
     pub memory: u64,
+    /// Whole nodes of one block, held for this task alone while it runs (a multi-node MPI
+    /// task: its launcher starts ranks on them); 0 asks for none, and the task runs within
+    /// its worker's node. Cores, GPUs and memory are still asked of the worker's node.
+    ///
+    /// Not in the derived encoding, which gateways store and clients send and which must
+    /// stay what it was before tasks could ask for nodes; an endpoint sends it in full to its
+    /// managers, and no gateway carries it yet (a client refuses such a task).
+    #[serde(skip)]
+    pub nodes: u32,
 }
 
 impl Default for Resources {
@@ -32,6 +42,7 @@ impl Default for Resources {
             cores: 1,
             gpus: 0,
             memory: 0,
+            nodes: 0,
         }
     }
 }
@@ -49,17 +60,49 @@ impl std::fmt::Display for Resources {
             f,
             "{} cores, {} GPUs, {} bytes of memory",
             self.cores, self.gpus, self.memory
-        )
+        )?;
+        if self.nodes > 0 {
+            write!(f, ", {} nodes", self.nodes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Resources in full, nodes included: the encoding of [`crate::worker::WorkItem::resources`]
+/// between an endpoint and its managers (`#[serde(with = "with_nodes")]`).
+pub(crate) mod with_nodes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Resources;
+
+    /// Encodes `resources` followed by its nodes.
+    pub fn serialize<S: Serializer>(
+        resources: &Option<Resources>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        resources
+            .map(|resources| (resources, resources.nodes))
+            .serialize(serializer)
+    }
+
+    /// Decodes what [`serialize`] wrote.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Resources>, D::Error> {
+        let full = Option::<(Resources, u32)>::deserialize(deserializer)?;
+        Ok(full.map(|(resources, nodes)| Resources { nodes, ..resources }))
     }
 }
 
 /// What the machine of an endpoint's own workers offers tasks, set with
-/// [`crate::ExecutorBuilder::cores`], [`crate::ExecutorBuilder::memory`] and
-/// [`crate::ExecutorBuilder::gpus`].
+/// [`crate::ExecutorBuilder::cores`], [`crate::ExecutorBuilder::memory`],
+/// [`crate::ExecutorBuilder::gpus`] and [`crate::ExecutorBuilder::nodes`]; or what a remote
+/// manager says of its machine ([`crate::Executor::attach_with_capacity`]).
 ///
 /// Unset, the cores are the number of workers (so plain tasks, one core each, are never held
-/// back), the memory is unlimited, and the GPUs are the accelerators the worker runtime
-/// advertises ([`crate::WorkerRuntime::accelerators`]).
+/// back), the memory is unlimited, the GPUs are the accelerators the worker runtime
+/// advertises ([`crate::WorkerRuntime::accelerators`]), and the nodes are this machine
+/// alone.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Capacity {
     /// CPU cores tasks may reserve.
@@ -68,7 +111,18 @@ pub struct Capacity {
     pub memory: Option<u64>,
     /// The ids of the GPUs tasks may be given (`"0"`, `"1"`, or UUIDs).
     pub gpus: Option<Vec<String>>,
+    /// The host names of the block's nodes that multi-node tasks may be given
+    /// ([`crate::TaskOptions::nodes`]), as the batch scheduler lists them.
+    pub nodes: Option<Vec<String>>,
 }
+
+/// The environment variable that tells a task holding whole nodes
+/// ([`crate::TaskOptions::nodes`]) how many it holds.
+pub const NODES_VARIABLE: &str = "FUNCX_MPI_NODES";
+
+/// The environment variable that names, comma-separated, the hosts of the nodes a task holds
+/// ([`crate::TaskOptions::nodes`]); an MPI launcher's `{hosts}`.
+pub const HOSTS_VARIABLE: &str = "FUNCX_MPI_HOSTS";
 
 /// Environment variables that name the accelerators a process may use: NVIDIA, AMD and
 /// Intel, as Parsl sets them. Workers pinned to a device and tasks granted GPUs get all
@@ -78,3 +132,14 @@ pub const ACCELERATOR_VARIABLES: [&str; 3] = [
     "ROCR_VISIBLE_DEVICES",
     "ZE_AFFINITY_MASK",
 ];
+
+/// This machine's host name, as the kernel has it (what `hostname` prints, and how a batch
+/// scheduler names the node); `localhost` where it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

@@ -75,6 +75,28 @@ def _die_with_worker():
     return die_with_worker
 
 
+def _launch_fields(ranks):
+    """What an MPI launcher's placeholders stand for: the nodes the dispatcher granted the
+    task (FUNCX_MPI_HOSTS, set when it asked for nodes), else this machine alone."""
+    hosts = [h for h in _os.environ.get("FUNCX_MPI_HOSTS", "").split(",") if h]
+    if not hosts:
+        hosts = [_socket.gethostname()]
+    per_node = -(-ranks // len(hosts))  # ceiling: every rank has a node
+    return {
+        "{ranks}": str(ranks),
+        "{nodes}": str(len(hosts)),
+        "{hosts}": ",".join(hosts),
+        "{ranks_per_node}": str(per_node),
+        "{host_slots}": ",".join("%s:%d" % (host, per_node) for host in hosts),
+    }
+
+
+def _fill_launcher(part, fields):
+    for field, value in fields.items():
+        part = part.replace(field, value)
+    return part
+
+
 def run_shell(*args, **kwargs):
     config = _CONFIG
     ranks = None
@@ -87,7 +109,8 @@ def run_shell(*args, **kwargs):
             raise ValueError("ranks must be a positive integer, not %r" % (ranks,))
     command = _Quoting().vformat(config["command"], args, kwargs)
     if ranks is not None:
-        launcher = [part.replace("{ranks}", str(ranks)) for part in config["mpi"]["launcher"]]
+        fields = _launch_fields(ranks)
+        launcher = [_fill_launcher(part, fields) for part in config["mpi"]["launcher"]]
         command = " ".join(_shlex.quote(part) for part in launcher) + " " + command
 
     root = config.get("sandbox_root") or _os.environ.get("FUNCX_SANDBOX_ROOT")

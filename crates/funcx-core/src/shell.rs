@@ -173,7 +173,8 @@ impl ShellFunction {
         let literal = serde_json::to_string(&json).unwrap_or_else(|_| "\"{}\"".to_owned());
         let source = format!(
             "import collections as _collections, json as _json, os as _os, shlex as _shlex\n\
-             import shutil as _shutil, signal as _signal, string as _string\n\
+             import shutil as _shutil, signal as _signal, socket as _socket\n\
+             import string as _string\n\
              import subprocess as _subprocess, tempfile as _tempfile, threading as _threading\n\
              import time as _time\n\n\
              _CONFIG = _json.loads({literal})\n\n{SHELL_PY}"
@@ -191,11 +192,28 @@ impl From<&ShellFunction> for Function {
 /// A command run across several MPI ranks by a launcher (`mpirun`, `mpiexec`, `srun`).
 ///
 /// One task is one launcher invocation: the worker that takes the task runs
-/// `launcher… command`, and the launcher starts the ranks (inside a Slurm allocation, Open
-/// MPI's `mpirun` and `srun` take the node list from the scheduler). The rank count is the
-/// function's default, or the task's keyword argument `ranks`, which the template does not
-/// see. Everything else is a [`ShellFunction`]: template, quoting, sandbox, walltime,
-/// bounded output.
+/// `launcher… command`, and the launcher starts the ranks. The rank count is the function's
+/// default, or the task's keyword argument `ranks`, which the template does not see.
+/// Everything else is a [`ShellFunction`]: template, quoting, sandbox, walltime, bounded
+/// output.
+///
+/// **Nodes.** A task submitted with [`TaskOptions::nodes`] (or this function's
+/// [`MpiFunction::options`] after [`MpiFunction::nodes`]) holds that many whole nodes of one
+/// block while it runs, and waits until they are free. The nodes are those a
+/// `funcx-manager --block-nodes auto` took from its batch scheduler (`SLURM_JOB_NODELIST`,
+/// `PBS_NODEFILE`, `PE_HOSTFILE`), or this machine alone. The launcher's words name them
+/// with placeholders, filled on the worker:
+///
+/// | placeholder | is |
+/// | --- | --- |
+/// | `{ranks}` | the rank count |
+/// | `{nodes}` | how many nodes the task holds (1 without [`TaskOptions::nodes`]) |
+/// | `{hosts}` | their host names, comma-separated (this host without it) |
+/// | `{ranks_per_node}` | `{ranks}` over `{nodes}`, rounded up |
+/// | `{host_slots}` | `host:ranks_per_node` for each host, comma-separated |
+///
+/// The launchers of the common MPIs are [`MpiFunction::OPEN_MPI`] (the default),
+/// [`MpiFunction::MPICH`] and [`MpiFunction::SRUN`].
 ///
 /// As root, the worker sets Open MPI's `OMPI_ALLOW_RUN_AS_ROOT` variables (other launchers
 /// ignore them).
@@ -203,25 +221,58 @@ impl From<&ShellFunction> for Function {
 /// ```
 /// use funcx_core::MpiFunction;
 ///
-/// let hello = MpiFunction::new("python3 -m mpi4py.bench helloworld").ranks(4).oversubscribe();
-/// let function = hello.function();
-/// # let _ = function;
+/// // 8 ranks over 2 whole nodes of a Slurm block, 4 per node.
+/// let step = MpiFunction::new("python3 simulate.py {steps}")
+///     .launcher(MpiFunction::SRUN)
+///     .ranks(8)
+///     .nodes(2);
+/// let (function, options) = (step.function(), step.options());
+/// # let _ = (function, options);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MpiFunction {
     shell: ShellFunction,
     ranks: u32,
+    nodes: u32,
     launcher: Vec<String>,
 }
 
 impl MpiFunction {
+    /// Open MPI's `mpirun`, with the task's hosts and a slot per rank on each:
+    /// `mpirun -n {ranks} --host {host_slots}`.
+    pub const OPEN_MPI: [&'static str; 5] = ["mpirun", "-n", "{ranks}", "--host", "{host_slots}"];
+
+    /// MPICH's (and Intel MPI's) Hydra `mpiexec`:
+    /// `mpiexec -n {ranks} -ppn {ranks_per_node} -hosts {hosts}`.
+    pub const MPICH: [&'static str; 7] = [
+        "mpiexec",
+        "-n",
+        "{ranks}",
+        "-ppn",
+        "{ranks_per_node}",
+        "-hosts",
+        "{hosts}",
+    ];
+
+    /// Slurm's `srun`, within the block's allocation:
+    /// `srun -N {nodes} -n {ranks} --nodelist={hosts}`.
+    pub const SRUN: [&'static str; 6] = [
+        "srun",
+        "-N",
+        "{nodes}",
+        "-n",
+        "{ranks}",
+        "--nodelist={hosts}",
+    ];
+
     /// An MPI function running `command` (a [`ShellFunction`] template) on 2 ranks with
-    /// `mpirun -n {ranks}`.
+    /// [`MpiFunction::OPEN_MPI`].
     pub fn new(command: impl Into<String>) -> MpiFunction {
         MpiFunction {
             shell: ShellFunction::new(command),
             ranks: 2,
-            launcher: vec!["mpirun".into(), "-n".into(), "{ranks}".into()],
+            nodes: 0,
+            launcher: MpiFunction::OPEN_MPI.map(String::from).to_vec(),
         }
     }
 
@@ -232,8 +283,15 @@ impl MpiFunction {
         self
     }
 
-    /// The launcher and its options, each one word; `{ranks}` in any of them is replaced by
-    /// the rank count. For example `["srun", "-n", "{ranks}"]` or
+    /// The whole nodes [`MpiFunction::options`] asks for (see [`TaskOptions::nodes`]); 0,
+    /// the default, runs the ranks on the worker's own node.
+    pub fn nodes(mut self, nodes: u32) -> MpiFunction {
+        self.nodes = nodes;
+        self
+    }
+
+    /// The launcher and its options, each one word, with the placeholders of the type's
+    /// documentation; for example [`MpiFunction::SRUN`], or
     /// `["mpiexec", "-n", "{ranks}", "-f", "hosts"]`.
     pub fn launcher<S: Into<String>>(
         mut self,
@@ -253,13 +311,17 @@ impl MpiFunction {
         self
     }
 
-    /// Task options that reserve a core per rank (see [`TaskOptions::cores`]): submitted with
-    /// them, an MPI task on the endpoint's own workers waits until its ranks have cores
+    /// Task options for this function's tasks. With [`MpiFunction::nodes`]: that many
+    /// whole nodes, held while the task runs. Without: a core per rank of the worker's node
+    /// (see [`TaskOptions::cores`]), so that an MPI task waits until its ranks have cores
     /// instead of oversubscribing the machine, and fails at once if the machine has fewer
-    /// cores than ranks. A task whose `ranks` argument differs needs
-    /// `TaskOptions::new().cores(ranks)` instead.
+    /// cores than ranks. A task whose `ranks` argument differs needs its own options.
     pub fn options(&self) -> TaskOptions {
-        TaskOptions::new().cores(self.ranks)
+        if self.nodes > 0 {
+            TaskOptions::new().nodes(self.nodes)
+        } else {
+            TaskOptions::new().cores(self.ranks)
+        }
     }
 
     /// Changes the shell options (walltime, output bounds, sandbox, environment).

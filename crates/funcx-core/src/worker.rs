@@ -65,6 +65,7 @@ pub struct WorkItem {
     /// What the task asks for, for a pool (a remote manager) to place it on its own
     /// workers by; `None` for a plain task, and for a worker of this endpoint, which was
     /// placed here already.
+    #[serde(with = "crate::resources::with_nodes")]
     pub resources: Option<crate::Resources>,
 }
 

@@ -52,6 +52,7 @@ async fn a_relay_takes_tasks_that_ask_for_resources_and_carries_what_they_ask() 
         cores: 64,
         gpus: 2,
         memory: 1 << 30,
+        nodes: 0,
     };
     // Queued before any pool attached: it waits for one rather than failing.
     let early = executor.submit_with(&f(), (0,), TaskOptions::new().cores(3));

@@ -118,6 +118,7 @@ async fn endpoint(
         gpus: vec![],
         cores: None,
         memory: None,
+        nodes: Vec::new(),
     };
     let dial = EndpointDial::new(gateway, id, token);
     let runner = ExecutorRunner::new(local, options.workers);

@@ -93,6 +93,7 @@ fn start_endpoint(
         gpus: vec![],
         cores: None,
         memory: None,
+        nodes: Vec::new(),
     };
     let mut config = ManagerConfig::new(info);
     config.max_backoff = Duration::from_millis(200);

@@ -58,6 +58,7 @@ async fn json_arguments_and_results_travel_as_plain_json_and_pickles_are_refused
         gpus: vec![],
         cores: None,
         memory: None,
+        nodes: Vec::new(),
     });
     let _endpoint = tokio::spawn(run_manager(
         EndpointDial::new(address.to_string(), endpoint.clone(), endpoint_token),

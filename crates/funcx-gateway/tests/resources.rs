@@ -53,6 +53,7 @@ async fn setup(name: &str, tag: u64) -> GatewayWithEndpoint {
             gpus: GPUS.iter().map(|gpu| (*gpu).to_owned()).collect(),
             cores: None,
             memory: None,
+            nodes: Vec::new(),
         });
         config.max_backoff = Duration::from_millis(200);
         tokio::spawn(run_manager(

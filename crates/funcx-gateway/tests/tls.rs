@@ -145,6 +145,7 @@ fn manager_config() -> ManagerConfig {
         gpus: vec![],
         cores: None,
         memory: None,
+        nodes: Vec::new(),
     };
     let mut config = ManagerConfig::new(info);
     config.give_up_after = Duration::from_secs(30);

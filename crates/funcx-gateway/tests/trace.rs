@@ -74,6 +74,7 @@ async fn the_gateway_task_id_is_the_trace_at_the_endpoint() {
         gpus: vec![],
         cores: None,
         memory: None,
+        nodes: Vec::new(),
     };
     let mut manager = ManagerConfig::new(info);
     manager.give_up_after = Duration::from_secs(30);

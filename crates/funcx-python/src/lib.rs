@@ -26,6 +26,7 @@
 //! each; a task marked `isolate` is reported as started and finished on its own.
 #![warn(missing_docs)]
 
+mod block_nodes;
 mod config;
 mod container;
 pub mod manager;
@@ -33,6 +34,7 @@ mod memory;
 pub mod protocol;
 mod runtime;
 
+pub use block_nodes::BlockNodes;
 pub use config::{PythonConfig, ACCELERATOR_VARIABLES, DEFAULT_MAX_RESULT_SIZE};
 pub use container::Container;
 pub use memory::machine_memory;

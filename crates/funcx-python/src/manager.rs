@@ -22,7 +22,7 @@ use funcx_transport::remote::{
 use funcx_transport::TcpTransport;
 use tracing::info;
 
-use crate::{PythonConfig, PythonRuntime};
+use crate::{BlockNodes, PythonConfig, PythonRuntime};
 
 /// What a manager needs to know: where its endpoint is, how to prove it may connect, and
 /// how to run its workers.
@@ -52,6 +52,10 @@ pub struct ManagerOptions {
     pub tls_ca: Option<PathBuf>,
     /// The name the endpoint's certificate must carry (default: the host of `--endpoint`).
     pub tls_name: Option<String>,
+    /// The nodes of its block this manager holds for multi-node tasks, when it is its
+    /// block's only manager (a block started with one manager, not one per node); `None`:
+    /// its own node alone.
+    pub block_nodes: Option<BlockNodes>,
 }
 
 /// A command line that could not be understood.
@@ -79,6 +83,8 @@ options:
   --python PATH          the Python interpreter (default: python3)
   --block ID             the block this manager belongs to (default: $FUNCX_BLOCK_ID)
   --gpus A,B,...         pin worker i to device i mod n (CUDA_VISIBLE_DEVICES, ...)
+  --block-nodes auto|H,H hold these nodes of the block for multi-node (MPI) tasks; auto:
+                         the batch job's, from Slurm, PBS or Grid Engine
   --simulate N           run N simulated workers instead of Python ones
   --give-up-after SECS   exit if the endpoint is unreachable this long (default 300)
   --tls-ca PATH          dial over TLS, trusting the CA certificates in this PEM file
@@ -106,6 +112,7 @@ impl ManagerOptions {
             give_up_after: Duration::from_secs(300),
             tls_ca: None,
             tls_name: None,
+            block_nodes: None,
         };
         while let Some(flag) = args.next() {
             let mut value = || {
@@ -152,6 +159,9 @@ impl ManagerOptions {
                         .map(String::from)
                         .collect();
                     options.python = options.python.accelerators(gpus);
+                }
+                "--block-nodes" => {
+                    options.block_nodes = Some(BlockNodes::parse(&value()?).map_err(UsageError)?)
                 }
                 "--simulate" => options.simulate = Some(number(&flag, &value()?)?.max(1)),
                 "--give-up-after" => {
@@ -209,15 +219,24 @@ fn number(flag: &str, value: &str) -> Result<usize, UsageError> {
 /// Must be called within a multi-threaded Tokio runtime.
 pub async fn run(options: ManagerOptions) -> ManagerExit {
     let slots = options.simulate.unwrap_or(options.workers);
+    let nodes = match options.block_nodes.as_ref().map(BlockNodes::resolve) {
+        None => Vec::new(),
+        Some(Ok(hosts)) => hosts,
+        Some(Err(error)) => {
+            tracing::error!(%error, "cannot list the block's nodes");
+            return ManagerExit::WorkersFailed(error);
+        }
+    };
     let info = ManagerInfo {
         id: ManagerId(random_id()),
         block: options.block.clone(),
-        host: hostname(),
+        host: funcx_core::hostname(),
         pid: std::process::id(),
         slots: u32::try_from(slots).unwrap_or(u32::MAX),
         gpus: options.python.accelerator_list().to_vec(),
         cores: None,
         memory: options.memory,
+        nodes: nodes.clone(),
     };
     info!(manager = %info.id, endpoint = %options.endpoint, slots, block = ?info.block, "manager starting");
     let mut config = ManagerConfig::new(info);
@@ -236,6 +255,9 @@ pub async fn run(options: ManagerOptions) -> ManagerExit {
             let mut builder = Executor::builder().workers(options.workers);
             if let Some(memory) = options.memory {
                 builder = builder.memory(memory);
+            }
+            if !nodes.is_empty() {
+                builder = builder.nodes(nodes);
             }
             let executor = builder.start(PythonRuntime::new(options.python.clone()));
             // Offer the workers to the endpoint only once they can take tasks: a manager that
@@ -398,15 +420,6 @@ fn random_id() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
     hasher.finish()
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|name| name.trim().to_string())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ fn info(id: u64, slots: u32) -> ManagerInfo {
         gpus: Vec::new(),
         cores: None,
         memory: None,
+        nodes: Vec::new(),
     }
 }
 

@@ -99,6 +99,18 @@ impl TaskOptions {
         self
     }
 
+    /// Holds `nodes` whole nodes of one block for the task alone while it runs: a multi-node
+    /// MPI task ([`crate::MpiFunction`]), whose worker runs the launcher and whose ranks run
+    /// on those nodes. The task sees their host names in [`crate::HOSTS_VARIABLE`] (an MPI
+    /// launcher's `{hosts}`) and their count in [`crate::NODES_VARIABLE`]. The nodes are
+    /// those of a manager that holds its whole block (`funcx-manager --block-nodes`), or of
+    /// the endpoint's own machine ([`ExecutorBuilder::nodes`]); the task waits until enough
+    /// of them are free, and fails at once as unsatisfiable if no block has that many.
+    pub fn nodes(mut self, nodes: u32) -> TaskOptions {
+        self.resources.nodes = nodes;
+        self
+    }
+
     /// Asks for `resources` while the task runs. A task that asks for more than one core
     /// (or for any GPU or memory) runs alone on one of the endpoint's own workers, or on a
     /// remote manager whose machine has enough ([`Executor::attach_with_capacity`]; the manager
@@ -221,6 +233,14 @@ impl ExecutorBuilder {
     /// runtime advertises, e.g. `PythonConfig::accelerators`); see [`TaskOptions::gpus`].
     pub fn gpus<S: Into<String>>(mut self, ids: impl IntoIterator<Item = S>) -> ExecutorBuilder {
         self.config.capacity.gpus = Some(ids.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The host names of the nodes that multi-node tasks ([`TaskOptions::nodes`]) may be
+    /// given (default: this machine alone). An endpoint whose workers run on the first node
+    /// of a multi-node batch job names the job's nodes here, as the scheduler lists them.
+    pub fn nodes<S: Into<String>>(mut self, hosts: impl IntoIterator<Item = S>) -> ExecutorBuilder {
+        self.config.capacity.nodes = Some(hosts.into_iter().map(Into::into).collect());
         self
     }
 

@@ -265,6 +265,7 @@ fn frame_seeds() -> Vec<Vec<u8>> {
                     gpus: vec!["0".into(), "1".into()],
                     cores: None,
                     memory: None,
+                    nodes: Vec::new(),
                 },
                 session: Some(42),
                 held: vec![TaskId::from_u64(7)],

@@ -342,6 +342,7 @@ pub(crate) async fn contract(store: &dyn TaskStore) {
         cores: 4,
         gpus: 1,
         memory: 1 << 30,
+        nodes: 0,
     };
     let special = NewTask {
         resources: Some(big),
@@ -405,6 +406,7 @@ fn records_written_before_tasks_had_resources_still_decode() {
         cores: 2,
         gpus: 0,
         memory: 10,
+        nodes: 0,
     });
     let back = decode_task(&encode_task(&record).unwrap()).unwrap();
     assert_eq!((back.id, back.resources), (7, record.resources));

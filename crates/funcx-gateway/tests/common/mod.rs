@@ -185,6 +185,7 @@ pub fn connect(
         gpus: vec![],
         cores: None,
         memory: None,
+        nodes: Vec::new(),
     };
     let mut config = ManagerConfig::new(info);
     config.give_up_after = Duration::from_secs(30);

@@ -277,6 +277,7 @@ pub fn python_endpoint(
         gpus: vec![],
         cores: None,
         memory: None,
+        nodes: Vec::new(),
     });
     manager.max_backoff = max_backoff;
     tokio::spawn(run_manager(dial, ExecutorRunner::new(local, 2), manager))

@@ -55,16 +55,26 @@ pub struct ManagerInfo {
     /// Bytes of memory tasks may reserve here (its largest node's, for an endpoint);
     /// `None`: not said, so not limited here (protocol 3).
     pub memory: Option<u64>,
+    /// The nodes of its block it holds for multi-node tasks, by host name, when it is its
+    /// block's only manager (`funcx-manager --block-nodes`); empty: its own host alone.
+    pub nodes: Vec<String>,
 }
 
 impl ManagerInfo {
     /// What its machine offers tasks that ask for resources: its cores (a core per slot
-    /// unless said), its memory and its GPUs.
+    /// unless said), its memory, its GPUs, and its block's nodes (its own host unless it
+    /// holds more).
     pub fn capacity(&self) -> Capacity {
+        let nodes = if self.nodes.is_empty() {
+            vec![self.host.clone()]
+        } else {
+            self.nodes.clone()
+        };
         Capacity {
             cores: self.cores,
             memory: self.memory,
             gpus: Some(self.gpus.clone()),
+            nodes: Some(nodes),
         }
     }
 }
