@@ -525,15 +525,13 @@ async fn an_idle_manager_takes_work_waiting_at_a_busy_one_and_nothing_runs_twice
         let (i, manager): (i64, u32) = report.result.expect("a task").decode().expect("(i, pid)");
         ran_on.push((i, manager));
     }
-    // One task to each manager (0 and 1), then the rest dealt in halves: 2..=6 behind task
-    // 0, 7..=11 behind task 1. Without stealing, 2..=6 all run where 2 does.
-    let first = ran_on[2].1;
-    assert_eq!(
-        ran_on[0].1, first,
-        "tasks 0 and 2 were dealt to one manager: {ran_on:?}"
-    );
+    // One submission is dealt in one pass: one task to each manager (0 and 1), then the
+    // rest in halves, 2..=6 behind task 0 and 7..=11 behind task 1. Without stealing, 2..=6
+    // all run where 0 does. Any of them may move, 2 included when that manager is slow to
+    // start it, so only "some moved" is asserted.
+    let busy = ran_on[0].1;
     assert!(
-        ran_on[3..=6].iter().any(|(_, pid)| *pid != first),
+        ran_on[2..=6].iter().any(|(_, pid)| *pid != busy),
         "some of the work waiting at the busy manager moved to the idle one: {ran_on:?}"
     );
     let text = std::fs::read_to_string(&log).expect("the log");
