@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
 use tracing::{debug, warn};
 
-use crate::gateway::{Gateway, Shared};
+use crate::gateway::{Gateway, Published, Shared};
 use crate::store::{FleetEvent, TaskRecord};
 
 /// How many tasks one claim takes at most.
@@ -70,13 +70,31 @@ impl FleetState {
     }
 }
 
-/// Starts the listener and the keeper of `gateway`, which must be in a fleet.
-pub(crate) fn start(gateway: &Gateway) {
+/// How long a starting gateway waits for the store's listener to listen before it serves
+/// anyway: it then tells its result streams to read by id once the listener does.
+const LISTENING_WAIT: Duration = Duration::from_secs(30);
+
+/// Starts the listener and the keeper of `gateway`, which must be in a fleet. Returns once
+/// the listener listens, so that nothing another gateway finishes after this gateway
+/// serves goes unheard: a client streaming results here from the start would not know to
+/// read the missed ones by id.
+pub(crate) async fn start(gateway: &Gateway) {
     let Some(fleet) = gateway.inner.store.fleet() else {
         return;
     };
-    let events = fleet.subscribe();
-    tokio::spawn(listen(Arc::downgrade(&gateway.inner), events));
+    let mut events = fleet.subscribe();
+    let mut listening = false;
+    match tokio::time::timeout(LISTENING_WAIT, events.recv()).await {
+        // The first notification is the resync of a listener that listens; anything else
+        // also says that notifications flow.
+        Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => listening = true,
+        Ok(Err(broadcast::error::RecvError::Closed)) => return,
+        Err(_) => warn!(
+            wait = ?LISTENING_WAIT,
+            "the store's listener does not listen yet; serving, and result streams read by id once it does"
+        ),
+    }
+    tokio::spawn(listen(Arc::downgrade(&gateway.inner), events, listening));
     tokio::spawn(keep_leases(Arc::downgrade(&gateway.inner)));
 }
 
@@ -149,8 +167,15 @@ const READ_BATCH: usize = 1024;
 
 /// Passes the store's notifications on: wakes for new tasks, result events for results.
 /// Results announced together (several notifications already received) are read in one
-/// query, not one per notification.
-async fn listen(shared: Weak<Shared>, mut events: broadcast::Receiver<FleetEvent>) {
+/// query, not one per notification. After a gap (the listener listening again, or this
+/// loop falling behind) every claimer looks for tasks and the result streams are told
+/// that they may have missed some; `listening` says the listener's first listen, before
+/// anyone could have streamed, was already seen.
+async fn listen(
+    shared: Weak<Shared>,
+    mut events: broadcast::Receiver<FleetEvent>,
+    mut listening: bool,
+) {
     let mut ids = Vec::new();
     loop {
         let event = events.recv().await;
@@ -167,6 +192,10 @@ async fn listen(shared: Weak<Shared>, mut events: broadcast::Receiver<FleetEvent
                 Ok(FleetEvent::Finished(finished)) => ids.extend(finished),
                 Ok(FleetEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     state.wake_all();
+                    if listening {
+                        let _ = inner.events.send(Published::Missed);
+                    }
+                    listening = true;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }
@@ -207,7 +236,7 @@ async fn finished_elsewhere(inner: &Arc<Shared>, ids: Vec<u64>) {
     match fleet.tasks(ids).await {
         Ok(records) => {
             for record in records.into_iter().filter(finished) {
-                let _ = inner.events.send(Arc::new(record));
+                let _ = inner.events.send(Published::Finished(Arc::new(record)));
             }
         }
         Err(error) => warn!(%error, "could not read the results another gateway stored"),

@@ -25,6 +25,17 @@ use crate::store::{
     TaskRecord, TaskStore, UserRecord,
 };
 
+/// What a gateway tells its result streams (and its Globus Compute outbox).
+#[derive(Clone, Debug)]
+pub(crate) enum Published {
+    /// A task finished: its record as stored.
+    Finished(Arc<TaskRecord>),
+    /// Results may have been stored that this gateway never heard of: its fleet listener
+    /// lost notifications (the database restarted, or it fell behind). Whoever waits for
+    /// results reads them from the store by id, as after a lag.
+    Missed,
+}
+
 /// How many finished tasks may wait for a slow result-stream subscriber before it misses
 /// some (it is told, and can read them with `GET /v1/tasks/{id}`).
 const EVENT_BUFFER: usize = 4096;
@@ -62,7 +73,7 @@ pub(crate) struct Shared {
     running: Mutex<HashMap<u64, (String, TaskId)>>,
     functions: Mutex<HashMap<FunctionId, Function>>,
     sink: ReportSink,
-    pub(crate) events: broadcast::Sender<Arc<TaskRecord>>,
+    pub(crate) events: broadcast::Sender<Published>,
     /// Tasks whose result an endpoint's keeper stored (and published) before the
     /// endpoint's executor reported it: `store_results` skips them once, then forgets them.
     kept: Mutex<std::collections::HashSet<u64>>,
@@ -216,7 +227,7 @@ impl GatewayBuilder {
         tokio::spawn(expire_results(Arc::downgrade(&gateway.inner)));
         if gateway.inner.fleet.is_some() {
             // Nothing to re-submit: unfinished tasks are claimed as their endpoints connect.
-            crate::fleet::start(&gateway);
+            crate::fleet::start(&gateway).await;
         } else {
             gateway.recover().await?;
         }
@@ -591,7 +602,7 @@ fn publish(shared: &Shared, finished: Vec<TaskRecord>) {
         let succeeded = matches!(record.result, Some(Ok(_)));
         shared.metrics.finished(succeeded, latency);
         // No subscriber is fine: results are in the store.
-        let _ = shared.events.send(Arc::new(record));
+        let _ = shared.events.send(Published::Finished(Arc::new(record)));
     }
 }
 

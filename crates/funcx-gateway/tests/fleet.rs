@@ -86,6 +86,53 @@ async fn a_task_submitted_at_one_gateway_runs_through_another_and_its_result_com
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A gateway hears what the others finish only while it listens on the database. When its
+/// listening connection is cut it listens again, and since results may have been stored in
+/// between, its result streams say `lagged`: their clients read what they wait for by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_that_listens_again_tells_its_result_streams_to_read_by_id() {
+    let dir = temp_dir("fleet-relisten");
+    let schema = fresh_schema("relisten").await;
+    let address = free_port();
+    let gateway = gateway(&dir, "a", address, &schema);
+    let mut stream = reqwest::Client::new()
+        .get(format!("http://{address}/v1/results"))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .expect("the result stream opens");
+    assert!(stream.status().is_success(), "{}", stream.status());
+
+    // The gateway listens before it serves (see the first test): its listener is there.
+    let (client, connection) = tokio_postgres::connect(&database(), tokio_postgres::NoTls)
+        .await
+        .expect("the test database");
+    tokio::spawn(connection);
+    let cut = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1",
+            &[&format!("LISTEN funcx_tasks_{schema};%")],
+        )
+        .await
+        .expect("cut the listener");
+    assert_eq!(cut.len(), 1, "one listening connection");
+
+    let mut text = String::new();
+    let lagged = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(chunk) = stream.chunk().await.expect("the stream stays up") {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("event: lagged") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(lagged, Ok(true), "a lagged event after the cut: {text:?}");
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 const WORK: &str = r#"
 import time
 

@@ -263,7 +263,7 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
                 json!({ "202": ok("cancellation requested", "TaskView", false) }),
                 &with_auth(&["400", "404"])), "id", "task id")),
         route(Method::GET, "/v1/results", User, routing::get(results),
-            operation("Server-sent events: a `result` event (data: TaskView JSON) for each of the caller's tasks that finishes while connected; `lagged` (data: count) if some were missed. With `Accept: application/x-postcard`, a binary stream instead: frames of a u32 big-endian length then a postcard ResultFrame holding every result waiting when it was written (payloads raw); an empty frame is a keep-alive.", None,
+            operation("Server-sent events: a `result` event (data: TaskView JSON) for each of the caller's tasks that finishes while connected; `lagged` (data: count, 1 when not known) if some were missed. With `Accept: application/x-postcard`, a binary stream instead: frames of a u32 big-endian length then a postcard ResultFrame holding every result waiting when it was written (payloads raw); an empty frame is a keep-alive.", None,
                 json!({ "200": { "description": "event stream", "content": {
                     "text/event-stream": { "schema": { "type": "string" } },
                     POSTCARD: { "schema": { "type": "string", "format": "binary",

@@ -53,7 +53,7 @@ mod service {
     use super::token::Clients;
     use super::uuid::{self, Uuid};
     use super::{shim, token};
-    use crate::gateway::Shared;
+    use crate::gateway::{Published, Shared};
     use crate::store::TaskRecord;
 
     /// A function registered through the Globus Compute API.
@@ -204,8 +204,8 @@ mod service {
             // Wait for a result unless some are ready (then only take what is there).
             let first = if ready.is_empty() && !sweep {
                 match tokio::time::timeout(SWEEP_PERIOD, events.recv()).await {
-                    Ok(Ok(record)) => Some(record),
-                    Ok(Err(RecvError::Lagged(_))) | Err(_) => {
+                    Ok(Ok(Published::Finished(record))) => Some(record),
+                    Ok(Ok(Published::Missed)) | Ok(Err(RecvError::Lagged(_))) | Err(_) => {
                         sweep = true;
                         None
                     }
@@ -223,8 +223,8 @@ mod service {
             let mut records = Vec::from_iter(first);
             while records.len() < PUBLISH_BATCH {
                 match events.try_recv() {
-                    Ok(record) => records.push(record),
-                    Err(TryRecvError::Lagged(_)) => sweep = true,
+                    Ok(Published::Finished(record)) => records.push(record),
+                    Ok(Published::Missed) | Err(TryRecvError::Lagged(_)) => sweep = true,
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Closed) => return,
                 }

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::connect_info::ConnectInfo;
@@ -29,6 +28,7 @@ use super::body::{Format, Input, Reply, POSTCARD};
 use super::model::*;
 use crate::auth::{new_id, new_token, User};
 use crate::error::ApiError;
+use crate::gateway::Published;
 use crate::store::{
     fingerprint, hash_token, EndpointRecord, Finished, FunctionRecord, IdempotencyKey, Insertion,
     NewTask, TaskRecord,

@@ -5,7 +5,8 @@ use super::*;
 /// `GET /v1/results`: the caller's tasks as they finish, while the stream is open.
 ///
 /// By default server-sent events: one `result` event per task, a `lagged` event (data: how
-/// many were missed) if the caller reads too slowly to keep up. With `Accept:
+/// many were missed, 1 when that is not known) if the caller reads too slowly to keep up
+/// or the gateway may have missed results other gateways stored. With `Accept:
 /// application/x-postcard`, the binary stream of [`results_postcard`] instead.
 pub(crate) async fn results(
     State(gateway): State<Gateway>,
@@ -24,7 +25,7 @@ pub(crate) async fn results(
     let stream = futures::stream::unfold((events, user), |(mut events, user)| async move {
         loop {
             match events.recv().await {
-                Ok(record) if record.owner == user.name() => {
+                Ok(Published::Finished(record)) if record.owner == user.name() => {
                     let record = TaskRecord::clone(&record);
                     let (state, timeline) = (record.state, record.timeline);
                     let view = view_of(record, state, timeline);
@@ -34,7 +35,12 @@ pub(crate) async fn results(
                         .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
                     return Some((Ok::<_, Infallible>(event), (events, user)));
                 }
-                Ok(_) => continue,
+                Ok(Published::Finished(_)) => continue,
+                // How many is not known: one, so that the client reads by id.
+                Ok(Published::Missed) => {
+                    let event = Event::default().event("lagged").data("1");
+                    return Some((Ok(event), (events, user)));
+                }
                 Err(RecvError::Lagged(missed)) => {
                     let event = Event::default().event("lagged").data(missed.to_string());
                     return Some((Ok(event), (events, user)));
@@ -60,7 +66,7 @@ pub(super) const FRAME_MAX_BYTES: usize = 16 << 20;
 /// Results are encoded straight from the broadcast records: payloads are not copied until
 /// they are written into the frame.
 pub(super) fn results_postcard(
-    events: broadcast::Receiver<Arc<TaskRecord>>,
+    events: broadcast::Receiver<Published>,
     user: User,
     closed: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Response {
@@ -78,11 +84,15 @@ pub(super) fn results_postcard(
             loop {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
                     Err(_) => break,
-                    Ok(Ok(record)) if record.owner == user.name() => {
+                    Ok(Ok(Published::Finished(record))) if record.owner == user.name() => {
                         records.push(record);
                         break;
                     }
-                    Ok(Ok(_)) => continue,
+                    Ok(Ok(Published::Finished(_))) => continue,
+                    Ok(Ok(Published::Missed)) => {
+                        lagged += 1;
+                        break;
+                    }
                     Ok(Err(RecvError::Lagged(missed))) => {
                         lagged += missed;
                         break;
@@ -94,13 +104,14 @@ pub(super) fn results_postcard(
             let mut bytes = 0;
             while bytes < FRAME_MAX_BYTES {
                 match events.try_recv() {
-                    Ok(record) if record.owner == user.name() => {
+                    Ok(Published::Finished(record)) if record.owner == user.name() => {
                         if let Some(Ok(payload)) = &record.result {
                             bytes += payload.as_bytes().len();
                         }
                         records.push(record);
                     }
-                    Ok(_) => {}
+                    Ok(Published::Finished(_)) => {}
+                    Ok(Published::Missed) => lagged += 1,
                     Err(TryRecvError::Lagged(missed)) => lagged += missed,
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Closed) => {
