@@ -232,8 +232,9 @@ pub struct SubmitRequest {
 ///
 /// `"resources": {"cores": 4, "gpus": 1, "memory": 1073741824}` (each field optional, cores
 /// default 1, memory in bytes) asks for part of the endpoint's machine while the task runs
-/// ([`funcx_core::TaskOptions::resources`]); without it, or asking for no more than one
-/// core, the task is a plain one.
+/// ([`funcx_core::TaskOptions::resources`]); `"nodes": 2` in it holds two whole nodes of one
+/// block for a multi-node (MPI) task ([`funcx_core::TaskOptions::nodes`]). Without it, or
+/// asking for no more than one core, the task is a plain one.
 #[derive(Debug, Clone)]
 pub struct SubmitTask {
     /// The function's id (64 hex digits).
@@ -246,8 +247,9 @@ pub struct SubmitTask {
     pub timeout_ms: Option<u64>,
     /// The data format of every argument.
     pub format: Format,
-    /// What the task asks for of the endpoint's machine; `None` for a plain task (one
-    /// core), which is also what a request asking for no more than that is read as.
+    /// What the task asks for of the endpoint's machine, whole nodes included; `None` for a
+    /// plain task (one core), which is also what a request asking for no more than that is
+    /// read as.
     pub resources: Option<Resources>,
 }
 
@@ -259,7 +261,24 @@ struct SubmitTaskBinary {
     kwargs: BTreeMap<String, Blob>,
     timeout_ms: Option<u64>,
     format: Format,
+    /// In [`Resources`]' derived encoding, which has no nodes: they follow.
     resources: Option<Resources>,
+    /// [`Resources::nodes`] (0: none), a trailing field as `resources` once was.
+    nodes: u32,
+}
+
+impl SubmitTaskBinary {
+    /// What the task asks for, nodes and all: `None` for a plain task.
+    fn resources(&self) -> Option<Resources> {
+        let asked = match (self.resources, self.nodes) {
+            (None, 0) => return None,
+            (resources, nodes) => Resources {
+                nodes,
+                ..resources.unwrap_or_default()
+            },
+        };
+        special(asked)
+    }
 }
 
 /// [`Resources`] in JSON: every field optional, as a curl user writes only what matters.
@@ -272,6 +291,10 @@ struct ResourcesText {
     gpus: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     memory: Option<u64>,
+    /// Written only when asked for, so that a gateway from before tasks could hold nodes
+    /// (which refuses fields it does not know) still takes every other task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nodes: Option<u32>,
 }
 
 impl ResourcesText {
@@ -280,6 +303,7 @@ impl ResourcesText {
             cores: Some(resources.cores),
             gpus: (resources.gpus > 0).then_some(resources.gpus),
             memory: (resources.memory > 0).then_some(resources.memory),
+            nodes: (resources.nodes > 0).then_some(resources.nodes),
         }
     }
 }
@@ -348,6 +372,7 @@ impl Serialize for SubmitTask {
                 timeout_ms: self.timeout_ms,
                 format: self.format,
                 resources: self.resources.and_then(special),
+                nodes: self.resources.map_or(0, |resources| resources.nodes),
             }
             .serialize(serializer);
         }
@@ -377,12 +402,12 @@ impl<'de> Deserialize<'de> for SubmitTask {
         if !deserializer.is_human_readable() {
             let task = SubmitTaskBinary::deserialize(deserializer)?;
             return Ok(SubmitTask {
+                resources: task.resources(),
                 function_id: task.function_id,
                 args: task.args,
                 kwargs: task.kwargs,
                 timeout_ms: task.timeout_ms,
                 format: task.format,
-                resources: task.resources.and_then(special),
             });
         }
         let task = SubmitTaskText::deserialize(deserializer)?;
@@ -403,7 +428,7 @@ impl<'de> Deserialize<'de> for SubmitTask {
                     cores: text.cores.unwrap_or(1),
                     gpus: text.gpus.unwrap_or(0),
                     memory: text.memory.unwrap_or(0),
-                    nodes: 0,
+                    nodes: text.nodes.unwrap_or(0),
                 })
             }),
         })

@@ -29,9 +29,11 @@ pub struct Resources {
     /// task: its launcher starts ranks on them); 0 asks for none, and the task runs within
     /// its worker's node. Cores, GPUs and memory are still asked of the worker's node.
     ///
-    /// Not in the derived encoding, which gateways store and clients send and which must
-    /// stay what it was before tasks could ask for nodes; an endpoint sends it in full to its
-    /// managers, and no gateway carries it yet (a client refuses such a task).
+    /// Not in the derived encoding, which must stay what it was before tasks could ask for
+    /// nodes (gateways' stored records and idempotency fingerprints of tasks without nodes
+    /// are unchanged): an endpoint sends it to its managers with the rest
+    /// (`WorkItem::resources`), and a client and its gateway carry it next to the rest,
+    /// only when it is not 0.
     #[serde(skip)]
     pub nodes: u32,
 }

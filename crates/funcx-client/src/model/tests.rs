@@ -160,3 +160,44 @@ fn a_registration_names_its_image_in_json_only_when_it_has_one() {
         assert_eq!(back.image, body.image);
     }
 }
+
+#[test]
+fn whole_nodes_travel_in_json_and_postcard_and_only_when_asked_for() {
+    let task = serde_json::from_value::<SubmitTask>(serde_json::json!({
+        "function_id": "f", "resources": {"nodes": 2}
+    }))
+    .unwrap();
+    let two_nodes = Resources {
+        nodes: 2,
+        ..Resources::default()
+    };
+    assert_eq!(task.resources, Some(two_nodes));
+    let json = serde_json::to_value(&task).unwrap();
+    assert_eq!(
+        json["resources"],
+        serde_json::json!({"cores": 1, "nodes": 2})
+    );
+    let back: SubmitTask = postcard::from_bytes(&postcard::to_stdvec(&task).unwrap()).unwrap();
+    assert_eq!(back.resources, Some(two_nodes));
+    // Other resources and nodes together.
+    let both = SubmitTask {
+        resources: Some(Resources {
+            cores: 2,
+            memory: 1 << 20,
+            ..two_nodes
+        }),
+        ..task.clone()
+    };
+    let back: SubmitTask = postcard::from_bytes(&postcard::to_stdvec(&both).unwrap()).unwrap();
+    assert_eq!(back.resources, both.resources);
+    // A task without nodes says nothing of them in JSON, for gateways that predate them.
+    let one_gpu = SubmitTask {
+        resources: Some(Resources {
+            gpus: 1,
+            ..Resources::default()
+        }),
+        ..task
+    };
+    let json = serde_json::to_value(&one_gpu).unwrap();
+    assert!(json["resources"].get("nodes").is_none(), "{json}");
+}

@@ -402,7 +402,15 @@ fn schemas() -> Value {
                     "example": [1, "x", { "k": [null, 2.5] }] },
                 "kwargs": { "type": "object", "additionalProperties": {},
                     "description": "keyword arguments, in the task's format" },
-                "timeout_ms": { "type": "integer", "nullable": true } } } } } },
+                "timeout_ms": { "type": "integer", "nullable": true },
+                "resources": { "type": "object", "additionalProperties": false,
+                    "description": "what the task holds at its endpoint while it runs; a task that could fit on no node (or block, for nodes) of its endpoint fails at once with code unsatisfiable",
+                    "properties": {
+                        "cores": { "type": "integer", "default": 1 },
+                        "gpus": { "type": "integer", "default": 0 },
+                        "memory": { "type": "integer", "default": 0, "description": "bytes" },
+                        "nodes": { "type": "integer", "default": 0,
+                            "description": "whole nodes of one block, for a multi-node (MPI) task" } } } } } } } },
         "SubmitResponse": { "type": "object", "properties": {
             "task_ids": { "type": "array", "items": { "type": "integer" } } } },
         "TaskView": { "type": "object", "properties": {

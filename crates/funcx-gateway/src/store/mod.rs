@@ -217,6 +217,10 @@ pub fn fingerprint(tasks: &[NewTask]) -> Result<[u8; 32], StoreError> {
         // tasks had resources, so keys stored then still match their resends.
         if let Some(resources) = &task.resources {
             encoded.extend(postcard::to_stdvec(resources).map_err(StoreError::backend)?);
+            // The same for whole nodes, which the derived encoding above leaves out.
+            if resources.nodes > 0 {
+                encoded.extend(postcard::to_stdvec(&resources.nodes).map_err(StoreError::backend)?);
+            }
         }
         hasher.update(&(encoded.len() as u64).to_le_bytes());
         hasher.update(&encoded);
@@ -275,9 +279,10 @@ pub struct TaskRecord {
     pub created: SystemTime,
     /// When its outcome was stored.
     pub finished: Option<SystemTime>,
-    /// What it asks for of the endpoint's machine; `None` for a plain task. Not in the
-    /// derived encoding, which records written before tasks had resources lack: stores that
-    /// keep records encoded append it (`encode_task`).
+    /// What it asks for of the endpoint's machine, whole nodes included; `None` for a plain
+    /// task. Not in the derived encoding, which records written before tasks had resources
+    /// lack: stores that keep records encoded append it, and its nodes after it
+    /// (`encode_task`).
     #[serde(skip)]
     pub resources: Option<Resources>,
 }
@@ -538,15 +543,32 @@ where
 }
 
 /// A task record as a store keeps it encoded: what it asks for is appended, when it asks
-/// for anything, so a plain task's bytes are what they were before tasks had resources.
+/// for anything, so a plain task's bytes are what they were before tasks had resources;
+/// then, when it holds whole nodes, their number (which [`Resources`]' derived encoding
+/// leaves out), so the bytes of a task without nodes are what they were before tasks had
+/// nodes.
 fn encode_task(record: &TaskRecord) -> Result<Vec<u8>, StoreError> {
-    encode_appended(record, record.resources.as_ref())
+    let mut bytes = encode_appended(record, record.resources.as_ref())?;
+    if let Some(nodes) = record
+        .resources
+        .map(|resources| resources.nodes)
+        .filter(|&nodes| nodes > 0)
+    {
+        bytes.extend(encode(&nodes)?);
+    }
+    Ok(bytes)
 }
 
 /// A task record [`encode_task`] wrote.
 fn decode_task(bytes: &[u8]) -> Result<TaskRecord, StoreError> {
-    let (mut record, resources) = decode_appended::<TaskRecord, _>(bytes)?;
-    record.resources = resources;
+    let (mut record, rest) =
+        postcard::take_from_bytes::<TaskRecord>(bytes).map_err(StoreError::corrupt)?;
+    if !rest.is_empty() {
+        let (resources, rest) =
+            postcard::take_from_bytes::<Resources>(rest).map_err(StoreError::corrupt)?;
+        let nodes = if rest.is_empty() { 0 } else { decode(rest)? };
+        record.resources = Some(Resources { nodes, ..resources });
+    }
     Ok(record)
 }
 

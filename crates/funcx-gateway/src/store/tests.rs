@@ -381,6 +381,53 @@ pub(crate) async fn contract(store: &dyn TaskStore) {
     for id in mixed {
         assert!(store.delete_task(id).await.unwrap());
     }
+
+    // Whole nodes are kept with what else a task asks for, through every read and a
+    // result, alone or beside other resources; in a key's fingerprint they make another
+    // submission.
+    let two_nodes = funcx_core::Resources {
+        nodes: 2,
+        ..funcx_core::Resources::default()
+    };
+    let big_on_nodes = funcx_core::Resources { nodes: 3, ..big };
+    let asking = |id, resources| NewTask {
+        resources: Some(resources),
+        ..new(id)
+    };
+    assert_ne!(
+        fingerprint(&[asking(7, big)]).unwrap(),
+        fingerprint(&[asking(7, big_on_nodes)]).unwrap()
+    );
+    let multi = store
+        .insert_tasks(
+            vec![asking(7, two_nodes), asking(8, big_on_nodes), new(9)],
+            now,
+        )
+        .await
+        .unwrap();
+    let expected = [Some(two_nodes), Some(big_on_nodes), None];
+    let read = |records: &[TaskRecord]| {
+        multi
+            .iter()
+            .map(|&id| resources_of(records, id).flatten())
+            .collect::<Vec<_>>()
+    };
+    let mut each = Vec::new();
+    for &id in &multi {
+        each.push(store.task(id).await.unwrap().unwrap());
+    }
+    assert_eq!(read(&each), expected);
+    assert_eq!(read(&store.unfinished_tasks().await.unwrap()), expected);
+    let listed_tasks = store.tasks_of("alice", None, 10).await.unwrap().tasks;
+    assert_eq!(read(&listed_tasks), expected);
+    let done = store
+        .finish(multi.iter().map(|&id| outcome(id, 1)).collect(), now)
+        .await
+        .unwrap();
+    assert_eq!(read(&done), expected);
+    for id in multi {
+        assert!(store.delete_task(id).await.unwrap());
+    }
 }
 
 #[test]
@@ -410,4 +457,48 @@ fn records_written_before_tasks_had_resources_still_decode() {
     });
     let back = decode_task(&encode_task(&record).unwrap()).unwrap();
     assert_eq!((back.id, back.resources), (7, record.resources));
+    // A task without nodes is encoded as it was before tasks had nodes: the derived
+    // encoding, then its resources' (which leaves nodes out).
+    let asked = record.resources.expect("set above");
+    let older = [encode(&record).unwrap(), encode(&asked).unwrap()].concat();
+    assert_eq!(encode_task(&record).unwrap(), older);
+    assert_eq!(decode_task(&older).unwrap().resources, record.resources);
+    // One with nodes has them after, and decodes whole.
+    let resources = record.resources.map(|resources| funcx_core::Resources {
+        nodes: 2,
+        ..resources
+    });
+    record.resources = resources;
+    let back = decode_task(&encode_task(&record).unwrap()).unwrap();
+    assert_eq!(back.resources, resources);
+}
+
+#[test]
+fn fingerprints_of_tasks_without_nodes_are_what_they_were() {
+    let task = |resources| NewTask {
+        owner: "alice".into(),
+        endpoint: "e".into(),
+        function: funcx_core::Function::from_source("", "f").id(),
+        args: Args::new().arg(&1),
+        timeout: Some(std::time::Duration::from_secs(3)),
+        resources,
+    };
+    let gpu = funcx_core::Resources {
+        gpus: 1,
+        ..funcx_core::Resources::default()
+    };
+    // Computed before tasks could hold nodes: keys stored then still match their resends.
+    let hex = |tasks: &[NewTask]| blake3::Hash::from(fingerprint(tasks).unwrap()).to_hex();
+    assert_eq!(
+        hex(&[task(None)]).as_str(),
+        "907b2513be3153185f05dacfc329fc444e5cb06468385778438f716a6992b31a"
+    );
+    assert_eq!(
+        hex(&[task(Some(gpu))]).as_str(),
+        "1cff3ca2b878ec5532c1616a881b197942c3984380cc7db61f5e5e18b902422c"
+    );
+    assert_ne!(
+        hex(&[task(Some(gpu))]),
+        hex(&[task(Some(funcx_core::Resources { nodes: 1, ..gpu }))])
+    );
 }

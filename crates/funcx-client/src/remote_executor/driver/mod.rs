@@ -239,22 +239,7 @@ impl Driver {
                     },
                 );
             }
-            ToWorker::Tasks(items) => {
-                // A gateway keeps what a task asks for without whole nodes (its stored and
-                // wire encodings predate them): such a task fails here rather than run
-                // without the nodes it asked for.
-                let (multi_node, items): (Vec<WorkItem>, Vec<WorkItem>) = items
-                    .into_iter()
-                    .partition(|item| item.resources.is_some_and(|r| r.nodes > 0));
-                if !multi_node.is_empty() {
-                    let error = TaskError::unsatisfiable(
-                        "the task asks for whole nodes (TaskOptions::nodes), which a gateway \
-                         does not carry yet; submit it to an endpoint directly",
-                    );
-                    self.fail(multi_node, &error);
-                }
-                self.pending.extend(items)
-            }
+            ToWorker::Tasks(items) => self.pending.extend(items),
             ToWorker::Cancel(ids) => self.cancel(ids),
             // The gateway's tasks cannot be taken back; they finish where they are.
             ToWorker::Return(_) => {}

@@ -93,6 +93,14 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX tasks_held ON tasks (endpoint, claimed_by, id) WHERE finished IS NULL;
     "#,
     ),
+    (
+        5,
+        // Whole nodes of one block a multi-node task holds (`TaskOptions::nodes`): NULL for
+        // a task that holds none, as every task stored before this version.
+        r#"
+    ALTER TABLE tasks ADD COLUMN nodes bigint;
+    "#,
+    ),
 ];
 
 /// The advisory lock that serializes migrations: gateways starting together on an empty

@@ -25,7 +25,7 @@ use super::{
 
 /// The columns of a task row, in the order [`task_of_row`] reads them.
 const TASK_COLUMNS: &str = "id, owner, endpoint, function, args, timeout_ms, state, timeline, \
-     result, created, finished, cores, gpus, memory";
+     result, created, finished, cores, gpus, memory, nodes";
 
 /// How a [`PgStore`] connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,12 +197,13 @@ fn task_of_row(row: &Row) -> Result<(TaskRecord, usize), StoreError> {
     Ok((record, size))
 }
 
-/// What a task row asks for: `None` (all three columns NULL) for a plain task.
+/// What a task row asks for: `None` (all four columns NULL) for a plain task.
 fn resources_of_row(row: &Row, id: u64) -> Result<Option<Resources>, StoreError> {
     let cores: Option<i64> = row.try_get(11).map_err(pg)?;
     let gpus: Option<i64> = row.try_get(12).map_err(pg)?;
     let memory: Option<i64> = row.try_get(13).map_err(pg)?;
-    if cores.is_none() && gpus.is_none() && memory.is_none() {
+    let nodes: Option<i64> = row.try_get(14).map_err(pg)?;
+    if cores.is_none() && gpus.is_none() && memory.is_none() && nodes.is_none() {
         return Ok(None);
     }
     let bad = |what: &str, value: i64| {
@@ -219,16 +220,15 @@ fn resources_of_row(row: &Row, id: u64) -> Result<Option<Resources>, StoreError>
             None => 0,
             Some(value) => u64::try_from(value).map_err(|_| bad("bytes", value))?,
         },
-        // Tasks asking for whole nodes do not pass through a gateway (a client fails them).
-        nodes: 0,
+        nodes: count("nodes", nodes, 0)?,
     }))
 }
 
-/// What a task asks for as its row's columns (`cores`, `gpus`, `memory`): NULLs for a
-/// plain task.
-fn resources_to_row(resources: Option<&Resources>) -> Result<[Option<i64>; 3], StoreError> {
+/// What a task asks for as its row's columns (`cores`, `gpus`, `memory`, `nodes`): NULLs
+/// for a plain task, and `nodes` NULL for a task that holds no whole nodes.
+fn resources_to_row(resources: Option<&Resources>) -> Result<[Option<i64>; 4], StoreError> {
     let Some(resources) = resources else {
-        return Ok([None; 3]);
+        return Ok([None; 4]);
     };
     let memory = i64::try_from(resources.memory).map_err(|_| {
         StoreError::backend(format!(
@@ -240,6 +240,7 @@ fn resources_to_row(resources: Option<&Resources>) -> Result<[Option<i64>; 3], S
         Some(i64::from(resources.cores)),
         Some(i64::from(resources.gpus)),
         Some(memory),
+        (resources.nodes > 0).then(|| i64::from(resources.nodes)),
     ])
 }
 
@@ -416,7 +417,7 @@ pub(crate) mod tests {
     async fn keeps_the_store_contract() {
         let store = fresh("contract").await;
         super::super::tests::contract(&store).await;
-        assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2, 3, 4, 5]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,7 +434,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let again = PgStore::connect_with(options.clone()).await.unwrap();
-        assert_eq!(again.schema_versions().await.unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(again.schema_versions().await.unwrap(), vec![1, 2, 3, 4, 5]);
         assert_eq!(again.users().await.unwrap().len(), 1);
         // A database migrated by a newer gateway is not written by this one.
         let client = again.client().await.unwrap();

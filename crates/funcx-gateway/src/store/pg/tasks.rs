@@ -39,18 +39,20 @@ async fn insert(
     let mut timeouts = Vec::with_capacity(tasks.len());
     let mut states = Vec::with_capacity(tasks.len());
     let mut timelines = Vec::with_capacity(tasks.len());
-    // Plain tasks (nearly all) are inserted as before, without three columns of NULLs.
+    // Plain tasks (nearly all) are inserted as before, without four columns of NULLs.
     let special = tasks.iter().any(|task| task.resources.is_some());
     let mut cores = Vec::new();
     let mut gpus = Vec::new();
     let mut memory = Vec::new();
+    let mut nodes = Vec::new();
     for (task, id) in tasks.into_iter().zip(&ids) {
         let record = new_record(id_from_sql(*id)?, task, now)?;
         if special {
-            let [c, g, m] = resources_to_row(record.resources.as_ref())?;
+            let [c, g, m, n] = resources_to_row(record.resources.as_ref())?;
             cores.push(c);
             gpus.push(g);
             memory.push(m);
+            nodes.push(n);
         }
         states.push(encode(&record.state)?);
         timelines.push(encode(&record.timeline)?);
@@ -64,14 +66,14 @@ async fn insert(
         let statement = tx
             .prepare_cached(
                 "INSERT INTO tasks (id, owner, endpoint, function, args, timeout_ms, state, timeline,
-                                    created, claimed_by, cores, gpus, memory)
+                                    created, claimed_by, cores, gpus, memory, nodes)
                  SELECT id, owner, endpoint, function, args, timeout_ms, state, timeline, $9,
-                        $13, cores, gpus, memory
+                        $13, cores, gpus, memory, nodes
                  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
                              $6::bigint[], $7::bytea[], $8::bytea[], $10::bigint[],
-                             $11::bigint[], $12::bigint[])
+                             $11::bigint[], $12::bigint[], $14::bigint[])
                       AS t(id, owner, endpoint, function, args, timeout_ms, state, timeline,
-                           cores, gpus, memory)",
+                           cores, gpus, memory, nodes)",
             )
             .await
             .map_err(pg)?;
@@ -79,7 +81,7 @@ async fn insert(
             &statement,
             &[
                 &ids, &owners, &endpoints, &functions, &args, &timeouts, &states, &timelines, &now,
-                &cores, &gpus, &memory, &claimant,
+                &cores, &gpus, &memory, &claimant, &nodes,
             ],
         )
         .await

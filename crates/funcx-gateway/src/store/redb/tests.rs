@@ -31,7 +31,7 @@ async fn keeps_the_store_contract_and_survives_reopening() {
         )
         .await
         .unwrap();
-    assert_eq!(ids, vec![12]);
+    assert_eq!(ids, vec![15]);
     assert_eq!(store.unfinished_tasks().await.unwrap().len(), 3);
 
     // Closed: every later call fails with the reason, and the file reopens cleanly.
