@@ -3,8 +3,8 @@
 //! that block (`--block-nodes`) dialling the endpoint; real Open MPI with Debian's mpi4py
 //! (scripts/infra/mpi-up.sh); and a remote executor (`funcx_client::connect`) submitting.
 //! A task's nodes travel client -> gateway -> endpoint -> manager, its ranks run on the hosts
-//! it was given, and a task asking for more nodes than the block has fails at the gateway at
-//! once.
+//! it was given, a task asking for more nodes than the block has fails at the gateway at
+//! once, and a stored task keeps its nodes across a gateway restart.
 //!
 //! Needs `funcx-manager` built next to the gateway (`cargo build -p funcx-python --bins`, as
 //! scripts/test does). This machine is one node; its two names (its host name and
@@ -17,11 +17,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::process::{task_when_finished, GatewayWithEndpoint};
+use common::process::{
+    free_port, register_endpoint, task_when_finished, temp_dir, write_config, GatewayProcess,
+    GatewayWithEndpoint,
+};
 use funcx_client::RemoteConfig;
-use funcx_core::{Args, Executor, MpiFunction, ShellResult, TaskOptions};
+use funcx_core::{Args, Executor, Function, FunctionBody, MpiFunction, ShellResult, TaskOptions};
 use funcx_transport::remote::{
-    run_manager, AgentConfig, EndpointAgent, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo,
+    run_manager, AgentConfig, EndpointAgent, ExecutorRunner, ManagerConfig, ManagerExit, ManagerId,
+    ManagerInfo,
 };
 use funcx_transport::TcpTransport;
 use serde_json::json;
@@ -68,9 +72,62 @@ fn assert_ran(result: &ShellResult, nodes: usize, ranks: u32, block: &[String]) 
 /// A `funcx-manager` process, killed when dropped so that no test leaves one behind.
 struct ManagerProcess(Child);
 
-impl ManagerProcess {
-    /// `funcx-manager` of this build holding `block`, dialling the endpoint at `address`.
-    fn start(address: SocketAddr, block: &[String]) -> ManagerProcess {
+impl Drop for ManagerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The endpoint of these tests: an executor whose only workers are the managers that dial
+/// it, which tells its gateway it holds a block of two nodes (this machine's two names).
+struct BlockEndpoint {
+    executor: Executor,
+    /// Where its managers dial it.
+    address: SocketAddr,
+    block: Vec<String>,
+}
+
+impl BlockEndpoint {
+    async fn start() -> BlockEndpoint {
+        let executor = Executor::builder().start_without_workers();
+        let acceptor = TcpTransport::builder()
+            .token(MANAGER_TOKEN)
+            .build()
+            .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("the endpoint listens for managers");
+        let address = acceptor.local_addr();
+        tokio::spawn(EndpointAgent::new(executor.clone(), AgentConfig::default()).serve(acceptor));
+        BlockEndpoint {
+            executor,
+            address,
+            block: vec![funcx_core::hostname(), "localhost".to_owned()],
+        }
+    }
+
+    /// Dials the gateway on `dial` as one manager that says it holds the block, as an
+    /// endpoint says its largest node's cores.
+    fn connect(&self, dial: funcx_client::EndpointDial) -> tokio::task::JoinHandle<ManagerExit> {
+        let info = ManagerInfo {
+            id: ManagerId(manager_id()),
+            block: None,
+            host: "localhost".into(),
+            pid: std::process::id(),
+            slots: WORKERS,
+            gpus: Vec::new(),
+            cores: None,
+            memory: None,
+            nodes: self.block.clone(),
+        };
+        let mut config = ManagerConfig::new(info);
+        config.max_backoff = Duration::from_millis(200);
+        let runner = ExecutorRunner::new(self.executor.clone(), WORKERS as usize);
+        tokio::spawn(run_manager(dial, runner, config))
+    }
+
+    /// A real `funcx-manager` of this build holding the block, once it has attached.
+    async fn start_manager(&self) -> ManagerProcess {
         let binary = Path::new(env!("CARGO_BIN_EXE_funcx-gateway"))
             .parent()
             .map(|dir| dir.join("funcx-manager"))
@@ -81,71 +138,80 @@ impl ManagerProcess {
             binary.display()
         );
         let child = Command::new(binary)
-            .args(["--endpoint", &address.to_string()])
+            .args(["--endpoint", &self.address.to_string()])
             .args(["--workers", &WORKERS.to_string()])
-            .args(["--block-nodes", &block.join(",")])
+            .args(["--block-nodes", &self.block.join(",")])
             .args(["--give-up-after", "20"])
             .env("FUNCX_TOKEN", MANAGER_TOKEN)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
             .expect("start funcx-manager");
-        ManagerProcess(child)
+        let manager = ManagerProcess(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.executor.stats().await.managers == 0 {
+            assert!(Instant::now() < deadline, "funcx-manager did not attach");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        manager
     }
 }
 
-impl Drop for ManagerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A manager id of this process, apart from other tests' (one process runs one test under
+/// nextest, several under `cargo test`).
+fn manager_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    u64::from(std::process::id()) << 16 | NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The MPI function of these tests: `program` run by `ranks` ranks under Open MPI.
+fn mpi_function() -> Function {
+    MpiFunction::new("/usr/bin/python3 -c {program}")
+        .shell(|shell| shell.walltime(Duration::from_secs(60)))
+        .function()
+}
+
+/// Submits `function` to run [`RANKS`] over `ranks` ranks on `nodes` nodes to `endpoint`
+/// through the JSON API of the gateway at `address` (`"resources": {"nodes": N}`); its id.
+async fn submit_json(
+    address: SocketAddr,
+    endpoint: &str,
+    function: &Function,
+    nodes: u32,
+    ranks: u32,
+) -> u64 {
+    let (status, answer) = common::post_json(
+        address,
+        TOKEN,
+        &format!("/v1/endpoints/{endpoint}/tasks"),
+        json!({ "tasks": [{
+            "function_id": function.id().to_string(), "format": "json",
+            "kwargs": { "program": RANKS, "ranks": ranks }, "resources": { "nodes": nodes }
+        }] }),
+    )
+    .await;
+    assert!(status.is_success(), "{status} {answer}");
+    answer["task_ids"][0].as_u64().expect("a task id")
+}
+
+/// The result of shell task `id` at the gateway at `address`, once it has succeeded.
+async fn shell_result(address: SocketAddr, id: u64) -> ShellResult {
+    let view = task_when_finished(address, TOKEN, id, HANG).await;
+    assert_eq!(view["state"], "succeeded", "{view}");
+    serde_json::from_value(view["result"].clone()).expect("a shell result in JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_node_tasks_run_through_the_gateway_on_the_nodes_they_were_given() {
-    let block = vec![funcx_core::hostname(), "localhost".to_owned()];
-    // The endpoint: an executor whose only workers are the managers that dial it.
-    let executor = Executor::builder().start_without_workers();
-    let acceptor = TcpTransport::builder()
-        .token(MANAGER_TOKEN)
-        .build()
-        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("the endpoint listens for managers");
-    let managers_dial = acceptor.local_addr();
-    tokio::spawn(EndpointAgent::new(executor.clone(), AgentConfig::default()).serve(acceptor));
-    // It dials the gateway as one manager that says it holds the block, as it says its
-    // largest node's cores.
-    let endpoint = executor.clone();
-    let info = ManagerInfo {
-        id: ManagerId(u64::from(std::process::id()) << 16 | 31),
-        block: None,
-        host: "localhost".into(),
-        pid: std::process::id(),
-        slots: WORKERS,
-        gpus: Vec::new(),
-        cores: None,
-        memory: None,
-        nodes: block.clone(),
-    };
-    let setup = GatewayWithEndpoint::start("mpi-nodes", TOKEN, move |dial| {
-        let mut config = ManagerConfig::new(info);
-        config.max_backoff = Duration::from_millis(200);
-        tokio::spawn(run_manager(
-            dial,
-            ExecutorRunner::new(endpoint, WORKERS as usize),
-            config,
-        ))
-    })
-    .await;
+    let endpoint = BlockEndpoint::start().await;
+    let block = endpoint.block.clone();
+    let setup = GatewayWithEndpoint::start("mpi-nodes", TOKEN, |dial| endpoint.connect(dial)).await;
     let client = RemoteConfig::new(&format!("http://{}", setup.address), TOKEN, &setup.endpoint)
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
         .connect()
         .await
         .expect("the remote executor connects");
-    let mpi = MpiFunction::new("/usr/bin/python3 -c {program}")
-        .shell(|shell| shell.walltime(Duration::from_secs(60)));
-    let function = mpi.function();
+    let function = mpi_function();
     let task = |nodes: u32, ranks: u32| {
         client.submit_with(
             &function,
@@ -163,19 +229,14 @@ async fn multi_node_tasks_run_through_the_gateway_on_the_nodes_they_were_given()
         .expect_err("no block has three nodes");
     assert!(refused.is_unsatisfiable(), "{refused}");
     assert!(refused.to_string().contains("3 nodes"), "{refused}");
-    let at_endpoint = executor.stats().await;
+    let at_endpoint = endpoint.executor.stats().await;
     assert_eq!(
         (at_endpoint.queued, at_endpoint.in_flight),
         (0, 0),
         "the endpoint never got it"
     );
 
-    let _manager = ManagerProcess::start(managers_dial, &block);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while executor.stats().await.managers == 0 {
-        assert!(Instant::now() < deadline, "funcx-manager did not attach");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _manager = endpoint.start_manager().await;
 
     // A task of both nodes and one of one, submitted together: their ranks run on the
     // hosts each was given.
@@ -193,22 +254,45 @@ async fn multi_node_tasks_run_through_the_gateway_on_the_nodes_they_were_given()
     assert_ran(&results.1.expect("a one-node task runs"), 1, 2, &block);
 
     // The JSON API takes them too: `"resources": {"nodes": 2}`.
-    let (status, answer) = common::post_json(
-        setup.address,
+    let id = submit_json(setup.address, &setup.endpoint, &function, 2, 2).await;
+    assert_ran(&shell_result(setup.address, id).await, 2, 2, &block);
+    client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_node_task_stored_before_a_gateway_restart_runs_on_its_nodes_after_it() {
+    let endpoint = BlockEndpoint::start().await;
+    let _manager = endpoint.start_manager().await;
+    let dir = temp_dir("mpi-nodes-restart");
+    let address = free_port();
+    let config = write_config(&dir, address, "alice", TOKEN);
+    let log = dir.join("gateway.log");
+    let gateway = GatewayProcess::start(&config, address, &log);
+    let (id, endpoint_token) = register_endpoint(address, TOKEN, "mpi-nodes-restart").await;
+    let function = mpi_function();
+    let FunctionBody::Source(source) = function.body() else {
+        panic!("a shell function is Python source");
+    };
+    let (status, registered) = common::post_json(
+        address,
         TOKEN,
-        &format!("/v1/endpoints/{}/tasks", setup.endpoint),
-        json!({ "tasks": [{
-            "function_id": function.id().to_string(), "format": "json",
-            "kwargs": { "program": RANKS, "ranks": 2 }, "resources": { "nodes": 2 }
-        }] }),
+        "/v1/functions",
+        json!({ "name": function.name(), "source": source }),
     )
     .await;
-    assert!(status.is_success(), "{status} {answer}");
-    let id = answer["task_ids"][0].as_u64().expect("a task id");
-    let view = task_when_finished(setup.address, TOKEN, id, HANG).await;
-    assert_eq!(view["state"], "succeeded", "{view}");
-    let result: ShellResult =
-        serde_json::from_value(view["result"].clone()).expect("a shell result in JSON");
-    assert_ran(&result, 2, 2, &block);
-    client.shutdown().await;
+    assert!(status.is_success(), "{status} {registered}");
+    assert_eq!(registered["function_id"], function.id().to_string());
+    // Submitted while the endpoint is away: the gateway only stores it.
+    let task = submit_json(address, &id, &function, 2, 4).await;
+    gateway.sigkill();
+
+    // Another gateway process on the same store: the task, read back with its nodes, runs
+    // on both once the endpoint dials in.
+    let _gateway = GatewayProcess::start(&config, address, &log);
+    let _link = endpoint.connect(funcx_client::EndpointDial::new(
+        address.to_string(),
+        id,
+        endpoint_token,
+    ));
+    assert_ran(&shell_result(address, task).await, 2, 4, &endpoint.block);
 }
