@@ -4,7 +4,8 @@
 //! never share a node, a task waits until enough nodes are free, and one asking for more
 //! nodes than the block has fails at once.
 //!
-//! This machine is one node; its two names (its host name and `localhost`) stand for a
+//! On Slurm (scripts/infra/slurm-up.sh), a manager in a batch job takes its nodes from the
+//! job. This machine is one node; its two names (its host name and `localhost`) stand for a
 //! block of two nodes. Open MPI starts ranks on both locally, so the ranks of one task still
 //! see each other, while the manager accounts for them as two nodes.
 
@@ -119,21 +120,155 @@ async fn multi_node_tasks_hold_whole_nodes_of_the_managers_block() {
     );
 
     // Three nodes of a block of two: refused at once, saying why.
+    assert_refused(&executor, &function, 3).await;
+}
+
+/// Submits a task of `nodes` nodes, more than any block has, and checks that it fails at
+/// once as unsatisfiable, naming the count.
+async fn assert_refused(
+    executor: &funcx_core::Executor,
+    function: &funcx_core::Function,
+    nodes: u32,
+) {
     let error = common::within(
         "the refusal",
         Duration::from_secs(10),
         executor
             .submit_with(
-                &function,
+                function,
                 Args::new().kwarg("program", PROGRAM),
-                TaskOptions::new().nodes(3),
+                TaskOptions::new().nodes(nodes),
             )
             .result::<ShellResult>(),
     )
     .await
-    .expect_err("no block has three nodes");
+    .expect_err("no block has that many nodes");
     assert!(error.is_unsatisfiable(), "{error}");
-    assert!(error.to_string().contains("3 nodes"), "{error}");
+    assert!(
+        error.to_string().contains(&format!("{nodes} nodes")),
+        "{error}"
+    );
+}
+
+/// A batch job of Slurm's (scripts/infra/slurm-up.sh: one node), cancelled when dropped so
+/// that no test leaves one queued.
+struct SlurmJob {
+    id: String,
+}
+
+impl SlurmJob {
+    /// Submits `command` as a job of one node and `tasks` tasks, its output in `output`.
+    fn submit(tasks: u32, command: &str, output: &std::path::Path) -> SlurmJob {
+        let submitted = std::process::Command::new("sbatch")
+            .args([
+                "--parsable",
+                "-N",
+                "1",
+                "-n",
+                &tasks.to_string(),
+                "--time",
+                "5",
+            ])
+            .arg("--output")
+            .arg(output)
+            .args(["--wrap", command])
+            .env("FUNCX_TOKEN", common::TOKEN)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("Slurm's sbatch runs (scripts/infra/slurm-up.sh installs it)");
+        assert!(
+            submitted.status.success(),
+            "sbatch: {}",
+            String::from_utf8_lossy(&submitted.stderr)
+        );
+        let id = String::from_utf8_lossy(&submitted.stdout).trim().to_owned();
+        SlurmJob { id }
+    }
+}
+
+impl Drop for SlurmJob {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("scancel").arg(&self.id).status();
+    }
+}
+
+/// Slurm's names of its nodes (`sinfo`), expanded as a job would see them.
+fn slurm_nodes() -> Vec<String> {
+    let listed = std::process::Command::new("sinfo")
+        .args(["-h", "-o", "%N"])
+        .output()
+        .expect("Slurm's sinfo runs (scripts/infra/slurm-up.sh installs it)");
+    let list = String::from_utf8_lossy(&listed.stdout).trim().to_owned();
+    let expanded = std::process::Command::new("scontrol")
+        .args(["show", "hostnames", &list])
+        .output()
+        .expect("scontrol runs");
+    String::from_utf8_lossy(&expanded.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// A manager started inside a Slurm batch job with `--block-nodes auto` holds the job's
+/// nodes as Slurm names them (`SLURM_JOB_NODELIST`, expanded by `scontrol show hostnames`):
+/// an MPI task of one node runs its ranks there, with Open MPI inside the job's
+/// allocation, and a task of more nodes than the job has is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_in_a_slurm_job_holds_the_jobs_nodes() {
+    let nodes = slurm_nodes();
+    assert_eq!(nodes.len(), 1, "the test cluster has one node: {nodes:?}");
+    let endpoint = common::endpoint(0, Duration::from_secs(10)).await;
+    let executor = endpoint.executor.clone();
+    let output = std::env::temp_dir().join(format!("funcx-slurm-mpi-{}.out", std::process::id()));
+    let command = format!(
+        "exec {} --endpoint {} --workers 1 --block-nodes auto --give-up-after 20",
+        env!("CARGO_BIN_EXE_funcx-manager"),
+        endpoint.address
+    );
+    let job = SlurmJob::submit(2, &command, &output);
+    // Other tests' jobs may hold the node's cores for a while: this bounds a broken
+    // cluster, not a busy one.
+    let attached = executor.clone();
+    common::wait_until(
+        "the manager in the Slurm job attaches",
+        Duration::from_secs(120),
+        move || {
+            let executor = attached.clone();
+            async move { executor.stats().await.managers == 1 }
+        },
+    )
+    .await;
+
+    let mpi = MpiFunction::new("/usr/bin/python3 -c {program}")
+        .shell(|shell| shell.walltime(Duration::from_secs(60)));
+    let function = mpi.function();
+    let result: ShellResult = common::within(
+        "the MPI task",
+        LIMIT,
+        executor
+            .submit_with(
+                &function,
+                Args::new().kwarg("program", PROGRAM).kwarg("ranks", &2),
+                TaskOptions::new().nodes(1),
+            )
+            .result(),
+    )
+    .await
+    .unwrap_or_else(|error| {
+        let log = std::fs::read_to_string(&output).unwrap_or_default();
+        panic!("an MPI task of the job's one node runs: {error}\njob output:\n{log}")
+    });
+    let run = parse(&result);
+    assert_eq!(run.ranks, 2, "every rank answered: {run:?}");
+    assert_eq!(
+        run.hosts, nodes,
+        "the job's node, as Slurm names it: {run:?}"
+    );
+
+    // Two nodes of a job of one: refused at once.
+    assert_refused(&executor, &function, 2).await;
+    drop(job);
+    let _ = std::fs::remove_file(&output);
 }
 
 #[test]
