@@ -319,9 +319,9 @@ async fn tasks_asking_for_gpus_through_the_gateway_get_the_endpoints_gpus() {
 
 /// An endpoint of blocks of one node, two workers and 1 GiB each, up to two blocks: four
 /// slots, but no task can have more than one node. It tells its gateway its largest node, so
-/// a task asking for three cores (within the four slots) or 2 GiB fails at the gateway at
-/// once, typed, without reaching the endpoint (no block is started for it); one that fits a
-/// node runs.
+/// a task asking for three cores (within the four slots), 2 GiB or two whole nodes fails at
+/// the gateway at once, typed, without reaching the endpoint (no block is started for it);
+/// one that fits a node runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_larger_than_any_node_fails_at_the_gateway_at_once() {
     init_tracing();
@@ -350,6 +350,11 @@ async fn a_task_larger_than_any_node_fails_at_the_gateway_at_once() {
         (
             TaskOptions::new().memory(2 * GIB),
             format!("{} bytes of memory (the node has {GIB})", 2 * GIB),
+        ),
+        // Its managers each hold their own node: no task there holds two.
+        (
+            TaskOptions::new().nodes(2),
+            "2 nodes (the block has 1)".to_owned(),
         ),
     ] {
         let error = within(

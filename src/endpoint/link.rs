@@ -128,6 +128,8 @@ pub(super) fn start(
         gpus: node.gpus.unwrap_or_default(),
         cores: node.cores,
         memory: node.memory,
+        // Its own host alone: it starts one manager per node, each holding its own node, so
+        // a task here holds at most one; the gateway fails one asking for more at once.
         nodes: Vec::new(),
     };
     let mut config = ManagerConfig::new(info).leave_on(leave_rx.clone());

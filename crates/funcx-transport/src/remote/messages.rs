@@ -56,7 +56,9 @@ pub struct ManagerInfo {
     /// `None`: not said, so not limited here (protocol 3).
     pub memory: Option<u64>,
     /// The nodes of its block it holds for multi-node tasks, by host name, when it is its
-    /// block's only manager (`funcx-manager --block-nodes`); empty: its own host alone.
+    /// block's only manager (`funcx-manager --block-nodes`); empty: its own host alone. An
+    /// endpoint dialling its gateway names the nodes of its block here, and the gateway
+    /// fails at once a task asking for more nodes than that.
     pub nodes: Vec<String>,
 }
 
