@@ -217,10 +217,85 @@ pub struct EndpointStatusView {
 }
 
 /// `POST /v1/endpoints/{id}/tasks`.
+///
+/// In postcard, the tasks, then, only when some task holds whole nodes, each task's node
+/// count in order. The counts trail the whole request rather than each task, so that a
+/// gateway and a client from before tasks could hold nodes still read every request of
+/// the other: postcard ignores bytes after a value, and a request without them has none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct SubmitRequest {
     /// The tasks, submitted together.
     pub tasks: Vec<SubmitTask>,
+}
+
+impl Serialize for SubmitRequest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        if serializer.is_human_readable() {
+            return SubmitRequest::serialize(self, serializer);
+        }
+        let nodes: Vec<u32> = self
+            .tasks
+            .iter()
+            .map(|task| task.resources.map_or(0, |resources| resources.nodes))
+            .collect();
+        let with_nodes = nodes.iter().any(|&n| n > 0);
+        let mut tuple = serializer.serialize_tuple(if with_nodes { 2 } else { 1 })?;
+        tuple.serialize_element(&self.tasks)?;
+        if with_nodes {
+            tuple.serialize_element(&nodes)?;
+        }
+        tuple.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for SubmitRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            return SubmitRequest::deserialize(deserializer);
+        }
+        deserializer.deserialize_tuple(2, BinaryRequest)
+    }
+}
+
+/// Reads [`SubmitRequest`]'s postcard form, with or without its trailing node counts.
+struct BinaryRequest;
+
+impl<'de> de::Visitor<'de> for BinaryRequest {
+    type Value = SubmitRequest;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("tasks, then optionally their node counts")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<SubmitRequest, A::Error> {
+        let mut tasks: Vec<SubmitTask> = seq
+            .next_element()?
+            .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+        // The body ends after the tasks when no task holds nodes (or the client predates
+        // them): postcard then fails to read more, which here means none.
+        let nodes: Vec<u32> = seq.next_element().ok().flatten().unwrap_or_default();
+        if nodes.is_empty() {
+            return Ok(SubmitRequest { tasks });
+        }
+        if nodes.len() != tasks.len() {
+            return Err(de::Error::custom(format!(
+                "node counts for {} tasks in a request of {}",
+                nodes.len(),
+                tasks.len()
+            )));
+        }
+        for (task, nodes) in tasks.iter_mut().zip(nodes) {
+            if nodes > 0 {
+                task.resources = special(Resources {
+                    nodes,
+                    ..task.resources.unwrap_or_default()
+                });
+            }
+        }
+        Ok(SubmitRequest { tasks })
+    }
 }
 
 /// One task of a submission.
@@ -261,24 +336,9 @@ struct SubmitTaskBinary {
     kwargs: BTreeMap<String, Blob>,
     timeout_ms: Option<u64>,
     format: Format,
-    /// In [`Resources`]' derived encoding, which has no nodes: they follow.
+    /// In [`Resources`]' derived encoding, which has no nodes: [`SubmitRequest`] carries
+    /// them after all its tasks.
     resources: Option<Resources>,
-    /// [`Resources::nodes`] (0: none), a trailing field as `resources` once was.
-    nodes: u32,
-}
-
-impl SubmitTaskBinary {
-    /// What the task asks for, nodes and all: `None` for a plain task.
-    fn resources(&self) -> Option<Resources> {
-        let asked = match (self.resources, self.nodes) {
-            (None, 0) => return None,
-            (resources, nodes) => Resources {
-                nodes,
-                ..resources.unwrap_or_default()
-            },
-        };
-        special(asked)
-    }
 }
 
 /// [`Resources`] in JSON: every field optional, as a curl user writes only what matters.
@@ -372,7 +432,6 @@ impl Serialize for SubmitTask {
                 timeout_ms: self.timeout_ms,
                 format: self.format,
                 resources: self.resources.and_then(special),
-                nodes: self.resources.map_or(0, |resources| resources.nodes),
             }
             .serialize(serializer);
         }
@@ -402,7 +461,7 @@ impl<'de> Deserialize<'de> for SubmitTask {
         if !deserializer.is_human_readable() {
             let task = SubmitTaskBinary::deserialize(deserializer)?;
             return Ok(SubmitTask {
-                resources: task.resources(),
+                resources: task.resources.and_then(special),
                 function_id: task.function_id,
                 args: task.args,
                 kwargs: task.kwargs,

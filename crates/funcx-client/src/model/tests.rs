@@ -177,9 +177,8 @@ fn whole_nodes_travel_in_json_and_postcard_and_only_when_asked_for() {
         json["resources"],
         serde_json::json!({"cores": 1, "nodes": 2})
     );
-    let back: SubmitTask = postcard::from_bytes(&postcard::to_stdvec(&task).unwrap()).unwrap();
-    assert_eq!(back.resources, Some(two_nodes));
-    // Other resources and nodes together.
+    // In postcard, a request's node counts follow its tasks; alone, and beside other
+    // resources, beside a plain task.
     let both = SubmitTask {
         resources: Some(Resources {
             cores: 2,
@@ -188,8 +187,17 @@ fn whole_nodes_travel_in_json_and_postcard_and_only_when_asked_for() {
         }),
         ..task.clone()
     };
-    let back: SubmitTask = postcard::from_bytes(&postcard::to_stdvec(&both).unwrap()).unwrap();
-    assert_eq!(back.resources, both.resources);
+    let plain = SubmitTask {
+        resources: None,
+        ..task.clone()
+    };
+    let request = SubmitRequest {
+        tasks: vec![task.clone(), plain.clone(), both.clone()],
+    };
+    let bytes = postcard::to_stdvec(&request).unwrap();
+    let back: SubmitRequest = postcard::from_bytes(&bytes).unwrap();
+    let asked: Vec<_> = back.tasks.iter().map(|task| task.resources).collect();
+    assert_eq!(asked, vec![Some(two_nodes), None, both.resources]);
     // A task without nodes says nothing of them in JSON, for gateways that predate them.
     let one_gpu = SubmitTask {
         resources: Some(Resources {
@@ -200,4 +208,52 @@ fn whole_nodes_travel_in_json_and_postcard_and_only_when_asked_for() {
     };
     let json = serde_json::to_value(&one_gpu).unwrap();
     assert!(json["resources"].get("nodes").is_none(), "{json}");
+}
+
+/// The postcard request of a gateway or client from before tasks could hold nodes: the
+/// tasks alone, each in the form tasks still have.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RequestBeforeNodes {
+    tasks: Vec<SubmitTask>,
+}
+
+#[test]
+fn postcard_requests_stay_readable_across_the_versions_before_and_after_nodes() {
+    let task = |nodes: u32| SubmitTask {
+        function_id: "f".into(),
+        args: vec![Blob(vec![1, 2, 3])],
+        kwargs: BTreeMap::new(),
+        timeout_ms: Some(5),
+        format: Format::Pickle,
+        resources: (nodes > 0).then_some(Resources {
+            nodes,
+            ..Resources::default()
+        }),
+    };
+    // Without nodes, a request has exactly the bytes it had before them, both ways.
+    let plain = SubmitRequest {
+        tasks: vec![task(0), task(0)],
+    };
+    let old = RequestBeforeNodes {
+        tasks: plain.tasks.clone(),
+    };
+    let bytes = postcard::to_stdvec(&plain).unwrap();
+    assert_eq!(bytes, postcard::to_stdvec(&old).unwrap());
+    let back: SubmitRequest = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(back.tasks.len(), 2);
+    // An older gateway reads a request with nodes as its tasks (the counts trail them).
+    let with_nodes = SubmitRequest {
+        tasks: vec![task(2), task(0)],
+    };
+    let read_before: RequestBeforeNodes =
+        postcard::from_bytes(&postcard::to_stdvec(&with_nodes).unwrap()).unwrap();
+    assert_eq!(read_before.tasks.len(), 2);
+    assert_eq!(read_before.tasks[0].function_id, "f");
+    // Counts that do not match the tasks are refused, not guessed at.
+    let mut bytes = postcard::to_stdvec(&RequestBeforeNodes {
+        tasks: vec![task(0), task(0)],
+    })
+    .unwrap();
+    bytes.extend(postcard::to_stdvec(&vec![2u32]).unwrap());
+    assert!(postcard::from_bytes::<SubmitRequest>(&bytes).is_err());
 }
