@@ -9,12 +9,12 @@
 //!
 //! One gateway process with an embedded store serves a lab or a department. A deployment
 //! that needs several gateways behind a load balancer implements this same trait over a
-//! shared database instead. Over PostgreSQL: a `tasks` table keyed by a sequence, an index on
-//! unfinished tasks per endpoint, and each gateway claiming the tasks of the endpoints
-//! connected to it with `SELECT … FOR UPDATE SKIP LOCKED` (so two gateways never hand the
-//! same task out at once and a crashed gateway's claims are released with its transaction or
-//! a lease column); `finish` is an `UPDATE … WHERE result IS NULL`, which keeps the first
-//! result only, and `LISTEN/NOTIFY` on a `results` channel tells the gateway holding a
+//! shared database instead. Over PostgreSQL (see `pg`): a `tasks` table keyed by a sequence
+//! and written once, a narrow `pending` table of unfinished tasks per endpoint, each gateway
+//! claiming the tasks of the endpoints connected to it with `SELECT … FOR UPDATE SKIP LOCKED`
+//! (so two gateways never hand the same task out at once and a crashed gateway's claims are
+//! taken over when its lease lapses); `finish` deletes the tasks' `pending` rows and inserts
+//! the results of those it deleted into `results`, which keeps the first result only, and `LISTEN/NOTIFY` on a `results` channel tells the gateway holding a
 //! user's event stream that a result arrived elsewhere. Over Redis: one stream per endpoint
 //! for submissions read through a consumer group (pending entries are the claims, `XAUTOCLAIM`
 //! recovers a dead gateway's), hashes for task records with `HSETNX` for first-result-wins,

@@ -40,12 +40,15 @@ impl Fleet for PgStore {
             if !lapsed.is_empty() {
                 let take_over = tx
                     .prepare_cached(&format!(
-                        "UPDATE tasks SET claimed_by = $1
-                         WHERE id IN (
-                             SELECT id FROM tasks
-                             WHERE endpoint = $2 AND finished IS NULL AND claimed_by = ANY($3)
-                             ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
-                         RETURNING {TASK_COLUMNS}"
+                        "WITH taken AS (
+                             UPDATE pending SET claimed_by = $1
+                             WHERE id IN (
+                                 SELECT id FROM pending
+                                 WHERE endpoint = $2 AND claimed_by = ANY($3)
+                                 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                             RETURNING id)
+                         SELECT {TASK_COLUMNS} FROM task_rows
+                         WHERE id = ANY(ARRAY(SELECT id FROM taken))"
                     ))
                     .await
                     .map_err(pg)?;
@@ -62,8 +65,8 @@ impl Fleet for PgStore {
                     "DELETE FROM leases l
                      WHERE l.endpoint = $1 AND l.member = ANY($2)
                        AND l.until < now() - $3 * interval '1 millisecond'
-                       AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.endpoint = $1
-                                       AND t.claimed_by = l.member AND t.finished IS NULL)",
+                       AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.endpoint = $1
+                                       AND p.claimed_by = l.member)",
                     &[&endpoint, &lapsed, &(millis(LAPSED_LEASE_KEPT) as f64)],
                 )
                 .await
@@ -79,13 +82,16 @@ impl Fleet for PgStore {
                         "WITH lease AS (
                              INSERT INTO leases (endpoint, member, until)
                              VALUES ($2, $1, now() + $3 * interval '1 millisecond')
-                             ON CONFLICT (endpoint, member) DO UPDATE SET until = EXCLUDED.until)
-                         UPDATE tasks SET claimed_by = $1
-                         WHERE id IN (
-                             SELECT id FROM tasks
-                             WHERE endpoint = $2 AND finished IS NULL AND claimed_by IS NULL
-                             ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
-                         RETURNING {TASK_COLUMNS}"
+                             ON CONFLICT (endpoint, member) DO UPDATE SET until = EXCLUDED.until),
+                         claimed AS (
+                             UPDATE pending SET claimed_by = $1
+                             WHERE id IN (
+                                 SELECT id FROM pending
+                                 WHERE endpoint = $2 AND claimed_by IS NULL
+                                 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                             RETURNING id)
+                         SELECT {TASK_COLUMNS} FROM task_rows
+                         WHERE id = ANY(ARRAY(SELECT id FROM claimed))"
                     ))
                     .await
                     .map_err(pg)?;
@@ -144,7 +150,7 @@ impl Fleet for PgStore {
             let client = self.client().await?;
             let statement = client
                 .prepare_cached(&format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1)"
+                    "SELECT {TASK_COLUMNS} FROM task_rows WHERE id = ANY($1)"
                 ))
                 .await
                 .map_err(pg)?;

@@ -23,7 +23,7 @@ use super::{
     TaskPage, TaskRecord, TaskStore, TokenHash, UserRecord,
 };
 
-/// The columns of a task row, in the order [`task_of_row`] reads them.
+/// The columns of a task (of view `task_rows`), in the order [`task_of_row`] reads them.
 const TASK_COLUMNS: &str = "id, owner, endpoint, function, args, timeout_ms, state, timeline, \
      result, created, finished, cores, gpus, memory, nodes";
 
@@ -95,9 +95,11 @@ fn check_schema(schema: &str) -> Result<(), StoreError> {
 /// Every write is one transaction committed before its future resolves (PostgreSQL's
 /// commit waits for its WAL flush with the default `synchronous_commit`), so what the
 /// gateway acknowledged survives the gateway, and the database server, being killed.
-/// Several gateways can share one database: task ids come from a sequence, a finished
-/// task's result is written only if it has none (`UPDATE … WHERE result IS NULL`), and
-/// idempotency keys are a primary key, so two gateways never both create for one key.
+/// Several gateways can share one database: task ids come from a sequence, a task's
+/// result is stored only by the finish that deletes its row in `pending` (the unfinished
+/// tasks), and idempotency keys are a primary key, so two gateways never both create for
+/// one key. A task row is written once; claims and results live in narrow tables of their
+/// own (`pending`, `results`; see migration 6) and `task_rows` reads a task whole.
 ///
 /// The schema is created and migrated when the store is opened ([`PgStore::connect`]):
 /// table `schema_migrations` records the versions applied.
@@ -413,11 +415,23 @@ pub(crate) mod tests {
             .expect("open the test store")
     }
 
+    /// Another gateway's store on the schema [`fresh`]`(name)` made.
+    async fn another_gateway(name: &str) -> PgStore {
+        let options =
+            PgOptions::new(test_url()).schema(format!("test_{name}_{}", std::process::id()));
+        PgStore::connect_with(options)
+            .await
+            .expect("open the test store again")
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keeps_the_store_contract() {
         let store = fresh("contract").await;
         super::super::tests::contract(&store).await;
-        assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            store.schema_versions().await.unwrap(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,7 +448,10 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let again = PgStore::connect_with(options.clone()).await.unwrap();
-        assert_eq!(again.schema_versions().await.unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            again.schema_versions().await.unwrap(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
         assert_eq!(again.users().await.unwrap().len(), 1);
         // A database migrated by a newer gateway is not written by this one.
         let client = again.client().await.unwrap();
@@ -445,6 +462,134 @@ pub(crate) mod tests {
         drop(client);
         let error = PgStore::connect_with(options).await.unwrap_err();
         assert!(error.to_string().contains("upgrade the gateway"), "{error}");
+    }
+
+    /// A schema left by a gateway of version 5 (task rows holding their results and claims)
+    /// migrates to `pending` and `results` with every task as it was: a finished one keeps
+    /// its result and is not finished again, a dead gateway's claim is taken over, an
+    /// unclaimed task is claimed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_5_schema_migrates_with_its_tasks() {
+        let schema = format!("test_from_v5_{}", std::process::id());
+        let options = PgOptions::new(test_url()).schema(schema.clone());
+        PgStore::drop_schema(&options).await.unwrap();
+        let (client, connection) = tokio_postgres::connect(&test_url(), NoTls).await.unwrap();
+        let driver = tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA {schema}; SET search_path = {schema};
+                 CREATE TABLE schema_migrations (version integer PRIMARY KEY,
+                                                 applied timestamptz NOT NULL DEFAULT now())"
+            ))
+            .await
+            .unwrap();
+        for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version <= 5) {
+            client.batch_execute(sql).await.unwrap();
+            client
+                .execute(
+                    "INSERT INTO schema_migrations (version) VALUES ($1)",
+                    &[version],
+                )
+                .await
+                .unwrap();
+        }
+        let now = to_micros(SystemTime::now());
+        let task = plain_task("e");
+        let outcome = |id| Finished {
+            id,
+            result: Ok(funcx_core::Payload::pickle(&(id as i64)).unwrap()),
+            timeline: Timeline::submitted_now(),
+        };
+        let (done_state, done_timeline) = settled(&outcome(1), now);
+        // Task 1 finished, task 2 claimed by a gateway whose lease lapsed, task 3 unclaimed.
+        for (id, claimed_by, finished) in [
+            (1_i64, None, true),
+            (2, Some("gone"), false),
+            (3, None, false),
+        ] {
+            let record = new_record(id_from_sql(id).unwrap(), task.clone(), now).unwrap();
+            let (state, timeline, result, finished_at) = if finished {
+                (
+                    encode(&done_state).unwrap(),
+                    encode(&done_timeline).unwrap(),
+                    Some(encode(&outcome(1).result).unwrap()),
+                    Some(now),
+                )
+            } else {
+                (
+                    encode(&record.state).unwrap(),
+                    encode(&record.timeline).unwrap(),
+                    None,
+                    None,
+                )
+            };
+            client
+                .execute(
+                    "INSERT INTO tasks (id, owner, endpoint, function, args, state, timeline,
+                                        result, created, finished, claimed_by)
+                     VALUES ($1, 'alice', 'e', $2, $3, $4, $5, $6, $7, $8, $9)",
+                    &[
+                        &id,
+                        &record.function.as_bytes().as_slice(),
+                        &record.args,
+                        &state,
+                        &timeline,
+                        &result,
+                        &now,
+                        &finished_at,
+                        &claimed_by,
+                    ],
+                )
+                .await
+                .unwrap();
+        }
+        client
+            .batch_execute(
+                "INSERT INTO leases VALUES ('e', 'gone', now() - interval '1 hour');
+                 SELECT setval('task_ids', 3)",
+            )
+            .await
+            .unwrap();
+        drop(client);
+        let _ = driver.await;
+
+        let store = PgStore::connect_with(options).await.unwrap();
+        assert_eq!(
+            store.schema_versions().await.unwrap(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
+        let finished = store.task(1).await.unwrap().unwrap();
+        assert_eq!(finished.state, TaskState::Succeeded);
+        let value: i64 = finished.result.unwrap().unwrap().decode().unwrap();
+        assert_eq!(value, 1);
+        assert_eq!(finished.finished, Some(now));
+        let unfinished: Vec<u64> = store
+            .unfinished_tasks()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|task| task.id)
+            .collect();
+        assert_eq!(unfinished, vec![2, 3]);
+        assert_eq!(claim_ids(&store, "e").await, vec![2, 3]);
+        // Finished once: the old result stands, a second finish of a task stores nothing.
+        let later = SystemTime::now();
+        let done = store
+            .finish(vec![outcome(1), outcome(2), outcome(3)], later)
+            .await
+            .unwrap();
+        let done: Vec<u64> = done.into_iter().map(|task| task.id).collect();
+        assert_eq!(done, vec![2, 3]);
+        assert!(store
+            .finish(vec![outcome(2)], later)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.unfinished_tasks().await.unwrap().is_empty());
+        assert_eq!(store.task(1).await.unwrap().unwrap().finished, Some(now));
+        // New tasks are numbered after the migrated ones.
+        let ids = store.insert_tasks(vec![task], later).await.unwrap();
+        assert_eq!(ids, vec![4]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,25 +631,71 @@ pub(crate) mod tests {
         assert_eq!(record.timeout, Some(Duration::from_millis(1500)));
     }
 
+    /// Two gateways finishing the same tasks at once (a task run twice across a failover):
+    /// each task's result is stored by exactly one of them, the one that returned it, and
+    /// the value read back is that one's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_gateways_racing_finish_each_task_once() {
+        let first = fresh("finish_race").await;
+        let second = another_gateway("finish_race").await;
+        let task = plain_task("e");
+        let now = SystemTime::now();
+        let ids = first.insert_tasks(vec![task; 600], now).await.unwrap();
+        // Each side finishes every task with its own value, in batches of 50 in opposite
+        // orders, so that the batches overlap in flight.
+        let outcomes = |value: i64, ids: &[u64]| -> Vec<Finished> {
+            ids.iter()
+                .map(|&id| Finished {
+                    id,
+                    result: Ok(funcx_core::Payload::pickle(&value).unwrap()),
+                    timeline: Timeline::submitted_now(),
+                })
+                .collect()
+        };
+        let reversed: Vec<u64> = ids.iter().rev().copied().collect();
+        let finish_all = |store: &PgStore, value: i64, order: Vec<u64>| {
+            let store = store.clone();
+            let batches: Vec<Vec<Finished>> =
+                order.chunks(50).map(|c| outcomes(value, c)).collect();
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                for batch in batches {
+                    done.extend(store.finish(batch, SystemTime::now()).await.unwrap());
+                }
+                done.into_iter().map(|task| task.id).collect::<Vec<u64>>()
+            })
+        };
+        let by_first = finish_all(&first, 1, ids.clone());
+        let by_second = finish_all(&second, 2, reversed);
+        let (by_first, by_second) = (by_first.await.unwrap(), by_second.await.unwrap());
+        let mut all: Vec<u64> = by_first.iter().chain(&by_second).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, ids, "every task finished exactly once");
+        for (store_value, won) in [(1_i64, &by_first), (2, &by_second)] {
+            let read = second.tasks(won.clone()).await.unwrap();
+            assert_eq!(read.len(), won.len());
+            for record in read {
+                let value: i64 = record.result.unwrap().unwrap().decode().unwrap();
+                assert_eq!(
+                    value, store_value,
+                    "task {} has its finisher's result",
+                    record.id
+                );
+            }
+        }
+        assert!(first.unfinished_tasks().await.unwrap().is_empty());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_gateways_racing_claim_each_task_once_and_leases_expire() {
         let first = fresh("race").await;
-        let options =
-            PgOptions::new(test_url()).schema(format!("test_race_{}", std::process::id()));
-        let second = PgStore::connect_with(options).await.unwrap();
+        let second = another_gateway("race").await;
         assert_ne!(first.member(), second.member());
         let mut notes = second.subscribe();
         let resync = tokio::time::timeout(Duration::from_secs(10), notes.recv()).await;
         assert_eq!(resync.unwrap().unwrap(), FleetEvent::Resync);
 
-        let task = |endpoint: &str| NewTask {
-            owner: "alice".into(),
-            endpoint: endpoint.into(),
-            function: funcx_core::Function::from_source("", "f").id(),
-            args: funcx_core::Args::new(),
-            timeout: None,
-            resources: None,
-        };
+        let task = plain_task;
         let now = SystemTime::now();
         let ids = first
             .insert_tasks((0..500).map(|_| task("e")).collect(), now)
@@ -604,6 +795,18 @@ pub(crate) mod tests {
         taken
     }
 
+    /// A task of alice's for `endpoint`, with no options.
+    fn plain_task(endpoint: &str) -> NewTask {
+        NewTask {
+            owner: "alice".into(),
+            endpoint: endpoint.into(),
+            function: funcx_core::Function::from_source("", "f").id(),
+            args: funcx_core::Args::new(),
+            timeout: None,
+            resources: None,
+        }
+    }
+
     /// The next notification, within 10 s.
     async fn next_note(notes: &mut broadcast::Receiver<FleetEvent>) -> FleetEvent {
         let note = tokio::time::timeout(Duration::from_secs(10), notes.recv()).await;
@@ -614,22 +817,11 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_submission_is_claimed_as_it_is_stored_only_under_a_sound_lease() {
         let first = fresh("claim_at_insert").await;
-        let options = PgOptions::new(test_url())
-            .schema(format!("test_claim_at_insert_{}", std::process::id()));
-        let second = PgStore::connect_with(options).await.unwrap();
+        let second = another_gateway("claim_at_insert").await;
         let mut notes = second.subscribe();
         assert_eq!(next_note(&mut notes).await, FleetEvent::Resync);
         let tasks = |endpoint: &str, n: usize| -> Vec<NewTask> {
-            (0..n)
-                .map(|_| NewTask {
-                    owner: "alice".into(),
-                    endpoint: endpoint.into(),
-                    function: funcx_core::Function::from_source("", "f").id(),
-                    args: funcx_core::Args::new(),
-                    timeout: None,
-                    resources: None,
-                })
-                .collect()
+            (0..n).map(|_| plain_task(endpoint)).collect()
         };
         let now = SystemTime::now();
         let margin = Duration::from_secs(20);

@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// Numbers `tasks` and stores them in `tx`: ids are taken from the sequence first and
+/// Numbers `tasks` and stores them in `tx`, each with its row in `pending` (unfinished):
+/// ids are taken from the sequence first and
 /// handed out in ascending order, so a batch's ids increase as its tasks do. With a
 /// `claimant`, the tasks are stored claimed by it (the caller checked its lease) and no
 /// other gateway is told of them; without, every gateway listening hears of them.
@@ -65,15 +66,19 @@ async fn insert(
     if special {
         let statement = tx
             .prepare_cached(
-                "INSERT INTO tasks (id, owner, endpoint, function, args, timeout_ms, state, timeline,
-                                    created, claimed_by, cores, gpus, memory, nodes)
-                 SELECT id, owner, endpoint, function, args, timeout_ms, state, timeline, $9,
-                        $13, cores, gpus, memory, nodes
-                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
-                             $6::bigint[], $7::bytea[], $8::bytea[], $10::bigint[],
-                             $11::bigint[], $12::bigint[], $14::bigint[])
-                      AS t(id, owner, endpoint, function, args, timeout_ms, state, timeline,
-                           cores, gpus, memory, nodes)",
+                "WITH stored AS (
+                     INSERT INTO tasks (id, owner, endpoint, function, args, timeout_ms, state,
+                                        timeline, created, cores, gpus, memory, nodes)
+                     SELECT id, owner, endpoint, function, args, timeout_ms, state, timeline,
+                            $9, cores, gpus, memory, nodes
+                     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[],
+                                 $5::bytea[], $6::bigint[], $7::bytea[], $8::bytea[],
+                                 $10::bigint[], $11::bigint[], $12::bigint[], $14::bigint[])
+                          AS t(id, owner, endpoint, function, args, timeout_ms, state,
+                               timeline, cores, gpus, memory, nodes)
+                     RETURNING id, endpoint)
+                 INSERT INTO pending (id, endpoint, claimed_by)
+                 SELECT id, endpoint, $13 FROM stored",
             )
             .await
             .map_err(pg)?;
@@ -89,12 +94,16 @@ async fn insert(
     } else {
         let statement = tx
             .prepare_cached(
-                "INSERT INTO tasks (id, owner, endpoint, function, args, timeout_ms, state, timeline,
-                                    created, claimed_by)
-                 SELECT id, owner, endpoint, function, args, timeout_ms, state, timeline, $9, $10
-                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
-                             $6::bigint[], $7::bytea[], $8::bytea[])
-                      AS t(id, owner, endpoint, function, args, timeout_ms, state, timeline)",
+                "WITH stored AS (
+                     INSERT INTO tasks (id, owner, endpoint, function, args, timeout_ms, state,
+                                        timeline, created)
+                     SELECT id, owner, endpoint, function, args, timeout_ms, state, timeline, $9
+                     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[],
+                                 $5::bytea[], $6::bigint[], $7::bytea[], $8::bytea[])
+                          AS t(id, owner, endpoint, function, args, timeout_ms, state, timeline)
+                     RETURNING id, endpoint)
+                 INSERT INTO pending (id, endpoint, claimed_by)
+                 SELECT id, endpoint, $10 FROM stored",
             )
             .await
             .map_err(pg)?;
@@ -404,7 +413,9 @@ impl TaskStore for PgStore {
         self.run(async move {
             let client = self.client().await?;
             let statement = client
-                .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
+                .prepare_cached(&format!(
+                    "SELECT {TASK_COLUMNS} FROM task_rows WHERE id = $1"
+                ))
                 .await
                 .map_err(pg)?;
             let row = client
@@ -431,7 +442,7 @@ impl TaskStore for PgStore {
             let rows = client
                 .query(
                     &format!(
-                        "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id < $2
+                        "SELECT {TASK_COLUMNS} FROM task_rows WHERE owner = $1 AND id < $2
                          ORDER BY id DESC LIMIT $3"
                     ),
                     &[&owner, &before, &fetch],
@@ -456,11 +467,13 @@ impl TaskStore for PgStore {
             if outcomes.is_empty() {
                 return Ok(Vec::new());
             }
-            // One statement, no read first: `result IS NULL` is checked again on the row's
-            // newest version when a concurrent finish of the same task committed first, so
-            // that one's result stands and this one's is dropped (and not returned). The
-            // stored timeline's submission time is not the gateway's (the endpoint executor
-            // saw a later one); `task_of_row` reads it from `created`.
+            // One statement, no read first. Deleting the task's `pending` row decides who
+            // finishes it: a concurrent finish of the same task waits on the row and then
+            // finds it gone, so the first one's result stands and the later one's is
+            // dropped (and not returned); a task finished already, or unknown, has no row.
+            // The result itself is a plain insert into `results` (no task row rewritten).
+            // The stored timeline's submission time is not the gateway's (the endpoint
+            // executor saw a later one); `task_of_row` reads it from `created`.
             let mut seen = std::collections::HashSet::with_capacity(outcomes.len());
             let mut ids = Vec::with_capacity(outcomes.len());
             let mut states = Vec::with_capacity(outcomes.len());
@@ -480,14 +493,21 @@ impl TaskStore for PgStore {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(pg)?;
             let update = tx
-                .prepare_cached(&format!(
-                    "UPDATE tasks SET state = u.new_state, timeline = u.new_timeline,
-                            result = u.new_result, finished = $5, claimed_by = NULL
-                     FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[])
-                          AS u(task, new_state, new_timeline, new_result)
-                     WHERE tasks.id = u.task AND tasks.result IS NULL
-                     RETURNING {TASK_COLUMNS}"
-                ))
+                .prepare_cached(
+                    "WITH done AS (
+                         DELETE FROM pending WHERE id = ANY($1::bigint[]) RETURNING id),
+                     stored AS (
+                         INSERT INTO results (id, state, timeline, result, finished)
+                         SELECT u.id, u.state, u.timeline, u.result, $5
+                         FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[])
+                              AS u(id, state, timeline, result)
+                         WHERE u.id IN (SELECT id FROM done)
+                         RETURNING id, state, timeline, result, finished)
+                     SELECT t.id, t.owner, t.endpoint, t.function, t.args, t.timeout_ms,
+                            s.state, s.timeline, s.result, t.created, s.finished,
+                            t.cores, t.gpus, t.memory, t.nodes
+                     FROM stored s JOIN tasks t ON t.id = s.id",
+                )
                 .await
                 .map_err(pg)?;
             let rows = tx
@@ -532,7 +552,12 @@ impl TaskStore for PgStore {
         self.run(async move {
             let client = self.client().await?;
             let deleted = client
-                .execute("DELETE FROM tasks WHERE id = $1", &[&id_to_sql(id)])
+                .execute(
+                    "WITH result AS (DELETE FROM results WHERE id = $1),
+                          unfinished AS (DELETE FROM pending WHERE id = $1)
+                     DELETE FROM tasks WHERE id = $1",
+                    &[&id_to_sql(id)],
+                )
                 .await
                 .map_err(pg)?;
             Ok(deleted > 0)
@@ -544,7 +569,10 @@ impl TaskStore for PgStore {
             let client = self.client().await?;
             let rows = client
                 .query(
-                    &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE finished IS NULL ORDER BY id"),
+                    &format!(
+                        "SELECT {TASK_COLUMNS} FROM task_rows
+                         WHERE id IN (SELECT id FROM pending) ORDER BY id"
+                    ),
                     &[],
                 )
                 .await
@@ -562,7 +590,8 @@ impl TaskStore for PgStore {
             let tx = client.transaction().await.map_err(pg)?;
             let tasks = tx
                 .execute(
-                    "DELETE FROM tasks WHERE finished IS NOT NULL AND finished < $1",
+                    "WITH expired AS (DELETE FROM results WHERE finished < $1 RETURNING id)
+                     DELETE FROM tasks WHERE id IN (SELECT id FROM expired)",
                     &[&cutoff],
                 )
                 .await
