@@ -5,12 +5,14 @@ GLOBUS_SDK_ENVIRONMENT=local points), with RabbitMQ on 127.0.0.1:5672.
 Environment: FUNCX_GC_EXAMPLE (the example's binary; default target/debug/examples/
 globus_compute), FUNCX_GC_PYTHON (the workers' interpreter; default this one),
 FUNCX_GC_LISTEN (where the gateway listens; default 127.0.0.1:5000, what `localhost:5000`
-names).
+names), FUNCX_GC_MANAGER (`funcx-manager`, for the MPI tests' block; default next to the
+example's directory).
 """
 
 import json
 import os
 import pathlib
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 GATEWAY = "http://localhost:5000"
 # Every wait in these tests is bounded by this (the machine may be loaded).
 WAIT_S = 120
+# What a user's script defines (see user_functions.py).
+USER_FUNCTIONS = pathlib.Path(__file__).with_name("user_functions.py")
+
+
+def user_functions():
+    """The user's functions, loaded as a script's are (as `__main__`)."""
+    return runpy.run_path(str(USER_FUNCTIONS), run_name="__main__")
 
 
 def wait_until(condition, what, timeout=WAIT_S, period=0.05):
@@ -42,10 +51,14 @@ class Process:
     """A child process whose stdout lines are collected by a thread (so reading them is
     bounded) and whose stderr goes to a file shown when something fails."""
 
-    def __init__(self, args, log):
+    def __init__(self, args, log, env=None):
         self.log = log
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True
+            args,
+            stdout=subprocess.PIPE,
+            stderr=open(log, "wb"),
+            text=True,
+            env=None if env is None else {**os.environ, **env},
         )
         self.lines = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -80,6 +93,13 @@ class Process:
 def example_binary():
     return os.environ.get(
         "FUNCX_GC_EXAMPLE", str(ROOT / "target" / "debug" / "examples" / "globus_compute")
+    )
+
+
+def manager_binary():
+    """`funcx-manager`, built next to the example (scripts/test builds both)."""
+    return os.environ.get(
+        "FUNCX_GC_MANAGER", str(pathlib.Path(example_binary()).parents[1] / "funcx-manager")
     )
 
 
@@ -152,8 +172,9 @@ def process_factory(tmp_path):
     """Starts processes that are stopped when the test ends."""
     started = []
 
-    def start(args):
-        process = Process(args, tmp_path / f"process-{len(started)}.log")
+    def start(args, env=None):
+        """`args` run with `env` added to this process's environment."""
+        process = Process(args, tmp_path / f"process-{len(started)}.log", env)
         started.append(process)
         return process
 

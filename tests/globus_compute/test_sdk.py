@@ -1,8 +1,6 @@
 """The Globus Compute SDK (unmodified, from PyPI) against a funcx gateway and endpoint."""
 
 import concurrent.futures
-import pathlib
-import runpy
 import uuid
 
 import globus_sdk
@@ -12,11 +10,18 @@ from globus_compute_sdk.errors import TaskExecutionFailed, TaskPending
 from globus_compute_sdk.serialize import ComputeSerializer, JSONData
 from globus_compute_sdk.serialize.utils import unpack_buffers
 
-from conftest import GATEWAY, WAIT_S, endpoint_status, http, wait_until
+from conftest import (
+    GATEWAY,
+    USER_FUNCTIONS,
+    WAIT_S,
+    endpoint_status,
+    http,
+    user_functions,
+    wait_until,
+)
 
 
-USER_FUNCTIONS = pathlib.Path(__file__).with_name("user_functions.py")
-_USER = runpy.run_path(str(USER_FUNCTIONS), run_name="__main__")
+_USER = user_functions()
 square = _USER["square"]
 describe = _USER["describe"]
 divide = _USER["divide"]

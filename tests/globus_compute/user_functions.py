@@ -20,3 +20,18 @@ def slow_double(x, seconds):
 
     time.sleep(seconds)
     return 2 * x
+
+
+def worker_state():
+    """What a previous task could have left behind in its worker: its working directory
+    and any launch or sandbox variable."""
+    import os
+
+    return {
+        "cwd": os.getcwd(),
+        "leftovers": sorted(
+            name
+            for name in os.environ
+            if name.startswith("PARSL_") or name == "GC_TASK_SANDBOX_DIR"
+        ),
+    }

@@ -39,6 +39,18 @@
 //! With `--join URL --endpoint-id ID --endpoint-token TOKEN`, it runs only an endpoint (with
 //! `--workers` workers of `--python`) that dials the gateway at `URL`: another endpoint for
 //! the same gateway, on another machine or after this one was stopped.
+//!
+//! With `--join ... --block-nodes HOST,HOST...` as well, that endpoint has no workers of its
+//! own: it holds a block of those nodes (for `MPIFunction` tasks that ask for `num_nodes`),
+//! listens for managers on loopback and prints
+//!
+//! ```text
+//! FUNCX_MANAGER_ADDRESS=127.0.0.1:<port>
+//! FUNCX_MANAGER_TOKEN=<token>
+//! ```
+//!
+//! for a `funcx-manager --endpoint <address> --block-nodes HOST,HOST... --python ...` (with
+//! `FUNCX_TOKEN=<token>`) to run its tasks.
 
 use std::error::Error;
 use std::io::Write;
@@ -48,7 +60,10 @@ use funcx_client::EndpointDial;
 use funcx_core::Executor;
 use funcx_gateway::{ComputeClientConfig, Gateway, GatewayConfig, GlobusComputeConfig, UserConfig};
 use funcx_python::{PythonConfig, PythonRuntime};
-use funcx_transport::remote::{run_manager, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo};
+use funcx_transport::remote::{
+    run_manager, AgentConfig, EndpointAgent, ExecutorRunner, ManagerConfig, ManagerId, ManagerInfo,
+};
+use funcx_transport::TcpTransport;
 
 struct Options {
     python: String,
@@ -56,6 +71,8 @@ struct Options {
     amqp: String,
     workers: usize,
     join: Option<(String, String, String)>,
+    /// The nodes of the block the joining endpoint's managers hold.
+    block_nodes: Vec<String>,
 }
 
 fn options() -> Result<Options, String> {
@@ -65,6 +82,7 @@ fn options() -> Result<Options, String> {
         amqp: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
         workers: 2,
         join: None,
+        block_nodes: Vec::new(),
     };
     let (mut url, mut id, mut token) = (None, None, None);
     let mut args = std::env::args().skip(1);
@@ -82,6 +100,13 @@ fn options() -> Result<Options, String> {
             "--join" => url = Some(value()?),
             "--endpoint-id" => id = Some(value()?),
             "--endpoint-token" => token = Some(value()?),
+            "--block-nodes" => {
+                options.block_nodes = value()?
+                    .split(',')
+                    .filter(|host| !host.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }
             other => return Err(format!("unknown option {other:?} (see the example's docs)")),
         }
     }
@@ -90,25 +115,48 @@ fn options() -> Result<Options, String> {
         (None, None, None) => {}
         _ => return Err("--join needs --endpoint-id and --endpoint-token".into()),
     }
+    if !options.block_nodes.is_empty() && options.join.is_none() {
+        return Err("--block-nodes needs --join".into());
+    }
     if options.workers == 0 {
         return Err("--workers must be at least 1".into());
     }
     Ok(options)
 }
 
-/// An endpoint: `workers` warm Python workers behind a manager that dials the gateway.
+/// An endpoint: `workers` warm Python workers of its own, or, with `--block-nodes`, the
+/// `funcx-manager`s that dial it on loopback holding a block of those nodes (it then prints
+/// where they dial and their token). It dials the gateway as one manager.
 async fn endpoint(
     options: &Options,
     gateway: &str,
     id: &str,
     token: &str,
 ) -> Result<tokio::task::JoinHandle<()>, Box<dyn Error>> {
-    let local = Executor::builder()
-        .workers(options.workers)
-        .start(PythonRuntime::new(
-            PythonConfig::default().python(&options.python),
-        ));
-    local.ready().await?;
+    let executor = if options.block_nodes.is_empty() {
+        let local = Executor::builder()
+            .workers(options.workers)
+            .start(PythonRuntime::new(
+                PythonConfig::default().python(&options.python),
+            ));
+        local.ready().await?;
+        local
+    } else {
+        let executor = Executor::builder().start_without_workers();
+        let manager_token = funcx_gateway::new_token()?;
+        let acceptor = TcpTransport::builder()
+            .token(manager_token.clone())
+            .build()
+            .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "FUNCX_MANAGER_ADDRESS={}", acceptor.local_addr())?;
+        writeln!(out, "FUNCX_MANAGER_TOKEN={manager_token}")?;
+        out.flush()?;
+        drop(out);
+        tokio::spawn(EndpointAgent::new(executor.clone(), AgentConfig::default()).serve(acceptor));
+        executor
+    };
     let info = ManagerInfo {
         id: ManagerId(u64::from(std::process::id())),
         block: None,
@@ -118,10 +166,10 @@ async fn endpoint(
         gpus: vec![],
         cores: None,
         memory: None,
-        nodes: Vec::new(),
+        nodes: options.block_nodes.clone(),
     };
     let dial = EndpointDial::new(gateway, id, token);
-    let runner = ExecutorRunner::new(local, options.workers);
+    let runner = ExecutorRunner::new(executor, options.workers);
     Ok(tokio::spawn(async move {
         let exit = run_manager(dial, runner, ManagerConfig::new(info)).await;
         eprintln!("endpoint stopped: {exit}");

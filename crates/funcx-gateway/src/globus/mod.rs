@@ -24,6 +24,8 @@ pub mod config;
 #[cfg(feature = "globus-compute")]
 mod amqp;
 #[cfg(feature = "globus-compute")]
+mod resource_spec;
+#[cfg(feature = "globus-compute")]
 mod routes;
 #[cfg(feature = "globus-compute")]
 mod shim;

@@ -9,83 +9,25 @@
 //! (`"success"` or `"failed"`), the result serialized with the task's result serializers or
 //! the remote traceback, and the worker's environment details as JSON. The gateway reads
 //! that triple (plain strings, decoded with `serde-pickle`) and relays the opaque result.
+//!
+//! Around the call, the shim sets what a Globus Compute endpoint's engine would: for a task
+//! with a resource specification, the `PARSL_*` variables an `MPIFunction` launches with
+//! (from the nodes funcx granted the task); for a `ShellFunction`, a sandbox directory of
+//! its own (`GC_TASK_SANDBOX_DIR`). It restores the worker's environment and working
+//! directory after the call and removes the sandbox, so the next task on the warm worker
+//! sees none of it. The source is `shim.py`.
 
 use funcx_core::{Args, Function, Payload, TaskError};
 use serde::Serialize;
+
+use super::resource_spec::ResourceSpecification;
 
 /// The shim's entry point.
 pub(crate) const SHIM_NAME: &str = "_funcx_globus_compute_task";
 
 /// The shim's source. Deserialized functions are cached per worker by their serialized
 /// form, so a warm worker deserializes each function once.
-pub(crate) const SHIM_SOURCE: &str = r#"
-import json as _json
-import traceback as _traceback
-
-_FUNCTIONS = {}
-_STATE = {}
-
-
-def _details():
-    details = _STATE.get("details")
-    if details is None:
-        try:
-            from globus_compute_sdk.sdk.utils import get_env_details
-            details = get_env_details()
-        except Exception:
-            import platform
-            details = {"os": platform.platform(), "python_version": platform.python_version()}
-        details = _STATE["details"] = _json.dumps(details)
-    return details
-
-
-def _failure(error, skip_frames):
-    tb = error.__traceback__
-    for _ in range(skip_frames):
-        if tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-    text = "".join(_traceback.format_exception(type(error), error, tb))
-    return ("failed", text, _details())
-
-
-def _funcx_globus_compute_task(function_code, payload, result_serializers):
-    try:
-        serializer = _STATE.get("serializer")
-        if serializer is None:
-            try:
-                from globus_compute_sdk.serialize import ComputeSerializer
-            except ImportError as error:
-                raise RuntimeError(
-                    "this worker's Python cannot import globus_compute_sdk; install it "
-                    "(pip install globus-compute-sdk) in the interpreter the endpoint's "
-                    "workers run"
-                ) from error
-            serializer = _STATE["serializer"] = ComputeSerializer()
-        from globus_compute_sdk.serialize.utils import unpack_buffers
-
-        function = _FUNCTIONS.get(function_code)
-        if function is None:
-            (buffer,) = unpack_buffers(function_code)
-            function = serializer.deserialize(buffer)
-            if len(_FUNCTIONS) >= 256:
-                _FUNCTIONS.clear()
-            _FUNCTIONS[function_code] = function
-        args_buffer, kwargs_buffer = unpack_buffers(payload)
-        args = serializer.deserialize(args_buffer)
-        kwargs = serializer.deserialize(kwargs_buffer)
-    except Exception as error:
-        return _failure(error, 0)
-    try:
-        result = function(*args, **kwargs)
-    except Exception as error:
-        # The user's frames only: not this one.
-        return _failure(error, 1)
-    try:
-        data = serializer.serialize_from_list(result, list(result_serializers))
-    except Exception as error:
-        return _failure(error, 0)
-    return ("success", data, _details())
-"#;
+pub(crate) const SHIM_SOURCE: &str = include_str!("shim.py");
 
 /// The shim as a funcx function (its id is the hash of its source, the same everywhere).
 pub(crate) fn shim() -> Function {
@@ -93,16 +35,23 @@ pub(crate) fn shim() -> Function {
 }
 
 /// The arguments of one task: the packed function, the packed arguments, and the result
-/// serializers, each pickled as Python `str` / `list[str]`.
+/// serializers, each pickled as Python `str` / `list[str]`; with a resource specification,
+/// also the keyword `resource_specification` (its JSON text), from which the shim sets the
+/// MPI launch variables for the call. A task without one has the arguments it always had.
 pub(crate) fn task_args(
     function_code: &str,
     payload: &str,
     result_serializers: &[String],
+    spec: Option<&ResourceSpecification>,
 ) -> Result<Args, TaskError> {
-    Ok(Args::new()
+    let args = Args::new()
         .payload(pickle(&function_code)?)
         .payload(pickle(&payload)?)
-        .payload(pickle(&result_serializers)?))
+        .payload(pickle(&result_serializers)?);
+    Ok(match spec {
+        Some(spec) => args.kwarg_payload("resource_specification", pickle(&spec.to_json())?),
+        None => args,
+    })
 }
 
 fn pickle<T: Serialize + ?Sized>(value: &T) -> Result<Payload, TaskError> {

@@ -14,6 +14,7 @@ use super::functions::visible_function;
 use super::{parse_uuid, Caller, ComputeError, ComputeResult};
 use crate::api::body::Input;
 use crate::auth::User;
+use crate::globus::resource_spec::ResourceSpecification;
 use crate::globus::service::{lock, ComputeFunction, GlobusCompute, Group};
 use crate::globus::{shim, uuid};
 use crate::store::{FunctionRecord, Insertion, NewTask, StoreError};
@@ -30,10 +31,14 @@ pub(super) struct SubmitRequest {
     result_serializers: Option<Vec<String>>,
     #[serde(default)]
     user_endpoint_config: Option<Value>,
+    #[serde(default)]
+    resource_specification: Option<Value>,
 }
 
 /// `POST /v3/endpoints/{id}/submit`: every task becomes a funcx task of the shim, stored
 /// before the answer; with `create_queue`, the task group's result queue is declared first.
+/// A `resource_specification` gives every task of the request its nodes and the shim its
+/// MPI launch (see [`ResourceSpecification`]).
 pub(super) async fn submit(
     Caller {
         gateway,
@@ -54,6 +59,8 @@ pub(super) async fn submit(
             "user_endpoint_config is not supported: a funcx endpoint has one configuration, set where it runs",
         ));
     }
+    let spec = ResourceSpecification::parse(request.resource_specification.as_ref())
+        .map_err(ComputeError::bad_request)?;
     let shim_id = service.shim.id();
     if !endpoint.allows(&shim_id) {
         return Err(ComputeError::forbidden(format!(
@@ -107,20 +114,22 @@ pub(super) async fn submit(
     let mut tasks = Vec::with_capacity(count);
     for (_, function, payloads) in &work {
         for payload in payloads {
-            let args = shim::task_args(&function.code, payload, &serializers)
+            let args = shim::task_args(&function.code, payload, &serializers, spec.as_ref())
                 .map_err(|e| ComputeError::bad_request(e.to_string()))?;
+            let resources = spec.as_ref().and_then(ResourceSpecification::resources);
             new.push(NewTask {
                 owner: user.name().to_owned(),
                 endpoint: endpoint.id.clone(),
                 function: shim_id,
                 args: args.clone(),
                 timeout: None,
-                resources: None,
+                resources,
             });
             tasks.push(Task {
                 function: service.shim.clone(),
                 args,
-                options: TaskOptions::new(),
+                options: resources
+                    .map_or_else(TaskOptions::new, |r| TaskOptions::new().resources(r)),
             });
         }
     }
