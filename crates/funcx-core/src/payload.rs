@@ -9,6 +9,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::TaskError;
 
+/// Large pickles of plain values, decoded without `serde-pickle`'s growing buffers.
+mod plain_pickle;
+
 /// The encoding of a [`Payload`]'s bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -139,8 +142,15 @@ impl Payload {
     /// a numpy array); the payload itself is untouched and can still be passed on.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, TaskError> {
         match self.format {
-            Format::Pickle => serde_pickle::from_slice(&self.bytes, serde_pickle::DeOptions::new())
-                .map_err(TaskError::decode),
+            Format::Pickle => {
+                if self.bytes.len() >= plain_pickle::PLAIN_MIN {
+                    if let Some(value) = plain_pickle::decode(&self.bytes) {
+                        return Ok(value);
+                    }
+                }
+                serde_pickle::from_slice(&self.bytes, serde_pickle::DeOptions::new())
+                    .map_err(TaskError::decode)
+            }
             Format::Json => serde_json::from_slice(&self.bytes).map_err(TaskError::decode),
         }
     }
@@ -492,6 +502,18 @@ mod tests {
         let bytes = serde_bytes::ByteBuf::from(vec![0_u8, 255]);
         let back: serde_bytes::ByteBuf = Payload::pickle(&bytes).unwrap().decode().unwrap();
         assert_eq!(back, bytes);
+    }
+
+    #[test]
+    fn large_bytes_decode_into_buffers_of_their_size() {
+        let data = serde_bytes::ByteBuf::from(vec![6_u8; 1 << 20]);
+        let payload = Payload::pickle(&(3_i64, &data)).unwrap();
+        let (number, back): (i64, serde_bytes::ByteBuf) = payload.decode().unwrap();
+        assert_eq!((number, &back), (3, &data));
+        assert_eq!(back.into_vec().capacity(), data.len());
+        // Into a type that does not fit, it is the usual error.
+        let err = payload.decode::<(i64, i64)>().unwrap_err();
+        assert!(err.is_serialization(), "{err}");
     }
 
     #[test]
