@@ -56,8 +56,8 @@ pub use funcx_core::{worker, SpawnError, WorkerRuntime};
 // Providers of blocks of workers, and how an endpoint scales and reports them.
 pub use funcx_core::{
     BlockId, BlockReport, BlockRequest, BlockState, BlockStatus, ExecutorStats, ManagerCommand,
-    PoolStatus, Provider, ProviderError, Strategy, StrategyConfig, StrategyStatus, BLOCK_ID_ENV,
-    NODE_INDEX_ENV,
+    ManagerLayout, PoolStatus, Provider, ProviderError, Strategy, StrategyConfig, StrategyStatus,
+    BLOCK_ID_ENV, NODE_INDEX_ENV,
 };
 
 pub mod blocking;

@@ -10,84 +10,15 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::proc::alive;
 use common::processes::{run, text, GatewayProcess, ALICE};
-use common::{init_tracing, within, TempDir, HANG};
+use common::slurm::{
+    call, configure_slurm, queued_jobs, require_slurm, status, wait_status, SLURM,
+};
+use common::{init_tracing, within, TempDir};
 use funcx::Function;
-
-/// Slurm starts a job within seconds here; this bounds a broken cluster, not a slow one.
-const SLURM: Duration = Duration::from_secs(90);
-
-fn require_slurm() {
-    let found = Command::new("sbatch")
-        .arg("--version")
-        .output()
-        .map(|output| output.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "Slurm is not running here: run bash scripts/infra/slurm-up.sh (scripts/test does)"
-    );
-}
-
-fn status(home: &Path, name: &str) -> serde_json::Value {
-    let output = run(home, &["status", name, "--json"]);
-    assert!(output.status.success(), "{}", text(&output));
-    serde_json::from_slice(&output.stdout).expect("status JSON")
-}
-
-/// The Slurm jobs still in the queue among `jobs` (pending, running, completing).
-fn queued_jobs(jobs: &[String]) -> Vec<String> {
-    let output = Command::new("squeue")
-        .args(["-h", "-o", "%i %T"])
-        .output()
-        .expect("squeue");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|line| {
-            jobs.iter()
-                .any(|job| line.split_whitespace().next() == Some(job))
-        })
-        .map(String::from)
-        .collect()
-}
-
-async fn call(
-    method: reqwest::Method,
-    url: &str,
-    body: Option<serde_json::Value>,
-) -> (reqwest::StatusCode, serde_json::Value) {
-    let mut request = reqwest::Client::new()
-        .request(method, url)
-        .bearer_auth(ALICE);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = within(HANG, request.send()).await.expect("HTTP");
-    let status = response.status();
-    let value = response.json().await.unwrap_or(serde_json::Value::Null);
-    (status, value)
-}
-
-/// Waits (bounded) until `check` holds on the endpoint's status.
-fn wait_status(home: &Path, name: &str, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = Instant::now() + SLURM;
-    loop {
-        let status = status(home, name);
-        if check(&status) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not {what} within {SLURM:?}: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 const WHERE: &str = "import os, time\n\ndef where(x, pause):\n    time.sleep(pause)\n    return (x, os.environ.get('SLURM_JOB_ID', ''))\n";
 
@@ -98,42 +29,7 @@ async fn a_slurm_endpoint_configured_started_stopped_and_revoked() {
     let dir = TempDir::new("slurm-endpoint");
     let home = dir.0.join("home");
     let gateway = GatewayProcess::start(&dir.0);
-    let (status_code, registered) = call(
-        reqwest::Method::POST,
-        &format!("{}/v1/endpoints", gateway.url),
-        Some(serde_json::json!({ "name": "cluster" })),
-    )
-    .await;
-    assert_eq!(status_code, reqwest::StatusCode::CREATED, "{registered}");
-    let id = registered["endpoint_id"].as_str().unwrap().to_string();
-    let token = registered["endpoint_token"].as_str().unwrap().to_string();
-
-    // configure, then edit the file as an admin would.
-    let output = run(
-        &home,
-        &[
-            "configure",
-            "cluster",
-            "--provider",
-            "slurm",
-            "--gateway",
-            &gateway.url,
-            "--endpoint-id",
-            &id,
-            "--token",
-            &token,
-        ],
-    );
-    assert!(output.status.success(), "{}", text(&output));
-    let config_path = home.join("endpoints/cluster/config.toml");
-    let config = std::fs::read_to_string(&config_path).unwrap();
-    let config = config
-        .replace("# period_secs = 5 ", "period_secs = 0.2 ")
-        .replace("workers_per_node = 1", "workers_per_node = 2")
-        // Small memory, so the node's memory never keeps a block waiting.
-        .replace("# mem = \"16G\"", "mem = \"1G\"")
-        .replace("# walltime_secs = 3600", "walltime_secs = 600");
-    std::fs::write(&config_path, config).unwrap();
+    let id = configure_slurm(&home, &gateway.url, "cluster", |config| config).await;
 
     let output = run(&home, &["start", "cluster", "--detach"]);
     assert!(output.status.success(), "{}", text(&output));

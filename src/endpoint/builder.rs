@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use funcx_core::{
-    BlockRequest, Executor, Format, FunctionId, ManagerCommand, Provider, Strategy, StrategyConfig,
+    BlockRequest, Executor, Format, FunctionId, ManagerCommand, ManagerLayout, Provider, Strategy,
+    StrategyConfig,
 };
 use funcx_python::PythonConfig;
 use funcx_transport::remote::{AgentConfig, EndpointAgent};
@@ -68,6 +69,7 @@ pub struct EndpointBuilder {
     provider: Option<Arc<dyn Provider>>,
     manager: Option<ManagerCommand>,
     nodes_per_block: usize,
+    manager_layout: ManagerLayout,
     workers_per_node: usize,
     memory_per_node: Option<u64>,
     python: PythonConfig,
@@ -103,6 +105,7 @@ impl Default for EndpointBuilder {
             provider: None,
             manager: None,
             nodes_per_block: 1,
+            manager_layout: ManagerLayout::PerNode,
             workers_per_node: 1,
             memory_per_node: None,
             python: PythonConfig::new(),
@@ -158,13 +161,30 @@ impl EndpointBuilder {
         self
     }
 
-    /// Nodes per block, one manager on each (default 1).
+    /// Nodes per block (default 1), each with its own manager unless
+    /// [`EndpointBuilder::manager_layout`] says one manager holds them all.
     pub fn nodes_per_block(mut self, nodes: usize) -> Self {
         self.nodes_per_block = nodes;
         self
     }
 
-    /// Python workers per manager (default 1).
+    /// Where a block's managers run (default [`ManagerLayout::PerNode`]: one on each node,
+    /// so a task holds at most one node). [`ManagerLayout::PerBlock`] runs one manager for
+    /// the whole block, started in its batch job with `--block-nodes auto`, so that it holds
+    /// all `nodes_per_block` nodes and multi-node MPI tasks
+    /// ([`TaskOptions::nodes`](funcx_core::TaskOptions::nodes)) launch their ranks across the
+    /// allocation; the endpoint tells its gateway that a block has that many nodes. Needs a
+    /// batch scheduler's provider (Slurm, PBS, Grid Engine): the local and EC2 providers
+    /// reject such blocks.
+    pub fn manager_layout(mut self, layout: ManagerLayout) -> Self {
+        self.manager_layout = layout;
+        self
+    }
+
+    /// Python workers per manager (default 1). With one manager per block
+    /// ([`ManagerLayout::PerBlock`]) these are its workers, on the block's first node, each
+    /// running a plain task or the launcher of an MPI task; the block then also asks its
+    /// scheduler for this many task slots on each node, for the ranks.
     pub fn workers_per_node(mut self, workers: usize) -> Self {
         self.workers_per_node = workers;
         self
@@ -318,7 +338,7 @@ impl EndpointBuilder {
         let serving = tokio::spawn(agent.clone().serve(acceptor));
 
         let block = self.block_request(address, &token)?;
-        let slots_per_block = self.nodes_per_block * self.workers_per_node;
+        let slots_per_block = self.slots_per_block();
         let mut strategy = self.strategy.clone().slots_per_block(slots_per_block);
         if let Some(walltime) = self.walltime {
             let margin = self
@@ -361,17 +381,37 @@ impl EndpointBuilder {
         Ok(Endpoint { inner })
     }
 
+    /// The worker slots of one block: a manager's workers on each node, or the one
+    /// manager's for a block whose manager holds all its nodes.
+    fn slots_per_block(&self) -> usize {
+        match self.manager_layout {
+            ManagerLayout::PerNode => self.nodes_per_block * self.workers_per_node,
+            ManagerLayout::PerBlock => self.workers_per_node,
+        }
+    }
+
     /// What one task can be given on the largest node of this endpoint: every node is a
     /// manager it starts with the same `--workers`, `--gpus` and `--memory`, so the shape of
     /// one is the shape of all. (A manager started by hand with more is not seen here: the
-    /// gateway judges by this.)
+    /// gateway judges by this.) The nodes are those of one block: its own host alone for
+    /// managers that each hold their own node; for one manager per block, as many stand-in
+    /// names as the block has nodes, since their host names are known only inside each
+    /// block's batch job, and the gateway judges a task's nodes by their count.
     #[cfg(feature = "client")]
     fn largest_node(&self) -> funcx_core::Capacity {
+        let nodes = match self.manager_layout {
+            ManagerLayout::PerNode => None,
+            ManagerLayout::PerBlock => Some(
+                (1..=self.nodes_per_block)
+                    .map(|node| format!("block-node-{node}"))
+                    .collect(),
+            ),
+        };
         funcx_core::Capacity {
             cores: Some(u32::try_from(self.workers_per_node).unwrap_or(u32::MAX)),
             memory: self.memory_per_node,
             gpus: Some(self.python.accelerator_list().to_vec()),
-            nodes: None,
+            nodes,
         }
     }
 
@@ -411,7 +451,16 @@ impl EndpointBuilder {
         for (key, value) in self.python.environment() {
             command = command.env(key, value);
         }
-        let mut block = BlockRequest::new(command).nodes(self.nodes_per_block);
+        if self.manager_layout == ManagerLayout::PerBlock {
+            // The one manager takes the block's nodes from its batch job.
+            command = command.args(["--block-nodes", "auto"]);
+        }
+        // A per-block job gives each node a task slot per worker, for the ranks of the MPI
+        // tasks its manager launches; one manager per node needs none beyond its own.
+        let mut block = BlockRequest::new(command)
+            .nodes(self.nodes_per_block)
+            .layout(self.manager_layout)
+            .ranks_per_node(self.workers_per_node);
         if let Some(walltime) = self.walltime {
             block = block.walltime(walltime);
         }
@@ -472,4 +521,56 @@ fn random_token() -> String {
         token.push_str(&format!("{:016x}", hasher.finish()));
     }
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder(layout: ManagerLayout) -> EndpointBuilder {
+        EndpointBuilder::default()
+            .manager_program("funcx-manager")
+            .nodes_per_block(4)
+            .workers_per_node(8)
+            .manager_layout(layout)
+    }
+
+    fn asks_for_block_nodes(block: &BlockRequest) -> bool {
+        block
+            .command()
+            .arguments()
+            .windows(2)
+            .any(|pair| pair[0] == "--block-nodes" && pair[1] == "auto")
+    }
+
+    #[test]
+    fn per_node_blocks_start_a_manager_on_each_node_holding_its_own() {
+        let builder = builder(ManagerLayout::PerNode);
+        let address = SocketAddr::from(([127, 0, 0, 1], 7070));
+        let block = builder.block_request(address, "t").expect("request");
+        assert_eq!(block.manager_layout(), ManagerLayout::PerNode);
+        assert_eq!(block.node_count(), 4);
+        assert!(!asks_for_block_nodes(&block));
+        assert_eq!(builder.slots_per_block(), 32);
+        #[cfg(feature = "client")]
+        assert_eq!(builder.largest_node().nodes, None);
+    }
+
+    #[test]
+    fn per_block_blocks_start_one_manager_holding_all_their_nodes() {
+        let builder = builder(ManagerLayout::PerBlock);
+        let address = SocketAddr::from(([127, 0, 0, 1], 7070));
+        let block = builder.block_request(address, "t").expect("request");
+        assert_eq!(block.manager_layout(), ManagerLayout::PerBlock);
+        assert_eq!(block.node_count(), 4);
+        assert_eq!(block.rank_slots_per_node(), 8, "a task slot per worker");
+        assert!(asks_for_block_nodes(&block), "{:?}", block.command());
+        assert_eq!(builder.slots_per_block(), 8, "one manager's workers");
+        #[cfg(feature = "client")]
+        assert_eq!(
+            builder.largest_node().nodes.map(|nodes| nodes.len()),
+            Some(4),
+            "the gateway is told the block's node count"
+        );
+    }
 }

@@ -94,9 +94,9 @@ impl Dial for Watched {
 }
 
 /// Dials the gateway as one manager of `capacity` slots whose machine is `node`: what one
-/// task can be given on the largest of its nodes (cores, GPUs, memory), so that the gateway
-/// sends it the tasks that could fit there and fails the others at once. Its slots are
-/// spread over many nodes: they are not one machine's cores.
+/// task can be given on the largest of its nodes (cores, GPUs, memory) and the nodes of one
+/// block, so that the gateway sends it the tasks that could fit there and fails the others
+/// at once. Its slots are spread over many nodes: they are not one machine's cores.
 pub(super) fn start(
     inner: &Arc<Inner>,
     link: &GatewayLink,
@@ -128,9 +128,9 @@ pub(super) fn start(
         gpus: node.gpus.unwrap_or_default(),
         cores: node.cores,
         memory: node.memory,
-        // Its own host alone: it starts one manager per node, each holding its own node, so
-        // a task here holds at most one; the gateway fails one asking for more at once.
-        nodes: Vec::new(),
+        // One block's nodes: empty (its own host alone) when it starts one manager per node,
+        // each holding its own node; the gateway fails at once a task asking for more.
+        nodes: node.nodes.unwrap_or_default(),
     };
     let mut config = ManagerConfig::new(info).leave_on(leave_rx.clone());
     // An endpoint keeps dialling its gateway for as long as it runs; a stop ends it.

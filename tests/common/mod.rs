@@ -20,6 +20,10 @@ pub mod proc;
 #[cfg(all(unix, feature = "cli"))]
 pub mod processes;
 
+/// A Slurm-backed endpoint seen from outside (the `funcx-endpoint` program, Slurm's queue).
+#[cfg(all(unix, feature = "cli"))]
+pub mod slurm;
+
 /// `target/<profile>/funcx-manager`, next to the `deps` directory the tests run from.
 pub fn manager_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

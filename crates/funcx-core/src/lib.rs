@@ -47,8 +47,8 @@ pub use function::{Function, FunctionBody, FunctionId};
 pub use memoize::{Memoize, MemoizeLayer};
 pub use payload::{Format, Payload};
 pub use provider::{
-    BlockId, BlockRequest, BlockState, BlockStatus, ManagerCommand, Provider, ProviderError,
-    BLOCK_ID_ENV, NODE_INDEX_ENV,
+    BlockId, BlockRequest, BlockState, BlockStatus, ManagerCommand, ManagerLayout, Provider,
+    ProviderError, BLOCK_ID_ENV, NODE_INDEX_ENV,
 };
 pub use resources::{
     hostname, Capacity, Resources, ACCELERATOR_VARIABLES, HOSTS_VARIABLE, NODES_VARIABLE,

@@ -1,8 +1,10 @@
 //! The seam between an endpoint and the resources its managers run on.
 //!
 //! A *block* is a unit of resources obtained from a [`Provider`]: a batch job, a cloud
-//! instance, or a few local processes. A block spans one or more nodes, and one manager runs
-//! on each node; the manager dials back to the endpoint and runs the Python workers. The
+//! instance, or a few local processes. A block spans one or more nodes, and its
+//! [`ManagerLayout`] says where its managers run: one on each node (the default), or one for
+//! the whole block that holds all its nodes for multi-node (MPI) tasks. A manager dials back
+//! to the endpoint and runs the Python workers. The
 //! endpoint's scaling strategy asks for blocks with [`Provider::submit`], watches them with
 //! [`Provider::status`] and gives them back with [`Provider::cancel`].
 //!
@@ -24,7 +26,8 @@ use serde::{Deserialize, Serialize};
 pub const BLOCK_ID_ENV: &str = "FUNCX_BLOCK_ID";
 
 /// The environment variable that tells a manager which node of its block it runs on
-/// (`0`, `1`, ... up to [`BlockRequest::nodes`] − 1).
+/// (`0`, `1`, ... up to [`BlockRequest::nodes`] − 1; always `0` for the one manager of a
+/// [`ManagerLayout::PerBlock`] block).
 pub const NODE_INDEX_ENV: &str = "FUNCX_NODE_INDEX";
 
 /// The identity of a block, as its provider issued it: a job id for a scheduler, an instance
@@ -59,8 +62,9 @@ impl fmt::Debug for BlockId {
 
 /// The command that starts one manager: program, arguments and extra environment.
 ///
-/// A provider runs it once per node of a block and adds [`BLOCK_ID_ENV`] and
-/// [`NODE_INDEX_ENV`] to its environment, so a manager can introduce itself to the endpoint.
+/// A provider runs it once per node of a block, or once for the whole block
+/// ([`ManagerLayout`]), and adds [`BLOCK_ID_ENV`] and [`NODE_INDEX_ENV`] to its environment,
+/// so a manager can introduce itself to the endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManagerCommand {
     program: PathBuf,
@@ -117,41 +121,106 @@ impl ManagerCommand {
     }
 }
 
-/// What to ask a provider for: how many nodes, for how long, and what to run on each.
+/// Where a block's managers run: one on each of its nodes, or one for the whole block.
+///
+/// The contract every [`Provider`] keeps for each layout:
+///
+/// - [`PerNode`](ManagerLayout::PerNode) (the default): the provider starts the manager
+///   command on every node of the block (a batch script fans it out with its launcher:
+///   `srun`, `mpiexec`, `aprun`, `qrsh -inherit`; a cloud starts one instance per node; the
+///   local provider one process per node), node `i` with [`NODE_INDEX_ENV`] `i`. Each manager
+///   holds its own node, so a task holds at most one node.
+/// - [`PerBlock`](ManagerLayout::PerBlock): the provider starts the manager command once, as
+///   node `0`, on the block's first node, inside the batch job itself (never through a
+///   launcher that fans it out), so that it sees the job's node list
+///   (`SLURM_JOB_NODELIST`, `PBS_NODEFILE`, `PE_HOSTFILE`: what `funcx-manager
+///   --block-nodes auto` reads) and can launch a multi-node task's ranks across the
+///   allocation with the scheduler's own `mpirun` / `srun`. The job asks for
+///   [`BlockRequest::ranks_per_node`] task slots on each node for those ranks (Open MPI in a
+///   Slurm job starts no more ranks on a node than the job has task slots there). A provider
+///   whose blocks have no such node list (local processes, cloud instances) rejects the
+///   request ([`ProviderError::is_rejected`]) rather than start a manager that cannot see
+///   the nodes it is meant to hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ManagerLayout {
+    /// One manager on each node of the block, each holding its own node (`per-node`).
+    #[default]
+    PerNode,
+    /// One manager for the whole block, holding all its nodes for multi-node tasks
+    /// (`per-block`).
+    PerBlock,
+}
+
+impl fmt::Display for ManagerLayout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ManagerLayout::PerNode => "per-node",
+            ManagerLayout::PerBlock => "per-block",
+        })
+    }
+}
+
+/// What to ask a provider for: how many nodes, for how long, what to run, and where
+/// ([`ManagerLayout`]).
 ///
 /// ```
 /// use std::time::Duration;
-/// use funcx_core::{BlockRequest, ManagerCommand};
+/// use funcx_core::{BlockRequest, ManagerCommand, ManagerLayout};
 ///
 /// let request = BlockRequest::new(ManagerCommand::new("funcx-manager").arg("--endpoint=10.0.0.1:9000"))
 ///     .nodes(4)
 ///     .walltime(Duration::from_secs(3600))
 ///     .worker_init("module load python/3.12");
 /// assert_eq!(request.node_count(), 4);
+///
+/// // One manager for all four nodes, with 8 task slots on each for MPI ranks.
+/// let request = request.layout(ManagerLayout::PerBlock).ranks_per_node(8);
+/// assert_eq!(request.manager_layout(), ManagerLayout::PerBlock);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockRequest {
     command: ManagerCommand,
     nodes: usize,
+    layout: ManagerLayout,
+    ranks_per_node: usize,
     walltime: Option<Duration>,
     worker_init: Option<String>,
 }
 
 impl BlockRequest {
-    /// One node running `command`, no walltime limit, no init lines.
+    /// One node running `command`, no walltime limit, no init lines, one manager per node.
     pub fn new(command: ManagerCommand) -> BlockRequest {
         BlockRequest {
             command,
             nodes: 1,
+            layout: ManagerLayout::PerNode,
+            ranks_per_node: 1,
             walltime: None,
             worker_init: None,
         }
     }
 
-    /// Spans `nodes` nodes, one manager on each. A block needs at least one node: providers
-    /// reject a request for zero (see [`BlockRequest::check`]) rather than guess.
+    /// Spans `nodes` nodes. A block needs at least one node: providers reject a request for
+    /// zero (see [`BlockRequest::check`]) rather than guess.
     pub fn nodes(mut self, nodes: usize) -> BlockRequest {
         self.nodes = nodes;
+        self
+    }
+
+    /// Where the managers run: one per node (the default) or one for the whole block; see
+    /// [`ManagerLayout`] for what each asks of a provider.
+    pub fn layout(mut self, layout: ManagerLayout) -> BlockRequest {
+        self.layout = layout;
+        self
+    }
+
+    /// The task slots a [`ManagerLayout::PerBlock`] block asks its scheduler for on each
+    /// node, for the ranks of the multi-node tasks its manager launches (Slurm's
+    /// `--ntasks-per-node`, PBS Pro's `mpiprocs`; default 1). A per-node block ignores it:
+    /// each node's one slot is its manager's.
+    pub fn ranks_per_node(mut self, ranks: usize) -> BlockRequest {
+        self.ranks_per_node = ranks;
         self
     }
 
@@ -170,7 +239,7 @@ impl BlockRequest {
         self
     }
 
-    /// What starts the manager on each node.
+    /// What starts a manager.
     pub fn command(&self) -> &ManagerCommand {
         &self.command
     }
@@ -178,6 +247,16 @@ impl BlockRequest {
     /// How many nodes the block spans.
     pub fn node_count(&self) -> usize {
         self.nodes
+    }
+
+    /// Where its managers run.
+    pub fn manager_layout(&self) -> ManagerLayout {
+        self.layout
+    }
+
+    /// The task slots per node a per-block block asks for, for MPI ranks.
+    pub fn rank_slots_per_node(&self) -> usize {
+        self.ranks_per_node
     }
 
     /// How long the block may live, if limited.
@@ -191,13 +270,18 @@ impl BlockRequest {
     }
 
     /// Checks what every provider requires of a request (at least one node; a walltime, if
-    /// any, above zero), so they all reject a bad request the same way, before running
-    /// anything. A zero walltime is refused rather than rounded: to a scheduler `0` means
-    /// no limit at all, the opposite of what was asked.
+    /// any, above zero; at least one rank slot per node), so they all reject a bad request
+    /// the same way, before running anything. A zero walltime is refused rather than
+    /// rounded: to a scheduler `0` means no limit at all, the opposite of what was asked.
     pub fn check(&self) -> Result<(), ProviderError> {
         if self.nodes == 0 {
             return Err(ProviderError::rejected(
                 "a block needs at least one node, not 0",
+            ));
+        }
+        if self.ranks_per_node == 0 {
+            return Err(ProviderError::rejected(
+                "a block needs at least one rank slot per node, not 0",
             ));
         }
         if self.walltime == Some(Duration::ZERO) {
@@ -370,8 +454,9 @@ impl ProviderError {
 ///   scheduler returned a job id, the processes exist), not once its managers run; the
 ///   block may stay [`BlockState::Pending`] for a long time. A request that cannot be
 ///   satisfied fails here with [`ProviderError::is_rejected`], and a request for zero nodes
-///   is always rejected ([`BlockRequest::check`]). Every node's manager gets
-///   [`BLOCK_ID_ENV`] and [`NODE_INDEX_ENV`].
+///   is always rejected ([`BlockRequest::check`]). The managers run as the request's
+///   [`ManagerLayout`] says (a provider that cannot lay them out so rejects the request),
+///   and every manager gets [`BLOCK_ID_ENV`] and [`NODE_INDEX_ENV`].
 /// - [`status`](Provider::status) answers for many blocks at once, one [`BlockStatus`] per
 ///   id asked about, in the order asked. An id the provider does not know (never issued,
 ///   or forgotten long after it finished) is [`BlockState::Unknown`], not an error; an
@@ -429,6 +514,42 @@ mod tests {
         assert!(BlockRequest::new(ManagerCommand::new("true"))
             .check()
             .is_ok());
+    }
+
+    #[test]
+    fn one_manager_per_node_is_the_default() {
+        let request = BlockRequest::new(ManagerCommand::new("true"));
+        assert_eq!(request.manager_layout(), ManagerLayout::PerNode);
+        assert_eq!(ManagerLayout::default(), ManagerLayout::PerNode);
+        assert_eq!(request.rank_slots_per_node(), 1);
+        let request = request.layout(ManagerLayout::PerBlock).ranks_per_node(8);
+        assert_eq!(request.manager_layout(), ManagerLayout::PerBlock);
+        assert_eq!(request.rank_slots_per_node(), 8);
+        assert!(request.check().is_ok());
+    }
+
+    #[test]
+    fn layouts_are_named_as_configuration_files_name_them() {
+        for (layout, name) in [
+            (ManagerLayout::PerNode, "per-node"),
+            (ManagerLayout::PerBlock, "per-block"),
+        ] {
+            assert_eq!(layout.to_string(), name);
+            let bytes = serde_pickle::to_vec(&layout, Default::default()).expect("encode");
+            let text: String =
+                serde_pickle::from_slice(&bytes, Default::default()).expect("a string");
+            assert_eq!(text, name);
+        }
+    }
+
+    #[test]
+    fn zero_rank_slots_are_rejected() {
+        let request = BlockRequest::new(ManagerCommand::new("true"))
+            .layout(ManagerLayout::PerBlock)
+            .ranks_per_node(0);
+        let error = request.check().unwrap_err();
+        assert!(error.is_rejected());
+        assert!(error.to_string().contains("rank slot"), "{error}");
     }
 
     #[test]

@@ -15,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::sync::{watch, Notify};
 
+use crate::toolkit::reject_per_block;
+
 /// How long a block's processes get to exit after `SIGTERM` before they are killed.
 const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
@@ -54,6 +56,10 @@ const LOG_TARGET: &str = "funcx::block";
 ///   [`BlockRequest::worker_init`] the program is started by `/bin/sh` instead, so a missing
 ///   program shows as a node that exited with code 127.
 /// - Dropping the provider kills every block it started.
+/// - A request for one manager for the whole block
+///   ([`ManagerLayout::PerBlock`](funcx_core::ManagerLayout::PerBlock)) is
+///   rejected: local processes run in no batch job, so such a manager would find no list of
+///   the block's nodes to hold.
 ///
 /// Must be used within a tokio runtime: each process is watched by a task of its own.
 #[derive(Debug)]
@@ -168,6 +174,7 @@ impl LocalProvider {
 
     async fn start(&self, request: &BlockRequest) -> Result<BlockId, ProviderError> {
         request.check()?;
+        reject_per_block("local processes", request)?;
         let id = {
             let mut state = lock(&self.state);
             state.issued += 1;

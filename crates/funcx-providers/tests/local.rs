@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::TempDir;
-use funcx_core::{BlockId, BlockRequest, BlockState, BlockStatus, ManagerCommand, Provider};
+use funcx_core::{
+    BlockId, BlockRequest, BlockState, BlockStatus, ManagerCommand, ManagerLayout, Provider,
+};
 use funcx_providers::LocalProvider;
 
 /// Generous bounds: they only matter when something is broken.
@@ -329,6 +331,30 @@ async fn zero_nodes_are_rejected() {
         .await
         .unwrap_err();
     assert!(error.is_rejected(), "{error}");
+}
+
+/// Local processes run in no batch job, so one manager for the whole block could not list
+/// its nodes: refused, and nothing runs (the command would have written its file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_manager_per_block_is_rejected_and_starts_nothing() {
+    let dir = TempDir::new("per-block");
+    let marker = dir.path().join("started");
+    let provider = LocalProvider::new();
+    let request =
+        BlockRequest::new(shell("touch \"$1\"", &[&marker])).layout(ManagerLayout::PerBlock);
+    let error = provider.submit(&request).await.unwrap_err();
+    assert!(error.is_rejected(), "{error}");
+    assert!(
+        error.to_string().contains("local processes run in none"),
+        "{error}"
+    );
+    assert!(!marker.exists(), "a rejected block started its command");
+    let started = provider
+        .submit(&request.layout(ManagerLayout::PerNode))
+        .await
+        .expect("per node");
+    wait_for_state(&provider, &started, |state| state == &BlockState::Completed).await;
+    assert!(marker.exists(), "the same command runs per node");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

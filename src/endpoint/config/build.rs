@@ -27,6 +27,7 @@ impl EndpointConfig {
         let mut builder = Endpoint::builder()
             .name(name)
             .nodes_per_block(managers.nodes_per_block)
+            .manager_layout(managers.layout)
             .workers_per_node(managers.workers_per_node)
             .listen(managers.listen)
             .retries_on_manager_loss(managers.retries)

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use funcx_core::ManagerLayout;
+
 use super::{ConfigError, EndpointConfig, PROVIDERS};
 
 impl EndpointConfig {
@@ -87,6 +89,9 @@ impl EndpointConfig {
         if self.managers.workers_per_node == 0 {
             return bad("key `managers.workers_per_node`: must be at least 1".into());
         }
+        if self.managers.layout == ManagerLayout::PerBlock {
+            self.check_per_block(path)?;
+        }
         let tls = [
             self.managers.tls_cert.is_some(),
             self.managers.tls_key.is_some(),
@@ -121,5 +126,48 @@ impl EndpointConfig {
                 .map_err(|message| ConfigError::new(path, message))?;
         }
         Ok(())
+    }
+
+    /// Refuses what cannot work with one manager per block: a provider without batch jobs
+    /// (nothing lists the block's nodes to its manager), a launcher (which would fan the
+    /// manager out; it is never used, so the setting would be ignored), a Grid Engine block
+    /// without a parallel environment (its host file is where the manager finds its hosts).
+    fn check_per_block(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |message: String| Err(ConfigError::new(path, message));
+        let launcher = match self.provider.as_str() {
+            "slurm" => self.slurm.as_ref().and_then(|s| s.launcher.as_ref()),
+            "pbs" => self.pbs.as_ref().and_then(|s| s.launcher.as_ref()),
+            _ => None,
+        };
+        if launcher.is_some() {
+            return bad(format!(
+                "key `{}.launcher`: not used with `managers.layout = \"per-block\"`, whose one \
+                 manager runs in the batch script itself; remove it",
+                self.provider
+            ));
+        }
+        match self.provider.as_str() {
+            "local" | "ec2" => bad(format!(
+                "key `managers.layout`: \"per-block\" needs a batch scheduler (slurm, pbs or \
+                 gridengine), whose job lists the block's nodes to its one manager; provider \
+                 {:?} runs no batch job",
+                self.provider
+            )),
+            "gridengine"
+                if self
+                    .gridengine
+                    .as_ref()
+                    .and_then(|s| s.parallel_environment.as_ref())
+                    .is_none() =>
+            {
+                bad(
+                    "key `gridengine.parallel_environment`: required with `managers.layout = \
+                     \"per-block\"`: the block's one manager reads its hosts from the parallel \
+                     environment's host file (PE_HOSTFILE)"
+                        .into(),
+                )
+            }
+            _ => Ok(()),
+        }
     }
 }

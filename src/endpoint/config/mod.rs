@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use funcx_core::StrategyConfig;
+use funcx_core::{ManagerLayout, StrategyConfig};
 use serde::Deserialize;
 
 pub use providers::{Ec2Section, GridEngineSection, LocalSection, PbsSection, SlurmSection};
@@ -124,7 +124,11 @@ pub struct ManagersSection {
     pub program: Option<PathBuf>,
     /// Nodes per block.
     pub nodes_per_block: usize,
-    /// Workers per manager.
+    /// Where a block's managers run: `per-node` (default) or `per-block`, one manager
+    /// holding all the block's nodes for multi-node MPI tasks.
+    pub layout: ManagerLayout,
+    /// Workers per manager (and, with `layout = "per-block"`, task slots per node for MPI
+    /// ranks).
     pub workers_per_node: usize,
     /// Bytes of memory tasks may reserve on each node (the managers' `--memory`, and what
     /// the endpoint tells its gateway); default: what each manager finds on its machine.
@@ -148,6 +152,7 @@ impl Default for ManagersSection {
             advertise: None,
             program: None,
             nodes_per_block: 1,
+            layout: ManagerLayout::PerNode,
             workers_per_node: 1,
             memory_per_node: None,
             retries: 2,

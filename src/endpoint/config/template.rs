@@ -54,6 +54,11 @@ listen = "127.0.0.1:0"
 # The manager program; default: this funcx-endpoint, run as `funcx-endpoint manager`.
 # program = "/usr/local/bin/funcx-manager"
 nodes_per_block = 1
+# Where a block's managers run: "per-node" (one on each node; a task holds at most one node)
+# or "per-block" (one manager, started in the batch job with `--block-nodes auto`, holds all
+# the block's nodes, so multi-node MPI tasks launch ranks across them; each node also gets
+# workers_per_node task slots for the ranks; slurm, pbs and gridengine only).
+# layout = "per-node"
 workers_per_node = 1
 # Bytes of memory tasks may reserve on each node; default: each node's MemTotal (or its
 # cgroup's memory.max when lower). Set, the gateway fails at once a task asking for more.
@@ -106,7 +111,7 @@ max = 1
 # mem = "16G"
 # job_name = "funcx-NAME"
 # directives = ["--gres=gpu:1"]  # extra #SBATCH lines
-# launcher = "srun"             # srun (one manager per node) or single
+# launcher = "srun"             # srun (one manager per node) or single; not with per-block
 # scripts_dir = "blocks"        # job scripts and logs (relative to this folder)
 "#
         }
@@ -118,14 +123,14 @@ max = 1
 # cpus_per_node = 8
 # job_name = "funcx-NAME"
 # directives = ["-l place=scatter"]  # extra #PBS lines
-# launcher = "single"           # single, mpiexec or aprun
+# launcher = "single"           # single, mpiexec or aprun; not with per-block
 # scripts_dir = "blocks"
 "#
         }
         "gridengine" => {
             r#"[gridengine]
 # queue = "all.q"
-# parallel_environment = "mpi"  # for blocks of more than one node
+# parallel_environment = "mpi"  # for blocks of more than one node, and per-block ones
 # slots_per_node = 1
 # directives = ["-l h_vmem=4G"]
 # job_name = "funcx-NAME"

@@ -148,3 +148,69 @@ fn provider_tables_check_their_own_keys() {
         EndpointConfig::parse(&text, Path::new("c.toml")).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+#[test]
+fn the_manager_layout_is_per_node_unless_the_file_says_per_block() {
+    let parse = |text: &str| EndpointConfig::parse(text, Path::new("c.toml"));
+    let config = parse("provider = \"slurm\"\n").expect("parses");
+    assert_eq!(config.managers.layout, funcx_core::ManagerLayout::PerNode);
+    let config =
+        parse("provider = \"slurm\"\n[managers]\nlayout = \"per-block\"\n").expect("parses");
+    assert_eq!(config.managers.layout, funcx_core::ManagerLayout::PerBlock);
+    let e = parse("provider = \"slurm\"\n[managers]\nlayout = \"perblock\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layout = \"perblock\"") && e.contains("per-node") && e.contains("per-block"),
+        "{e}"
+    );
+    for provider in ["slurm", "pbs"] {
+        let text = format!("provider = \"{provider}\"\n[managers]\nlayout = \"per-block\"\n");
+        let config = parse(&text).expect("parses");
+        let built = config.builder(
+            "t",
+            Path::new("/tmp"),
+            Path::new("c.toml"),
+            ManagerCommand::new("funcx-manager"),
+        );
+        assert!(built.is_ok(), "{provider}: {:?}", built.err());
+    }
+}
+
+#[test]
+fn per_block_combinations_that_cannot_work_are_refused_naming_the_key() {
+    let error = |text: &str| {
+        EndpointConfig::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string()
+    };
+    let per_block = "[managers]\nlayout = \"per-block\"\n";
+    for text in [
+        format!("provider = \"local\"\n{per_block}"),
+        format!("provider = \"ec2\"\n{per_block}[ec2]\nimage_id = \"ami-1\"\ninstance_type = \"t3.micro\"\n"),
+    ] {
+        let e = error(&text);
+        assert!(
+            e.contains("key `managers.layout`") && e.contains("batch scheduler"),
+            "{e}"
+        );
+    }
+    for provider in ["slurm", "pbs"] {
+        let e = error(&format!(
+            "provider = \"{provider}\"\n{per_block}[{provider}]\nlauncher = \"single\"\n"
+        ));
+        assert!(
+            e.contains(&format!("key `{provider}.launcher`")) && e.contains("per-block"),
+            "{e}"
+        );
+    }
+    let e = error(&format!("provider = \"gridengine\"\n{per_block}"));
+    assert!(
+        e.contains("key `gridengine.parallel_environment`") && e.contains("PE_HOSTFILE"),
+        "{e}"
+    );
+    let text = format!(
+        "provider = \"gridengine\"\n{per_block}[gridengine]\nparallel_environment = \"mpi\"\n"
+    );
+    EndpointConfig::parse(&text, Path::new("c.toml")).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -49,7 +49,7 @@ use funcx_core::{BlockId, BlockRequest, BlockState, BlockStatus, Provider, Provi
 use funcx_core::{BLOCK_ID_ENV, NODE_INDEX_ENV};
 use futures::future::BoxFuture;
 
-use crate::toolkit::StateClock;
+use crate::toolkit::{reject_per_block, StateClock};
 
 pub(crate) mod api;
 mod config;
@@ -107,6 +107,10 @@ const LOG_TARGET: &str = "funcx::ec2";
 /// A walltime is enforced on the instance: the user data schedules `shutdown -h +<minutes>`
 /// (rounded up to whole minutes), and instances are launched with
 /// `InstanceInitiatedShutdownBehavior=terminate`, so they terminate when it expires.
+///
+/// A request for one manager for the whole block
+/// ([`ManagerLayout::PerBlock`](funcx_core::ManagerLayout::PerBlock)) is rejected: instances
+/// run in no batch job that lists the block's nodes to such a manager.
 ///
 /// Cancel terminates every instance of the block (after tagging them `funcx:cancelled`);
 /// it returns once EC2 accepted the request, and the block reports
@@ -201,6 +205,7 @@ impl Ec2Provider {
 
     async fn start(&self, request: &BlockRequest) -> Result<BlockId, ProviderError> {
         request.check()?;
+        reject_per_block("EC2 instances", request)?;
         let id = new_block_id();
         let user_data = render_user_data(request, &id)?;
         if user_data.len() > USER_DATA_LIMIT {
@@ -763,6 +768,30 @@ mod tests {
             state(&[instance("i-5", "hibernating")], false),
             BlockState::Unknown(reason) if reason.contains("hibernating")
         ));
+    }
+
+    /// Instances run in no batch job that lists the block's nodes: one manager for the whole
+    /// block is refused before any API call (the endpoint here answers nothing, so a call
+    /// would be an I/O error, not a rejection).
+    #[tokio::test]
+    async fn one_manager_per_block_is_rejected_before_any_call() {
+        let provider = Ec2Provider::with_env(
+            Ec2Config::new("ami-1", "t3.micro")
+                .region("us-east-1")
+                .credentials("a", "s", None)
+                .endpoint_url("http://127.0.0.1:9"),
+            |_: &str| None,
+        )
+        .expect("provider");
+        let error = provider
+            .submit(&request().layout(funcx_core::ManagerLayout::PerBlock))
+            .await
+            .unwrap_err();
+        assert!(error.is_rejected(), "{error}");
+        assert!(
+            error.to_string().contains("EC2 instances run in none"),
+            "{error}"
+        );
     }
 
     #[test]

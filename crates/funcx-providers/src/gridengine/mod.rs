@@ -107,7 +107,8 @@ batch_options!(
     "`qsub`, `qstat`, `qacct`, `qdel` (and `qrsh` inside multi-node jobs)"
 );
 
-/// A [`Provider`] whose blocks are Grid Engine jobs, one manager per node.
+/// A [`Provider`] whose blocks are Grid Engine jobs, one manager per node, or one for the
+/// whole block ([`ManagerLayout::PerBlock`](funcx_core::ManagerLayout::PerBlock)).
 ///
 /// - **Submit** writes `<scripts dir>/<name>-<pid>-<n>.sh` and runs `qsub -terse` on it; the
 ///   block id is the job id. The script sets `-N`, `-S /bin/sh`, the log paths, the queue,
@@ -116,9 +117,12 @@ batch_options!(
 ///   [`BLOCK_ID_ENV`] (the job id) and [`NODE_INDEX_ENV`]. A block of one node runs its
 ///   manager as the job itself; a larger block runs node 0 on the job's first host and one
 ///   manager per other host of the parallel environment through `qrsh -inherit`, so Grid
-///   Engine accounts for and kills them with the job. `qsub` refusing the job (unknown
-///   queue or parallel environment) is a [`ProviderError::is_rejected`] error with its
-///   message.
+///   Engine accounts for and kills them with the job. A block with one manager for all its
+///   nodes runs it as the job itself, on the first host, which reads the hosts from
+///   `PE_HOSTFILE`: it needs a parallel environment even for one node (without one the
+///   request is rejected), and asks for at least its rank slots per node on each host.
+///   `qsub` refusing the job (unknown queue or parallel environment) is a
+///   [`ProviderError::is_rejected`] error with its message.
 /// - **Status** runs `qstat -xml` once per call. Queued and held jobs (`qw`, `hqw`) are
 ///   [`BlockState::Pending`]; running, transferring, restarted and suspended jobs (`r`, `t`,
 ///   `Rr`, `s`, `S`, `T`) and jobs being deleted (`dr`) are [`BlockState::Running`]; a job
@@ -932,23 +936,29 @@ mod tests {
         check_node(dir.path(), 0);
     }
 
-    #[test]
-    fn the_multi_node_script_starts_one_manager_per_host_through_qrsh() {
-        let dir = TempDir::new("run3");
-        // A stand-in `qrsh` that runs `-inherit HOST command...` here, recording the host.
-        let bin = dir.path().join("bin");
+    /// A stand-in `qrsh` in `<dir>/bin` that runs the `/bin/sh` lines `body`; returns the
+    /// directory, for [`GridEngineConfig::commands_dir`].
+    fn fake_qrsh(dir: &Path, body: &str) -> std::path::PathBuf {
+        let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).expect("bin");
-        std::fs::write(
-            bin.join("qrsh"),
-            "#!/bin/sh\n[ \"$1\" = -inherit ] || exit 99\necho \"$2\" >> \"$OUT/hosts\"\nshift 2\nexec \"$@\"\n",
-        )
-        .expect("qrsh");
+        std::fs::write(bin.join("qrsh"), format!("#!/bin/sh\n{body}\n")).expect("qrsh");
         let chmod = Command::new("chmod")
             .arg("+x")
             .arg(bin.join("qrsh"))
             .status()
             .expect("chmod");
         assert!(chmod.success());
+        bin
+    }
+
+    #[test]
+    fn the_multi_node_script_starts_one_manager_per_host_through_qrsh() {
+        let dir = TempDir::new("run3");
+        // A stand-in `qrsh` that runs `-inherit HOST command...` here, recording the host.
+        let bin = fake_qrsh(
+            dir.path(),
+            "[ \"$1\" = -inherit ] || exit 99\necho \"$2\" >> \"$OUT/hosts\"\nshift 2\nexec \"$@\"",
+        );
         // Three hosts with two slots each, this host first (as Grid Engine lists the master).
         std::fs::write(
             dir.path().join("hostfile"),
@@ -998,18 +1008,53 @@ mod tests {
         );
     }
 
+    /// One manager for the whole block: the job itself runs it once, as node 0 on the master
+    /// host (no `qrsh`, which would fail here), in a parallel environment of at least the
+    /// rank slots on each host; without a parallel environment there is no PE_HOSTFILE for
+    /// the manager to read its hosts from, so the request is rejected.
+    #[test]
+    fn a_per_block_script_runs_one_manager_and_needs_a_parallel_environment() {
+        let dir = TempDir::new("per-block");
+        let bin = fake_qrsh(dir.path(), "exit 99");
+        let request = nasty_request()
+            .nodes(3)
+            .layout(funcx_core::ManagerLayout::PerBlock)
+            .ranks_per_node(4);
+        let config = GridEngineConfig::new()
+            .parallel_environment("mpi", 2)
+            .commands_dir(&bin);
+        let script = render_script(&config, &request, dir.path(), "funcx-1-5").expect("render");
+        assert!(script.contains("#$ -pe mpi 12\n"), "{script}");
+        assert!(script.contains("one manager for all"), "{script}");
+        assert!(!script.contains("qrsh"), "{script}");
+        std::fs::write(
+            dir.path().join("hostfile"),
+            "node-a 4 q UNDEFINED\nnode-b 4 q UNDEFINED\nnode-c 4 q UNDEFINED\n",
+        )
+        .expect("hostfile");
+        let hostfile = dir.path().join("hostfile");
+        let output = run_script(
+            &script,
+            dir.path(),
+            &[
+                ("PE_HOSTFILE", hostfile.to_str().expect("utf-8")),
+                ("HOSTNAME", "node-a"),
+            ],
+        );
+        assert!(output.status.success(), "{output:?}");
+        check_node(dir.path(), 0);
+        assert!(!dir.path().join("args-1").exists(), "a second manager ran");
+
+        let error = render_script(&GridEngineConfig::new(), &request.nodes(1), dir.path(), "s")
+            .expect_err("no parallel environment");
+        assert!(error.is_rejected(), "{error}");
+        assert!(error.to_string().contains("PE_HOSTFILE"), "{error}");
+    }
+
     #[test]
     fn a_failing_node_fails_the_multi_node_job() {
         let dir = TempDir::new("run-fail");
-        let bin = dir.path().join("bin");
-        std::fs::create_dir_all(&bin).expect("bin");
-        std::fs::write(bin.join("qrsh"), "#!/bin/sh\nshift 2\nexec \"$@\"\n").expect("qrsh");
-        let chmod = Command::new("chmod")
-            .arg("+x")
-            .arg(bin.join("qrsh"))
-            .status()
-            .expect("chmod");
-        assert!(chmod.success());
+        let bin = fake_qrsh(dir.path(), "shift 2\nexec \"$@\"");
         std::fs::write(
             dir.path().join("hostfile"),
             "a 1 q UNDEFINED\nb 1 q UNDEFINED\n",

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use funcx_core::{BlockRequest, ProviderError, BLOCK_ID_ENV, NODE_INDEX_ENV};
+use funcx_core::{BlockRequest, ManagerLayout, ProviderError, BLOCK_ID_ENV, NODE_INDEX_ENV};
 
 use super::GridEngineConfig;
 use crate::toolkit::options::walltime_hms;
@@ -73,14 +73,20 @@ pub(super) fn render_script(
         )));
     }
     let nodes = request.node_count();
+    let per_block = request.manager_layout() == ManagerLayout::PerBlock;
     let dir_text = directive_word(
         "the scripts directory",
         dir.to_str().ok_or_else(|| {
             ProviderError::rejected(format!("the scripts directory {dir:?} is not UTF-8"))
         })?,
     )?;
+    let managers = if per_block {
+        "one manager for all"
+    } else {
+        "one manager on each"
+    };
     let mut script = format!(
-        "#!/bin/sh\n# funcx block: {nodes} node(s), one manager on each.\n#$ -N {name}-{}\n",
+        "#!/bin/sh\n# funcx block: {nodes} node(s), {managers}.\n#$ -N {name}-{}\n",
         stem.rsplit('-').next().unwrap_or(stem)
     );
     // The queue's shell may be csh: the script is POSIX sh.
@@ -93,10 +99,24 @@ pub(super) fn render_script(
     }
     match &config.parallel_environment {
         Some((pe, slots)) => {
-            let total = slots.max(&1) * nodes;
+            // A block with one manager for all its nodes launches ranks in these slots, so
+            // each host has at least one per rank.
+            let per_host = if per_block {
+                (*slots).max(request.rank_slots_per_node())
+            } else {
+                *slots
+            };
+            let total = per_host.max(1) * nodes;
             script.push_str(&format!(
                 "#$ -pe {} {total}\n",
                 directive_word("parallel environment", pe)?
+            ));
+        }
+        None if per_block => {
+            return Err(ProviderError::rejected(
+                "a Grid Engine block with one manager for all its nodes needs a parallel \
+                 environment (GridEngineConfig::parallel_environment): its manager takes the \
+                 block's hosts from the environment's host file (PE_HOSTFILE)",
             ));
         }
         None if nodes > 1 => {
@@ -115,7 +135,9 @@ pub(super) fn render_script(
         script.push('\n');
     }
     let node_script = render_node_script(request)?;
-    if nodes == 1 {
+    // One manager runs here, on the master host, for a one-node block or one whose manager
+    // holds every host.
+    if nodes == 1 || per_block {
         script.push_str(&format!(
             "\nexec /bin/sh -s \"$JOB_ID\" 0 <<'{NODE_SCRIPT_END}'\n{node_script}{NODE_SCRIPT_END}\n"
         ));

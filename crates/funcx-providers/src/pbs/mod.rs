@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use funcx_core::{BlockId, BlockRequest, BlockState, BlockStatus, Provider, ProviderError};
+use funcx_core::{
+    BlockId, BlockRequest, BlockState, BlockStatus, ManagerLayout, Provider, ProviderError,
+};
 use futures::future::BoxFuture;
 
 use crate::command::{CommandOutput, SchedulerCommand};
@@ -98,6 +100,8 @@ impl PbsConfig {
     }
 
     /// How each node's manager is started; [`Launcher::SingleNode`] by default.
+    /// A block with one manager for all its nodes ([`ManagerLayout::PerBlock`]) fans
+    /// nothing out: it keeps only a [`Launcher::Wrapped`] prefix ([`Launcher::block_line`]).
     pub fn launcher(mut self, launcher: Launcher) -> PbsConfig {
         self.launcher = launcher;
         self
@@ -111,7 +115,11 @@ batch_options!(PbsConfig, "#PBS", "`qsub`, `qstat` and `qdel`");
 ///
 /// - [`submit`](Provider::submit) writes the block's batch script and runs `qsub <script>`.
 ///   A job the server refuses (unknown queue, over a queue's limits) is a
-///   [`ProviderError::is_rejected`] error "qsub rejected the job: ...".
+///   [`ProviderError::is_rejected`] error "qsub rejected the job: ...". The script starts
+///   one manager per node through the [`Launcher`], or, for a block of
+///   [`ManagerLayout::PerBlock`], one manager in the script itself, and asks for the
+///   request's rank slots on each node (`mpiprocs` for PBS Pro; at least that many `ppn`
+///   for Torque).
 /// - [`status`](Provider::status) runs one `qstat -f` for all blocks: `-F json -x` for PBS
 ///   Pro (falling back to the text form if the JSON cannot be had or read), text for Torque.
 ///   `Q`, `H`, `W`, `T`, `S`, `U` are [`BlockState::Pending`]; `R`, `E`, `B` are
@@ -159,17 +167,30 @@ impl PbsProvider {
         let config = &self.config;
         let nodes = request.node_count();
         let cpus = config.cpus_per_node;
+        // A block with one manager for all its nodes lists each node once per rank slot in
+        // PBS_NODEFILE, where the MPI launchers find how many ranks a host takes.
+        let ranks = match request.manager_layout() {
+            ManagerLayout::PerNode => None,
+            ManagerLayout::PerBlock => Some(request.rank_slots_per_node()),
+        };
         let mut lines = vec![format!("-N {name}")];
         match config.flavor {
             PbsFlavor::PbsPro => {
-                lines.push(format!("-l select={nodes}:ncpus={cpus}"));
+                let mpiprocs = ranks.map_or(String::new(), |ranks| format!(":mpiprocs={ranks}"));
+                lines.push(format!("-l select={nodes}:ncpus={cpus}{mpiprocs}"));
                 if nodes > 1 {
                     // Without it PBS Pro may pack several chunks onto one node, and two
                     // managers would share it while another node is missing.
                     lines.push("-l place=scatter".to_string());
                 }
             }
-            PbsFlavor::Torque => lines.push(format!("-l nodes={nodes}:ppn={cpus}")),
+            // Torque lists a node once per processor (`ppn`), so rank slots are processors.
+            PbsFlavor::Torque => {
+                let ppn = ranks.map_or(cpus, |ranks| {
+                    cpus.max(u32::try_from(ranks).unwrap_or(u32::MAX))
+                });
+                lines.push(format!("-l nodes={nodes}:ppn={ppn}"));
+            }
         }
         if let Some(walltime) = request.walltime_limit() {
             lines.push(format!("-l walltime={}", walltime_hms(walltime)));
@@ -636,7 +657,7 @@ mod tests {
     use funcx_core::ManagerCommand;
 
     use super::*;
-    use crate::toolkit::mock::{ended, printed, MockRunner};
+    use crate::toolkit::mock::{ended, has_lines, printed, MockRunner};
 
     // Hand-written from the documented formats (no PBS server can be had here).
     const PBS_PRO_JSON: &str = include_str!("../../tests/data/pbs_pro_qstat_f_json.json");
@@ -691,15 +712,6 @@ mod tests {
         script
     }
 
-    fn has_lines(script: &str, lines: &[&str]) {
-        for line in lines {
-            assert!(
-                script.lines().any(|l| l == *line),
-                "{line:?} missing in\n{script}"
-            );
-        }
-    }
-
     #[tokio::test]
     async fn pbs_pro_scripts_select_chunks_scattered_over_nodes() {
         let config = PbsConfig::new(PbsFlavor::PbsPro)
@@ -741,6 +753,37 @@ mod tests {
         );
         assert!(!script.contains("select="), "{script}");
         assert!(!script.contains("place=scatter"), "{script}");
+    }
+
+    /// One manager for the whole block: each node listed once per rank slot in
+    /// PBS_NODEFILE (PBS Pro's `mpiprocs`; Torque's `ppn`, at least the CPUs asked), and the
+    /// manager run once in the script, not through the configured launcher.
+    #[tokio::test]
+    async fn per_block_jobs_ask_for_rank_slots_and_run_one_manager_in_the_script() {
+        let request = request()
+            .nodes(3)
+            .layout(ManagerLayout::PerBlock)
+            .ranks_per_node(4);
+        let manager_line = "FUNCX_NODE_INDEX=0 /opt/funcx-manager";
+        let pro = PbsConfig::new(PbsFlavor::PbsPro)
+            .cpus_per_node(8)
+            .launcher(Launcher::mpiexec());
+        let script = submitted_script(pro, request.clone()).await;
+        has_lines(
+            &script,
+            &[
+                "#PBS -l select=3:ncpus=8:mpiprocs=4",
+                "#PBS -l place=scatter",
+            ],
+        );
+        assert!(!script.contains("mpiexec"), "{script}");
+        assert_eq!(script.lines().last(), Some(manager_line), "{script}");
+        for (cpus, ppn) in [(2, 4), (16, 16)] {
+            let torque = PbsConfig::new(PbsFlavor::Torque).cpus_per_node(cpus);
+            let script = submitted_script(torque, request.clone()).await;
+            has_lines(&script, &[&format!("#PBS -l nodes=3:ppn={ppn}")]);
+            assert_eq!(script.lines().last(), Some(manager_line), "{script}");
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use funcx_core::{BlockId, BlockRequest, BlockState, BlockStatus, Provider, ProviderError};
+use funcx_core::{
+    BlockId, BlockRequest, BlockState, BlockStatus, ManagerLayout, Provider, ProviderError,
+};
 use futures::future::BoxFuture;
 
 use crate::command::{CommandOutput, SchedulerCommand};
@@ -129,6 +131,8 @@ impl SlurmConfig {
     }
 
     /// How each node's manager is started; [`Launcher::Srun`] by default.
+    /// A block with one manager for all its nodes ([`ManagerLayout::PerBlock`]) fans
+    /// nothing out: it keeps only a [`Launcher::Wrapped`] prefix ([`Launcher::block_line`]).
     pub fn launcher(mut self, launcher: Launcher) -> SlurmConfig {
         self.launcher = launcher;
         self
@@ -144,7 +148,11 @@ batch_options!(
 /// A [`Provider`] whose blocks are Slurm batch jobs; block ids are Slurm job ids.
 ///
 /// - [`submit`](Provider::submit) writes the block's batch script (see [`SlurmConfig`]) and
-///   runs `sbatch --parsable`. Slurm refusing the job (an unknown partition or account, a
+///   runs `sbatch --parsable`. The script starts one manager per node through the
+///   [`Launcher`] (a job of one task per node), or, for a block of
+///   [`ManagerLayout::PerBlock`], one manager in the script itself, in a job of the
+///   request's rank slots as tasks on each node (`--ntasks-per-node`), which the manager's
+///   MPI tasks launch their ranks in. Slurm refusing the job (an unknown partition or account, a
 ///   node count the partition cannot give) is a [`ProviderError::is_rejected`] error
 ///   "sbatch rejected the job: ..." with Slurm's explanation; a controller that does not
 ///   answer is a command error, worth retrying.
@@ -198,10 +206,17 @@ impl SlurmProvider {
                 .to_string_lossy()
                 .into_owned()
         };
+        // One task per node is each node's manager; a block with one manager for all its
+        // nodes gives the job a task slot per rank instead, as Open MPI inside a Slurm job
+        // starts no more ranks on a node than the job has tasks there.
+        let tasks_per_node = match request.manager_layout() {
+            ManagerLayout::PerNode => 1,
+            ManagerLayout::PerBlock => request.rank_slots_per_node(),
+        };
         let mut lines = vec![
             format!("--job-name={name}"),
             format!("--nodes={}", request.node_count()),
-            "--ntasks-per-node=1".to_string(),
+            format!("--ntasks-per-node={tasks_per_node}"),
             format!("--output={}", log("out")),
             format!("--error={}", log("err")),
         ];
@@ -661,7 +676,7 @@ mod tests {
     use funcx_core::ManagerCommand;
 
     use super::*;
-    use crate::toolkit::mock::{ended, printed, MockRunner};
+    use crate::toolkit::mock::{ended, has_lines, printed, MockRunner};
 
     const SQUEUE_MIXED: &str = include_str!("../../tests/data/slurm_squeue_mixed.txt");
     const SACCT_C: &str = include_str!("../../tests/data/slurm_sacct_c.txt");
@@ -697,23 +712,31 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn submit_writes_the_script_and_runs_sbatch() {
+    /// Submits `request` with `config` and returns the script `sbatch` (`program`) was given.
+    async fn submitted_script(program: &str, config: SlurmConfig, request: BlockRequest) -> String {
         let script = Arc::new(Mutex::new(String::new()));
         let seen = script.clone();
         let mut runner = MockRunner::new();
+        let program = program.to_owned();
         runner
             .expect_run()
-            .withf(|c| {
-                c.program == "/opt/slurm/bin/sbatch"
-                    && c.args.len() == 2
-                    && c.args[0] == "--parsable"
-            })
+            .withf(move |c| c.program == program && c.args.len() == 2 && c.args[0] == "--parsable")
             .times(1)
             .returning(move |c| {
                 *seen.lock().unwrap() = std::fs::read_to_string(&c.args[1]).unwrap();
                 printed("4242;cluster1\n")
             });
+        let id = provider(runner, config)
+            .submit(&request)
+            .await
+            .expect("submit");
+        assert_eq!(id.as_str(), "4242");
+        let script = script.lock().unwrap().clone();
+        script
+    }
+
+    #[tokio::test]
+    async fn submit_writes_the_script_and_runs_sbatch() {
         let config = SlurmConfig::new()
             .partition("gpu")
             .account("proj42")
@@ -726,40 +749,38 @@ mod tests {
             .directive("--gres=gpu:1")
             .directive("#SBATCH --signal=B:USR1@60")
             .commands_dir("/opt/slurm/bin");
-        let provider = provider(runner, config);
+        let dir = provider(MockRunner::new(), config.clone())
+            .scripts_dir()
+            .display()
+            .to_string();
         let request = request()
             .nodes(2)
             .walltime(Duration::from_secs(86_400 + 2 * 3600 + 3 * 60 + 4))
             .worker_init("module load python");
-        let id = provider.submit(&request).await.expect("submit");
-        assert_eq!(id.as_str(), "4242");
-        let script = script.lock().unwrap().clone();
-        let dir = provider.scripts_dir().display().to_string();
-        for line in [
-            "#!/bin/bash",
-            "#SBATCH --job-name=fx-1",
-            "#SBATCH --nodes=2",
-            "#SBATCH --ntasks-per-node=1",
-            &format!("#SBATCH --output={dir}/fx-1-%j.out"),
-            &format!("#SBATCH --error={dir}/fx-1-%j.err"),
-            "#SBATCH --cpus-per-task=8",
-            "#SBATCH --mem=4G",
-            "#SBATCH --time=1-02:03:04",
-            "#SBATCH --partition=gpu",
-            "#SBATCH --account=proj42",
-            "#SBATCH --qos=high",
-            "#SBATCH --constraint=a100",
-            "#SBATCH --exclusive",
-            "#SBATCH --gres=gpu:1",
-            "#SBATCH --signal=B:USR1@60",
-            "module load python",
-            "export FUNCX_BLOCK_ID=\"$SLURM_JOB_ID\"",
-        ] {
-            assert!(
-                script.lines().any(|l| l == line),
-                "{line:?} missing in\n{script}"
-            );
-        }
+        let script = submitted_script("/opt/slurm/bin/sbatch", config, request).await;
+        has_lines(
+            &script,
+            &[
+                "#!/bin/bash",
+                "#SBATCH --job-name=fx-1",
+                "#SBATCH --nodes=2",
+                "#SBATCH --ntasks-per-node=1",
+                &format!("#SBATCH --output={dir}/fx-1-%j.out"),
+                &format!("#SBATCH --error={dir}/fx-1-%j.err"),
+                "#SBATCH --cpus-per-task=8",
+                "#SBATCH --mem=4G",
+                "#SBATCH --time=1-02:03:04",
+                "#SBATCH --partition=gpu",
+                "#SBATCH --account=proj42",
+                "#SBATCH --qos=high",
+                "#SBATCH --constraint=a100",
+                "#SBATCH --exclusive",
+                "#SBATCH --gres=gpu:1",
+                "#SBATCH --signal=B:USR1@60",
+                "module load python",
+                "export FUNCX_BLOCK_ID=\"$SLURM_JOB_ID\"",
+            ],
+        );
         let last = script.lines().last().unwrap_or_default();
         assert!(
             last.starts_with("srun --ntasks=2 --ntasks-per-node=1 /bin/sh -c ")
@@ -771,6 +792,35 @@ mod tests {
         let lines: Vec<&str> = script.lines().collect();
         let last_directive = lines.iter().rposition(|l| l.starts_with("#SBATCH"));
         assert!(last_directive < first_command);
+    }
+
+    /// One manager for the whole block: a job of the request's rank slots as tasks on each
+    /// node, whose script runs the manager itself, once, as node 0 (srun would start it on
+    /// every node, and inside a step it would not see the job's task slots for its ranks).
+    #[tokio::test]
+    async fn a_per_block_job_gives_ranks_their_tasks_and_runs_one_manager_in_the_script() {
+        let request = request()
+            .nodes(2)
+            .layout(ManagerLayout::PerBlock)
+            .ranks_per_node(4);
+        for launcher in [Launcher::srun(), Launcher::SingleNode] {
+            let config = SlurmConfig::new().cpus_per_task(2).launcher(launcher);
+            let script = submitted_script("sbatch", config, request.clone()).await;
+            has_lines(
+                &script,
+                &[
+                    "#SBATCH --nodes=2",
+                    "#SBATCH --ntasks-per-node=4",
+                    "#SBATCH --cpus-per-task=2",
+                ],
+            );
+            assert!(!script.contains("srun"), "{script}");
+            assert_eq!(
+                script.lines().last(),
+                Some("FUNCX_NODE_INDEX=0 /opt/funcx-manager --workers 2"),
+                "{script}"
+            );
+        }
     }
 
     #[test]

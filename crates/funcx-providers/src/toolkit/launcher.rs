@@ -1,13 +1,29 @@
-//! How a batch job starts one manager on each of its nodes.
+//! How a batch job starts one manager on each of its nodes, or one for the whole block.
 //!
 //! A batch script runs on the first node of its allocation only; a *launcher* (`srun`,
 //! `mpiexec`, `aprun`) fans the manager command out to every node. Each launcher also tells
 //! each copy which node it is on, through its own rank variable, which the rendered line
-//! turns into [`NODE_INDEX_ENV`] before the manager starts.
+//! turns into [`NODE_INDEX_ENV`] before the manager starts. A block of
+//! [`ManagerLayout::PerBlock`](funcx_core::ManagerLayout::PerBlock) fans nothing out: its one
+//! manager runs in the batch script ([`Launcher::block_line`]).
 
-use funcx_core::{ProviderError, NODE_INDEX_ENV};
+use funcx_core::{BlockRequest, ManagerLayout, ProviderError, NODE_INDEX_ENV};
 
 use super::shell::shell_quote;
+
+/// Rejects a request for one manager for the whole block ([`ManagerLayout::PerBlock`]) from
+/// a provider whose blocks (`blocks`: "local processes", "EC2 instances") run in no batch
+/// job: such a manager would find no list of the block's nodes to hold (`funcx-manager
+/// --block-nodes auto` reads the scheduler's), so it is refused before anything starts.
+pub(crate) fn reject_per_block(blocks: &str, request: &BlockRequest) -> Result<(), ProviderError> {
+    match request.manager_layout() {
+        ManagerLayout::PerNode => Ok(()),
+        ManagerLayout::PerBlock => Err(ProviderError::rejected(format!(
+            "one manager for the whole block needs a batch job that lists the block's nodes \
+             (Slurm, PBS, Grid Engine); {blocks} run in none: use one manager per node"
+        ))),
+    }
+}
 
 /// Starts one manager per node of a block, from inside the block's batch script.
 ///
@@ -121,6 +137,18 @@ impl Launcher {
         }
     }
 
+    /// The shell line that starts `command` (already shell-quoted words) once, as node 0, in
+    /// the batch script itself: the one manager of a block that holds all its nodes, which
+    /// must see the job's node list and launch ranks across the allocation itself, so no
+    /// launcher fans it out. A [`Launcher::Wrapped`] prefix (a container runtime) still goes
+    /// before it.
+    pub fn block_line(&self, command: &str) -> String {
+        match self {
+            Launcher::Wrapped { .. } => self.launch_line(1, command),
+            _ => Launcher::SingleNode.launch_line(1, command),
+        }
+    }
+
     /// The shell line that starts `command` (already shell-quoted words) once on each of
     /// `nodes` nodes, with [`NODE_INDEX_ENV`] set for each copy.
     pub fn launch_line(&self, nodes: usize, command: &str) -> String {
@@ -217,6 +245,28 @@ mod tests {
         assert_eq!(
             Launcher::aprun().launch_line(2, CMD),
             format!("aprun -n 2 -N 1 {}", per_node_with("${ALPS_APP_PE:-0}"))
+        );
+    }
+
+    #[test]
+    fn the_block_line_never_fans_out_and_keeps_a_wrapper() {
+        for launcher in [
+            Launcher::SingleNode,
+            Launcher::srun(),
+            Launcher::mpiexec(),
+            Launcher::aprun(),
+        ] {
+            assert_eq!(
+                launcher.block_line(CMD),
+                format!("FUNCX_NODE_INDEX=0 {CMD}")
+            );
+        }
+        let wrapped = Launcher::Wrapped {
+            prefix: "apptainer exec py.sif".into(),
+        };
+        assert_eq!(
+            wrapped.block_line(CMD),
+            format!("FUNCX_NODE_INDEX=0 apptainer exec py.sif {CMD}")
         );
     }
 

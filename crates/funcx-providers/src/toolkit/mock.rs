@@ -57,6 +57,16 @@ pub(crate) fn expect(runner: &mut MockRunner, program: &str, args: &[&str], answ
         });
 }
 
+/// Asserts that `script` has each of `lines` as a whole line.
+pub(crate) fn has_lines(script: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(
+            script.lines().any(|l| l == *line),
+            "{line:?} missing in\n{script}"
+        );
+    }
+}
+
 /// A directory of its own for one test's scripts and logs, removed when dropped.
 pub(crate) struct TempDir(PathBuf);
 

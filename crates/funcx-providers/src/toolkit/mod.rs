@@ -5,7 +5,8 @@
 //! - [`script`]: the batch script of a block (Slurm, PBS) and writing scripts to the scripts
 //!   directory;
 //! - [`launcher`]: how a batch script starts one manager on each node of its block
-//!   ([`Launcher`]: `srun`, `mpiexec`, `aprun`);
+//!   ([`Launcher`]: `srun`, `mpiexec`, `aprun`), or one for the whole block, and the
+//!   refusal of the latter by providers without batch jobs;
 //! - [`clock`]: when each block entered its state, for [`BlockStatus::since`];
 //! - [`options`]: the options every batch scheduler has, under one name each (`job_name`,
 //!   `directive`, `scripts_dir`, `commands_dir`, `command_env`, `runner`), and walltime
@@ -25,6 +26,7 @@ pub(crate) mod script;
 pub(crate) mod shell;
 
 pub(crate) use clock::StateClock;
+pub(crate) use launcher::reject_per_block;
 pub use launcher::Launcher;
 pub(crate) use options::{batch_options, BatchOptions};
 pub use shell::shell_quote;

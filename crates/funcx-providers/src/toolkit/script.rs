@@ -11,12 +11,15 @@
 //! export FUNCX_TOKEN='...'          the manager command's environment
 //! srun ... '/opt/funcx-manager' '--endpoint' '10.0.0.1:9000'   the launcher line
 //! ```
+//!
+//! The last line fans the manager out to every node ([`Launcher::launch_line`]), or, for a
+//! block of [`ManagerLayout::PerBlock`], runs it once in the script ([`Launcher::block_line`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use funcx_core::{BlockRequest, ProviderError, BLOCK_ID_ENV};
+use funcx_core::{BlockRequest, ManagerLayout, ProviderError, BLOCK_ID_ENV};
 
 use super::launcher::Launcher;
 use super::shell;
@@ -60,14 +63,18 @@ pub(crate) fn render(
         parts.job_id_expr
     ));
     script.push_str(&shell::export_text(command)?);
-    script.push_str(&parts.launcher.launch_line(request.node_count(), &words));
+    script.push_str(&match request.manager_layout() {
+        ManagerLayout::PerNode => parts.launcher.launch_line(request.node_count(), &words),
+        ManagerLayout::PerBlock => parts.launcher.block_line(&words),
+    });
     script.push('\n');
     Ok(script)
 }
 
-/// Checks `request` (and that `launcher` can start a manager on each of its nodes), renders
-/// the batch script of job `name`, whose directives `directives` gives and whose id the
-/// scheduler exports as `job_id_expr`, and writes it into `dir`; returns the script's path.
+/// Checks `request` (and, for one manager per node, that `launcher` can start one on each
+/// node), renders the batch script of job `name`, whose directives `directives` gives and
+/// whose id the scheduler exports as `job_id_expr`, and writes it into `dir`; returns the
+/// script's path.
 /// Slurm and PBS submit their blocks this way.
 pub(crate) fn write_batch_job(
     request: &BlockRequest,
@@ -78,7 +85,9 @@ pub(crate) fn write_batch_job(
     directives: impl FnOnce(&str) -> Result<Vec<String>, ProviderError>,
 ) -> Result<PathBuf, ProviderError> {
     request.check()?;
-    launcher.check(request.node_count())?;
+    if request.manager_layout() == ManagerLayout::PerNode {
+        launcher.check(request.node_count())?;
+    }
     let text = render(
         request,
         &ScriptParts {
