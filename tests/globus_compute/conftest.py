@@ -20,7 +20,10 @@ import threading
 import time
 import urllib.request
 
+import globus_sdk
 import pytest
+from globus_compute_sdk import Client
+from globus_compute_sdk.errors import TaskPending
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GATEWAY = "http://localhost:5000"
@@ -45,6 +48,31 @@ def wait_until(condition, what, timeout=WAIT_S, period=0.05):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(period)
+
+
+def result_of(client, task_id):
+    """`Client.get_result`, once the task is no longer pending (bounded)."""
+
+    def ready():
+        try:
+            return (client.get_result(task_id),)
+        except TaskPending:
+            return None
+
+    return wait_until(ready, f"task {task_id}")[0]
+
+
+def refused_batch(endpoint_id, function, **options):
+    """The error of a one-task batch of `function` made with `create_batch(**options)`,
+    which the gateway must refuse with a 400 (bounded: the SDK's HTTP calls time out)."""
+    client = Client()
+    function_id = client.register_function(function)
+    batch = client.create_batch(**options)
+    batch.add(function_id)
+    with pytest.raises(globus_sdk.GlobusAPIError) as refused:
+        client.batch_run(endpoint_id, batch)
+    assert refused.value.http_status == 400, refused.value
+    return refused.value
 
 
 class Process:

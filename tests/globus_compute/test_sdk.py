@@ -16,6 +16,7 @@ from conftest import (
     WAIT_S,
     endpoint_status,
     http,
+    result_of,
     user_functions,
     wait_until,
 )
@@ -26,18 +27,6 @@ square = _USER["square"]
 describe = _USER["describe"]
 divide = _USER["divide"]
 slow_double = _USER["slow_double"]
-
-
-def result_of(client, task_id):
-    """`Client.get_result`, once the task is no longer pending (bounded)."""
-
-    def ready():
-        try:
-            return (client.get_result(task_id),)
-        except TaskPending:
-            return None
-
-    return wait_until(ready, f"task {task_id}")[0]
 
 
 def test_executor_runs_many_tasks_and_each_result_is_its_own(endpoint_id):

@@ -35,3 +35,13 @@ def worker_state():
             if name.startswith("PARSL_") or name == "GC_TASK_SANDBOX_DIR"
         ),
     }
+
+
+def container_image():
+    """The image this task ran in, as scripts/gc-image.sh marks it (None outside one)."""
+    import os
+
+    if not os.path.exists("/funcx-gc-image"):
+        return None
+    with open("/funcx-gc-image") as marker:
+        return marker.read().strip()

@@ -10,7 +10,9 @@
 //! workers' Python, and returns the result serialized the Globus Compute way (or the remote
 //! traceback). When the task finishes, the gateway publishes a Globus Compute `Result`
 //! message to the task group's queue, where the SDK's `Executor` reads it; `GET /v2/tasks`
-//! and `POST /v2/batch_status` show the same outcome over HTTP.
+//! and `POST /v2/batch_status` show the same outcome over HTTP. A submission's
+//! `resource_specification` gives its tasks nodes and an MPI launch ([`resource_spec`]); its
+//! `user_endpoint_config` may name a container image they run in ([`endpoint_config`]).
 //!
 //! What lives where: tasks and their results are in the gateway's store (durable with
 //! redb); a Globus Compute task id is a UUID that contains the gateway task id. Registered
@@ -24,6 +26,8 @@ pub mod config;
 #[cfg(feature = "globus-compute")]
 mod amqp;
 #[cfg(feature = "globus-compute")]
+mod endpoint_config;
+#[cfg(feature = "globus-compute")]
 mod resource_spec;
 #[cfg(feature = "globus-compute")]
 mod routes;
@@ -36,6 +40,35 @@ mod uuid;
 
 #[cfg(feature = "globus-compute")]
 pub(crate) use routes::router;
+
+/// The fields of `name`, an object-valued option of a submission (`resource_specification`,
+/// `user_endpoint_config`): `None` when it is absent, `null` or empty; an error naming
+/// what is wrong when it is not an object or has keys other than `keys`.
+#[cfg(feature = "globus-compute")]
+fn option_fields<'a>(
+    value: Option<&'a serde_json::Value>,
+    name: &str,
+    keys: &[&str],
+) -> Result<Option<&'a serde_json::Map<String, serde_json::Value>>, String> {
+    let fields = match value {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Object(fields)) if fields.is_empty() => return Ok(None),
+        Some(serde_json::Value::Object(fields)) => fields,
+        Some(other) => return Err(format!("{name} must be an object, not {other}")),
+    };
+    let mut unknown: Vec<&str> = fields
+        .keys()
+        .map(String::as_str)
+        .filter(|key| !keys.contains(key))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(Some(fields));
+    }
+    unknown.sort_unstable();
+    Err(format!(
+        "{name} has keys this gateway does not take: {unknown:?}; it takes {keys:?}"
+    ))
+}
 #[cfg(feature = "globus-compute")]
 pub(crate) use service::{run_outbox, GlobusCompute};
 
@@ -45,7 +78,7 @@ mod service {
     use std::sync::{Mutex, MutexGuard, Weak};
     use std::time::{Duration, SystemTime};
 
-    use funcx_core::Function;
+    use funcx_core::{Function, FunctionId};
     use serde_json::json;
     use tokio::sync::broadcast::error::{RecvError, TryRecvError};
     use tracing::{debug, warn};
@@ -56,7 +89,7 @@ mod service {
     use super::uuid::{self, Uuid};
     use super::{shim, token};
     use crate::gateway::{Published, Shared};
-    use crate::store::TaskRecord;
+    use crate::store::{StoreError, TaskRecord, TaskStore};
 
     /// A function registered through the Globus Compute API.
     #[derive(Debug, Clone)]
@@ -83,14 +116,17 @@ mod service {
         pub(crate) config: GlobusComputeConfig,
         pub(crate) clients: Clients,
         pub(crate) broker: Broker,
-        /// The shim, the one funcx function every Globus Compute task calls.
+        /// The shim, the one funcx function every Globus Compute task calls (on the
+        /// endpoint's own workers; [`GlobusCompute::shim_in`] for a container image).
         pub(crate) shim: Function,
+        /// The ids of the shim in every image it has been seen in, and outside any.
+        pub(crate) shim_ids: Mutex<HashSet<FunctionId>>,
         pub(crate) functions: Mutex<HashMap<Uuid, ComputeFunction>>,
         pub(crate) groups: Mutex<HashMap<(String, Uuid), Group>>,
         /// Tasks whose result goes to a queue when they finish: gateway task id → queue.
         pub(crate) outbox: Mutex<HashMap<u64, String>>,
-        /// Users for whom the shim's function record is in the store.
-        pub(crate) shim_owners: Mutex<HashSet<String>>,
+        /// (user, shim id) pairs whose function record is in the store.
+        pub(crate) shim_owners: Mutex<HashSet<(String, FunctionId)>>,
     }
 
     /// Locks `mutex`, whether or not another thread panicked while holding it (the maps
@@ -109,6 +145,7 @@ mod service {
                     config.amqp_url.clone(),
                     Duration::from_secs(config.queue_expiry_secs),
                 ),
+                shim_ids: Mutex::new(HashSet::from([shim::shim().id()])),
                 shim: shim::shim(),
                 functions: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashMap::new()),
@@ -131,6 +168,38 @@ mod service {
                 .client_amqp_url
                 .as_deref()
                 .unwrap_or(&self.config.amqp_url)
+        }
+
+        /// The shim run in container image `image` ([`Function::in_image`]: workers started
+        /// in it), or on the endpoint's own workers.
+        pub(crate) fn shim_in(&self, image: Option<&str>) -> Function {
+            let shim = match image {
+                Some(image) => self.shim.clone().in_image(image),
+                None => self.shim.clone(),
+            };
+            lock(&self.shim_ids).insert(shim.id());
+            shim
+        }
+
+        /// Whether function `id` is the shim, in some image or none: whether its tasks are
+        /// Globus Compute tasks. An id not seen by this process (an image's shim before a
+        /// restart) is looked up in `store`.
+        pub(crate) async fn is_shim(
+            &self,
+            store: &dyn TaskStore,
+            id: FunctionId,
+        ) -> Result<bool, StoreError> {
+            if lock(&self.shim_ids).contains(&id) {
+                return Ok(true);
+            }
+            let shim =
+                store.function(id).await?.iter().any(|record| {
+                    record.name == shim::SHIM_NAME && record.body == *self.shim.body()
+                });
+            if shim {
+                lock(&self.shim_ids).insert(id);
+            }
+            Ok(shim)
         }
 
         /// Whether the token looks like one of the token route's (see [`token`]).

@@ -11,6 +11,8 @@
 use funcx_core::Resources;
 use serde_json::{json, Map, Value};
 
+use super::option_fields;
+
 /// The keys Parsl's MPI engine knows (`mpi_prefix_composer.validate_resource_spec`).
 const KEYS: [&str; 4] = [
     "num_nodes",
@@ -43,27 +45,9 @@ impl ResourceSpecification {
     /// Reads the submit body's `resource_specification`: `None` when it is absent, `null`
     /// or empty; an error (for a 400 answer) naming what is wrong otherwise.
     pub(crate) fn parse(value: Option<&Value>) -> Result<Option<ResourceSpecification>, String> {
-        let fields = match value {
-            None | Some(Value::Null) => return Ok(None),
-            Some(Value::Object(fields)) if fields.is_empty() => return Ok(None),
-            Some(Value::Object(fields)) => fields,
-            Some(other) => {
-                return Err(format!(
-                    "resource_specification must be an object, not {other}"
-                ))
-            }
+        let Some(fields) = option_fields(value, "resource_specification", &KEYS)? else {
+            return Ok(None);
         };
-        let mut unknown: Vec<&str> = fields
-            .keys()
-            .map(String::as_str)
-            .filter(|key| !KEYS.contains(key))
-            .collect();
-        if !unknown.is_empty() {
-            unknown.sort_unstable();
-            return Err(format!(
-                "resource_specification has unknown keys {unknown:?}; it takes {KEYS:?}"
-            ));
-        }
         let spec = ResourceSpecification {
             num_nodes: count(fields, "num_nodes")?,
             ranks_per_node: count(fields, "ranks_per_node")?,
@@ -188,7 +172,7 @@ mod tests {
             (json!([1, 2]), "must be an object"),
             (
                 json!({"num_nodes": 2, "gpus": 1, "cores": 2}),
-                r#"unknown keys ["cores", "gpus"]"#,
+                r#"does not take: ["cores", "gpus"]"#,
             ),
             (
                 json!({"num_nodes": 0}),

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::Json;
-use funcx_core::{Task, TaskOptions};
+use funcx_core::{Function, Task, TaskOptions};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -14,6 +14,7 @@ use super::functions::visible_function;
 use super::{parse_uuid, Caller, ComputeError, ComputeResult};
 use crate::api::body::Input;
 use crate::auth::User;
+use crate::globus::endpoint_config;
 use crate::globus::resource_spec::ResourceSpecification;
 use crate::globus::service::{lock, ComputeFunction, GlobusCompute, Group};
 use crate::globus::{shim, uuid};
@@ -38,7 +39,8 @@ pub(super) struct SubmitRequest {
 /// `POST /v3/endpoints/{id}/submit`: every task becomes a funcx task of the shim, stored
 /// before the answer; with `create_queue`, the task group's result queue is declared first.
 /// A `resource_specification` gives every task of the request its nodes and the shim its
-/// MPI launch (see [`ResourceSpecification`]).
+/// MPI launch (see [`ResourceSpecification`]); a `user_endpoint_config` naming a container
+/// image runs them in it (see [`endpoint_config`]).
 pub(super) async fn submit(
     Caller {
         gateway,
@@ -50,21 +52,19 @@ pub(super) async fn submit(
 ) -> ComputeResult<Json<Value>> {
     let request = input.value;
     let (endpoint_uuid, endpoint) = visible_endpoint(&gateway, &user, &id).await?;
-    if request
-        .user_endpoint_config
-        .as_ref()
-        .is_some_and(|config| !config.is_null() && config.as_object().is_none_or(|c| !c.is_empty()))
-    {
-        return Err(ComputeError::bad_request(
-            "user_endpoint_config is not supported: a funcx endpoint has one configuration, set where it runs",
-        ));
-    }
+    let image = endpoint_config::container_image(request.user_endpoint_config.as_ref())
+        .map_err(ComputeError::bad_request)?;
     let spec = ResourceSpecification::parse(request.resource_specification.as_ref())
         .map_err(ComputeError::bad_request)?;
-    let shim_id = service.shim.id();
+    let shim = service.shim_in(image.as_deref());
+    let shim_id = shim.id();
     if !endpoint.allows(&shim_id) {
+        let within = image
+            .as_deref()
+            .map(|image| format!(" in image {image}"))
+            .unwrap_or_default();
         return Err(ComputeError::forbidden(format!(
-            "endpoint {id} runs only its allowed functions; allow the Globus Compute shim ({shim_id}) to run Globus Compute tasks on it"
+            "endpoint {id} runs only its allowed functions; allow the Globus Compute shim{within} ({shim_id}) to run Globus Compute tasks on it"
         )));
     }
     let group_id = match &request.task_group_id {
@@ -108,7 +108,7 @@ pub(super) async fn submit(
     } else {
         None
     };
-    register_shim(&gateway, &service, &user).await?;
+    register_shim(&gateway, &service, &user, &shim).await?;
 
     let mut new = Vec::with_capacity(count);
     let mut tasks = Vec::with_capacity(count);
@@ -126,7 +126,7 @@ pub(super) async fn submit(
                 resources,
             });
             tasks.push(Task {
-                function: service.shim.clone(),
+                function: shim.clone(),
                 args,
                 options: resources
                     .map_or_else(TaskOptions::new, |r| TaskOptions::new().resources(r)),
@@ -182,28 +182,31 @@ pub(super) async fn submit(
     })))
 }
 
-/// Stores the shim's function record for `user` (once per user and process), so that the
-/// store can re-create its tasks after a restart like any other.
+/// Stores the function record of `shim` (the shim in an image, or in none) for `user` (once
+/// per user, shim and process), so that the store can re-create its tasks after a restart
+/// like any other.
 async fn register_shim(
     gateway: &Gateway,
     service: &GlobusCompute,
     user: &User,
+    shim: &Function,
 ) -> ComputeResult<()> {
-    if lock(&service.shim_owners).contains(user.name()) {
+    let key = (user.name().to_owned(), shim.id());
+    if lock(&service.shim_owners).contains(&key) {
         return Ok(());
     }
     gateway
         .store()
         .put_function(FunctionRecord {
-            id: service.shim.id(),
+            id: shim.id(),
             owner: user.name().to_owned(),
             name: shim::SHIM_NAME.to_owned(),
-            body: service.shim.body().clone(),
+            body: shim.body().clone(),
             public: false,
             shared_with: Vec::new(),
-            image: None,
+            image: shim.image().map(str::to_owned),
         })
         .await?;
-    lock(&service.shim_owners).insert(user.name().to_owned());
+    lock(&service.shim_owners).insert(key);
     Ok(())
 }

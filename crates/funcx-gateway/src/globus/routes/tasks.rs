@@ -25,11 +25,17 @@ async fn own_task(
     let Some(id) = uuid::task_id(uuid) else {
         return Ok(None);
     };
-    Ok(gateway
-        .store()
-        .task(id)
-        .await?
-        .filter(|t| t.owner == user.name() && t.function == service.shim.id()))
+    let Some(task) = gateway.store().task(id).await? else {
+        return Ok(None);
+    };
+    if task.owner != user.name()
+        || !service
+            .is_shim(gateway.store().as_ref(), task.function)
+            .await?
+    {
+        return Ok(None);
+    }
+    Ok(Some(task))
 }
 
 /// A task as `GET /v2/tasks/{id}` and `POST /v2/batch_status` show it.
