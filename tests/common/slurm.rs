@@ -67,18 +67,19 @@ pub async fn call(
     (status, value)
 }
 
-/// Waits (bounded) until `check` holds on the endpoint's status.
+/// Waits (bounded) until `check` holds on the endpoint's status, which the endpoint writes
+/// every so often (so it may lag what just happened); returns that status.
 pub fn wait_status(
     home: &Path,
     name: &str,
     what: &str,
     check: impl Fn(&serde_json::Value) -> bool,
-) {
+) -> serde_json::Value {
     let deadline = Instant::now() + SLURM;
     loop {
         let status = status(home, name);
         if check(&status) {
-            return;
+            return status;
         }
         assert!(
             Instant::now() < deadline,
