@@ -10,6 +10,7 @@ import uuid
 import globus_sdk
 import pytest
 from globus_compute_sdk import Executor, MPIFunction, ShellFunction
+from globus_compute_sdk.errors import TaskExecutionFailed
 from globus_compute_sdk.sdk.shell_function import ShellResult
 
 from conftest import (
@@ -104,6 +105,10 @@ def test_mpi_function_runs_every_rank_on_the_nodes_its_resource_specification_as
         both = gce.submit(function).result(timeout=WAIT_S)
         gce.resource_specification = {"num_nodes": 1, "num_ranks": 2}
         one = gce.submit(function).result(timeout=WAIT_S)
+        gce.resource_specification = {"num_nodes": 3}
+        too_many = gce.submit(function)
+        with pytest.raises(TaskExecutionFailed) as unsatisfiable:
+            too_many.result(timeout=WAIT_S)
         gce.resource_specification = None
         after = gce.submit(worker_state).result(timeout=WAIT_S)
 
@@ -114,6 +119,8 @@ def test_mpi_function_runs_every_rank_on_the_nodes_its_resource_specification_as
     assert [(rank, size) for rank, size, _ in ranks_of(one)] == [(0, 2), (1, 2)]
     (nodes,) = {nodes for _, _, nodes in ranks_of(one)}
     assert nodes in block, nodes
+    # More nodes than the block has: failed, saying so, instead of waiting forever.
+    assert "3 nodes" in str(unsatisfiable.value), str(unsatisfiable.value)
     # The worker that ran them is as it was: nothing of the launch is left in it.
     assert after["leftovers"] == [], after
     assert "gc-task-" not in after["cwd"], after
