@@ -4,7 +4,8 @@
 //! script runs `funcx-endpoint manager --block-nodes auto` once, holding the job's node; an
 //! mpi4py task of one node and two ranks launches them with Open MPI inside the job's own
 //! task slots (no oversubscription asked); a task of two nodes, more than a block has, is
-//! refused by the gateway at once, typed; and `stop` leaves no job behind.
+//! refused by the gateway at once, typed; and `stop` leaves no job behind. An endpoint of
+//! two-node blocks tells its gateway so before any block runs.
 //!
 //! The test cluster (scripts/infra/slurm-up.sh) is one node with 2 CPUs, so the block is one
 //! node with two workers, hence two task slots for ranks. Needs Slurm, Open MPI and Debian's
@@ -36,6 +37,26 @@ e = lambda name: os.environ.get(name, '-')\n\
 os.write(1, ('%d %d %s %s %s\\n' % (c.Get_rank(), size, e('SLURM_JOB_ID'), \
 e('SLURM_JOB_NODELIST'), e('FUNCX_MPI_HOSTS'))).encode())\n";
 
+/// Submits a task of `nodes` nodes of `mpi` and checks that the gateway refuses it at once,
+/// typed unsatisfiable, saying that a block has `block_has`.
+async fn assert_refused(client: &funcx::Executor, mpi: &MpiFunction, nodes: u32, block_has: u32) {
+    let refused = within(
+        AT_ONCE,
+        client
+            .submit_with(
+                &mpi.function(),
+                Args::new().kwarg("program", RANKS),
+                TaskOptions::new().nodes(nodes),
+            )
+            .result::<ShellResult>(),
+    )
+    .await
+    .expect_err("no block has that many nodes");
+    assert!(refused.is_unsatisfiable(), "{refused}");
+    let said = format!("{nodes} nodes (the block has {block_has})");
+    assert!(refused.to_string().contains(&said), "{refused}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_block_slurm_endpoint_runs_mpi_ranks_in_its_jobs_allocation() {
     require_slurm();
@@ -58,19 +79,7 @@ async fn a_per_block_slurm_endpoint_runs_mpi_ranks_in_its_jobs_allocation() {
 
     // Two nodes of a block of one: the endpoint told its gateway its blocks' node count, so
     // the gateway refuses the task at once, saying why.
-    let refused = within(
-        AT_ONCE,
-        client
-            .submit_with(&mpi.function(), args(), TaskOptions::new().nodes(2))
-            .result::<ShellResult>(),
-    )
-    .await
-    .expect_err("no block has two nodes");
-    assert!(refused.is_unsatisfiable(), "{refused}");
-    assert!(
-        refused.to_string().contains("2 nodes (the block has 1)"),
-        "{refused}"
-    );
+    assert_refused(&client, &mpi, 2, 1).await;
 
     // One node, two ranks: launched by Open MPI in the job's two task slots.
     let result: ShellResult = within(
@@ -149,6 +158,37 @@ async fn a_per_block_slurm_endpoint_runs_mpi_ranks_in_its_jobs_allocation() {
         "a Slurm job outlived stop"
     );
     assert_eq!(status(&home, "mpi")["state"], "stopped");
+    drop(endpoint);
+    client.shutdown().await;
+}
+
+/// The endpoint tells its gateway how many nodes one of its blocks has, before any block
+/// runs: with blocks of two nodes, a task of three is refused at once, naming two (an
+/// endpoint of one manager per node would say one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_block_endpoint_tells_its_gateway_its_blocks_node_count() {
+    init_tracing();
+    let dir = TempDir::new("slurm-block-count");
+    let home = dir.0.join("home");
+    let gateway = GatewayProcess::start(&dir.0);
+    let id = configure_slurm(&home, &gateway.url, "wide", |config| {
+        config
+            .replace("# layout = \"per-node\"", "layout = \"per-block\"")
+            .replace("nodes_per_block = 1", "nodes_per_block = 2")
+            // No block: the count is the endpoint's to tell, not a running block's.
+            .replace("init = 1", "init = 0")
+    })
+    .await;
+    let endpoint = DetachedEndpoint::start(&home, "wide");
+    let client = funcx::client::connect(&gateway.url, ALICE, &id)
+        .await
+        .expect("client");
+    let mpi = MpiFunction::new("/usr/bin/python3 -c {program}").ranks(3);
+    assert_refused(&client, &mpi, 3, 2).await;
+    assert_eq!(
+        status(&home, "wide")["report"]["blocks"],
+        serde_json::json!([])
+    );
     drop(endpoint);
     client.shutdown().await;
 }
