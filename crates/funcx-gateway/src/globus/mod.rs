@@ -183,7 +183,10 @@ mod service {
 
         /// Whether function `id` is the shim, in some image or none: whether its tasks are
         /// Globus Compute tasks. An id not seen by this process (an image's shim before a
-        /// restart) is looked up in `store`.
+        /// restart, or an earlier gateway version's shim, whose source differed) is looked
+        /// up in `store`, by the shim's name: tasks stay readable across restarts and
+        /// upgrades. (Only the task's owner reads it, so a function of their own that
+        /// borrowed the name shows them nothing of anyone else's.)
         pub(crate) async fn is_shim(
             &self,
             store: &dyn TaskStore,
@@ -192,10 +195,11 @@ mod service {
             if lock(&self.shim_ids).contains(&id) {
                 return Ok(true);
             }
-            let shim =
-                store.function(id).await?.iter().any(|record| {
-                    record.name == shim::SHIM_NAME && record.body == *self.shim.body()
-                });
+            let shim = store
+                .function(id)
+                .await?
+                .iter()
+                .any(|record| record.name == shim::SHIM_NAME);
             if shim {
                 lock(&self.shim_ids).insert(id);
             }
@@ -374,6 +378,47 @@ mod service {
             queue: queue.to_owned(),
             body: result_message(id, done),
             timestamp: done.completion as u64,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use funcx_core::Function;
+
+        use super::*;
+        use crate::store::{FunctionRecord, MemoryStore};
+
+        fn record(function: &Function) -> FunctionRecord {
+            FunctionRecord {
+                id: function.id(),
+                owner: "alice".into(),
+                name: function.name().to_owned(),
+                body: function.body().clone(),
+                public: false,
+                shared_with: Vec::new(),
+                image: function.image().map(str::to_owned),
+            }
+        }
+
+        #[tokio::test]
+        async fn shims_of_any_image_or_version_are_known_and_other_functions_are_not() {
+            let service = GlobusCompute::new(GlobusComputeConfig::new("amqp://127.0.0.1:1/"));
+            let store = MemoryStore::new();
+            assert!(service.is_shim(&store, service.shim.id()).await.unwrap());
+            // Seen by this process: known without the store.
+            let boxed = service.shim_in(Some("localhost/a:1"));
+            assert!(service.is_shim(&store, boxed.id()).await.unwrap());
+            // Stored before a restart (another process's image, an older shim's source):
+            // known through its record.
+            let older =
+                Function::from_source("def x(): pass\n", shim::SHIM_NAME).in_image("localhost/b:1");
+            assert!(!service.is_shim(&store, older.id()).await.unwrap());
+            store.put_function(record(&older)).await.unwrap();
+            assert!(service.is_shim(&store, older.id()).await.unwrap());
+            // Any other function is not.
+            let native = Function::from_source("def y(): pass\n", "y");
+            store.put_function(record(&native)).await.unwrap();
+            assert!(!service.is_shim(&store, native.id()).await.unwrap());
         }
     }
 }
