@@ -21,11 +21,16 @@ impl Fleet for PgStore {
             let lease = millis(lease) as f64;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             // The tasks of gateways whose lease on this endpoint lapsed (they died, or the
-            // endpoint left them) first: they are the oldest.
+            // endpoint left them) are released first, then claimed with the others, oldest
+            // first. The lease rows are locked: a submission being claimed at insert under
+            // one holds it (`holds_lease`) and is skipped until it commits, so that its
+            // tasks are seen here; a gateway taking the same one over at the same moment
+            // skips it too.
             let lapsed = tx
                 .prepare_cached(
                     "SELECT member FROM leases
-                     WHERE endpoint = $1 AND until < now() AND member <> $2",
+                     WHERE endpoint = $1 AND until < now() AND member <> $2
+                     FOR UPDATE SKIP LOCKED",
                 )
                 .await
                 .map_err(pg)?;
@@ -36,50 +41,44 @@ impl Fleet for PgStore {
                 .iter()
                 .map(|row| row.try_get(0).map_err(pg))
                 .collect::<Result<_, _>>()?;
-            let mut rows = Vec::new();
             if !lapsed.is_empty() {
-                let take_over = tx
-                    .prepare_cached(&format!(
-                        "WITH taken AS (
-                             UPDATE pending SET claimed_by = $1
-                             WHERE id IN (
-                                 SELECT id FROM pending
-                                 WHERE endpoint = $2 AND claimed_by = ANY($3)
-                                 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
-                             RETURNING id)
-                         SELECT {TASK_COLUMNS} FROM task_rows
-                         WHERE id = ANY(ARRAY(SELECT id FROM taken))"
-                    ))
+                // Their tasks claimed at insert, unfinished, get a row in `pending` (a task
+                // that is there already, taken over before, keeps its row) ...
+                let moved = tx
+                    .prepare_cached(
+                        "INSERT INTO pending (id, endpoint)
+                         SELECT t.id, t.endpoint FROM tasks t
+                         WHERE t.endpoint = $1 AND t.claimed_by = ANY($2)
+                           AND NOT EXISTS (SELECT 1 FROM results r WHERE r.id = t.id)
+                         ON CONFLICT (id) DO NOTHING",
+                    )
                     .await
                     .map_err(pg)?;
-                rows = tx
-                    .query(&take_over, &[&self.member, &endpoint, &lapsed, &limit])
+                tx.execute(&moved, &[&endpoint, &lapsed])
                     .await
                     .map_err(pg)?;
-                // A lease lapsed long ago that covers nothing any more is gone for good; one
-                // whose gateway renewed it meanwhile is not lapsed (the row is re-checked).
-                // Not at once: a submission claimed at insert (`insert_claimed`) checked the
-                // lease without locking it, and tasks it has yet to commit are not seen here;
-                // deleting the row under them would leave them held by nobody's lease.
+                // ... their claimed ones are released, and their leases are gone: nothing is
+                // held by them any more.
                 tx.execute(
-                    "DELETE FROM leases l
-                     WHERE l.endpoint = $1 AND l.member = ANY($2)
-                       AND l.until < now() - $3 * interval '1 millisecond'
-                       AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.endpoint = $1
-                                       AND p.claimed_by = l.member)",
-                    &[&endpoint, &lapsed, &(millis(LAPSED_LEASE_KEPT) as f64)],
+                    "UPDATE pending SET claimed_by = NULL
+                     WHERE endpoint = $1 AND claimed_by = ANY($2)",
+                    &[&endpoint, &lapsed],
+                )
+                .await
+                .map_err(pg)?;
+                tx.execute(
+                    "DELETE FROM leases WHERE endpoint = $1 AND member = ANY($2)",
+                    &[&endpoint, &lapsed],
                 )
                 .await
                 .map_err(pg)?;
             }
-            let left = limit - i64::try_from(rows.len()).unwrap_or(i64::MAX);
-            if left > 0 {
-                // The lease is written with the claim, so a task is never held without one.
-                // SKIP LOCKED: a gateway claiming at the same moment takes other rows instead
-                // of waiting for these, and neither gets a row twice.
-                let claim = tx
-                    .prepare_cached(&format!(
-                        "WITH lease AS (
+            // The lease is written with the claim, so a task is never held without one.
+            // SKIP LOCKED: a gateway claiming at the same moment takes other rows instead
+            // of waiting for these, and neither gets a row twice.
+            let claim = tx
+                .prepare_cached(&format!(
+                    "WITH lease AS (
                              INSERT INTO leases (endpoint, member, until)
                              VALUES ($2, $1, now() + $3 * interval '1 millisecond')
                              ON CONFLICT (endpoint, member) DO UPDATE SET until = EXCLUDED.until),
@@ -92,15 +91,13 @@ impl Fleet for PgStore {
                              RETURNING id)
                          SELECT {TASK_COLUMNS} FROM task_rows
                          WHERE id = ANY(ARRAY(SELECT id FROM claimed))"
-                    ))
-                    .await
-                    .map_err(pg)?;
-                rows.extend(
-                    tx.query(&claim, &[&self.member, &endpoint, &lease, &left])
-                        .await
-                        .map_err(pg)?,
-                );
-            }
+                ))
+                .await
+                .map_err(pg)?;
+            let rows = tx
+                .query(&claim, &[&self.member, &endpoint, &lease, &limit])
+                .await
+                .map_err(pg)?;
             tx.commit().await.map_err(pg)?;
             let mut records = rows
                 .iter()
@@ -181,14 +178,11 @@ impl Fleet for PgStore {
     }
 }
 
-/// How long a lapsed lease's row is kept once it covers no unfinished task: far longer than
-/// a submission's transaction takes from checking the lease to committing
-/// ([`PgStore::holds_lease`]).
-const LAPSED_LEASE_KEPT: Duration = Duration::from_secs(60);
-
 impl PgStore {
     /// Whether this gateway's lease on `endpoint` runs for at least `margin` more, by the
-    /// database's clock at the start of `tx`.
+    /// database's clock at the start of `tx`. If it does, the lease row stays locked
+    /// (`KEY SHARE`: renewals go on) until `tx` ends, so that no gateway takes the lease
+    /// over before the tasks `tx` claims under it are committed (see `claim`).
     pub(super) async fn holds_lease(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
@@ -197,19 +191,20 @@ impl PgStore {
     ) -> Result<bool, StoreError> {
         let statement = tx
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM leases WHERE endpoint = $1 AND member = $2
-                                AND until > now() + $3 * interval '1 millisecond')",
+                "SELECT 1 FROM leases WHERE endpoint = $1 AND member = $2
+                 AND until > now() + $3 * interval '1 millisecond'
+                 FOR KEY SHARE",
             )
             .await
             .map_err(pg)?;
         let row = tx
-            .query_one(
+            .query_opt(
                 &statement,
                 &[&endpoint, &self.member, &(millis(margin) as f64)],
             )
             .await
             .map_err(pg)?;
-        row.try_get(0).map_err(pg)
+        Ok(row.is_some())
     }
 }
 

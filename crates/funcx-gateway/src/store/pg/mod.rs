@@ -96,10 +96,12 @@ fn check_schema(schema: &str) -> Result<(), StoreError> {
 /// commit waits for its WAL flush with the default `synchronous_commit`), so what the
 /// gateway acknowledged survives the gateway, and the database server, being killed.
 /// Several gateways can share one database: task ids come from a sequence, a task's
-/// result is stored only by the finish that deletes its row in `pending` (the unfinished
-/// tasks), and idempotency keys are a primary key, so two gateways never both create for
-/// one key. A task row is written once; claims and results live in narrow tables of their
-/// own (`pending`, `results`; see migration 6) and `task_rows` reads a task whole.
+/// result is stored once (the primary key of `results` decides which finish stores it),
+/// and idempotency keys are a primary key, so two gateways never both create for one key.
+/// A task row is written once; a task claimed as it is stored says so in its row
+/// (`claimed_by`), other unfinished tasks and their claims are rows of `pending`, results
+/// are rows of `results` (migrations 6 and 7), and `task_rows` reads a task whole. Tasks
+/// and results are written with `COPY ... FROM STDIN (FORMAT binary)`.
 ///
 /// The schema is created and migrated when the store is opened ([`PgStore::connect`]):
 /// table `schema_migrations` records the versions applied.
@@ -430,7 +432,7 @@ pub(crate) mod tests {
         super::super::tests::contract(&store).await;
         assert_eq!(
             store.schema_versions().await.unwrap(),
-            vec![1, 2, 3, 4, 5, 6]
+            vec![1, 2, 3, 4, 5, 6, 7]
         );
     }
 
@@ -450,7 +452,7 @@ pub(crate) mod tests {
         let again = PgStore::connect_with(options.clone()).await.unwrap();
         assert_eq!(
             again.schema_versions().await.unwrap(),
-            vec![1, 2, 3, 4, 5, 6]
+            vec![1, 2, 3, 4, 5, 6, 7]
         );
         assert_eq!(again.users().await.unwrap().len(), 1);
         // A database migrated by a newer gateway is not written by this one.
@@ -464,13 +466,17 @@ pub(crate) mod tests {
         assert!(error.to_string().contains("upgrade the gateway"), "{error}");
     }
 
-    /// A schema left by a gateway of version 5 (task rows holding their results and claims)
-    /// migrates to `pending` and `results` with every task as it was: a finished one keeps
-    /// its result and is not finished again, a dead gateway's claim is taken over, an
-    /// unclaimed task is claimed.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_version_5_schema_migrates_with_its_tasks() {
-        let schema = format!("test_from_v5_{}", std::process::id());
+    /// A fresh schema `{name}_{pid}` migrated as a gateway of `version` left it, its options,
+    /// and a connection to it (its driver task alongside) for writing rows of that version.
+    async fn schema_at(
+        name: &str,
+        version: i32,
+    ) -> (
+        PgOptions,
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ) {
+        let schema = format!("{name}_{}", std::process::id());
         let options = PgOptions::new(test_url()).schema(schema.clone());
         PgStore::drop_schema(&options).await.unwrap();
         let (client, connection) = tokio_postgres::connect(&test_url(), NoTls).await.unwrap();
@@ -483,16 +489,26 @@ pub(crate) mod tests {
             ))
             .await
             .unwrap();
-        for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version <= 5) {
+        for (applied, sql) in MIGRATIONS.iter().filter(|(applied, _)| *applied <= version) {
             client.batch_execute(sql).await.unwrap();
             client
                 .execute(
                     "INSERT INTO schema_migrations (version) VALUES ($1)",
-                    &[version],
+                    &[applied],
                 )
                 .await
                 .unwrap();
         }
+        (options, client, driver)
+    }
+
+    /// A schema left by a gateway of version 5 (task rows holding their results and claims)
+    /// migrates to `pending` and `results` with every task as it was: a finished one keeps
+    /// its result and is not finished again, a dead gateway's claim is taken over, an
+    /// unclaimed task is claimed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_5_schema_migrates_with_its_tasks() {
+        let (options, client, driver) = schema_at("test_from_v5", 5).await;
         let now = to_micros(SystemTime::now());
         let task = plain_task("e");
         let outcome = |id| Finished {
@@ -556,7 +572,7 @@ pub(crate) mod tests {
         let store = PgStore::connect_with(options).await.unwrap();
         assert_eq!(
             store.schema_versions().await.unwrap(),
-            vec![1, 2, 3, 4, 5, 6]
+            vec![1, 2, 3, 4, 5, 6, 7]
         );
         let finished = store.task(1).await.unwrap().unwrap();
         assert_eq!(finished.state, TaskState::Succeeded);
@@ -590,6 +606,132 @@ pub(crate) mod tests {
         // New tasks are numbered after the migrated ones.
         let ids = store.insert_tasks(vec![task], later).await.unwrap();
         assert_eq!(ids, vec![4]);
+    }
+
+    /// A schema left by a gateway of version 6 (a row in `pending` per unfinished task)
+    /// migrates with every task as it was (a finished one keeps its result, a dead gateway's
+    /// claim is taken over, an unclaimed task is claimed); a submission claimed at insert
+    /// afterwards has no row in `pending`, is still unfinished, and is taken over when its
+    /// gateway's lease lapses, its result stored once however many finish it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_6_schema_migrates_with_its_tasks() {
+        let (options, client, driver) = schema_at("test_from_v6", 6).await;
+        let now = to_micros(SystemTime::now());
+        let task = plain_task("e");
+        let outcome = |id, value: i64| Finished {
+            id,
+            result: Ok(funcx_core::Payload::pickle(&value).unwrap()),
+            timeline: Timeline::submitted_now(),
+        };
+        let (done_state, done_timeline) = settled(&outcome(1, 1), now);
+        for id in 1..=3_i64 {
+            let record = new_record(id_from_sql(id).unwrap(), task.clone(), now).unwrap();
+            client
+                .execute(
+                    "INSERT INTO tasks (id, owner, endpoint, function, args, state, timeline,
+                                        created)
+                     VALUES ($1, 'alice', 'e', $2, $3, $4, $5, $6)",
+                    &[
+                        &id,
+                        &record.function.as_bytes().as_slice(),
+                        &record.args,
+                        &encode(&record.state).unwrap(),
+                        &encode(&record.timeline).unwrap(),
+                        &now,
+                    ],
+                )
+                .await
+                .unwrap();
+        }
+        // Task 1 finished, task 2 claimed by a gateway whose lease lapsed, task 3 unclaimed.
+        client
+            .execute(
+                "INSERT INTO results (id, state, timeline, result, finished)
+                 VALUES (1, $1, $2, $3, $4)",
+                &[
+                    &encode(&done_state).unwrap(),
+                    &encode(&done_timeline).unwrap(),
+                    &encode(&outcome(1, 1).result).unwrap(),
+                    &now,
+                ],
+            )
+            .await
+            .unwrap();
+        client
+            .batch_execute(
+                "INSERT INTO pending VALUES (2, 'e', 'gone'), (3, 'e', NULL);
+                 INSERT INTO leases VALUES ('e', 'gone', now() - interval '1 hour');
+                 SELECT setval('task_ids', 3)",
+            )
+            .await
+            .unwrap();
+
+        let store = PgStore::connect_with(options.clone()).await.unwrap();
+        assert_eq!(
+            store.schema_versions().await.unwrap(),
+            vec![1, 2, 3, 4, 5, 6, 7]
+        );
+        let unfinished = |store: PgStore| async move {
+            let tasks = store.unfinished_tasks().await.unwrap();
+            tasks.into_iter().map(|task| task.id).collect::<Vec<u64>>()
+        };
+        assert_eq!(unfinished(store.clone()).await, vec![2, 3]);
+        assert_eq!(claim_ids(&store, "e").await, vec![2, 3]);
+        let later = SystemTime::now();
+        let done = store
+            .finish(vec![outcome(1, 2), outcome(2, 2), outcome(3, 2)], later)
+            .await
+            .unwrap();
+        let done: Vec<u64> = done.into_iter().map(|task| task.id).collect();
+        assert_eq!(done, vec![2, 3]);
+        let kept = stored_value(&store, 1).await;
+        assert_eq!(kept, 1, "the result stored before the migration stands");
+
+        // The claim left a lease of a minute: a submission now is claimed as it is stored.
+        let (stored, claimed) = store
+            .insert_claimed(None, vec![task.clone(); 2], later, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert!(claimed);
+        assert_eq!(stored, Insertion::Created(vec![4, 5]));
+        let pending: i64 = client
+            .query_one("SELECT count(*) FROM pending", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(pending, 0, "tasks claimed at insert have no row in pending");
+        assert_eq!(unfinished(store.clone()).await, vec![4, 5]);
+        drop(client);
+        let _ = driver.await;
+
+        // Its lease lapses: another gateway takes the tasks over. Both finish task 4 (the
+        // first late, its endpoint having run it anyway): one result is stored.
+        store
+            .renew(vec!["e".into()], Duration::from_millis(100))
+            .await
+            .unwrap();
+        let other = PgStore::connect_with(options).await.unwrap();
+        assert_eq!(take_over(&other, "e", 2).await, vec![4, 5]);
+        let (by_first, by_other) = tokio::join!(
+            store.finish(vec![outcome(4, 1)], SystemTime::now()),
+            other.finish(vec![outcome(4, 2), outcome(5, 2)], SystemTime::now()),
+        );
+        let (by_first, by_other) = (by_first.unwrap(), by_other.unwrap());
+        let mut stored_ids: Vec<u64> = by_first.iter().chain(&by_other).map(|t| t.id).collect();
+        stored_ids.sort_unstable();
+        assert_eq!(stored_ids, vec![4, 5], "each result is stored once");
+        let winner: i64 = if by_first.is_empty() { 2 } else { 1 };
+        let stored = stored_value(&other, 4).await;
+        assert_eq!(
+            stored, winner,
+            "the result stored is the one returned as stored"
+        );
+        assert!(unfinished(other.clone()).await.is_empty());
+        assert!(store
+            .finish(vec![outcome(5, 1)], SystemTime::now())
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -631,8 +773,9 @@ pub(crate) mod tests {
         assert_eq!(record.timeout, Some(Duration::from_millis(1500)));
     }
 
-    /// Two gateways finishing the same tasks at once (a task run twice across a failover):
-    /// each task's result is stored by exactly one of them, the one that returned it, and
+    /// Two gateways finishing the same tasks at once (a task run twice across a failover),
+    /// unclaimed ones and ones claimed at insert: each task's result is stored by exactly
+    /// one of them, the one that returned it, and
     /// the value read back is that one's.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_gateways_racing_finish_each_task_once() {
@@ -640,7 +783,24 @@ pub(crate) mod tests {
         let second = another_gateway("finish_race").await;
         let task = plain_task("e");
         let now = SystemTime::now();
-        let ids = first.insert_tasks(vec![task; 600], now).await.unwrap();
+        // Half unclaimed (a row in `pending` each), half claimed at insert (none).
+        let mut ids = first
+            .insert_tasks(vec![task.clone(); 300], now)
+            .await
+            .unwrap();
+        first
+            .renew(vec!["e".into()], Duration::from_secs(60))
+            .await
+            .unwrap();
+        let (stored, claimed) = first
+            .insert_claimed(None, vec![task; 300], now, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert!(claimed);
+        let Insertion::Created(held) = stored else {
+            panic!("{stored:?}")
+        };
+        ids.extend(held);
         // Each side finishes every task with its own value, in batches of 50 in opposite
         // orders, so that the batches overlap in flight.
         let outcomes = |value: i64, ids: &[u64]| -> Vec<Finished> {
@@ -767,6 +927,13 @@ pub(crate) mod tests {
         assert_eq!(first.renew(vec!["e".into()], short).await.unwrap(), 1);
         let taken = take_over(&second, "e", a.len() - 1).await;
         assert_eq!(taken, a[1..].to_vec());
+    }
+
+    /// The value (an `i64`) stored as task `id`'s result.
+    async fn stored_value(store: &PgStore, id: u64) -> i64 {
+        let record = store.task(id).await.unwrap().expect("the task is stored");
+        let result = record.result.expect("the task has a result");
+        result.expect("the task succeeded").decode().unwrap()
     }
 
     /// The ids of the tasks of `endpoint` that `store` claims now (for a minute), in order.

@@ -1,12 +1,15 @@
 //! [`TaskStore`] for [`PgStore`]: users, functions, endpoints, tasks and results as rows.
 
 use super::*;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
-/// Numbers `tasks` and stores them in `tx`, each with its row in `pending` (unfinished):
-/// ids are taken from the sequence first and
+/// Numbers `tasks` and stores them in `tx`: ids are taken from the sequence first and
 /// handed out in ascending order, so a batch's ids increase as its tasks do. With a
-/// `claimant`, the tasks are stored claimed by it (the caller checked its lease) and no
-/// other gateway is told of them; without, every gateway listening hears of them.
+/// `claimant`, the tasks are stored claimed by it (the caller holds its lease) in their own
+/// row, and no other gateway is told of them; without, each gets a row in `pending`
+/// (unclaimed) and every gateway listening hears of them.
 async fn insert(
     tx: &deadpool_postgres::Transaction<'_>,
     member: &str,
@@ -33,96 +36,88 @@ async fn insert(
         .map(|row| row.try_get(0).map_err(pg))
         .collect::<Result<_, _>>()?;
     ids.sort_unstable();
-    let mut owners = Vec::with_capacity(tasks.len());
+    // `COPY ... BINARY` rather than `INSERT ... SELECT FROM unnest(...)`: no arrays to
+    // unpack and no plan per statement, and the server writes the rows a page at a time.
+    let copy = tx
+        .prepare_cached(
+            "COPY tasks (id, owner, endpoint, function, args, timeout_ms, state, timeline,
+                         created, cores, gpus, memory, nodes, claimed_by)
+             FROM STDIN (FORMAT binary)",
+        )
+        .await
+        .map_err(pg)?;
+    let sink = tx.copy_in(&copy).await.map_err(pg)?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::BYTEA,
+            Type::BYTEA,
+            Type::INT8,
+            Type::BYTEA,
+            Type::BYTEA,
+            Type::TIMESTAMPTZ,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+        ],
+    );
+    let mut writer = std::pin::pin!(writer);
     let mut endpoints = Vec::with_capacity(tasks.len());
-    let mut functions = Vec::with_capacity(tasks.len());
-    let mut args = Vec::with_capacity(tasks.len());
-    let mut timeouts = Vec::with_capacity(tasks.len());
-    let mut states = Vec::with_capacity(tasks.len());
-    let mut timelines = Vec::with_capacity(tasks.len());
-    // Plain tasks (nearly all) are inserted as before, without four columns of NULLs.
-    let special = tasks.iter().any(|task| task.resources.is_some());
-    let mut cores = Vec::new();
-    let mut gpus = Vec::new();
-    let mut memory = Vec::new();
-    let mut nodes = Vec::new();
+    // Every new task's state and timeline are the same: encoded once.
+    let mut encoded: Option<(Vec<u8>, Vec<u8>)> = None;
     for (task, id) in tasks.into_iter().zip(&ids) {
         let record = new_record(id_from_sql(*id)?, task, now)?;
-        if special {
-            let [c, g, m, n] = resources_to_row(record.resources.as_ref())?;
-            cores.push(c);
-            gpus.push(g);
-            memory.push(m);
-            nodes.push(n);
-        }
-        states.push(encode(&record.state)?);
-        timelines.push(encode(&record.timeline)?);
-        timeouts.push(record.timeout.map(millis));
-        functions.push(record.function.as_bytes().to_vec());
-        owners.push(record.owner);
-        endpoints.push(record.endpoint);
-        args.push(record.args);
-    }
-    if special {
-        let statement = tx
-            .prepare_cached(
-                "WITH stored AS (
-                     INSERT INTO tasks (id, owner, endpoint, function, args, timeout_ms, state,
-                                        timeline, created, cores, gpus, memory, nodes)
-                     SELECT id, owner, endpoint, function, args, timeout_ms, state, timeline,
-                            $9, cores, gpus, memory, nodes
-                     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[],
-                                 $5::bytea[], $6::bigint[], $7::bytea[], $8::bytea[],
-                                 $10::bigint[], $11::bigint[], $12::bigint[], $14::bigint[])
-                          AS t(id, owner, endpoint, function, args, timeout_ms, state,
-                               timeline, cores, gpus, memory, nodes)
-                     RETURNING id, endpoint)
-                 INSERT INTO pending (id, endpoint, claimed_by)
-                 SELECT id, endpoint, $13 FROM stored",
-            )
-            .await
-            .map_err(pg)?;
-        tx.execute(
-            &statement,
-            &[
-                &ids, &owners, &endpoints, &functions, &args, &timeouts, &states, &timelines, &now,
-                &cores, &gpus, &memory, &claimant, &nodes,
-            ],
-        )
-        .await
-        .map_err(pg)?;
-    } else {
-        let statement = tx
-            .prepare_cached(
-                "WITH stored AS (
-                     INSERT INTO tasks (id, owner, endpoint, function, args, timeout_ms, state,
-                                        timeline, created)
-                     SELECT id, owner, endpoint, function, args, timeout_ms, state, timeline, $9
-                     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[],
-                                 $5::bytea[], $6::bigint[], $7::bytea[], $8::bytea[])
-                          AS t(id, owner, endpoint, function, args, timeout_ms, state, timeline)
-                     RETURNING id, endpoint)
-                 INSERT INTO pending (id, endpoint, claimed_by)
-                 SELECT id, endpoint, $10 FROM stored",
-            )
-            .await
-            .map_err(pg)?;
-        tx.execute(
-            &statement,
-            &[
-                &ids, &owners, &endpoints, &functions, &args, &timeouts, &states, &timelines, &now,
+        let (state, timeline) = match &encoded {
+            Some(both) => both,
+            None => encoded.insert((encode(&record.state)?, encode(&record.timeline)?)),
+        };
+        let [cores, gpus, memory, nodes] = resources_to_row(record.resources.as_ref())?;
+        let function = record.function.as_bytes().as_slice();
+        let timeout = record.timeout.map(millis);
+        writer
+            .as_mut()
+            .write(&[
+                id,
+                &record.owner,
+                &record.endpoint,
+                &function,
+                &record.args,
+                &timeout,
+                state,
+                timeline,
+                &now,
+                &cores,
+                &gpus,
+                &memory,
+                &nodes,
                 &claimant,
-            ],
-        )
+            ])
+            .await
+            .map_err(pg)?;
+        endpoints.push(record.endpoint);
+    }
+    writer.finish().await.map_err(pg)?;
+    if claimant.is_some() {
+        return ids.into_iter().map(id_from_sql).collect();
+    }
+    let unclaimed = tx
+        .prepare_cached("COPY pending (id, endpoint) FROM STDIN (FORMAT binary)")
         .await
         .map_err(pg)?;
+    let sink = tx.copy_in(&unclaimed).await.map_err(pg)?;
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &[Type::INT8, Type::TEXT]));
+    for (id, endpoint) in ids.iter().zip(&endpoints) {
+        writer.as_mut().write(&[id, endpoint]).await.map_err(pg)?;
     }
+    writer.finish().await.map_err(pg)?;
     // Delivered at commit, to every gateway listening: the one holding the endpoint claims.
     endpoints.sort_unstable();
     endpoints.dedup();
-    if claimant.is_some() {
-        endpoints.clear();
-    }
     for endpoint in &endpoints {
         let payload = format!("{member} {endpoint}");
         tx.execute("SELECT pg_notify($1, $2)", &[&channels.tasks, &payload])
@@ -194,6 +189,166 @@ impl PgStore {
         }
         tx.commit().await.map_err(pg)?;
         Ok((Insertion::Created(ids), claimant.is_some()))
+    }
+}
+
+/// A finish's outcome of one task with its `results` row encoded (state, timeline, result).
+struct Outcome {
+    finished: Finished,
+    state: TaskState,
+    timeline: Timeline,
+    row: [Vec<u8>; 3],
+}
+
+/// A task's own columns as [`task_of_row`] reads them, without a result: what a finish
+/// reads of the tasks it stores results for.
+const UNFINISHED_TASK_COLUMNS: &str = "id, owner, endpoint, function, args, timeout_ms, state, \
+     timeline, NULL::bytea, created, NULL::timestamptz, cores, gpus, memory, nodes";
+
+impl PgStore {
+    /// Stores the results of `outcomes` in one transaction, of tasks that exist only, and
+    /// returns the rows (of `tasks`) of those whose result it stored. With `copy`, the
+    /// results are copied in as plain rows: if one of the tasks got a result after it was
+    /// read (a concurrent finish of another gateway), nothing is stored and the answer is
+    /// `None`. Without, each result is stored unless its
+    /// task has one (`ON CONFLICT DO NOTHING`; a concurrent finish of the same task waits for
+    /// the first to commit). Either way the tasks' rows in `pending` go: a task with a
+    /// result is finished, whoever stored it.
+    async fn store_results(
+        &self,
+        outcomes: &[Outcome],
+        now: SystemTime,
+        copy: bool,
+    ) -> Result<Option<Vec<Row>>, StoreError> {
+        let ids: Vec<i64> = outcomes
+            .iter()
+            .map(|outcome| id_to_sql(outcome.finished.id))
+            .collect();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // Tasks with a result already are left out here: a gateway may be told of a
+        // result twice (its endpoint's keeper and executor both report it), and the second
+        // is then a read, not a failed copy. `OFFSET 0` keeps the check a probe of the
+        // primary key per task (see migration 7).
+        let read = tx
+            .prepare_cached(&format!(
+                "SELECT {UNFINISHED_TASK_COLUMNS} FROM tasks t WHERE id = ANY($1)
+                 AND NOT EXISTS (SELECT 1 FROM results r WHERE r.id = t.id OFFSET 0)"
+            ))
+            .await
+            .map_err(pg)?;
+        let mut rows = tx.query(&read, &[&ids]).await.map_err(pg)?;
+        let known = rows
+            .iter()
+            .map(|row| row.try_get::<_, i64>(0).map_err(pg))
+            .collect::<Result<std::collections::HashSet<i64>, _>>()?;
+        let known_outcomes = || {
+            outcomes
+                .iter()
+                .map(|outcome| (id_to_sql(outcome.finished.id), outcome))
+                .filter(|(id, _)| known.contains(id))
+        };
+        if rows.is_empty() {
+            // Nothing to store. A row in `pending` of a finished task (left by a takeover
+            // that raced its finish) is still deleted below.
+        } else if copy {
+            let copied = async {
+                let statement = tx
+                    .prepare_cached(
+                        "COPY results (id, state, timeline, result, finished)
+                         FROM STDIN (FORMAT binary)",
+                    )
+                    .await?;
+                let sink = tx.copy_in(&statement).await?;
+                let mut writer = std::pin::pin!(BinaryCopyInWriter::new(
+                    sink,
+                    &[
+                        Type::INT8,
+                        Type::BYTEA,
+                        Type::BYTEA,
+                        Type::BYTEA,
+                        Type::TIMESTAMPTZ,
+                    ],
+                ));
+                for (id, outcome) in known_outcomes() {
+                    let [state, timeline, result] = &outcome.row;
+                    writer
+                        .as_mut()
+                        .write(&[&id, state, timeline, result, &now])
+                        .await?;
+                }
+                writer.finish().await
+            };
+            match copied.await {
+                Ok(_) => {}
+                Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    return Ok(None);
+                }
+                Err(error) => return Err(pg(error)),
+            }
+        } else {
+            let (mut stored_ids, mut states, mut timelines, mut results) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (id, outcome) in known_outcomes() {
+                let [state, timeline, result] = &outcome.row;
+                stored_ids.push(id);
+                states.push(state.as_slice());
+                timelines.push(timeline.as_slice());
+                results.push(result.as_slice());
+            }
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO results (id, state, timeline, result, finished)
+                     SELECT u.id, u.state, u.timeline, u.result, $5
+                     FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[])
+                          AS u(id, state, timeline, result)
+                     ON CONFLICT (id) DO NOTHING
+                     RETURNING id",
+                )
+                .await
+                .map_err(pg)?;
+            let stored = tx
+                .query(&insert, &[&stored_ids, &states, &timelines, &results, &now])
+                .await
+                .map_err(pg)?
+                .iter()
+                .map(|row| row.try_get::<_, i64>(0).map_err(pg))
+                .collect::<Result<std::collections::HashSet<i64>, _>>()?;
+            rows.retain(|row| matches!(row.try_get::<_, i64>(0), Ok(id) if stored.contains(&id)));
+        }
+        let statement = tx
+            .prepare_cached("DELETE FROM pending WHERE id = ANY($1)")
+            .await
+            .map_err(pg)?;
+        tx.execute(&statement, &[&ids]).await.map_err(pg)?;
+        let mut done_ids = rows
+            .iter()
+            .map(|row| row.try_get::<_, i64>(0).map_err(pg))
+            .collect::<Result<Vec<i64>, _>>()?;
+        done_ids.sort_unstable();
+        if !done_ids.is_empty() {
+            // Other gateways' result streams learn of these at commit: every notification
+            // in one statement, not a round trip each.
+            let payloads: Vec<String> = done_ids
+                .chunks(IDS_PER_NOTIFICATION)
+                .map(|chunk| {
+                    let mut payload = self.member.clone();
+                    for (i, id) in chunk.iter().enumerate() {
+                        payload.push(if i == 0 { ' ' } else { ',' });
+                        payload.push_str(&id.to_string());
+                    }
+                    payload
+                })
+                .collect();
+            tx.execute(
+                "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p(payload)",
+                &[&self.channels.results, &payloads],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(Some(rows))
     }
 }
 
@@ -464,86 +619,63 @@ impl TaskStore for PgStore {
 
     fn finish(&self, outcomes: Vec<Finished>, now: SystemTime) -> StoreFuture<'_, Vec<TaskRecord>> {
         self.run(async move {
-            if outcomes.is_empty() {
-                return Ok(Vec::new());
-            }
-            // One statement, no read first. Deleting the task's `pending` row decides who
-            // finishes it: a concurrent finish of the same task waits on the row and then
-            // finds it gone, so the first one's result stands and the later one's is
-            // dropped (and not returned); a task finished already, or unknown, has no row.
-            // The result itself is a plain insert into `results` (no task row rewritten).
-            // The stored timeline's submission time is not the gateway's (the endpoint
-            // executor saw a later one); `task_of_row` reads it from `created`.
+            // The column's precision, as the stored time reads back.
+            let now = to_micros(now);
             let mut seen = std::collections::HashSet::with_capacity(outcomes.len());
-            let mut ids = Vec::with_capacity(outcomes.len());
-            let mut states = Vec::with_capacity(outcomes.len());
-            let mut timelines = Vec::with_capacity(outcomes.len());
-            let mut results = Vec::with_capacity(outcomes.len());
+            let mut settled_outcomes = Vec::with_capacity(outcomes.len());
             for outcome in outcomes {
                 if !seen.insert(outcome.id) {
                     continue; // The first outcome of a task wins, as in every store.
                 }
                 let (state, timeline) = settled(&outcome, now);
-                ids.push(id_to_sql(outcome.id));
-                states.push(encode(&state)?);
-                timelines.push(encode(&timeline)?);
-                // The inner value, as `task_of_row` decodes it (NULL is the `None`).
-                results.push(encode(&outcome.result)?);
+                // The stored timeline's submission time is not the gateway's (the endpoint
+                // executor saw a later one); `task_of_row` reads it from `created`.
+                settled_outcomes.push(Outcome {
+                    row: [
+                        encode(&state)?,
+                        encode(&timeline)?,
+                        // The inner value, as `task_of_row` decodes it (NULL is the `None`).
+                        encode(&outcome.result)?,
+                    ],
+                    state,
+                    timeline,
+                    finished: outcome,
+                });
             }
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
-            let update = tx
-                .prepare_cached(
-                    "WITH done AS (
-                         DELETE FROM pending WHERE id = ANY($1::bigint[]) RETURNING id),
-                     stored AS (
-                         INSERT INTO results (id, state, timeline, result, finished)
-                         SELECT u.id, u.state, u.timeline, u.result, $5
-                         FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[])
-                              AS u(id, state, timeline, result)
-                         WHERE u.id IN (SELECT id FROM done)
-                         RETURNING id, state, timeline, result, finished)
-                     SELECT t.id, t.owner, t.endpoint, t.function, t.args, t.timeout_ms,
-                            s.state, s.timeline, s.result, t.created, s.finished,
-                            t.cores, t.gpus, t.memory, t.nodes
-                     FROM stored s JOIN tasks t ON t.id = s.id",
-                )
-                .await
-                .map_err(pg)?;
-            let rows = tx
-                .query(&update, &[&ids, &states, &timelines, &results, &now])
-                .await
-                .map_err(pg)?;
-            if rows.is_empty() {
-                tx.rollback().await.map_err(pg)?;
+            if settled_outcomes.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut done = rows
-                .iter()
-                .map(|row| task_of_row(row).map(|(record, _)| record))
-                .collect::<Result<Vec<_>, _>>()?;
-            done.sort_unstable_by_key(|record| record.id);
-            let done_ids: Vec<i64> = done.iter().map(|record| id_to_sql(record.id)).collect();
-            // Other gateways' result streams learn of these at commit: every notification
-            // in one statement, not a round trip each.
-            let payloads: Vec<String> = done_ids
-                .chunks(IDS_PER_NOTIFICATION)
-                .map(|chunk| {
-                    let mut payload = self.member.clone();
-                    for (i, id) in chunk.iter().enumerate() {
-                        payload.push(if i == 0 { ' ' } else { ',' });
-                        payload.push_str(&id.to_string());
-                    }
-                    payload
-                })
+            // Nearly always none of these tasks has a result yet: the results are copied in
+            // as plain rows. One that has (a task run twice across a failover, or finished
+            // by another gateway at the same moment) fails the copy on the primary key, and
+            // the batch is stored again, each result only where its task has none.
+            let rows = match self.store_results(&settled_outcomes, now, true).await? {
+                Some(rows) => rows,
+                None => self
+                    .store_results(&settled_outcomes, now, false)
+                    .await?
+                    .unwrap_or_default(),
+            };
+            let mut by_id: std::collections::HashMap<u64, Outcome> = settled_outcomes
+                .into_iter()
+                .map(|outcome| (outcome.finished.id, outcome))
                 .collect();
-            tx.execute(
-                "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p(payload)",
-                &[&self.channels.results, &payloads],
-            )
-            .await
-            .map_err(pg)?;
-            tx.commit().await.map_err(pg)?;
+            let mut done = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let (mut record, _) = task_of_row(row)?;
+                let Some(outcome) = by_id.remove(&record.id) else {
+                    continue;
+                };
+                record.state = outcome.state;
+                record.timeline = Timeline {
+                    submitted: record.created,
+                    ..outcome.timeline
+                };
+                record.result = Some(outcome.finished.result);
+                record.finished = Some(now);
+                done.push(record);
+            }
+            done.sort_unstable_by_key(|record| record.id);
             Ok(done)
         })
     }
@@ -571,7 +703,11 @@ impl TaskStore for PgStore {
                 .query(
                     &format!(
                         "SELECT {TASK_COLUMNS} FROM task_rows
-                         WHERE id IN (SELECT id FROM pending) ORDER BY id"
+                         WHERE id IN (SELECT id FROM pending)
+                            OR id IN (SELECT t.id FROM tasks t WHERE t.claimed_by IS NOT NULL
+                                      AND NOT EXISTS (SELECT 1 FROM results r
+                                                      WHERE r.id = t.id))
+                         ORDER BY id"
                     ),
                     &[],
                 )
