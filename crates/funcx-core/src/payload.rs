@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::TaskError;
 
-/// Large pickles of plain values, decoded without `serde-pickle`'s growing buffers.
+/// Pickles of plain values, decoded without `serde-pickle`'s buffers.
 mod plain_pickle;
 
 /// The encoding of a [`Payload`]'s bytes.
@@ -142,15 +142,11 @@ impl Payload {
     /// a numpy array); the payload itself is untouched and can still be passed on.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, TaskError> {
         match self.format {
-            Format::Pickle => {
-                if self.bytes.len() >= plain_pickle::PLAIN_MIN {
-                    if let Some(value) = plain_pickle::decode(&self.bytes) {
-                        return Ok(value);
-                    }
-                }
-                serde_pickle::from_slice(&self.bytes, serde_pickle::DeOptions::new())
-                    .map_err(TaskError::decode)
-            }
+            Format::Pickle => match plain_pickle::decode(&self.bytes) {
+                Some(value) => Ok(value),
+                None => serde_pickle::from_slice(&self.bytes, serde_pickle::DeOptions::new())
+                    .map_err(TaskError::decode),
+            },
             Format::Json => serde_json::from_slice(&self.bytes).map_err(TaskError::decode),
         }
     }

@@ -1,9 +1,11 @@
-//! Decoding large pickles of plain values with each `bytes` object copied once.
+//! Decoding pickles of plain values in one pass, each `bytes` object copied once.
 //!
 //! `serde-pickle` reads a `bytes` object by growing an empty `Vec` to fit it, doubling as
 //! it goes: a 16 MiB result is copied about twice and lands in a 32 MiB allocation, which is
 //! above what the allocator keeps for reuse, so each one is a fresh mapping whose 4,096 pages
 //! fault in one by one. That was most of the time a caller spent decoding large results.
+//! And every decode, however small, sets up an 8 KiB read buffer, a 128-slot stack and a
+//! memo map: 550 ns for a lone integer, where this takes about 110.
 //!
 //! Here a pickle made only of plain values (`None`, booleans, small integers, floats,
 //! `bytes`, `str`, tuples and lists: what Python writes for them with any protocol up to 5)
@@ -15,10 +17,6 @@
 
 use serde::de::value::{Error, SeqDeserializer};
 use serde::de::{DeserializeOwned, Deserializer, Error as _, IntoDeserializer, Visitor};
-
-/// Pickles shorter than this go straight to `serde-pickle`: its growing buffers cost
-/// nothing worth a second decoder until a `bytes` object is this large.
-pub(super) const PLAIN_MIN: usize = 64 * 1024;
 
 /// `pickled` decoded into `T` if it holds only plain values and `T` accepts them; `None`
 /// leaves the decision (and any error) to `serde-pickle`.
