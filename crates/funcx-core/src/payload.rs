@@ -12,6 +12,9 @@ use crate::TaskError;
 /// Pickles of plain values, decoded without `serde-pickle`'s buffers.
 mod plain_pickle;
 
+/// The nesting limit checked before any pickle is decoded.
+mod nesting;
+
 /// The encoding of a [`Payload`]'s bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -139,13 +142,20 @@ impl Payload {
     ///
     /// Fails with a [`TaskError::is_serialization`] error when the bytes hold something the
     /// type cannot represent, or a Python object with no Rust equivalent (a class instance,
-    /// a numpy array); the payload itself is untouched and can still be passed on.
+    /// a numpy array); the payload itself is untouched and can still be passed on. A pickle
+    /// whose containers nest more than 128 levels deep (as deep as `serde_json` allows JSON)
+    /// fails the same way, before a tree that deep is built, since decoding it could
+    /// overflow the thread's stack.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, TaskError> {
         match self.format {
             Format::Pickle => match plain_pickle::decode(&self.bytes) {
                 Some(value) => Ok(value),
-                None => serde_pickle::from_slice(&self.bytes, serde_pickle::DeOptions::new())
-                    .map_err(TaskError::decode),
+                // The plain parser stops at the nesting limit; serde-pickle has none.
+                None => {
+                    nesting::check(&self.bytes).map_err(TaskError::decode)?;
+                    serde_pickle::from_slice(&self.bytes, serde_pickle::DeOptions::new())
+                        .map_err(TaskError::decode)
+                }
             },
             Format::Json => serde_json::from_slice(&self.bytes).map_err(TaskError::decode),
         }
@@ -555,6 +565,47 @@ mod tests {
         // Stored payloads keep their meaning: the variants' postcard indexes never move.
         assert_eq!(postcard::to_stdvec(&Format::Pickle).unwrap(), [0]);
         assert_eq!(postcard::to_stdvec(&Format::Json).unwrap(), [1]);
+    }
+
+    #[test]
+    fn deeply_nested_pickles_are_a_decode_error_not_a_stack_overflow() {
+        // 300,000 and 50,000 lists each appended to the one below, decoded on a Tokio worker's
+        // 2 MiB stack: plain values (the plain parser stops at the limit), and the same under
+        // a dict (not plain: only serde-pickle would read it).
+        let plain = |depth| {
+            [0x80, 4]
+                .into_iter()
+                .chain(std::iter::repeat_n(b']', depth))
+        };
+        let in_dict = |depth| {
+            plain(depth)
+                .take(2)
+                .chain([b'}'])
+                .chain(plain(depth).skip(2))
+        };
+        for depth in [300_000, 50_000] {
+            for start in [plain(depth).collect::<Vec<u8>>(), in_dict(depth).collect()] {
+                let mut pickled = start;
+                pickled.extend(std::iter::repeat_n(b'a', depth - 1));
+                pickled.push(b'.');
+                let payload = Payload::from_pickled(pickled);
+                let outcome = std::thread::Builder::new()
+                    .stack_size(2 << 20)
+                    .spawn(move || {
+                        (
+                            payload.decode::<(String, String, String)>(),
+                            payload.decode::<serde_pickle::Value>(),
+                        )
+                    })
+                    .expect("spawn a thread")
+                    .join()
+                    .expect("no panic");
+                for err in [outcome.0.unwrap_err(), outcome.1.unwrap_err()] {
+                    assert!(err.is_serialization(), "{err}");
+                    assert!(err.to_string().contains("128 levels deep"), "{err}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -13,8 +13,11 @@
 //! reaches the visitor as a slice, copied at most once into an allocation of its exact size
 //! (`serde_bytes::ByteBuf`). Anything else (dicts, large integers, class instances, memo
 //! references, malformed input) is left to `serde-pickle`, as is every value the target
-//! type does not accept, so that errors stay `serde-pickle`'s.
+//! type does not accept, so that errors stay `serde-pickle`'s, and so is a pickle nested
+//! deeper than [`MAX_NESTING`], where the caller's nesting check reports it: the tree built
+//! here, visited and dropped recursively, is never deep enough to overflow a stack.
 
+use super::nesting::{array, take, MAX_NESTING};
 use serde::de::value::{Error, SeqDeserializer};
 use serde::de::{DeserializeOwned, Deserializer, Error as _, IntoDeserializer, Visitor};
 
@@ -34,8 +37,32 @@ enum Plain<'a> {
     Float(f64),
     Bytes(&'a [u8]),
     Str(&'a str),
-    /// A tuple or a list: `serde-pickle` gives both to a visitor as a sequence.
-    Seq(Vec<Plain<'a>>),
+    /// A tuple or a list, and how deeply it nests: `serde-pickle` gives both to a visitor
+    /// as a sequence.
+    Seq(Vec<Plain<'a>>, u32),
+}
+
+impl<'a> Plain<'a> {
+    /// How many containers deep the value nests (0 for a scalar).
+    fn depth(&self) -> u32 {
+        match self {
+            Plain::Seq(_, depth) => *depth,
+            _ => 0,
+        }
+    }
+
+    /// A container of `items`; `None` past [`MAX_NESTING`], where the tree would be deep
+    /// enough to overflow a stack when visited or dropped (the caller then runs the check
+    /// that reports it).
+    fn seq(items: Vec<Plain<'a>>) -> Option<Plain<'a>> {
+        let depth = nested_in(items.iter().map(Plain::depth).max().unwrap_or(0))?;
+        Some(Plain::Seq(items, depth))
+    }
+}
+
+/// The depth of a container holding an item `depth` deep, if within [`MAX_NESTING`].
+fn nested_in(depth: u32) -> Option<u32> {
+    Some(depth + 1).filter(|&depth| depth <= MAX_NESTING)
 }
 
 /// Opcodes of the pickle protocol (`pickletools` names), the ones parsed here.
@@ -121,47 +148,36 @@ fn parse(pickled: &[u8]) -> Option<Plain<'_>> {
                 };
                 take(&mut input, arg)?;
             }
-            op::EMPTY_TUPLE | op::EMPTY_LIST => stack.push(Plain::Seq(Vec::new())),
+            op::EMPTY_TUPLE | op::EMPTY_LIST => stack.push(Plain::Seq(Vec::new(), 1)),
             op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
                 let n = usize::from(opcode - op::TUPLE1) + 1;
                 let items = stack.split_off(stack.len().checked_sub(n)?);
-                stack.push(Plain::Seq(items));
+                stack.push(Plain::seq(items)?);
             }
             op::TUPLE | op::LIST => {
                 let items = std::mem::replace(&mut stack, marked.pop()?);
-                stack.push(Plain::Seq(items));
+                stack.push(Plain::seq(items)?);
             }
             op::APPEND => {
                 let item = stack.pop()?;
-                let Plain::Seq(list) = stack.last_mut()? else {
+                let Plain::Seq(list, depth) = stack.last_mut()? else {
                     return None;
                 };
+                *depth = (*depth).max(nested_in(item.depth())?);
                 list.push(item);
             }
             op::APPENDS => {
                 let items = std::mem::replace(&mut stack, marked.pop()?);
-                let Plain::Seq(list) = stack.last_mut()? else {
+                let Plain::Seq(list, depth) = stack.last_mut()? else {
                     return None;
                 };
+                let deepest = items.iter().map(Plain::depth).max().unwrap_or(0);
+                *depth = (*depth).max(nested_in(deepest)?);
                 list.extend(items);
             }
             _ => return None,
         }
     }
-}
-
-/// The first `n` bytes of `input`, taken off it.
-fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    if input.len() < n {
-        return None;
-    }
-    let (head, rest) = input.split_at(n);
-    *input = rest;
-    Some(head)
-}
-
-fn array<const N: usize>(input: &mut &[u8]) -> Option<[u8; N]> {
-    take(input, N)?.try_into().ok()
 }
 
 /// The length argument of a `bytes` or `str` opcode: one byte for the short forms, four
@@ -187,7 +203,7 @@ impl<'de> Deserializer<'de> for Plain<'de> {
             Plain::Float(v) => visitor.visit_f64(v),
             Plain::Bytes(v) => visitor.visit_borrowed_bytes(v),
             Plain::Str(v) => visitor.visit_borrowed_str(v),
-            Plain::Seq(items) => visitor.visit_seq(SeqDeserializer::new(items.into_iter())),
+            Plain::Seq(items, _) => visitor.visit_seq(SeqDeserializer::new(items.into_iter())),
         }
     }
 
@@ -346,6 +362,15 @@ mod tests {
         assert!(parse(&[op::PROTO, 4, op::MARK, op::NONE, op::STOP]).is_none());
         assert!(parse(&[op::NONE, op::NONE, op::STOP]).is_none());
         assert!(parse(&[op::NONE, op::APPEND, op::STOP]).is_none());
+        // Nested deeper than the limit: left to the caller's check, which refuses it.
+        let wrapped = |depth| {
+            let mut pickled = vec![op::NONE];
+            pickled.extend(std::iter::repeat_n(op::TUPLE1, depth));
+            pickled.push(op::STOP);
+            pickled
+        };
+        assert!(parse(&wrapped(MAX_NESTING as usize)).is_some());
+        assert!(parse(&wrapped(MAX_NESTING as usize + 1)).is_none());
         assert!(parse(&[op::MEMOIZE, op::NONE, op::STOP]).is_none());
         assert!(parse(&[op::BINBYTES, 255, 255, 255, 255, 1, op::STOP]).is_none());
     }
