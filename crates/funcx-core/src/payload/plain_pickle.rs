@@ -37,26 +37,31 @@ enum Plain<'a> {
     Float(f64),
     Bytes(&'a [u8]),
     Str(&'a str),
-    /// A tuple or a list, and how deeply it nests: `serde-pickle` gives both to a visitor
-    /// as a sequence.
-    Seq(Vec<Plain<'a>>, u32),
+    /// A tuple and how deeply it nests: built whole, never appended to.
+    Tuple(Vec<Plain<'a>>, u32),
+    /// A list and how deeply it nests, which `APPEND` and `APPENDS` extend. `serde-pickle`
+    /// gives tuples and lists alike to a visitor as a sequence.
+    List(Vec<Plain<'a>>, u32),
 }
 
 impl<'a> Plain<'a> {
     /// How many containers deep the value nests (0 for a scalar).
     fn depth(&self) -> u32 {
         match self {
-            Plain::Seq(_, depth) => *depth,
+            Plain::Tuple(_, depth) | Plain::List(_, depth) => *depth,
             _ => 0,
         }
     }
 
-    /// A container of `items`; `None` past [`MAX_NESTING`], where the tree would be deep
-    /// enough to overflow a stack when visited or dropped (the caller then runs the check
-    /// that reports it).
-    fn seq(items: Vec<Plain<'a>>) -> Option<Plain<'a>> {
+    /// A tuple (or, with `list`, a list) of `items`; `None` past [`MAX_NESTING`], where
+    /// the tree would be deep enough to overflow a stack when visited or dropped (the caller
+    /// then runs the check that reports it).
+    fn container(items: Vec<Plain<'a>>, list: bool) -> Option<Plain<'a>> {
         let depth = nested_in(items.iter().map(Plain::depth).max().unwrap_or(0))?;
-        Some(Plain::Seq(items, depth))
+        Some(match list {
+            true => Plain::List(items, depth),
+            false => Plain::Tuple(items, depth),
+        })
     }
 }
 
@@ -148,19 +153,20 @@ fn parse(pickled: &[u8]) -> Option<Plain<'_>> {
                 };
                 take(&mut input, arg)?;
             }
-            op::EMPTY_TUPLE | op::EMPTY_LIST => stack.push(Plain::Seq(Vec::new(), 1)),
+            op::EMPTY_TUPLE => stack.push(Plain::Tuple(Vec::new(), 1)),
+            op::EMPTY_LIST => stack.push(Plain::List(Vec::new(), 1)),
             op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
                 let n = usize::from(opcode - op::TUPLE1) + 1;
                 let items = stack.split_off(stack.len().checked_sub(n)?);
-                stack.push(Plain::seq(items)?);
+                stack.push(Plain::container(items, false)?);
             }
             op::TUPLE | op::LIST => {
                 let items = std::mem::replace(&mut stack, marked.pop()?);
-                stack.push(Plain::seq(items)?);
+                stack.push(Plain::container(items, opcode == op::LIST)?);
             }
             op::APPEND => {
                 let item = stack.pop()?;
-                let Plain::Seq(list, depth) = stack.last_mut()? else {
+                let Plain::List(list, depth) = stack.last_mut()? else {
                     return None;
                 };
                 *depth = (*depth).max(nested_in(item.depth())?);
@@ -168,7 +174,7 @@ fn parse(pickled: &[u8]) -> Option<Plain<'_>> {
             }
             op::APPENDS => {
                 let items = std::mem::replace(&mut stack, marked.pop()?);
-                let Plain::Seq(list, depth) = stack.last_mut()? else {
+                let Plain::List(list, depth) = stack.last_mut()? else {
                     return None;
                 };
                 let deepest = items.iter().map(Plain::depth).max().unwrap_or(0);
@@ -203,7 +209,9 @@ impl<'de> Deserializer<'de> for Plain<'de> {
             Plain::Float(v) => visitor.visit_f64(v),
             Plain::Bytes(v) => visitor.visit_borrowed_bytes(v),
             Plain::Str(v) => visitor.visit_borrowed_str(v),
-            Plain::Seq(items, _) => visitor.visit_seq(SeqDeserializer::new(items.into_iter())),
+            Plain::Tuple(items, _) | Plain::List(items, _) => {
+                visitor.visit_seq(SeqDeserializer::new(items.into_iter()))
+            }
         }
     }
 
@@ -330,6 +338,25 @@ mod tests {
     }
 
     #[test]
+    fn bytes_appended_to_a_tuple_are_refused_as_serde_pickle_refuses_them() {
+        // `80 04 ) B<70,000 bytes> a .`: malformed, an item appended to a tuple.
+        let mut pickled = vec![op::PROTO, 4, op::EMPTY_TUPLE, op::BINBYTES];
+        pickled.extend_from_slice(&70_000_u32.to_le_bytes());
+        pickled.resize(pickled.len() + 70_000, 7);
+        pickled.extend_from_slice(&[op::APPEND, op::STOP]);
+        assert!(parse(&pickled).is_none());
+        assert!(decode::<Vec<ByteBuf>>(&pickled).is_none());
+        assert!(
+            serde_pickle::from_slice::<Vec<ByteBuf>>(&pickled, serde_pickle::DeOptions::new())
+                .is_err()
+        );
+        // The same bytes appended to a list are plain.
+        pickled[2] = op::EMPTY_LIST;
+        let fast: Vec<ByteBuf> = decode(&pickled).unwrap();
+        assert_eq!(fast, by_serde_pickle::<Vec<ByteBuf>>(&pickled));
+    }
+
+    #[test]
     fn anything_else_is_left_to_serde_pickle() {
         let data = vec![5_u8; 1000];
         // A dict, an integer over 64 bits, an enum: not plain, or not decoded here.
@@ -362,6 +389,8 @@ mod tests {
         assert!(parse(&[op::PROTO, 4, op::MARK, op::NONE, op::STOP]).is_none());
         assert!(parse(&[op::NONE, op::NONE, op::STOP]).is_none());
         assert!(parse(&[op::NONE, op::APPEND, op::STOP]).is_none());
+        assert!(parse(&[op::EMPTY_TUPLE, op::NONE, op::APPEND, op::STOP]).is_none());
+        assert!(parse(&[op::EMPTY_TUPLE, op::MARK, op::NONE, op::APPENDS, op::STOP]).is_none());
         // Nested deeper than the limit: left to the caller's check, which refuses it.
         let wrapped = |depth| {
             let mut pickled = vec![op::NONE];
