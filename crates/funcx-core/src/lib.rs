@@ -23,6 +23,8 @@ mod dispatcher;
 mod error;
 mod executor;
 mod function;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 // Hashers for the workspace's own maps keyed by ids (the transport uses them too): not API.
 #[doc(hidden)]
 pub mod ids;

@@ -10,9 +10,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::TaskError;
 
 /// Pickles of plain values, decoded without `serde-pickle`'s buffers.
-mod plain_pickle;
+pub(crate) mod plain_pickle;
 
-/// The nesting limit checked before any pickle is decoded.
+/// The nesting limit checked before `serde-pickle` decodes a pickle.
 mod nesting;
 
 /// The encoding of a [`Payload`]'s bytes.

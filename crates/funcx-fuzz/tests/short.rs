@@ -77,6 +77,11 @@ fn payload() {
 }
 
 #[test]
+fn plain_pickle() {
+    short("plain-pickle");
+}
+
+#[test]
 fn gateway_http() {
     short("gateway-http");
 }

@@ -23,7 +23,7 @@ use serde::de::{DeserializeOwned, Deserializer, Error as _, IntoDeserializer, Vi
 
 /// `pickled` decoded into `T` if it holds only plain values and `T` accepts them; `None`
 /// leaves the decision (and any error) to `serde-pickle`.
-pub(super) fn decode<T: DeserializeOwned>(pickled: &[u8]) -> Option<T> {
+pub(crate) fn decode<T: DeserializeOwned>(pickled: &[u8]) -> Option<T> {
     let value = parse(pickled)?;
     T::deserialize(value).ok()
 }

@@ -128,6 +128,14 @@ pub fn all() -> Vec<Target> {
             seeds: payload_seeds,
         },
         Target {
+            name: "plain-pickle",
+            reads: "pickles of plain values through Payload::decode's own decoder, checked \
+                    against serde-pickle",
+            max_len: 4096,
+            make: || Box::new(funcx_core::fuzzing::plain_pickle),
+            seeds: plain_pickle_seeds,
+        },
+        Target {
             name: "gateway-http",
             reads:
                 "HTTP requests to the gateway: methods, paths, headers, JSON and postcard bodies",
@@ -373,6 +381,32 @@ fn payload_seeds() -> Vec<Vec<u8>> {
     if let Ok(p) = Payload::pickle(&Args::new().arg(&1).kwarg("k", "v")) {
         seeds.push(p.as_bytes().to_vec());
     }
+    seeds
+}
+
+/// Pickles of every plain opcode: serde-pickle's own, and what Python's protocol 4 writes
+/// (frames, MARK ... TUPLE, memoized values, a list built by APPENDS).
+fn plain_pickle_seeds() -> Vec<Vec<u8>> {
+    let mut seeds = Vec::new();
+    let value = (
+        None::<i64>,
+        true,
+        -70_000_i64,
+        2.5_f64,
+        "snowman ☃",
+        vec![vec![1_u8; 300], vec![2; 3]],
+        vec![(1_i64, "x"); 20],
+    );
+    if let Ok(p) = Payload::pickle(&value) {
+        seeds.push(p.as_bytes().to_vec());
+    }
+    // pickle.dumps([1, 2.5, None, True, 'abc', b'\x09\x09', ()], 4)
+    seeds.push(
+        b"\x80\x04\x95\x1e\x00\x00\x00\x00\x00\x00\x00]\x94(K\x01G@\x04\x00\x00\x00\x00\x00\x00N\x88\x8c\x03abc\x94C\x02\t\t\x94)e."
+            .to_vec(),
+    );
+    // What the plain decoder once took for a sequence: an item appended to a tuple.
+    seeds.push(b"\x80\x04)\x94C\x03abca.".to_vec());
     seeds
 }
 
