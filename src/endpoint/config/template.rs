@@ -107,7 +107,7 @@ max = 1
 # qos = "normal"
 # constraint = "haswell"
 # exclusive = false
-# cpus_per_task = 8
+# cpus_per_task = 8             # each node's CPUs (--mincpus with layout = "per-block")
 # mem = "16G"
 # job_name = "funcx-NAME"
 # directives = ["--gres=gpu:1"]  # extra #SBATCH lines

@@ -118,7 +118,10 @@ impl SlurmConfig {
         self
     }
 
-    /// `--cpus-per-task`: the CPUs of each node's manager and its workers.
+    /// The CPUs of each node: its manager's and its workers' (`--cpus-per-task` of the
+    /// node's one manager task). A block with one manager for all its nodes
+    /// ([`ManagerLayout::PerBlock`]) asks `--mincpus` instead, since its tasks are rank slots
+    /// and `--cpus-per-task` would multiply them.
     pub fn cpus_per_task(mut self, cpus: u32) -> SlurmConfig {
         self.cpus_per_task = Some(cpus);
         self
@@ -221,7 +224,14 @@ impl SlurmProvider {
             format!("--error={}", log("err")),
         ];
         if let Some(cpus) = config.cpus_per_task {
-            lines.push(format!("--cpus-per-task={cpus}"));
+            // Per node, the manager's one task has the node's CPUs. A per-block job's tasks
+            // are rank slots, and `--cpus-per-task` would give each of them that many (a
+            // node of 32 slots and 8 CPUs would ask for 256); the node's count is then a
+            // minimum per node, as Torque's `ppn` and Grid Engine's slots take the larger.
+            lines.push(match request.manager_layout() {
+                ManagerLayout::PerNode => format!("--cpus-per-task={cpus}"),
+                ManagerLayout::PerBlock => format!("--mincpus={cpus}"),
+            });
         }
         if let Some(mem) = &config.mem {
             lines.push(format!("--mem={mem}"));
@@ -806,14 +816,16 @@ mod tests {
         for launcher in [Launcher::srun(), Launcher::SingleNode] {
             let config = SlurmConfig::new().cpus_per_task(2).launcher(launcher);
             let script = submitted_script("sbatch", config, request.clone()).await;
+            // The node's 2 CPUs, not 2 for each of the 4 slots.
             has_lines(
                 &script,
                 &[
                     "#SBATCH --nodes=2",
                     "#SBATCH --ntasks-per-node=4",
-                    "#SBATCH --cpus-per-task=2",
+                    "#SBATCH --mincpus=2",
                 ],
             );
+            assert!(!script.contains("--cpus-per-task"), "{script}");
             assert!(!script.contains("srun"), "{script}");
             assert_eq!(
                 script.lines().last(),
