@@ -460,7 +460,7 @@ impl EndpointBuilder {
         let mut block = BlockRequest::new(command)
             .nodes(self.nodes_per_block)
             .layout(self.manager_layout)
-            .ranks_per_node(self.workers_per_node);
+            .rank_slots_per_node(self.workers_per_node);
         if let Some(walltime) = self.walltime {
             block = block.walltime(walltime);
         }
@@ -563,7 +563,7 @@ mod tests {
         let block = builder.block_request(address, "t").expect("request");
         assert_eq!(block.manager_layout(), ManagerLayout::PerBlock);
         assert_eq!(block.node_count(), 4);
-        assert_eq!(block.rank_slots_per_node(), 8, "a task slot per worker");
+        assert_eq!(block.per_node_rank_slots(), 8, "a task slot per worker");
         assert!(asks_for_block_nodes(&block), "{:?}", block.command());
         assert_eq!(builder.slots_per_block(), 8, "one manager's workers");
         #[cfg(feature = "client")]

@@ -136,7 +136,7 @@ impl ManagerCommand {
 ///   (`SLURM_JOB_NODELIST`, `PBS_NODEFILE`, `PE_HOSTFILE`: what `funcx-manager
 ///   --block-nodes auto` reads) and can launch a multi-node task's ranks across the
 ///   allocation with the scheduler's own `mpirun` / `srun`. The job asks for
-///   [`BlockRequest::ranks_per_node`] task slots on each node for those ranks (Open MPI in a
+///   [`BlockRequest::rank_slots_per_node`] task slots on each node for those ranks (Open MPI in a
 ///   Slurm job starts no more ranks on a node than the job has task slots there). A provider
 ///   whose blocks have no such node list (local processes, cloud instances) rejects the
 ///   request ([`ProviderError::is_rejected`]) rather than start a manager that cannot see
@@ -175,7 +175,7 @@ impl fmt::Display for ManagerLayout {
 /// assert_eq!(request.node_count(), 4);
 ///
 /// // One manager for all four nodes, with 8 task slots on each for MPI ranks.
-/// let request = request.layout(ManagerLayout::PerBlock).ranks_per_node(8);
+/// let request = request.layout(ManagerLayout::PerBlock).rank_slots_per_node(8);
 /// assert_eq!(request.manager_layout(), ManagerLayout::PerBlock);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,7 +183,7 @@ pub struct BlockRequest {
     command: ManagerCommand,
     nodes: usize,
     layout: ManagerLayout,
-    ranks_per_node: usize,
+    rank_slots_per_node: usize,
     walltime: Option<Duration>,
     worker_init: Option<String>,
 }
@@ -195,7 +195,7 @@ impl BlockRequest {
             command,
             nodes: 1,
             layout: ManagerLayout::PerNode,
-            ranks_per_node: 1,
+            rank_slots_per_node: 1,
             walltime: None,
             worker_init: None,
         }
@@ -219,8 +219,8 @@ impl BlockRequest {
     /// node, for the ranks of the multi-node tasks its manager launches (Slurm's
     /// `--ntasks-per-node`, PBS Pro's `mpiprocs`; default 1). A per-node block ignores it:
     /// each node's one slot is its manager's.
-    pub fn ranks_per_node(mut self, ranks: usize) -> BlockRequest {
-        self.ranks_per_node = ranks;
+    pub fn rank_slots_per_node(mut self, slots: usize) -> BlockRequest {
+        self.rank_slots_per_node = slots;
         self
     }
 
@@ -254,9 +254,10 @@ impl BlockRequest {
         self.layout
     }
 
-    /// The task slots per node a per-block block asks for, for MPI ranks.
-    pub fn rank_slots_per_node(&self) -> usize {
-        self.ranks_per_node
+    /// The task slots per node a per-block block asks for, for MPI ranks (what
+    /// [`BlockRequest::rank_slots_per_node`] set; a getter cannot share the setter's name).
+    pub fn per_node_rank_slots(&self) -> usize {
+        self.rank_slots_per_node
     }
 
     /// How long the block may live, if limited.
@@ -270,7 +271,8 @@ impl BlockRequest {
     }
 
     /// Checks what every provider requires of a request (at least one node; a walltime, if
-    /// any, above zero; at least one rank slot per node), so they all reject a bad request
+    /// any, above zero; for a per-block block, which asks for them, at least one rank slot
+    /// per node), so they all reject a bad request
     /// the same way, before running anything. A zero walltime is refused rather than
     /// rounded: to a scheduler `0` means no limit at all, the opposite of what was asked.
     pub fn check(&self) -> Result<(), ProviderError> {
@@ -279,7 +281,7 @@ impl BlockRequest {
                 "a block needs at least one node, not 0",
             ));
         }
-        if self.ranks_per_node == 0 {
+        if self.layout == ManagerLayout::PerBlock && self.rank_slots_per_node == 0 {
             return Err(ProviderError::rejected(
                 "a block needs at least one rank slot per node, not 0",
             ));
@@ -521,10 +523,12 @@ mod tests {
         let request = BlockRequest::new(ManagerCommand::new("true"));
         assert_eq!(request.manager_layout(), ManagerLayout::PerNode);
         assert_eq!(ManagerLayout::default(), ManagerLayout::PerNode);
-        assert_eq!(request.rank_slots_per_node(), 1);
-        let request = request.layout(ManagerLayout::PerBlock).ranks_per_node(8);
+        assert_eq!(request.per_node_rank_slots(), 1);
+        let request = request
+            .layout(ManagerLayout::PerBlock)
+            .rank_slots_per_node(8);
         assert_eq!(request.manager_layout(), ManagerLayout::PerBlock);
-        assert_eq!(request.rank_slots_per_node(), 8);
+        assert_eq!(request.per_node_rank_slots(), 8);
         assert!(request.check().is_ok());
     }
 
@@ -543,13 +547,15 @@ mod tests {
     }
 
     #[test]
-    fn zero_rank_slots_are_rejected() {
+    fn zero_rank_slots_are_rejected_only_where_they_are_asked_for() {
         let request = BlockRequest::new(ManagerCommand::new("true"))
             .layout(ManagerLayout::PerBlock)
-            .ranks_per_node(0);
+            .rank_slots_per_node(0);
         let error = request.check().unwrap_err();
         assert!(error.is_rejected());
         assert!(error.to_string().contains("rank slot"), "{error}");
+        // A per-node block asks for none, so it has nothing to reject.
+        assert!(request.layout(ManagerLayout::PerNode).check().is_ok());
     }
 
     #[test]

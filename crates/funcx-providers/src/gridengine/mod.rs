@@ -1019,7 +1019,7 @@ mod tests {
         let request = nasty_request()
             .nodes(3)
             .layout(funcx_core::ManagerLayout::PerBlock)
-            .ranks_per_node(4);
+            .rank_slots_per_node(4);
         let config = GridEngineConfig::new()
             .parallel_environment("mpi", 2)
             .commands_dir(&bin);

@@ -102,7 +102,7 @@ pub(super) fn render_script(
             // A block with one manager for all its nodes launches ranks in these slots, so
             // each host has at least one per rank.
             let per_host = if per_block {
-                (*slots).max(request.rank_slots_per_node())
+                (*slots).max(request.per_node_rank_slots())
             } else {
                 *slots
             };

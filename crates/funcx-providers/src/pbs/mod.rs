@@ -171,7 +171,7 @@ impl PbsProvider {
         // PBS_NODEFILE, where the MPI launchers find how many ranks a host takes.
         let ranks = match request.manager_layout() {
             ManagerLayout::PerNode => None,
-            ManagerLayout::PerBlock => Some(request.rank_slots_per_node()),
+            ManagerLayout::PerBlock => Some(request.per_node_rank_slots()),
         };
         let mut lines = vec![format!("-N {name}")];
         match config.flavor {
@@ -763,7 +763,7 @@ mod tests {
         let request = request()
             .nodes(3)
             .layout(ManagerLayout::PerBlock)
-            .ranks_per_node(4);
+            .rank_slots_per_node(4);
         let manager_line = "FUNCX_NODE_INDEX=0 /opt/funcx-manager";
         let pro = PbsConfig::new(PbsFlavor::PbsPro)
             .cpus_per_node(8)

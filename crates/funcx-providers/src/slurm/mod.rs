@@ -214,7 +214,7 @@ impl SlurmProvider {
         // starts no more ranks on a node than the job has tasks there.
         let tasks_per_node = match request.manager_layout() {
             ManagerLayout::PerNode => 1,
-            ManagerLayout::PerBlock => request.rank_slots_per_node(),
+            ManagerLayout::PerBlock => request.per_node_rank_slots(),
         };
         let mut lines = vec![
             format!("--job-name={name}"),
@@ -812,7 +812,7 @@ mod tests {
         let request = request()
             .nodes(2)
             .layout(ManagerLayout::PerBlock)
-            .ranks_per_node(4);
+            .rank_slots_per_node(4);
         for launcher in [Launcher::srun(), Launcher::SingleNode] {
             let config = SlurmConfig::new().cpus_per_task(2).launcher(launcher);
             let script = submitted_script("sbatch", config, request.clone()).await;
