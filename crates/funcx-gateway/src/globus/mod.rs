@@ -119,14 +119,31 @@ mod service {
         /// The shim, the one funcx function every Globus Compute task calls (on the
         /// endpoint's own workers; [`GlobusCompute::shim_in`] for a container image).
         pub(crate) shim: Function,
-        /// The ids of the shim in every image it has been seen in, and outside any.
+        /// Ids of the shim (in an image or in none) whose record is in the store: a cache of
+        /// [`GlobusCompute::is_shim`]'s store lookups, bounded by [`CACHE_MAX`].
         pub(crate) shim_ids: Mutex<HashSet<FunctionId>>,
         pub(crate) functions: Mutex<HashMap<Uuid, ComputeFunction>>,
         pub(crate) groups: Mutex<HashMap<(String, Uuid), Group>>,
         /// Tasks whose result goes to a queue when they finish: gateway task id → queue.
         pub(crate) outbox: Mutex<HashMap<u64, String>>,
-        /// (user, shim id) pairs whose function record is in the store.
+        /// (user, shim id) pairs whose function record is in the store, bounded by
+        /// [`CACHE_MAX`] (a pair no longer here is stored again, which changes nothing).
         pub(crate) shim_owners: Mutex<HashSet<(String, FunctionId)>>,
+    }
+
+    /// The most entries a cache of what the store holds keeps (about 100 KiB of shim
+    /// owners): each user's requests can name any image, and a set that grew with every
+    /// one would be memory any user could take. A full cache is emptied, as its entries
+    /// are all still in the store.
+    pub(crate) const CACHE_MAX: usize = 1024;
+
+    /// Adds `item` to the cache `set`, emptying it first when it holds [`CACHE_MAX`].
+    pub(crate) fn remember<T: std::hash::Hash + Eq>(set: &Mutex<HashSet<T>>, item: T) {
+        let mut set = lock(set);
+        if set.len() >= CACHE_MAX {
+            set.clear();
+        }
+        set.insert(item);
     }
 
     /// Locks `mutex`, whether or not another thread panicked while holding it (the maps
@@ -145,7 +162,7 @@ mod service {
                     config.amqp_url.clone(),
                     Duration::from_secs(config.queue_expiry_secs),
                 ),
-                shim_ids: Mutex::new(HashSet::from([shim::shim().id()])),
+                shim_ids: Mutex::new(HashSet::new()),
                 shim: shim::shim(),
                 functions: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashMap::new()),
@@ -171,14 +188,13 @@ mod service {
         }
 
         /// The shim run in container image `image` ([`Function::in_image`]: workers started
-        /// in it), or on the endpoint's own workers.
+        /// in it), or on the endpoint's own workers. Nothing remembers it until its record is
+        /// stored (the submit route's `register_shim`, after the endpoint allowed it).
         pub(crate) fn shim_in(&self, image: Option<&str>) -> Function {
-            let shim = match image {
+            match image {
                 Some(image) => self.shim.clone().in_image(image),
                 None => self.shim.clone(),
-            };
-            lock(&self.shim_ids).insert(shim.id());
-            shim
+            }
         }
 
         /// Whether function `id` is the shim, in some image or none: whether its tasks are
@@ -192,7 +208,7 @@ mod service {
             store: &dyn TaskStore,
             id: FunctionId,
         ) -> Result<bool, StoreError> {
-            if lock(&self.shim_ids).contains(&id) {
+            if id == self.shim.id() || lock(&self.shim_ids).contains(&id) {
                 return Ok(true);
             }
             let shim = store
@@ -201,7 +217,7 @@ mod service {
                 .iter()
                 .any(|record| record.name == shim::SHIM_NAME);
             if shim {
-                lock(&self.shim_ids).insert(id);
+                remember(&self.shim_ids, id);
             }
             Ok(shim)
         }
@@ -405,8 +421,11 @@ mod service {
             let service = GlobusCompute::new(GlobusComputeConfig::new("amqp://127.0.0.1:1/"));
             let store = MemoryStore::new();
             assert!(service.is_shim(&store, service.shim.id()).await.unwrap());
-            // Seen by this process: known without the store.
+            // An image's shim is not known for being asked for, only once stored (then the
+            // cache knows it without the store).
             let boxed = service.shim_in(Some("localhost/a:1"));
+            assert!(!service.is_shim(&store, boxed.id()).await.unwrap());
+            remember(&service.shim_ids, boxed.id());
             assert!(service.is_shim(&store, boxed.id()).await.unwrap());
             // Stored before a restart (another process's image, an older shim's source):
             // known through its record.
@@ -419,6 +438,29 @@ mod service {
             let native = Function::from_source("def y(): pass\n", "y");
             store.put_function(record(&native)).await.unwrap();
             assert!(!service.is_shim(&store, native.id()).await.unwrap());
+        }
+
+        #[tokio::test]
+        async fn the_shim_caches_stay_bounded_and_fall_back_to_the_store() {
+            let service = GlobusCompute::new(GlobusComputeConfig::new("amqp://127.0.0.1:1/"));
+            let store = MemoryStore::new();
+            let first = service.shim_in(Some("localhost/0:1"));
+            store.put_function(record(&first)).await.unwrap();
+            assert!(service.is_shim(&store, first.id()).await.unwrap());
+            for n in 1..=2 * CACHE_MAX {
+                let shim = service.shim_in(Some(&format!("localhost/{n}:1")));
+                remember(&service.shim_ids, shim.id());
+                remember(&service.shim_owners, ("someone".to_owned(), shim.id()));
+                assert!(lock(&service.shim_ids).len() <= CACHE_MAX);
+                assert!(lock(&service.shim_owners).len() <= CACHE_MAX);
+            }
+            assert!(
+                !lock(&service.shim_ids).contains(&first.id()),
+                "emptied once full"
+            );
+            // Still known: through its record, and the shim outside any image always.
+            assert!(service.is_shim(&store, first.id()).await.unwrap());
+            assert!(service.is_shim(&store, service.shim.id()).await.unwrap());
         }
     }
 }

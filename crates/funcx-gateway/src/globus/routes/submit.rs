@@ -16,7 +16,7 @@ use crate::api::body::Input;
 use crate::auth::User;
 use crate::globus::endpoint_config;
 use crate::globus::resource_spec::ResourceSpecification;
-use crate::globus::service::{lock, ComputeFunction, GlobusCompute, Group};
+use crate::globus::service::{lock, remember, ComputeFunction, GlobusCompute, Group};
 use crate::globus::{shim, uuid};
 use crate::store::{FunctionRecord, Insertion, NewTask, StoreError};
 use crate::Gateway;
@@ -207,6 +207,7 @@ async fn register_shim(
             image: shim.image().map(str::to_owned),
         })
         .await?;
-    lock(&service.shim_owners).insert(key);
+    remember(&service.shim_ids, shim.id());
+    remember(&service.shim_owners, key);
     Ok(())
 }
