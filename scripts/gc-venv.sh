@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-${FUNCX_GC_VENV:-target/gc-venv}}"
+# Absolute, so that the python it prints names the same file from any directory: the tests
+# pass it as the workers' `--python`, and a container worker runs it from the image's root.
+case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac
 # The SDK version the gateway was checked against (4.19.0, see the README); pika comes with it.
 want=(globus-compute-sdk==4.19.0 pytest==8.3.5)
 stamp="$venv/.funcx-gc-venv"
