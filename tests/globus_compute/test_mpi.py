@@ -26,6 +26,10 @@ from conftest import (
 
 worker_state = user_functions()["worker_state"]
 
+# How soon a task the block cannot hold fails: the gateway refuses it when it is submitted
+# (as AT_ONCE in tests/slurm_block.rs), far sooner than any wait for a node.
+AT_ONCE_S = 10
+
 
 # Every rank writes its rank, the world's size and the nodes the task was given, as one
 # write (so that mpirun's forwarding never interleaves two ranks' lines). No braces:
@@ -107,8 +111,9 @@ def test_mpi_function_runs_every_rank_on_the_nodes_its_resource_specification_as
         one = gce.submit(function).result(timeout=WAIT_S)
         gce.resource_specification = {"num_nodes": 3}
         too_many = gce.submit(function)
+        # Within AT_ONCE_S, or result() raises TimeoutError instead.
         with pytest.raises(TaskExecutionFailed) as unsatisfiable:
-            too_many.result(timeout=WAIT_S)
+            too_many.result(timeout=AT_ONCE_S)
         gce.resource_specification = None
         after = gce.submit(worker_state).result(timeout=WAIT_S)
 
