@@ -58,6 +58,7 @@ pub use resources::{
 pub use retry::RetrySystemFailures;
 pub use shell::{
     MpiFunction, ShellFunction, ShellResult, DEFAULT_MAX_LINE_BYTES, DEFAULT_SNIPPET_LINES,
+    TASK_PLACEMENT_PY,
 };
 pub use status::{BlockReport, ExecutorStats, PoolStatus, StrategyStatus};
 pub use strategy::{Strategy, StrategyConfig};

@@ -1,6 +1,6 @@
 # The body of a funcx shell function (crates/funcx-core/src/shell.rs): runs a command line
 # filled from the task's arguments in a sandbox directory of its own. Standard library only.
-# shell.rs puts `_CONFIG = _json.loads(...)` in front of this text.
+# shell.rs puts task_placement.py and `_CONFIG = _json.loads(...)` in front of this text.
 
 
 class ShellCommandFailed(Exception):
@@ -78,16 +78,14 @@ def _die_with_worker():
 def _launch_fields(ranks):
     """What an MPI launcher's placeholders stand for: the nodes the dispatcher granted the
     task (FUNCX_MPI_HOSTS, set when it asked for nodes), else this machine alone."""
-    hosts = [h for h in _os.environ.get("FUNCX_MPI_HOSTS", "").split(",") if h]
-    if not hosts:
-        hosts = [_socket.gethostname()]
+    hosts = _granted_hosts()
     per_node = -(-ranks // len(hosts))  # ceiling: every rank has a node
     return {
         "{ranks}": str(ranks),
         "{nodes}": str(len(hosts)),
         "{hosts}": ",".join(hosts),
         "{ranks_per_node}": str(per_node),
-        "{host_slots}": ",".join("%s:%d" % (host, per_node) for host in hosts),
+        "{host_slots}": _host_slots(hosts, per_node),
     }
 
 
@@ -113,11 +111,7 @@ def run_shell(*args, **kwargs):
         launcher = [_fill_launcher(part, fields) for part in config["mpi"]["launcher"]]
         command = " ".join(_shlex.quote(part) for part in launcher) + " " + command
 
-    root = config.get("sandbox_root") or _os.environ.get("FUNCX_SANDBOX_ROOT")
-    if not root:
-        root = _os.path.join(_tempfile.gettempdir(), "funcx-sandbox")
-    _os.makedirs(root, exist_ok=True)
-    sandbox = _tempfile.mkdtemp(prefix="task-", dir=root)
+    sandbox = _new_sandbox("task-", config.get("sandbox_root"))
 
     env = dict(_os.environ)
     env.update(config.get("env") or {})

@@ -21,6 +21,18 @@ use crate::{Function, TaskOptions};
 /// front of it.
 const SHELL_PY: &str = include_str!("shell.py");
 
+/// Python functions for where a task runs, defined in front of a shell function's source
+/// and of any other worker-side Python that launches MPI ranks or runs a command in a
+/// sandbox (the gateway's Globus Compute shim), so both read the granted nodes and make
+/// sandboxes alike: `_granted_hosts()` (the hosts in [`HOSTS_VARIABLE`], else this machine),
+/// `_host_slots(hosts, n)` (`host:n,...`, Open MPI's `--host`) and
+/// `_new_sandbox(prefix, root=None)` (a fresh directory under `root`, `FUNCX_SANDBOX_ROOT` or
+/// the temporary directory's `funcx-sandbox`). Standard library only; it imports what it
+/// uses as `_os`, `_socket`, `_tempfile`.
+///
+/// [`HOSTS_VARIABLE`]: crate::HOSTS_VARIABLE
+pub const TASK_PLACEMENT_PY: &str = include_str!("task_placement.py");
+
 /// The entry point `shell.py` defines.
 const ENTRY_POINT: &str = "run_shell";
 
@@ -173,10 +185,11 @@ impl ShellFunction {
         let literal = serde_json::to_string(&json).unwrap_or_else(|_| "\"{}\"".to_owned());
         let source = format!(
             "import collections as _collections, json as _json, os as _os, shlex as _shlex\n\
-             import shutil as _shutil, signal as _signal, socket as _socket\n\
+             import shutil as _shutil, signal as _signal\n\
              import string as _string\n\
-             import subprocess as _subprocess, tempfile as _tempfile, threading as _threading\n\
+             import subprocess as _subprocess, threading as _threading\n\
              import time as _time\n\n\
+             {TASK_PLACEMENT_PY}\n\n\
              _CONFIG = _json.loads({literal})\n\n{SHELL_PY}"
         );
         Function::from_source(source, ENTRY_POINT)

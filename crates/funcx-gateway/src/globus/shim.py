@@ -1,10 +1,9 @@
 # The shim: how a Globus Compute task runs on a funcx worker (see shim.rs). Standard library
-# only, besides the globus_compute_sdk it deserializes with.
+# only, besides the globus_compute_sdk it deserializes with. shim.rs puts funcx-core's
+# TASK_PLACEMENT_PY (_granted_hosts, _host_slots, _new_sandbox) in front of this text.
 import json as _json
 import os as _os
 import shutil as _shutil
-import socket as _socket
-import tempfile as _tempfile
 import traceback as _traceback
 
 _FUNCTIONS = {}
@@ -39,9 +38,7 @@ def _mpi_environment(spec):
     machine alone when it asked for none), the counts, and PARSL_MPI_PREFIX, the launch
     prefix of the endpoint's launcher (FUNCX_MPI_LAUNCHER: mpirun, Open MPI's and the
     default; mpiexec, MPICH's Hydra; srun)."""
-    hosts = [h for h in _os.environ.get("FUNCX_MPI_HOSTS", "").split(",") if h]
-    if not hosts:
-        hosts = [_socket.gethostname()]
+    hosts = _granted_hosts()
     nodes = len(hosts)
     ranks = spec.get("num_ranks")
     per_node = spec.get("ranks_per_node")
@@ -53,8 +50,7 @@ def _mpi_environment(spec):
     launcher = _os.environ.get("FUNCX_MPI_LAUNCHER") or "mpirun"
     env = {}
     if launcher == "mpirun":
-        slots = ",".join("%s:%d" % (host, per_node) for host in hosts)
-        prefix = "mpirun -n %d --host %s" % (ranks, slots)
+        prefix = "mpirun -n %d --host %s" % (ranks, _host_slots(hosts, per_node))
         if _os.getuid() == 0:
             # Open MPI's mpirun refuses root without these.
             env["OMPI_ALLOW_RUN_AS_ROOT"] = _os.environ.get("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -87,11 +83,7 @@ def _sandbox():
     """A fresh directory for one shell task (GC_TASK_SANDBOX_DIR, where a ShellFunction
     runs its command and keeps its output files), under FUNCX_SANDBOX_ROOT or the temporary
     directory, as funcx's own shell tasks have."""
-    root = _os.environ.get("FUNCX_SANDBOX_ROOT") or _os.path.join(
-        _tempfile.gettempdir(), "funcx-sandbox"
-    )
-    _os.makedirs(root, exist_ok=True)
-    return _tempfile.mkdtemp(prefix="gc-task-", dir=root)
+    return _new_sandbox("gc-task-")
 
 
 def _set_env(env):

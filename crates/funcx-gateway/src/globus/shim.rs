@@ -17,7 +17,7 @@
 //! directory after the call and removes the sandbox, so the next task on the warm worker
 //! sees none of it. The source is `shim.py`.
 
-use funcx_core::{Args, Function, Payload, TaskError};
+use funcx_core::{Args, Function, Payload, TaskError, TASK_PLACEMENT_PY};
 use serde::Serialize;
 
 use super::resource_spec::ResourceSpecification;
@@ -25,13 +25,14 @@ use super::resource_spec::ResourceSpecification;
 /// The shim's entry point.
 pub(crate) const SHIM_NAME: &str = "_funcx_globus_compute_task";
 
-/// The shim's source. Deserialized functions are cached per worker by their serialized
-/// form, so a warm worker deserializes each function once.
-pub(crate) const SHIM_SOURCE: &str = include_str!("shim.py");
+/// The shim's own source, after funcx-core's [`TASK_PLACEMENT_PY`] (the granted hosts and
+/// sandboxes, as funcx's shell functions have them). Deserialized functions are cached per
+/// worker by their serialized form, so a warm worker deserializes each function once.
+const SHIM_PY: &str = include_str!("shim.py");
 
 /// The shim as a funcx function (its id is the hash of its source, the same everywhere).
 pub(crate) fn shim() -> Function {
-    Function::from_source(SHIM_SOURCE, SHIM_NAME)
+    Function::from_source(format!("{TASK_PLACEMENT_PY}\n\n{SHIM_PY}"), SHIM_NAME)
 }
 
 /// The arguments of one task: the packed function, the packed arguments, and the result
