@@ -59,12 +59,13 @@ pub(crate) fn args_from_json(json: &str) -> Result<Args, FuncxError> {
 /// hold (bytes, a dict with non-string keys, an object only Python knows) is a serialization
 /// error that says so.
 pub(crate) fn result_to_json(payload: &Payload) -> Result<String, TaskError> {
-    let value: Value =
-        serde_pickle::from_slice(payload.as_bytes(), Default::default()).map_err(|e| {
-            TaskError::decode(format!(
-                "{e}; the result is not JSON-shaped (use funcx_task_wait_pickle for it)"
-            ))
-        })?;
+    // Through `Payload::decode`, whose nesting limit keeps a hostile result from overflowing
+    // the caller's stack, as serde-pickle alone would.
+    let value: Value = payload.decode().map_err(|e| {
+        TaskError::decode(format!(
+            "{e}; the result is not JSON-shaped (use funcx_task_wait_pickle for it)"
+        ))
+    })?;
     serde_json::to_string(&value).map_err(TaskError::decode)
 }
 
