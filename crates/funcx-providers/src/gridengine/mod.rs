@@ -911,6 +911,21 @@ mod tests {
             .expect("sh")
     }
 
+    /// Runs `script` as Grid Engine runs a parallel job on master host `master`: with a
+    /// `PE_HOSTFILE` (written to `<dir>/hostfile`) listing `hosts`, one line per host.
+    fn run_in_pe(script: &str, dir: &Path, hosts: &str, master: &str) -> std::process::Output {
+        let hostfile = dir.join("hostfile");
+        std::fs::write(&hostfile, hosts).expect("hostfile");
+        run_script(
+            script,
+            dir,
+            &[
+                ("PE_HOSTFILE", hostfile.to_str().expect("utf-8")),
+                ("HOSTNAME", master),
+            ],
+        )
+    }
+
     fn check_node(dir: &Path, node: usize) {
         let args = std::fs::read_to_string(dir.join(format!("args-{node}"))).expect("args");
         assert_eq!(args, "it's \"quoted\" $HOME `id`\n\n");
@@ -959,27 +974,19 @@ mod tests {
             dir.path(),
             "[ \"$1\" = -inherit ] || exit 99\necho \"$2\" >> \"$OUT/hosts\"\nshift 2\nexec \"$@\"",
         );
-        // Three hosts with two slots each, this host first (as Grid Engine lists the master).
-        std::fs::write(
-            dir.path().join("hostfile"),
-            "node-a 2 all.q@node-a UNDEFINED\nnode-b 1 all.q@node-b UNDEFINED\n\
-             node-b 1 all.q@node-b UNDEFINED\nnode-c 2 all.q@node-c UNDEFINED\n",
-        )
-        .expect("hostfile");
         let config = GridEngineConfig::new()
             .parallel_environment("mpi", 2)
             .commands_dir(&bin);
         let request = nasty_request().nodes(3);
         let script = render_script(&config, &request, dir.path(), "funcx-1-2").expect("render");
         assert!(script.contains("#$ -pe mpi 6\n"), "{script}");
-        let hostfile = dir.path().join("hostfile");
-        let output = run_script(
+        // Three hosts with two slots each, this host first (as Grid Engine lists the master).
+        let output = run_in_pe(
             &script,
             dir.path(),
-            &[
-                ("PE_HOSTFILE", hostfile.to_str().expect("utf-8")),
-                ("HOSTNAME", "node-a"),
-            ],
+            "node-a 2 all.q@node-a UNDEFINED\nnode-b 1 all.q@node-b UNDEFINED\n\
+             node-b 1 all.q@node-b UNDEFINED\nnode-c 2 all.q@node-c UNDEFINED\n",
+            "node-a",
         );
         assert!(output.status.success(), "{output:?}");
         for node in 0..3 {
@@ -991,14 +998,11 @@ mod tests {
         assert_eq!(hosts, ["node-b", "node-c"]);
 
         // Fewer hosts than nodes: the managers that fit run, and the log says so.
-        std::fs::write(&hostfile, "node-a 6 all.q@node-a UNDEFINED\n").expect("hostfile");
-        let output = run_script(
+        let output = run_in_pe(
             &script,
             dir.path(),
-            &[
-                ("PE_HOSTFILE", hostfile.to_str().expect("utf-8")),
-                ("HOSTNAME", "node-a"),
-            ],
+            "node-a 6 all.q@node-a UNDEFINED\n",
+            "node-a",
         );
         assert!(output.status.success(), "{output:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -1027,19 +1031,11 @@ mod tests {
         assert!(script.contains("#$ -pe mpi 12\n"), "{script}");
         assert!(script.contains("one manager for all"), "{script}");
         assert!(!script.contains("qrsh"), "{script}");
-        std::fs::write(
-            dir.path().join("hostfile"),
-            "node-a 4 q UNDEFINED\nnode-b 4 q UNDEFINED\nnode-c 4 q UNDEFINED\n",
-        )
-        .expect("hostfile");
-        let hostfile = dir.path().join("hostfile");
-        let output = run_script(
+        let output = run_in_pe(
             &script,
             dir.path(),
-            &[
-                ("PE_HOSTFILE", hostfile.to_str().expect("utf-8")),
-                ("HOSTNAME", "node-a"),
-            ],
+            "node-a 4 q UNDEFINED\nnode-b 4 q UNDEFINED\nnode-c 4 q UNDEFINED\n",
+            "node-a",
         );
         assert!(output.status.success(), "{output:?}");
         check_node(dir.path(), 0);
@@ -1055,11 +1051,6 @@ mod tests {
     fn a_failing_node_fails_the_multi_node_job() {
         let dir = TempDir::new("run-fail");
         let bin = fake_qrsh(dir.path(), "shift 2\nexec \"$@\"");
-        std::fs::write(
-            dir.path().join("hostfile"),
-            "a 1 q UNDEFINED\nb 1 q UNDEFINED\n",
-        )
-        .expect("hostfile");
         let request = BlockRequest::new(
             ManagerCommand::new("/bin/sh")
                 .arg("-c")
@@ -1070,14 +1061,11 @@ mod tests {
             .parallel_environment("mpi", 1)
             .commands_dir(&bin);
         let script = render_script(&config, &request, dir.path(), "funcx-1-4").expect("render");
-        let hostfile = dir.path().join("hostfile");
-        let output = run_script(
+        let output = run_in_pe(
             &script,
             dir.path(),
-            &[
-                ("PE_HOSTFILE", hostfile.to_str().expect("utf-8")),
-                ("HOSTNAME", "a"),
-            ],
+            "a 1 q UNDEFINED\nb 1 q UNDEFINED\n",
+            "a",
         );
         assert_eq!(output.status.code(), Some(3), "{output:?}");
     }
