@@ -33,6 +33,7 @@ pub mod manager;
 mod memory;
 pub mod protocol;
 mod runtime;
+mod shared;
 
 pub use block_nodes::BlockNodes;
 pub use config::{PythonConfig, ACCELERATOR_VARIABLES, DEFAULT_MAX_RESULT_SIZE};

@@ -30,7 +30,11 @@
 //! back as JSON (status 8). A worker that predates bit 2 would try to unpickle JSON text and
 //! fail the task with an arguments error, never run it on wrong values. Bit 3 marks a task
 //! with an environment (a task granted GPUs): after its arguments come `u16 count` and that
-//! many `u16 len | name | u16 len | value` pairs, set in `os.environ` while it runs:
+//! many `u16 len | name | u16 len | value` pairs, set in `os.environ` while it runs.
+//! Bit 4 marks a task *lent a shared file* (see [`crate::shared`]): a `u32 fd` follows the
+//! task's fixed fields, and each argument's `len` is followed by no bytes: the arguments are
+//! in that file of the Rust process, one after the other from offset 0, in the order of the
+//! frame (positional, then keyword values).
 //!
 //! ```text
 //! +- count -+-- task --+-- task --+ ...
@@ -54,7 +58,9 @@
 //!
 //! # Worker → Rust
 //!
-//! `READY` (kind 1): `u32 pid | u16 len | version text`. `STARTED` (kind 3): `u64 task_id`.
+//! `READY` (kind 1): `u32 pid | u16 len | version text | u8 flags`, where flag bit 0 says
+//! the worker can open the Rust process's shared files (a `READY` without the flags byte
+//! has none). `STARTED` (kind 3): `u64 task_id`.
 //! `RESULTS` (kind 2):
 //!
 //! ```text
@@ -71,7 +77,8 @@
 //! Status 0 is success (the body is the pickled return value), 8 success of a JSON task (the
 //! body is the return value as JSON text), 5 is a result over the size
 //! limit (the body is its `u64` size), 6 cancelled (empty body) and 7 unknown function
-//! (the body is the `u32` key). Statuses 1 (exception), 2 (load error), 3 (arguments would not unpickle) and 4
+//! (the body is the `u32` key), 9 success whose pickled return value the worker wrote into
+//! the task's shared file (the body is its `u64` size; only for a task lent one). Statuses 1 (exception), 2 (load error), 3 (arguments would not unpickle) and 4
 //! (result would not pickle, or for a JSON task would not become JSON) carry a Python exception:
 //!
 //! ```text
@@ -84,9 +91,14 @@
 
 use std::time::Duration;
 
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use funcx_core::worker::{ToWorker, WorkItem, WorkResult};
 use funcx_core::{Format, FunctionBody, Payload, PythonException, TaskError, TaskId};
+
+use crate::shared::Lent;
 
 /// Bytes in a frame header: `u32 body_len | u8 kind`.
 pub const HEADER_LEN: usize = 5;
@@ -133,6 +145,8 @@ pub mod status {
     pub const UNKNOWN_FUNCTION: u8 = 7;
     /// A JSON task's return value, as JSON text.
     pub const OK_JSON: u8 = 8;
+    /// The pickled return value is in the task's shared file; the body is its `u64` size.
+    pub const OK_SHARED: u8 = 9;
 }
 
 const FORM_SOURCE: u8 = 0;
@@ -142,6 +156,7 @@ const FLAG_ISOLATE: u8 = 1;
 const FLAG_REJECTED: u8 = 2;
 const FLAG_JSON: u8 = 4;
 const FLAG_ENV: u8 = 8;
+const FLAG_SHARED: u8 = 16;
 
 /// Payloads up to this size are copied into the frame buffer; bigger ones are written from
 /// their own memory, so a 1 GiB argument is never copied.
@@ -189,6 +204,8 @@ pub enum FromWorker {
         pid: u32,
         /// The Python implementation and version it runs.
         version: String,
+        /// Whether it can open the shared files of this process.
+        shared: bool,
     },
     /// An isolated task started running.
     Started(TaskId),
@@ -201,6 +218,8 @@ pub enum FromWorker {
 pub struct Decoder {
     max_frame_size: usize,
     max_result_size: u64,
+    /// The files lent to the worker's tasks, whose `OK_SHARED` results are read from them.
+    shared: Option<Arc<Lent>>,
 }
 
 impl Decoder {
@@ -210,6 +229,15 @@ impl Decoder {
         Decoder {
             max_frame_size,
             max_result_size,
+            shared: None,
+        }
+    }
+
+    /// The same decoder, for a worker whose tasks may be lent files of `lent`.
+    pub(crate) fn with_shared(self, lent: Arc<Lent>) -> Decoder {
+        Decoder {
+            shared: Some(lent),
+            ..self
         }
     }
 
@@ -257,10 +285,16 @@ impl Decoder {
                 let pid = body.u32("READY pid")?;
                 let len = body.u16("READY version")? as usize;
                 let version = body.bytes(len, "READY version")?;
+                let flags = if body.remaining() > 0 {
+                    body.u8("READY flags")?
+                } else {
+                    0
+                };
                 body.finish("READY")?;
                 FromWorker::Ready {
                     pid,
                     version: String::from_utf8_lossy(&version).into_owned(),
+                    shared: flags & 1 != 0,
                 }
             }
             from_worker::STARTED => {
@@ -315,8 +349,23 @@ impl Decoder {
                     "worker does not know function key {key}"
                 )))
             }
+            status::OK_SHARED => {
+                let size = data.u64("shared result size")?;
+                data.finish("OK_SHARED result")?;
+                let Some(shared) = &self.shared else {
+                    return Err(ProtocolError::UnknownStatus(status));
+                };
+                return Ok(WorkResult {
+                    id,
+                    duration,
+                    outcome: shared.take_result(id, size, self.max_result_size),
+                });
+            }
             other => return Err(ProtocolError::UnknownStatus(other)),
         };
+        if let Some(shared) = &self.shared {
+            shared.finished(id);
+        }
         Ok(WorkResult {
             id,
             duration,
@@ -417,12 +466,22 @@ pub struct Encoder {
     buf: BytesMut,
     chunks: Vec<Bytes>,
     len: usize,
+    /// Where tasks with large arguments are lent a file, for a worker that can open them.
+    shared: Option<Arc<Lent>>,
 }
 
 impl Encoder {
     /// An empty encoder.
     pub fn new() -> Encoder {
         Encoder::default()
+    }
+
+    /// An empty encoder that lends files of `lent` to tasks with large arguments.
+    pub(crate) fn with_shared(lent: Arc<Lent>) -> Encoder {
+        Encoder {
+            shared: Some(lent),
+            ..Encoder::default()
+        }
     }
 
     /// The number of bytes encoded and not yet taken.
@@ -516,14 +575,18 @@ impl Encoder {
     }
 
     fn tasks(&mut self, items: &[WorkItem]) {
+        // The files lent, by position in `items`; empty when none is (every small task).
+        let lent = self.lend(items);
         let mut rest = items;
+        let mut at = 0;
         while !rest.is_empty() {
             // Group tasks into frames of bounded size; a task always fits in a frame of
             // its own because oversized ones are sent rejected.
             let mut body_len = 4;
             let mut n = 0;
-            for item in rest {
-                let size = encoded_len(item).unwrap_or(TASK_FIXED);
+            for (i, item) in rest.iter().enumerate() {
+                let shared = lent.get(at + i).copied().flatten().is_some();
+                let size = encoded_len(item, shared).unwrap_or(TASK_FIXED);
                 if n > 0 && body_len + size > TASKS_FRAME_TARGET {
                     break;
                 }
@@ -535,19 +598,47 @@ impl Encoder {
             self.header(body_len, to_worker::TASKS);
             self.put(&(n as u32).to_le_bytes());
             for item in frame {
-                self.task(item);
+                self.task(item, lent.get(at).copied().flatten());
+                at += 1;
             }
         }
     }
 
-    fn task(&mut self, item: &WorkItem) {
+    /// Lends a file to each task of `items` with large arguments (see
+    /// [`Lent::lend`]); the descriptor numbers by position, or an empty list when no task
+    /// was lent one.
+    fn lend(&self, items: &[WorkItem]) -> Vec<Option<RawFd>> {
+        let Some(shared) = &self.shared else {
+            return Vec::new();
+        };
+        let mut lent = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if encoded_len(item, false).is_none() {
+                continue;
+            }
+            let payloads = item
+                .args
+                .positional()
+                .iter()
+                .chain(item.args.keyword().iter().map(|(_, payload)| payload))
+                .map(Payload::as_bytes);
+            if let Some(fd) = shared.lend(item.id, payloads) {
+                lent.resize(i, None);
+                lent.push(Some(fd));
+            }
+        }
+        lent
+    }
+
+    fn task(&mut self, item: &WorkItem, shared: Option<RawFd>) {
         let isolate = if item.isolate { FLAG_ISOLATE } else { 0 };
-        let fits = encoded_len(item).is_some();
+        let fits = encoded_len(item, shared.is_some()).is_some();
         let env = if item.env.is_empty() { 0 } else { FLAG_ENV };
+        let lent = if shared.is_some() { FLAG_SHARED } else { 0 };
         let flags = match item.args.format() {
             _ if !fits => isolate | FLAG_REJECTED,
-            Some(Format::Json) => isolate | FLAG_JSON | env,
-            _ => isolate | env,
+            Some(Format::Json) => isolate | FLAG_JSON | env | lent,
+            _ => isolate | env | lent,
         };
         self.put(&item.id.as_u64().to_le_bytes());
         self.put(&item.function.0.to_le_bytes());
@@ -560,15 +651,23 @@ impl Encoder {
         let keyword = item.args.keyword();
         self.put(&(positional.len() as u16).to_le_bytes());
         self.put(&(keyword.len() as u16).to_le_bytes());
+        if let Some(fd) = shared {
+            // Descriptor numbers are never negative.
+            self.put(&(fd as u32).to_le_bytes());
+        }
         for payload in positional {
             self.put(&(payload.len() as u32).to_le_bytes());
-            self.put_payload(payload.bytes());
+            if shared.is_none() {
+                self.put_payload(payload.bytes());
+            }
         }
         for (name, payload) in keyword {
             self.put(&(name.len() as u16).to_le_bytes());
             self.put(name.as_bytes());
             self.put(&(payload.len() as u32).to_le_bytes());
-            self.put_payload(payload.bytes());
+            if shared.is_none() {
+                self.put_payload(payload.bytes());
+            }
         }
         if !item.env.is_empty() {
             self.put(&(item.env.len() as u16).to_le_bytes());
@@ -584,9 +683,9 @@ impl Encoder {
 
 /// The encoded size of a task sent with its arguments, or `None` when it is sent rejected
 /// (see [`task_len`] and [`funcx_core::Args::format`]).
-fn encoded_len(item: &WorkItem) -> Option<usize> {
+fn encoded_len(item: &WorkItem, shared: bool) -> Option<usize> {
     item.args.format()?;
-    task_len(item)
+    task_len(item, shared)
 }
 
 /// Bytes of a task with no arguments.
@@ -594,21 +693,23 @@ const TASK_FIXED: usize = 8 + 4 + 1 + 2 + 2;
 
 /// The encoded size of a task, or `None` when it cannot be encoded (too many arguments, a
 /// keyword name over `u16`, more than a frame can hold).
-fn task_len(item: &WorkItem) -> Option<usize> {
+fn task_len(item: &WorkItem, shared: bool) -> Option<usize> {
     let positional = item.args.positional();
     let keyword = item.args.keyword();
     if positional.len() > u16::MAX as usize || keyword.len() > u16::MAX as usize {
         return None;
     }
-    let mut len = TASK_FIXED;
+    // The arguments of a task lent a file are in the file, not in the frame.
+    let inline = |payload: &Payload| if shared { 0 } else { payload.len() };
+    let mut len = TASK_FIXED + if shared { 4 } else { 0 };
     for payload in positional {
-        len = len.checked_add(4 + payload.len())?;
+        len = len.checked_add(4 + inline(payload))?;
     }
     for (name, payload) in keyword {
         if name.len() > u16::MAX as usize {
             return None;
         }
-        len = len.checked_add(2 + name.len() + 4 + payload.len())?;
+        len = len.checked_add(2 + name.len() + 4 + inline(payload))?;
     }
     if !item.env.is_empty() {
         if item.env.len() > u16::MAX as usize {
@@ -721,7 +822,7 @@ mod tests {
         bytes.extend(frame(from_worker::STARTED, &7_u64.to_le_bytes()));
         let messages = decode_all(&bytes).unwrap();
         assert!(
-            matches!(&messages[0], FromWorker::Ready { pid: 42, version } if version == "3.11")
+            matches!(&messages[0], FromWorker::Ready { pid: 42, version, shared: false } if version == "3.11")
         );
         assert!(matches!(messages[1], FromWorker::Started(id) if id.as_u64() == 7));
     }
@@ -1091,6 +1192,31 @@ mod tests {
         let payload = ok.outcome.unwrap();
         assert_eq!(payload.format(), Format::Json);
         assert_eq!(payload.decode::<Vec<i64>>().unwrap(), [1, 2]);
+    }
+
+    #[test]
+    fn shared_results_need_a_file_lent_to_their_task() {
+        let shared = result(1, status::OK_SHARED, &(4_u64 << 20).to_le_bytes());
+        // A worker that was lent nothing cannot answer from a file.
+        assert_eq!(
+            decode_all(&results(std::slice::from_ref(&shared))).unwrap_err(),
+            ProtocolError::UnknownStatus(status::OK_SHARED)
+        );
+        let Some(files) = crate::shared::SharedFiles::new() else {
+            return; // No memfds here: nothing is ever lent.
+        };
+        let lent = Arc::new(Lent::new(files, funcx_transport::pool::BufferPool::new(0)));
+        let mut buf = BytesMut::from(&results(&[shared])[..]);
+        let Some(FromWorker::Results(mut out)) =
+            decoder().with_shared(lent).decode(&mut buf).unwrap()
+        else {
+            panic!("no results");
+        };
+        let error = out.remove(0).outcome.unwrap_err();
+        assert!(
+            error.is_protocol() && error.to_string().contains("lent no file"),
+            "{error}"
+        );
     }
 
     #[test]

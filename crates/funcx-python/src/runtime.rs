@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::{PythonConfig, ACCELERATOR_VARIABLES};
 use crate::protocol::{Decoder, Encoder, FromWorker, ProtocolError};
+use crate::shared::{Lent, SharedFiles};
 use crate::Container;
 
 /// The worker program, passed to `python -c` so that starting a worker touches no file.
@@ -74,6 +76,9 @@ pub struct PythonRuntime {
     /// The buffers large frames from the workers (results) are read into, shared by all
     /// of them.
     receive_pool: BufferPool,
+    /// The memfds large arguments and results of local workers cross in (`None` where the
+    /// system has none: everything then goes through the pipes).
+    shared: Option<Arc<SharedFiles>>,
 }
 
 impl PythonRuntime {
@@ -84,6 +89,7 @@ impl PythonRuntime {
             image_found: Arc::new(AtomicBool::new(false)),
             images_found: Arc::new(Mutex::new(HashSet::new())),
             receive_pool: BufferPool::new(RECEIVE_POOL_KEEP),
+            shared: SharedFiles::new(),
         }
     }
 
@@ -128,8 +134,14 @@ impl PythonRuntime {
             ));
         }
         let id = events.worker();
+        // A worker in a container cannot open this process's files: it sees another /proc.
+        let shared = match (container, &self.shared) {
+            (None, Some(files)) => Some(files.clone()),
+            _ => None,
+        };
         let container = container.map(|container| (container, Container::name(id)));
-        let mut command = command(&self.config, container.as_ref(), index, id);
+        let probe = shared.as_ref().map(|files| files.probe());
+        let mut command = command(&self.config, container.as_ref(), index, id, probe);
         let mut child = command.spawn().map_err(|e| match &container {
             Some((container, _)) => SpawnError::new(format!(
                 "could not start a Python worker in {}: {e}",
@@ -151,11 +163,19 @@ impl PythonRuntime {
         widen_pipe(&stdout);
         let (tx, rx) = mpsc::unbounded_channel();
         let kill = Arc::new(Notify::new());
-        let decoder = Decoder::new(
+        let mut decoder = Decoder::new(
             self.config.frame_size_limit(),
             self.config.result_size_limit(),
         );
-        tokio::spawn(write_messages(stdin, rx, id));
+        let lent = shared.map(|files| Arc::new(Lent::new(files, self.receive_pool.clone())));
+        let encoder = match &lent {
+            Some(lent) => {
+                decoder = decoder.with_shared(lent.clone());
+                Encoder::with_shared(lent.clone())
+            }
+            None => Encoder::new(),
+        };
+        tokio::spawn(write_messages(stdin, rx, encoder, id));
         tokio::spawn(forward_output(stderr, id));
         let container = container.map(|(container, name)| (container.clone(), name));
         tokio::spawn(read_events(
@@ -163,7 +183,7 @@ impl PythonRuntime {
             stdout,
             events,
             kill.clone(),
-            Output::new(decoder, self.receive_pool.clone()),
+            Output::new(decoder, self.receive_pool.clone(), lent),
             container,
         ));
         tracing::debug!(worker = %id, ?pid, index, "started Python worker");
@@ -252,6 +272,7 @@ fn command(
     container: Option<&(&Container, String)>,
     index: usize,
     id: WorkerId,
+    shared_probe: Option<(u32, RawFd)>,
 ) -> Command {
     let mut argv: Vec<OsString> = Vec::new();
     if let Some(snippet) = config.init_snippet() {
@@ -265,6 +286,11 @@ fn command(
     argv.push(config.python_path().to_owned());
     argv.extend(["-u".into(), "-c".into(), WORKER_SOURCE.into()]);
     argv.push(config.result_size_limit().to_string().into());
+    if let Some((pid, fd)) = shared_probe {
+        // The worker checks that it can open this process's shared files (crate::shared).
+        argv.push(pid.to_string().into());
+        argv.push(fd.to_string().into());
+    }
 
     let mut env: Vec<(OsString, OsString)> = config.environment().to_vec();
     env.push(("FUNCX_WORKER_INDEX".into(), index.to_string().into()));
@@ -356,9 +382,9 @@ impl Drop for PythonWorker {
 async fn write_messages(
     mut stdin: ChildStdin,
     mut rx: mpsc::UnboundedReceiver<ToWorker>,
+    mut encoder: Encoder,
     id: WorkerId,
 ) {
-    let mut encoder = Encoder::new();
     while let Some(message) = rx.recv().await {
         let mut shutdown = matches!(message, ToWorker::Shutdown);
         encoder.encode(&message);
@@ -503,6 +529,9 @@ async fn read_events(
         // reported, so that a killed worker is gone, task and all.
         container.remove(&name).await;
     }
+    if let Some(lent) = &output.lent {
+        lent.forget_all();
+    }
     tracing::debug!(worker = %id, "worker exited: {exit}");
     events.send(WorkerEvent::Exited(exit));
 }
@@ -541,15 +570,18 @@ struct Output {
     /// A large frame (a large result) being read into a buffer of the pool.
     large: Option<PooledFrame>,
     pool: BufferPool,
+    /// The files lent to the worker's tasks, for a worker that may use them.
+    lent: Option<Arc<Lent>>,
 }
 
 impl Output {
-    fn new(decoder: Decoder, pool: BufferPool) -> Output {
+    fn new(decoder: Decoder, pool: BufferPool, lent: Option<Arc<Lent>>) -> Output {
         Output {
             decoder,
             buf: BytesMut::with_capacity(READ_CHUNK),
             large: None,
             pool,
+            lent,
         }
     }
 
@@ -611,9 +643,16 @@ fn handle(n: usize, output: &mut Output, events: &WorkerEvents) -> Result<Flow, 
                     results.extend(batch);
                 }
             }
-            Ok(Some(FromWorker::Ready { pid, version })) => {
+            Ok(Some(FromWorker::Ready {
+                pid,
+                version,
+                shared,
+            })) => {
                 alive &= flush(&mut results, events);
-                tracing::debug!(worker = %events.worker(), pid, version, "worker ready");
+                tracing::debug!(worker = %events.worker(), pid, version, shared, "worker ready");
+                if let (true, Some(lent)) = (shared, &output.lent) {
+                    lent.enable();
+                }
                 alive &= events.send(WorkerEvent::Ready);
             }
             Ok(Some(FromWorker::Started(task))) => {

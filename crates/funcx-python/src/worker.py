@@ -1,6 +1,7 @@
 # The funcx Python worker: runs functions sent by the Rust side over a pipe.
 #
-# Started as `python -u -c <this file> <max_result_size>`. Standard library only,
+# Started as `python -u -c <this file> <max_result_size> [<pid> <probe fd>]`, the last two
+# when the Rust process (pid) lends large payloads in shared files. Standard library only,
 # Python 3.8+. The wire protocol is described in protocol.rs; every integer is
 # little-endian and every frame is `u32 body_len | u8 kind | body`.
 #
@@ -8,6 +9,7 @@
 # so the task loop keeps everything in locals, parses with precompiled structs on a
 # memoryview (no slicing copies) and batches results into one write.
 
+import mmap
 import os
 import sys
 import struct
@@ -36,6 +38,7 @@ S_TOO_LARGE = 5
 S_CANCELLED = 6
 S_UNKNOWN_FUNCTION = 7
 S_OK_JSON = 8
+S_OK_SHARED = 9
 
 # Task flags.
 F_ISOLATE = 1
@@ -44,6 +47,9 @@ F_REJECTED = 2
 F_JSON = 4
 # The task carries environment variables (its GPUs), set while it runs.
 F_ENV = 8
+# The task's arguments are in a shared file of the Rust process (see shared.rs), and its
+# large result goes back in it.
+F_SHARED = 16
 
 # Function forms.
 FORM_SOURCE = 0
@@ -75,6 +81,10 @@ MIN_BUFFER = 1 << 20
 KEEP_BUFFER = 32 << 20
 # How far the input buffer may grow ahead of the bytes it holds.
 GROW_AHEAD = 64 << 20
+# Maps a shared file's pages at once instead of faulting them in one by one.
+MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+# The most buffers one pwritev takes (the kernel's IOV_MAX is 1024).
+IOV_BATCH = 512
 
 
 class ProtocolError(Exception):
@@ -141,6 +151,82 @@ def writev_all(fd, parts):
         with memoryview(part) as view:
             write_all(fd, view[n:])
         n = 0
+
+
+def pwritev_all(fd, parts):
+    """Writes `parts` one after the other into file `fd` from offset 0."""
+    at = 0
+    for start in range(0, len(parts), IOV_BATCH):
+        batch = parts[start : start + IOV_BATCH]
+        total = 0
+        for part in batch:
+            total += len(part)
+        n = os.pwritev(fd, batch, at)
+        if n < total:
+            # Short writes are rare (signals); finish the batch piece by piece.
+            for part in batch:
+                with memoryview(part) as view:
+                    done = max(0, min(len(view), n))
+                    n -= len(view)
+                    while done < len(view):
+                        done += os.pwrite(fd, view[done:], at + done)
+                at += len(part)
+        else:
+            at += total
+    return at
+
+
+def shared_probe(argv):
+    """The Rust process's pid when this worker can open its shared files: the probe file it
+    named (`<pid> <fd>` in argv) reads `funcx-shared <pid>`. Otherwise (no probe, another
+    /proc, no permission) None, and everything goes through the pipes."""
+    try:
+        pid, fd = int(argv[2]), int(argv[3])
+        with open("/proc/%d/fd/%d" % (pid, fd), "rb") as probe:
+            if probe.read(64) == b"funcx-shared %d" % pid:
+                return pid
+    except (IndexError, ValueError, OSError):
+        pass
+    return None
+
+
+def open_shared(pid, fd_num, sizes, names, loads):
+    """Opens the shared file `fd_num` of process `pid` and loads the arguments in it, one
+    after the other from offset 0. Returns `(fd, arg, args, kwargs)`: arg alone when there
+    is one positional argument (args and kwargs None), otherwise args and kwargs. The file
+    stays open for the result; the caller closes it."""
+    fd = os.open("/proc/%d/fd/%d" % (pid, fd_num), os.O_RDWR | os.O_CLOEXEC)
+    try:
+        total = 0
+        for size in sizes:
+            total += size
+        if os.fstat(fd).st_size < total:
+            raise ValueError("the shared file is shorter than the arguments in it")
+        mapping = mmap.mmap(fd, total, MAP_FLAGS, mmap.PROT_READ)
+        try:
+            view = memoryview(mapping)
+            values = []
+            at = 0
+            for size in sizes:
+                part = view[at : at + size]
+                values.append(loads(part))
+                part.release()
+                at += size
+            view.release()
+        finally:
+            part = view = None
+            try:
+                mapping.close()
+            except BufferError:
+                # An exception's traceback still holds a view; the mapping goes with it.
+                pass
+        if len(sizes) == 1 and not names:
+            return fd, values[0], None, None
+        npos = len(sizes) - len(names)
+        return fd, None, values[:npos], dict(zip(names, values[npos:]))
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def type_name(cls):
@@ -258,10 +344,12 @@ def load_function(form, name, body):
 
 
 class Worker:
-    def __init__(self, proto_in, proto_out, max_result):
+    def __init__(self, proto_in, proto_out, max_result, shared_pid):
         self.fd_in = proto_in
         self.fd_out = proto_out
         self.max_result = max_result
+        # The Rust process whose shared files this worker can open, or None.
+        self.shared_pid = shared_pid
         self.buf = bytearray(MIN_BUFFER)
         self.view = memoryview(self.buf)
         self.pos = 0  # start of the first frame not processed yet
@@ -454,7 +542,8 @@ class Worker:
     def ready_frame(self):
         version = ("%s %s" % (sys.implementation.name, sys.version)).replace("\n", " ")
         data = version.encode("utf-8", "replace")[:1000]
-        body = U32.pack(os.getpid()) + U16.pack(len(data)) + data
+        flags = 0 if self.shared_pid is None else 1
+        body = U32.pack(os.getpid()) + U16.pack(len(data)) + data + bytes((flags,))
         return FRAME_HDR.pack(len(body), K_READY) + body
 
     def define(self, off, end):
@@ -500,7 +589,28 @@ class Worker:
             task_off = off
             task_id, key, flags, nargs, nkwargs = task_hdr(view, off)
             off += 17
-            if nargs == 1 and not nkwargs:
+            shared = None
+            if flags & F_SHARED:
+                # The frame holds only the sizes (and keyword names) of the arguments.
+                (fd_num,) = u32(view, off)
+                off += 4
+                sizes = []
+                names = []
+                for _ in range(nargs):
+                    (size,) = u32(view, off)
+                    off += 4
+                    sizes.append(size)
+                for _ in range(nkwargs):
+                    (size,) = u16(view, off)
+                    off += 2
+                    names.append(str(view[off : off + size], "utf-8", "replace"))
+                    off += size
+                    (size,) = u32(view, off)
+                    off += 4
+                    sizes.append(size)
+                shared = (fd_num, sizes, names)
+                arg = args = kwargs = None
+            elif nargs == 1 and not nkwargs:
                 (size,) = u32(view, off)
                 off += 4
                 arg = view[off : off + size]
@@ -575,8 +685,15 @@ class Worker:
                     ok = S_OK_JSON
                 else:
                     loads, dumps, ok = pickle_loads, pickle_dumps, S_OK
+                shared_fd = None
                 try:
-                    if args is None:
+                    if shared is not None:
+                        if self.shared_pid is None:
+                            raise ProtocolError("lent a shared file it cannot open")
+                        shared_fd, arg, args, kwargs = open_shared(
+                            self.shared_pid, shared[0], shared[1], shared[2], loads
+                        )
+                    elif args is None:
                         arg = loads(arg)
                     else:
                         args = [loads(a) for a in args]
@@ -596,7 +713,9 @@ class Worker:
                         status, body = S_EXCEPTION, describe(exc, 1)
                     else:
                         try:
-                            if ok == S_OK and off - task_off > INLINE_RESULT:
+                            if ok == S_OK and (
+                                shared_fd is not None or off - task_off > INLINE_RESULT
+                            ):
                                 # Large arguments, likely a large result: its large bytes
                                 # are written from their own memory (a Pickler costs µs).
                                 body = Parts()
@@ -613,10 +732,23 @@ class Worker:
                             status = ok
                             if size > max_result:
                                 status, body = S_TOO_LARGE, U64.pack(size)
+                            elif shared_fd is not None and size > INLINE_RESULT:
+                                try:
+                                    pwritev_all(shared_fd, body)
+                                except OSError:
+                                    # No room for it there: it goes through the pipe.
+                                    pass
+                                else:
+                                    status, body = S_OK_SHARED, U64.pack(size)
                         result = None
                     finally:
                         if saved is not None:
                             set_env(saved)
+                finally:
+                    # Closed before the result is sent: the Rust side reuses the file once
+                    # it has the result.
+                    if shared_fd is not None:
+                        os.close(shared_fd)
                 arg = args = kwargs = None
             now = clock()
             size = len(body)
@@ -661,6 +793,7 @@ def main():
         max_result = int(sys.argv[1])
     except (IndexError, ValueError):
         max_result = 1 << 30
+    argv = sys.argv
     sys.argv = ["funcx-worker"]
     # The protocol gets private copies of fds 0 and 1. Then fd 1 becomes stderr, so
     # print() and C libraries writing to stdout cannot corrupt the protocol, and fd 0
@@ -678,7 +811,7 @@ def main():
         sys.stdin = open(0, "r", closefd=False)
     except OSError:
         pass
-    worker = Worker(proto_in, proto_out, max_result)
+    worker = Worker(proto_in, proto_out, max_result, shared_probe(argv))
     try:
         worker.run()
     except BrokenPipeError:

@@ -2,6 +2,7 @@
 
 mod harness;
 mod lifecycle;
+mod shared;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,0 +1,279 @@
+//! Large arguments and results between this process and a local worker through shared
+//! memory files (memfds) instead of the worker's pipes.
+//!
+//! Through a pipe, a 16 MiB argument is copied into the pipe here and out of it in the
+//! worker, in 1 MiB turns that wake each side sixteen times, and every page of the pipe is
+//! allocated and freed on the way; its result crosses the same way back. Instead, a task
+//! whose arguments are [`SHARED_MIN`] bytes or more is *lent* a memfd: its arguments are
+//! written into the file, and the `TASKS` frame names the file's descriptor number in this
+//! process (flag `SHARED`, see [`crate::protocol`]). The worker opens it as
+//! `/proc/<this pid>/fd/<n>`, maps it and unpickles the arguments from the mapping, then
+//! writes a large result into the same file (over the same pages) and answers with status
+//! `OK_SHARED` and the result's size; the result is read back here into a buffer of the
+//! runtime's receive pool. The file then goes back to a free list (bounded in bytes), so the
+//! next task reuses its pages.
+//!
+//! ```text
+//!  lend(task): file ◀─ args written        TASKS { SHARED, fd n, sizes } ──▶ worker
+//!                                          worker: open /proc/<pid>/fd/n, mmap, run,
+//!                                                  pwritev(result) into the file
+//!  take_result(task, size) ◀───────────── RESULTS { OK_SHARED, size }
+//!     read into a pooled buffer, file back to the free list
+//! ```
+//!
+//! Nothing can leak: a memfd has no name; it lives while a descriptor or a mapping holds
+//! it, and the kernel closes those of a process that dies, whichever side it is. A file is
+//! held here from lending until the task's first result (any status: the worker opens the
+//! file only while it runs the task, and closes it before answering), or until the worker
+//! is gone. A worker uses lent files only after it proved at start that it can open this
+//! process's descriptors (a probe file with a known text, [`SharedFiles::probe`]): a worker
+//! in a container, or one that `/proc` hides this process from, says so in `READY` and gets
+//! its arguments through the pipe as before.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use funcx_core::{Payload, TaskError, TaskId};
+use funcx_transport::pool::BufferPool;
+
+/// Tasks whose arguments add up to at least this many bytes are lent a file; smaller ones
+/// go through the pipe, where a few copies cost less than opening and mapping a file.
+pub(crate) const SHARED_MIN: usize = 1024 * 1024;
+
+/// The most the free list keeps of files between tasks, in bytes: eight 16 MiB files, one
+/// per worker of a node that moves 16 MiB payloads.
+const FREE_KEEP: u64 = 128 * 1024 * 1024;
+
+/// The memfds of one runtime: the probe that workers open at start, and the files between
+/// tasks. Shared by the runtime's workers.
+#[derive(Debug)]
+pub(crate) struct SharedFiles {
+    probe: File,
+    free: Mutex<Free>,
+}
+
+/// Files waiting to be lent again.
+#[derive(Debug, Default)]
+struct Free {
+    files: Vec<(File, u64)>,
+    /// The sizes of `files`, together.
+    bytes: u64,
+}
+
+impl SharedFiles {
+    /// Files for this process's workers, or `None` where the system has no memfds (the
+    /// workers then use their pipes for everything).
+    pub(crate) fn new() -> Option<Arc<SharedFiles>> {
+        let probe = new_file("funcx-probe").ok()?;
+        probe.write_all_at(probe_text().as_bytes(), 0).ok()?;
+        Some(Arc::new(SharedFiles {
+            probe,
+            free: Mutex::new(Free::default()),
+        }))
+    }
+
+    /// What a worker is told so it can check that it can open this process's files: this
+    /// process's id and the probe's descriptor number. The worker opens
+    /// `/proc/<pid>/fd/<fd>` and compares what it reads with `funcx-shared <pid>`.
+    pub(crate) fn probe(&self) -> (u32, RawFd) {
+        (std::process::id(), self.probe.as_raw_fd())
+    }
+
+    /// A file for `len` bytes: the smallest free one that holds them, or any free one, or a
+    /// new one.
+    fn take(&self, len: u64) -> std::io::Result<File> {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let fits = free
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, size))| *size >= len)
+            .min_by_key(|(_, (_, size))| *size)
+            .map(|(i, _)| i);
+        let pick = fits.or(free.files.len().checked_sub(1));
+        if let Some(i) = pick {
+            let (file, size) = free.files.swap_remove(i);
+            free.bytes -= size;
+            return Ok(file);
+        }
+        drop(free);
+        new_file("funcx-payload")
+    }
+
+    /// Keeps `file` for the next task, unless the free list is full.
+    fn give_back(&self, file: File) {
+        let Ok(size) = file.metadata().map(|m| m.len()) else {
+            return;
+        };
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        if free.bytes + size <= FREE_KEEP {
+            free.bytes += size;
+            free.files.push((file, size));
+        }
+    }
+}
+
+/// The text of the probe file of this process.
+fn probe_text() -> String {
+    format!("funcx-shared {}", std::process::id())
+}
+
+/// A new memfd, closed on exec (workers are spawned while files are lent to others).
+fn new_file(name: &str) -> std::io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+        Ok(File::from(fd))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = name;
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// The files lent to the tasks of one worker.
+#[derive(Debug)]
+pub(crate) struct Lent {
+    files: Arc<SharedFiles>,
+    /// Where results are read into.
+    pool: BufferPool,
+    /// Set once the worker said (in `READY`) that it can open this process's files.
+    usable: AtomicBool,
+    lent: Mutex<HashMap<TaskId, File>>,
+    /// `lent.len()`, read without the lock: a result of a worker with nothing lent (every
+    /// small task) costs one atomic load.
+    count: AtomicUsize,
+}
+
+impl Lent {
+    /// Nothing lent yet, and nothing to lend until [`enable`](Self::enable).
+    pub(crate) fn new(files: Arc<SharedFiles>, pool: BufferPool) -> Lent {
+        Lent {
+            files,
+            pool,
+            usable: AtomicBool::new(false),
+            lent: Mutex::new(HashMap::new()),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    /// The worker can open this process's files: large arguments may be lent from now on.
+    pub(crate) fn enable(&self) {
+        self.usable.store(true, Ordering::Relaxed);
+    }
+
+    /// Writes `payloads` one after the other into a file lent to `task`, and returns the
+    /// file's descriptor number for the `TASKS` frame; `None` when the task's arguments go
+    /// through the pipe: they are small, the worker cannot open the files, the task already
+    /// holds a file (sent twice: the worker may still open the first), or the file could
+    /// not be written (no memory for it).
+    pub(crate) fn lend<'a>(
+        &self,
+        task: TaskId,
+        payloads: impl Iterator<Item = &'a [u8]> + Clone,
+    ) -> Option<RawFd> {
+        if !self.usable.load(Ordering::Relaxed) {
+            return None;
+        }
+        let total: usize = payloads.clone().map(<[u8]>::len).sum();
+        if total < SHARED_MIN {
+            return None;
+        }
+        let mut lent = self.lent.lock().unwrap_or_else(PoisonError::into_inner);
+        if lent.contains_key(&task) {
+            return None;
+        }
+        let file = match self.write(total as u64, payloads) {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::debug!(%error, "large arguments go through the pipe");
+                return None;
+            }
+        };
+        let fd = file.as_raw_fd();
+        lent.insert(task, file);
+        self.count.store(lent.len(), Ordering::Relaxed);
+        Some(fd)
+    }
+
+    fn write<'a>(
+        &self,
+        total: u64,
+        payloads: impl Iterator<Item = &'a [u8]>,
+    ) -> std::io::Result<File> {
+        let file = self.files.take(total)?;
+        let mut at = 0;
+        for payload in payloads {
+            file.write_all_at(payload, at)?;
+            at += payload.len() as u64;
+        }
+        Ok(file)
+    }
+
+    /// The result of `task` that its worker wrote into the task's file: `size` bytes of
+    /// pickle. The file goes back to the free list.
+    pub(crate) fn take_result(
+        &self,
+        task: TaskId,
+        size: u64,
+        max_result_size: u64,
+    ) -> Result<Payload, TaskError> {
+        let Some(file) = self.remove(task) else {
+            return Err(TaskError::protocol(format!(
+                "the worker reported a result in shared memory for task {task}, which was lent no file"
+            )));
+        };
+        if size > max_result_size {
+            return Err(TaskError::result_too_large(size, max_result_size));
+        }
+        let read = |mut file: &File| -> std::io::Result<Vec<u8>> {
+            let len = usize::try_from(size).map_err(|_| std::io::ErrorKind::InvalidData)?;
+            let mut buffer = self.pool.take(len);
+            file.seek(SeekFrom::Start(0))?;
+            file.take(size).read_to_end(&mut buffer)?;
+            if buffer.len() != len {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            Ok(buffer)
+        };
+        let buffer = read(&file).map_err(|e| {
+            TaskError::protocol(format!(
+                "could not read the result of task {task} from shared memory: {e}"
+            ))
+        })?;
+        self.files.give_back(file);
+        Ok(Payload::from_pickled(self.pool.share(buffer)))
+    }
+
+    /// `task` has a result that did not come through its file (an error, a small result, a
+    /// cancellation): the worker is done with the file, which goes back to the free list.
+    pub(crate) fn finished(&self, task: TaskId) {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Some(file) = self.remove(task) {
+            self.files.give_back(file);
+        }
+    }
+
+    fn remove(&self, task: TaskId) -> Option<File> {
+        let mut lent = self.lent.lock().unwrap_or_else(PoisonError::into_inner);
+        let file = lent.remove(&task);
+        self.count.store(lent.len(), Ordering::Relaxed);
+        file
+    }
+
+    /// The worker is gone: the files lent to it are closed (not kept: a process it
+    /// started may still hold one open).
+    pub(crate) fn forget_all(&self) {
+        let mut lent = self.lent.lock().unwrap_or_else(PoisonError::into_inner);
+        lent.clear();
+        self.count.store(0, Ordering::Relaxed);
+    }
+}

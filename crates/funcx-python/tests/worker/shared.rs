@@ -1,0 +1,112 @@
+//! Large arguments and results through shared files (memfds) instead of the worker's pipes.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use funcx_core::{Args, WorkerExit};
+use serde_bytes::ByteBuf;
+
+use crate::harness::{Harness, TIMEOUT};
+
+/// Python that finds the shared file the running task was lent, as `(st_dev, st_ino)`, or
+/// None: the worker opens it as `/proc/<pid>/fd/<n>`, which links to `/memfd:funcx-payload`.
+const FIND_LENT_FILE: &str = r#"
+import os
+import time
+
+def lent_file():
+    for n in os.listdir('/proc/self/fd'):
+        try:
+            if os.readlink('/proc/self/fd/' + n).startswith('/memfd:funcx-payload'):
+                st = os.stat('/proc/self/fd/' + n)
+                return (st.st_dev, st.st_ino)
+        except OSError:
+            pass
+    return None
+"#;
+
+/// Whether this process has a descriptor open on the file `(dev, ino)`.
+fn holds_file(dev: u64, ino: u64) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::metadata(entry.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+    })
+}
+
+#[tokio::test]
+async fn large_arguments_and_results_cross_in_a_shared_file_and_small_ones_in_the_pipe() {
+    let mut h = Harness::start().await;
+    let source =
+        format!("{FIND_LENT_FILE}def f(b):\n    return (lent_file() is not None, b[::-1])\n");
+    let key = h.define(&source, "f");
+    let small: Vec<u8> = (0..1024).map(|i| (i % 251) as u8).collect();
+    let large: Vec<u8> = (0..4 << 20).map(|i| (i % 253) as u8).collect();
+    let inputs = [&small, &large, &small, &large];
+    for data in inputs {
+        h.submit(key, Args::new().arg(&ByteBuf::from(data.clone())), false);
+    }
+    let results = h.results(inputs.len()).await;
+    for (result, data) in results.into_iter().zip(inputs) {
+        let (lent, back): (bool, ByteBuf) = result.outcome.unwrap().decode().unwrap();
+        assert_eq!(
+            lent,
+            data.len() == large.len(),
+            "lent a file for {} bytes",
+            data.len()
+        );
+        assert!(back.iter().eq(data.iter().rev()));
+    }
+}
+
+#[tokio::test]
+async fn the_file_lent_to_a_killed_worker_is_closed() {
+    let mut h = Harness::start().await;
+    let mark = std::env::temp_dir().join(format!("funcx-lent-{}-{}", std::process::id(), line!()));
+    let _ = std::fs::remove_file(&mark);
+    let source = format!(
+        r#"{FIND_LENT_FILE}
+def f(b, mark):
+    dev, ino = lent_file()
+    with open(mark + '.tmp', 'w') as out:
+        out.write('%d %d' % (dev, ino))
+    os.rename(mark + '.tmp', mark)
+    time.sleep(60)
+"#
+    );
+    let key = h.define(&source, "f");
+    let data = ByteBuf::from(vec![3_u8; 2 << 20]);
+    let mark_text = mark.to_string_lossy().into_owned();
+    h.submit(key, Args::new().arg(&data).arg(&mark_text), false);
+    let (dev, ino) = wait_for_mark(&mark).await;
+    let _ = std::fs::remove_file(&mark);
+    assert!(
+        holds_file(dev, ino),
+        "the running task's file is not this process's"
+    );
+    h.worker.kill();
+    let (results, exit) = h.exit().await;
+    assert!(results.is_empty());
+    assert_eq!(exit, WorkerExit::Signal(9));
+    assert!(
+        !holds_file(dev, ino),
+        "the file lent to the killed worker is still open"
+    );
+}
+
+/// The `dev ino` a task wrote into `mark`, once it has (within [`TIMEOUT`]).
+async fn wait_for_mark(mark: &Path) -> (u64, u64) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(mark) {
+            let mut fields = text.split(' ').map(|f| f.parse::<u64>().unwrap());
+            return (fields.next().unwrap(), fields.next().unwrap());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the task never wrote {mark:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
