@@ -4,6 +4,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use funcx_core::{Args, WorkerExit};
+use funcx_python::PythonConfig;
 use serde_bytes::ByteBuf;
 
 use crate::harness::{Harness, TIMEOUT};
@@ -42,7 +43,7 @@ async fn large_arguments_and_results_cross_in_a_shared_file_and_small_ones_in_th
         format!("{FIND_LENT_FILE}def f(b):\n    return (lent_file() is not None, b[::-1])\n");
     let key = h.define(&source, "f");
     let small: Vec<u8> = (0..1024).map(|i| (i % 251) as u8).collect();
-    let large: Vec<u8> = (0..4 << 20).map(|i| (i % 253) as u8).collect();
+    let large: Vec<u8> = (0..6 << 20).map(|i| (i % 253) as u8).collect();
     let inputs = [&small, &large, &small, &large];
     for data in inputs {
         h.submit(key, Args::new().arg(&ByteBuf::from(data.clone())), false);
@@ -58,6 +59,23 @@ async fn large_arguments_and_results_cross_in_a_shared_file_and_small_ones_in_th
         );
         assert!(back.iter().eq(data.iter().rev()));
     }
+}
+
+/// A lent task's result over the limit fails it typed, as through the pipe, and the file
+/// serves the next task.
+#[tokio::test]
+async fn lent_tasks_keep_the_result_limit() {
+    let mut h = Harness::with(PythonConfig::new().max_result_size(8 << 20), 0).await;
+    let key = h.define("def f(b, n):\n    return b * n\n", "f");
+    let data = ByteBuf::from(vec![5_u8; 6 << 20]);
+    let over = h.submit(key, Args::new().arg(&data).arg(&2), false);
+    let fits = h.submit(key, Args::new().arg(&data).arg(&1), false);
+    let results = h.results(2).await;
+    assert_eq!((results[0].id, results[1].id), (over, fits));
+    let error = results[0].outcome.as_ref().unwrap_err();
+    assert!(error.is_result_too_large(), "{error}");
+    let back: ByteBuf = results[1].outcome.as_ref().unwrap().decode().unwrap();
+    assert_eq!(back, data);
 }
 
 #[tokio::test]
@@ -76,7 +94,7 @@ def f(b, mark):
 "#
     );
     let key = h.define(&source, "f");
-    let data = ByteBuf::from(vec![3_u8; 2 << 20]);
+    let data = ByteBuf::from(vec![3_u8; 6 << 20]);
     let mark_text = mark.to_string_lossy().into_owned();
     h.submit(key, Args::new().arg(&data).arg(&mark_text), false);
     let (dev, ino) = wait_for_mark(&mark).await;
