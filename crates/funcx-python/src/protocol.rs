@@ -613,16 +613,18 @@ impl Encoder {
         };
         let mut lent = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            if encoded_len(item, false).is_none() {
+            let payloads = || {
+                item.args
+                    .positional()
+                    .iter()
+                    .chain(item.args.keyword().iter().map(|(_, payload)| payload))
+                    .map(Payload::as_bytes)
+            };
+            let total = payloads().map(<[u8]>::len).sum();
+            if !shared.wants(total) || encoded_len(item, false).is_none() {
                 continue;
             }
-            let payloads = item
-                .args
-                .positional()
-                .iter()
-                .chain(item.args.keyword().iter().map(|(_, payload)| payload))
-                .map(Payload::as_bytes);
-            if let Some(fd) = shared.lend(item.id, payloads) {
+            if let Some(fd) = shared.lend(item.id, total, payloads()) {
                 lent.resize(i, None);
                 lent.push(Some(fd));
             }

@@ -170,27 +170,31 @@ impl Lent {
         self.usable.store(true, Ordering::Relaxed);
     }
 
+    /// Whether a task with `total` bytes of arguments is to be lent a file: they are large
+    /// enough, and the worker can open this process's files.
+    pub(crate) fn wants(&self, total: usize) -> bool {
+        total >= SHARED_MIN && self.usable.load(Ordering::Relaxed)
+    }
+
     /// Writes `payloads` one after the other into a file lent to `task`, and returns the
     /// file's descriptor number for the `TASKS` frame; `None` when the task's arguments go
-    /// through the pipe: they are small, the worker cannot open the files, the task already
-    /// holds a file (sent twice: the worker may still open the first), or the file could
-    /// not be written (no memory for it).
+    /// through the pipe after all: the task already holds a file (sent twice: the worker may
+    /// still open the first), or the file could not be written (no memory for it).
     pub(crate) fn lend<'a>(
         &self,
         task: TaskId,
-        payloads: impl Iterator<Item = &'a [u8]> + Clone,
+        total: usize,
+        payloads: impl Iterator<Item = &'a [u8]>,
     ) -> Option<RawFd> {
-        if !self.usable.load(Ordering::Relaxed) {
+        if self
+            .lent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&task)
+        {
             return None;
         }
-        let total: usize = payloads.clone().map(<[u8]>::len).sum();
-        if total < SHARED_MIN {
-            return None;
-        }
-        let mut lent = self.lent.lock().unwrap_or_else(PoisonError::into_inner);
-        if lent.contains_key(&task) {
-            return None;
-        }
+        // Written without the lock, which the reader of the worker's results takes.
         let file = match self.write(total as u64, payloads) {
             Ok(file) => file,
             Err(error) => {
@@ -199,6 +203,7 @@ impl Lent {
             }
         };
         let fd = file.as_raw_fd();
+        let mut lent = self.lent.lock().unwrap_or_else(PoisonError::into_inner);
         lent.insert(task, file);
         self.count.store(lent.len(), Ordering::Relaxed);
         Some(fd)
