@@ -20,6 +20,7 @@ use crate::auth::{Authenticator, RateLimiter, TokenAuthenticator};
 use crate::config::{GatewayConfig, PostgresConfig, StoreConfig};
 use crate::error::GatewayError;
 use crate::metrics::{EndpointGauges, Metrics};
+use crate::result_writes::ResultWrites;
 use crate::store::{
     hash_token, Finished, IdempotencyKey, Insertion, MemoryStore, NewTask, RedbStore, StoreError,
     TaskRecord, TaskStore, UserRecord,
@@ -74,9 +75,9 @@ pub(crate) struct Shared {
     functions: Mutex<HashMap<FunctionId, Function>>,
     sink: ReportSink,
     pub(crate) events: broadcast::Sender<Published>,
-    /// Tasks whose result an endpoint's keeper stored (and published) before the
-    /// endpoint's executor reported it: `store_results` skips them once, then forgets them.
-    kept: Mutex<std::collections::HashSet<u64>>,
+    /// Which results are being written, by an endpoint's keeper or by `store_results`, so
+    /// that each is written once. Locked after `running` when both are.
+    writes: ResultWrites,
     /// Set when the gateway stops: long-lived streams end, so a graceful stop is not held
     /// up by them.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
@@ -211,7 +212,7 @@ impl GatewayBuilder {
                 functions: Mutex::new(HashMap::new()),
                 sink,
                 events,
-                kept: Mutex::new(std::collections::HashSet::new()),
+                writes: ResultWrites::default(),
                 closing: tokio::sync::watch::Sender::new(false),
                 store_repaired,
                 fleet,
@@ -633,51 +634,42 @@ impl ResultKeeper for Keeper {
             };
             let now = SystemTime::now();
             // Only tasks this gateway gave this endpoint: an endpoint cannot finish another's.
-            let outcomes: Vec<Finished> = match shared.running.lock() {
-                Ok(running) => results
-                    .into_iter()
-                    .filter(|(id, _)| running.get(id).is_some_and(|(e, _)| *e == endpoint))
-                    .map(|(id, result)| Finished {
-                        id,
-                        result: result.outcome,
-                        timeline: funcx_core::Timeline {
-                            submitted: now,
-                            dispatched: None,
-                            running: now.checked_sub(result.duration),
-                            finished: Some(now),
-                        },
-                    })
-                    .collect(),
-                Err(_) => return,
+            // Those whose executor report is being written now are not written again, but
+            // waited for: the endpoint forgets them once this returns.
+            let share = {
+                let running = match shared.running.lock() {
+                    Ok(running) => running,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                shared.writes.keeper_takes(results, |id| {
+                    running.get(&id).is_some_and(|(e, _)| *e == endpoint)
+                })
             };
-            if outcomes.is_empty() {
-                return;
-            }
+            let outcomes: Vec<Finished> = share
+                .write
+                .into_iter()
+                .map(|(id, result)| Finished {
+                    id,
+                    result: result.outcome,
+                    timeline: funcx_core::Timeline {
+                        submitted: now,
+                        dispatched: None,
+                        running: now.checked_sub(result.duration),
+                        finished: Some(now),
+                    },
+                })
+                .collect();
             // The connection hands over every result that queued up while the last write
             // ran (thousands at once): written and published a batch at a time, so that
             // result streams get the first ones sooner and their buffer
             // (`EVENT_BUFFER`) is not outrun, which would make them lag.
             for outcomes in outcomes.chunks(RESULT_BATCH) {
-                // Marked before the write, so that `store_results` cannot store the
-                // executor's report of one of them in between; unmarked after, if this write
-                // did not finish it (it was finished already), so that report is handled as
-                // usual.
                 let ids: Vec<u64> = outcomes.iter().map(|outcome| outcome.id).collect();
-                if let Ok(mut kept) = shared.kept.lock() {
-                    kept.extend(ids.iter().copied());
-                }
                 let finished = store_outcomes(&shared, outcomes.to_vec()).await;
-                if finished.len() < ids.len() {
-                    let done: std::collections::HashSet<u64> =
-                        finished.iter().map(|record| record.id).collect();
-                    if let Ok(mut kept) = shared.kept.lock() {
-                        for id in ids.iter().filter(|id| !done.contains(id)) {
-                            kept.remove(id);
-                        }
-                    }
-                }
+                shared.writes.keeper_wrote(&ids);
                 publish(&shared, finished);
             }
+            shared.writes.written(&share.wait).await;
         })
     }
 }
@@ -722,31 +714,35 @@ async fn store_results(gateway: Weak<Shared>, mut reports: ReportStream) {
             return;
         };
         let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
-        // Results an endpoint's keeper stored already are not stored (or published) twice.
-        let outcomes: Vec<Finished> = {
-            let mut kept = match shared.kept.lock() {
-                Ok(kept) => kept,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            batch
-                .drain(..)
-                .filter(|(id, _)| kept.is_empty() || !kept.remove(id))
-                .map(|(id, report)| Finished {
-                    id,
-                    result: report.result,
-                    timeline: report.status.timeline,
-                })
-                .collect()
-        };
+        // Results an endpoint's keeper stored, or is storing, are not stored (or published)
+        // twice.
+        let outcomes: Vec<Finished> = shared
+            .writes
+            .report_takes(std::mem::take(&mut batch))
+            .into_iter()
+            .map(|(id, report)| Finished {
+                id,
+                result: report.result,
+                timeline: report.status.timeline,
+            })
+            .collect();
+        let written: Vec<u64> = outcomes.iter().map(|outcome| outcome.id).collect();
         let finished = if outcomes.is_empty() {
             Vec::new()
         } else {
             store_outcomes(&shared, outcomes).await
         };
-        if let Ok(mut running) = shared.running.lock() {
-            for id in ids {
-                running.remove(&id);
+        {
+            // One step with the end of the write, so that a keeper finds each id either
+            // being written or gone from `running`, never neither.
+            let mut running = match shared.running.lock() {
+                Ok(running) => running,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for id in &ids {
+                running.remove(id);
             }
+            shared.writes.report_wrote(&written);
         }
         publish(&shared, finished);
     }

@@ -56,6 +56,7 @@ mod fleet;
 mod gateway;
 mod globus;
 mod metrics;
+mod result_writes;
 mod serve;
 mod signal;
 pub mod store;
