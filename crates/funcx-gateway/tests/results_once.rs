@@ -17,8 +17,6 @@ use funcx_gateway::store::{
     EndpointRecord, Finished, Fleet, FunctionRecord, IdempotencyKey, Insertion, MemoryStore,
     NewTask, StoreFuture, TaskPage, TaskRecord, TaskStore, TokenHash, UserRecord,
 };
-use funcx_gateway::Gateway;
-use funcx_transport::remote::AgentConfig;
 use serde_json::json;
 
 /// Tasks per test: enough batches of results that the keeper and the report writer meet.
@@ -141,13 +139,8 @@ async fn each_result_is_written_once(store: impl TaskStore) {
         inner: store,
         finishes: finishes.clone(),
     });
-    let gateway = Gateway::builder(config())
+    let gateway = common::builder(config())
         .store(store)
-        .agent_config(AgentConfig {
-            heartbeat_period: Duration::from_millis(200),
-            heartbeat_threshold: Duration::from_secs(2),
-            hello_timeout: Duration::from_secs(5),
-        })
         .start()
         .await
         .expect("the gateway starts");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use funcx_client::EndpointDial;
 use funcx_core::Payload;
-use funcx_gateway::{Gateway, GatewayConfig, UserConfig};
+use funcx_gateway::{Gateway, GatewayBuilder, GatewayConfig, UserConfig};
 use funcx_transport::remote::{
     run_manager, AgentConfig, EchoRunner, ManagerConfig, ManagerExit, ManagerId, ManagerInfo,
 };
@@ -48,16 +48,18 @@ impl Drop for TestGateway {
     }
 }
 
+/// A gateway builder for `config` whose endpoint connections are watched at test speed
+/// (heartbeats every 200 ms, lost after 2 s).
+pub fn builder(config: GatewayConfig) -> GatewayBuilder {
+    Gateway::builder(config).agent_config(AgentConfig {
+        heartbeat_period: Duration::from_millis(200),
+        heartbeat_threshold: Duration::from_secs(2),
+        hello_timeout: Duration::from_secs(5),
+    })
+}
+
 pub async fn start(config: GatewayConfig) -> TestGateway {
-    let gateway = Gateway::builder(config)
-        .agent_config(AgentConfig {
-            heartbeat_period: Duration::from_millis(200),
-            heartbeat_threshold: Duration::from_secs(2),
-            hello_timeout: Duration::from_secs(5),
-        })
-        .start()
-        .await
-        .expect("the gateway starts");
+    let gateway = builder(config).start().await.expect("the gateway starts");
     serve(gateway).await
 }
 
