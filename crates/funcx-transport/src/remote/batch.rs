@@ -29,6 +29,11 @@ pub(crate) fn split_by_bytes<T>(
     budget: usize,
     size: impl Fn(&T) -> usize,
 ) -> Vec<Vec<T>> {
+    let total = items.iter().map(&size).fold(0usize, usize::saturating_add);
+    if total <= budget && !items.is_empty() {
+        // The usual case: one run, the items' own vector.
+        return vec![items];
+    }
     let mut runs = Vec::new();
     let mut run = Vec::new();
     let mut bytes = 0usize;
@@ -89,6 +94,12 @@ mod tests {
         assert!(split_by_bytes(Vec::<usize>::new(), 6, |n| *n).is_empty());
         let one_each = split_by_bytes(vec![7, 7], 6, |n| *n);
         assert_eq!(one_each, vec![vec![7], vec![7]]);
+        let within = split_by_bytes(vec![1, 2, 3], 6, |n| *n);
+        assert_eq!(
+            within,
+            vec![vec![1, 2, 3]],
+            "all within the budget: one run"
+        );
     }
 
     #[test]

@@ -244,15 +244,18 @@ impl Session {
             ),
             (message, _) => message,
         };
+        if let ToWorker::Tasks(items) = message {
+            let items = self.admit_sizes(items);
+            // Kept to send again after a reconnection; a copy shares the arguments.
+            for item in &items {
+                self.in_flight.insert(item.id, item.clone());
+            }
+            return self.send_tasks(items);
+        }
         match &message {
             ToWorker::Function { .. } => self.functions.push(message.clone()),
-            ToWorker::Tasks(items) => {
-                let items = self.admit_sizes(items.clone());
-                for item in &items {
-                    self.in_flight.insert(item.id, item.clone());
-                }
-                return self.send_tasks(items);
-            }
+            // Handled above.
+            ToWorker::Tasks(_) => {}
             ToWorker::Cancel(ids) => self.cancels.extend(ids.iter().copied()),
             ToWorker::Shutdown => self.draining = true,
             // Lost with a connection, it is harmless: the tasks then simply run there.
@@ -265,6 +268,9 @@ impl Session {
     /// and returns the others.
     fn admit_sizes(&mut self, items: Vec<WorkItem>) -> Vec<WorkItem> {
         let limit = payload_limit(self.max_message_size);
+        if items.iter().all(|item| item_size(item) <= limit) {
+            return items; // The usual case, without sorting them into new vectors.
+        }
         let (fit, oversized): (Vec<_>, Vec<_>) =
             items.into_iter().partition(|item| item_size(item) <= limit);
         if !oversized.is_empty() {
