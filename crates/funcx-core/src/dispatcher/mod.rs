@@ -20,6 +20,7 @@
 //! - `placement`: which worker gets which queued task;
 //! - `lanes`: the queue of each container image's tasks, and moving the endpoint's workers
 //!   between images;
+//! - `records`: every task's record, by id, in one table;
 //! - `shutdown`: stopping, at once or draining.
 
 mod command;
@@ -30,6 +31,7 @@ mod lanes;
 mod node;
 mod placement;
 mod pools;
+mod records;
 mod shutdown;
 mod slot;
 mod workers;
@@ -45,6 +47,7 @@ pub(crate) use command::{Command, Outcome, Reply, Submission};
 use estimate::Estimate;
 use lanes::{Lane, Queues};
 use node::Node;
+use records::Records;
 use shutdown::Stop;
 pub(crate) use slot::Machine;
 use slot::{KillReason, Phase, Slot};
@@ -167,9 +170,8 @@ pub(crate) struct Dispatcher {
     functions: IdMap<FunctionId, FunctionKey>,
     function_table: Vec<(Function, Estimate)>,
 
-    /// Boxed: a record is a few hundred bytes, and a million in flight would make every
-    /// insert, removal and rehash move them.
-    tasks: IdMap<TaskId, Box<TaskRecord>>,
+    /// Every task from submission to outcome.
+    tasks: Records,
     /// Queued tasks, one queue per lane (the default workers', each image's).
     queues: Queues,
 
@@ -214,7 +216,7 @@ impl Dispatcher {
             round_robin: 0,
             functions: IdMap::default(),
             function_table: Vec::new(),
-            tasks: IdMap::default(),
+            tasks: Records::default(),
             queues: Queues::new(),
             balance_at: None,
             broken: None,
@@ -404,7 +406,7 @@ impl Dispatcher {
         }
         let lane = record.lane;
         record.key = self.key_of(&function);
-        self.tasks.insert(id, Box::new(record));
+        self.tasks.insert(id, record);
         self.queues.get_mut(lane).push_back(id);
     }
 
