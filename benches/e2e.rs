@@ -8,6 +8,8 @@
 //!     [--pace-ms MS]
 //! ```
 //!
+//! `--features jemalloc` runs everything on jemalloc instead of the system's allocator.
+//!
 //! WORKLOAD is one of `startup`, `W1`, `W2`, `W3`, `W4`, `W1-tcp`, `W2-tcp`, `W3-tcp`,
 //! `W1-gw`, `W2-gw`, `W3-gw`, `gw-restart`, `chaos`, `W5`, `W6-tcp`, `scale` or `all` (everything
 //! but `scale`, `W5`, `W6-tcp`, `chaos` and the gateway workloads, which run only when asked). Each prints one
@@ -113,6 +115,12 @@
 //!   over the whole run. Run only when named.
 
 use std::error::Error;
+
+/// jemalloc under `--features jemalloc` (see that feature in `benches/Cargo.toml`); the
+/// system's allocator otherwise, as an application that embeds funcx and chooses nothing.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// The chaos soak (`chaos`), and the child processes it shares with `gw-restart`.
 mod chaos;
