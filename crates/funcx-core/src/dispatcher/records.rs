@@ -82,3 +82,94 @@ impl Records {
         self.places.iter_mut().flatten()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::FunctionKey;
+    use crate::{Args, TaskState, Timeline};
+    use std::time::SystemTime;
+
+    /// A queued record whose `attempts` tells it apart.
+    fn record(attempts: u32) -> TaskRecord {
+        TaskRecord {
+            key: FunctionKey(0),
+            args: Args::default(),
+            bytes: 0,
+            timeout: None,
+            reply: None,
+            timeline: Timeline {
+                submitted: SystemTime::now(),
+                dispatched: None,
+                running: None,
+                finished: None,
+            },
+            state: TaskState::Queued,
+            attempts,
+            deaths: 0,
+            disruptions: 0,
+            isolate: false,
+            charged_ns: 0,
+            stolen: false,
+            span: tracing::Span::none(),
+            trace: 0,
+            resources: None,
+            lane: super::super::lanes::Lane::DEFAULT,
+        }
+    }
+
+    fn id(n: u64) -> TaskId {
+        TaskId::from_u64(n)
+    }
+
+    #[test]
+    fn records_come_back_by_id_and_freed_places_are_reused() {
+        let mut records = Records::default();
+        for n in 0..3 {
+            records.insert(id(n), record(n as u32));
+        }
+        let removed = records.remove(&id(1)).expect("held");
+        assert_eq!(removed.attempts, 1);
+        assert!(records.get(&id(1)).is_none() && !records.contains_key(&id(1)));
+        assert!(records.remove(&id(1)).is_none(), "removed once");
+        records.insert(id(7), record(7));
+        assert_eq!(
+            records.places.len(),
+            3,
+            "the freed place took the new record"
+        );
+        // Inserting under an id it holds replaces that record.
+        records.insert(id(7), record(70));
+        assert_eq!(records.places.len(), 3);
+        let attempts: Vec<u32> = [0, 2, 7]
+            .iter()
+            .map(|&n| records.get(&id(n)).expect("held").attempts)
+            .collect();
+        assert_eq!(attempts, [0, 2, 70]);
+        if let Some(record) = records.get_mut(&id(2)) {
+            record.attempts = 20;
+        }
+        let mut all: Vec<u32> = records.values().map(|record| record.attempts).collect();
+        all.sort_unstable();
+        assert_eq!(all, [0, 20, 70]);
+    }
+
+    #[test]
+    fn an_emptied_large_table_gives_its_memory_back() {
+        let mut records = Records::default();
+        let many = KEEP_PLACES as u64 + 10;
+        for n in 0..many {
+            records.insert(id(n), record(0));
+        }
+        for n in 0..many {
+            records.remove(&id(n));
+        }
+        assert!(records.is_empty());
+        assert_eq!(records.places.capacity(), 0);
+        assert_eq!(records.free.capacity(), 0);
+        // A small table keeps its places for the next tasks.
+        records.insert(id(1), record(0));
+        records.remove(&id(1));
+        assert_eq!(records.places.len(), 1);
+    }
+}
