@@ -190,12 +190,21 @@ def shared_probe(argv):
     return None
 
 
-def open_shared(pid, fd_num, sizes, names, loads):
-    """Opens the shared file `fd_num` of process `pid` and loads the arguments in it, one
-    after the other from offset 0. Returns `(fd, arg, args, kwargs)`: arg alone when there
-    is one positional argument (args and kwargs None), otherwise args and kwargs. The file
-    stays open for the result; the caller closes it."""
-    fd = os.open("/proc/%d/fd/%d" % (pid, fd_num), os.O_RDWR | os.O_CLOEXEC)
+class Lending(tuple):
+    """`(fd number, sizes, keyword names)`: where a task's arguments are, in a shared file
+    of the Rust process, in place of the arguments themselves until the task runs."""
+
+
+def shared_path(pid, fd_num):
+    return "/proc/%d/fd/%d" % (pid, fd_num)
+
+
+def open_shared(pid, lending, loads):
+    """Loads the arguments in the shared file of process `pid` that `lending` names, one
+    after the other from offset 0. Returns `(arg, args, kwargs)`: arg alone when there is
+    one positional argument (args and kwargs None), otherwise args and kwargs."""
+    fd_num, sizes, names = lending
+    fd = os.open(shared_path(pid, fd_num), os.O_RDONLY | os.O_CLOEXEC)
     try:
         total = 0
         for size in sizes:
@@ -203,30 +212,45 @@ def open_shared(pid, fd_num, sizes, names, loads):
         if os.fstat(fd).st_size < total:
             raise ValueError("the shared file is shorter than the arguments in it")
         mapping = mmap.mmap(fd, total, MAP_FLAGS, mmap.PROT_READ)
-        try:
-            view = memoryview(mapping)
-            values = []
-            at = 0
-            for size in sizes:
-                part = view[at : at + size]
-                values.append(loads(part))
-                part.release()
-                at += size
-            view.release()
-        finally:
-            part = view = None
-            try:
-                mapping.close()
-            except BufferError:
-                # An exception's traceback still holds a view; the mapping goes with it.
-                pass
-        if len(sizes) == 1 and not names:
-            return fd, values[0], None, None
-        npos = len(sizes) - len(names)
-        return fd, None, values[:npos], dict(zip(names, values[npos:]))
-    except BaseException:
+    finally:
         os.close(fd)
-        raise
+    try:
+        view = memoryview(mapping)
+        values = []
+        at = 0
+        for size in sizes:
+            part = view[at : at + size]
+            values.append(loads(part))
+            part.release()
+            at += size
+        view.release()
+    finally:
+        part = view = None
+        try:
+            mapping.close()
+        except BufferError:
+            # An exception's traceback still holds a view; the mapping goes with it.
+            pass
+    if len(sizes) == 1 and not names:
+        return values[0], None, None
+    npos = len(sizes) - len(names)
+    return None, values[:npos], dict(zip(names, values[npos:]))
+
+
+def write_shared(path, parts):
+    """Writes a result into the shared file at `path`; False when it cannot (no room): the
+    result then goes through the pipe."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        pwritev_all(fd, parts)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def type_name(cls):
@@ -350,6 +374,8 @@ class Worker:
         self.max_result = max_result
         # The Rust process whose shared files this worker can open, or None.
         self.shared_pid = shared_pid
+        # (task id, path) of the shared file of the last task lent one, for its result.
+        self.lent = None
         self.buf = bytearray(MIN_BUFFER)
         self.view = memoryview(self.buf)
         self.pos = 0  # start of the first frame not processed yet
@@ -583,14 +609,14 @@ class Worker:
         clock = perf_counter_ns
         result_hdr = RESULT_HDR.pack
         max_result = self.max_result
+        f_shared = F_SHARED
         # flush() empties this bytearray in place, so the alias stays valid.
         out = self.out
         for _ in range(count):
             task_off = off
             task_id, key, flags, nargs, nkwargs = task_hdr(view, off)
             off += 17
-            shared = None
-            if flags & F_SHARED:
+            if flags & f_shared:
                 # The frame holds only the sizes (and keyword names) of the arguments.
                 (fd_num,) = u32(view, off)
                 off += 4
@@ -608,8 +634,12 @@ class Worker:
                     (size,) = u32(view, off)
                     off += 4
                     sizes.append(size)
-                shared = (fd_num, sizes, names)
-                arg = args = kwargs = None
+                arg = kwargs = None
+                args = Lending((fd_num, sizes, names))
+                # Counted as if its arguments were in the frame: a task with large arguments
+                # pickles its result into parts (below), which can go into the file.
+                for size in sizes:
+                    task_off -= size
             elif nargs == 1 and not nkwargs:
                 (size,) = u32(view, off)
                 off += 4
@@ -685,16 +715,14 @@ class Worker:
                     ok = S_OK_JSON
                 else:
                     loads, dumps, ok = pickle_loads, pickle_dumps, S_OK
-                shared_fd = None
                 try:
-                    if shared is not None:
+                    if args is None:
+                        arg = loads(arg)
+                    elif type(args) is Lending:
                         if self.shared_pid is None:
                             raise ProtocolError("lent a shared file it cannot open")
-                        shared_fd, arg, args, kwargs = open_shared(
-                            self.shared_pid, shared[0], shared[1], shared[2], loads
-                        )
-                    elif args is None:
-                        arg = loads(arg)
+                        self.lent = (task_id, shared_path(self.shared_pid, args[0]))
+                        arg, args, kwargs = open_shared(self.shared_pid, args, loads)
                     else:
                         args = [loads(a) for a in args]
                         kwargs = {name: loads(a) for name, a in kwargs}
@@ -713,9 +741,7 @@ class Worker:
                         status, body = S_EXCEPTION, describe(exc, 1)
                     else:
                         try:
-                            if ok == S_OK and (
-                                shared_fd is not None or off - task_off > INLINE_RESULT
-                            ):
+                            if ok == S_OK and off - task_off > INLINE_RESULT:
                                 # Large arguments, likely a large result: its large bytes
                                 # are written from their own memory (a Pickler costs µs).
                                 body = Parts()
@@ -723,6 +749,15 @@ class Worker:
                                 size = 0
                                 for part in body:
                                     size += len(part)
+                                lent = self.lent
+                                if lent is not None:
+                                    self.lent = None
+                                    if (
+                                        lent[0] == task_id
+                                        and INLINE_RESULT < size <= max_result
+                                        and write_shared(lent[1], body)
+                                    ):
+                                        ok, body = S_OK_SHARED, U64.pack(size)
                             else:
                                 body = dumps(result, 4)
                                 size = len(body)
@@ -732,23 +767,10 @@ class Worker:
                             status = ok
                             if size > max_result:
                                 status, body = S_TOO_LARGE, U64.pack(size)
-                            elif shared_fd is not None and size > INLINE_RESULT:
-                                try:
-                                    pwritev_all(shared_fd, body)
-                                except OSError:
-                                    # No room for it there: it goes through the pipe.
-                                    pass
-                                else:
-                                    status, body = S_OK_SHARED, U64.pack(size)
                         result = None
                     finally:
                         if saved is not None:
                             set_env(saved)
-                finally:
-                    # Closed before the result is sent: the Rust side reuses the file once
-                    # it has the result.
-                    if shared_fd is not None:
-                        os.close(shared_fd)
                 arg = args = kwargs = None
             now = clock()
             size = len(body)
