@@ -432,7 +432,7 @@ pub(crate) mod tests {
         super::super::tests::contract(&store).await;
         assert_eq!(
             store.schema_versions().await.unwrap(),
-            vec![1, 2, 3, 4, 5, 6, 7]
+            vec![1, 2, 3, 4, 5, 6, 7, 8]
         );
     }
 
@@ -452,7 +452,7 @@ pub(crate) mod tests {
         let again = PgStore::connect_with(options.clone()).await.unwrap();
         assert_eq!(
             again.schema_versions().await.unwrap(),
-            vec![1, 2, 3, 4, 5, 6, 7]
+            vec![1, 2, 3, 4, 5, 6, 7, 8]
         );
         assert_eq!(again.users().await.unwrap().len(), 1);
         // A database migrated by a newer gateway is not written by this one.
@@ -572,7 +572,7 @@ pub(crate) mod tests {
         let store = PgStore::connect_with(options).await.unwrap();
         assert_eq!(
             store.schema_versions().await.unwrap(),
-            vec![1, 2, 3, 4, 5, 6, 7]
+            vec![1, 2, 3, 4, 5, 6, 7, 8]
         );
         let finished = store.task(1).await.unwrap().unwrap();
         assert_eq!(finished.state, TaskState::Succeeded);
@@ -669,7 +669,7 @@ pub(crate) mod tests {
         let store = PgStore::connect_with(options.clone()).await.unwrap();
         assert_eq!(
             store.schema_versions().await.unwrap(),
-            vec![1, 2, 3, 4, 5, 6, 7]
+            vec![1, 2, 3, 4, 5, 6, 7, 8]
         );
         let unfinished = |store: PgStore| async move {
             let tasks = store.unfinished_tasks().await.unwrap();
@@ -927,6 +927,76 @@ pub(crate) mod tests {
         assert_eq!(first.renew(vec!["e".into()], short).await.unwrap(), 1);
         let taken = take_over(&second, "e", a.len() - 1).await;
         assert_eq!(taken, a[1..].to_vec());
+    }
+
+    /// A schema left by a gateway of version 7 migrates with its idempotency keys: a key
+    /// stored before still replays its ids, and a submission's ids stored after are
+    /// compressed with lz4 where the server has it (migration 8), and replay the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_7_schema_migrates_with_its_idempotency_keys() {
+        let (options, client, driver) = schema_at("test_from_v7", 7).await;
+        let task = plain_task("e");
+        let key = |name: &str, tasks: &[NewTask]| IdempotencyKey {
+            owner: "alice".into(),
+            key: name.into(),
+            fingerprint: super::super::fingerprint(tasks).unwrap(),
+        };
+        let before = vec![task.clone(); 3];
+        client
+            .execute(
+                "INSERT INTO idempotency_keys (owner, key, fingerprint, ids, created)
+                 VALUES ('alice', 'before', $1, '{1,2,3}', now())",
+                &[&key("before", &before).fingerprint.as_slice()],
+            )
+            .await
+            .unwrap();
+        let store = PgStore::connect_with(options).await.unwrap();
+        assert_eq!(
+            store.schema_versions().await.unwrap(),
+            vec![1, 2, 3, 4, 5, 6, 7, 8]
+        );
+        let now = SystemTime::now();
+        assert_eq!(
+            store
+                .insert_tasks_once(key("before", &before), before, now)
+                .await
+                .unwrap(),
+            Insertion::Replayed(vec![1, 2, 3])
+        );
+
+        // Large enough to be compressed (a few KB): 5,000 ids.
+        let after = vec![task; 5_000];
+        let Insertion::Created(ids) = store
+            .insert_tasks_once(key("after", &after), after.clone(), now)
+            .await
+            .unwrap()
+        else {
+            panic!("a new key creates its tasks");
+        };
+        assert_eq!(ids.len(), 5_000);
+        assert_eq!(
+            store
+                .insert_tasks_once(key("after", &after), after, now)
+                .await
+                .unwrap(),
+            Insertion::Replayed(ids)
+        );
+        let row = client
+            .query_one(
+                "SELECT pg_column_compression(ids),
+                        EXISTS (SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression'
+                                AND 'lz4' = ANY (enumvals))
+                 FROM idempotency_keys WHERE key = 'after'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (compression, lz4): (Option<String>, bool) = (row.get(0), row.get(1));
+        if lz4 {
+            assert_eq!(compression.as_deref(), Some("lz4"));
+        }
+        drop(client);
+        let _ = driver.await;
     }
 
     /// The value (an `i64`) stored as task `id`'s result.
