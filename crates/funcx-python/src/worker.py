@@ -199,21 +199,24 @@ def shared_path(pid, fd_num):
     return "/proc/%d/fd/%d" % (pid, fd_num)
 
 
-def open_shared(pid, lending, loads):
-    """Loads the arguments in the shared file of process `pid` that `lending` names, one
-    after the other from offset 0. Returns `(arg, args, kwargs)`: arg alone when there is
-    one positional argument (args and kwargs None), otherwise args and kwargs."""
-    fd_num, sizes, names = lending
-    fd = os.open(shared_path(pid, fd_num), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        total = 0
-        for size in sizes:
-            total += size
-        if os.fstat(fd).st_size < total:
-            raise ValueError("the shared file is shorter than the arguments in it")
-        mapping = mmap.mmap(fd, total, MAP_FLAGS, mmap.PROT_READ)
-    finally:
-        os.close(fd)
+def open_shared(pid, lending):
+    """Opens the shared file of process `pid` that `lending` names, for the task's
+    arguments and its result. The caller closes the descriptor once the task's result is
+    written or abandoned: the file is the task's until then."""
+    return os.open(shared_path(pid, lending[0]), os.O_RDWR | os.O_CLOEXEC)
+
+
+def load_shared(fd, lending, loads):
+    """Loads the arguments in the shared file `fd` that `lending` describes, one after the
+    other from offset 0. Returns `(arg, args, kwargs)`: arg alone when there is one
+    positional argument (args and kwargs None), otherwise args and kwargs."""
+    _, sizes, names = lending
+    total = 0
+    for size in sizes:
+        total += size
+    if os.fstat(fd).st_size < total:
+        raise ValueError("the shared file is shorter than the arguments in it")
+    mapping = mmap.mmap(fd, total, MAP_FLAGS, mmap.PROT_READ)
     try:
         view = memoryview(mapping)
         values = []
@@ -237,20 +240,14 @@ def open_shared(pid, lending, loads):
     return None, values[:npos], dict(zip(names, values[npos:]))
 
 
-def write_shared(path, parts):
-    """Writes a result into the shared file at `path`; False when it cannot (no room): the
+def write_shared(fd, parts):
+    """Writes a result into the shared file `fd`; False when it cannot (no room): the
     result then goes through the pipe."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
     try:
         pwritev_all(fd, parts)
         return True
     except OSError:
         return False
-    finally:
-        os.close(fd)
 
 
 def type_name(cls):
@@ -374,8 +371,6 @@ class Worker:
         self.max_result = max_result
         # The Rust process whose shared files this worker can open, or None.
         self.shared_pid = shared_pid
-        # (task id, path) of the shared file of the last task lent one, for its result.
-        self.lent = None
         self.buf = bytearray(MIN_BUFFER)
         self.view = memoryview(self.buf)
         self.pos = 0  # start of the first frame not processed yet
@@ -612,6 +607,10 @@ class Worker:
         f_shared = F_SHARED
         # flush() empties this bytearray in place, so the alias stays valid.
         out = self.out
+        # The descriptor of the shared file lent to the running task, open from its
+        # arguments to its result and closed whatever happens in between: the manager takes
+        # the file back with the task's result, and may lend it to another task next.
+        lent_fd = None
         for _ in range(count):
             task_off = off
             task_id, key, flags, nargs, nkwargs = task_hdr(view, off)
@@ -721,8 +720,8 @@ class Worker:
                     elif type(args) is Lending:
                         if self.shared_pid is None:
                             raise ProtocolError("lent a shared file it cannot open")
-                        self.lent = (task_id, shared_path(self.shared_pid, args[0]))
-                        arg, args, kwargs = open_shared(self.shared_pid, args, loads)
+                        lent_fd = open_shared(self.shared_pid, args)
+                        arg, args, kwargs = load_shared(lent_fd, args, loads)
                     else:
                         args = [loads(a) for a in args]
                         kwargs = {name: loads(a) for name, a in kwargs}
@@ -749,15 +748,12 @@ class Worker:
                                 size = 0
                                 for part in body:
                                     size += len(part)
-                                lent = self.lent
-                                if lent is not None:
-                                    self.lent = None
-                                    if (
-                                        lent[0] == task_id
-                                        and INLINE_RESULT < size <= max_result
-                                        and write_shared(lent[1], body)
-                                    ):
-                                        ok, body = S_OK_SHARED, U64.pack(size)
+                                if (
+                                    lent_fd is not None
+                                    and INLINE_RESULT < size <= max_result
+                                    and write_shared(lent_fd, body)
+                                ):
+                                    ok, body = S_OK_SHARED, U64.pack(size)
                             else:
                                 body = dumps(result, 4)
                                 size = len(body)
@@ -771,6 +767,11 @@ class Worker:
                     finally:
                         if saved is not None:
                             set_env(saved)
+                finally:
+                    # The one test a task that was lent no file pays.
+                    if lent_fd is not None:
+                        os.close(lent_fd)
+                        lent_fd = None
                 arg = args = kwargs = None
             now = clock()
             size = len(body)

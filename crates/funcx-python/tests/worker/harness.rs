@@ -78,6 +78,16 @@ impl Harness {
 
     pub(crate) fn submit(&mut self, key: FunctionKey, args: Args, isolate: bool) -> TaskId {
         let id = TaskId::next();
+        self.send_task(id, key, args, isolate);
+        id
+    }
+
+    /// Sends task `id` again (a resent task keeps its id), with `args`.
+    pub(crate) fn submit_as(&mut self, id: TaskId, key: FunctionKey, args: Args) {
+        self.send_task(id, key, args, false);
+    }
+
+    fn send_task(&mut self, id: TaskId, key: FunctionKey, args: Args, isolate: bool) {
         self.worker.send(ToWorker::Tasks(vec![WorkItem {
             id,
             function: key,
@@ -88,7 +98,6 @@ impl Harness {
             env: Vec::new(),
             resources: None,
         }]));
-        id
     }
 
     /// The next `n` results, failing on any other event.

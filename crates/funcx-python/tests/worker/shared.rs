@@ -3,25 +3,29 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use funcx_core::{Args, WorkerExit};
+use funcx_core::{Args, Payload, WorkerExit};
 use funcx_python::PythonConfig;
 use serde_bytes::ByteBuf;
 
 use crate::harness::{Harness, TIMEOUT};
 
 /// Python that finds the shared file the running task was lent, as `(st_dev, st_ino)`, or
-/// None: the worker (found through the garbage collector) keeps the path it opened it by,
-/// `/proc/<pid>/fd/<n>`, for the task's result.
+/// None: the worker holds it open while the task runs, as a descriptor of its own on a memfd
+/// named `funcx-payload`. The test compares it with this process's descriptors
+/// ([`holds_file`]), so a lent task proves that the manager's memfd itself reached it.
 const FIND_LENT_FILE: &str = r#"
-import gc
 import os
 import time
 
 def lent_file():
-    for o in gc.get_objects():
-        if type(o).__name__ == 'Worker' and getattr(o, 'lent', None):
-            st = os.stat(o.lent[1])
-            return (st.st_dev, st.st_ino)
+    for fd in os.listdir('/proc/self/fd'):
+        path = '/proc/self/fd/' + fd
+        try:
+            if os.readlink(path).startswith('/memfd:funcx-payload'):
+                st = os.stat(path)
+                return (st.st_dev, st.st_ino)
+        except OSError:
+            pass
     return None
 "#;
 
@@ -38,8 +42,7 @@ fn holds_file(dev: u64, ino: u64) -> bool {
 #[tokio::test]
 async fn large_arguments_and_results_cross_in_a_shared_file_and_small_ones_in_the_pipe() {
     let mut h = Harness::start().await;
-    let source =
-        format!("{FIND_LENT_FILE}def f(b):\n    return (lent_file() is not None, b[::-1])\n");
+    let source = format!("{FIND_LENT_FILE}def f(b):\n    return (lent_file(), b[::-1])\n");
     let key = h.define(&source, "f");
     let small: Vec<u8> = (0..1024).map(|i| (i % 251) as u8).collect();
     let large: Vec<u8> = (0..6 << 20).map(|i| (i % 253) as u8).collect();
@@ -49,13 +52,19 @@ async fn large_arguments_and_results_cross_in_a_shared_file_and_small_ones_in_th
     }
     let results = h.results(inputs.len()).await;
     for (result, data) in results.into_iter().zip(inputs) {
-        let (lent, back): (bool, ByteBuf) = result.outcome.unwrap().decode().unwrap();
+        let (lent, back): (Option<(u64, u64)>, ByteBuf) = result.outcome.unwrap().decode().unwrap();
         assert_eq!(
-            lent,
+            lent.is_some(),
             data.len() == large.len(),
             "lent a file for {} bytes",
             data.len()
         );
+        if let Some((dev, ino)) = lent {
+            assert!(
+                holds_file(dev, ino),
+                "the worker's file is not this process's"
+            );
+        }
         assert!(back.iter().eq(data.iter().rev()));
     }
 }
@@ -75,6 +84,53 @@ async fn lent_tasks_keep_the_result_limit() {
     assert!(error.is_result_too_large(), "{error}");
     let back: ByteBuf = results[1].outcome.as_ref().unwrap().decode().unwrap();
     assert_eq!(back, data);
+}
+
+/// A lent task that fails leaves the worker with no file: the same task sent again with
+/// arguments through the pipe (the manager resends a task by id) and a large result gets
+/// that result through the pipe, not into the file the manager took back after the failure.
+#[tokio::test]
+async fn a_lent_task_that_raises_leaves_no_file_for_the_next_result() {
+    let mut h = Harness::start().await;
+    let key = h.define(
+        "def f(b, fail):\n    if fail:\n        raise ValueError('no')\n    return b * 2\n",
+        "f",
+    );
+    let large = ByteBuf::from(vec![7_u8; 6 << 20]);
+    let id = h.submit(key, Args::new().arg(&large).arg(&true), false);
+    let failed = h.results(1).await.remove(0);
+    assert_eq!(failed.id, id);
+    let error = failed.outcome.unwrap_err();
+    assert!(error.to_string().contains("ValueError"), "{error}");
+    // 1 MiB: through the pipe, and large enough that its 2 MiB result is pickled in parts.
+    let medium = ByteBuf::from(vec![9_u8; 1 << 20]);
+    h.submit_as(id, key, Args::new().arg(&medium).arg(&false));
+    let again = h.results(1).await.remove(0);
+    assert_eq!(again.id, id);
+    let back: ByteBuf = again.outcome.unwrap().decode().unwrap();
+    assert_eq!(back.len(), 2 << 20);
+    assert!(back.iter().all(|&b| b == 9));
+}
+
+/// JSON arguments are lent a file like pickled ones, and a JSON result larger than a frame's
+/// inline part comes back through the pipe (a JSON result is one string, never pickle parts).
+#[tokio::test]
+async fn a_lent_json_task_returns_a_large_json_result() {
+    let mut h = Harness::start().await;
+    let source = format!("{FIND_LENT_FILE}def f(s):\n    return [lent_file(), s[:100000]]\n");
+    let key = h.define(&source, "f");
+    let text = "x".repeat(5 << 20);
+    let args = Args::new().payload(Payload::json(&text).unwrap());
+    let id = h.submit(key, args, false);
+    let result = h.results(1).await.remove(0);
+    assert_eq!(result.id, id);
+    let (lent, back): (Option<(u64, u64)>, String) = result.outcome.unwrap().decode().unwrap();
+    let (dev, ino) = lent.expect("the JSON task was lent a file");
+    assert!(
+        holds_file(dev, ino),
+        "the worker's file is not this process's"
+    );
+    assert_eq!(back, text[..100_000]);
 }
 
 #[tokio::test]
