@@ -32,7 +32,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -224,7 +223,8 @@ impl Lent {
     }
 
     /// The result of `task` that its worker wrote into the task's file: `size` bytes of
-    /// pickle. The file goes back to the free list.
+    /// pickle. The file goes back to the free list, whether the result could be read or not
+    /// (a size over the limit or past the file's end is the worker's fault, not the file's).
     pub(crate) fn take_result(
         &self,
         task: TaskId,
@@ -236,26 +236,43 @@ impl Lent {
                 "the worker reported a result in shared memory for task {task}, which was lent no file"
             )));
         };
+        let read = self.read_result(task, &file, size, max_result_size);
+        self.files.give_back(file);
+        Ok(Payload::from_pickled(self.pool.share(read?)))
+    }
+
+    /// The first `size` bytes of `file`, into a buffer of the pool. The size comes from the
+    /// worker: it is checked against the limit and the file's length before a buffer is
+    /// taken for it.
+    fn read_result(
+        &self,
+        task: TaskId,
+        file: &File,
+        size: u64,
+        max_result_size: u64,
+    ) -> Result<Vec<u8>, TaskError> {
         if size > max_result_size {
             return Err(TaskError::result_too_large(size, max_result_size));
         }
-        let read = |mut file: &File| -> std::io::Result<Vec<u8>> {
-            let len = usize::try_from(size).map_err(|_| std::io::ErrorKind::InvalidData)?;
-            let mut buffer = self.pool.take(len);
-            file.seek(SeekFrom::Start(0))?;
-            file.take(size).read_to_end(&mut buffer)?;
-            if buffer.len() != len {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            Ok(buffer)
-        };
-        let buffer = read(&file).map_err(|e| {
+        let failed = |e: std::io::Error| {
             TaskError::protocol(format!(
                 "could not read the result of task {task} from shared memory: {e}"
             ))
-        })?;
-        self.files.give_back(file);
-        Ok(Payload::from_pickled(self.pool.share(buffer)))
+        };
+        let file_len = file.metadata().map_err(failed)?.len();
+        let len = match usize::try_from(size) {
+            Ok(len) if size <= file_len => len,
+            _ => {
+                return Err(TaskError::protocol(format!(
+                    "the worker reported a result of {size} bytes for task {task} in a shared file of {file_len} bytes"
+                )))
+            }
+        };
+        let mut buffer = self.pool.take(len);
+        buffer.clear();
+        buffer.resize(len, 0);
+        file.read_exact_at(&mut buffer, 0).map_err(failed)?;
+        Ok(buffer)
     }
 
     /// `task` has a result that did not come through its file (an error, a small result, a
@@ -282,5 +299,59 @@ impl Lent {
         let mut lent = self.lent.lock().unwrap_or_else(PoisonError::into_inner);
         lent.clear();
         self.count.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runtime's files and one worker's lent files, with a task lent a file holding
+    /// `args`.
+    fn lent_task(args: &[u8]) -> (Arc<SharedFiles>, Lent, TaskId) {
+        let files = SharedFiles::new().expect("memfds on this system");
+        let lent = Lent::new(files.clone(), BufferPool::new(64 << 20));
+        lent.enable();
+        let task = TaskId::next();
+        lent.lend(task, args.len(), [args].into_iter())
+            .expect("the file is written");
+        (files, lent, task)
+    }
+
+    /// The files kept for the next task, in bytes.
+    fn kept(files: &SharedFiles) -> u64 {
+        files
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes
+    }
+
+    #[test]
+    fn a_result_that_the_worker_wrote_is_read_and_the_file_kept() {
+        let (files, lent, task) = lent_task(b"the worker's result");
+        let result = lent.take_result(task, 12, 1 << 20).expect("read");
+        assert_eq!(result.bytes().as_ref(), b"the worker's");
+        assert_eq!(kept(&files), 19);
+    }
+
+    #[test]
+    fn a_result_size_past_the_files_end_is_refused_and_the_file_kept() {
+        let (files, lent, task) = lent_task(b"8 bytes!");
+        let error = lent.take_result(task, 1 << 30, 1 << 40).unwrap_err();
+        assert!(error.is_protocol(), "{error}");
+        assert!(
+            error.to_string().contains("in a shared file of 8 bytes"),
+            "{error}"
+        );
+        assert_eq!(kept(&files), 8);
+    }
+
+    #[test]
+    fn a_result_over_the_limit_is_refused_typed_and_the_file_kept() {
+        let (files, lent, task) = lent_task(b"8 bytes!");
+        let error = lent.take_result(task, 8, 4).unwrap_err();
+        assert!(error.is_result_too_large(), "{error}");
+        assert_eq!(kept(&files), 8);
     }
 }
