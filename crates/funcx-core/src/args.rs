@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::{Payload, TaskError};
 
@@ -33,7 +34,9 @@ pub struct Args {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct Inner {
-    positional: Vec<Payload>,
+    /// Inline up to two: most calls pass one or two, and a task's arguments are decoded on
+    /// every hop, so an allocation here is one per task per hop.
+    positional: SmallVec<[Payload; 2]>,
     keyword: Vec<(String, Payload)>,
     /// Why an argument failed to serialize. Never sent anywhere: such arguments are
     /// refused before they leave the process.
