@@ -20,7 +20,7 @@ use crate::auth::{Authenticator, RateLimiter, TokenAuthenticator};
 use crate::config::{GatewayConfig, PostgresConfig, StoreConfig};
 use crate::error::GatewayError;
 use crate::metrics::{EndpointGauges, Metrics};
-use crate::result_writes::ResultWrites;
+use crate::result_writes::{KeeperShare, ResultWrites};
 use crate::store::{
     hash_token, Finished, IdempotencyKey, Insertion, MemoryStore, NewTask, RedbStore, StoreError,
     TaskRecord, TaskStore, UserRecord,
@@ -413,10 +413,7 @@ impl Gateway {
         let gateway_ids: Vec<u64> = tasks.iter().map(|(id, _)| *id).collect();
         // Held across the submission so the result task cannot look a task up before it
         // is recorded here.
-        let mut running = match self.inner.running.lock() {
-            Ok(running) => running,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut running = self.inner.running();
         // The gateway's task id is the trace that the endpoint's and its managers' logs name
         // the task by (each hop's span carries it; see `TaskOptions::trace`).
         let tasks = tasks.into_iter().map(|(id, mut task)| {
@@ -617,6 +614,17 @@ fn endpoint_session(id: &str) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
+impl Shared {
+    /// The `running` table, taken whole even if a panic poisoned its lock: each change to
+    /// it is one insert or remove, never left half-done.
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (String, TaskId)>> {
+        match self.running.lock() {
+            Ok(running) => running,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
 /// Stores the results an endpoint delivers before its connection acknowledges them: the
 /// endpoint forgets a result only once it is in the store.
 struct Keeper {
@@ -632,44 +640,56 @@ impl ResultKeeper for Keeper {
             let Some(shared) = gateway.upgrade() else {
                 return;
             };
-            let now = SystemTime::now();
             // Only tasks this gateway gave this endpoint: an endpoint cannot finish another's.
-            // Those whose executor report is being written now are not written again, but
-            // waited for: the endpoint forgets them once this returns.
-            let share = {
-                let running = match shared.running.lock() {
-                    Ok(running) => running,
-                    Err(poisoned) => poisoned.into_inner(),
+            // Those whose result is being written elsewhere are not written again, but
+            // waited for (the endpoint forgets them once this returns), then offered again:
+            // a write let go of unwritten leaves them to this keeper.
+            let mut results = results;
+            while !results.is_empty() {
+                let KeeperShare {
+                    write,
+                    wait,
+                    mut claim,
+                } = {
+                    let running = shared.running();
+                    shared.writes.keeper_takes(results, |id| {
+                        running.get(&id).is_some_and(|(e, _)| *e == endpoint)
+                    })
                 };
-                shared.writes.keeper_takes(results, |id| {
-                    running.get(&id).is_some_and(|(e, _)| *e == endpoint)
-                })
-            };
-            let outcomes: Vec<Finished> = share
-                .write
-                .into_iter()
-                .map(|(id, result)| Finished {
-                    id,
-                    result: result.outcome,
-                    timeline: funcx_core::Timeline {
-                        submitted: now,
-                        dispatched: None,
-                        running: now.checked_sub(result.duration),
-                        finished: Some(now),
-                    },
-                })
-                .collect();
-            // The connection hands over every result that queued up while the last write
-            // ran (thousands at once): written and published a batch at a time, so that
-            // result streams get the first ones sooner and their buffer
-            // (`EVENT_BUFFER`) is not outrun, which would make them lag.
-            for outcomes in outcomes.chunks(RESULT_BATCH) {
-                let ids: Vec<u64> = outcomes.iter().map(|outcome| outcome.id).collect();
-                let finished = store_outcomes(&shared, outcomes.to_vec()).await;
-                shared.writes.keeper_wrote(&ids);
-                publish(&shared, finished);
+                let now = SystemTime::now();
+                let outcomes: Vec<Finished> = write
+                    .into_iter()
+                    .map(|(id, result)| Finished {
+                        id,
+                        result: result.outcome,
+                        timeline: funcx_core::Timeline {
+                            submitted: now,
+                            dispatched: None,
+                            running: now.checked_sub(result.duration),
+                            finished: Some(now),
+                        },
+                    })
+                    .collect();
+                // The connection hands over every result that queued up while the last
+                // write ran (thousands at once): written and published a batch at a time,
+                // so that result streams get the first ones sooner and their buffer
+                // (`EVENT_BUFFER`) is not outrun, which would make them lag.
+                for outcomes in outcomes.chunks(RESULT_BATCH) {
+                    let ids: Vec<u64> = outcomes.iter().map(|outcome| outcome.id).collect();
+                    let finished = store_outcomes(&shared, outcomes.to_vec()).await;
+                    {
+                        let mut running = shared.running();
+                        for id in claim.wrote(&ids) {
+                            running.remove(&id);
+                        }
+                    }
+                    publish(&shared, finished);
+                }
+                drop(claim);
+                let waited: Vec<u64> = wait.iter().map(|(id, _)| *id).collect();
+                shared.writes.written(&waited).await;
+                results = wait;
             }
-            shared.writes.written(&share.wait).await;
         })
     }
 }
@@ -735,12 +755,12 @@ async fn store_results(gateway: Weak<Shared>, mut reports: ReportStream) {
         {
             // One step with the end of the write, so that a keeper finds each id either
             // being written or gone from `running`, never neither.
-            let mut running = match shared.running.lock() {
-                Ok(running) => running,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            // A task a keeper is writing stays: the keeper removes it once written.
+            let mut running = shared.running();
             for id in &ids {
-                running.remove(id);
+                if !shared.writes.keeper_writing(*id) {
+                    running.remove(id);
+                }
             }
             shared.writes.report_wrote(&written);
         }

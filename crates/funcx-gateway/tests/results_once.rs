@@ -140,14 +140,14 @@ async fn each_result_is_written_once(store: impl TaskStore) {
         finishes: finishes.clone(),
     });
     let gateway = common::builder(config())
-        .store(store)
+        .store(store.clone())
         .start()
         .await
         .expect("the gateway starts");
     let gw = common::serve(gateway).await;
     let function = gw.echo_function(ALICE).await;
     let (endpoint, token) = gw.register_endpoint(ALICE, json!({ "name": "e" })).await;
-    let _endpoint = gw.connect(&endpoint, &token);
+    let connection = gw.connect(&endpoint, &token);
 
     let mut ids = Vec::with_capacity(TASKS);
     for chunk in (0..TASKS as i64).collect::<Vec<_>>().chunks(500) {
@@ -172,6 +172,20 @@ async fn each_result_is_written_once(store: impl TaskStore) {
     // Every result is stored: the last one can be waited for through the API as well.
     let last = gw.wait(ALICE, ids[TASKS - 1]).await;
     assert_eq!(last["state"], "succeeded", "{last}");
+
+    // A second write of a result could still be on its way: the counts are read once the
+    // gateway is gone and every write it started has ended (each holds the gateway's
+    // state, hence the store).
+    connection.abort();
+    drop(gw);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while Arc::strong_count(&store) > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway's writes did not end within 60 s of its drop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Taken out of the lock, so that a failed assertion does not poison it for the
     // gateway's writes still running.
