@@ -272,7 +272,7 @@ fn command(
     container: Option<&(&Container, String)>,
     index: usize,
     id: WorkerId,
-    shared_probe: Option<(u32, RawFd)>,
+    shared_probe: Option<(u32, RawFd, u64)>,
 ) -> Command {
     let mut argv: Vec<OsString> = Vec::new();
     if let Some(snippet) = config.init_snippet() {
@@ -286,10 +286,11 @@ fn command(
     argv.push(config.python_path().to_owned());
     argv.extend(["-u".into(), "-c".into(), WORKER_SOURCE.into()]);
     argv.push(config.result_size_limit().to_string().into());
-    if let Some((pid, fd)) = shared_probe {
+    if let Some((pid, fd, nonce)) = shared_probe {
         // The worker checks that it can open this process's shared files (crate::shared).
         argv.push(pid.to_string().into());
         argv.push(fd.to_string().into());
+        argv.push(nonce.to_string().into());
     }
 
     let mut env: Vec<(OsString, OsString)> = config.environment().to_vec();

@@ -28,7 +28,15 @@
 //! is gone. A worker uses lent files only after it proved at start that it can open this
 //! process's descriptors (a probe file with a known text, [`SharedFiles::probe`]): a worker
 //! in a container, or one that `/proc` hides this process from, says so in `READY` and gets
-//! its arguments through the pipe as before.
+//! its arguments through the pipe as before. The text holds a random nonce as well as this
+//! process's id, so a worker in another PID namespace, where the same pid is some other
+//! funcx process, does not pass the probe on that process's file.
+//!
+//! Trust: any process of this user can open `/proc/<this pid>/fd/<n>`, so any worker (or
+//! anything a task starts) can read and write every file this process lends, to its tasks
+//! or another worker's. That is the trust the pipes already give: every worker runs the
+//! same user's code, and can signal or ptrace its siblings and this process anyway.
+
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -55,6 +63,8 @@ const FREE_KEEP: u64 = 128 * 1024 * 1024;
 #[derive(Debug)]
 pub(crate) struct SharedFiles {
     probe: File,
+    /// The random part of the probe's text.
+    nonce: u64,
     free: Mutex<Free>,
 }
 
@@ -71,18 +81,23 @@ impl SharedFiles {
     /// workers then use their pipes for everything).
     pub(crate) fn new() -> Option<Arc<SharedFiles>> {
         let probe = new_file("funcx-probe").ok()?;
-        probe.write_all_at(probe_text().as_bytes(), 0).ok()?;
+        let nonce = nonce();
+        probe
+            .write_all_at(probe_text(std::process::id(), nonce).as_bytes(), 0)
+            .ok()?;
         Some(Arc::new(SharedFiles {
             probe,
+            nonce,
             free: Mutex::new(Free::default()),
         }))
     }
 
     /// What a worker is told so it can check that it can open this process's files: this
-    /// process's id and the probe's descriptor number. The worker opens
-    /// `/proc/<pid>/fd/<fd>` and compares what it reads with `funcx-shared <pid>`.
-    pub(crate) fn probe(&self) -> (u32, RawFd) {
-        (std::process::id(), self.probe.as_raw_fd())
+    /// process's id, the probe's descriptor number and the nonce. The worker opens
+    /// `/proc/<pid>/fd/<fd>` and compares what it reads with `funcx-shared <pid> <nonce>`
+    /// ([`probe_text`]).
+    pub(crate) fn probe(&self) -> (u32, RawFd, u64) {
+        (std::process::id(), self.probe.as_raw_fd(), self.nonce)
     }
 
     /// A file for `len` bytes: the smallest free one that holds them, or any free one, or a
@@ -119,9 +134,20 @@ impl SharedFiles {
     }
 }
 
-/// The text of the probe file of this process.
-fn probe_text() -> String {
-    format!("funcx-shared {}", std::process::id())
+/// The text of the probe file of process `pid`.
+fn probe_text(pid: u32, nonce: u64) -> String {
+    format!("funcx-shared {pid} {nonce}")
+}
+
+/// A random number: the standard library's hasher keys are drawn from the system's random
+/// source, once a process and then stepped, and the clock sets them apart further.
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    if let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(since.as_nanos());
+    }
+    hasher.finish()
 }
 
 /// A new memfd, closed on exec (workers are spawned while files are lent to others).
@@ -325,6 +351,21 @@ mod tests {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .bytes
+    }
+
+    /// Two runtimes of one process (as two processes of one pid in two PID namespaces)
+    /// write different probe texts, so a worker cannot take one's file for the other's.
+    #[test]
+    fn probes_of_the_same_pid_differ_by_their_nonce() {
+        let text = |files: &SharedFiles| {
+            let mut buffer = [0; 64];
+            let n = files.probe.read_at(&mut buffer, 0).expect("read the probe");
+            String::from_utf8_lossy(&buffer[..n]).into_owned()
+        };
+        let (one, two) = (SharedFiles::new().unwrap(), SharedFiles::new().unwrap());
+        let prefix = format!("funcx-shared {} ", std::process::id());
+        assert!(text(&one).starts_with(&prefix), "{}", text(&one));
+        assert_ne!(text(&one), text(&two));
     }
 
     #[test]

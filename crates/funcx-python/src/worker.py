@@ -1,8 +1,8 @@
 # The funcx Python worker: runs functions sent by the Rust side over a pipe.
 #
-# Started as `python -u -c <this file> <max_result_size> [<pid> <probe fd>]`, the last two
-# when the Rust process (pid) lends large payloads in shared files. Standard library only,
-# Python 3.8+. The wire protocol is described in protocol.rs; every integer is
+# Started as `python -u -c <this file> <max_result_size> [<pid> <probe fd> <nonce>]`, the
+# last three when the Rust process (pid) lends large payloads in shared files. Standard
+# library only, Python 3.8+. The wire protocol is described in protocol.rs; every integer is
 # little-endian and every frame is `u32 body_len | u8 kind | body`.
 #
 # This is the hot path of funcx: a no-op task must cost a couple of microseconds,
@@ -178,12 +178,12 @@ def pwritev_all(fd, parts):
 
 def shared_probe(argv):
     """The Rust process's pid when this worker can open its shared files: the probe file it
-    named (`<pid> <fd>` in argv) reads `funcx-shared <pid>`. Otherwise (no probe, another
-    /proc, no permission) None, and everything goes through the pipes."""
+    named (`<pid> <fd> <nonce>` in argv) reads `funcx-shared <pid> <nonce>`. Otherwise (no
+    probe, another /proc, no permission) None, and everything goes through the pipes."""
     try:
-        pid, fd = int(argv[2]), int(argv[3])
+        pid, fd, nonce = int(argv[2]), int(argv[3]), int(argv[4])
         with open("/proc/%d/fd/%d" % (pid, fd), "rb") as probe:
-            if probe.read(64) == b"funcx-shared %d" % pid:
+            if probe.read(64) == b"funcx-shared %d %d" % (pid, nonce):
                 return pid
     except (IndexError, ValueError, OSError):
         pass
