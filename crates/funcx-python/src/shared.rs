@@ -34,9 +34,16 @@
 //!
 //! Trust: any process of this user can open `/proc/<this pid>/fd/<n>`, so any worker (or
 //! anything a task starts) can read and write every file this process lends, to its tasks
-//! or another worker's. That is the trust the pipes already give: every worker runs the
-//! same user's code, and can signal or ptrace its siblings and this process anyway.
-
+//! or another worker's. That is the trust already given: every worker runs as this user,
+//! the user whose code every task is, and can signal its siblings and this process.
+//!
+//! Cost on the runtime's threads: [`Lent::lend`] copies a task's arguments into its file
+//! and [`Lent::take_result`] copies a result out, on the Tokio thread that writes to or
+//! reads from the worker (one memory copy of the payload: not measured apart, it is part of
+//! W6-tcp's time in BENCHMARKS.md), as the pipe's copies are.
+//! They are not moved off it with `block_in_place`, which panics on a current-thread
+//! runtime, and an executor started outside a runtime runs on one (`funcx-core`'s
+//! `run_on_own_thread`); the manager's multi-thread runtime has other threads meanwhile.
 
 use std::collections::HashMap;
 use std::fs::File;
