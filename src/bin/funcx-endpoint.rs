@@ -29,6 +29,13 @@ use funcx::endpoint::{Endpoint, EndpointReport, EndpointState};
 use funcx::ManagerCommand;
 use serde::{Deserialize, Serialize};
 
+/// jemalloc, not glibc's malloc: an endpoint (and a manager) allocates a task's arguments,
+/// reply and result on one thread and frees them on another, and glibc's arena locks then
+/// took ~40 % of the dispatcher's time (`e2e scale`: 344k tasks/s on glibc, 522k on jemalloc;
+/// BENCHMARKS.md, issue 8, session 10). A program embedding the library chooses its own.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "funcx-endpoint",
