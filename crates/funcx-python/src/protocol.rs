@@ -31,10 +31,10 @@
 //! fail the task with an arguments error, never run it on wrong values. Bit 3 marks a task
 //! with an environment (a task granted GPUs): after its arguments come `u16 count` and that
 //! many `u16 len | name | u16 len | value` pairs, set in `os.environ` while it runs.
-//! Bit 4 marks a task *lent a shared file* (see [`crate::shared`]): a `u32 fd` follows the
-//! task's fixed fields, and each argument's `len` is followed by no bytes: the arguments are
-//! in that file of the Rust process, one after the other from offset 0, in the order of the
-//! frame (positional, then keyword values).
+//! Bit 4 marks a task *lent a shared file* (this crate's `shared` module): a `u32 fd`
+//! follows the task's fixed fields, and each argument's `len` is followed by no bytes: the
+//! arguments are in that file of the Rust process, one after the other from offset 0, in the
+//! order of the frame (positional, then keyword values).
 //!
 //! ```text
 //! +- count -+-- task --+-- task --+ ...
