@@ -11,9 +11,8 @@ use super::TaskRecord;
 use crate::ids::IdMap;
 use crate::TaskId;
 
-/// Above this many places, a table three quarters empty gives its memory back (an empty one
-/// all of it), so a burst of a million tasks does not keep its records' memory (hundreds of
-/// MiB) for the rest of the endpoint's life because a few of them still run.
+/// Above this many places, an empty table gives its memory back, so a burst of a million tasks
+/// does not keep its records' memory for the rest of the endpoint's life.
 const KEEP_PLACES: usize = 4096;
 
 /// The dispatcher's task records by id.
@@ -67,30 +66,12 @@ impl Records {
     pub(super) fn remove(&mut self, id: &TaskId) -> Option<TaskRecord> {
         let place = self.place_of.remove(id)?;
         let record = self.places[place].take();
-        if self.places.len() <= KEEP_PLACES {
-            self.free.push(place);
-        } else if self.place_of.is_empty() {
+        if self.place_of.is_empty() && self.places.len() > KEEP_PLACES {
             *self = Records::default();
-        } else if self.place_of.len() < self.places.len() / 4 {
-            self.compact();
         } else {
             self.free.push(place);
         }
         record
-    }
-
-    /// Moves the records still held to the front of a table of their size. Runs after at
-    /// least three quarters of the places were emptied since the table last had this size,
-    /// so its cost (one move per record held) is paid for by those removals.
-    fn compact(&mut self) {
-        let mut places = Vec::with_capacity(self.place_of.len());
-        for place in self.place_of.values_mut() {
-            places.push(self.places[*place].take());
-            *place = places.len() - 1;
-        }
-        self.places = places;
-        self.free = Vec::new();
-        self.place_of.shrink_to_fit();
     }
 
     pub(super) fn values(&self) -> impl Iterator<Item = &TaskRecord> {
@@ -184,46 +165,11 @@ mod tests {
             records.remove(&id(n));
         }
         assert!(records.is_empty());
-        assert!(
-            records.places.capacity() <= KEEP_PLACES && records.free.capacity() <= KEEP_PLACES,
-            "{} places, {} free kept",
-            records.places.capacity(),
-            records.free.capacity()
-        );
+        assert_eq!(records.places.capacity(), 0);
+        assert_eq!(records.free.capacity(), 0);
         // A small table keeps its places for the next tasks.
-        let mut small = Records::default();
-        small.insert(id(1), record(0));
-        small.remove(&id(1));
-        assert_eq!(small.places.len(), 1);
-        small.insert(id(2), record(0));
-        assert_eq!(small.places.len(), 1, "the kept place took the next record");
-    }
-
-    #[test]
-    fn a_large_table_with_a_few_records_left_gives_the_rest_back_and_keeps_them() {
-        let mut records = Records::default();
-        let many = 4 * KEEP_PLACES as u64;
-        for n in 0..many {
-            records.insert(id(n), record(n as u32));
-        }
-        // Every 100th task still runs after the burst.
-        for n in (0..many).filter(|n| n % 100 != 0) {
-            records.remove(&id(n));
-        }
-        let left = (many / 100 + 1) as usize;
-        assert!(
-            records.places.capacity() < KEEP_PLACES,
-            "{} places kept for {left} records",
-            records.places.capacity()
-        );
-        for n in (0..many).step_by(100) {
-            assert_eq!(records.get(&id(n)).map(|r| r.attempts), Some(n as u32));
-        }
-        assert_eq!(records.values().count(), left);
-        // The table still takes and gives back records after it shrank.
-        records.insert(id(many), record(1));
-        assert_eq!(records.remove(&id(many)).map(|r| r.attempts), Some(1));
-        assert_eq!(records.remove(&id(0)).map(|r| r.attempts), Some(0));
-        assert!(records.get(&id(0)).is_none());
+        records.insert(id(1), record(0));
+        records.remove(&id(1));
+        assert_eq!(records.places.len(), 1);
     }
 }
