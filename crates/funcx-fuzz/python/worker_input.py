@@ -158,7 +158,9 @@ def run_one(ns, data, devnull):
         os.write(write_end, data)
         os.close(write_end)
         write_end = None
-        worker = ns["Worker"](read_end, devnull, 1 << 20)
+        # No shared files (`shared_pid` None): a frame that claims one is refused as the
+        # worker refuses it when its probe failed.
+        worker = ns["Worker"](read_end, devnull, 1 << 20, None)
         try:
             worker.run()
         except (ns["ProtocolError"], struct.error):
