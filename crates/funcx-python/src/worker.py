@@ -182,7 +182,7 @@ def shared_probe(argv):
     probe, another /proc, no permission) None, and everything goes through the pipes."""
     try:
         pid, fd, nonce = int(argv[2]), int(argv[3]), int(argv[4])
-        with open("/proc/%d/fd/%d" % (pid, fd), "rb") as probe:
+        with open(shared_path(pid, fd), "rb") as probe:
             if probe.read(64) == b"funcx-shared %d %d" % (pid, nonce):
                 return pid
     except (IndexError, ValueError, OSError):

@@ -244,19 +244,18 @@ impl Session {
             ),
             (message, _) => message,
         };
-        if let ToWorker::Tasks(items) = message {
-            let items = self.admit_sizes(items);
-            // Kept to send again after a reconnection; a copy shares the arguments.
-            for item in &items {
-                self.in_flight.insert(item.id, item.clone());
+        match message {
+            // Moved, not cloned: each task is copied once, into the map kept for resending.
+            ToWorker::Tasks(items) => {
+                let items = self.admit_sizes(items);
+                // Kept to send again after a reconnection; a copy shares the arguments.
+                for item in &items {
+                    self.in_flight.insert(item.id, item.clone());
+                }
+                return self.send_tasks(items);
             }
-            return self.send_tasks(items);
-        }
-        match &message {
             ToWorker::Function { .. } => self.functions.push(message.clone()),
-            // Handled above.
-            ToWorker::Tasks(_) => {}
-            ToWorker::Cancel(ids) => self.cancels.extend(ids.iter().copied()),
+            ToWorker::Cancel(ref ids) => self.cancels.extend(ids.iter().copied()),
             ToWorker::Shutdown => self.draining = true,
             // Lost with a connection, it is harmless: the tasks then simply run there.
             ToWorker::Return(_) => {}
