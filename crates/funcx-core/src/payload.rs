@@ -52,7 +52,9 @@ impl fmt::Display for Format {
 /// cannot decode, such as a pickled numpy array, stays opaque bytes: keep it and pass it to
 /// another task as an argument with [`crate::Args::payload`].
 ///
-/// Cloning is cheap: the bytes are shared.
+/// Cloning is cheap: a payload of up to 22 bytes (a number, a short string, `None`: most
+/// arguments and results of fan-out work) is held in place, and a larger one's bytes are
+/// shared.
 ///
 /// ```
 /// use funcx_core::Payload;
@@ -68,7 +70,87 @@ pub struct Payload {
         serialize_with = "lent_or_written",
         deserialize_with = "shared_or_copied"
     )]
-    bytes: Bytes,
+    bytes: Repr,
+}
+
+/// The most bytes a payload holds in place, without an allocation of its own.
+const INLINE: usize = 22;
+
+/// Where a payload's bytes are.
+///
+/// Small payloads are held in place because each allocation of a task's payload is made on
+/// one thread and freed on another (the caller's, a connection's, the dispatcher's): for
+/// no-op tasks those allocations, not the work, were what the system allocator spent its
+/// time on.
+#[derive(Clone)]
+enum Repr {
+    /// Up to [`INLINE`] bytes: `data[..len]`.
+    Inline { len: u8, data: [u8; INLINE] },
+    /// More bytes, shared by every clone.
+    Shared(Bytes),
+}
+
+impl Repr {
+    /// Holds `slice` in place when it is small enough, else copies it.
+    fn copy_from_slice(slice: &[u8]) -> Repr {
+        Repr::inline(slice).unwrap_or_else(|| Repr::Shared(Bytes::copy_from_slice(slice)))
+    }
+
+    fn inline(slice: &[u8]) -> Option<Repr> {
+        let mut data = [0; INLINE];
+        data.get_mut(..slice.len())?.copy_from_slice(slice);
+        Some(Repr::Inline {
+            len: slice.len() as u8,
+            data,
+        })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Repr::Inline { len, data } => &data[..usize::from(*len)],
+            Repr::Shared(bytes) => bytes,
+        }
+    }
+}
+
+impl From<Bytes> for Repr {
+    fn from(bytes: Bytes) -> Repr {
+        Repr::inline(&bytes).unwrap_or(Repr::Shared(bytes))
+    }
+}
+
+impl From<Vec<u8>> for Repr {
+    fn from(bytes: Vec<u8>) -> Repr {
+        Repr::inline(&bytes).unwrap_or_else(|| Repr::Shared(Bytes::from(bytes)))
+    }
+}
+
+impl PartialEq for Repr {
+    fn eq(&self, other: &Repr) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Repr {}
+
+impl std::hash::Hash for Repr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
+/// Serializer output for [`Payload::pickle`] and [`Payload::json`]: on the stack while it
+/// fits in place.
+type Encoded = smallvec::SmallVec<[u8; INLINE]>;
+
+impl From<Encoded> for Repr {
+    fn from(encoded: Encoded) -> Repr {
+        if encoded.spilled() {
+            Repr::Shared(Bytes::from(encoded.into_vec()))
+        } else {
+            Repr::copy_from_slice(&encoded)
+        }
+    }
 }
 
 /// Payloads at least this large may share the buffer they were decoded from.
@@ -90,11 +172,12 @@ impl Payload {
     /// `serde_bytes::ByteBuf` or `serde_bytes::Bytes` (a plain `Vec<u8>` is a list of ints).
     pub fn pickle<T: Serialize + ?Sized>(value: &T) -> Result<Payload, TaskError> {
         // Protocol 3 keeps the output readable by every Python 3.
-        let bytes = serde_pickle::to_vec(&value, serde_pickle::SerOptions::new())
+        let mut bytes = Encoded::new();
+        serde_pickle::to_writer(&mut bytes, &value, serde_pickle::SerOptions::new())
             .map_err(TaskError::serialize)?;
         Ok(Payload {
             format: Format::Pickle,
-            bytes: Bytes::from(bytes),
+            bytes: bytes.into(),
         })
     }
 
@@ -102,7 +185,7 @@ impl Payload {
     pub fn from_pickled(bytes: impl Into<Bytes>) -> Payload {
         Payload {
             format: Format::Pickle,
-            bytes: bytes.into(),
+            bytes: Repr::from(bytes.into()),
         }
     }
 
@@ -121,10 +204,11 @@ impl Payload {
     /// assert_eq!(payload.as_bytes(), br#"[1,"two",[3.5]]"#);
     /// ```
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Payload, TaskError> {
-        let bytes = serde_json::to_vec(value).map_err(TaskError::serialize)?;
+        let mut bytes = Encoded::new();
+        serde_json::to_writer(&mut bytes, value).map_err(TaskError::serialize)?;
         Ok(Payload {
             format: Format::Json,
-            bytes: Bytes::from(bytes),
+            bytes: bytes.into(),
         })
     }
 
@@ -134,7 +218,7 @@ impl Payload {
     pub fn from_json(bytes: impl Into<Bytes>) -> Payload {
         Payload {
             format: Format::Json,
-            bytes: bytes.into(),
+            bytes: Repr::from(bytes.into()),
         }
     }
 
@@ -148,16 +232,16 @@ impl Payload {
     /// overflow the thread's stack.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, TaskError> {
         match self.format {
-            Format::Pickle => match plain_pickle::decode(&self.bytes) {
+            Format::Pickle => match plain_pickle::decode(self.as_bytes()) {
                 Some(value) => Ok(value),
                 // The plain parser stops at the nesting limit; serde-pickle has none.
                 None => {
-                    nesting::check(&self.bytes).map_err(TaskError::decode)?;
-                    serde_pickle::from_slice(&self.bytes, serde_pickle::DeOptions::new())
+                    nesting::check(self.as_bytes()).map_err(TaskError::decode)?;
+                    serde_pickle::from_slice(self.as_bytes(), serde_pickle::DeOptions::new())
                         .map_err(TaskError::decode)
                 }
             },
-            Format::Json => serde_json::from_slice(&self.bytes).map_err(TaskError::decode),
+            Format::Json => serde_json::from_slice(self.as_bytes()).map_err(TaskError::decode),
         }
     }
 
@@ -168,22 +252,26 @@ impl Payload {
 
     /// The serialized bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
+        self.bytes.as_slice()
     }
 
-    /// The serialized bytes, shared without a copy.
-    pub fn bytes(&self) -> &Bytes {
-        &self.bytes
+    /// The serialized bytes as [`Bytes`]: shared without a copy, except for a payload of up
+    /// to 22 bytes, which is held in place and copied here.
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.bytes {
+            Repr::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+            Repr::Shared(bytes) => bytes.clone(),
+        }
     }
 
     /// The number of serialized bytes.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.as_bytes().len()
     }
 
     /// Whether there are no bytes at all (never the case for a valid pickle).
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.as_bytes().is_empty()
     }
 }
 
@@ -264,7 +352,7 @@ impl Payload {
     /// })
     /// .unwrap();
     /// assert_eq!(parts.bytes.len(), 4, "the format and the length, not the 1 MiB");
-    /// assert_eq!(parts.lent, [payload.bytes().clone()]);
+    /// assert_eq!(parts.lent, [payload.to_bytes()]);
     /// ```
     pub fn with_lent_payloads<R>(encode: impl FnOnce() -> R) -> R {
         let outer = LENT.with(|cell| cell.replace(Some(None)));
@@ -295,63 +383,68 @@ impl Payload {
 
 /// A payload's bytes, written by the serializer; within [`Payload::with_lent_payloads`], a
 /// large one is first offered to [`Payload::lent`].
-fn lent_or_written<S: serde::Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
-    if bytes.len() >= SHARE_MIN {
-        LENT.with(|cell| {
-            if let Some(current) = cell.borrow_mut().as_mut() {
-                *current = Some(bytes.clone());
-            }
-        });
+fn lent_or_written<S: serde::Serializer>(bytes: &Repr, serializer: S) -> Result<S::Ok, S::Error> {
+    if let Repr::Shared(bytes) = bytes {
+        if bytes.len() >= SHARE_MIN {
+            LENT.with(|cell| {
+                if let Some(current) = cell.borrow_mut().as_mut() {
+                    *current = Some(bytes.clone());
+                }
+            });
+        }
     }
-    serializer.serialize_bytes(bytes)
+    serializer.serialize_bytes(bytes.as_slice())
 }
 
 /// A payload's bytes: a slice of the buffer being decoded (see
 /// [`Payload::with_shared_source`]) when that is worth it, a copy otherwise.
-fn shared_or_copied<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+fn shared_or_copied<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Repr, D::Error> {
     struct Visitor;
 
     impl<'de> serde::de::Visitor<'de> for Visitor {
-        type Value = Bytes;
+        type Value = Repr;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("bytes")
         }
 
-        fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Bytes, E> {
+        fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Repr, E> {
+            if v.len() < SHARE_MIN {
+                return Ok(Repr::copy_from_slice(v));
+            }
             Ok(SOURCE.with(|cell| match cell.borrow().as_ref() {
                 Some(source)
-                    if v.len() >= SHARE_MIN
-                        && v.len() * 2 >= source.len()
+                    if v.len() * 2 >= source.len()
                         && source.as_ptr_range().start <= v.as_ptr_range().start
                         && v.as_ptr_range().end <= source.as_ptr_range().end =>
                 {
-                    source.slice_ref(v)
+                    Repr::Shared(source.slice_ref(v))
                 }
-                _ => Bytes::copy_from_slice(v),
+                _ => Repr::copy_from_slice(v),
             }))
         }
 
-        fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
-            Ok(Bytes::copy_from_slice(v))
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Repr, E> {
+            Ok(Repr::copy_from_slice(v))
         }
 
-        fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Bytes, E> {
-            Ok(Bytes::from(v))
+        fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Repr, E> {
+            Ok(Repr::from(v))
         }
 
-        fn visit_str<E>(self, v: &str) -> Result<Bytes, E> {
-            Ok(Bytes::copy_from_slice(v.as_bytes()))
+        fn visit_str<E>(self, v: &str) -> Result<Repr, E> {
+            Ok(Repr::copy_from_slice(v.as_bytes()))
         }
 
         // Self-describing formats (JSON) may carry bytes as a list of numbers, as `bytes`'
         // own `Deserialize` accepts.
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
-            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Repr, A::Error> {
+            let mut bytes = Encoded::new();
+            bytes.reserve(seq.size_hint().unwrap_or(0).min(4096));
             while let Some(byte) = seq.next_element()? {
                 bytes.push(byte);
             }
-            Ok(Bytes::from(bytes))
+            Ok(Repr::from(bytes))
         }
     }
 
@@ -363,7 +456,7 @@ impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Payload")
             .field("format", &self.format)
-            .field("len", &self.bytes.len())
+            .field("len", &self.len())
             .finish()
     }
 }
@@ -485,6 +578,32 @@ mod tests {
             assert!(Payload::lent(large.as_bytes()).is_some());
             assert!(Payload::lent(large.as_bytes()).is_none(), "lent once");
         });
+    }
+
+    #[test]
+    fn small_payloads_are_held_in_place_and_compare_by_their_bytes() {
+        // As large as a shared one: `Bytes` and the format.
+        assert_eq!(std::mem::size_of::<Payload>(), 40);
+        let small = Payload::pickle(&7_i64).unwrap();
+        assert!(matches!(small.bytes, Repr::Inline { .. }));
+        let longest = Payload::from_pickled(vec![1_u8; INLINE]);
+        assert!(matches!(longest.bytes, Repr::Inline { .. }));
+        let shared = Payload::from_pickled(vec![1_u8; INLINE + 1]);
+        assert!(matches!(shared.bytes, Repr::Shared(_)));
+        // Held in place or not, equal bytes are equal payloads, hashed alike.
+        let same = Payload {
+            format: Format::Pickle,
+            bytes: Repr::Shared(small.to_bytes()),
+        };
+        assert_eq!(same, small);
+        // And they survive the wire both ways.
+        for payload in [small, longest, shared] {
+            let frame = Bytes::from(postcard::to_stdvec(&payload).unwrap());
+            let back: Payload =
+                Payload::with_shared_source(&frame, |b| postcard::from_bytes(b)).unwrap();
+            assert_eq!(back, payload);
+            assert_eq!(back.to_bytes(), payload.as_bytes());
+        }
     }
 
     #[test]

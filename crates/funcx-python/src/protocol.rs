@@ -512,13 +512,21 @@ impl Encoder {
         self.len += bytes.len();
     }
 
-    fn put_payload(&mut self, bytes: &Bytes) {
+    fn put_shared(&mut self, bytes: &Bytes) {
         if bytes.len() <= INLINE_PAYLOAD {
             self.put(bytes);
         } else {
             self.seal();
             self.chunks.push(bytes.clone());
             self.len += bytes.len();
+        }
+    }
+
+    fn put_payload(&mut self, payload: &Payload) {
+        if payload.len() <= INLINE_PAYLOAD {
+            self.put(payload.as_bytes());
+        } else {
+            self.put_shared(&payload.to_bytes());
         }
     }
 
@@ -555,7 +563,7 @@ impl Encoder {
                 self.put(&[form]);
                 self.put(&(name.len() as u16).to_le_bytes());
                 self.put(name.as_bytes());
-                self.put_payload(&body);
+                self.put_shared(&body);
             }
             ToWorker::Tasks(items) => self.tasks(items),
             // A worker skips a task named in a CANCEL frame if it has not started it, and
@@ -660,7 +668,7 @@ impl Encoder {
         for payload in positional {
             self.put(&(payload.len() as u32).to_le_bytes());
             if shared.is_none() {
-                self.put_payload(payload.bytes());
+                self.put_payload(payload);
             }
         }
         for (name, payload) in keyword {
@@ -668,7 +676,7 @@ impl Encoder {
             self.put(name.as_bytes());
             self.put(&(payload.len() as u32).to_le_bytes());
             if shared.is_none() {
-                self.put_payload(payload.bytes());
+                self.put_payload(payload);
             }
         }
         if !item.env.is_empty() {
@@ -895,7 +903,9 @@ mod tests {
 
     #[test]
     fn results_share_the_read_buffer() {
-        let bytes = results(&[result(1, status::OK, b"abc"), result(2, status::OK, b"de")]);
+        // Larger than a payload holds in place: those are copied, as `de` is.
+        let large = [7_u8; 64];
+        let bytes = results(&[result(1, status::OK, &large), result(2, status::OK, b"de")]);
         let mut buf = BytesMut::from(&bytes[..]);
         let start = buf.as_ptr() as usize;
         let Some(FromWorker::Results(results)) = decoder().decode(&mut buf).unwrap() else {

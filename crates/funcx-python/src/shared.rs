@@ -379,7 +379,7 @@ mod tests {
     fn a_result_that_the_worker_wrote_is_read_and_the_file_kept() {
         let (files, lent, task) = lent_task(b"the worker's result");
         let result = lent.take_result(task, 12, 1 << 20).expect("read");
-        assert_eq!(result.bytes().as_ref(), b"the worker's");
+        assert_eq!(result.as_bytes(), b"the worker's");
         assert_eq!(kept(&files), 19);
     }
 

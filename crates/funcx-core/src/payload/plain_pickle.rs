@@ -20,6 +20,7 @@
 use super::nesting::{array, take, MAX_NESTING};
 use serde::de::value::{Error, SeqDeserializer};
 use serde::de::{DeserializeOwned, Deserializer, Error as _, IntoDeserializer, Visitor};
+use smallvec::SmallVec;
 
 /// `pickled` decoded into `T` if it holds only plain values and `T` accepts them; `None`
 /// leaves the decision (and any error) to `serde-pickle`.
@@ -110,8 +111,9 @@ fn parse(pickled: &[u8]) -> Option<Plain<'_>> {
     let mut input = pickled;
     // The current stack, and those under its MARKs (as in serde-pickle, a MARK starts a
     // new stack: nothing under it can be popped until the mark is).
-    let mut stack: Vec<Plain> = Vec::new();
-    let mut marked: Vec<Vec<Plain>> = Vec::new();
+    // On the stack itself while short: a pickled number or string needs no allocation.
+    let mut stack: SmallVec<[Plain; 4]> = SmallVec::new();
+    let mut marked: Vec<SmallVec<[Plain; 4]>> = Vec::new();
     loop {
         let opcode = *take(&mut input, 1)?.first()?;
         match opcode {
@@ -157,12 +159,12 @@ fn parse(pickled: &[u8]) -> Option<Plain<'_>> {
             op::EMPTY_LIST => stack.push(Plain::List(Vec::new(), 1)),
             op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
                 let n = usize::from(opcode - op::TUPLE1) + 1;
-                let items = stack.split_off(stack.len().checked_sub(n)?);
+                let items = stack.drain(stack.len().checked_sub(n)?..).collect();
                 stack.push(Plain::container(items, false)?);
             }
             op::TUPLE | op::LIST => {
                 let items = std::mem::replace(&mut stack, marked.pop()?);
-                stack.push(Plain::container(items, opcode == op::LIST)?);
+                stack.push(Plain::container(items.into_vec(), opcode == op::LIST)?);
             }
             op::APPEND => {
                 let item = stack.pop()?;
