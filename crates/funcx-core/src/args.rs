@@ -25,11 +25,26 @@ use crate::{Payload, TaskError};
 /// A value that cannot be serialized does not panic and is not dropped: the task submitted
 /// with these arguments fails with a [`TaskError::is_serialization`] error that says why.
 ///
-/// Cloning is cheap (the arguments are shared), which matters because a task's arguments are
-/// kept for a re-run while a copy travels to the worker.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+/// Cloning is cheap (the arguments are shared, or a single one held in place), which matters
+/// because a task's arguments are kept for a re-run while a copy travels to the worker.
+#[derive(Clone, Debug, Default)]
 pub struct Args {
-    inner: Arc<Inner>,
+    repr: Repr,
+}
+
+/// How the arguments are held.
+///
+/// No arguments or one positional argument (a map over a list is one call each) are held in
+/// place: a task's arguments are built on the caller's thread, decoded on every hop and freed
+/// on another thread, so an allocation here is one per task per hop, and the system allocator
+/// pays most for memory freed on another thread than allocated it.
+#[derive(Clone, Debug, Default)]
+enum Repr {
+    #[default]
+    Empty,
+    One(Payload),
+    /// Anything else; never zero or one positional argument alone.
+    Shared(Arc<Inner>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,19 +59,46 @@ struct Inner {
     error: Option<String>,
 }
 
-/// On the wire, arguments are their positional and keyword payloads; sharing is a local
-/// matter.
+/// What [`Inner`] puts on the wire, borrowed from arguments held either way.
+#[derive(Serialize)]
+#[serde(rename = "Inner")]
+struct Wire<'a> {
+    positional: &'a [Payload],
+    keyword: &'a [(String, Payload)],
+}
+
+/// On the wire, arguments are their positional and keyword payloads; how they are held is a
+/// local matter.
 impl Serialize for Args {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.inner.serialize(serializer)
+        Wire {
+            positional: self.positional(),
+            keyword: self.keyword(),
+        }
+        .serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Args {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Inner::deserialize(deserializer).map(|inner| Args {
-            inner: Arc::new(inner),
-        })
+        Inner::deserialize(deserializer).map(Args::from_inner)
+    }
+}
+
+impl PartialEq for Args {
+    fn eq(&self, other: &Args) -> bool {
+        self.positional() == other.positional()
+            && self.keyword() == other.keyword()
+            && self.error() == other.error()
+    }
+}
+
+impl Eq for Args {}
+
+impl std::hash::Hash for Args {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.positional().hash(state);
+        self.keyword().hash(state);
     }
 }
 
@@ -66,27 +108,63 @@ impl Args {
         Args::default()
     }
 
+    /// Held in place when `inner` is no or one positional argument alone.
+    fn from_inner(mut inner: Inner) -> Args {
+        let repr = if inner.keyword.is_empty() && inner.error.is_none() {
+            match inner.positional.len() {
+                0 => Repr::Empty,
+                1 => match inner.positional.pop() {
+                    Some(payload) => Repr::One(payload),
+                    None => Repr::Empty,
+                },
+                _ => Repr::Shared(Arc::new(inner)),
+            }
+        } else {
+            Repr::Shared(Arc::new(inner))
+        };
+        Args { repr }
+    }
+
+    /// Makes `change` to the arguments, shared: for a change that leaves more than one
+    /// positional argument alone.
+    fn change(&mut self, change: impl FnOnce(&mut Inner)) {
+        let mut inner = match std::mem::take(&mut self.repr) {
+            Repr::Shared(inner) => inner,
+            Repr::One(payload) => Arc::new(Inner {
+                positional: smallvec::smallvec![payload],
+                ..Inner::default()
+            }),
+            Repr::Empty => Arc::default(),
+        };
+        change(Arc::make_mut(&mut inner));
+        self.repr = Repr::Shared(inner);
+    }
+
     /// Appends a positional argument, pickled.
-    pub fn arg<T: Serialize + ?Sized>(mut self, value: &T) -> Args {
+    pub fn arg<T: Serialize + ?Sized>(self, value: &T) -> Args {
         match Payload::pickle(value) {
-            Ok(payload) => Arc::make_mut(&mut self.inner).positional.push(payload),
-            Err(e) => self.fail(e),
+            Ok(payload) => self.payload(payload),
+            Err(e) => {
+                let mut args = self;
+                args.fail(e);
+                args
+            }
         }
-        self
     }
 
     /// Appends a positional argument that is already a payload.
     pub fn payload(mut self, payload: Payload) -> Args {
-        Arc::make_mut(&mut self.inner).positional.push(payload);
+        match self.repr {
+            Repr::Empty => self.repr = Repr::One(payload),
+            _ => self.change(|inner| inner.positional.push(payload)),
+        }
         self
     }
 
     /// Adds a keyword argument, pickled.
     pub fn kwarg<T: Serialize + ?Sized>(mut self, name: impl Into<String>, value: &T) -> Args {
         match Payload::pickle(value) {
-            Ok(payload) => Arc::make_mut(&mut self.inner)
-                .keyword
-                .push((name.into(), payload)),
+            Ok(payload) => self.change(|inner| inner.keyword.push((name.into(), payload))),
             Err(e) => self.fail(e),
         }
         self
@@ -94,39 +172,47 @@ impl Args {
 
     /// Adds a keyword argument that is already a payload.
     pub fn kwarg_payload(mut self, name: impl Into<String>, payload: Payload) -> Args {
-        Arc::make_mut(&mut self.inner)
-            .keyword
-            .push((name.into(), payload));
+        self.change(|inner| inner.keyword.push((name.into(), payload)));
         self
     }
 
     fn fail(&mut self, error: TaskError) {
-        let inner = Arc::make_mut(&mut self.inner);
-        if inner.error.is_none() {
-            inner.error = Some(error.to_string());
+        self.change(|inner| {
+            if inner.error.is_none() {
+                inner.error = Some(error.to_string());
+            }
+        });
+    }
+
+    fn error(&self) -> Option<&str> {
+        match &self.repr {
+            Repr::Shared(inner) => inner.error.as_deref(),
+            Repr::Empty | Repr::One(_) => None,
         }
     }
 
     /// The positional arguments in order.
     pub fn positional(&self) -> &[Payload] {
-        &self.inner.positional
+        match &self.repr {
+            Repr::Empty => &[],
+            Repr::One(payload) => std::slice::from_ref(payload),
+            Repr::Shared(inner) => &inner.positional,
+        }
     }
 
     /// The keyword arguments in the order they were added.
     pub fn keyword(&self) -> &[(String, Payload)] {
-        &self.inner.keyword
+        match &self.repr {
+            Repr::Shared(inner) => &inner.keyword,
+            Repr::Empty | Repr::One(_) => &[],
+        }
     }
 
     /// The total number of argument bytes.
     pub fn byte_len(&self) -> usize {
-        self.inner
-            .positional
-            .iter()
-            .map(Payload::len)
-            .sum::<usize>()
+        self.positional().iter().map(Payload::len).sum::<usize>()
             + self
-                .inner
-                .keyword
+                .keyword()
                 .iter()
                 .map(|(k, p)| k.len() + p.len())
                 .sum::<usize>()
@@ -146,7 +232,7 @@ impl Args {
 
     /// Checks that every argument was serialized, all in one format.
     pub fn validate(&self) -> Result<(), TaskError> {
-        if let Some(reason) = &self.inner.error {
+        if let Some(reason) = self.error() {
             return Err(TaskError::serialize(reason));
         }
         if self.format().is_none() {
@@ -228,6 +314,45 @@ mod tests {
         let longer = args.clone().arg(&4);
         assert_eq!(args.positional().len(), 2);
         assert_eq!(longer.positional().len(), 3);
+    }
+
+    #[test]
+    fn arguments_compare_and_travel_alike_however_they_are_held() {
+        // One positional argument is held in place; more, or a keyword, are shared.
+        let one = (5,).into_args();
+        assert!(matches!(one.repr, Repr::One(_)));
+        assert!(matches!(Args::new().repr, Repr::Empty));
+        assert!(matches!((5, 6).into_args().repr, Repr::Shared(_)));
+        let shared = Args {
+            repr: Repr::Shared(Arc::new(Inner {
+                positional: smallvec::smallvec![Payload::pickle(&5).unwrap()],
+                ..Inner::default()
+            })),
+        };
+        assert_eq!(shared, one);
+        let wire = postcard::to_stdvec(&one).unwrap();
+        assert_eq!(wire, postcard::to_stdvec(&shared).unwrap());
+        let back: Args = postcard::from_bytes(&wire).unwrap();
+        assert!(matches!(back.repr, Repr::One(_)), "decoded in place");
+        assert_eq!(back, one);
+        for args in [
+            Args::new(),
+            (1, 2, 3).into_args(),
+            (1,).into_args().kwarg("k", &2),
+        ] {
+            let back: Args = postcard::from_bytes(&postcard::to_stdvec(&args).unwrap()).unwrap();
+            assert_eq!(back, args);
+        }
+        // A failed argument is remembered whichever way the others are held.
+        struct Unserializable;
+        impl Serialize for Unserializable {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        assert!(Args::new().arg(&Unserializable).validate().is_err());
+        assert!((1,).into_args().arg(&Unserializable).validate().is_err());
+        assert_ne!((1,).into_args().arg(&Unserializable), (1,).into_args());
     }
 
     #[test]
