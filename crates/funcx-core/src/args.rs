@@ -1,5 +1,6 @@
 //! Arguments of a task: positional and keyword payloads.
 
+use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ use crate::{Payload, TaskError};
 ///
 /// Cloning is cheap (the arguments are shared, or a single one held in place), which matters
 /// because a task's arguments are kept for a re-run while a copy travels to the worker.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Args {
     repr: Repr,
 }
@@ -38,7 +39,7 @@ pub struct Args {
 /// place: a task's arguments are built on the caller's thread, decoded on every hop and freed
 /// on another thread, so an allocation here is one per task per hop, and the system allocator
 /// pays most for memory freed on another thread than allocated it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 enum Repr {
     #[default]
     Empty,
@@ -47,7 +48,8 @@ enum Repr {
     Shared(Arc<Inner>),
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Read from the wire as it is; written through [`Wire`].
+#[derive(Clone, Default, Deserialize)]
 struct Inner {
     /// Inline up to two: most calls pass one or two, and a task's arguments are decoded on
     /// every hop, so an allocation here is one per task per hop.
@@ -59,7 +61,8 @@ struct Inner {
     error: Option<String>,
 }
 
-/// What [`Inner`] puts on the wire, borrowed from arguments held either way.
+/// The wire form of arguments: the fields of [`Inner`] (under its name), borrowed from
+/// arguments held either way.
 #[derive(Serialize)]
 #[serde(rename = "Inner")]
 struct Wire<'a> {
@@ -82,6 +85,20 @@ impl Serialize for Args {
 impl<'de> Deserialize<'de> for Args {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Inner::deserialize(deserializer).map(Args::from_inner)
+    }
+}
+
+/// Shows the arguments, not how they are held.
+impl fmt::Debug for Args {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("Args");
+        debug
+            .field("positional", &self.positional())
+            .field("keyword", &self.keyword());
+        if let Some(error) = self.error() {
+            debug.field("error", &error);
+        }
+        debug.finish()
     }
 }
 
@@ -110,23 +127,17 @@ impl Args {
 
     /// Held in place when `inner` is no or one positional argument alone.
     fn from_inner(mut inner: Inner) -> Args {
-        let repr = if inner.keyword.is_empty() && inner.error.is_none() {
-            match inner.positional.len() {
-                0 => Repr::Empty,
-                1 => match inner.positional.pop() {
-                    Some(payload) => Repr::One(payload),
-                    None => Repr::Empty,
-                },
-                _ => Repr::Shared(Arc::new(inner)),
-            }
-        } else {
-            Repr::Shared(Arc::new(inner))
-        };
+        let repr =
+            if inner.positional.len() <= 1 && inner.keyword.is_empty() && inner.error.is_none() {
+                inner.positional.pop().map_or(Repr::Empty, Repr::One)
+            } else {
+                Repr::Shared(Arc::new(inner))
+            };
         Args { repr }
     }
 
-    /// Makes `change` to the arguments, shared: for a change that leaves more than one
-    /// positional argument alone.
+    /// Makes `change` to the arguments once they are shared: every change but the first
+    /// positional argument leaves them more than one payload can hold in place.
     fn change(&mut self, change: impl FnOnce(&mut Inner)) {
         let mut inner = match std::mem::take(&mut self.repr) {
             Repr::Shared(inner) => inner,
@@ -141,13 +152,12 @@ impl Args {
     }
 
     /// Appends a positional argument, pickled.
-    pub fn arg<T: Serialize + ?Sized>(self, value: &T) -> Args {
+    pub fn arg<T: Serialize + ?Sized>(mut self, value: &T) -> Args {
         match Payload::pickle(value) {
             Ok(payload) => self.payload(payload),
             Err(e) => {
-                let mut args = self;
-                args.fail(e);
-                args
+                self.fail(e);
+                self
             }
         }
     }
@@ -184,6 +194,7 @@ impl Args {
         });
     }
 
+    /// Why an argument failed to serialize, if one did.
     fn error(&self) -> Option<&str> {
         match &self.repr {
             Repr::Shared(inner) => inner.error.as_deref(),
@@ -330,8 +341,15 @@ mod tests {
             })),
         };
         assert_eq!(shared, one);
+        use std::hash::BuildHasher;
+        let state = std::hash::RandomState::new();
+        assert_eq!(state.hash_one(&shared), state.hash_one(&one));
         let wire = postcard::to_stdvec(&one).unwrap();
         assert_eq!(wire, postcard::to_stdvec(&shared).unwrap());
+        // The wire form of the derived `Inner` before arguments were held in place: one
+        // positional payload (format 0, pickle; 8 bytes: PROTO 3, BININT 5, STOP), no
+        // keyword.
+        assert_eq!(wire, [1, 0, 8, 0x80, 3, b'J', 5, 0, 0, 0, b'.', 0]);
         let back: Args = postcard::from_bytes(&wire).unwrap();
         assert!(matches!(back.repr, Repr::One(_)), "decoded in place");
         assert_eq!(back, one);

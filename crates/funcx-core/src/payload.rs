@@ -74,7 +74,7 @@ pub struct Payload {
 }
 
 /// The most bytes a payload holds in place, without an allocation of its own.
-const INLINE: usize = 22;
+const IN_PLACE: usize = 22;
 
 /// Where a payload's bytes are.
 ///
@@ -84,8 +84,8 @@ const INLINE: usize = 22;
 /// time on.
 #[derive(Clone)]
 enum Repr {
-    /// Up to [`INLINE`] bytes: `data[..len]`.
-    Inline { len: u8, data: [u8; INLINE] },
+    /// Up to [`IN_PLACE`] bytes: `data[..len]`.
+    InPlace { len: u8, data: [u8; IN_PLACE] },
     /// More bytes, shared by every clone.
     Shared(Bytes),
 }
@@ -93,21 +93,23 @@ enum Repr {
 impl Repr {
     /// Holds `slice` in place when it is small enough, else copies it.
     fn copy_from_slice(slice: &[u8]) -> Repr {
-        Repr::inline(slice).unwrap_or_else(|| Repr::Shared(Bytes::copy_from_slice(slice)))
+        Repr::in_place(slice).unwrap_or_else(|| Repr::Shared(Bytes::copy_from_slice(slice)))
     }
 
-    fn inline(slice: &[u8]) -> Option<Repr> {
-        let mut data = [0; INLINE];
+    /// `slice` held in place, if it is small enough.
+    fn in_place(slice: &[u8]) -> Option<Repr> {
+        let mut data = [0; IN_PLACE];
         data.get_mut(..slice.len())?.copy_from_slice(slice);
-        Some(Repr::Inline {
+        Some(Repr::InPlace {
             len: slice.len() as u8,
             data,
         })
     }
 
+    /// The bytes, wherever they are.
     fn as_slice(&self) -> &[u8] {
         match self {
-            Repr::Inline { len, data } => &data[..usize::from(*len)],
+            Repr::InPlace { len, data } => &data[..usize::from(*len)],
             Repr::Shared(bytes) => bytes,
         }
     }
@@ -115,13 +117,13 @@ impl Repr {
 
 impl From<Bytes> for Repr {
     fn from(bytes: Bytes) -> Repr {
-        Repr::inline(&bytes).unwrap_or(Repr::Shared(bytes))
+        Repr::in_place(&bytes).unwrap_or(Repr::Shared(bytes))
     }
 }
 
 impl From<Vec<u8>> for Repr {
     fn from(bytes: Vec<u8>) -> Repr {
-        Repr::inline(&bytes).unwrap_or_else(|| Repr::Shared(Bytes::from(bytes)))
+        Repr::in_place(&bytes).unwrap_or_else(|| Repr::Shared(Bytes::from(bytes)))
     }
 }
 
@@ -141,15 +143,12 @@ impl std::hash::Hash for Repr {
 
 /// Serializer output for [`Payload::pickle`] and [`Payload::json`]: on the stack while it
 /// fits in place.
-type Encoded = smallvec::SmallVec<[u8; INLINE]>;
+type Encoded = smallvec::SmallVec<[u8; IN_PLACE]>;
 
+/// Held in place when small enough however it was grown (a size hint may have spilled it).
 impl From<Encoded> for Repr {
     fn from(encoded: Encoded) -> Repr {
-        if encoded.spilled() {
-            Repr::Shared(Bytes::from(encoded.into_vec()))
-        } else {
-            Repr::copy_from_slice(&encoded)
-        }
+        Repr::in_place(&encoded).unwrap_or_else(|| Repr::Shared(Bytes::from(encoded.into_vec())))
     }
 }
 
@@ -259,7 +258,7 @@ impl Payload {
     /// to 22 bytes, which is held in place and copied here.
     pub fn to_bytes(&self) -> Bytes {
         match &self.bytes {
-            Repr::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+            Repr::InPlace { .. } => Bytes::copy_from_slice(self.as_bytes()),
             Repr::Shared(bytes) => bytes.clone(),
         }
     }
@@ -583,12 +582,13 @@ mod tests {
     #[test]
     fn small_payloads_are_held_in_place_and_compare_by_their_bytes() {
         // As large as a shared one: `Bytes` and the format.
+        #[cfg(target_pointer_width = "64")]
         assert_eq!(std::mem::size_of::<Payload>(), 40);
         let small = Payload::pickle(&7_i64).unwrap();
-        assert!(matches!(small.bytes, Repr::Inline { .. }));
-        let longest = Payload::from_pickled(vec![1_u8; INLINE]);
-        assert!(matches!(longest.bytes, Repr::Inline { .. }));
-        let shared = Payload::from_pickled(vec![1_u8; INLINE + 1]);
+        assert!(matches!(small.bytes, Repr::InPlace { .. }));
+        let longest = Payload::from_pickled(vec![1_u8; IN_PLACE]);
+        assert!(matches!(longest.bytes, Repr::InPlace { .. }));
+        let shared = Payload::from_pickled(vec![1_u8; IN_PLACE + 1]);
         assert!(matches!(shared.bytes, Repr::Shared(_)));
         // Held in place or not, equal bytes are equal payloads, hashed alike.
         let same = Payload {
@@ -596,6 +596,14 @@ mod tests {
             bytes: Repr::Shared(small.to_bytes()),
         };
         assert_eq!(same, small);
+        use std::hash::BuildHasher;
+        let state = std::hash::RandomState::new();
+        assert_eq!(state.hash_one(&same), state.hash_one(&small));
+        // A JSON list of numbers spills its buffer by its size hint, and is still held in
+        // place when it fits.
+        let listed: Payload =
+            serde_json::from_str(r#"{"format":"pickle","bytes":[128,3,78,46]}"#).unwrap();
+        assert!(matches!(listed.bytes, Repr::InPlace { .. }));
         // And they survive the wire both ways.
         for payload in [small, longest, shared] {
             let frame = Bytes::from(postcard::to_stdvec(&payload).unwrap());

@@ -516,9 +516,7 @@ impl Encoder {
         if bytes.len() <= INLINE_PAYLOAD {
             self.put(bytes);
         } else {
-            self.seal();
-            self.chunks.push(bytes.clone());
-            self.len += bytes.len();
+            self.put_chunk(bytes.clone());
         }
     }
 
@@ -526,8 +524,15 @@ impl Encoder {
         if payload.len() <= INLINE_PAYLOAD {
             self.put(payload.as_bytes());
         } else {
-            self.put_shared(&payload.to_bytes());
+            self.put_chunk(payload.to_bytes());
         }
+    }
+
+    /// Appends `bytes` as a chunk of their own, written from their memory.
+    fn put_chunk(&mut self, bytes: Bytes) {
+        self.seal();
+        self.len += bytes.len();
+        self.chunks.push(bytes);
     }
 
     fn header(&mut self, body_len: usize, kind: u8) {

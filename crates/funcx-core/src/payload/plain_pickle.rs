@@ -111,9 +111,11 @@ fn parse(pickled: &[u8]) -> Option<Plain<'_>> {
     let mut input = pickled;
     // The current stack, and those under its MARKs (as in serde-pickle, a MARK starts a
     // new stack: nothing under it can be popped until the mark is).
-    // On the stack itself while short: a pickled number or string needs no allocation.
+    // The current stack is on the thread's stack while short, so a pickled number or string
+    // needs no allocation; those under a MARK are plain vectors, 24 bytes a MARK however
+    // many a hostile pickle holds.
     let mut stack: SmallVec<[Plain; 4]> = SmallVec::new();
-    let mut marked: Vec<SmallVec<[Plain; 4]>> = Vec::new();
+    let mut marked: Vec<Vec<Plain>> = Vec::new();
     loop {
         let opcode = *take(&mut input, 1)?.first()?;
         match opcode {
@@ -128,7 +130,7 @@ fn parse(pickled: &[u8]) -> Option<Plain<'_>> {
                 return (stack.is_empty() && marked.is_empty() && input.is_empty())
                     .then_some(value);
             }
-            op::MARK => marked.push(std::mem::take(&mut stack)),
+            op::MARK => marked.push(std::mem::take(&mut stack).into_vec()),
             op::NONE => stack.push(Plain::None),
             op::NEWTRUE => stack.push(Plain::Bool(true)),
             op::NEWFALSE => stack.push(Plain::Bool(false)),
@@ -163,7 +165,7 @@ fn parse(pickled: &[u8]) -> Option<Plain<'_>> {
                 stack.push(Plain::container(items, false)?);
             }
             op::TUPLE | op::LIST => {
-                let items = std::mem::replace(&mut stack, marked.pop()?);
+                let items = std::mem::replace(&mut stack, SmallVec::from_vec(marked.pop()?));
                 stack.push(Plain::container(items.into_vec(), opcode == op::LIST)?);
             }
             op::APPEND => {
@@ -175,7 +177,7 @@ fn parse(pickled: &[u8]) -> Option<Plain<'_>> {
                 list.push(item);
             }
             op::APPENDS => {
-                let items = std::mem::replace(&mut stack, marked.pop()?);
+                let items = std::mem::replace(&mut stack, SmallVec::from_vec(marked.pop()?));
                 let Plain::List(list, depth) = stack.last_mut()? else {
                     return None;
                 };
