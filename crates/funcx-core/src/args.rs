@@ -51,8 +51,8 @@ enum Repr {
 /// Read from the wire as it is; written through [`Wire`].
 #[derive(Clone, Default, Deserialize)]
 struct Inner {
-    /// Inline up to two: most calls pass one or two, and a task's arguments are decoded on
-    /// every hop, so an allocation here is one per task per hop.
+    /// Inline up to two, so that a call of two arguments, decoded on every hop, allocates
+    /// only the `Arc` on each.
     positional: SmallVec<[Payload; 2]>,
     keyword: Vec<(String, Payload)>,
     /// Why an argument failed to serialize. Never sent anywhere: such arguments are

@@ -110,10 +110,10 @@ mod op {
 fn parse(pickled: &[u8]) -> Option<Plain<'_>> {
     let mut input = pickled;
     // The current stack, and those under its MARKs (as in serde-pickle, a MARK starts a
-    // new stack: nothing under it can be popped until the mark is).
-    // The current stack is on the thread's stack while short, so a pickled number or string
-    // needs no allocation; those under a MARK are plain vectors, 24 bytes a MARK however
-    // many a hostile pickle holds.
+    // new stack: nothing under it can be popped until the mark is). The current one is on
+    // the thread's stack while short, so a pickled number or string needs no allocation;
+    // those under a MARK are plain vectors, 24 bytes a MARK however many a hostile pickle
+    // holds.
     let mut stack: SmallVec<[Plain; 4]> = SmallVec::new();
     let mut marked: Vec<Vec<Plain>> = Vec::new();
     loop {

@@ -245,10 +245,10 @@ impl Session {
             (message, _) => message,
         };
         match message {
-            // Moved, not cloned: each task is copied once, into the map kept for resending.
+            // The batch is moved on; each task is copied once (a cheap copy, see `Args`),
+            // into the map kept to send again after a reconnection.
             ToWorker::Tasks(items) => {
                 let items = self.admit_sizes(items);
-                // Kept to send again after a reconnection; a copy shares the arguments.
                 for item in &items {
                     self.in_flight.insert(item.id, item.clone());
                 }
